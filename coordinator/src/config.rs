@@ -1,0 +1,154 @@
+//! Coordinator configuration: the clap command line, and the validated config the library runs on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Runs the proxyfleet coordinator: takes refresh jobs, leases their chunks to workers,
+/// streams progress to clients and serves a judge endpoint for the checks.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "proxyfleet-coordinator", version)]
+pub struct Cli {
+    /// Address of the gRPC port (clients and workers).
+    #[arg(long, env = "PROXYFLEET_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory for the coordinator's state and finished jobs' results (created if missing).
+    #[arg(long, env = "PROXYFLEET_DATA_DIR", default_value = "proxyfleet-data")]
+    pub data_dir: PathBuf,
+
+    /// A worker silent this long loses its leases, which go to other workers (e.g. 30s, 2m).
+    #[arg(long, env = "PROXYFLEET_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// Accept candidates in loopback, private, link-local and multicast ranges (labs and tests).
+    #[arg(long, env = "PROXYFLEET_ALLOW_PRIVATE_TARGETS")]
+    pub allow_private_targets: bool,
+
+    /// Address of the built-in judge's HTTP port; port 0 picks a free one.
+    /// Default: the gRPC address with the next port.
+    #[arg(long, env = "PROXYFLEET_JUDGE_LISTEN")]
+    pub judge_listen: Option<SocketAddr>,
+
+    /// Judge URL given to jobs that name none. Default: the built-in judge's address, as
+    /// `http://ADDR/judge` (with this host's name when it listens on all interfaces).
+    #[arg(long, env = "PROXYFLEET_JUDGE_URL")]
+    pub judge_url: Option<String>,
+
+    /// A chunk whose worker vanished this many times is marked failed.
+    #[arg(long, env = "PROXYFLEET_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+
+    /// Most candidates one job may hold.
+    #[arg(long, env = "PROXYFLEET_MAX_CANDIDATES", default_value_t = 2_000_000)]
+    pub max_candidates: usize,
+}
+
+/// What the coordinator runs with; only ever built through `validate`.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub data_dir: PathBuf,
+    pub lease_ttl: Duration,
+    /// Workers send a heartbeat this often; a third of the lease TTL.
+    pub heartbeat_interval: Duration,
+    pub allow_private_targets: bool,
+    /// Judge URL for jobs that name none.
+    pub default_judge_url: String,
+    pub max_attempts: u32,
+    pub max_candidates: usize,
+    /// How often leases and deadlines are checked and progress published.
+    pub tick: Duration,
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--lease-ttl must be at least 300ms, got {0:?}")]
+    LeaseTtl(Duration),
+    #[error("--max-attempts must be at least 1")]
+    MaxAttempts,
+    #[error("--judge-url {0:?} is not an http:// or https:// URL")]
+    JudgeUrl(String),
+}
+
+impl CoordinatorConfig {
+    pub fn new(data_dir: PathBuf, default_judge_url: String) -> Self {
+        CoordinatorConfig {
+            data_dir,
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            allow_private_targets: false,
+            default_judge_url,
+            max_attempts: 3,
+            max_candidates: 2_000_000,
+            tick: Duration::from_millis(200),
+        }
+    }
+
+    pub fn validate(mut self) -> Result<Self, ConfigError> {
+        if self.lease_ttl < Duration::from_millis(300) {
+            return Err(ConfigError::LeaseTtl(self.lease_ttl));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::MaxAttempts);
+        }
+        if !(self.default_judge_url.starts_with("http://") || self.default_judge_url.starts_with("https://")) {
+            return Err(ConfigError::JudgeUrl(self.default_judge_url));
+        }
+        self.heartbeat_interval = self.lease_ttl / 3;
+        self.tick = (self.lease_ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(200));
+        Ok(self)
+    }
+
+    /// Builds the config from the command line, given the judge's bound address.
+    pub fn from_cli(cli: &Cli, judge_addr: SocketAddr) -> Result<Self, ConfigError> {
+        let judge_url = cli.judge_url.clone().unwrap_or_else(|| default_judge_url(judge_addr));
+        let mut config = CoordinatorConfig::new(cli.data_dir.clone(), judge_url);
+        config.lease_ttl = cli.lease_ttl;
+        config.allow_private_targets = cli.allow_private_targets;
+        config.max_attempts = cli.max_attempts;
+        config.max_candidates = cli.max_candidates;
+        config.validate()
+    }
+}
+
+/// `http://ADDR/judge`, naming this host when the judge listens on every interface.
+pub fn default_judge_url(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("http://{host}:{}/judge", addr.port())
+    } else {
+        format!("http://{addr}/judge")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_derives_heartbeat_and_refuses_nonsense() {
+        let mut c = CoordinatorConfig::new("d".into(), "http://127.0.0.1:1/judge".into());
+        c.lease_ttl = Duration::from_secs(3);
+        let c = c.validate().unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
+        let mut bad = c.clone();
+        bad.lease_ttl = Duration::from_millis(10);
+        assert!(bad.validate().unwrap_err().to_string().contains("--lease-ttl"));
+        let mut bad = c.clone();
+        bad.default_judge_url = "judge".into();
+        assert!(bad.validate().unwrap_err().to_string().contains("--judge-url"));
+    }
+
+    #[test]
+    fn judge_url_names_the_bound_address() {
+        assert_eq!(default_judge_url("127.0.0.1:8080".parse().unwrap()), "http://127.0.0.1:8080/judge");
+        assert!(default_judge_url("0.0.0.0:8080".parse().unwrap()).ends_with(":8080/judge"));
+    }
+}

@@ -1,0 +1,214 @@
+//! Conversions between the scheduler's domain types and the protobuf types, in one place.
+
+use proxyfleet_proto::v1 as pb;
+
+use crate::candidate::{Candidate, Protocol};
+use crate::scheduler::{
+    Assignment, ChunkInfo, ChunkState, JobProgress, JobSettings, JobSnapshot, JobState, Reason,
+    ResultRow, Verdict, WorkerSnapshot,
+};
+
+pub fn protocol_to_proto(p: Protocol) -> pb::Protocol {
+    match p {
+        Protocol::Http => pb::Protocol::Http,
+        Protocol::Https => pb::Protocol::Https,
+        Protocol::Socks4 => pb::Protocol::Socks4,
+        Protocol::Socks4a => pb::Protocol::Socks4a,
+        Protocol::Socks5 => pb::Protocol::Socks5,
+        Protocol::Socks5h => pb::Protocol::Socks5h,
+    }
+}
+
+pub fn protocol_from_proto(value: i32) -> Option<Protocol> {
+    match pb::Protocol::try_from(value).ok()? {
+        pb::Protocol::Unspecified => None,
+        pb::Protocol::Http => Some(Protocol::Http),
+        pb::Protocol::Https => Some(Protocol::Https),
+        pb::Protocol::Socks4 => Some(Protocol::Socks4),
+        pb::Protocol::Socks4a => Some(Protocol::Socks4a),
+        pb::Protocol::Socks5 => Some(Protocol::Socks5),
+        pb::Protocol::Socks5h => Some(Protocol::Socks5h),
+    }
+}
+
+pub fn job_state_to_proto(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Queued => pb::JobState::Queued,
+        JobState::Scraping => pb::JobState::Scraping,
+        JobState::Checking => pb::JobState::Checking,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Insufficient => pb::JobState::Insufficient,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+fn reason_to_proto(r: Reason) -> pb::Reason {
+    match r {
+        Reason::None => pb::Reason::None,
+        Reason::Refused => pb::Reason::Refused,
+        Reason::Timeout => pb::Reason::Timeout,
+        Reason::Handshake => pb::Reason::Handshake,
+        Reason::BadStatus => pb::Reason::BadStatus,
+        Reason::TokenMissing => pb::Reason::TokenMissing,
+        Reason::Tls => pb::Reason::Tls,
+        Reason::Network => pb::Reason::Network,
+    }
+}
+
+fn reason_from_proto(value: i32) -> Reason {
+    match pb::Reason::try_from(value).unwrap_or(pb::Reason::Network) {
+        pb::Reason::None => Reason::None,
+        pb::Reason::Refused => Reason::Refused,
+        pb::Reason::Timeout => Reason::Timeout,
+        pb::Reason::Handshake => Reason::Handshake,
+        pb::Reason::BadStatus => Reason::BadStatus,
+        pb::Reason::TokenMissing => Reason::TokenMissing,
+        pb::Reason::Tls => Reason::Tls,
+        pb::Reason::Network | pb::Reason::Unchecked => Reason::Network,
+    }
+}
+
+pub fn verdict_from_proto(v: pb::Verdict) -> Verdict {
+    let reason = reason_from_proto(v.reason);
+    // A verdict is usable only if it says so and names no failure.
+    let usable = v.usable && reason == Reason::None;
+    Verdict {
+        index: v.index,
+        usable,
+        reason: if !usable && reason == Reason::None { Reason::Network } else { reason },
+        latency_ms: v.latency_ms,
+        exit_ip: v.exit_ip,
+        detail: v.detail,
+    }
+}
+
+fn settings_to_proto(s: &JobSettings) -> pb::JobSettings {
+    pb::JobSettings {
+        judge_url: s.judge_url.clone(),
+        timeout_ms: s.timeout.as_millis() as u64,
+        chunk_size: s.chunk_size,
+        min_usable: s.min_usable,
+        deadline_ms: s.deadline.as_millis() as u64,
+        max_attempts: s.max_attempts,
+        pool: s.pool.clone(),
+        max_failed_chunk_ratio: s.max_failed_chunk_ratio,
+    }
+}
+
+fn progress_to_proto(p: &JobProgress) -> pb::JobProgress {
+    pb::JobProgress {
+        chunks_total: p.chunks_total,
+        chunks_queued: p.chunks_queued,
+        chunks_leased: p.chunks_leased,
+        chunks_done: p.chunks_done,
+        chunks_failed: p.chunks_failed,
+        proxies_total: p.proxies_total,
+        proxies_checked: p.proxies_checked,
+        proxies_usable: p.proxies_usable,
+        workers: p.workers,
+        checks_per_second: p.checks_per_second,
+        eta_ms: p.eta.map(|d| d.as_millis() as u64).unwrap_or(0),
+        reassignments: p.reassignments,
+        stale_verdicts_refused: p.stale_verdicts_refused,
+        handed_back: p.handed_back,
+        elapsed_ms: p.elapsed.as_millis() as u64,
+    }
+}
+
+fn chunk_to_proto(c: &ChunkInfo) -> pb::ChunkInfo {
+    let state = match c.state {
+        ChunkState::Queued => pb::ChunkState::Queued,
+        ChunkState::Leased(_) => pb::ChunkState::Leased,
+        ChunkState::Done => pb::ChunkState::Done,
+        ChunkState::Failed => pb::ChunkState::Failed,
+    };
+    pb::ChunkInfo {
+        chunk_id: c.id,
+        state: state as i32,
+        size: c.size,
+        checked: c.checked,
+        attempts: c.attempts,
+        leases: c.leases,
+        holder: c.holder.clone(),
+    }
+}
+
+pub fn job_to_proto(s: &JobSnapshot) -> pb::Job {
+    pb::Job {
+        job_id: s.id.clone(),
+        name: s.name.clone(),
+        state: job_state_to_proto(s.state) as i32,
+        reason: s.reason.clone(),
+        settings: Some(settings_to_proto(&s.settings)),
+        progress: Some(progress_to_proto(&s.progress)),
+        created_at_ms: s.created_wall_ms,
+        ended_at_ms: s.ended_wall_ms,
+        chunks: s.chunks.iter().map(chunk_to_proto).collect(),
+    }
+}
+
+pub fn worker_to_proto(w: &WorkerSnapshot) -> pb::WorkerInfo {
+    pb::WorkerInfo {
+        worker_id: w.worker_id.clone(),
+        name: w.name.clone(),
+        version: w.version.clone(),
+        session_id: w.session_id,
+        status: w.status.to_string(),
+        lease_ids: w.leases.clone(),
+        capacity: w.capacity,
+        max_checks: w.max_checks,
+        connected_ms: w.connected_for.as_millis() as u64,
+        last_seen_ms_ago: w.last_seen_ago.as_millis() as u64,
+        verdicts_accepted: w.verdicts_accepted,
+        peer: w.peer.clone(),
+    }
+}
+
+fn candidate_to_proto(index: u32, c: &Candidate) -> pb::Candidate {
+    let (username, password) = c.auth.clone().unwrap_or_default();
+    pb::Candidate {
+        index,
+        protocol: protocol_to_proto(c.protocol) as i32,
+        host: c.host.clone(),
+        port: u32::from(c.port),
+        username,
+        password,
+    }
+}
+
+pub fn assignment_to_proto(a: &Assignment) -> pb::Assign {
+    pb::Assign {
+        lease_id: a.lease_id,
+        job_id: a.job_id.clone(),
+        chunk_id: a.chunk_id,
+        attempt: a.attempt,
+        candidates: a.candidates.iter().map(|(i, c)| candidate_to_proto(*i, c)).collect(),
+        settings: Some(pb::CheckSettings {
+            judge_url: a.judge_url.clone(),
+            timeout_ms: a.timeout.as_millis() as u64,
+        }),
+    }
+}
+
+pub fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
+    let c = &r.candidate;
+    let mut out = pb::ProxyResult {
+        proxy: c.url(),
+        protocol: protocol_to_proto(c.protocol) as i32,
+        host: c.host.clone(),
+        port: u32::from(c.port),
+        chunk_id: r.chunk_id,
+        reason: pb::Reason::Unchecked as i32,
+        ..Default::default()
+    };
+    if let Some(v) = &r.verdict {
+        out.checked = true;
+        out.usable = v.usable;
+        out.reason = reason_to_proto(v.reason) as i32;
+        out.latency_ms = v.latency_ms;
+        out.exit_ip = v.exit_ip.clone();
+        out.detail = v.detail.clone();
+    }
+    out
+}

@@ -1,0 +1,235 @@
+//! The gRPC services, a thin adapter: destructure, validate, call the state, map errors to `Status`.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use proxyfleet_proto::v1 as pb;
+use proxyfleet_proto::v1::coordinator_server::Coordinator;
+use proxyfleet_proto::v1::workers_server::Workers;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::convert;
+use crate::scheduler::{Hello, JobError};
+use crate::state::{State, SubmitError, SubmitRequest};
+
+/// Results are streamed in pages of this many proxies.
+const RESULTS_PAGE: usize = 1_000;
+/// A worker must say hello this soon after opening its stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Watchers get at most this many snapshots a second.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl From<JobError> for Status {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::NotFound(_) => Status::not_found(e.to_string()),
+        }
+    }
+}
+
+impl From<SubmitError> for Status {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::TooMany { .. } => Status::resource_exhausted(e.to_string()),
+            _ => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+fn require_job_id(job_id: &str) -> Result<&str, Status> {
+    let id = job_id.trim();
+    if id.is_empty() {
+        return Err(Status::invalid_argument("job_id is required"));
+    }
+    Ok(id)
+}
+
+/// The client-facing service.
+pub struct CoordinatorService {
+    pub state: State,
+    /// Flips to true on shutdown so open watch streams end.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let r = request.into_inner();
+        let mut lines: Vec<(u64, String)> = r.candidates.into_iter().enumerate().map(|(i, l)| (i as u64 + 1, l)).collect();
+        if !r.candidates_text.is_empty() {
+            let offset = lines.len() as u64;
+            lines.extend(r.candidates_text.lines().enumerate().map(|(i, l)| (offset + i as u64 + 1, l.to_string())));
+        }
+        let mut default_protocols = Vec::new();
+        for p in r.default_protocols {
+            default_protocols.push(
+                convert::protocol_from_proto(p)
+                    .ok_or_else(|| Status::invalid_argument(format!("default_protocols: unknown protocol value {p}")))?,
+            );
+        }
+        let positive = |v: u64| (v > 0).then_some(v);
+        let submitted = self.state.submit(SubmitRequest {
+            lines,
+            default_protocols,
+            judge_url: Some(r.judge_url),
+            timeout: positive(r.timeout_ms).map(Duration::from_millis),
+            chunk_size: (r.chunk_size > 0).then_some(r.chunk_size),
+            // min_usable 0 is meaningful but indistinguishable from unset in proto3; unset means 1.
+            min_usable: Some(r.min_usable).filter(|&m| m > 0),
+            deadline: positive(r.deadline_ms).map(Duration::from_millis),
+            max_attempts: (r.max_attempts > 0).then_some(r.max_attempts),
+            pool: Some(r.pool),
+            name: r.name,
+            strict: r.strict,
+            max_failed_chunk_ratio: (r.max_failed_chunk_ratio > 0.0).then_some(r.max_failed_chunk_ratio),
+        })?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job_id: submitted.snapshot.id.clone(),
+            job: Some(convert::job_to_proto(&submitted.snapshot)),
+            rejected: submitted
+                .rejected
+                .into_iter()
+                .map(|r| pb::RejectedLine { line: r.line, text: r.text, reason: r.reason })
+                .collect(),
+            duplicates: submitted.duplicates,
+        }))
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let r = request.into_inner();
+        let snapshot = self.state.job(require_job_id(&r.job_id)?, r.include_chunks)?;
+        Ok(Response::new(convert::job_to_proto(&snapshot)))
+    }
+
+    type WatchJobStream = BoxStream<pb::Job>;
+
+    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let r = request.into_inner();
+        let job_id = require_job_id(&r.job_id)?.to_string();
+        let mut progress = self.state.watch(&job_id)?;
+        let mut shutdown = self.shutdown.clone();
+        let (tx, rx) = mpsc::channel(4);
+        // Ends by itself: at the terminal snapshot, when the client goes away, or at shutdown.
+        tokio::spawn(async move {
+            loop {
+                let snapshot = progress.borrow_and_update().clone();
+                let terminal = snapshot.state.is_terminal();
+                if tx.send(Ok(convert::job_to_proto(&snapshot))).await.is_err() || terminal {
+                    return;
+                }
+                tokio::select! {
+                    changed = progress.changed() => if changed.is_err() { return },
+                    _ = shutdown.changed() => {
+                        let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down; watch again after it restarts"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                }
+                // Coalesce: at most a few snapshots a second, but never hold back the terminal one long.
+                tokio::time::sleep(WATCH_INTERVAL).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let r = request.into_inner();
+        let snapshot = self.state.cancel(require_job_id(&r.job_id)?)?;
+        Ok(Response::new(convert::job_to_proto(&snapshot)))
+    }
+
+    async fn list_jobs(&self, _request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let jobs = self.state.jobs().iter().map(convert::job_to_proto).collect();
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn list_workers(&self, _request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let workers = self.state.workers().iter().map(convert::worker_to_proto).collect();
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+
+    type GetResultsStream = BoxStream<pb::ResultsPage>;
+
+    async fn get_results(&self, request: Request<pb::GetResultsRequest>) -> Result<Response<Self::GetResultsStream>, Status> {
+        let r = request.into_inner();
+        let rows = self.state.results(require_job_id(&r.job_id)?, r.usable_only)?;
+        let pages: Vec<Result<pb::ResultsPage, Status>> = rows
+            .chunks(RESULTS_PAGE)
+            .map(|page| Ok(pb::ResultsPage { results: page.iter().map(convert::result_to_proto).collect() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
+    }
+}
+
+/// The worker-facing service.
+pub struct WorkersService {
+    pub state: State,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl Workers for WorkersService {
+    type SessionStream = BoxStream<pb::CoordinatorMessage>;
+
+    async fn session(&self, request: Request<Streaming<pb::WorkerMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10s of opening the session"))??;
+        let hello = match first.and_then(|m| m.kind) {
+            Some(pb::worker_message::Kind::Hello(h)) => h,
+            _ => return Err(Status::invalid_argument("the first message of a session must be Hello")),
+        };
+        if hello.worker_id.trim().is_empty() {
+            return Err(Status::invalid_argument("Hello.worker_id is required"));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let session = self.state.open_session(
+            Hello {
+                worker_id: hello.worker_id,
+                name: hello.name,
+                version: hello.version,
+                peer,
+                capacity: hello.capacity.clamp(1, 1024),
+                max_checks: hello.max_checks,
+            },
+            tx,
+        );
+        let state = self.state.clone();
+        let mut shutdown = self.shutdown.clone();
+        // The reader lives as long as the worker's stream; on its end the session's leases are requeued.
+        tokio::spawn(async move {
+            let why = loop {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = shutdown.changed() => break "coordinator shutting down",
+                };
+                let kind = match message {
+                    Ok(Some(m)) => m.kind,
+                    Ok(None) => break "stream closed by the worker",
+                    Err(status) => {
+                        debug!(session_id = session, error = %status, "worker stream broke");
+                        break "stream broken";
+                    }
+                };
+                match kind {
+                    Some(pb::worker_message::Kind::Verdicts(v)) => state.on_verdicts(session, v),
+                    Some(pb::worker_message::Kind::Heartbeat(h)) => state.on_heartbeat(session, h),
+                    Some(pb::worker_message::Kind::Draining(_)) => state.on_draining(session),
+                    Some(pb::worker_message::Kind::HandBack(h)) => state.on_hand_back(session, h.lease_id),
+                    Some(pb::worker_message::Kind::Hello(_)) => warn!(session_id = session, "second hello on one stream ignored"),
+                    None => warn!(session_id = session, "empty worker message ignored"),
+                }
+            };
+            state.close_session(session, why);
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,115 @@
+//! proxyfleet coordinator: takes refresh jobs, leases their chunks to workers over bidirectional
+//! streams, takes chunks back from workers that vanish, and streams progress to clients.
+
+pub mod candidate;
+pub mod config;
+pub mod convert;
+pub mod grpc;
+pub mod judge;
+pub mod scheduler;
+pub mod state;
+
+use std::future::Future;
+
+use proxyfleet_proto::v1::coordinator_server::CoordinatorServer;
+use proxyfleet_proto::v1::workers_server::WorkersServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+pub use config::{Cli, CoordinatorConfig};
+pub use state::State;
+
+/// Largest message a client may send (a submitted list), in bytes.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Runs the coordinator on `grpc` (clients and workers) and `judge` (the built-in judge) until
+/// `shutdown` completes, then closes every session and stream and returns.
+pub async fn run(
+    grpc: TcpListener,
+    judge: TcpListener,
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        anyhow::anyhow!("cannot create the data dir {}: {e}; pass a writable --data-dir", config.data_dir.display())
+    })?;
+    let state = State::new(config.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<CoordinatorServer<grpc::CoordinatorService>>().await;
+    health_reporter.set_serving::<WorkersServer<grpc::WorkersService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proxyfleet_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proxyfleet_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let coordinator = CoordinatorServer::new(grpc::CoordinatorService { state: state.clone(), shutdown: stop_rx.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = WorkersServer::new(grpc::WorkersService { state: state.clone(), shutdown: stop_rx.clone() })
+        .max_decoding_message_size(16 * 1024 * 1024);
+
+    info!(grpc = %grpc.local_addr()?, judge = %judge.local_addr()?, judge_url = %config.default_judge_url, lease_ttl = ?config.lease_ttl, "coordinator listening");
+
+    let ticker = {
+        let state = state.clone();
+        let mut stop = stop_rx.clone();
+        let every = config.tick;
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => state.tick(),
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
+    let judge_task = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(judge::serve(judge, async move {
+            let _ = stop.changed().await;
+        }))
+    };
+
+    let server_stop = {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.changed().await;
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(coordinator)
+        .add_service(workers)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), server_stop);
+    let server = tokio::spawn(server);
+
+    let signal_state = state.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        info!("coordinator shutting down");
+        let _ = stop_tx.send(true);
+        signal_state.close_all_sessions();
+        // Keep the sender alive until the process ends so receivers see the final value.
+        std::future::pending::<()>().await;
+    });
+
+    let served = server.await?;
+    ticker.abort();
+    judge_task.abort();
+    served?;
+    info!("coordinator stopped");
+    Ok(())
+}

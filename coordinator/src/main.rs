@@ -1,0 +1,43 @@
+//! `proxyfleet-coordinator`: parses the command line, sets up logs, runs the coordinator until
+//! SIGINT or SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use proxyfleet_coordinator::{Cli, CoordinatorConfig};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let grpc = TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen); is another coordinator running?", cli.listen))?;
+    let grpc_addr = grpc.local_addr()?;
+    let judge_addr = cli.judge_listen.unwrap_or_else(|| {
+        let mut a = grpc_addr;
+        a.set_port(if cli.listen.port() == 0 { 0 } else { grpc_addr.port().wrapping_add(1) });
+        a
+    });
+    let judge = TcpListener::bind(judge_addr)
+        .await
+        .with_context(|| format!("cannot listen on {judge_addr} for the judge (--judge-listen)"))?;
+    let config = CoordinatorConfig::from_cli(&cli, judge.local_addr()?)?;
+    // The bound addresses on stdout, for scripts and tests that asked for port 0.
+    println!("listening grpc={} judge={} judge_url={}", grpc_addr, judge.local_addr()?, config.default_judge_url);
+    proxyfleet_coordinator::run(grpc, judge, config, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,1410 @@
+//! The lease table and job state machine: pure, clock passed in, no IO.
+//!
+//! Every input (a worker's hello, verdicts, heartbeat, hand-back, drain, a broken stream, a clock
+//! tick, a client's submit or cancel) is a method taking `now`; every output to a worker is an
+//! [`Outbound`] message the caller delivers. The caller serializes access (one lock).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use crate::candidate::Candidate;
+
+pub type LeaseId = u64;
+pub type SessionId = u64;
+pub type ChunkId = u32;
+
+/// Settings of the lease protocol, fixed for the coordinator's life.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// A session silent this long loses its leases.
+    pub lease_ttl: Duration,
+}
+
+/// Settings of one job, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSettings {
+    pub judge_url: String,
+    pub timeout: Duration,
+    pub chunk_size: u32,
+    pub min_usable: u64,
+    pub deadline: Duration,
+    pub max_attempts: u32,
+    pub pool: String,
+    pub max_failed_chunk_ratio: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Scraping,
+    Checking,
+    Succeeded,
+    Insufficient,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Insufficient | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "QUEUED",
+            JobState::Scraping => "SCRAPING",
+            JobState::Checking => "CHECKING",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Insufficient => "INSUFFICIENT",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkState {
+    Queued,
+    Leased(LeaseId),
+    Done,
+    Failed,
+}
+
+/// Why a proxy is not usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    None,
+    Refused,
+    Timeout,
+    Handshake,
+    BadStatus,
+    TokenMissing,
+    Tls,
+    Network,
+}
+
+/// A worker's verdict on one candidate of its lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Candidate index in the job.
+    pub index: u32,
+    pub usable: bool,
+    pub reason: Reason,
+    pub latency_ms: u32,
+    pub exit_ip: String,
+    pub detail: String,
+}
+
+/// A chunk as leased to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub lease_id: LeaseId,
+    pub job_id: String,
+    pub chunk_id: ChunkId,
+    pub attempt: u32,
+    /// Unchecked candidates of the chunk, with their job indices.
+    pub candidates: Vec<(u32, Candidate)>,
+    pub judge_url: String,
+    pub timeout: Duration,
+}
+
+/// A message for one worker session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    Assign(SessionId, Assignment),
+    LeaseDone(SessionId, LeaseId),
+    Revoke(SessionId, LeaseId, &'static str),
+    /// End this session's stream: it was replaced by a newer session of the same worker.
+    Close(SessionId),
+}
+
+/// Why a lease ended without its chunk being finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseLoss {
+    /// The holder vanished (stream broke, went silent, replaced): costs an attempt.
+    Vanished,
+    /// A draining holder gave it back: costs nothing.
+    HandedBack,
+    /// The job ended: the chunk will not be checked further.
+    JobEnded,
+}
+
+/// What a client may get wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    #[error("no job with id {0:?}; `proxyfleet jobs` lists the known jobs")]
+    NotFound(String),
+}
+
+#[derive(Debug)]
+struct Chunk {
+    id: ChunkId,
+    range: Range<u32>,
+    /// Candidates of the chunk still without a verdict.
+    unchecked: u32,
+    state: ChunkState,
+    /// Times a holder vanished with it.
+    attempts: u32,
+    /// Times it was leased.
+    leases: u32,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: String,
+    name: String,
+    settings: JobSettings,
+    state: JobState,
+    reason: String,
+    candidates: Vec<Candidate>,
+    /// Verdict per candidate index; `None` until recorded, never overwritten.
+    verdicts: Vec<Option<Verdict>>,
+    chunks: Vec<Chunk>,
+    created: Instant,
+    created_wall_ms: u64,
+    ended_wall_ms: u64,
+    ended: Option<Instant>,
+    checked: u64,
+    usable: u64,
+    reassignments: u64,
+    stale_refused: u64,
+    handed_back: u64,
+    /// (time, checked) samples for the check rate, oldest first.
+    rate_samples: VecDeque<(Instant, u64)>,
+}
+
+#[derive(Debug)]
+struct Lease {
+    job_id: String,
+    chunk: ChunkId,
+    session: SessionId,
+}
+
+#[derive(Debug)]
+struct Session {
+    worker_id: String,
+    name: String,
+    version: String,
+    peer: String,
+    capacity: u32,
+    max_checks: u32,
+    leases: BTreeSet<LeaseId>,
+    connected: Instant,
+    last_seen: Instant,
+    /// Said `Draining`: gets no new lease.
+    draining: bool,
+    /// Silent past the lease TTL: lost its leases, gets none until it speaks again.
+    silent: bool,
+    verdicts_accepted: u64,
+}
+
+/// Counts of a job as clients see them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobProgress {
+    pub chunks_total: u64,
+    pub chunks_queued: u64,
+    pub chunks_leased: u64,
+    pub chunks_done: u64,
+    pub chunks_failed: u64,
+    pub proxies_total: u64,
+    pub proxies_checked: u64,
+    pub proxies_usable: u64,
+    pub workers: u64,
+    pub checks_per_second: f64,
+    pub eta: Option<Duration>,
+    pub reassignments: u64,
+    pub stale_verdicts_refused: u64,
+    pub handed_back: u64,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkInfo {
+    pub id: ChunkId,
+    pub state: ChunkState,
+    pub size: u32,
+    pub checked: u32,
+    pub attempts: u32,
+    pub leases: u32,
+    pub holder: String,
+}
+
+/// A job as clients see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSnapshot {
+    pub id: String,
+    pub name: String,
+    pub state: JobState,
+    pub reason: String,
+    pub settings: JobSettings,
+    pub progress: JobProgress,
+    pub created_wall_ms: u64,
+    pub ended_wall_ms: u64,
+    pub chunks: Vec<ChunkInfo>,
+}
+
+/// A worker session as clients see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSnapshot {
+    pub session_id: SessionId,
+    pub worker_id: String,
+    pub name: String,
+    pub version: String,
+    pub peer: String,
+    pub status: &'static str,
+    pub leases: Vec<LeaseId>,
+    pub capacity: u32,
+    pub max_checks: u32,
+    pub connected_for: Duration,
+    pub last_seen_ago: Duration,
+    pub verdicts_accepted: u64,
+}
+
+/// One candidate of a job with its verdict, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultRow {
+    pub candidate: Candidate,
+    pub chunk_id: ChunkId,
+    pub verdict: Option<Verdict>,
+}
+
+/// What a worker said hello with.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub worker_id: String,
+    pub name: String,
+    pub version: String,
+    pub peer: String,
+    pub capacity: u32,
+    pub max_checks: u32,
+}
+
+/// A job to queue: validated settings and parsed candidates.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub name: String,
+    pub settings: JobSettings,
+    pub candidates: Vec<Candidate>,
+}
+
+/// The whole scheduling state of a coordinator.
+#[derive(Debug)]
+pub struct Scheduler {
+    config: LeaseConfig,
+    /// Every job, by id; the order of ids in `job_order` is submission order.
+    jobs: HashMap<String, Job>,
+    job_order: Vec<String>,
+    /// Chunks waiting for a worker, oldest first; entries whose chunk is no longer queued are skipped.
+    queue: VecDeque<(String, ChunkId)>,
+    /// Live leases.
+    leases: HashMap<LeaseId, Lease>,
+    /// Ended leases and their job, so late verdicts are refused and counted against the right job.
+    retired: HashMap<LeaseId, String>,
+    sessions: BTreeMap<SessionId, Session>,
+    next_lease: LeaseId,
+    next_session: SessionId,
+    /// Jobs whose snapshot changed since `take_dirty`.
+    dirty: BTreeSet<String>,
+    stale_refused_total: u64,
+}
+
+impl Scheduler {
+    /// `first_lease_id` lets lease ids stay unique across coordinator restarts.
+    pub fn new(config: LeaseConfig, first_lease_id: LeaseId) -> Self {
+        Scheduler {
+            config,
+            jobs: HashMap::new(),
+            job_order: Vec::new(),
+            queue: VecDeque::new(),
+            leases: HashMap::new(),
+            retired: HashMap::new(),
+            sessions: BTreeMap::new(),
+            next_lease: first_lease_id.max(1),
+            next_session: 1,
+            dirty: BTreeSet::new(),
+            stale_refused_total: 0,
+        }
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.config.lease_ttl
+    }
+
+    /// Queues a job; it starts checking at once unless another job of its pool is running.
+    pub fn submit(&mut self, new: NewJob, now: Instant, wall_ms: u64) -> Vec<Outbound> {
+        let chunk_size = new.settings.chunk_size.max(1);
+        let total = new.candidates.len() as u32;
+        let chunks = (0..total)
+            .step_by(chunk_size as usize)
+            .enumerate()
+            .map(|(i, start)| {
+                let end = (start + chunk_size).min(total);
+                Chunk {
+                    id: i as ChunkId,
+                    range: start..end,
+                    unchecked: end - start,
+                    state: ChunkState::Queued,
+                    attempts: 0,
+                    leases: 0,
+                }
+            })
+            .collect();
+        let job = Job {
+            id: new.id.clone(),
+            name: new.name,
+            settings: new.settings,
+            state: JobState::Queued,
+            reason: String::new(),
+            verdicts: vec![None; new.candidates.len()],
+            candidates: new.candidates,
+            chunks,
+            created: now,
+            created_wall_ms: wall_ms,
+            ended_wall_ms: 0,
+            ended: None,
+            checked: 0,
+            usable: 0,
+            reassignments: 0,
+            stale_refused: 0,
+            handed_back: 0,
+            rate_samples: VecDeque::new(),
+        };
+        self.job_order.push(new.id.clone());
+        self.jobs.insert(new.id.clone(), job);
+        self.dirty.insert(new.id);
+        let mut out = Vec::new();
+        self.start_queued_jobs(now, wall_ms, &mut out);
+        out.extend(self.assign(now));
+        out
+    }
+
+    /// Starts the oldest queued job of every pool that has none running.
+    fn start_queued_jobs(&mut self, now: Instant, wall_ms: u64, out: &mut Vec<Outbound>) {
+        let mut busy: BTreeSet<String> = self
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Scraping | JobState::Checking))
+            .map(|j| j.settings.pool.clone())
+            .collect();
+        for id in self.job_order.clone() {
+            let job = &self.jobs[&id];
+            if job.state != JobState::Queued || busy.contains(&job.settings.pool) {
+                continue;
+            }
+            busy.insert(job.settings.pool.clone());
+            // A job of inline candidates has nothing to scrape: it passes SCRAPING at once.
+            let job = self.jobs.get_mut(&id).expect("job listed in job_order");
+            job.state = JobState::Checking;
+            for chunk in &job.chunks {
+                self.queue.push_back((id.clone(), chunk.id));
+            }
+            self.dirty.insert(id.clone());
+            self.finish_if_complete(&id, now, wall_ms, out);
+        }
+    }
+
+    /// A worker opened a session. A previous session with the same worker id is replaced.
+    pub fn hello(&mut self, hello: Hello, now: Instant) -> (SessionId, Vec<Outbound>) {
+        let mut out = Vec::new();
+        let replaced: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.worker_id == hello.worker_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for old in replaced {
+            self.end_session(old, now, &mut out);
+            out.push(Outbound::Close(old));
+        }
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                worker_id: hello.worker_id,
+                name: hello.name,
+                version: hello.version,
+                peer: hello.peer,
+                capacity: hello.capacity.max(1),
+                max_checks: hello.max_checks,
+                leases: BTreeSet::new(),
+                connected: now,
+                last_seen: now,
+                draining: false,
+                silent: false,
+                verdicts_accepted: 0,
+            },
+        );
+        out.extend(self.assign(now));
+        (id, out)
+    }
+
+    /// Any message renews the sender's leases; a silent session that speaks again may get work.
+    fn touch(&mut self, session: SessionId, now: Instant) -> bool {
+        match self.sessions.get_mut(&session) {
+            Some(s) => {
+                s.last_seen = now;
+                s.silent = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Verdicts for a lease. Accepted only from the live lease's holder; otherwise refused and counted.
+    pub fn verdicts(
+        &mut self,
+        session: SessionId,
+        lease_id: LeaseId,
+        verdicts: Vec<Verdict>,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        if !self.touch(session, now) {
+            return out;
+        }
+        let holder = self.leases.get(&lease_id).map(|l| l.session);
+        if holder != Some(session) {
+            let job_id = self
+                .leases
+                .get(&lease_id)
+                .map(|l| l.job_id.clone())
+                .or_else(|| self.retired.get(&lease_id).cloned());
+            let count = verdicts.len() as u64;
+            self.stale_refused_total += count;
+            if let Some(job) = job_id.and_then(|id| self.jobs.get_mut(&id)) {
+                job.stale_refused += count;
+                self.dirty.insert(job.id.clone());
+            }
+            out.push(Outbound::Revoke(session, lease_id, "stale lease"));
+            return out;
+        }
+        let lease = &self.leases[&lease_id];
+        let job_id = lease.job_id.clone();
+        let chunk_id = lease.chunk;
+        let job = self.jobs.get_mut(&job_id).expect("a live lease has a job");
+        let chunk = &mut job.chunks[chunk_id as usize];
+        let mut accepted = 0;
+        for verdict in verdicts {
+            if !chunk.range.contains(&verdict.index) {
+                continue;
+            }
+            let slot = &mut job.verdicts[verdict.index as usize];
+            if slot.is_some() {
+                continue;
+            }
+            job.checked += 1;
+            if verdict.usable {
+                job.usable += 1;
+            }
+            chunk.unchecked -= 1;
+            accepted += 1;
+            *slot = Some(verdict);
+        }
+        let chunk_finished = chunk.unchecked == 0;
+        if chunk_finished {
+            chunk.state = ChunkState::Done;
+        }
+        self.dirty.insert(job_id.clone());
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.verdicts_accepted += accepted;
+        }
+        if chunk_finished {
+            self.retire_lease(lease_id);
+            out.push(Outbound::LeaseDone(session, lease_id));
+            self.finish_if_complete(&job_id, now, wall_ms, &mut out);
+            out.extend(self.assign(now));
+        }
+        out
+    }
+
+    /// A heartbeat names the leases the worker believes it holds; any it does not hold is revoked.
+    pub fn heartbeat(&mut self, session: SessionId, claimed: &[LeaseId], now: Instant) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        if !self.touch(session, now) {
+            return out;
+        }
+        for &lease_id in claimed {
+            if self.leases.get(&lease_id).map(|l| l.session) != Some(session) {
+                out.push(Outbound::Revoke(session, lease_id, "stale lease"));
+            }
+        }
+        out.extend(self.assign(now));
+        out
+    }
+
+    /// The worker is shutting down: no new leases for it.
+    pub fn draining(&mut self, session: SessionId, now: Instant) {
+        if self.touch(session, now) {
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.draining = true;
+            }
+        }
+    }
+
+    /// A draining worker gives a lease back unfinished; the chunk is queued again at no attempt.
+    pub fn hand_back(&mut self, session: SessionId, lease_id: LeaseId, now: Instant) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        if !self.touch(session, now) {
+            return out;
+        }
+        if self.leases.get(&lease_id).map(|l| l.session) == Some(session) {
+            self.lose_lease(lease_id, LeaseLoss::HandedBack, now, &mut out);
+        }
+        out.extend(self.assign(now));
+        out
+    }
+
+    /// The session's stream ended (broke or closed): its leases go back to the queue at once.
+    pub fn disconnect(&mut self, session: SessionId, now: Instant) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        self.end_session(session, now, &mut out);
+        out.extend(self.assign(now));
+        out
+    }
+
+    fn end_session(&mut self, session: SessionId, now: Instant, out: &mut Vec<Outbound>) {
+        if let Some(s) = self.sessions.remove(&session) {
+            for lease_id in s.leases {
+                self.lose_lease(lease_id, LeaseLoss::Vanished, now, out);
+            }
+        }
+    }
+
+    /// Expires silent sessions' leases and overdue jobs; call often (a few times a second).
+    pub fn tick(&mut self, now: Instant, wall_ms: u64) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        let ttl = self.config.lease_ttl;
+        let silent: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.silent && now.saturating_duration_since(s.last_seen) >= ttl)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            let session = self.sessions.get_mut(&id).expect("listed above");
+            session.silent = true;
+            let leases = std::mem::take(&mut session.leases);
+            for lease_id in leases {
+                out.push(Outbound::Revoke(id, lease_id, "lease expired: no message within the lease ttl"));
+                self.lose_lease(lease_id, LeaseLoss::Vanished, now, &mut out);
+            }
+        }
+        let overdue: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal() && now.saturating_duration_since(j.created) >= j.settings.deadline)
+            .map(|j| j.id.clone())
+            .collect();
+        for id in overdue {
+            let job = &self.jobs[&id];
+            let mut reason = format!(
+                "deadline of {} passed with {} of {} proxies checked",
+                humantime::format_duration(job.settings.deadline),
+                job.checked,
+                job.candidates.len()
+            );
+            if self.sessions.is_empty() {
+                reason.push_str("; no worker is connected (start proxyfleet-worker --coordinator URL)");
+            } else if job.state == JobState::Queued {
+                reason.push_str("; the job waited behind another job of its pool");
+            }
+            self.end_job(&id, JobState::Failed, reason, now, wall_ms, &mut out);
+        }
+        for job in self.jobs.values_mut() {
+            if job.state == JobState::Checking {
+                job.rate_samples.push_back((now, job.checked));
+                while job.rate_samples.len() > 2
+                    && now.saturating_duration_since(job.rate_samples[0].0) > Duration::from_secs(10)
+                {
+                    job.rate_samples.pop_front();
+                }
+            }
+        }
+        out.extend(self.assign(now));
+        out
+    }
+
+    /// Cancels a job that has not ended; returns its snapshot either way.
+    pub fn cancel(&mut self, job_id: &str, now: Instant, wall_ms: u64) -> Result<(JobSnapshot, Vec<Outbound>), JobError> {
+        let state = self
+            .jobs
+            .get(job_id)
+            .map(|j| j.state)
+            .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
+        let mut out = Vec::new();
+        if !state.is_terminal() {
+            self.end_job(job_id, JobState::Cancelled, "cancelled by a client".into(), now, wall_ms, &mut out);
+            out.extend(self.assign(now));
+        }
+        Ok((self.snapshot(job_id, false, now)?, out))
+    }
+
+    /// Pushes queued chunks to sessions with free capacity, least loaded first.
+    pub fn assign(&mut self, now: Instant) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        loop {
+            let target = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| !s.draining && !s.silent && (s.leases.len() as u32) < s.capacity)
+                .min_by_key(|(id, s)| (s.leases.len(), **id))
+                .map(|(id, _)| *id);
+            let Some(session) = target else { break };
+            let Some((job_id, chunk_id)) = self.next_queued_chunk() else { break };
+            out.push(self.grant(session, &job_id, chunk_id, now));
+        }
+        out
+    }
+
+    fn next_queued_chunk(&mut self) -> Option<(String, ChunkId)> {
+        while let Some((job_id, chunk_id)) = self.queue.pop_front() {
+            let live = self.jobs.get(&job_id).is_some_and(|j| {
+                j.state == JobState::Checking && j.chunks[chunk_id as usize].state == ChunkState::Queued
+            });
+            if live {
+                return Some((job_id, chunk_id));
+            }
+        }
+        None
+    }
+
+    fn grant(&mut self, session: SessionId, job_id: &str, chunk_id: ChunkId, _now: Instant) -> Outbound {
+        let lease_id = self.next_lease;
+        self.next_lease += 1;
+        let job = self.jobs.get_mut(job_id).expect("queued chunk has a job");
+        let chunk = &mut job.chunks[chunk_id as usize];
+        chunk.state = ChunkState::Leased(lease_id);
+        chunk.leases += 1;
+        let candidates = chunk
+            .range
+            .clone()
+            .filter(|&i| job.verdicts[i as usize].is_none())
+            .map(|i| (i, job.candidates[i as usize].clone()))
+            .collect();
+        let assignment = Assignment {
+            lease_id,
+            job_id: job_id.to_string(),
+            chunk_id,
+            attempt: chunk.leases,
+            candidates,
+            judge_url: job.settings.judge_url.clone(),
+            timeout: job.settings.timeout,
+        };
+        self.dirty.insert(job_id.to_string());
+        self.leases.insert(
+            lease_id,
+            Lease {
+                job_id: job_id.to_string(),
+                chunk: chunk_id,
+                session,
+            },
+        );
+        self.sessions
+            .get_mut(&session)
+            .expect("assign picks a live session")
+            .leases
+            .insert(lease_id);
+        Outbound::Assign(session, assignment)
+    }
+
+    fn retire_lease(&mut self, lease_id: LeaseId) -> Option<Lease> {
+        let lease = self.leases.remove(&lease_id)?;
+        if let Some(s) = self.sessions.get_mut(&lease.session) {
+            s.leases.remove(&lease_id);
+        }
+        self.retired.insert(lease_id, lease.job_id.clone());
+        Some(lease)
+    }
+
+    fn lose_lease(&mut self, lease_id: LeaseId, loss: LeaseLoss, now: Instant, out: &mut Vec<Outbound>) {
+        let Some(lease) = self.retire_lease(lease_id) else { return };
+        let job = self.jobs.get_mut(&lease.job_id).expect("a lease has a job");
+        let chunk = &mut job.chunks[lease.chunk as usize];
+        if chunk.state != ChunkState::Leased(lease_id) {
+            return;
+        }
+        self.dirty.insert(job.id.clone());
+        match loss {
+            // Left unchecked: the job will not check it further.
+            LeaseLoss::JobEnded => chunk.state = ChunkState::Queued,
+            LeaseLoss::HandedBack => {
+                chunk.state = ChunkState::Queued;
+                job.handed_back += 1;
+                self.queue.push_front((job.id.clone(), chunk.id));
+            }
+            LeaseLoss::Vanished => {
+                chunk.attempts += 1;
+                job.reassignments += 1;
+                if chunk.attempts >= job.settings.max_attempts {
+                    chunk.state = ChunkState::Failed;
+                    let job_id = job.id.clone();
+                    // Wall time only matters for the end stamp; `now` orders everything else.
+                    let wall_ms = job.created_wall_ms + now.saturating_duration_since(job.created).as_millis() as u64;
+                    self.finish_if_complete(&job_id, now, wall_ms, out);
+                } else {
+                    chunk.state = ChunkState::Queued;
+                    self.queue.push_front((job.id.clone(), chunk.id));
+                }
+            }
+        }
+    }
+
+    /// Ends a checking job whose every chunk is done or failed.
+    fn finish_if_complete(&mut self, job_id: &str, now: Instant, wall_ms: u64, out: &mut Vec<Outbound>) {
+        let job = &self.jobs[job_id];
+        if job.state != JobState::Checking
+            || job.chunks.iter().any(|c| !matches!(c.state, ChunkState::Done | ChunkState::Failed))
+        {
+            return;
+        }
+        let failed = job.chunks.iter().filter(|c| c.state == ChunkState::Failed).count();
+        let total = job.chunks.len();
+        let failed_note = if failed > 0 {
+            format!(
+                "; {failed} of {total} chunks failed after {} attempts each (their proxies are unchecked)",
+                job.settings.max_attempts
+            )
+        } else {
+            String::new()
+        };
+        let (state, reason) = if total > 0 && failed as f64 / total as f64 > job.settings.max_failed_chunk_ratio {
+            (
+                JobState::Failed,
+                format!(
+                    "{failed} of {total} chunks failed: every worker that took them vanished {} times",
+                    job.settings.max_attempts
+                ),
+            )
+        } else if job.usable >= job.settings.min_usable {
+            (
+                JobState::Succeeded,
+                format!("{} usable of {} proxies (at least {} wanted){failed_note}", job.usable, job.candidates.len(), job.settings.min_usable),
+            )
+        } else {
+            (
+                JobState::Insufficient,
+                format!("only {} usable of {} proxies, {} wanted{failed_note}", job.usable, job.candidates.len(), job.settings.min_usable),
+            )
+        };
+        self.end_job(job_id, state, reason, now, wall_ms, out);
+    }
+
+    fn end_job(&mut self, job_id: &str, state: JobState, reason: String, now: Instant, wall_ms: u64, out: &mut Vec<Outbound>) {
+        let live: Vec<(LeaseId, SessionId)> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.job_id == job_id)
+            .map(|(id, l)| (*id, l.session))
+            .collect();
+        for (lease_id, session) in live {
+            out.push(Outbound::Revoke(session, lease_id, "job ended"));
+            self.lose_lease(lease_id, LeaseLoss::JobEnded, now, out);
+        }
+        let job = self.jobs.get_mut(job_id).expect("ending a known job");
+        if job.state.is_terminal() {
+            return;
+        }
+        job.state = state;
+        job.reason = reason;
+        job.ended = Some(now);
+        job.ended_wall_ms = wall_ms;
+        self.dirty.insert(job_id.to_string());
+        self.start_queued_jobs(now, wall_ms, out);
+    }
+
+    /// Ids of jobs whose snapshot changed since the last call.
+    pub fn take_dirty(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    pub fn job_ids(&self) -> Vec<String> {
+        self.job_order.iter().rev().cloned().collect()
+    }
+
+    pub fn snapshot(&self, job_id: &str, include_chunks: bool, now: Instant) -> Result<JobSnapshot, JobError> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
+        let mut progress = JobProgress {
+            chunks_total: job.chunks.len() as u64,
+            proxies_total: job.candidates.len() as u64,
+            proxies_checked: job.checked,
+            proxies_usable: job.usable,
+            reassignments: job.reassignments,
+            stale_verdicts_refused: job.stale_refused,
+            handed_back: job.handed_back,
+            elapsed: job.ended.unwrap_or(now).saturating_duration_since(job.created),
+            ..JobProgress::default()
+        };
+        let mut holders = BTreeSet::new();
+        for chunk in &job.chunks {
+            match chunk.state {
+                ChunkState::Queued => progress.chunks_queued += 1,
+                ChunkState::Leased(lease) => {
+                    progress.chunks_leased += 1;
+                    if let Some(l) = self.leases.get(&lease) {
+                        holders.insert(l.session);
+                    }
+                }
+                ChunkState::Done => progress.chunks_done += 1,
+                ChunkState::Failed => progress.chunks_failed += 1,
+            }
+        }
+        progress.workers = holders.len() as u64;
+        if !job.state.is_terminal() {
+            if let (Some(first), Some(last)) = (job.rate_samples.front(), job.rate_samples.back()) {
+                let secs = last.0.saturating_duration_since(first.0).as_secs_f64();
+                if secs > 0.0 {
+                    progress.checks_per_second = (last.1 - first.1) as f64 / secs;
+                }
+            }
+            let left = job.candidates.len() as u64 - job.checked;
+            if progress.checks_per_second > 0.0 {
+                progress.eta = Some(Duration::from_secs_f64(left as f64 / progress.checks_per_second));
+            }
+        }
+        let chunks = if include_chunks {
+            job.chunks
+                .iter()
+                .map(|c| ChunkInfo {
+                    id: c.id,
+                    state: c.state,
+                    size: c.range.len() as u32,
+                    checked: c.range.len() as u32 - c.unchecked,
+                    attempts: c.attempts,
+                    leases: c.leases,
+                    holder: match c.state {
+                        ChunkState::Leased(lease) => self
+                            .leases
+                            .get(&lease)
+                            .and_then(|l| self.sessions.get(&l.session))
+                            .map(|s| s.worker_id.clone())
+                            .unwrap_or_default(),
+                        _ => String::new(),
+                    },
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(JobSnapshot {
+            id: job.id.clone(),
+            name: job.name.clone(),
+            state: job.state,
+            reason: job.reason.clone(),
+            settings: job.settings.clone(),
+            progress,
+            created_wall_ms: job.created_wall_ms,
+            ended_wall_ms: job.ended_wall_ms,
+            chunks,
+        })
+    }
+
+    pub fn workers(&self, now: Instant) -> Vec<WorkerSnapshot> {
+        self.sessions
+            .iter()
+            .map(|(id, s)| WorkerSnapshot {
+                session_id: *id,
+                worker_id: s.worker_id.clone(),
+                name: s.name.clone(),
+                version: s.version.clone(),
+                peer: s.peer.clone(),
+                status: if s.silent {
+                    "silent"
+                } else if s.draining {
+                    "draining"
+                } else {
+                    "active"
+                },
+                leases: s.leases.iter().copied().collect(),
+                capacity: s.capacity,
+                max_checks: s.max_checks,
+                connected_for: now.saturating_duration_since(s.connected),
+                last_seen_ago: now.saturating_duration_since(s.last_seen),
+                verdicts_accepted: s.verdicts_accepted,
+            })
+            .collect()
+    }
+
+    /// Every candidate of the job once, in candidate order.
+    pub fn results(&self, job_id: &str, usable_only: bool) -> Result<Vec<ResultRow>, JobError> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
+        let chunk_size = job.settings.chunk_size.max(1);
+        Ok(job
+            .candidates
+            .iter()
+            .zip(&job.verdicts)
+            .enumerate()
+            .filter(|(_, (_, v))| !usable_only || v.as_ref().is_some_and(|v| v.usable))
+            .map(|(i, (c, v))| ResultRow {
+                candidate: c.clone(),
+                chunk_id: i as u32 / chunk_size,
+                verdict: v.clone(),
+            })
+            .collect())
+    }
+
+    /// Refused stale verdicts over every job.
+    pub fn stale_refused_total(&self) -> u64 {
+        self.stale_refused_total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::candidate::Protocol;
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    fn settings(chunk_size: u32, min_usable: u64) -> JobSettings {
+        JobSettings {
+            judge_url: "http://judge.test/judge".into(),
+            timeout: Duration::from_secs(5),
+            chunk_size,
+            min_usable,
+            deadline: Duration::from_secs(600),
+            max_attempts: 3,
+            pool: "default".into(),
+            max_failed_chunk_ratio: 0.5,
+        }
+    }
+
+    fn candidates(n: u32) -> Vec<Candidate> {
+        (0..n)
+            .map(|i| Candidate {
+                protocol: Protocol::Http,
+                host: format!("10.0.{}.{}", i / 250, i % 250 + 1),
+                port: 8080,
+                auth: None,
+            })
+            .collect()
+    }
+
+    fn new_job(id: &str, n: u32, chunk_size: u32, min_usable: u64) -> NewJob {
+        NewJob {
+            id: id.into(),
+            name: String::new(),
+            settings: settings(chunk_size, min_usable),
+            candidates: candidates(n),
+        }
+    }
+
+    fn hello(worker: &str, capacity: u32) -> Hello {
+        Hello {
+            worker_id: worker.into(),
+            name: worker.into(),
+            version: "test".into(),
+            peer: "127.0.0.1:1".into(),
+            capacity,
+            max_checks: 10,
+        }
+    }
+
+    fn assignments(out: &[Outbound]) -> Vec<(SessionId, Assignment)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outbound::Assign(s, a) => Some((*s, a.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn verdicts_for(a: &Assignment, usable: impl Fn(u32) -> bool) -> Vec<Verdict> {
+        a.candidates
+            .iter()
+            .map(|(i, _)| Verdict {
+                index: *i,
+                usable: usable(*i),
+                reason: if usable(*i) { Reason::None } else { Reason::Refused },
+                latency_ms: 1,
+                exit_ip: String::new(),
+                detail: String::new(),
+            })
+            .collect()
+    }
+
+    struct Clock {
+        start: Instant,
+        now: Instant,
+    }
+
+    impl Clock {
+        fn new() -> Self {
+            let start = Instant::now();
+            Clock { start, now: start }
+        }
+        fn advance(&mut self, d: Duration) -> Instant {
+            self.now += d;
+            self.now
+        }
+        fn wall(&self) -> u64 {
+            self.now.duration_since(self.start).as_millis() as u64
+        }
+    }
+
+    fn scheduler() -> Scheduler {
+        Scheduler::new(LeaseConfig { lease_ttl: TTL }, 1)
+    }
+
+    fn state(s: &Scheduler, job: &str, t: Instant) -> JobState {
+        s.snapshot(job, false, t).unwrap().state
+    }
+
+    #[test]
+    fn a_job_with_workers_runs_to_success() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        let out = s.submit(new_job("j", 10, 4, 2), c.now, c.wall());
+        assert!(assignments(&out).is_empty(), "no worker yet");
+        assert_eq!(state(&s, "j", c.now), JobState::Checking);
+        let (w, out) = s.hello(hello("w1", 2), c.now);
+        let first = assignments(&out);
+        assert_eq!(first.len(), 2, "assigned up to capacity");
+        assert!(first.iter().all(|(sess, a)| *sess == w && a.attempt == 1));
+        let out = s.verdicts(w, first[0].1.lease_id, verdicts_for(&first[0].1, |i| i < 3), c.now, c.wall());
+        assert!(out.contains(&Outbound::LeaseDone(w, first[0].1.lease_id)));
+        let third = assignments(&out);
+        assert_eq!(third.len(), 1, "the freed credit gets the last chunk");
+        assert_eq!(third[0].1.candidates.len(), 2);
+        for (_, a) in [first[1].clone(), third[0].clone()] {
+            s.verdicts(w, a.lease_id, verdicts_for(&a, |_| false), c.now, c.wall());
+        }
+        let snap = s.snapshot("j", true, c.now).unwrap();
+        assert_eq!(snap.state, JobState::Succeeded);
+        assert_eq!(snap.progress.proxies_checked, 10);
+        assert_eq!(snap.progress.proxies_usable, 3);
+        assert_eq!(snap.progress.chunks_done, 3);
+        let results = s.results("j", false).unwrap();
+        assert_eq!(results.len(), 10);
+        assert!(results.iter().all(|r| r.verdict.is_some()));
+        assert_eq!(s.results("j", true).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn too_few_usable_is_insufficient() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 3, 10, 5), c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        s.verdicts(w, a.lease_id, verdicts_for(&a, |i| i == 0), c.now, c.wall());
+        let snap = s.snapshot("j", false, c.now).unwrap();
+        assert_eq!(snap.state, JobState::Insufficient);
+        assert!(snap.reason.contains("only 1 usable"), "{}", snap.reason);
+    }
+
+    #[test]
+    fn an_empty_job_ends_at_once() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 0, 10, 0), c.now, c.wall());
+        assert_eq!(state(&s, "j", c.now), JobState::Succeeded);
+    }
+
+    #[test]
+    fn a_broken_stream_requeues_at_once_and_keeps_recorded_verdicts() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+        let (w1, out) = s.hello(hello("w1", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        let mut partial = verdicts_for(&a, |_| true);
+        partial.truncate(2);
+        s.verdicts(w1, a.lease_id, partial, c.now, c.wall());
+        assert!(assignments(&s.disconnect(w1, c.now)).is_empty(), "nobody to take it");
+        let snap = s.snapshot("j", true, c.now).unwrap();
+        assert_eq!(snap.progress.reassignments, 1);
+        assert_eq!(snap.chunks[0].state, ChunkState::Queued);
+        assert_eq!(snap.chunks[0].attempts, 1);
+        let (w2, out) = s.hello(hello("w2", 1), c.now);
+        let b = assignments(&out).remove(0).1;
+        assert_eq!(b.attempt, 2);
+        let idx: Vec<u32> = b.candidates.iter().map(|(i, _)| *i).collect();
+        assert_eq!(idx, [2, 3], "only the unchecked proxies are checked again");
+        s.verdicts(w2, b.lease_id, verdicts_for(&b, |_| false), c.now, c.wall());
+        let snap = s.snapshot("j", false, c.now).unwrap();
+        assert_eq!(snap.state, JobState::Succeeded);
+        assert_eq!((snap.progress.proxies_checked, snap.progress.proxies_usable), (4, 2));
+    }
+
+    #[test]
+    fn silence_past_the_ttl_expires_leases_and_late_verdicts_are_refused() {
+        let mut c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+        let (frozen, out) = s.hello(hello("frozen", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        let (other, _) = s.hello(hello("other", 1), c.now);
+        // Just before the TTL nothing happens; the other worker keeps speaking.
+        let t = c.advance(TTL - Duration::from_millis(1));
+        s.heartbeat(other, &[], t);
+        assert!(assignments(&s.tick(t, c.wall())).is_empty());
+        let t = c.advance(Duration::from_millis(1));
+        s.heartbeat(other, &[], t);
+        let out = s.tick(t, c.wall());
+        assert!(out.contains(&Outbound::Revoke(frozen, a.lease_id, "lease expired: no message within the lease ttl")));
+        let b = assignments(&out);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].0, other, "the silent session gets nothing");
+        // The frozen worker wakes up and sends its verdicts: refused, counted, nothing recorded.
+        let out = s.verdicts(frozen, a.lease_id, verdicts_for(&a, |_| true), t, c.wall());
+        assert_eq!(out, [Outbound::Revoke(frozen, a.lease_id, "stale lease")]);
+        let snap = s.snapshot("j", false, t).unwrap();
+        assert_eq!(snap.progress.stale_verdicts_refused, 4);
+        assert_eq!(snap.progress.proxies_checked, 0);
+        s.verdicts(other, b[0].1.lease_id, verdicts_for(&b[0].1, |_| false), t, c.wall());
+        let snap = s.snapshot("j", false, t).unwrap();
+        assert_eq!(snap.state, JobState::Insufficient);
+        assert_eq!((snap.progress.proxies_checked, snap.progress.proxies_usable), (4, 0));
+        assert_eq!(s.stale_refused_total(), 4);
+        // Having spoken again, the once-silent worker is active again.
+        assert!(s.workers(t).iter().all(|w| w.status == "active"));
+    }
+
+    #[test]
+    fn a_heartbeat_renews_and_revokes_leases_not_held() {
+        let mut c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        for _ in 0..5 {
+            let t = c.advance(TTL / 2);
+            let out = s.heartbeat(w, &[a.lease_id, 999], t);
+            assert_eq!(out, [Outbound::Revoke(w, 999, "stale lease")]);
+            assert!(s.tick(t, c.wall()).is_empty(), "heartbeats keep the lease alive");
+        }
+    }
+
+    #[test]
+    fn a_second_hello_replaces_the_session_and_ends_its_leases() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+        let (old, out) = s.hello(hello("w", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        let (new, out) = s.hello(hello("w", 1), c.now);
+        assert!(out.contains(&Outbound::Close(old)));
+        let b = assignments(&out);
+        assert_eq!(b[0].0, new);
+        assert_eq!(b[0].1.attempt, 2);
+        s.verdicts(old, a.lease_id, verdicts_for(&a, |_| true), c.now, c.wall());
+        let snap = s.snapshot("j", false, c.now).unwrap();
+        assert_eq!(snap.progress.proxies_checked, 0, "an ended session's verdicts count for nothing");
+        assert_eq!(s.workers(c.now).len(), 1);
+    }
+
+    #[test]
+    fn a_poison_chunk_fails_after_max_attempts_and_the_job_goes_on() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 8, 4, 1), c.now, c.wall());
+        let (good, out) = s.hello(hello("good", 1), c.now);
+        let g = assignments(&out).remove(0).1;
+        assert_eq!(g.chunk_id, 0);
+        // Chunk 1 kills every worker that takes it.
+        for attempt in 1..=3 {
+            let (victim, out) = s.hello(hello(&format!("victim{attempt}"), 1), c.now);
+            let v = assignments(&out).remove(0).1;
+            assert_eq!((v.chunk_id, v.attempt), (1, attempt));
+            s.disconnect(victim, c.now);
+        }
+        let snap = s.snapshot("j", true, c.now).unwrap();
+        assert_eq!(snap.chunks[1].state, ChunkState::Failed);
+        assert_eq!(snap.chunks[1].attempts, 3);
+        assert_eq!(snap.state, JobState::Checking);
+        s.verdicts(good, g.lease_id, verdicts_for(&g, |_| true), c.now, c.wall());
+        let snap = s.snapshot("j", false, c.now).unwrap();
+        assert_eq!(snap.state, JobState::Succeeded);
+        assert!(snap.reason.contains("1 of 2 chunks failed"), "{}", snap.reason);
+        let results = s.results("j", false).unwrap();
+        assert_eq!(results.len(), 8);
+        assert_eq!(results.iter().filter(|r| r.verdict.is_none()).count(), 4);
+    }
+
+    #[test]
+    fn too_many_failed_chunks_fail_the_job() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
+        for attempt in 1..=3 {
+            let (victim, _) = s.hello(hello(&format!("v{attempt}"), 1), c.now);
+            s.disconnect(victim, c.now);
+        }
+        let snap = s.snapshot("j", false, c.now).unwrap();
+        assert_eq!(snap.state, JobState::Failed);
+        assert!(snap.reason.contains("1 of 1 chunks failed"), "{}", snap.reason);
+    }
+
+    #[test]
+    fn drain_and_hand_back_cost_no_attempt() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 8, 4, 1), c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 2), c.now);
+        let a = assignments(&out);
+        assert_eq!(a.len(), 2);
+        s.draining(w, c.now);
+        let mut partial = verdicts_for(&a[0].1, |_| false);
+        partial.truncate(1);
+        s.verdicts(w, a[0].1.lease_id, partial, c.now, c.wall());
+        assert!(assignments(&s.hand_back(w, a[0].1.lease_id, c.now)).is_empty(), "a draining worker gets nothing");
+        s.verdicts(w, a[1].1.lease_id, verdicts_for(&a[1].1, |_| false), c.now, c.wall());
+        s.disconnect(w, c.now);
+        let snap = s.snapshot("j", true, c.now).unwrap();
+        assert_eq!(snap.progress.handed_back, 1);
+        assert_eq!(snap.progress.reassignments, 0);
+        assert_eq!(snap.chunks[0].attempts, 0);
+        let (w2, out) = s.hello(hello("w2", 2), c.now);
+        let b = assignments(&out).remove(0).1;
+        assert_eq!(b.candidates.len(), 3, "the verdict recorded before the hand-back stays");
+        s.verdicts(w2, b.lease_id, verdicts_for(&b, |_| false), c.now, c.wall());
+        assert_eq!(state(&s, "j", c.now), JobState::Insufficient);
+    }
+
+    #[test]
+    fn a_job_without_workers_fails_at_its_deadline() {
+        let mut c = Clock::new();
+        let mut s = scheduler();
+        let mut job = new_job("j", 4, 4, 1);
+        job.settings.deadline = Duration::from_secs(30);
+        s.submit(job, c.now, c.wall());
+        let t = c.advance(Duration::from_secs(29));
+        s.tick(t, c.wall());
+        assert_eq!(state(&s, "j", t), JobState::Checking);
+        let t = c.advance(Duration::from_secs(1));
+        s.tick(t, c.wall());
+        let snap = s.snapshot("j", false, t).unwrap();
+        assert_eq!(snap.state, JobState::Failed);
+        assert!(snap.reason.contains("deadline of 30s"), "{}", snap.reason);
+        assert!(snap.reason.contains("no worker is connected"), "{}", snap.reason);
+    }
+
+    #[test]
+    fn a_deadline_revokes_live_leases_and_refuses_their_verdicts() {
+        let mut c = Clock::new();
+        let mut s = scheduler();
+        let mut job = new_job("j", 4, 4, 1);
+        job.settings.deadline = Duration::from_secs(5);
+        s.submit(job, c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        let t = c.advance(Duration::from_secs(5));
+        s.heartbeat(w, &[a.lease_id], t);
+        let out = s.tick(t, c.wall());
+        assert!(out.contains(&Outbound::Revoke(w, a.lease_id, "job ended")));
+        s.verdicts(w, a.lease_id, verdicts_for(&a, |_| true), t, c.wall());
+        let snap = s.snapshot("j", false, t).unwrap();
+        assert_eq!(snap.state, JobState::Failed);
+        assert_eq!(snap.progress.proxies_checked, 0);
+        assert_eq!(snap.progress.stale_verdicts_refused, 4);
+    }
+
+    #[test]
+    fn cancel_ends_a_job_and_is_idempotent() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        let (snap, out) = s.cancel("j", c.now, c.wall()).unwrap();
+        assert_eq!(snap.state, JobState::Cancelled);
+        assert!(out.contains(&Outbound::Revoke(w, a.lease_id, "job ended")));
+        let (snap, out) = s.cancel("j", c.now, c.wall()).unwrap();
+        assert_eq!(snap.state, JobState::Cancelled);
+        assert!(out.is_empty());
+        assert_eq!(s.cancel("nope", c.now, c.wall()).unwrap_err(), JobError::NotFound("nope".into()));
+    }
+
+    #[test]
+    fn one_job_per_pool_at_a_time() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("a", 4, 4, 0), c.now, c.wall());
+        s.submit(new_job("b", 4, 4, 0), c.now, c.wall());
+        let mut other = new_job("c", 4, 4, 0);
+        other.settings.pool = "other".into();
+        s.submit(other, c.now, c.wall());
+        assert_eq!(state(&s, "a", c.now), JobState::Checking);
+        assert_eq!(state(&s, "b", c.now), JobState::Queued);
+        assert_eq!(state(&s, "c", c.now), JobState::Checking);
+        s.cancel("a", c.now, c.wall()).unwrap();
+        assert_eq!(state(&s, "b", c.now), JobState::Checking);
+    }
+
+    #[test]
+    fn duplicate_and_foreign_verdicts_are_not_counted_twice() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 8, 4, 0), c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        let mut v = verdicts_for(&a, |_| true);
+        v.truncate(2);
+        s.verdicts(w, a.lease_id, v.clone(), c.now, c.wall());
+        s.verdicts(w, a.lease_id, v, c.now, c.wall());
+        let foreign = Verdict {
+            index: 7,
+            usable: true,
+            reason: Reason::None,
+            latency_ms: 1,
+            exit_ip: String::new(),
+            detail: String::new(),
+        };
+        s.verdicts(w, a.lease_id, vec![foreign], c.now, c.wall());
+        let snap = s.snapshot("j", false, c.now).unwrap();
+        assert_eq!((snap.progress.proxies_checked, snap.progress.proxies_usable), (2, 2));
+    }
+
+    #[test]
+    fn chunks_spread_over_sessions_least_loaded_first() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        let (w1, _) = s.hello(hello("w1", 4), c.now);
+        let (w2, _) = s.hello(hello("w2", 4), c.now);
+        let out = s.submit(new_job("j", 40, 10, 0), c.now, c.wall());
+        let a = assignments(&out);
+        assert_eq!(a.iter().filter(|(s, _)| *s == w1).count(), 2);
+        assert_eq!(a.iter().filter(|(s, _)| *s == w2).count(), 2);
+        let leases: BTreeSet<_> = a.iter().map(|(_, a)| a.lease_id).collect();
+        assert_eq!(leases.len(), 4, "lease ids are unique");
+    }
+
+    #[test]
+    fn lease_ids_start_where_told() {
+        let c = Clock::new();
+        let mut s = Scheduler::new(LeaseConfig { lease_ttl: TTL }, 1_000);
+        s.submit(new_job("j", 1, 1, 0), c.now, c.wall());
+        let (_, out) = s.hello(hello("w", 1), c.now);
+        assert_eq!(assignments(&out)[0].1.lease_id, 1_000);
+    }
+
+    #[test]
+    fn progress_reports_a_rate_and_an_eta() {
+        let mut c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 20, 10, 0), c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        s.tick(c.now, c.wall());
+        let t = c.advance(Duration::from_secs(2));
+        s.verdicts(w, a.lease_id, verdicts_for(&a, |_| false), t, c.wall());
+        s.tick(t, c.wall());
+        let p = s.snapshot("j", false, t).unwrap().progress;
+        assert!((p.checks_per_second - 5.0).abs() < 1e-9, "{}", p.checks_per_second);
+        assert_eq!(p.eta, Some(Duration::from_secs(2)));
+        assert_eq!(p.workers, 1);
+    }
+}

@@ -1,0 +1,415 @@
+//! The coordinator's live state: the scheduler behind one lock, the worker sessions' outboxes and
+//! the jobs' progress channels. The gRPC layer and the ticker call in here.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proxyfleet_proto::v1 as pb;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::candidate::{self, Protocol, Rejected, TargetPolicy};
+use crate::config::CoordinatorConfig;
+use crate::convert;
+use crate::scheduler::{Hello, JobError, JobSettings, JobSnapshot, LeaseConfig, NewJob, Outbound, Scheduler, SessionId};
+
+/// Messages for one worker session's response stream.
+pub type Outbox = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, tonic::Status>>;
+
+/// Coordinator state shared by every task; cheap to clone.
+#[derive(Clone)]
+pub struct State {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: CoordinatorConfig,
+    /// Lease table and jobs; every change goes through this one lock (never held across an await).
+    scheduler: Mutex<Scheduler>,
+    /// Outbox per live worker session; inserted by `open_session`, removed when the session ends.
+    outboxes: Mutex<HashMap<SessionId, Outbox>>,
+    /// Latest snapshot per job, for watchers; created at submit, updated by `publish`.
+    progress: Mutex<HashMap<String, watch::Sender<JobSnapshot>>>,
+}
+
+/// A job request from a client, before parsing.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitRequest {
+    /// Candidate lines with their line numbers.
+    pub lines: Vec<(u64, String)>,
+    pub default_protocols: Vec<Protocol>,
+    pub judge_url: Option<String>,
+    pub timeout: Option<Duration>,
+    pub chunk_size: Option<u32>,
+    pub min_usable: Option<u64>,
+    pub deadline: Option<Duration>,
+    pub max_attempts: Option<u32>,
+    pub pool: Option<String>,
+    pub name: String,
+    pub strict: bool,
+    pub max_failed_chunk_ratio: Option<f64>,
+}
+
+/// A queued job and what was left out of its list.
+#[derive(Debug)]
+pub struct Submitted {
+    pub snapshot: JobSnapshot,
+    pub rejected: Vec<Rejected>,
+    pub duplicates: u64,
+}
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the candidate list is empty: give one proxy per line as host:port or scheme://[user:pass@]host:port")]
+    Empty,
+    #[error("no usable candidate in the list; {}", describe(.0))]
+    AllRejected(Vec<Rejected>),
+    #[error("{} malformed line(s) and strict mode is on; {}", .0.len(), describe(.0))]
+    Strict(Vec<Rejected>),
+    #[error("{count} candidates is more than the {max} a job may hold; split the list into several jobs")]
+    TooMany { count: usize, max: usize },
+    #[error("invalid {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+fn describe(rejected: &[Rejected]) -> String {
+    let mut text: Vec<String> = rejected
+        .iter()
+        .take(5)
+        .map(|r| format!("line {}: {:?}: {}", r.line, r.text, r.reason))
+        .collect();
+    if rejected.len() > 5 {
+        text.push(format!("and {} more", rejected.len() - 5));
+    }
+    text.join("; ")
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn new_job_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let suffix: String = (0..10).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect();
+    format!("job-{suffix}")
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock is a bug; the state is still the best there is.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    pub fn new(config: CoordinatorConfig) -> Self {
+        let scheduler = Scheduler::new(LeaseConfig { lease_ttl: config.lease_ttl }, first_lease_id());
+        State {
+            inner: Arc::new(Inner {
+                config,
+                scheduler: Mutex::new(scheduler),
+                outboxes: Mutex::new(HashMap::new()),
+                progress: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.inner.config
+    }
+
+    /// Runs `f` on the scheduler and delivers what it sends to workers.
+    fn with_scheduler<R>(&self, f: impl FnOnce(&mut Scheduler) -> (R, Vec<Outbound>)) -> R {
+        let mut scheduler = lock(&self.inner.scheduler);
+        let (r, out) = f(&mut scheduler);
+        // Delivered under the scheduler lock so a session's messages keep the scheduler's order.
+        self.deliver(out);
+        r
+    }
+
+    fn deliver(&self, out: Vec<Outbound>) {
+        if out.is_empty() {
+            return;
+        }
+        let mut outboxes = lock(&self.inner.outboxes);
+        for message in out {
+            let (session, kind) = match message {
+                Outbound::Assign(s, a) => {
+                    info!(
+                        job_id = %a.job_id, chunk_id = a.chunk_id, lease_id = a.lease_id, session_id = s,
+                        attempt = a.attempt, proxies = a.candidates.len(), "lease granted"
+                    );
+                    (s, pb::coordinator_message::Kind::Assign(convert::assignment_to_proto(&a)))
+                }
+                Outbound::LeaseDone(s, lease_id) => (s, pb::coordinator_message::Kind::LeaseDone(pb::LeaseDone { lease_id })),
+                Outbound::Revoke(s, lease_id, reason) => {
+                    info!(lease_id, session_id = s, reason, "lease revoked");
+                    (s, pb::coordinator_message::Kind::Revoke(pb::Revoke { lease_id, reason: reason.to_string() }))
+                }
+                Outbound::Close(s) => {
+                    info!(session_id = s, "session replaced by a newer one of the same worker");
+                    outboxes.remove(&s);
+                    continue;
+                }
+            };
+            if let Some(outbox) = outboxes.get(&session) {
+                // A send fails only when the session is going away; its leases are handled on disconnect.
+                let _ = outbox.send(Ok(pb::CoordinatorMessage { kind: Some(kind) }));
+            }
+        }
+    }
+
+    pub fn submit(&self, request: SubmitRequest) -> Result<Submitted, SubmitError> {
+        let config = &self.inner.config;
+        if request.lines.iter().all(|(_, l)| l.trim().is_empty()) {
+            return Err(SubmitError::Empty);
+        }
+        let settings = self.job_settings(&request)?;
+        let protocols = if request.default_protocols.is_empty() {
+            vec![Protocol::Http]
+        } else {
+            request.default_protocols.clone()
+        };
+        let parsed = candidate::parse_list(
+            request.lines.iter().map(|(n, l)| (*n, l.as_str())),
+            &protocols,
+            TargetPolicy { allow_private: config.allow_private_targets },
+        );
+        if parsed.candidates.is_empty() {
+            if parsed.rejected.is_empty() {
+                return Err(SubmitError::Empty);
+            }
+            return Err(SubmitError::AllRejected(parsed.rejected));
+        }
+        if request.strict && !parsed.rejected.is_empty() {
+            return Err(SubmitError::Strict(parsed.rejected));
+        }
+        if parsed.candidates.len() > config.max_candidates {
+            return Err(SubmitError::TooMany { count: parsed.candidates.len(), max: config.max_candidates });
+        }
+        let id = new_job_id();
+        let proxies = parsed.candidates.len();
+        let now = Instant::now();
+        let new = NewJob { id: id.clone(), name: request.name, settings, candidates: parsed.candidates };
+        let snapshot = self.with_scheduler(|s| {
+            let out = s.submit(new, now, wall_ms());
+            (s.snapshot(&id, false, now).expect("just submitted"), out)
+        });
+        lock(&self.inner.progress).insert(id.clone(), watch::channel(snapshot.clone()).0);
+        info!(
+            job_id = %id, proxies, rejected = parsed.rejected.len(), duplicates = parsed.duplicates,
+            chunks = snapshot.progress.chunks_total, "job submitted"
+        );
+        Ok(Submitted { snapshot, rejected: parsed.rejected, duplicates: parsed.duplicates })
+    }
+
+    fn job_settings(&self, r: &SubmitRequest) -> Result<JobSettings, SubmitError> {
+        let config = &self.inner.config;
+        let invalid = |field, message: &str| SubmitError::Invalid { field, message: message.to_string() };
+        let judge_url = r.judge_url.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| config.default_judge_url.clone());
+        if !(judge_url.starts_with("http://") || judge_url.starts_with("https://")) {
+            return Err(invalid("judge_url", "expected an http:// or https:// URL"));
+        }
+        let timeout = r.timeout.unwrap_or(Duration::from_secs(10));
+        if timeout < Duration::from_millis(10) || timeout > Duration::from_secs(300) {
+            return Err(invalid("timeout", "must be between 10ms and 5m"));
+        }
+        let chunk_size = r.chunk_size.unwrap_or(100);
+        if chunk_size == 0 || chunk_size > 100_000 {
+            return Err(invalid("chunk_size", "must be between 1 and 100000"));
+        }
+        let deadline = r.deadline.unwrap_or(Duration::from_secs(3600));
+        if deadline < Duration::from_millis(100) {
+            return Err(invalid("deadline", "must be at least 100ms"));
+        }
+        let max_attempts = r.max_attempts.unwrap_or(config.max_attempts);
+        if max_attempts == 0 {
+            return Err(invalid("max_attempts", "must be at least 1"));
+        }
+        let ratio = r.max_failed_chunk_ratio.unwrap_or(0.5);
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(invalid("max_failed_chunk_ratio", "must be between 0 and 1"));
+        }
+        Ok(JobSettings {
+            judge_url,
+            timeout,
+            chunk_size,
+            min_usable: r.min_usable.unwrap_or(1),
+            deadline,
+            max_attempts,
+            pool: r.pool.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "default".into()),
+            max_failed_chunk_ratio: ratio,
+        })
+    }
+
+    pub fn job(&self, job_id: &str, include_chunks: bool) -> Result<JobSnapshot, JobError> {
+        lock(&self.inner.scheduler).snapshot(job_id, include_chunks, Instant::now())
+    }
+
+    pub fn jobs(&self) -> Vec<JobSnapshot> {
+        let scheduler = lock(&self.inner.scheduler);
+        let now = Instant::now();
+        scheduler.job_ids().iter().filter_map(|id| scheduler.snapshot(id, false, now).ok()).collect()
+    }
+
+    pub fn cancel(&self, job_id: &str) -> Result<JobSnapshot, JobError> {
+        let snapshot = self.with_scheduler(|s| match s.cancel(job_id, Instant::now(), wall_ms()) {
+            Ok((snap, out)) => (Ok(snap), out),
+            Err(e) => (Err(e), Vec::new()),
+        })?;
+        info!(job_id, "job cancel requested");
+        self.publish();
+        Ok(snapshot)
+    }
+
+    pub fn workers(&self) -> Vec<crate::scheduler::WorkerSnapshot> {
+        lock(&self.inner.scheduler).workers(Instant::now())
+    }
+
+    pub fn results(&self, job_id: &str, usable_only: bool) -> Result<Vec<crate::scheduler::ResultRow>, JobError> {
+        lock(&self.inner.scheduler).results(job_id, usable_only)
+    }
+
+    /// Progress of a job from now on; ends (sender dropped) never, so watchers stop at a terminal state.
+    pub fn watch(&self, job_id: &str) -> Result<watch::Receiver<JobSnapshot>, JobError> {
+        lock(&self.inner.progress)
+            .get(job_id)
+            .map(|tx| tx.subscribe())
+            .ok_or_else(|| JobError::NotFound(job_id.to_string()))
+    }
+
+    /// Registers a new worker session; its first outbound message is the Welcome.
+    pub fn open_session(&self, hello: Hello, outbox: Outbox) -> SessionId {
+        let worker_id = hello.worker_id.clone();
+        let welcome = |session_id| pb::CoordinatorMessage {
+            kind: Some(pb::coordinator_message::Kind::Welcome(pb::Welcome {
+                session_id,
+                heartbeat_interval_ms: self.inner.config.heartbeat_interval.as_millis() as u64,
+                lease_ttl_ms: self.inner.config.lease_ttl.as_millis() as u64,
+            })),
+        };
+        let id = self.with_scheduler(|s| {
+            let (id, out) = s.hello(hello, Instant::now());
+            // Welcome and the outbox go in before any Assign is delivered.
+            let _ = outbox.send(Ok(welcome(id)));
+            lock(&self.inner.outboxes).insert(id, outbox);
+            (id, out)
+        });
+        info!(session_id = id, worker_id = %worker_id, "worker session opened");
+        id
+    }
+
+    pub fn on_verdicts(&self, session: SessionId, batch: pb::Verdicts) {
+        let lease_id = batch.lease_id;
+        let verdicts = batch.verdicts.into_iter().map(convert::verdict_from_proto).collect();
+        self.with_scheduler(|s| ((), s.verdicts(session, lease_id, verdicts, Instant::now(), wall_ms())));
+    }
+
+    pub fn on_heartbeat(&self, session: SessionId, heartbeat: pb::Heartbeat) {
+        self.with_scheduler(|s| ((), s.heartbeat(session, &heartbeat.lease_ids, Instant::now())));
+    }
+
+    pub fn on_draining(&self, session: SessionId) {
+        info!(session_id = session, "worker draining");
+        self.with_scheduler(|s| {
+            s.draining(session, Instant::now());
+            ((), Vec::new())
+        });
+    }
+
+    pub fn on_hand_back(&self, session: SessionId, lease_id: u64) {
+        info!(session_id = session, lease_id, "lease handed back");
+        self.with_scheduler(|s| ((), s.hand_back(session, lease_id, Instant::now())));
+    }
+
+    /// The session's stream ended; its leases go back to the queue at once.
+    pub fn close_session(&self, session: SessionId, why: &str) {
+        lock(&self.inner.outboxes).remove(&session);
+        info!(session_id = session, why, "worker session closed");
+        self.with_scheduler(|s| ((), s.disconnect(session, Instant::now())));
+    }
+
+    /// Ends every session's response stream (shutdown).
+    pub fn close_all_sessions(&self) {
+        lock(&self.inner.outboxes).clear();
+    }
+
+    /// Expires silent leases and overdue jobs, then publishes progress.
+    pub fn tick(&self) {
+        self.with_scheduler(|s| ((), s.tick(Instant::now(), wall_ms())));
+        self.publish();
+    }
+
+    /// Sends fresh snapshots of changed jobs to their watchers; writes ended jobs' results.
+    fn publish(&self) {
+        let (snapshots, ended) = {
+            let mut scheduler = lock(&self.inner.scheduler);
+            let now = Instant::now();
+            let dirty = scheduler.take_dirty();
+            let snapshots: Vec<JobSnapshot> = dirty.iter().filter_map(|id| scheduler.snapshot(id, false, now).ok()).collect();
+            let ended: Vec<(JobSnapshot, Vec<crate::scheduler::ResultRow>)> = snapshots
+                .iter()
+                .filter(|s| s.state.is_terminal())
+                .filter_map(|s| Some((s.clone(), scheduler.results(&s.id, false).ok()?)))
+                .collect();
+            (snapshots, ended)
+        };
+        let progress = lock(&self.inner.progress);
+        for snapshot in snapshots {
+            if let Some(tx) = progress.get(&snapshot.id) {
+                let was_terminal = tx.borrow().state.is_terminal();
+                if was_terminal {
+                    continue;
+                }
+                if snapshot.state.is_terminal() {
+                    info!(job_id = %snapshot.id, state = snapshot.state.name(), reason = %snapshot.reason, "job ended");
+                }
+                tx.send_replace(snapshot);
+            }
+        }
+        drop(progress);
+        for (snapshot, results) in ended {
+            if let Err(e) = write_job_files(&self.inner.config.data_dir, &snapshot, &results) {
+                warn!(job_id = %snapshot.id, error = %e, "could not write the job's results to the data dir");
+            }
+        }
+    }
+}
+
+/// Lease ids start from the clock so that they stay unique across restarts.
+fn first_lease_id() -> u64 {
+    wall_ms().saturating_mul(1_000)
+}
+
+/// Writes `jobs/<id>/summary.json` and `jobs/<id>/usable.txt`, each atomically (write, then rename).
+fn write_job_files(data_dir: &Path, job: &JobSnapshot, results: &[crate::scheduler::ResultRow]) -> std::io::Result<()> {
+    let dir = data_dir.join("jobs").join(&job.id);
+    std::fs::create_dir_all(&dir)?;
+    let summary = serde_json::json!({
+        "job_id": job.id,
+        "state": job.state.name(),
+        "reason": job.reason,
+        "proxies_total": job.progress.proxies_total,
+        "proxies_checked": job.progress.proxies_checked,
+        "proxies_usable": job.progress.proxies_usable,
+        "chunks_failed": job.progress.chunks_failed,
+        "reassignments": job.progress.reassignments,
+        "stale_verdicts_refused": job.progress.stale_verdicts_refused,
+        "created_at_ms": job.created_wall_ms,
+        "ended_at_ms": job.ended_wall_ms,
+    });
+    let usable: String = results
+        .iter()
+        .filter(|r| r.verdict.as_ref().is_some_and(|v| v.usable))
+        .map(|r| format!("{}\n", r.candidate.url()))
+        .collect();
+    write_atomically(&dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    write_atomically(&dir.join("usable.txt"), usable.as_bytes())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

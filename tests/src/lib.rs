@@ -1,0 +1,2 @@
+//! proxyfleet test kit: simulated proxies, process harness.
+pub mod sim;
