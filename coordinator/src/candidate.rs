@@ -84,8 +84,9 @@ impl Candidate {
         }
     }
 
-    /// Identity for deduplication: the same proxy with other credentials is another candidate.
-    fn key(&self) -> String {
+    /// The URL a client uses, credentials included; also the identity for deduplication (the
+    /// same proxy with other credentials is another candidate).
+    pub fn full_url(&self) -> String {
         match &self.auth {
             Some((user, pass)) => format!("{}://{user}:{pass}@{}", self.protocol, self.host_port()),
             None => self.url(),
@@ -129,7 +130,7 @@ pub fn parse_list<'a>(
         match parse_line(text, default_protocols, policy) {
             Ok(candidates) => {
                 for candidate in candidates {
-                    if seen.insert(candidate.key()) {
+                    if seen.insert(candidate.full_url()) {
                         out.candidates.push(candidate);
                     } else {
                         out.duplicates += 1;

@@ -194,7 +194,7 @@ pub fn assignment_to_proto(a: &Assignment) -> pb::Assign {
 pub fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
     let c = &r.candidate;
     let mut out = pb::ProxyResult {
-        proxy: c.url(),
+        proxy: c.full_url(),
         protocol: protocol_to_proto(c.protocol) as i32,
         host: c.host.clone(),
         port: u32::from(c.port),

@@ -1,1 +1,136 @@
-//! placeholder
+//! proxyfleet worker: holds a session with the coordinator, checks the proxies of the chunks it is
+//! leased and streams verdicts back; drains on shutdown.
+
+pub mod check;
+pub mod session;
+
+use std::future::Future;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::sync::watch;
+
+/// Runs a proxyfleet worker: connects to the coordinator, checks the proxies of the chunks it is
+/// leased, and streams verdicts back. On SIGTERM it drains: takes no new work, finishes or hands
+/// back what it holds within the grace period, and exits 0.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "proxyfleet-worker", version)]
+pub struct Cli {
+    /// The coordinator's gRPC URL.
+    #[arg(long, env = "PROXYFLEET_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+
+    /// Stable name of this worker; a worker reconnecting under the same name replaces its old
+    /// session. Default: HOSTNAME-PID.
+    #[arg(long, env = "PROXYFLEET_WORKER_NAME")]
+    pub name: Option<String>,
+
+    /// Checks run at once.
+    #[arg(long, env = "PROXYFLEET_MAX_CHECKS", default_value_t = 256)]
+    pub max_checks: usize,
+
+    /// Chunks held at once. Default: enough to keep --max-checks busy (max-checks / 64, at least 2).
+    #[arg(long, env = "PROXYFLEET_MAX_LEASES")]
+    pub max_leases: Option<u32>,
+
+    /// On SIGTERM, time to finish held chunks before handing the rest back.
+    #[arg(long, env = "PROXYFLEET_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_grace: Duration,
+}
+
+/// What the worker runs with.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub coordinator: String,
+    /// Identity sent in Hello.
+    pub worker_id: String,
+    pub name: String,
+    pub max_checks: usize,
+    /// Leases held at once.
+    pub capacity: u32,
+    pub drain_grace: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// What is wrong with a worker's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--coordinator {0:?} must be an http:// or https:// URL, e.g. http://127.0.0.1:50051")]
+    Coordinator(String),
+    #[error("--max-checks must be between 1 and 100000")]
+    MaxChecks,
+    #[error("--max-leases must be between 1 and 1024")]
+    MaxLeases,
+}
+
+impl TryFrom<Cli> for WorkerConfig {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Self, ConfigError> {
+        if !(cli.coordinator.starts_with("http://") || cli.coordinator.starts_with("https://")) {
+            return Err(ConfigError::Coordinator(cli.coordinator));
+        }
+        if cli.max_checks == 0 || cli.max_checks > 100_000 {
+            return Err(ConfigError::MaxChecks);
+        }
+        let capacity = cli.max_leases.unwrap_or((cli.max_checks / 64).max(2) as u32);
+        if capacity == 0 || capacity > 1024 {
+            return Err(ConfigError::MaxLeases);
+        }
+        let name = cli.name.unwrap_or_else(default_name);
+        Ok(WorkerConfig {
+            coordinator: cli.coordinator,
+            worker_id: name.clone(),
+            name,
+            max_checks: cli.max_checks,
+            capacity,
+            drain_grace: cli.drain_grace,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        })
+    }
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Runs the worker until `shutdown` completes and the drain is over.
+pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = drain_tx.send(true);
+        // Keep the sender so the session sees the final value.
+        std::future::pending::<()>().await;
+    });
+    let result = session::run(config, drain_rx).await;
+    signal.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("proxyfleet-worker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn config_derives_capacity_and_refuses_bad_urls() {
+        let c = WorkerConfig::try_from(cli(&["--max-checks", "1024", "--name", "w1"])).unwrap();
+        assert_eq!((c.capacity, c.worker_id.as_str()), (16, "w1"));
+        let c = WorkerConfig::try_from(cli(&["--max-checks", "10"])).unwrap();
+        assert_eq!(c.capacity, 2);
+        let e = WorkerConfig::try_from(cli(&["--coordinator", "127.0.0.1:1"])).unwrap_err();
+        assert!(e.to_string().contains("http://"));
+        assert!(WorkerConfig::try_from(cli(&["--max-checks", "0"])).is_err());
+    }
+}

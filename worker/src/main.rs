@@ -1,1 +1,36 @@
-fn main() {}
+//! `proxyfleet-worker`: parses the command line, sets up logs, runs the worker; SIGTERM or Ctrl-C
+//! starts a drain, a second one exits at once.
+
+use clap::Parser;
+use proxyfleet_worker::{Cli, WorkerConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = WorkerConfig::try_from(cli)?;
+    proxyfleet_worker::run(config, shutdown_signal()).await
+}
+
+/// Completes on the first SIGTERM or SIGINT; a second one ends the process with status 130.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown requested: draining (send the signal again to exit at once)");
+    // Whoever awaited this future has started the drain; a second signal ends the process.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        std::process::exit(130);
+    });
+}

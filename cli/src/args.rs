@@ -1,0 +1,162 @@
+//! The `proxyfleet` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// proxyfleet: keep a pool of working proxies fresh with a fleet of workers.
+///
+/// Exit codes: 0 success (job SUCCEEDED), 1 coordinator unreachable or other error,
+/// 2 bad input or unknown job, 3 job INSUFFICIENT, 4 job FAILED, 5 job CANCELLED.
+#[derive(Debug, Parser)]
+#[command(name = "proxyfleet", version)]
+pub struct Cli {
+    /// The coordinator's gRPC URL.
+    #[arg(long, global = true, env = "PROXYFLEET_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit a refresh job; prints the job id alone on its line.
+    Submit(SubmitArgs),
+    /// Follow a job's progress until it ends; exits with the job's exit code.
+    Watch {
+        /// The job id, as printed by `submit`.
+        job: String,
+    },
+    /// Print a job's results: every candidate once, with its verdict.
+    Results {
+        /// The job id.
+        job: String,
+        /// Output format.
+        #[arg(long, env = "PROXYFLEET_FORMAT", value_enum, default_value_t = Format::Txt)]
+        format: Format,
+        /// Only the usable proxies.
+        #[arg(long, env = "PROXYFLEET_USABLE_ONLY")]
+        usable_only: bool,
+    },
+    /// List the coordinator's jobs, newest first.
+    Jobs,
+    /// List the workers connected to the coordinator.
+    Workers,
+    /// Cancel a job.
+    Cancel {
+        /// The job id.
+        job: String,
+    },
+    /// Check a list on this machine: an in-process coordinator and workers, no setup needed.
+    Run(RunArgs),
+    /// Run a whole refresh offline against simulated proxies on loopback.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Txt,
+    Json,
+}
+
+/// Options of a job.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// File of candidates, one per line (host:port or scheme://[user:pass@]host:port); - for stdin.
+    #[arg(long, short, env = "PROXYFLEET_FILE", default_value = "-")]
+    pub file: PathBuf,
+    /// Judge URL the checks request. Default: the coordinator's built-in judge.
+    #[arg(long, env = "PROXYFLEET_JUDGE")]
+    pub judge: Option<String>,
+    /// Time one check may take.
+    #[arg(long, env = "PROXYFLEET_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Candidates per chunk (the unit leased to a worker).
+    #[arg(long, env = "PROXYFLEET_CHUNK_SIZE", default_value_t = 100)]
+    pub chunk_size: u32,
+    /// The job succeeds with at least this many usable proxies.
+    #[arg(long, env = "PROXYFLEET_MIN_USABLE", default_value_t = 1)]
+    pub min_usable: u64,
+    /// The job fails if it has not ended this long after submission.
+    #[arg(long, env = "PROXYFLEET_DEADLINE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub deadline: Duration,
+    /// Protocols a bare host:port stands for (one candidate each), comma-separated.
+    #[arg(long, env = "PROXYFLEET_PROTOCOLS", value_delimiter = ',', default_value = "http")]
+    pub protocols: Vec<String>,
+    /// A chunk whose worker vanished this many times is marked failed (default: the coordinator's).
+    #[arg(long, env = "PROXYFLEET_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+    /// Jobs of one pool run one at a time.
+    #[arg(long, env = "PROXYFLEET_POOL", default_value = "default")]
+    pub pool: String,
+    /// A label shown in `proxyfleet jobs`.
+    #[arg(long, env = "PROXYFLEET_JOB_NAME", default_value = "")]
+    pub name: String,
+    /// Refuse the whole list if any line is malformed (default: skip such lines with a warning).
+    #[arg(long, env = "PROXYFLEET_STRICT")]
+    pub strict: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Follow the job until it ends and exit with its exit code.
+    #[arg(long, env = "PROXYFLEET_WAIT")]
+    pub wait: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Workers to run in-process.
+    #[arg(long, env = "PROXYFLEET_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// Checks each worker runs at once.
+    #[arg(long, env = "PROXYFLEET_MAX_CHECKS", default_value_t = 512)]
+    pub max_checks: usize,
+    /// Accept candidates in loopback and private ranges.
+    #[arg(long, env = "PROXYFLEET_ALLOW_PRIVATE_TARGETS")]
+    pub allow_private_targets: bool,
+    /// Address of the built-in judge. Proxies must be able to reach it: for proxies elsewhere
+    /// listen on a public interface and give --judge-url, or pass --judge.
+    #[arg(long, env = "PROXYFLEET_JUDGE_LISTEN", default_value = "127.0.0.1:0")]
+    pub judge_listen: std::net::SocketAddr,
+    /// URL under which proxies reach the built-in judge.
+    #[arg(long, env = "PROXYFLEET_JUDGE_URL")]
+    pub judge_url: Option<String>,
+    /// Directory for the coordinator's data (finished jobs' results).
+    #[arg(long, env = "PROXYFLEET_DATA_DIR", default_value = "proxyfleet-data")]
+    pub data_dir: PathBuf,
+    /// Write the usable proxies here (one scheme://host:port a line) as well as to stdout.
+    #[arg(long, env = "PROXYFLEET_OUTPUT")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Working simulated proxies (HTTP and SOCKS5 with auth).
+    #[arg(long, default_value_t = 40)]
+    pub working: usize,
+    /// Simulated proxies that accept and never answer.
+    #[arg(long, default_value_t = 20)]
+    pub black_holes: usize,
+    /// Addresses where nothing listens.
+    #[arg(long, default_value_t = 440)]
+    pub refused: usize,
+    /// Workers to run in-process.
+    #[arg(long, default_value_t = 3)]
+    pub workers: usize,
+    /// Time one check may take (black holes cost this much).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Candidates per chunk.
+    #[arg(long, default_value_t = 25)]
+    pub chunk_size: u32,
+    /// Directory for the coordinator's data.
+    #[arg(long, env = "PROXYFLEET_DATA_DIR", default_value_os_t = std::env::temp_dir().join("proxyfleet-demo"))]
+    pub data_dir: PathBuf,
+}

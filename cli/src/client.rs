@@ -1,0 +1,286 @@
+//! Client commands against a coordinator: submit, watch, results, jobs, workers, cancel.
+
+use std::io::{IsTerminal, Read, Write};
+use std::time::Duration;
+
+use proxyfleet_proto::v1 as pb;
+use proxyfleet_proto::v1::coordinator_client::CoordinatorClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::args::{Format, JobArgs};
+use crate::progress;
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into() }
+    }
+}
+
+pub const EXIT_UNREACHABLE: i32 = 1;
+pub const EXIT_BAD_INPUT: i32 = 2;
+
+/// Exit code of a job's final state.
+pub fn exit_code(state: i32) -> i32 {
+    match pb::JobState::try_from(state) {
+        Ok(pb::JobState::Succeeded) => 0,
+        Ok(pb::JobState::Insufficient) => 3,
+        Ok(pb::JobState::Failed) => 4,
+        Ok(pb::JobState::Cancelled) => 5,
+        _ => 1,
+    }
+}
+
+fn from_status(status: tonic::Status, coordinator: &str) -> Failure {
+    use tonic::Code;
+    match status.code() {
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::ResourceExhausted | Code::OutOfRange => {
+            Failure::new(EXIT_BAD_INPUT, format!("error: {}", status.message()))
+        }
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => Failure::new(
+            EXIT_UNREACHABLE,
+            format!(
+                "error: lost the coordinator at {coordinator}: {}; check that it is running, or set --coordinator / PROXYFLEET_COORDINATOR",
+                status.message()
+            ),
+        ),
+        _ => Failure::new(1, format!("error: {}", status.message())),
+    }
+}
+
+/// Connects to the coordinator; a coordinator that is down gives exit code 1 within seconds.
+pub async fn connect(url: &str) -> Result<CoordinatorClient<Channel>, Failure> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: --coordinator {url:?} is not a valid URL: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let channel = endpoint.connect().await.map_err(|e| {
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            detail = format!("{detail}: {s}");
+            source = s.source();
+        }
+        Failure::new(
+            EXIT_UNREACHABLE,
+            format!(
+                "error: cannot reach the coordinator at {url} ({detail}); start proxyfleet-coordinator, or point --coordinator / PROXYFLEET_COORDINATOR at it"
+            ),
+        )
+    })?;
+    Ok(CoordinatorClient::new(channel).max_decoding_message_size(256 * 1024 * 1024).max_encoding_message_size(256 * 1024 * 1024))
+}
+
+/// Reads the candidate list from a file or stdin.
+pub fn read_list(job: &JobArgs) -> Result<String, Failure> {
+    let mut bytes = Vec::new();
+    if job.file.as_os_str() == "-" {
+        if std::io::stdin().is_terminal() {
+            return Err(Failure::new(EXIT_BAD_INPUT, "error: no candidates: pass --file FILE, or pipe the list on stdin"));
+        }
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: cannot read stdin: {e}")))?;
+    } else {
+        bytes = std::fs::read(&job.file)
+            .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: cannot read {}: {e}", job.file.display())))?;
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let line = bytes_line(e.as_bytes(), e.utf8_error().valid_up_to());
+        Failure::new(EXIT_BAD_INPUT, format!("error: {} line {line}: not valid UTF-8 text", job.file.display()))
+    })
+}
+
+fn bytes_line(bytes: &[u8], offset: usize) -> usize {
+    bytes[..offset].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+fn protocol_value(name: &str) -> Result<i32, Failure> {
+    let p = match name.trim().to_ascii_lowercase().as_str() {
+        "http" => pb::Protocol::Http,
+        "https" => pb::Protocol::Https,
+        "socks4" => pb::Protocol::Socks4,
+        "socks4a" => pb::Protocol::Socks4a,
+        "socks5" => pb::Protocol::Socks5,
+        "socks5h" => pb::Protocol::Socks5h,
+        other => {
+            return Err(Failure::new(
+                EXIT_BAD_INPUT,
+                format!("error: --protocols: unknown protocol {other:?}; expected http, https, socks4, socks4a, socks5 or socks5h"),
+            ));
+        }
+    };
+    Ok(p as i32)
+}
+
+/// Builds a SubmitJob request from the job options and the list text.
+pub fn submit_request(job: &JobArgs, text: String) -> Result<pb::SubmitJobRequest, Failure> {
+    Ok(pb::SubmitJobRequest {
+        candidates: Vec::new(),
+        candidates_text: text,
+        default_protocols: job.protocols.iter().map(|p| protocol_value(p)).collect::<Result<_, _>>()?,
+        judge_url: job.judge.clone().unwrap_or_default(),
+        timeout_ms: job.timeout.as_millis() as u64,
+        chunk_size: job.chunk_size,
+        min_usable: job.min_usable,
+        deadline_ms: job.deadline.as_millis() as u64,
+        max_attempts: job.max_attempts.unwrap_or(0),
+        pool: job.pool.clone(),
+        name: job.name.clone(),
+        strict: job.strict,
+        max_failed_chunk_ratio: 0.0,
+    })
+}
+
+/// Submits a job; prints warnings for skipped lines to stderr and the job id to stdout.
+pub async fn submit(client: &mut CoordinatorClient<Channel>, url: &str, request: pb::SubmitJobRequest, source: &str) -> Result<String, Failure> {
+    let response = client.submit_job(request).await.map_err(|s| from_status(s, url))?.into_inner();
+    let mut stderr = std::io::stderr();
+    for r in &response.rejected {
+        let _ = writeln!(stderr, "warning: {source} line {}: {:?}: {}", r.line, r.text, r.reason);
+    }
+    if response.duplicates > 0 {
+        let _ = writeln!(stderr, "note: {} duplicate candidate(s) dropped", response.duplicates);
+    }
+    println!("{}", response.job_id);
+    Ok(response.job_id)
+}
+
+/// Follows a job until its terminal snapshot; returns the job's exit code.
+pub async fn watch(client: &mut CoordinatorClient<Channel>, url: &str, job_id: &str) -> Result<i32, Failure> {
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest { job_id: job_id.to_string() })
+        .await
+        .map_err(|s| from_status(s, url))?
+        .into_inner();
+    let mut view = progress::View::new(std::io::stderr().is_terminal());
+    let mut last: Option<pb::Job> = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(job)) => {
+                view.show(&job);
+                last = Some(job);
+            }
+            Ok(None) => break,
+            Err(status) => {
+                view.finish();
+                return Err(from_status(status, url));
+            }
+        }
+    }
+    view.finish();
+    let Some(job) = last else {
+        return Err(Failure::new(EXIT_UNREACHABLE, "error: the watch stream ended without a snapshot"));
+    };
+    if !progress::is_terminal(job.state) {
+        return Err(Failure::new(EXIT_UNREACHABLE, "error: the watch stream ended before the job did; watch it again"));
+    }
+    println!("{}", progress::summary(&job));
+    Ok(exit_code(job.state))
+}
+
+pub async fn results(client: &mut CoordinatorClient<Channel>, url: &str, job_id: &str, format: Format, usable_only: bool) -> Result<(), Failure> {
+    let mut stream = client
+        .get_results(pb::GetResultsRequest { job_id: job_id.to_string(), usable_only })
+        .await
+        .map_err(|s| from_status(s, url))?
+        .into_inner();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut first = true;
+    if format == Format::Json {
+        let _ = writeln!(out, "[");
+    }
+    while let Some(page) = stream.message().await.map_err(|s| from_status(s, url))? {
+        for r in page.results {
+            let line = match format {
+                Format::Json => {
+                    let value = result_json(&r);
+                    let sep = if first { "" } else { ",\n" };
+                    format!("{sep}  {value}")
+                }
+                Format::Txt if usable_only => format!("{}\n", r.proxy),
+                Format::Txt => format!("{}\n", progress::result_line(&r)),
+            };
+            first = false;
+            if out.write_all(line.as_bytes()).is_err() {
+                return Ok(()); // stdout closed (e.g. piped into head): nothing more to do
+            }
+        }
+    }
+    if format == Format::Json {
+        let _ = writeln!(out, "{}]", if first { "" } else { "\n" });
+    }
+    let _ = out.flush();
+    Ok(())
+}
+
+fn result_json(r: &pb::ProxyResult) -> serde_json::Value {
+    serde_json::json!({
+        "proxy": r.proxy,
+        "protocol": progress::protocol_name(r.protocol),
+        "host": r.host,
+        "port": r.port,
+        "checked": r.checked,
+        "usable": r.usable,
+        "reason": progress::reason_name(r.reason),
+        "latency_ms": r.latency_ms,
+        "exit_ip": r.exit_ip,
+        "detail": r.detail,
+    })
+}
+
+pub async fn jobs(client: &mut CoordinatorClient<Channel>, url: &str) -> Result<(), Failure> {
+    let jobs = client.list_jobs(pb::ListJobsRequest {}).await.map_err(|s| from_status(s, url))?.into_inner().jobs;
+    println!("{}", progress::jobs_table(&jobs));
+    Ok(())
+}
+
+pub async fn workers(client: &mut CoordinatorClient<Channel>, url: &str) -> Result<(), Failure> {
+    let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(|s| from_status(s, url))?.into_inner().workers;
+    println!("{}", progress::workers_table(&workers));
+    Ok(())
+}
+
+pub async fn cancel(client: &mut CoordinatorClient<Channel>, url: &str, job_id: &str) -> Result<(), Failure> {
+    let job = client
+        .cancel_job(pb::CancelJobRequest { job_id: job_id.to_string() })
+        .await
+        .map_err(|s| from_status(s, url))?
+        .into_inner();
+    println!("{}", progress::summary(&job));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_job_state() {
+        assert_eq!(exit_code(pb::JobState::Succeeded as i32), 0);
+        assert_eq!(exit_code(pb::JobState::Insufficient as i32), 3);
+        assert_eq!(exit_code(pb::JobState::Failed as i32), 4);
+        assert_eq!(exit_code(pb::JobState::Cancelled as i32), 5);
+        assert_eq!(exit_code(pb::JobState::Checking as i32), 1);
+    }
+
+    #[test]
+    fn status_codes_map_to_exit_codes() {
+        assert_eq!(from_status(tonic::Status::not_found("x"), "u").code, EXIT_BAD_INPUT);
+        assert_eq!(from_status(tonic::Status::invalid_argument("x"), "u").code, EXIT_BAD_INPUT);
+        assert_eq!(from_status(tonic::Status::unavailable("x"), "u").code, EXIT_UNREACHABLE);
+    }
+
+    #[test]
+    fn invalid_utf8_names_its_line() {
+        assert_eq!(bytes_line(b"a\nb\nc", 4), 3);
+    }
+}

@@ -1,0 +1,181 @@
+//! `run` and `demo`: a coordinator and workers in this process, a job through them, results out.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use proxyfleet_coordinator::CoordinatorConfig;
+use proxyfleet_proto::v1 as pb;
+use proxyfleet_tests::sim::Farm;
+use proxyfleet_worker::WorkerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::args::{DemoArgs, JobArgs, RunArgs};
+use crate::client::{self, Failure};
+
+/// What an embedded cluster is made of.
+struct Embedded {
+    job: JobArgs,
+    workers: usize,
+    max_checks: usize,
+    allow_private_targets: bool,
+    judge_listen: std::net::SocketAddr,
+    judge_url: Option<String>,
+    data_dir: PathBuf,
+    output: Option<PathBuf>,
+}
+
+fn failure(e: impl std::fmt::Display) -> Failure {
+    Failure::new(1, format!("error: {e}"))
+}
+
+pub async fn run(args: RunArgs) -> Result<i32, Failure> {
+    let text = client::read_list(&args.job)?;
+    if args.job.judge.is_none() && args.judge_url.is_none() && args.judge_listen.ip().is_loopback() && !args.allow_private_targets {
+        eprintln!(
+            "note: the built-in judge listens on {}; proxies on other machines cannot reach it. Pass --judge URL, or --judge-listen 0.0.0.0:PORT with --judge-url http://PUBLIC-ADDRESS:PORT/judge",
+            args.judge_listen
+        );
+    }
+    let source = args.job.file.display().to_string();
+    embedded(
+        Embedded {
+            job: args.job,
+            workers: args.workers,
+            max_checks: args.max_checks,
+            allow_private_targets: args.allow_private_targets,
+            judge_listen: args.judge_listen,
+            judge_url: args.judge_url,
+            data_dir: args.data_dir,
+            output: args.output,
+        },
+        text,
+        &source,
+    )
+    .await
+}
+
+pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {
+    let farm = Farm::spawn([127, 0, 0, 1].into(), args.working, args.black_holes, args.refused)
+        .await
+        .map_err(|e| failure(format!("cannot start the simulated proxies on 127.0.0.1: {e}")))?;
+    eprintln!(
+        "demo: {} working simulated proxies (HTTP and SOCKS5 with auth), {} black holes, {} refused addresses on 127.0.0.1; {} workers",
+        farm.working.len(),
+        farm.black_holes.len(),
+        farm.refused.len(),
+        args.workers
+    );
+    let text = farm.candidate_lines().join("\n");
+    let job = JobArgs {
+        file: "-".into(),
+        judge: None,
+        timeout: args.timeout,
+        chunk_size: args.chunk_size,
+        min_usable: args.working.max(1) as u64,
+        deadline: Duration::from_secs(600),
+        protocols: vec!["http".into()],
+        max_attempts: None,
+        pool: "demo".into(),
+        name: "demo".into(),
+        strict: true,
+    };
+    let code = embedded(
+        Embedded {
+            job,
+            workers: args.workers,
+            max_checks: 256,
+            allow_private_targets: true,
+            judge_listen: "127.0.0.1:0".parse().expect("literal address"),
+            judge_url: None,
+            data_dir: args.data_dir,
+            output: None,
+        },
+        text,
+        "demo",
+    )
+    .await?;
+    drop(farm);
+    Ok(code)
+}
+
+async fn embedded(e: Embedded, text: String, source: &str) -> Result<i32, Failure> {
+    let grpc = TcpListener::bind("127.0.0.1:0").await.map_err(failure)?;
+    let judge = TcpListener::bind(e.judge_listen)
+        .await
+        .map_err(|err| failure(format!("cannot listen on {} for the judge: {err}", e.judge_listen)))?;
+    let grpc_addr = grpc.local_addr().map_err(failure)?;
+    let judge_url = e
+        .judge_url
+        .clone()
+        .unwrap_or_else(|| proxyfleet_coordinator::config::default_judge_url(judge.local_addr().expect("bound listener")));
+    let mut config = CoordinatorConfig::new(e.data_dir.clone(), judge_url);
+    config.allow_private_targets = e.allow_private_targets;
+    config.lease_ttl = Duration::from_secs(10);
+    let config = config.validate().map_err(failure)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let coordinator = tokio::spawn(proxyfleet_coordinator::run(grpc, judge, config, until_stopped(stop_rx.clone())));
+    let url = format!("http://{grpc_addr}");
+    let mut workers = Vec::new();
+    for i in 0..e.workers.max(1) {
+        let config = WorkerConfig {
+            coordinator: url.clone(),
+            worker_id: format!("embedded-{i}"),
+            name: format!("embedded-{i}"),
+            max_checks: e.max_checks,
+            capacity: (e.max_checks / 64).max(2) as u32,
+            drain_grace: Duration::from_secs(1),
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_secs(1),
+        };
+        workers.push(tokio::spawn(proxyfleet_worker::run(config, until_stopped(stop_rx.clone()))));
+    }
+
+    let outcome = async {
+        let mut coordinator_client = client::connect(&url).await?;
+        let request = client::submit_request(&e.job, text)?;
+        let job_id = client::submit(&mut coordinator_client, &url, request, source).await?;
+        let code = client::watch(&mut coordinator_client, &url, &job_id).await?;
+        let usable = usable_proxies(&mut coordinator_client, &url, &job_id).await?;
+        if let Some(path) = &e.output {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, usable.iter().map(|p| format!("{p}\n")).collect::<String>())
+                .and_then(|_| std::fs::rename(&tmp, path))
+                .map_err(|err| failure(format!("cannot write {}: {err}", path.display())))?;
+        }
+        for proxy in &usable {
+            println!("{proxy}");
+        }
+        Ok::<i32, Failure>(code)
+    }
+    .await;
+
+    let _ = stop_tx.send(true);
+    for worker in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), coordinator).await;
+    outcome
+}
+
+async fn usable_proxies(
+    client: &mut proxyfleet_proto::v1::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    url: &str,
+    job_id: &str,
+) -> Result<Vec<String>, Failure> {
+    let mut stream = client
+        .get_results(pb::GetResultsRequest { job_id: job_id.to_string(), usable_only: true })
+        .await
+        .map_err(|s| failure(format!("reading results from {url}: {}", s.message())))?
+        .into_inner();
+    let mut rows = Vec::new();
+    while let Some(page) = stream.message().await.map_err(|s| failure(s.message()))? {
+        rows.extend(page.results);
+    }
+    rows.sort_by_key(|r| r.latency_ms);
+    Ok(rows.into_iter().map(|r| r.proxy).collect())
+}

@@ -1,0 +1,306 @@
+//! The worker's session with the coordinator: hello, leases pushed to it, checks, verdict
+//! batches, heartbeats, drain on shutdown, and reconnection with backoff and jitter.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use proxyfleet_proto::v1 as pb;
+use proxyfleet_proto::v1::workers_client::WorkersClient;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, info, warn};
+
+use crate::WorkerConfig;
+use crate::check::{Checker, Target};
+
+/// Verdicts are sent in batches of at most this many...
+const BATCH_MAX: usize = 256;
+/// ...or at least this often.
+const BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long to wait for the coordinator's acks after the last verdicts of a drain.
+const DRAIN_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// One lease being worked on.
+struct LeaseWork {
+    job_id: String,
+    chunk_id: u32,
+    /// Set when the lease was revoked: no new check starts; checks in flight finish and their
+    /// verdicts are still sent (the coordinator decides whether they count).
+    revoked: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// Drained on request: the worker may exit.
+    Drained,
+    /// The stream broke or could not be opened: reconnect.
+    Lost(String),
+}
+
+/// Runs sessions with the coordinator until `drain` turns true and the last session drained.
+pub async fn run(config: WorkerConfig, mut drain: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let checker = Checker::new()?;
+    let checks = Arc::new(Semaphore::new(config.max_checks));
+    let mut failures: u32 = 0;
+    loop {
+        if *drain.borrow() {
+            info!(worker_id = %config.worker_id, "drained before a session was open; exiting");
+            return Ok(());
+        }
+        let started = Instant::now();
+        match session(&config, &checker, &checks, &mut drain).await {
+            SessionEnd::Drained => return Ok(()),
+            SessionEnd::Lost(why) => {
+                if started.elapsed() > Duration::from_secs(10) {
+                    failures = 0;
+                }
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures, config.reconnect_min, config.reconnect_max);
+                warn!(worker_id = %config.worker_id, error = %why, retry_in = ?delay, "session with the coordinator lost; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = drain.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: a random delay in [min, min * 2^n], capped at `max`.
+pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
+    let ceiling = min.saturating_mul(1u32 << failures.min(16)).min(max).max(min);
+    let span = (ceiling - min).as_millis() as u64;
+    min + Duration::from_millis(if span == 0 { 0 } else { fastrand::u64(..=span) })
+}
+
+async fn session(config: &WorkerConfig, checker: &Checker, checks: &Arc<Semaphore>, drain: &mut watch::Receiver<bool>) -> SessionEnd {
+    let mut client = match WorkersClient::connect(config.coordinator.clone()).await {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Lost(format!("cannot connect to {}: {e}", config.coordinator)),
+    };
+    let (out_tx, out_rx) = mpsc::channel::<pb::WorkerMessage>(1024);
+    let hello = pb::WorkerMessage {
+        kind: Some(pb::worker_message::Kind::Hello(pb::Hello {
+            worker_id: config.worker_id.clone(),
+            name: config.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            capacity: config.capacity,
+            max_checks: config.max_checks as u32,
+        })),
+    };
+    if out_tx.send(hello).await.is_err() {
+        return SessionEnd::Lost("outbound stream closed".into());
+    }
+    let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return SessionEnd::Lost(format!("the coordinator refused the session: {}", status.message())),
+    };
+    let welcome = match inbound.message().await {
+        Ok(Some(pb::CoordinatorMessage { kind: Some(pb::coordinator_message::Kind::Welcome(w)) })) => w,
+        Ok(_) => return SessionEnd::Lost("the coordinator did not welcome the session".into()),
+        Err(status) => return SessionEnd::Lost(format!("session failed: {}", status.message())),
+    };
+    let heartbeat_every = Duration::from_millis(welcome.heartbeat_interval_ms.max(50));
+    info!(worker_id = %config.worker_id, session_id = welcome.session_id, heartbeat = ?heartbeat_every, "session open");
+
+    let (verdict_tx, mut verdict_rx) = mpsc::unbounded_channel::<(u64, pb::Verdict)>();
+    let mut leases: HashMap<u64, LeaseWork> = HashMap::new();
+    let mut pending: HashMap<u64, Vec<pb::Verdict>> = HashMap::new();
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval(BATCH_INTERVAL);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut draining_since: Option<Instant> = None;
+    let mut draining = *drain.borrow();
+
+    let send = |message: pb::worker_message::Kind| {
+        let out_tx = out_tx.clone();
+        async move { out_tx.send(pb::WorkerMessage { kind: Some(message) }).await.is_ok() }
+    };
+    macro_rules! send_or_lose {
+        ($kind:expr) => {
+            if !send($kind).await {
+                abort_all(&mut leases);
+                return SessionEnd::Lost("outbound stream closed".into());
+            }
+        };
+    }
+
+    loop {
+        if draining && draining_since.is_none() {
+            draining_since = Some(Instant::now());
+            info!(worker_id = %config.worker_id, leases = leases.len(), grace = ?config.drain_grace, "draining");
+            send_or_lose!(pb::worker_message::Kind::Draining(pb::Draining {}));
+        }
+        if let Some(since) = draining_since {
+            if leases.is_empty() && pending.is_empty() {
+                info!(worker_id = %config.worker_id, "drained: every lease finished or handed back");
+                return SessionEnd::Drained;
+            }
+            if since.elapsed() >= config.drain_grace {
+                // Out of time: stop the checks, send what is done, hand back the rest.
+                for (_, work) in leases.iter() {
+                    work.task.abort();
+                }
+                while let Ok((lease_id, verdict)) = verdict_rx.try_recv() {
+                    pending.entry(lease_id).or_default().push(verdict);
+                }
+                for (lease_id, verdicts) in pending.drain() {
+                    send_or_lose!(pb::worker_message::Kind::Verdicts(pb::Verdicts { lease_id, verdicts }));
+                }
+                let held: Vec<(u64, LeaseWork)> = leases.drain().collect();
+                for (lease_id, work) in held {
+                    info!(lease_id, job_id = %work.job_id, chunk_id = work.chunk_id, "lease handed back");
+                    send_or_lose!(pb::worker_message::Kind::HandBack(pb::HandBack { lease_id }));
+                }
+                // Wait for the coordinator to see everything before closing our side.
+                drop(out_tx);
+                let _ = tokio::time::timeout(DRAIN_ACK_WAIT, async { while let Ok(Some(_)) = inbound.message().await {} }).await;
+                info!(worker_id = %config.worker_id, "drained after the grace period");
+                return SessionEnd::Drained;
+            }
+        }
+        let grace_left = draining_since
+            .map(|s| config.drain_grace.saturating_sub(s.elapsed()))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            message = inbound.message() => {
+                let kind = match message {
+                    Ok(Some(m)) => m.kind,
+                    Ok(None) => { abort_all(&mut leases); return SessionEnd::Lost("the coordinator ended the session".into()) }
+                    Err(status) => { abort_all(&mut leases); return SessionEnd::Lost(format!("stream broken: {}", status.message())) }
+                };
+                match kind {
+                    Some(pb::coordinator_message::Kind::Assign(assign)) => {
+                        let lease_id = assign.lease_id;
+                        debug!(lease_id, job_id = %assign.job_id, chunk_id = assign.chunk_id, attempt = assign.attempt, proxies = assign.candidates.len(), "lease received");
+                        let revoked = Arc::new(AtomicBool::new(false));
+                        let work = LeaseWork {
+                            job_id: assign.job_id.clone(),
+                            chunk_id: assign.chunk_id,
+                            revoked: revoked.clone(),
+                            task: tokio::spawn(run_lease(assign, checker.clone(), checks.clone(), revoked, verdict_tx.clone())),
+                        };
+                        leases.insert(lease_id, work);
+                    }
+                    Some(pb::coordinator_message::Kind::LeaseDone(done)) => {
+                        if let Some(work) = leases.remove(&done.lease_id) {
+                            debug!(lease_id = done.lease_id, job_id = %work.job_id, chunk_id = work.chunk_id, "lease done");
+                        }
+                    }
+                    Some(pb::coordinator_message::Kind::Revoke(revoke)) => {
+                        if let Some(work) = leases.remove(&revoke.lease_id) {
+                            info!(lease_id = revoke.lease_id, job_id = %work.job_id, chunk_id = work.chunk_id, reason = %revoke.reason, "lease revoked");
+                            work.revoked.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Some(pb::coordinator_message::Kind::Welcome(_)) | None => {}
+                }
+            }
+            Some((lease_id, verdict)) = verdict_rx.recv() => {
+                let batch = pending.entry(lease_id).or_default();
+                batch.push(verdict);
+                if batch.len() >= BATCH_MAX {
+                    let verdicts = pending.remove(&lease_id).unwrap_or_default();
+                    send_or_lose!(pb::worker_message::Kind::Verdicts(pb::Verdicts { lease_id, verdicts }));
+                }
+            }
+            _ = flush.tick() => {
+                for (lease_id, verdicts) in pending.drain() {
+                    send_or_lose!(pb::worker_message::Kind::Verdicts(pb::Verdicts { lease_id, verdicts }));
+                }
+            }
+            _ = heartbeat.tick() => {
+                let lease_ids = leases.keys().copied().collect();
+                let in_flight = (config.max_checks - checks.available_permits()) as u32;
+                send_or_lose!(pb::worker_message::Kind::Heartbeat(pb::Heartbeat { lease_ids, checks_in_flight: in_flight }));
+            }
+            _ = drain.changed(), if !draining => {
+                draining = *drain.borrow();
+            }
+            _ = tokio::time::sleep(grace_left), if draining_since.is_some() => {}
+        }
+    }
+}
+
+fn abort_all(leases: &mut HashMap<u64, LeaseWork>) {
+    for (_, work) in leases.drain() {
+        work.task.abort();
+    }
+}
+
+/// Checks every candidate of a lease, at most `checks` at once across the worker, and sends each
+/// verdict as it is ready. Aborting the task aborts its checks.
+async fn run_lease(
+    assign: pb::Assign,
+    checker: Checker,
+    checks: Arc<Semaphore>,
+    revoked: Arc<AtomicBool>,
+    verdicts: mpsc::UnboundedSender<(u64, pb::Verdict)>,
+) {
+    let lease_id = assign.lease_id;
+    let settings = assign.settings.unwrap_or_default();
+    let judge_url = Arc::new(settings.judge_url);
+    let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+    let mut running = tokio::task::JoinSet::new();
+    for candidate in assign.candidates {
+        let Ok(permit) = checks.clone().acquire_owned().await else { return };
+        if revoked.load(Ordering::SeqCst) {
+            break;
+        }
+        let checker = checker.clone();
+        let judge_url = judge_url.clone();
+        let verdicts = verdicts.clone();
+        running.spawn(async move {
+            let verdict = match Target::from_proto(&candidate) {
+                Some(target) => {
+                    let (classified, latency) = checker.check(&target, &judge_url, timeout).await;
+                    pb::Verdict {
+                        index: candidate.index,
+                        usable: classified.usable,
+                        reason: classified.reason as i32,
+                        latency_ms: latency.as_millis().min(u32::MAX as u128) as u32,
+                        exit_ip: classified.exit_ip,
+                        detail: classified.detail,
+                    }
+                }
+                None => pb::Verdict {
+                    index: candidate.index,
+                    usable: false,
+                    reason: pb::Reason::Network as i32,
+                    detail: "the coordinator sent an invalid candidate".into(),
+                    ..Default::default()
+                },
+            };
+            drop(permit);
+            let _ = verdicts.send((lease_id, verdict));
+        });
+        // Reap finished checks as we go so the set stays small.
+        while running.try_join_next().is_some() {}
+    }
+    while running.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_stays_capped() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        for failures in 0..40 {
+            for _ in 0..50 {
+                let d = backoff(failures, min, max);
+                assert!(d >= min && d <= max, "{failures}: {d:?}");
+                assert!(d <= min * (1u32 << failures.min(16)), "{failures}: {d:?}");
+            }
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff(10, min, max)).collect();
+        assert!(spread.len() > 1, "jittered");
+    }
+}
