@@ -129,7 +129,7 @@ pub fn submit_request(job: &JobArgs, text: String) -> Result<pb::SubmitJobReques
         judge_url: job.judge.clone().unwrap_or_default(),
         timeout_ms: job.timeout.as_millis() as u64,
         chunk_size: job.chunk_size,
-        min_usable: job.min_usable,
+        min_usable: Some(job.min_usable),
         deadline_ms: job.deadline.as_millis() as u64,
         max_attempts: job.max_attempts.unwrap_or(0),
         pool: job.pool.clone(),

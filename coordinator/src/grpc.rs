@@ -80,8 +80,7 @@ impl Coordinator for CoordinatorService {
             judge_url: Some(r.judge_url),
             timeout: positive(r.timeout_ms).map(Duration::from_millis),
             chunk_size: (r.chunk_size > 0).then_some(r.chunk_size),
-            // min_usable 0 is meaningful but indistinguishable from unset in proto3; unset means 1.
-            min_usable: Some(r.min_usable).filter(|&m| m > 0),
+            min_usable: r.min_usable,
             deadline: positive(r.deadline_ms).map(Duration::from_millis),
             max_attempts: (r.max_attempts > 0).then_some(r.max_attempts),
             pool: Some(r.pool),

@@ -1,2 +1,4 @@
 //! proxyfleet test kit: simulated proxies, process harness.
+
+pub mod harness;
 pub mod sim;

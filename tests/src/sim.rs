@@ -152,6 +152,19 @@ pub fn refused_addr(ip: IpAddr) -> io::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// Where the `i`th refused address of a farm on `ip` lives. On IPv4 loopback each gets an address
+/// of its own in 127.254.0.0/16, which nothing binds, so a port freed here and later taken by
+/// another listener (of this or a parallel test) can never turn a refused candidate into a live one.
+fn refused_ip(ip: IpAddr, i: usize) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) if v4.is_loopback() => {
+            let i = i % (250 * 250);
+            IpAddr::V4(std::net::Ipv4Addr::new(127, 254, (i / 250) as u8, (i % 250 + 1) as u8))
+        }
+        other => other,
+    }
+}
+
 /// A farm: some working proxies (alternating Http and Socks5 with auth user
 /// `fleet` / password `secret`), some black holes, some refused addresses.
 #[derive(Debug)]
@@ -192,8 +205,8 @@ impl Farm {
             farm.black_holes
                 .push(SimProxy::spawn(ip, Behavior::BlackHole).await?);
         }
-        for _ in 0..refused {
-            farm.refused.push(refused_addr(ip)?);
+        for i in 0..refused {
+            farm.refused.push(refused_addr(refused_ip(ip, i))?);
         }
         Ok(farm)
     }

@@ -1,0 +1,269 @@
+//! Process harness for end-to-end tests: the real coordinator, worker and CLI binaries on
+//! loopback, each stopped by a guard on drop, every wait bounded.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use proxyfleet_proto::v1 as pb;
+use proxyfleet_proto::v1::coordinator_client::CoordinatorClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// Longest any single harness wait may take before the test fails instead of hanging.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(120);
+
+/// A directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("proxyfleet-{label}-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).expect("creating a temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `name` in the directory and returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).expect("writing a temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Path of a workspace binary, next to the test executable's `deps` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pid: i32,
+    /// Where its stderr (logs) goes.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut command: Command, log: PathBuf, stdout: Stdio) -> Proc {
+        let file = std::fs::File::create(&log).expect("creating a log file");
+        command.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::from(file)).kill_on_drop(true);
+        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let pid = child.id().expect("a running child has a pid") as i32;
+        Proc { name: name.to_string(), child, pid, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends a signal (libc::SIGKILL, SIGSTOP, SIGCONT, SIGTERM...).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
+        let rc = unsafe { libc::kill(self.pid, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid);
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub async fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait()).await.ok().and_then(Result::ok)
+    }
+
+    /// The process's log so far, for failure messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A coordinator process on 127.0.0.1 with its own data dir.
+#[derive(Debug)]
+pub struct CoordinatorProc {
+    pub proc: Proc,
+    pub grpc: SocketAddr,
+    pub url: String,
+    pub judge_url: String,
+    pub dir: TempDir,
+    /// Keeps the stdout pipe open for the process's life.
+    _stdout: tokio::process::ChildStdout,
+}
+
+impl CoordinatorProc {
+    /// Starts a coordinator on 127.0.0.1:0 with `--allow-private-targets` and `extra` arguments.
+    pub async fn start(extra: &[&str]) -> CoordinatorProc {
+        Self::start_with(extra, true).await
+    }
+
+    /// Starts a coordinator that refuses private targets, as in production.
+    pub async fn start_public(extra: &[&str]) -> CoordinatorProc {
+        Self::start_with(extra, false).await
+    }
+
+    async fn start_with(extra: &[&str], allow_private: bool) -> CoordinatorProc {
+        let dir = TempDir::new("coordinator");
+        let mut command = Command::new(bin("proxyfleet-coordinator"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--judge-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .env("RUST_LOG", "info");
+        if allow_private {
+            command.arg("--allow-private-targets");
+        }
+        let mut proc = Proc::spawn("coordinator", command, dir.path().join("coordinator.log"), Stdio::piped());
+        let stdout = proc.child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .unwrap_or_else(|| panic!("the coordinator did not say where it listens; log:\n{}", proc.log_text()));
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                .to_string()
+        };
+        let grpc: SocketAddr = field("grpc=").parse().expect("grpc address");
+        let judge_url = field("judge_url=");
+        CoordinatorProc {
+            url: format!("http://{grpc}"),
+            grpc,
+            judge_url,
+            proc,
+            dir,
+            _stdout: lines.into_inner().into_inner(),
+        }
+    }
+
+    pub async fn client(&self) -> CoordinatorClient<Channel> {
+        client(&self.url).await
+    }
+
+    /// Starts a worker process named `name` against this coordinator.
+    pub fn worker(&self, name: &str, extra: &[&str]) -> Proc {
+        let mut command = Command::new(bin("proxyfleet-worker"));
+        command
+            .args(["--coordinator", &self.url, "--name", name])
+            .args(extra)
+            .env("RUST_LOG", "info");
+        Proc::spawn(name, command, self.dir.path().join(format!("{name}.log")), Stdio::null())
+    }
+
+    /// Runs the `proxyfleet` CLI against this coordinator.
+    pub async fn cli(&self, args: &[&str]) -> CliOutput {
+        let mut full = vec!["--coordinator", self.url.as_str()];
+        full.extend_from_slice(args);
+        cli(&full).await
+    }
+}
+
+pub async fn client(url: &str) -> CoordinatorClient<Channel> {
+    CoordinatorClient::connect(url.to_string())
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+        .max_decoding_message_size(256 * 1024 * 1024)
+}
+
+/// What a CLI run printed and how it exited.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `proxyfleet` binary with `args`, bounded by `WAIT_LIMIT`.
+pub async fn cli(args: &[&str]) -> CliOutput {
+    let mut command = Command::new(bin("proxyfleet"));
+    command.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    let output = tokio::time::timeout(WAIT_LIMIT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("proxyfleet {args:?} did not end within {WAIT_LIMIT:?}"))
+        .expect("running proxyfleet");
+    CliOutput {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Polls `probe` every 50 ms until it returns Some, at most `limit`; panics naming `what` otherwise.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One snapshot of a job, with its chunks.
+pub async fn job(client: &mut CoordinatorClient<Channel>, job_id: &str) -> pb::Job {
+    client
+        .get_job(pb::GetJobRequest { job_id: job_id.to_string(), include_chunks: true })
+        .await
+        .expect("GetJob")
+        .into_inner()
+}
+
+/// The worker sessions the coordinator holds.
+pub async fn workers(client: &mut CoordinatorClient<Channel>) -> Vec<pb::WorkerInfo> {
+    client.list_workers(pb::ListWorkersRequest {}).await.expect("ListWorkers").into_inner().workers
+}
+
+/// Every result of a job.
+pub async fn results(client: &mut CoordinatorClient<Channel>, job_id: &str) -> Vec<pb::ProxyResult> {
+    let mut stream = client
+        .get_results(pb::GetResultsRequest { job_id: job_id.to_string(), usable_only: false })
+        .await
+        .expect("GetResults")
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(page) = stream.message().await.expect("results page") {
+        all.extend(page.results);
+    }
+    all
+}
+
+/// Waits until the job reaches a terminal state and returns it.
+pub async fn wait_terminal(client: &mut CoordinatorClient<Channel>, job_id: &str, limit: Duration) -> pb::Job {
+    wait_for(&format!("job {job_id} to end"), limit, || {
+        let mut client = client.clone();
+        async move {
+            let job = job(&mut client, job_id).await;
+            (job.state >= pb::JobState::Succeeded as i32).then_some(job)
+        }
+    })
+    .await
+}
