@@ -13,7 +13,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "proxyfleet", version)]
 pub struct Cli {
     /// The coordinator's gRPC URL.
-    #[arg(long, global = true, env = "PROXYFLEET_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "PROXYFLEET_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub coordinator: String,
 
     #[command(subcommand)]
@@ -74,7 +79,7 @@ pub struct JobArgs {
     #[arg(long, env = "PROXYFLEET_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Candidates per chunk (the unit leased to a worker).
-    #[arg(long, env = "PROXYFLEET_CHUNK_SIZE", default_value_t = 100)]
+    #[arg(long, env = "PROXYFLEET_CHUNK_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub chunk_size: u32,
     /// The job succeeds with at least this many usable proxies.
     #[arg(long, env = "PROXYFLEET_MIN_USABLE", default_value_t = 1)]
@@ -83,7 +88,12 @@ pub struct JobArgs {
     #[arg(long, env = "PROXYFLEET_DEADLINE", default_value = "1h", value_parser = humantime::parse_duration)]
     pub deadline: Duration,
     /// Protocols a bare host:port stands for (one candidate each), comma-separated.
-    #[arg(long, env = "PROXYFLEET_PROTOCOLS", value_delimiter = ',', default_value = "http")]
+    #[arg(
+        long,
+        env = "PROXYFLEET_PROTOCOLS",
+        value_delimiter = ',',
+        default_value = "http"
+    )]
     pub protocols: Vec<String>,
     /// A chunk whose worker vanished this many times is marked failed (default: the coordinator's).
     #[arg(long, env = "PROXYFLEET_MAX_ATTEMPTS")]
@@ -154,7 +164,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Candidates per chunk.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub chunk_size: u32,
     /// Directory for the coordinator's data.
     #[arg(long, env = "PROXYFLEET_DATA_DIR", default_value_os_t = std::env::temp_dir().join("proxyfleet-demo"))]

@@ -19,7 +19,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into() }
+        Failure {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -40,16 +43,20 @@ pub fn exit_code(state: i32) -> i32 {
 fn from_status(status: tonic::Status, coordinator: &str) -> Failure {
     use tonic::Code;
     match status.code() {
-        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::ResourceExhausted | Code::OutOfRange => {
-            Failure::new(EXIT_BAD_INPUT, format!("error: {}", status.message()))
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted
+        | Code::OutOfRange => Failure::new(EXIT_BAD_INPUT, format!("error: {}", status.message())),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
+            Failure::new(
+                EXIT_UNREACHABLE,
+                format!(
+                    "error: lost the coordinator at {coordinator}: {}; check that it is running, or set --coordinator / PROXYFLEET_COORDINATOR",
+                    status.message()
+                ),
+            )
         }
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => Failure::new(
-            EXIT_UNREACHABLE,
-            format!(
-                "error: lost the coordinator at {coordinator}: {}; check that it is running, or set --coordinator / PROXYFLEET_COORDINATOR",
-                status.message()
-            ),
-        ),
         _ => Failure::new(1, format!("error: {}", status.message())),
     }
 }
@@ -57,7 +64,12 @@ fn from_status(status: tonic::Status, coordinator: &str) -> Failure {
 /// Connects to the coordinator; a coordinator that is down gives exit code 1 within seconds.
 pub async fn connect(url: &str) -> Result<CoordinatorClient<Channel>, Failure> {
     let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: --coordinator {url:?} is not a valid URL: {e}")))?
+        .map_err(|e| {
+            Failure::new(
+                EXIT_BAD_INPUT,
+                format!("error: --coordinator {url:?} is not a valid URL: {e}"),
+            )
+        })?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));
@@ -75,7 +87,9 @@ pub async fn connect(url: &str) -> Result<CoordinatorClient<Channel>, Failure> {
             ),
         )
     })?;
-    Ok(CoordinatorClient::new(channel).max_decoding_message_size(256 * 1024 * 1024).max_encoding_message_size(256 * 1024 * 1024))
+    Ok(CoordinatorClient::new(channel)
+        .max_decoding_message_size(256 * 1024 * 1024)
+        .max_encoding_message_size(256 * 1024 * 1024))
 }
 
 /// Reads the candidate list from a file or stdin.
@@ -83,18 +97,31 @@ pub fn read_list(job: &JobArgs) -> Result<String, Failure> {
     let mut bytes = Vec::new();
     if job.file.as_os_str() == "-" {
         if std::io::stdin().is_terminal() {
-            return Err(Failure::new(EXIT_BAD_INPUT, "error: no candidates: pass --file FILE, or pipe the list on stdin"));
+            return Err(Failure::new(
+                EXIT_BAD_INPUT,
+                "error: no candidates: pass --file FILE, or pipe the list on stdin",
+            ));
         }
         std::io::stdin()
             .read_to_end(&mut bytes)
             .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: cannot read stdin: {e}")))?;
     } else {
-        bytes = std::fs::read(&job.file)
-            .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: cannot read {}: {e}", job.file.display())))?;
+        bytes = std::fs::read(&job.file).map_err(|e| {
+            Failure::new(
+                EXIT_BAD_INPUT,
+                format!("error: cannot read {}: {e}", job.file.display()),
+            )
+        })?;
     }
     String::from_utf8(bytes).map_err(|e| {
         let line = bytes_line(e.as_bytes(), e.utf8_error().valid_up_to());
-        Failure::new(EXIT_BAD_INPUT, format!("error: {} line {line}: not valid UTF-8 text", job.file.display()))
+        Failure::new(
+            EXIT_BAD_INPUT,
+            format!(
+                "error: {} line {line}: not valid UTF-8 text",
+                job.file.display()
+            ),
+        )
     })
 }
 
@@ -113,7 +140,9 @@ fn protocol_value(name: &str) -> Result<i32, Failure> {
         other => {
             return Err(Failure::new(
                 EXIT_BAD_INPUT,
-                format!("error: --protocols: unknown protocol {other:?}; expected http, https, socks4, socks4a, socks5 or socks5h"),
+                format!(
+                    "error: --protocols: unknown protocol {other:?}; expected http, https, socks4, socks4a, socks5 or socks5h"
+                ),
             ));
         }
     };
@@ -125,7 +154,11 @@ pub fn submit_request(job: &JobArgs, text: String) -> Result<pb::SubmitJobReques
     Ok(pb::SubmitJobRequest {
         candidates: Vec::new(),
         candidates_text: text,
-        default_protocols: job.protocols.iter().map(|p| protocol_value(p)).collect::<Result<_, _>>()?,
+        default_protocols: job
+            .protocols
+            .iter()
+            .map(|p| protocol_value(p))
+            .collect::<Result<_, _>>()?,
         judge_url: job.judge.clone().unwrap_or_default(),
         timeout_ms: job.timeout.as_millis() as u64,
         chunk_size: job.chunk_size,
@@ -140,23 +173,46 @@ pub fn submit_request(job: &JobArgs, text: String) -> Result<pb::SubmitJobReques
 }
 
 /// Submits a job; prints warnings for skipped lines to stderr and the job id to stdout.
-pub async fn submit(client: &mut CoordinatorClient<Channel>, url: &str, request: pb::SubmitJobRequest, source: &str) -> Result<String, Failure> {
-    let response = client.submit_job(request).await.map_err(|s| from_status(s, url))?.into_inner();
+pub async fn submit(
+    client: &mut CoordinatorClient<Channel>,
+    url: &str,
+    request: pb::SubmitJobRequest,
+    source: &str,
+) -> Result<String, Failure> {
+    let response = client
+        .submit_job(request)
+        .await
+        .map_err(|s| from_status(s, url))?
+        .into_inner();
     let mut stderr = std::io::stderr();
     for r in &response.rejected {
-        let _ = writeln!(stderr, "warning: {source} line {}: {:?}: {}", r.line, r.text, r.reason);
+        let _ = writeln!(
+            stderr,
+            "warning: {source} line {}: {:?}: {}",
+            r.line, r.text, r.reason
+        );
     }
     if response.duplicates > 0 {
-        let _ = writeln!(stderr, "note: {} duplicate candidate(s) dropped", response.duplicates);
+        let _ = writeln!(
+            stderr,
+            "note: {} duplicate candidate(s) dropped",
+            response.duplicates
+        );
     }
     println!("{}", response.job_id);
     Ok(response.job_id)
 }
 
 /// Follows a job until its terminal snapshot; returns the job's exit code.
-pub async fn watch(client: &mut CoordinatorClient<Channel>, url: &str, job_id: &str) -> Result<i32, Failure> {
+pub async fn watch(
+    client: &mut CoordinatorClient<Channel>,
+    url: &str,
+    job_id: &str,
+) -> Result<i32, Failure> {
     let mut stream = client
-        .watch_job(pb::WatchJobRequest { job_id: job_id.to_string() })
+        .watch_job(pb::WatchJobRequest {
+            job_id: job_id.to_string(),
+        })
         .await
         .map_err(|s| from_status(s, url))?
         .into_inner();
@@ -177,18 +233,33 @@ pub async fn watch(client: &mut CoordinatorClient<Channel>, url: &str, job_id: &
     }
     view.finish();
     let Some(job) = last else {
-        return Err(Failure::new(EXIT_UNREACHABLE, "error: the watch stream ended without a snapshot"));
+        return Err(Failure::new(
+            EXIT_UNREACHABLE,
+            "error: the watch stream ended without a snapshot",
+        ));
     };
     if !progress::is_terminal(job.state) {
-        return Err(Failure::new(EXIT_UNREACHABLE, "error: the watch stream ended before the job did; watch it again"));
+        return Err(Failure::new(
+            EXIT_UNREACHABLE,
+            "error: the watch stream ended before the job did; watch it again",
+        ));
     }
     println!("{}", progress::summary(&job));
     Ok(exit_code(job.state))
 }
 
-pub async fn results(client: &mut CoordinatorClient<Channel>, url: &str, job_id: &str, format: Format, usable_only: bool) -> Result<(), Failure> {
+pub async fn results(
+    client: &mut CoordinatorClient<Channel>,
+    url: &str,
+    job_id: &str,
+    format: Format,
+    usable_only: bool,
+) -> Result<(), Failure> {
     let mut stream = client
-        .get_results(pb::GetResultsRequest { job_id: job_id.to_string(), usable_only })
+        .get_results(pb::GetResultsRequest {
+            job_id: job_id.to_string(),
+            usable_only,
+        })
         .await
         .map_err(|s| from_status(s, url))?
         .into_inner();
@@ -238,20 +309,36 @@ fn result_json(r: &pb::ProxyResult) -> serde_json::Value {
 }
 
 pub async fn jobs(client: &mut CoordinatorClient<Channel>, url: &str) -> Result<(), Failure> {
-    let jobs = client.list_jobs(pb::ListJobsRequest {}).await.map_err(|s| from_status(s, url))?.into_inner().jobs;
+    let jobs = client
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .map_err(|s| from_status(s, url))?
+        .into_inner()
+        .jobs;
     println!("{}", progress::jobs_table(&jobs));
     Ok(())
 }
 
 pub async fn workers(client: &mut CoordinatorClient<Channel>, url: &str) -> Result<(), Failure> {
-    let workers = client.list_workers(pb::ListWorkersRequest {}).await.map_err(|s| from_status(s, url))?.into_inner().workers;
+    let workers = client
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .map_err(|s| from_status(s, url))?
+        .into_inner()
+        .workers;
     println!("{}", progress::workers_table(&workers));
     Ok(())
 }
 
-pub async fn cancel(client: &mut CoordinatorClient<Channel>, url: &str, job_id: &str) -> Result<(), Failure> {
+pub async fn cancel(
+    client: &mut CoordinatorClient<Channel>,
+    url: &str,
+    job_id: &str,
+) -> Result<(), Failure> {
     let job = client
-        .cancel_job(pb::CancelJobRequest { job_id: job_id.to_string() })
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job_id.to_string(),
+        })
         .await
         .map_err(|s| from_status(s, url))?
         .into_inner();
@@ -274,9 +361,18 @@ mod tests {
 
     #[test]
     fn status_codes_map_to_exit_codes() {
-        assert_eq!(from_status(tonic::Status::not_found("x"), "u").code, EXIT_BAD_INPUT);
-        assert_eq!(from_status(tonic::Status::invalid_argument("x"), "u").code, EXIT_BAD_INPUT);
-        assert_eq!(from_status(tonic::Status::unavailable("x"), "u").code, EXIT_UNREACHABLE);
+        assert_eq!(
+            from_status(tonic::Status::not_found("x"), "u").code,
+            EXIT_BAD_INPUT
+        );
+        assert_eq!(
+            from_status(tonic::Status::invalid_argument("x"), "u").code,
+            EXIT_BAD_INPUT
+        );
+        assert_eq!(
+            from_status(tonic::Status::unavailable("x"), "u").code,
+            EXIT_UNREACHABLE
+        );
     }
 
     #[test]

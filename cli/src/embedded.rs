@@ -31,7 +31,11 @@ fn failure(e: impl std::fmt::Display) -> Failure {
 
 pub async fn run(args: RunArgs) -> Result<i32, Failure> {
     let text = client::read_list(&args.job)?;
-    if args.job.judge.is_none() && args.judge_url.is_none() && args.judge_listen.ip().is_loopback() && !args.allow_private_targets {
+    if args.job.judge.is_none()
+        && args.judge_url.is_none()
+        && args.judge_listen.ip().is_loopback()
+        && !args.allow_private_targets
+    {
         eprintln!(
             "note: the built-in judge listens on {}; proxies on other machines cannot reach it. Pass --judge URL, or --judge-listen 0.0.0.0:PORT with --judge-url http://PUBLIC-ADDRESS:PORT/judge",
             args.judge_listen
@@ -56,9 +60,18 @@ pub async fn run(args: RunArgs) -> Result<i32, Failure> {
 }
 
 pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {
-    let farm = Farm::spawn([127, 0, 0, 1].into(), args.working, args.black_holes, args.refused)
-        .await
-        .map_err(|e| failure(format!("cannot start the simulated proxies on 127.0.0.1: {e}")))?;
+    let farm = Farm::spawn(
+        [127, 0, 0, 1].into(),
+        args.working,
+        args.black_holes,
+        args.refused,
+    )
+    .await
+    .map_err(|e| {
+        failure(format!(
+            "cannot start the simulated proxies on 127.0.0.1: {e}"
+        ))
+    })?;
     eprintln!(
         "demo: {} working simulated proxies (HTTP and SOCKS5 with auth), {} black holes, {} refused addresses on 127.0.0.1; {} workers",
         farm.working.len(),
@@ -101,14 +114,18 @@ pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {
 
 async fn embedded(e: Embedded, text: String, source: &str) -> Result<i32, Failure> {
     let grpc = TcpListener::bind("127.0.0.1:0").await.map_err(failure)?;
-    let judge = TcpListener::bind(e.judge_listen)
-        .await
-        .map_err(|err| failure(format!("cannot listen on {} for the judge: {err}", e.judge_listen)))?;
+    let judge = TcpListener::bind(e.judge_listen).await.map_err(|err| {
+        failure(format!(
+            "cannot listen on {} for the judge: {err}",
+            e.judge_listen
+        ))
+    })?;
     let grpc_addr = grpc.local_addr().map_err(failure)?;
-    let judge_url = e
-        .judge_url
-        .clone()
-        .unwrap_or_else(|| proxyfleet_coordinator::config::default_judge_url(judge.local_addr().expect("bound listener")));
+    let judge_url = e.judge_url.clone().unwrap_or_else(|| {
+        proxyfleet_coordinator::config::default_judge_url(
+            judge.local_addr().expect("bound listener"),
+        )
+    });
     let mut config = CoordinatorConfig::new(e.data_dir.clone(), judge_url);
     config.allow_private_targets = e.allow_private_targets;
     config.lease_ttl = Duration::from_secs(10);
@@ -118,7 +135,12 @@ async fn embedded(e: Embedded, text: String, source: &str) -> Result<i32, Failur
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let coordinator = tokio::spawn(proxyfleet_coordinator::run(grpc, judge, config, until_stopped(stop_rx.clone())));
+    let coordinator = tokio::spawn(proxyfleet_coordinator::run(
+        grpc,
+        judge,
+        config,
+        until_stopped(stop_rx.clone()),
+    ));
     let url = format!("http://{grpc_addr}");
     let mut workers = Vec::new();
     for i in 0..e.workers.max(1) {
@@ -132,7 +154,10 @@ async fn embedded(e: Embedded, text: String, source: &str) -> Result<i32, Failur
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(1),
         };
-        workers.push(tokio::spawn(proxyfleet_worker::run(config, until_stopped(stop_rx.clone()))));
+        workers.push(tokio::spawn(proxyfleet_worker::run(
+            config,
+            until_stopped(stop_rx.clone()),
+        )));
     }
 
     let outcome = async {
@@ -143,9 +168,12 @@ async fn embedded(e: Embedded, text: String, source: &str) -> Result<i32, Failur
         let usable = usable_proxies(&mut coordinator_client, &url, &job_id).await?;
         if let Some(path) = &e.output {
             let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, usable.iter().map(|p| format!("{p}\n")).collect::<String>())
-                .and_then(|_| std::fs::rename(&tmp, path))
-                .map_err(|err| failure(format!("cannot write {}: {err}", path.display())))?;
+            std::fs::write(
+                &tmp,
+                usable.iter().map(|p| format!("{p}\n")).collect::<String>(),
+            )
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|err| failure(format!("cannot write {}: {err}", path.display())))?;
         }
         for proxy in &usable {
             println!("{proxy}");
@@ -163,12 +191,17 @@ async fn embedded(e: Embedded, text: String, source: &str) -> Result<i32, Failur
 }
 
 async fn usable_proxies(
-    client: &mut proxyfleet_proto::v1::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    client: &mut proxyfleet_proto::v1::coordinator_client::CoordinatorClient<
+        tonic::transport::Channel,
+    >,
     url: &str,
     job_id: &str,
 ) -> Result<Vec<String>, Failure> {
     let mut stream = client
-        .get_results(pb::GetResultsRequest { job_id: job_id.to_string(), usable_only: true })
+        .get_results(pb::GetResultsRequest {
+            job_id: job_id.to_string(),
+            usable_only: true,
+        })
         .await
         .map_err(|s| failure(format!("reading results from {url}: {}", s.message())))?
         .into_inner();

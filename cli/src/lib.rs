@@ -36,14 +36,21 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
         Command::Submit(args) => {
             let request = client::submit_request(&args.job, list.unwrap_or_default())?;
-            let job_id = client::submit(&mut c, &url, request, &args.job.file.display().to_string()).await?;
+            let job_id =
+                client::submit(&mut c, &url, request, &args.job.file.display().to_string()).await?;
             if args.wait {
                 return client::watch(&mut c, &url, &job_id).await;
             }
             Ok(0)
         }
         Command::Watch { job } => client::watch(&mut c, &url, &job).await,
-        Command::Results { job, format, usable_only } => client::results(&mut c, &url, &job, format, usable_only).await.map(|_| 0),
+        Command::Results {
+            job,
+            format,
+            usable_only,
+        } => client::results(&mut c, &url, &job, format, usable_only)
+            .await
+            .map(|_| 0),
         Command::Jobs => client::jobs(&mut c, &url).await.map(|_| 0),
         Command::Workers => client::workers(&mut c, &url).await.map(|_| 0),
         Command::Cancel { job } => client::cancel(&mut c, &url, &job).await.map(|_| 0),

@@ -7,7 +7,9 @@ async fn main() {
     let cli = proxyfleet_cli::args::Cli::parse();
     // Embedded runs log warnings only, so the progress bar stays readable; RUST_LOG overrides.
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let code = proxyfleet_cli::main(cli).await;

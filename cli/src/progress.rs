@@ -21,7 +21,10 @@ pub fn state_name(state: i32) -> &'static str {
 pub fn is_terminal(state: i32) -> bool {
     matches!(
         pb::JobState::try_from(state),
-        Ok(pb::JobState::Succeeded | pb::JobState::Insufficient | pb::JobState::Failed | pb::JobState::Cancelled)
+        Ok(pb::JobState::Succeeded
+            | pb::JobState::Insufficient
+            | pb::JobState::Failed
+            | pb::JobState::Cancelled)
     )
 }
 
@@ -53,7 +56,7 @@ pub fn reason_name(r: i32) -> &'static str {
 
 /// One line of progress: counts, rate, ETA.
 pub fn progress_line(job: &pb::Job) -> String {
-    let p = job.progress.clone().unwrap_or_default();
+    let p = job.progress.unwrap_or_default();
     let mut line = format!(
         "{} {}: {}/{} checked, {} usable, chunks {} done {} leased {} queued {} failed, {} workers",
         job.job_id,
@@ -71,13 +74,19 @@ pub fn progress_line(job: &pb::Job) -> String {
         line.push_str(&format!(", {:.0}/s", p.checks_per_second));
     }
     if p.eta_ms > 0 {
-        line.push_str(&format!(", eta {}", humantime::format_duration(Duration::from_secs(p.eta_ms.div_ceil(1000)))));
+        line.push_str(&format!(
+            ", eta {}",
+            humantime::format_duration(Duration::from_secs(p.eta_ms.div_ceil(1000)))
+        ));
     }
     if p.reassignments > 0 {
         line.push_str(&format!(", {} reassigned", p.reassignments));
     }
     if p.stale_verdicts_refused > 0 {
-        line.push_str(&format!(", {} stale verdicts refused", p.stale_verdicts_refused));
+        line.push_str(&format!(
+            ", {} stale verdicts refused",
+            p.stale_verdicts_refused
+        ));
     }
     line
 }
@@ -85,13 +94,17 @@ pub fn progress_line(job: &pb::Job) -> String {
 /// A 30-column bar of checked over total.
 pub fn bar(checked: u64, total: u64) -> String {
     const WIDTH: u64 = 30;
-    let filled = if total == 0 { WIDTH } else { (checked.min(total) * WIDTH) / total };
-    format!("[{}{}]", "#".repeat(filled as usize), ".".repeat((WIDTH - filled) as usize))
+    let filled = (checked.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    format!(
+        "[{}{}]",
+        "#".repeat(filled as usize),
+        ".".repeat((WIDTH - filled) as usize)
+    )
 }
 
 /// The final line of a job.
 pub fn summary(job: &pb::Job) -> String {
-    let p = job.progress.clone().unwrap_or_default();
+    let p = job.progress.unwrap_or_default();
     format!(
         "job {} {}: {} usable of {} ({} checked) in {}; {}",
         job.job_id,
@@ -100,7 +113,11 @@ pub fn summary(job: &pb::Job) -> String {
         p.proxies_total,
         p.proxies_checked,
         humantime::format_duration(Duration::from_millis(p.elapsed_ms / 100 * 100)),
-        if job.reason.is_empty() { "no reason given" } else { &job.reason }
+        if job.reason.is_empty() {
+            "no reason given"
+        } else {
+            &job.reason
+        }
     )
 }
 
@@ -115,10 +132,18 @@ pub fn result_line(r: &pb::ProxyResult) -> String {
 }
 
 pub fn jobs_table(jobs: &[pb::Job]) -> String {
-    let mut out = format!("{:<16} {:<12} {:>9} {:>9} {:>9}  {}", "JOB", "STATE", "CHECKED", "USABLE", "TOTAL", "NAME / REASON");
+    let mut out = format!(
+        "{:<16} {:<12} {:>9} {:>9} {:>9}  {}",
+        "JOB", "STATE", "CHECKED", "USABLE", "TOTAL", "NAME / REASON"
+    );
     for j in jobs {
-        let p = j.progress.clone().unwrap_or_default();
-        let label = [j.name.as_str(), j.reason.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(": ");
+        let p = j.progress.unwrap_or_default();
+        let label = [j.name.as_str(), j.reason.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(": ");
         out.push_str(&format!(
             "\n{:<16} {:<12} {:>9} {:>9} {:>9}  {}",
             j.job_id,
@@ -162,21 +187,34 @@ pub struct View {
 
 impl View {
     pub fn new(terminal: bool) -> Self {
-        View { terminal, last_plain: None, drew: false }
+        View {
+            terminal,
+            last_plain: None,
+            drew: false,
+        }
     }
 
     pub fn show(&mut self, job: &pb::Job) {
         let mut err = std::io::stderr();
         if self.terminal {
-            let p = job.progress.clone().unwrap_or_default();
-            let _ = write!(err, "\r\x1b[2K{} {}", bar(p.proxies_checked, p.proxies_total), progress_line(job));
+            let p = job.progress.unwrap_or_default();
+            let _ = write!(
+                err,
+                "\r\x1b[2K{} {}",
+                bar(p.proxies_checked, p.proxies_total),
+                progress_line(job)
+            );
             let _ = err.flush();
             self.drew = true;
             return;
         }
         let due = match self.last_plain {
             None => true,
-            Some((at, state)) => state != job.state || at.elapsed() >= Duration::from_secs(1) || is_terminal(job.state),
+            Some((at, state)) => {
+                state != job.state
+                    || at.elapsed() >= Duration::from_secs(1)
+                    || is_terminal(job.state)
+            }
         };
         if due {
             let _ = writeln!(err, "{}", progress_line(job));
@@ -199,7 +237,10 @@ mod tests {
     #[test]
     fn bar_fills_with_progress() {
         assert_eq!(bar(0, 10), format!("[{}]", ".".repeat(30)));
-        assert_eq!(bar(5, 10), format!("[{}{}]", "#".repeat(15), ".".repeat(15)));
+        assert_eq!(
+            bar(5, 10),
+            format!("[{}{}]", "#".repeat(15), ".".repeat(15))
+        );
         assert_eq!(bar(10, 10), format!("[{}]", "#".repeat(30)));
         assert_eq!(bar(0, 0), format!("[{}]", "#".repeat(30)));
     }
@@ -220,7 +261,16 @@ mod tests {
             ..Default::default()
         };
         let line = progress_line(&job);
-        assert!(line.contains("SUCCEEDED") && line.contains("10/10 checked") && line.contains("2 stale"), "{line}");
-        assert!(summary(&job).starts_with("job job-x SUCCEEDED: 3 usable of 10"), "{}", summary(&job));
+        assert!(
+            line.contains("SUCCEEDED")
+                && line.contains("10/10 checked")
+                && line.contains("2 stale"),
+            "{line}"
+        );
+        assert!(
+            summary(&job).starts_with("job job-x SUCCEEDED: 3 usable of 10"),
+            "{}",
+            summary(&job)
+        );
     }
 }

@@ -214,7 +214,8 @@ fn split_host_port(text: &str) -> Result<(String, u16), String> {
         let port = after
             .strip_prefix(':')
             .ok_or("expected ':port' after the IPv6 address")?;
-        let ip = Ipv6Addr::from_str(host).map_err(|_| format!("{host:?} is not an IPv6 address"))?;
+        let ip =
+            Ipv6Addr::from_str(host).map_err(|_| format!("{host:?} is not an IPv6 address"))?;
         (ip.to_string(), port)
     } else {
         let (host, port) = text
@@ -246,7 +247,9 @@ fn normalize_host(host: &str) -> Result<String, String> {
     if host.len() > 253 {
         return Err("host name longer than 253 characters".into());
     }
-    let all_numeric = host.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    let all_numeric = host
+        .split('.')
+        .all(|l| l.bytes().all(|b| b.is_ascii_digit()));
     if all_numeric {
         return Err(format!("{host:?} is not a valid IPv4 address"));
     }
@@ -255,7 +258,9 @@ fn normalize_host(host: &str) -> Result<String, String> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !valid {
             return Err(format!("{host:?} is not a valid host name"));
         }
@@ -349,8 +354,16 @@ mod tests {
 
     #[test]
     fn blank_lines_and_comments_give_nothing() {
-        assert!(parse_line("   ", &[Protocol::Http], PUBLIC).unwrap().is_empty());
-        assert!(parse_line("# list", &[Protocol::Http], PUBLIC).unwrap().is_empty());
+        assert!(
+            parse_line("   ", &[Protocol::Http], PUBLIC)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            parse_line("# list", &[Protocol::Http], PUBLIC)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -374,7 +387,11 @@ mod tests {
             assert!(err.contains(expected), "{line}: {err}");
         }
         let long = format!("{}:80", "a".repeat(MAX_LINE_LEN));
-        assert!(parse_line(&long, &[Protocol::Http], PUBLIC).unwrap_err().contains("bytes long"));
+        assert!(
+            parse_line(&long, &[Protocol::Http], PUBLIC)
+                .unwrap_err()
+                .contains("bytes long")
+        );
     }
 
     #[test]
@@ -401,14 +418,22 @@ mod tests {
 
     #[test]
     fn a_list_dedups_and_numbers_its_rejections() {
-        let text = "8.8.8.8:80\n\nhttp://8.8.8.8:80\nnonsense\nsocks5://8.8.8.8:80\n# c\n1.1.1.1:1\n";
+        let text =
+            "8.8.8.8:80\n\nhttp://8.8.8.8:80\nnonsense\nsocks5://8.8.8.8:80\n# c\n1.1.1.1:1\n";
         let parsed = parse_list(
             text.lines().enumerate().map(|(i, l)| (i as u64 + 1, l)),
             &[Protocol::Http],
             PUBLIC,
         );
         let urls: Vec<_> = parsed.candidates.iter().map(Candidate::url).collect();
-        assert_eq!(urls, ["http://8.8.8.8:80", "socks5://8.8.8.8:80", "http://1.1.1.1:1"]);
+        assert_eq!(
+            urls,
+            [
+                "http://8.8.8.8:80",
+                "socks5://8.8.8.8:80",
+                "http://1.1.1.1:1"
+            ]
+        );
         assert_eq!(parsed.duplicates, 1);
         assert_eq!(parsed.rejected.len(), 1);
         assert_eq!(parsed.rejected[0].line, 4);

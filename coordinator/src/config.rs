@@ -94,17 +94,23 @@ impl CoordinatorConfig {
         if self.max_attempts == 0 {
             return Err(ConfigError::MaxAttempts);
         }
-        if !(self.default_judge_url.starts_with("http://") || self.default_judge_url.starts_with("https://")) {
+        if !(self.default_judge_url.starts_with("http://")
+            || self.default_judge_url.starts_with("https://"))
+        {
             return Err(ConfigError::JudgeUrl(self.default_judge_url));
         }
         self.heartbeat_interval = self.lease_ttl / 3;
-        self.tick = (self.lease_ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(200));
+        self.tick =
+            (self.lease_ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(200));
         Ok(self)
     }
 
     /// Builds the config from the command line, given the judge's bound address.
     pub fn from_cli(cli: &Cli, judge_addr: SocketAddr) -> Result<Self, ConfigError> {
-        let judge_url = cli.judge_url.clone().unwrap_or_else(|| default_judge_url(judge_addr));
+        let judge_url = cli
+            .judge_url
+            .clone()
+            .unwrap_or_else(|| default_judge_url(judge_addr));
         let mut config = CoordinatorConfig::new(cli.data_dir.clone(), judge_url);
         config.lease_ttl = cli.lease_ttl;
         config.allow_private_targets = cli.allow_private_targets;
@@ -140,15 +146,28 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
         let mut bad = c.clone();
         bad.lease_ttl = Duration::from_millis(10);
-        assert!(bad.validate().unwrap_err().to_string().contains("--lease-ttl"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--lease-ttl")
+        );
         let mut bad = c.clone();
         bad.default_judge_url = "judge".into();
-        assert!(bad.validate().unwrap_err().to_string().contains("--judge-url"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--judge-url")
+        );
     }
 
     #[test]
     fn judge_url_names_the_bound_address() {
-        assert_eq!(default_judge_url("127.0.0.1:8080".parse().unwrap()), "http://127.0.0.1:8080/judge");
+        assert_eq!(
+            default_judge_url("127.0.0.1:8080".parse().unwrap()),
+            "http://127.0.0.1:8080/judge"
+        );
         assert!(default_judge_url("0.0.0.0:8080".parse().unwrap()).ends_with(":8080/judge"));
     }
 }

@@ -76,7 +76,11 @@ pub fn verdict_from_proto(v: pb::Verdict) -> Verdict {
     Verdict {
         index: v.index,
         usable,
-        reason: if !usable && reason == Reason::None { Reason::Network } else { reason },
+        reason: if !usable && reason == Reason::None {
+            Reason::Network
+        } else {
+            reason
+        },
         latency_ms: v.latency_ms,
         exit_ip: v.exit_ip,
         detail: v.detail,
@@ -183,7 +187,11 @@ pub fn assignment_to_proto(a: &Assignment) -> pb::Assign {
         job_id: a.job_id.clone(),
         chunk_id: a.chunk_id,
         attempt: a.attempt,
-        candidates: a.candidates.iter().map(|(i, c)| candidate_to_proto(*i, c)).collect(),
+        candidates: a
+            .candidates
+            .iter()
+            .map(|(i, c)| candidate_to_proto(*i, c))
+            .collect(),
         settings: Some(pb::CheckSettings {
             judge_url: a.judge_url.clone(),
             timeout_ms: a.timeout.as_millis() as u64,

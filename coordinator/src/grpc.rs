@@ -59,19 +59,31 @@ pub struct CoordinatorService {
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let r = request.into_inner();
-        let mut lines: Vec<(u64, String)> = r.candidates.into_iter().enumerate().map(|(i, l)| (i as u64 + 1, l)).collect();
+        let mut lines: Vec<(u64, String)> = r
+            .candidates
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| (i as u64 + 1, l))
+            .collect();
         if !r.candidates_text.is_empty() {
             let offset = lines.len() as u64;
-            lines.extend(r.candidates_text.lines().enumerate().map(|(i, l)| (offset + i as u64 + 1, l.to_string())));
+            lines.extend(
+                r.candidates_text
+                    .lines()
+                    .enumerate()
+                    .map(|(i, l)| (offset + i as u64 + 1, l.to_string())),
+            );
         }
         let mut default_protocols = Vec::new();
         for p in r.default_protocols {
-            default_protocols.push(
-                convert::protocol_from_proto(p)
-                    .ok_or_else(|| Status::invalid_argument(format!("default_protocols: unknown protocol value {p}")))?,
-            );
+            default_protocols.push(convert::protocol_from_proto(p).ok_or_else(|| {
+                Status::invalid_argument(format!("default_protocols: unknown protocol value {p}"))
+            })?);
         }
         let positive = |v: u64| (v > 0).then_some(v);
         let submitted = self.state.submit(SubmitRequest {
@@ -86,7 +98,8 @@ impl Coordinator for CoordinatorService {
             pool: Some(r.pool),
             name: r.name,
             strict: r.strict,
-            max_failed_chunk_ratio: (r.max_failed_chunk_ratio > 0.0).then_some(r.max_failed_chunk_ratio),
+            max_failed_chunk_ratio: (r.max_failed_chunk_ratio > 0.0)
+                .then_some(r.max_failed_chunk_ratio),
         })?;
         Ok(Response::new(pb::SubmitJobResponse {
             job_id: submitted.snapshot.id.clone(),
@@ -94,21 +107,33 @@ impl Coordinator for CoordinatorService {
             rejected: submitted
                 .rejected
                 .into_iter()
-                .map(|r| pb::RejectedLine { line: r.line, text: r.text, reason: r.reason })
+                .map(|r| pb::RejectedLine {
+                    line: r.line,
+                    text: r.text,
+                    reason: r.reason,
+                })
                 .collect(),
             duplicates: submitted.duplicates,
         }))
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let r = request.into_inner();
-        let snapshot = self.state.job(require_job_id(&r.job_id)?, r.include_chunks)?;
+        let snapshot = self
+            .state
+            .job(require_job_id(&r.job_id)?, r.include_chunks)?;
         Ok(Response::new(convert::job_to_proto(&snapshot)))
     }
 
     type WatchJobStream = BoxStream<pb::Job>;
 
-    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
         let r = request.into_inner();
         let job_id = require_job_id(&r.job_id)?.to_string();
         let mut progress = self.state.watch(&job_id)?;
@@ -134,33 +159,63 @@ impl Coordinator for CoordinatorService {
                 tokio::time::sleep(WATCH_INTERVAL).await;
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let r = request.into_inner();
         let snapshot = self.state.cancel(require_job_id(&r.job_id)?)?;
         Ok(Response::new(convert::job_to_proto(&snapshot)))
     }
 
-    async fn list_jobs(&self, _request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let jobs = self.state.jobs().iter().map(convert::job_to_proto).collect();
+    async fn list_jobs(
+        &self,
+        _request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let jobs = self
+            .state
+            .jobs()
+            .iter()
+            .map(convert::job_to_proto)
+            .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
-    async fn list_workers(&self, _request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let workers = self.state.workers().iter().map(convert::worker_to_proto).collect();
+    async fn list_workers(
+        &self,
+        _request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let workers = self
+            .state
+            .workers()
+            .iter()
+            .map(convert::worker_to_proto)
+            .collect();
         Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
 
     type GetResultsStream = BoxStream<pb::ResultsPage>;
 
-    async fn get_results(&self, request: Request<pb::GetResultsRequest>) -> Result<Response<Self::GetResultsStream>, Status> {
+    async fn get_results(
+        &self,
+        request: Request<pb::GetResultsRequest>,
+    ) -> Result<Response<Self::GetResultsStream>, Status> {
         let r = request.into_inner();
-        let rows = self.state.results(require_job_id(&r.job_id)?, r.usable_only)?;
+        let rows = self
+            .state
+            .results(require_job_id(&r.job_id)?, r.usable_only)?;
         let pages: Vec<Result<pb::ResultsPage, Status>> = rows
             .chunks(RESULTS_PAGE)
-            .map(|page| Ok(pb::ResultsPage { results: page.iter().map(convert::result_to_proto).collect() }))
+            .map(|page| {
+                Ok(pb::ResultsPage {
+                    results: page.iter().map(convert::result_to_proto).collect(),
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
     }
@@ -176,15 +231,27 @@ pub struct WorkersService {
 impl Workers for WorkersService {
     type SessionStream = BoxStream<pb::CoordinatorMessage>;
 
-    async fn session(&self, request: Request<Streaming<pb::WorkerMessage>>) -> Result<Response<Self::SessionStream>, Status> {
-        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no Hello within 10s of opening the session"))??;
+            .map_err(|_| {
+                Status::deadline_exceeded("no Hello within 10s of opening the session")
+            })??;
         let hello = match first.and_then(|m| m.kind) {
             Some(pb::worker_message::Kind::Hello(h)) => h,
-            _ => return Err(Status::invalid_argument("the first message of a session must be Hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be Hello",
+                ));
+            }
         };
         if hello.worker_id.trim().is_empty() {
             return Err(Status::invalid_argument("Hello.worker_id is required"));
@@ -222,8 +289,12 @@ impl Workers for WorkersService {
                     Some(pb::worker_message::Kind::Verdicts(v)) => state.on_verdicts(session, v),
                     Some(pb::worker_message::Kind::Heartbeat(h)) => state.on_heartbeat(session, h),
                     Some(pb::worker_message::Kind::Draining(_)) => state.on_draining(session),
-                    Some(pb::worker_message::Kind::HandBack(h)) => state.on_hand_back(session, h.lease_id),
-                    Some(pb::worker_message::Kind::Hello(_)) => warn!(session_id = session, "second hello on one stream ignored"),
+                    Some(pb::worker_message::Kind::HandBack(h)) => {
+                        state.on_hand_back(session, h.lease_id)
+                    }
+                    Some(pb::worker_message::Kind::Hello(_)) => {
+                        warn!(session_id = session, "second hello on one stream ignored")
+                    }
                     None => warn!(session_id = session, "empty worker message ignored"),
                 }
             };

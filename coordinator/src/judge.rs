@@ -20,7 +20,14 @@ fn echo(method: &Method, uri: &Uri, peer: SocketAddr, headers: &HeaderMap) -> St
         .unwrap_or("");
     let headers: serde_json::Map<String, serde_json::Value> = headers
         .iter()
-        .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned().into()))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes())
+                    .into_owned()
+                    .into(),
+            )
+        })
         .collect();
     serde_json::json!({
         "token": token,
@@ -33,16 +40,35 @@ fn echo(method: &Method, uri: &Uri, peer: SocketAddr, headers: &HeaderMap) -> St
     .to_string()
 }
 
-async fn judge(method: Method, uri: Uri, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], echo(&method, &uri, peer, &headers))
+async fn judge(
+    method: Method,
+    uri: Uri,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        echo(&method, &uri, peer, &headers),
+    )
 }
 
 /// Serves the judge on `listener` at `/judge` (and `/`) until `shutdown` completes.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    let app = Router::new().route("/judge", axum::routing::any(judge)).route("/", axum::routing::any(judge));
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/judge", axum::routing::any(judge))
+        .route("/", axum::routing::any(judge));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 #[cfg(test)]
@@ -54,7 +80,12 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("via", "1.1 squid".parse().unwrap());
         let uri: Uri = "http://judge.test/judge?x=1&token=abc123".parse().unwrap();
-        let body = echo(&Method::GET, &uri, "127.0.0.7:4000".parse().unwrap(), &headers);
+        let body = echo(
+            &Method::GET,
+            &uri,
+            "127.0.0.7:4000".parse().unwrap(),
+            &headers,
+        );
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["token"], "abc123");
         assert_eq!(v["remote_addr"], "127.0.0.7");

@@ -33,14 +33,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        anyhow::anyhow!("cannot create the data dir {}: {e}; pass a writable --data-dir", config.data_dir.display())
+        anyhow::anyhow!(
+            "cannot create the data dir {}: {e}; pass a writable --data-dir",
+            config.data_dir.display()
+        )
     })?;
     let state = State::new(config.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<CoordinatorServer<grpc::CoordinatorService>>().await;
-    health_reporter.set_serving::<WorkersServer<grpc::WorkersService>>().await;
+    health_reporter
+        .set_serving::<CoordinatorServer<grpc::CoordinatorService>>()
+        .await;
+    health_reporter
+        .set_serving::<WorkersServer<grpc::WorkersService>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proxyfleet_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -50,11 +57,17 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let coordinator = CoordinatorServer::new(grpc::CoordinatorService { state: state.clone(), shutdown: stop_rx.clone() })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let workers = WorkersServer::new(grpc::WorkersService { state: state.clone(), shutdown: stop_rx.clone() })
-        .max_decoding_message_size(16 * 1024 * 1024);
+    let coordinator = CoordinatorServer::new(grpc::CoordinatorService {
+        state: state.clone(),
+        shutdown: stop_rx.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = WorkersServer::new(grpc::WorkersService {
+        state: state.clone(),
+        shutdown: stop_rx.clone(),
+    })
+    .max_decoding_message_size(16 * 1024 * 1024);
 
     info!(grpc = %grpc.local_addr()?, judge = %judge.local_addr()?, judge_url = %config.default_judge_url, lease_ttl = ?config.lease_ttl, "coordinator listening");
 

@@ -15,13 +15,20 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let grpc = TcpListener::bind(cli.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--listen); is another coordinator running?", cli.listen))?;
+    let grpc = TcpListener::bind(cli.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (--listen); is another coordinator running?",
+            cli.listen
+        )
+    })?;
     let grpc_addr = grpc.local_addr()?;
     let judge_addr = cli.judge_listen.unwrap_or_else(|| {
         let mut a = grpc_addr;
-        a.set_port(if cli.listen.port() == 0 { 0 } else { grpc_addr.port().wrapping_add(1) });
+        a.set_port(if cli.listen.port() == 0 {
+            0
+        } else {
+            grpc_addr.port().wrapping_add(1)
+        });
         a
     });
     let judge = TcpListener::bind(judge_addr)
@@ -29,7 +36,12 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {judge_addr} for the judge (--judge-listen)"))?;
     let config = CoordinatorConfig::from_cli(&cli, judge.local_addr()?)?;
     // The bound addresses on stdout, for scripts and tests that asked for port 0.
-    println!("listening grpc={} judge={} judge_url={}", grpc_addr, judge.local_addr()?, config.default_judge_url);
+    println!(
+        "listening grpc={} judge={} judge_url={}",
+        grpc_addr,
+        judge.local_addr()?,
+        config.default_judge_url
+    );
     proxyfleet_coordinator::run(grpc, judge, config, shutdown_signal()).await
 }
 

@@ -525,7 +525,12 @@ impl Scheduler {
     }
 
     /// A heartbeat names the leases the worker believes it holds; any it does not hold is revoked.
-    pub fn heartbeat(&mut self, session: SessionId, claimed: &[LeaseId], now: Instant) -> Vec<Outbound> {
+    pub fn heartbeat(
+        &mut self,
+        session: SessionId,
+        claimed: &[LeaseId],
+        now: Instant,
+    ) -> Vec<Outbound> {
         let mut out = Vec::new();
         if !self.touch(session, now) {
             return out;
@@ -541,15 +546,20 @@ impl Scheduler {
 
     /// The worker is shutting down: no new leases for it.
     pub fn draining(&mut self, session: SessionId, now: Instant) {
-        if self.touch(session, now) {
-            if let Some(s) = self.sessions.get_mut(&session) {
-                s.draining = true;
-            }
+        if self.touch(session, now)
+            && let Some(s) = self.sessions.get_mut(&session)
+        {
+            s.draining = true;
         }
     }
 
     /// A draining worker gives a lease back unfinished; the chunk is queued again at no attempt.
-    pub fn hand_back(&mut self, session: SessionId, lease_id: LeaseId, now: Instant) -> Vec<Outbound> {
+    pub fn hand_back(
+        &mut self,
+        session: SessionId,
+        lease_id: LeaseId,
+        now: Instant,
+    ) -> Vec<Outbound> {
         let mut out = Vec::new();
         if !self.touch(session, now) {
             return out;
@@ -592,14 +602,21 @@ impl Scheduler {
             session.silent = true;
             let leases = std::mem::take(&mut session.leases);
             for lease_id in leases {
-                out.push(Outbound::Revoke(id, lease_id, "lease expired: no message within the lease ttl"));
+                out.push(Outbound::Revoke(
+                    id,
+                    lease_id,
+                    "lease expired: no message within the lease ttl",
+                ));
                 self.lose_lease(lease_id, LeaseLoss::Vanished, now, &mut out);
             }
         }
         let overdue: Vec<String> = self
             .jobs
             .values()
-            .filter(|j| !j.state.is_terminal() && now.saturating_duration_since(j.created) >= j.settings.deadline)
+            .filter(|j| {
+                !j.state.is_terminal()
+                    && now.saturating_duration_since(j.created) >= j.settings.deadline
+            })
             .map(|j| j.id.clone())
             .collect();
         for id in overdue {
@@ -611,7 +628,9 @@ impl Scheduler {
                 job.candidates.len()
             );
             if self.sessions.is_empty() {
-                reason.push_str("; no worker is connected (start proxyfleet-worker --coordinator URL)");
+                reason.push_str(
+                    "; no worker is connected (start proxyfleet-worker --coordinator URL)",
+                );
             } else if job.state == JobState::Queued {
                 reason.push_str("; the job waited behind another job of its pool");
             }
@@ -621,7 +640,8 @@ impl Scheduler {
             if job.state == JobState::Checking {
                 job.rate_samples.push_back((now, job.checked));
                 while job.rate_samples.len() > 2
-                    && now.saturating_duration_since(job.rate_samples[0].0) > Duration::from_secs(10)
+                    && now.saturating_duration_since(job.rate_samples[0].0)
+                        > Duration::from_secs(10)
                 {
                     job.rate_samples.pop_front();
                 }
@@ -632,7 +652,12 @@ impl Scheduler {
     }
 
     /// Cancels a job that has not ended; returns its snapshot either way.
-    pub fn cancel(&mut self, job_id: &str, now: Instant, wall_ms: u64) -> Result<(JobSnapshot, Vec<Outbound>), JobError> {
+    pub fn cancel(
+        &mut self,
+        job_id: &str,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Result<(JobSnapshot, Vec<Outbound>), JobError> {
         let state = self
             .jobs
             .get(job_id)
@@ -640,7 +665,14 @@ impl Scheduler {
             .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
         let mut out = Vec::new();
         if !state.is_terminal() {
-            self.end_job(job_id, JobState::Cancelled, "cancelled by a client".into(), now, wall_ms, &mut out);
+            self.end_job(
+                job_id,
+                JobState::Cancelled,
+                "cancelled by a client".into(),
+                now,
+                wall_ms,
+                &mut out,
+            );
             out.extend(self.assign(now));
         }
         Ok((self.snapshot(job_id, false, now)?, out))
@@ -657,7 +689,9 @@ impl Scheduler {
                 .min_by_key(|(id, s)| (s.leases.len(), **id))
                 .map(|(id, _)| *id);
             let Some(session) = target else { break };
-            let Some((job_id, chunk_id)) = self.next_queued_chunk() else { break };
+            let Some((job_id, chunk_id)) = self.next_queued_chunk() else {
+                break;
+            };
             out.push(self.grant(session, &job_id, chunk_id, now));
         }
         out
@@ -666,7 +700,8 @@ impl Scheduler {
     fn next_queued_chunk(&mut self) -> Option<(String, ChunkId)> {
         while let Some((job_id, chunk_id)) = self.queue.pop_front() {
             let live = self.jobs.get(&job_id).is_some_and(|j| {
-                j.state == JobState::Checking && j.chunks[chunk_id as usize].state == ChunkState::Queued
+                j.state == JobState::Checking
+                    && j.chunks[chunk_id as usize].state == ChunkState::Queued
             });
             if live {
                 return Some((job_id, chunk_id));
@@ -675,7 +710,13 @@ impl Scheduler {
         None
     }
 
-    fn grant(&mut self, session: SessionId, job_id: &str, chunk_id: ChunkId, _now: Instant) -> Outbound {
+    fn grant(
+        &mut self,
+        session: SessionId,
+        job_id: &str,
+        chunk_id: ChunkId,
+        _now: Instant,
+    ) -> Outbound {
         let lease_id = self.next_lease;
         self.next_lease += 1;
         let job = self.jobs.get_mut(job_id).expect("queued chunk has a job");
@@ -723,8 +764,16 @@ impl Scheduler {
         Some(lease)
     }
 
-    fn lose_lease(&mut self, lease_id: LeaseId, loss: LeaseLoss, now: Instant, out: &mut Vec<Outbound>) {
-        let Some(lease) = self.retire_lease(lease_id) else { return };
+    fn lose_lease(
+        &mut self,
+        lease_id: LeaseId,
+        loss: LeaseLoss,
+        now: Instant,
+        out: &mut Vec<Outbound>,
+    ) {
+        let Some(lease) = self.retire_lease(lease_id) else {
+            return;
+        };
         let job = self.jobs.get_mut(&lease.job_id).expect("a lease has a job");
         let chunk = &mut job.chunks[lease.chunk as usize];
         if chunk.state != ChunkState::Leased(lease_id) {
@@ -746,7 +795,8 @@ impl Scheduler {
                     chunk.state = ChunkState::Failed;
                     let job_id = job.id.clone();
                     // Wall time only matters for the end stamp; `now` orders everything else.
-                    let wall_ms = job.created_wall_ms + now.saturating_duration_since(job.created).as_millis() as u64;
+                    let wall_ms = job.created_wall_ms
+                        + now.saturating_duration_since(job.created).as_millis() as u64;
                     self.finish_if_complete(&job_id, now, wall_ms, out);
                 } else {
                     chunk.state = ChunkState::Queued;
@@ -757,14 +807,27 @@ impl Scheduler {
     }
 
     /// Ends a checking job whose every chunk is done or failed.
-    fn finish_if_complete(&mut self, job_id: &str, now: Instant, wall_ms: u64, out: &mut Vec<Outbound>) {
+    fn finish_if_complete(
+        &mut self,
+        job_id: &str,
+        now: Instant,
+        wall_ms: u64,
+        out: &mut Vec<Outbound>,
+    ) {
         let job = &self.jobs[job_id];
         if job.state != JobState::Checking
-            || job.chunks.iter().any(|c| !matches!(c.state, ChunkState::Done | ChunkState::Failed))
+            || job
+                .chunks
+                .iter()
+                .any(|c| !matches!(c.state, ChunkState::Done | ChunkState::Failed))
         {
             return;
         }
-        let failed = job.chunks.iter().filter(|c| c.state == ChunkState::Failed).count();
+        let failed = job
+            .chunks
+            .iter()
+            .filter(|c| c.state == ChunkState::Failed)
+            .count();
         let total = job.chunks.len();
         let failed_note = if failed > 0 {
             format!(
@@ -774,7 +837,9 @@ impl Scheduler {
         } else {
             String::new()
         };
-        let (state, reason) = if total > 0 && failed as f64 / total as f64 > job.settings.max_failed_chunk_ratio {
+        let (state, reason) = if total > 0
+            && failed as f64 / total as f64 > job.settings.max_failed_chunk_ratio
+        {
             (
                 JobState::Failed,
                 format!(
@@ -785,18 +850,36 @@ impl Scheduler {
         } else if job.usable >= job.settings.min_usable {
             (
                 JobState::Succeeded,
-                format!("{} usable of {} proxies (at least {} wanted){failed_note}", job.usable, job.candidates.len(), job.settings.min_usable),
+                format!(
+                    "{} usable of {} proxies (at least {} wanted){failed_note}",
+                    job.usable,
+                    job.candidates.len(),
+                    job.settings.min_usable
+                ),
             )
         } else {
             (
                 JobState::Insufficient,
-                format!("only {} usable of {} proxies, {} wanted{failed_note}", job.usable, job.candidates.len(), job.settings.min_usable),
+                format!(
+                    "only {} usable of {} proxies, {} wanted{failed_note}",
+                    job.usable,
+                    job.candidates.len(),
+                    job.settings.min_usable
+                ),
             )
         };
         self.end_job(job_id, state, reason, now, wall_ms, out);
     }
 
-    fn end_job(&mut self, job_id: &str, state: JobState, reason: String, now: Instant, wall_ms: u64, out: &mut Vec<Outbound>) {
+    fn end_job(
+        &mut self,
+        job_id: &str,
+        state: JobState,
+        reason: String,
+        now: Instant,
+        wall_ms: u64,
+        out: &mut Vec<Outbound>,
+    ) {
         let live: Vec<(LeaseId, SessionId)> = self
             .leases
             .iter()
@@ -828,7 +911,12 @@ impl Scheduler {
         self.job_order.iter().rev().cloned().collect()
     }
 
-    pub fn snapshot(&self, job_id: &str, include_chunks: bool, now: Instant) -> Result<JobSnapshot, JobError> {
+    pub fn snapshot(
+        &self,
+        job_id: &str,
+        include_chunks: bool,
+        now: Instant,
+    ) -> Result<JobSnapshot, JobError> {
         let job = self
             .jobs
             .get(job_id)
@@ -841,7 +929,10 @@ impl Scheduler {
             reassignments: job.reassignments,
             stale_verdicts_refused: job.stale_refused,
             handed_back: job.handed_back,
-            elapsed: job.ended.unwrap_or(now).saturating_duration_since(job.created),
+            elapsed: job
+                .ended
+                .unwrap_or(now)
+                .saturating_duration_since(job.created),
             ..JobProgress::default()
         };
         let mut holders = BTreeSet::new();
@@ -868,7 +959,9 @@ impl Scheduler {
             }
             let left = job.candidates.len() as u64 - job.checked;
             if progress.checks_per_second > 0.0 {
-                progress.eta = Some(Duration::from_secs_f64(left as f64 / progress.checks_per_second));
+                progress.eta = Some(Duration::from_secs_f64(
+                    left as f64 / progress.checks_per_second,
+                ));
             }
         }
         let chunks = if include_chunks {
@@ -1027,7 +1120,11 @@ mod tests {
             .map(|(i, _)| Verdict {
                 index: *i,
                 usable: usable(*i),
-                reason: if usable(*i) { Reason::None } else { Reason::Refused },
+                reason: if usable(*i) {
+                    Reason::None
+                } else {
+                    Reason::Refused
+                },
                 latency_ms: 1,
                 exit_ip: String::new(),
                 detail: String::new(),
@@ -1073,7 +1170,13 @@ mod tests {
         let first = assignments(&out);
         assert_eq!(first.len(), 2, "assigned up to capacity");
         assert!(first.iter().all(|(sess, a)| *sess == w && a.attempt == 1));
-        let out = s.verdicts(w, first[0].1.lease_id, verdicts_for(&first[0].1, |i| i < 3), c.now, c.wall());
+        let out = s.verdicts(
+            w,
+            first[0].1.lease_id,
+            verdicts_for(&first[0].1, |i| i < 3),
+            c.now,
+            c.wall(),
+        );
         assert!(out.contains(&Outbound::LeaseDone(w, first[0].1.lease_id)));
         let third = assignments(&out);
         assert_eq!(third.len(), 1, "the freed credit gets the last chunk");
@@ -1123,7 +1226,10 @@ mod tests {
         let mut partial = verdicts_for(&a, |_| true);
         partial.truncate(2);
         s.verdicts(w1, a.lease_id, partial, c.now, c.wall());
-        assert!(assignments(&s.disconnect(w1, c.now)).is_empty(), "nobody to take it");
+        assert!(
+            assignments(&s.disconnect(w1, c.now)).is_empty(),
+            "nobody to take it"
+        );
         let snap = s.snapshot("j", true, c.now).unwrap();
         assert_eq!(snap.progress.reassignments, 1);
         assert_eq!(snap.chunks[0].state, ChunkState::Queued);
@@ -1136,7 +1242,10 @@ mod tests {
         s.verdicts(w2, b.lease_id, verdicts_for(&b, |_| false), c.now, c.wall());
         let snap = s.snapshot("j", false, c.now).unwrap();
         assert_eq!(snap.state, JobState::Succeeded);
-        assert_eq!((snap.progress.proxies_checked, snap.progress.proxies_usable), (4, 2));
+        assert_eq!(
+            (snap.progress.proxies_checked, snap.progress.proxies_usable),
+            (4, 2)
+        );
     }
 
     #[test]
@@ -1154,7 +1263,11 @@ mod tests {
         let t = c.advance(Duration::from_millis(1));
         s.heartbeat(other, &[], t);
         let out = s.tick(t, c.wall());
-        assert!(out.contains(&Outbound::Revoke(frozen, a.lease_id, "lease expired: no message within the lease ttl")));
+        assert!(out.contains(&Outbound::Revoke(
+            frozen,
+            a.lease_id,
+            "lease expired: no message within the lease ttl"
+        )));
         let b = assignments(&out);
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].0, other, "the silent session gets nothing");
@@ -1164,10 +1277,19 @@ mod tests {
         let snap = s.snapshot("j", false, t).unwrap();
         assert_eq!(snap.progress.stale_verdicts_refused, 4);
         assert_eq!(snap.progress.proxies_checked, 0);
-        s.verdicts(other, b[0].1.lease_id, verdicts_for(&b[0].1, |_| false), t, c.wall());
+        s.verdicts(
+            other,
+            b[0].1.lease_id,
+            verdicts_for(&b[0].1, |_| false),
+            t,
+            c.wall(),
+        );
         let snap = s.snapshot("j", false, t).unwrap();
         assert_eq!(snap.state, JobState::Insufficient);
-        assert_eq!((snap.progress.proxies_checked, snap.progress.proxies_usable), (4, 0));
+        assert_eq!(
+            (snap.progress.proxies_checked, snap.progress.proxies_usable),
+            (4, 0)
+        );
         assert_eq!(s.stale_refused_total(), 4);
         // Having spoken again, the once-silent worker is active again.
         assert!(s.workers(t).iter().all(|w| w.status == "active"));
@@ -1184,7 +1306,10 @@ mod tests {
             let t = c.advance(TTL / 2);
             let out = s.heartbeat(w, &[a.lease_id, 999], t);
             assert_eq!(out, [Outbound::Revoke(w, 999, "stale lease")]);
-            assert!(s.tick(t, c.wall()).is_empty(), "heartbeats keep the lease alive");
+            assert!(
+                s.tick(t, c.wall()).is_empty(),
+                "heartbeats keep the lease alive"
+            );
         }
     }
 
@@ -1202,7 +1327,10 @@ mod tests {
         assert_eq!(b[0].1.attempt, 2);
         s.verdicts(old, a.lease_id, verdicts_for(&a, |_| true), c.now, c.wall());
         let snap = s.snapshot("j", false, c.now).unwrap();
-        assert_eq!(snap.progress.proxies_checked, 0, "an ended session's verdicts count for nothing");
+        assert_eq!(
+            snap.progress.proxies_checked, 0,
+            "an ended session's verdicts count for nothing"
+        );
         assert_eq!(s.workers(c.now).len(), 1);
     }
 
@@ -1225,10 +1353,20 @@ mod tests {
         assert_eq!(snap.chunks[1].state, ChunkState::Failed);
         assert_eq!(snap.chunks[1].attempts, 3);
         assert_eq!(snap.state, JobState::Checking);
-        s.verdicts(good, g.lease_id, verdicts_for(&g, |_| true), c.now, c.wall());
+        s.verdicts(
+            good,
+            g.lease_id,
+            verdicts_for(&g, |_| true),
+            c.now,
+            c.wall(),
+        );
         let snap = s.snapshot("j", false, c.now).unwrap();
         assert_eq!(snap.state, JobState::Succeeded);
-        assert!(snap.reason.contains("1 of 2 chunks failed"), "{}", snap.reason);
+        assert!(
+            snap.reason.contains("1 of 2 chunks failed"),
+            "{}",
+            snap.reason
+        );
         let results = s.results("j", false).unwrap();
         assert_eq!(results.len(), 8);
         assert_eq!(results.iter().filter(|r| r.verdict.is_none()).count(), 4);
@@ -1245,7 +1383,11 @@ mod tests {
         }
         let snap = s.snapshot("j", false, c.now).unwrap();
         assert_eq!(snap.state, JobState::Failed);
-        assert!(snap.reason.contains("1 of 1 chunks failed"), "{}", snap.reason);
+        assert!(
+            snap.reason.contains("1 of 1 chunks failed"),
+            "{}",
+            snap.reason
+        );
     }
 
     #[test]
@@ -1260,8 +1402,17 @@ mod tests {
         let mut partial = verdicts_for(&a[0].1, |_| false);
         partial.truncate(1);
         s.verdicts(w, a[0].1.lease_id, partial, c.now, c.wall());
-        assert!(assignments(&s.hand_back(w, a[0].1.lease_id, c.now)).is_empty(), "a draining worker gets nothing");
-        s.verdicts(w, a[1].1.lease_id, verdicts_for(&a[1].1, |_| false), c.now, c.wall());
+        assert!(
+            assignments(&s.hand_back(w, a[0].1.lease_id, c.now)).is_empty(),
+            "a draining worker gets nothing"
+        );
+        s.verdicts(
+            w,
+            a[1].1.lease_id,
+            verdicts_for(&a[1].1, |_| false),
+            c.now,
+            c.wall(),
+        );
         s.disconnect(w, c.now);
         let snap = s.snapshot("j", true, c.now).unwrap();
         assert_eq!(snap.progress.handed_back, 1);
@@ -1269,7 +1420,11 @@ mod tests {
         assert_eq!(snap.chunks[0].attempts, 0);
         let (w2, out) = s.hello(hello("w2", 2), c.now);
         let b = assignments(&out).remove(0).1;
-        assert_eq!(b.candidates.len(), 3, "the verdict recorded before the hand-back stays");
+        assert_eq!(
+            b.candidates.len(),
+            3,
+            "the verdict recorded before the hand-back stays"
+        );
         s.verdicts(w2, b.lease_id, verdicts_for(&b, |_| false), c.now, c.wall());
         assert_eq!(state(&s, "j", c.now), JobState::Insufficient);
     }
@@ -1289,7 +1444,11 @@ mod tests {
         let snap = s.snapshot("j", false, t).unwrap();
         assert_eq!(snap.state, JobState::Failed);
         assert!(snap.reason.contains("deadline of 30s"), "{}", snap.reason);
-        assert!(snap.reason.contains("no worker is connected"), "{}", snap.reason);
+        assert!(
+            snap.reason.contains("no worker is connected"),
+            "{}",
+            snap.reason
+        );
     }
 
     #[test]
@@ -1325,7 +1484,10 @@ mod tests {
         let (snap, out) = s.cancel("j", c.now, c.wall()).unwrap();
         assert_eq!(snap.state, JobState::Cancelled);
         assert!(out.is_empty());
-        assert_eq!(s.cancel("nope", c.now, c.wall()).unwrap_err(), JobError::NotFound("nope".into()));
+        assert_eq!(
+            s.cancel("nope", c.now, c.wall()).unwrap_err(),
+            JobError::NotFound("nope".into())
+        );
     }
 
     #[test]
@@ -1365,7 +1527,10 @@ mod tests {
         };
         s.verdicts(w, a.lease_id, vec![foreign], c.now, c.wall());
         let snap = s.snapshot("j", false, c.now).unwrap();
-        assert_eq!((snap.progress.proxies_checked, snap.progress.proxies_usable), (2, 2));
+        assert_eq!(
+            (snap.progress.proxies_checked, snap.progress.proxies_usable),
+            (2, 2)
+        );
     }
 
     #[test]
@@ -1403,7 +1568,11 @@ mod tests {
         s.verdicts(w, a.lease_id, verdicts_for(&a, |_| false), t, c.wall());
         s.tick(t, c.wall());
         let p = s.snapshot("j", false, t).unwrap().progress;
-        assert!((p.checks_per_second - 5.0).abs() < 1e-9, "{}", p.checks_per_second);
+        assert!(
+            (p.checks_per_second - 5.0).abs() < 1e-9,
+            "{}",
+            p.checks_per_second
+        );
         assert_eq!(p.eta, Some(Duration::from_secs(2)));
         assert_eq!(p.workers, 1);
     }

@@ -13,7 +13,9 @@ use tracing::{info, warn};
 use crate::candidate::{self, Protocol, Rejected, TargetPolicy};
 use crate::config::CoordinatorConfig;
 use crate::convert;
-use crate::scheduler::{Hello, JobError, JobSettings, JobSnapshot, LeaseConfig, NewJob, Outbound, Scheduler, SessionId};
+use crate::scheduler::{
+    Hello, JobError, JobSettings, JobSnapshot, LeaseConfig, NewJob, Outbound, Scheduler, SessionId,
+};
 
 /// Messages for one worker session's response stream.
 pub type Outbox = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, tonic::Status>>;
@@ -63,16 +65,23 @@ pub struct Submitted {
 /// Why a submission was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    #[error("the candidate list is empty: give one proxy per line as host:port or scheme://[user:pass@]host:port")]
+    #[error(
+        "the candidate list is empty: give one proxy per line as host:port or scheme://[user:pass@]host:port"
+    )]
     Empty,
     #[error("no usable candidate in the list; {}", describe(.0))]
     AllRejected(Vec<Rejected>),
     #[error("{} malformed line(s) and strict mode is on; {}", .0.len(), describe(.0))]
     Strict(Vec<Rejected>),
-    #[error("{count} candidates is more than the {max} a job may hold; split the list into several jobs")]
+    #[error(
+        "{count} candidates is more than the {max} a job may hold; split the list into several jobs"
+    )]
     TooMany { count: usize, max: usize },
     #[error("invalid {field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 fn describe(rejected: &[Rejected]) -> String {
@@ -88,12 +97,17 @@ fn describe(rejected: &[Rejected]) -> String {
 }
 
 fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn new_job_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
-    let suffix: String = (0..10).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect();
+    let suffix: String = (0..10)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect();
     format!("job-{suffix}")
 }
 
@@ -104,7 +118,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl State {
     pub fn new(config: CoordinatorConfig) -> Self {
-        let scheduler = Scheduler::new(LeaseConfig { lease_ttl: config.lease_ttl }, first_lease_id());
+        let scheduler = Scheduler::new(
+            LeaseConfig {
+                lease_ttl: config.lease_ttl,
+            },
+            first_lease_id(),
+        );
         State {
             inner: Arc::new(Inner {
                 config,
@@ -140,15 +159,30 @@ impl State {
                         job_id = %a.job_id, chunk_id = a.chunk_id, lease_id = a.lease_id, session_id = s,
                         attempt = a.attempt, proxies = a.candidates.len(), "lease granted"
                     );
-                    (s, pb::coordinator_message::Kind::Assign(convert::assignment_to_proto(&a)))
+                    (
+                        s,
+                        pb::coordinator_message::Kind::Assign(convert::assignment_to_proto(&a)),
+                    )
                 }
-                Outbound::LeaseDone(s, lease_id) => (s, pb::coordinator_message::Kind::LeaseDone(pb::LeaseDone { lease_id })),
+                Outbound::LeaseDone(s, lease_id) => (
+                    s,
+                    pb::coordinator_message::Kind::LeaseDone(pb::LeaseDone { lease_id }),
+                ),
                 Outbound::Revoke(s, lease_id, reason) => {
                     info!(lease_id, session_id = s, reason, "lease revoked");
-                    (s, pb::coordinator_message::Kind::Revoke(pb::Revoke { lease_id, reason: reason.to_string() }))
+                    (
+                        s,
+                        pb::coordinator_message::Kind::Revoke(pb::Revoke {
+                            lease_id,
+                            reason: reason.to_string(),
+                        }),
+                    )
                 }
                 Outbound::Close(s) => {
-                    info!(session_id = s, "session replaced by a newer one of the same worker");
+                    info!(
+                        session_id = s,
+                        "session replaced by a newer one of the same worker"
+                    );
                     outboxes.remove(&s);
                     continue;
                 }
@@ -174,7 +208,9 @@ impl State {
         let parsed = candidate::parse_list(
             request.lines.iter().map(|(n, l)| (*n, l.as_str())),
             &protocols,
-            TargetPolicy { allow_private: config.allow_private_targets },
+            TargetPolicy {
+                allow_private: config.allow_private_targets,
+            },
         );
         if parsed.candidates.is_empty() {
             if parsed.rejected.is_empty() {
@@ -186,12 +222,20 @@ impl State {
             return Err(SubmitError::Strict(parsed.rejected));
         }
         if parsed.candidates.len() > config.max_candidates {
-            return Err(SubmitError::TooMany { count: parsed.candidates.len(), max: config.max_candidates });
+            return Err(SubmitError::TooMany {
+                count: parsed.candidates.len(),
+                max: config.max_candidates,
+            });
         }
         let id = new_job_id();
         let proxies = parsed.candidates.len();
         let now = Instant::now();
-        let new = NewJob { id: id.clone(), name: request.name, settings, candidates: parsed.candidates };
+        let new = NewJob {
+            id: id.clone(),
+            name: request.name,
+            settings,
+            candidates: parsed.candidates,
+        };
         let snapshot = self.with_scheduler(|s| {
             let out = s.submit(new, now, wall_ms());
             (s.snapshot(&id, false, now).expect("just submitted"), out)
@@ -201,13 +245,24 @@ impl State {
             job_id = %id, proxies, rejected = parsed.rejected.len(), duplicates = parsed.duplicates,
             chunks = snapshot.progress.chunks_total, "job submitted"
         );
-        Ok(Submitted { snapshot, rejected: parsed.rejected, duplicates: parsed.duplicates })
+        Ok(Submitted {
+            snapshot,
+            rejected: parsed.rejected,
+            duplicates: parsed.duplicates,
+        })
     }
 
     fn job_settings(&self, r: &SubmitRequest) -> Result<JobSettings, SubmitError> {
         let config = &self.inner.config;
-        let invalid = |field, message: &str| SubmitError::Invalid { field, message: message.to_string() };
-        let judge_url = r.judge_url.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| config.default_judge_url.clone());
+        let invalid = |field, message: &str| SubmitError::Invalid {
+            field,
+            message: message.to_string(),
+        };
+        let judge_url = r
+            .judge_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| config.default_judge_url.clone());
         if !(judge_url.starts_with("http://") || judge_url.starts_with("https://")) {
             return Err(invalid("judge_url", "expected an http:// or https:// URL"));
         }
@@ -238,7 +293,11 @@ impl State {
             min_usable: r.min_usable.unwrap_or(1),
             deadline,
             max_attempts,
-            pool: r.pool.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "default".into()),
+            pool: r
+                .pool
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "default".into()),
             max_failed_chunk_ratio: ratio,
         })
     }
@@ -250,14 +309,19 @@ impl State {
     pub fn jobs(&self) -> Vec<JobSnapshot> {
         let scheduler = lock(&self.inner.scheduler);
         let now = Instant::now();
-        scheduler.job_ids().iter().filter_map(|id| scheduler.snapshot(id, false, now).ok()).collect()
+        scheduler
+            .job_ids()
+            .iter()
+            .filter_map(|id| scheduler.snapshot(id, false, now).ok())
+            .collect()
     }
 
     pub fn cancel(&self, job_id: &str) -> Result<JobSnapshot, JobError> {
-        let snapshot = self.with_scheduler(|s| match s.cancel(job_id, Instant::now(), wall_ms()) {
-            Ok((snap, out)) => (Ok(snap), out),
-            Err(e) => (Err(e), Vec::new()),
-        })?;
+        let snapshot =
+            self.with_scheduler(|s| match s.cancel(job_id, Instant::now(), wall_ms()) {
+                Ok((snap, out)) => (Ok(snap), out),
+                Err(e) => (Err(e), Vec::new()),
+            })?;
         info!(job_id, "job cancel requested");
         self.publish();
         Ok(snapshot)
@@ -267,7 +331,11 @@ impl State {
         lock(&self.inner.scheduler).workers(Instant::now())
     }
 
-    pub fn results(&self, job_id: &str, usable_only: bool) -> Result<Vec<crate::scheduler::ResultRow>, JobError> {
+    pub fn results(
+        &self,
+        job_id: &str,
+        usable_only: bool,
+    ) -> Result<Vec<crate::scheduler::ResultRow>, JobError> {
         lock(&self.inner.scheduler).results(job_id, usable_only)
     }
 
@@ -302,12 +370,26 @@ impl State {
 
     pub fn on_verdicts(&self, session: SessionId, batch: pb::Verdicts) {
         let lease_id = batch.lease_id;
-        let verdicts = batch.verdicts.into_iter().map(convert::verdict_from_proto).collect();
-        self.with_scheduler(|s| ((), s.verdicts(session, lease_id, verdicts, Instant::now(), wall_ms())));
+        let verdicts = batch
+            .verdicts
+            .into_iter()
+            .map(convert::verdict_from_proto)
+            .collect();
+        self.with_scheduler(|s| {
+            (
+                (),
+                s.verdicts(session, lease_id, verdicts, Instant::now(), wall_ms()),
+            )
+        });
     }
 
     pub fn on_heartbeat(&self, session: SessionId, heartbeat: pb::Heartbeat) {
-        self.with_scheduler(|s| ((), s.heartbeat(session, &heartbeat.lease_ids, Instant::now())));
+        self.with_scheduler(|s| {
+            (
+                (),
+                s.heartbeat(session, &heartbeat.lease_ids, Instant::now()),
+            )
+        });
     }
 
     pub fn on_draining(&self, session: SessionId) {
@@ -347,7 +429,10 @@ impl State {
             let mut scheduler = lock(&self.inner.scheduler);
             let now = Instant::now();
             let dirty = scheduler.take_dirty();
-            let snapshots: Vec<JobSnapshot> = dirty.iter().filter_map(|id| scheduler.snapshot(id, false, now).ok()).collect();
+            let snapshots: Vec<JobSnapshot> = dirty
+                .iter()
+                .filter_map(|id| scheduler.snapshot(id, false, now).ok())
+                .collect();
             let ended: Vec<(JobSnapshot, Vec<crate::scheduler::ResultRow>)> = snapshots
                 .iter()
                 .filter(|s| s.state.is_terminal())
@@ -383,7 +468,11 @@ fn first_lease_id() -> u64 {
 }
 
 /// Writes `jobs/<id>/summary.json` and `jobs/<id>/usable.txt`, each atomically (write, then rename).
-fn write_job_files(data_dir: &Path, job: &JobSnapshot, results: &[crate::scheduler::ResultRow]) -> std::io::Result<()> {
+fn write_job_files(
+    data_dir: &Path,
+    job: &JobSnapshot,
+    results: &[crate::scheduler::ResultRow],
+) -> std::io::Result<()> {
     let dir = data_dir.join("jobs").join(&job.id);
     std::fs::create_dir_all(&dir)?;
     let summary = serde_json::json!({
@@ -404,7 +493,10 @@ fn write_job_files(data_dir: &Path, job: &JobSnapshot, results: &[crate::schedul
         .filter(|r| r.verdict.as_ref().is_some_and(|v| v.usable))
         .map(|r| format!("{}\n", r.candidate.url()))
         .collect();
-    write_atomically(&dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    write_atomically(
+        &dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
     write_atomically(&dir.join("usable.txt"), usable.as_bytes())
 }
 

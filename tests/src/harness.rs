@@ -22,7 +22,11 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(label: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("proxyfleet-{label}-{}-{}", std::process::id(), fastrand::u64(..)));
+        let dir = std::env::temp_dir().join(format!(
+            "proxyfleet-{label}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         std::fs::create_dir_all(&dir).expect("creating a temp dir");
         TempDir(dir)
     }
@@ -48,7 +52,10 @@ impl Drop for TempDir {
 /// Path of a workspace binary, next to the test executable's `deps` directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -71,10 +78,21 @@ pub struct Proc {
 impl Proc {
     fn spawn(name: &str, mut command: Command, log: PathBuf, stdout: Stdio) -> Proc {
         let file = std::fs::File::create(&log).expect("creating a log file");
-        command.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::from(file)).kill_on_drop(true);
-        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let pid = child.id().expect("a running child has a pid") as i32;
-        Proc { name: name.to_string(), child, pid, log }
+        Proc {
+            name: name.to_string(),
+            child,
+            pid,
+            log,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -90,7 +108,10 @@ impl Proc {
 
     /// Waits for the process to exit, at most `limit`.
     pub async fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
-        tokio::time::timeout(limit, self.child.wait()).await.ok().and_then(Result::ok)
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 
     /// The process's log so far, for failure messages.
@@ -126,14 +147,25 @@ impl CoordinatorProc {
         let dir = TempDir::new("coordinator");
         let mut command = Command::new(bin("proxyfleet-coordinator"));
         command
-            .args(["--listen", "127.0.0.1:0", "--judge-listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--judge-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(dir.path().join("data"))
             .args(extra)
             .env("RUST_LOG", "info");
         if allow_private {
             command.arg("--allow-private-targets");
         }
-        let mut proc = Proc::spawn("coordinator", command, dir.path().join("coordinator.log"), Stdio::piped());
+        let mut proc = Proc::spawn(
+            "coordinator",
+            command,
+            dir.path().join("coordinator.log"),
+            Stdio::piped(),
+        );
         let stdout = proc.child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
@@ -141,7 +173,12 @@ impl CoordinatorProc {
             .ok()
             .and_then(Result::ok)
             .flatten()
-            .unwrap_or_else(|| panic!("the coordinator did not say where it listens; log:\n{}", proc.log_text()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "the coordinator did not say where it listens; log:\n{}",
+                    proc.log_text()
+                )
+            });
         let field = |key: &str| {
             line.split_whitespace()
                 .find_map(|f| f.strip_prefix(key))
@@ -171,7 +208,12 @@ impl CoordinatorProc {
             .args(["--coordinator", &self.url, "--name", name])
             .args(extra)
             .env("RUST_LOG", "info");
-        Proc::spawn(name, command, self.dir.path().join(format!("{name}.log")), Stdio::null())
+        Proc::spawn(
+            name,
+            command,
+            self.dir.path().join(format!("{name}.log")),
+            Stdio::null(),
+        )
     }
 
     /// Runs the `proxyfleet` CLI against this coordinator.
@@ -223,7 +265,10 @@ where
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -231,7 +276,10 @@ where
 /// One snapshot of a job, with its chunks.
 pub async fn job(client: &mut CoordinatorClient<Channel>, job_id: &str) -> pb::Job {
     client
-        .get_job(pb::GetJobRequest { job_id: job_id.to_string(), include_chunks: true })
+        .get_job(pb::GetJobRequest {
+            job_id: job_id.to_string(),
+            include_chunks: true,
+        })
         .await
         .expect("GetJob")
         .into_inner()
@@ -239,13 +287,24 @@ pub async fn job(client: &mut CoordinatorClient<Channel>, job_id: &str) -> pb::J
 
 /// The worker sessions the coordinator holds.
 pub async fn workers(client: &mut CoordinatorClient<Channel>) -> Vec<pb::WorkerInfo> {
-    client.list_workers(pb::ListWorkersRequest {}).await.expect("ListWorkers").into_inner().workers
+    client
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .expect("ListWorkers")
+        .into_inner()
+        .workers
 }
 
 /// Every result of a job.
-pub async fn results(client: &mut CoordinatorClient<Channel>, job_id: &str) -> Vec<pb::ProxyResult> {
+pub async fn results(
+    client: &mut CoordinatorClient<Channel>,
+    job_id: &str,
+) -> Vec<pb::ProxyResult> {
     let mut stream = client
-        .get_results(pb::GetResultsRequest { job_id: job_id.to_string(), usable_only: false })
+        .get_results(pb::GetResultsRequest {
+            job_id: job_id.to_string(),
+            usable_only: false,
+        })
         .await
         .expect("GetResults")
         .into_inner();
@@ -257,7 +316,11 @@ pub async fn results(client: &mut CoordinatorClient<Channel>, job_id: &str) -> V
 }
 
 /// Waits until the job reaches a terminal state and returns it.
-pub async fn wait_terminal(client: &mut CoordinatorClient<Channel>, job_id: &str, limit: Duration) -> pb::Job {
+pub async fn wait_terminal(
+    client: &mut CoordinatorClient<Channel>,
+    job_id: &str,
+    limit: Duration,
+) -> pb::Job {
     wait_for(&format!("job {job_id} to end"), limit, || {
         let mut client = client.clone();
         async move {

@@ -159,7 +159,12 @@ fn refused_ip(ip: IpAddr, i: usize) -> IpAddr {
     match ip {
         IpAddr::V4(v4) if v4.is_loopback() => {
             let i = i % (250 * 250);
-            IpAddr::V4(std::net::Ipv4Addr::new(127, 254, (i / 250) as u8, (i % 250 + 1) as u8))
+            IpAddr::V4(std::net::Ipv4Addr::new(
+                127,
+                254,
+                (i / 250) as u8,
+                (i % 250 + 1) as u8,
+            ))
         }
         other => other,
     }

@@ -27,7 +27,9 @@ async fn holding(c: &CoordinatorProc, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_survives_a_killed_and_a_frozen_worker() {
-    let farm = Farm::spawn([127, 0, 0, 1].into(), 30, 600, 2400).await.unwrap();
+    let farm = Farm::spawn([127, 0, 0, 1].into(), 30, 600, 2400)
+        .await
+        .unwrap();
     let lines = farm.candidate_lines();
     let coordinator = CoordinatorProc::start(&["--lease-ttl", "2s"]).await;
     let list = coordinator.dir.write("candidates.txt", lines.join("\n"));
@@ -36,7 +38,17 @@ async fn a_job_survives_a_killed_and_a_frozen_worker() {
     let _w3 = coordinator.worker("w3", &["--max-checks", "32"]);
 
     let submitted = coordinator
-        .cli(&["submit", "--file", list.to_str().unwrap(), "--timeout", "2s", "--chunk-size", "50", "--min-usable", "30"])
+        .cli(&[
+            "submit",
+            "--file",
+            list.to_str().unwrap(),
+            "--timeout",
+            "2s",
+            "--chunk-size",
+            "50",
+            "--min-usable",
+            "30",
+        ])
         .await;
     assert_eq!(submitted.code, 0, "{submitted:?}");
     let job_id = submitted.stdout.trim().to_string();
@@ -51,7 +63,11 @@ async fn a_job_survives_a_killed_and_a_frozen_worker() {
     harness::wait_for("the frozen worker to be seen silent", WAIT_LIMIT, || {
         let mut client = client.clone();
         async move {
-            harness::workers(&mut client).await.iter().any(|w| w.worker_id == "w2" && w.status == "silent").then_some(())
+            harness::workers(&mut client)
+                .await
+                .iter()
+                .any(|w| w.worker_id == "w2" && w.status == "silent")
+                .then_some(())
         }
     })
     .await;
@@ -64,11 +80,14 @@ async fn a_job_survives_a_killed_and_a_frozen_worker() {
     assert!(watched.stdout.contains("SUCCEEDED"), "{watched:?}");
 
     let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
-    let progress = job.progress.clone().unwrap();
+    let progress = job.progress.unwrap();
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
     assert_eq!(progress.proxies_total, lines.len() as u64);
     assert_eq!(progress.proxies_checked, lines.len() as u64);
-    assert!(progress.reassignments >= 2, "the killed and the frozen worker's leases were reassigned: {progress:?}");
+    assert!(
+        progress.reassignments >= 2,
+        "the killed and the frozen worker's leases were reassigned: {progress:?}"
+    );
 
     // Each candidate exactly once; the working ones usable, no other.
     let results = harness::results(&mut client, &job_id).await;
@@ -79,29 +98,51 @@ async fn a_job_survives_a_killed_and_a_frozen_worker() {
     }
     assert!(seen.values().all(|&n| n == 1), "a candidate appears twice");
     let expected: BTreeSet<String> = farm.working_lines().into_iter().collect();
-    assert_eq!(seen.keys().map(|k| k.to_string()).collect::<BTreeSet<_>>(), lines.iter().cloned().collect());
-    let usable: BTreeSet<String> = results.iter().filter(|r| r.usable).map(|r| r.proxy.clone()).collect();
+    assert_eq!(
+        seen.keys().map(|k| k.to_string()).collect::<BTreeSet<_>>(),
+        lines.iter().cloned().collect()
+    );
+    let usable: BTreeSet<String> = results
+        .iter()
+        .filter(|r| r.usable)
+        .map(|r| r.proxy.clone())
+        .collect();
     assert_eq!(usable, expected);
     assert!(results.iter().all(|r| r.checked));
     for r in results.iter().filter(|r| !r.usable) {
         let reason = pb::Reason::try_from(r.reason).unwrap();
-        assert!(matches!(reason, pb::Reason::Refused | pb::Reason::Timeout), "{r:?}");
+        assert!(
+            matches!(reason, pb::Reason::Refused | pb::Reason::Timeout),
+            "{r:?}"
+        );
     }
     for r in results.iter().filter(|r| r.usable) {
         assert_eq!(r.exit_ip, "127.0.0.1", "{r:?}");
     }
 
     // The frozen worker woke up holding expired leases: its late verdicts were refused and counted.
-    let refused = harness::wait_for("the frozen worker's late verdicts to be refused", Duration::from_secs(30), || {
-        let mut client = client.clone();
-        let job_id = job_id.clone();
-        async move {
-            let p = harness::job(&mut client, &job_id).await.progress.unwrap();
-            (p.stale_verdicts_refused > 0).then_some(p.stale_verdicts_refused)
-        }
-    })
+    let refused = harness::wait_for(
+        "the frozen worker's late verdicts to be refused",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            let job_id = job_id.clone();
+            async move {
+                let p = harness::job(&mut client, &job_id).await.progress.unwrap();
+                (p.stale_verdicts_refused > 0).then_some(p.stale_verdicts_refused)
+            }
+        },
+    )
     .await;
     assert!(refused > 0);
-    let done_counts: u64 = harness::job(&mut client, &job_id).await.progress.unwrap().proxies_checked;
-    assert_eq!(done_counts, lines.len() as u64, "refused verdicts were not counted as checks");
+    let done_counts: u64 = harness::job(&mut client, &job_id)
+        .await
+        .progress
+        .unwrap()
+        .proxies_checked;
+    assert_eq!(
+        done_counts,
+        lines.len() as u64,
+        "refused verdicts were not counted as checks"
+    );
 }

@@ -17,7 +17,9 @@ pub struct Target {
 
 impl Target {
     pub fn from_proto(c: &pb::Candidate) -> Option<Target> {
-        let protocol = pb::Protocol::try_from(c.protocol).ok().filter(|p| *p != pb::Protocol::Unspecified)?;
+        let protocol = pb::Protocol::try_from(c.protocol)
+            .ok()
+            .filter(|p| *p != pb::Protocol::Unspecified)?;
         Some(Target {
             protocol,
             host: c.host.clone(),
@@ -72,11 +74,19 @@ pub struct Classified {
 
 /// Decides a verdict: usable only if the judge answered 200 and echoed this check's token.
 pub fn classify(outcome: Outcome, token: &str) -> Classified {
-    let fail = |reason, detail: String| Classified { usable: false, reason, exit_ip: String::new(), detail };
+    let fail = |reason, detail: String| Classified {
+        usable: false,
+        reason,
+        exit_ip: String::new(),
+        detail,
+    };
     match outcome {
         Outcome::Response { status, body } => {
             if status != 200 {
-                return fail(pb::Reason::BadStatus, format!("judge answered status {status}"));
+                return fail(
+                    pb::Reason::BadStatus,
+                    format!("judge answered status {status}"),
+                );
             }
             let echoed: Option<serde_json::Value> = serde_json::from_str(&body).ok();
             let token_seen = echoed
@@ -85,7 +95,10 @@ pub fn classify(outcome: Outcome, token: &str) -> Classified {
                 .and_then(|t| t.as_str())
                 .is_some_and(|t| t == token);
             if !token_seen {
-                return fail(pb::Reason::TokenMissing, "the answer does not carry the check's token: hijacked or fake proxy".into());
+                return fail(
+                    pb::Reason::TokenMissing,
+                    "the answer does not carry the check's token: hijacked or fake proxy".into(),
+                );
             }
             let exit_ip = echoed
                 .as_ref()
@@ -93,7 +106,12 @@ pub fn classify(outcome: Outcome, token: &str) -> Classified {
                 .and_then(|a| a.as_str())
                 .unwrap_or("")
                 .to_string();
-            Classified { usable: true, reason: pb::Reason::None, exit_ip, detail: String::new() }
+            Classified {
+                usable: true,
+                reason: pb::Reason::None,
+                exit_ip,
+                detail: String::new(),
+            }
         }
         Outcome::Refused => fail(pb::Reason::Refused, "connection refused".into()),
         Outcome::Timeout => fail(pb::Reason::Timeout, "timed out".into()),
@@ -123,14 +141,25 @@ impl Checker {
     }
 
     /// Checks one proxy against the judge; never takes much longer than `timeout`.
-    pub async fn check(&self, target: &Target, judge_url: &str, timeout: Duration) -> (Classified, Duration) {
+    pub async fn check(
+        &self,
+        target: &Target,
+        judge_url: &str,
+        timeout: Duration,
+    ) -> (Classified, Duration) {
         let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let started = Instant::now();
         let outcome = self.fetch(target, judge_url, &token, timeout).await;
         (classify(outcome, &token), started.elapsed())
     }
 
-    async fn fetch(&self, target: &Target, judge_url: &str, token: &str, timeout: Duration) -> Outcome {
+    async fn fetch(
+        &self,
+        target: &Target,
+        judge_url: &str,
+        token: &str,
+        timeout: Duration,
+    ) -> Outcome {
         let mut proxy = match reqwest::Proxy::all(target.proxy_url()) {
             Ok(p) => p,
             Err(e) => return Outcome::Network(format!("invalid proxy address: {e}")),
@@ -154,7 +183,11 @@ impl Checker {
         let separator = if judge_url.contains('?') { '&' } else { '?' };
         let url = format!("{judge_url}{separator}token={token}");
         let work = async {
-            let response = client.get(&url).send().await.map_err(|e| outcome_of_error(&e))?;
+            let response = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| outcome_of_error(&e))?;
             let status = response.status().as_u16();
             let body = response.text().await.map_err(|e| outcome_of_error(&e))?;
             Ok::<_, Outcome>(Outcome::Response { status, body })
@@ -207,19 +240,52 @@ mod tests {
 
     #[test]
     fn usable_only_with_status_200_and_the_token() {
-        let ok = classify(Outcome::Response { status: 200, body: judge_body("t1") }, "t1");
+        let ok = classify(
+            Outcome::Response {
+                status: 200,
+                body: judge_body("t1"),
+            },
+            "t1",
+        );
         assert!(ok.usable);
         assert_eq!(ok.reason, pb::Reason::None);
         assert_eq!(ok.exit_ip, "127.0.0.9");
 
-        let other_token = classify(Outcome::Response { status: 200, body: judge_body("t0") }, "t1");
-        assert_eq!((other_token.usable, other_token.reason), (false, pb::Reason::TokenMissing));
+        let other_token = classify(
+            Outcome::Response {
+                status: 200,
+                body: judge_body("t0"),
+            },
+            "t1",
+        );
+        assert_eq!(
+            (other_token.usable, other_token.reason),
+            (false, pb::Reason::TokenMissing)
+        );
 
-        let fake = classify(Outcome::Response { status: 200, body: "hello".into() }, "t1");
-        assert_eq!((fake.usable, fake.reason), (false, pb::Reason::TokenMissing));
+        let fake = classify(
+            Outcome::Response {
+                status: 200,
+                body: "hello".into(),
+            },
+            "t1",
+        );
+        assert_eq!(
+            (fake.usable, fake.reason),
+            (false, pb::Reason::TokenMissing)
+        );
 
-        let status = classify(Outcome::Response { status: 403, body: judge_body("t1") }, "t1");
-        assert_eq!((status.usable, status.reason), (false, pb::Reason::BadStatus));
+        let status = classify(
+            Outcome::Response {
+                status: 403,
+                body: judge_body("t1"),
+            },
+            "t1",
+        );
+        assert_eq!(
+            (status.usable, status.reason),
+            (false, pb::Reason::BadStatus)
+        );
     }
 
     #[test]
@@ -250,7 +316,13 @@ mod tests {
         let t = Target::from_proto(&c).unwrap();
         assert_eq!(t.proxy_url(), "socks5://[::1]:1080");
         assert_eq!(t.auth, Some(("u".into(), "p".into())));
-        assert!(Target::from_proto(&pb::Candidate { port: 0, ..c.clone() }).is_none());
+        assert!(
+            Target::from_proto(&pb::Candidate {
+                port: 0,
+                ..c.clone()
+            })
+            .is_none()
+        );
         assert!(Target::from_proto(&pb::Candidate { protocol: 0, ..c }).is_none());
     }
 }

@@ -17,7 +17,11 @@ use tokio::sync::watch;
 #[command(name = "proxyfleet-worker", version)]
 pub struct Cli {
     /// The coordinator's gRPC URL.
-    #[arg(long, env = "PROXYFLEET_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "PROXYFLEET_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub coordinator: String,
 
     /// Stable name of this worker; a worker reconnecting under the same name replaces its old
@@ -74,7 +78,9 @@ impl TryFrom<Cli> for WorkerConfig {
         if cli.max_checks == 0 || cli.max_checks > 100_000 {
             return Err(ConfigError::MaxChecks);
         }
-        let capacity = cli.max_leases.unwrap_or((cli.max_checks / 64).max(2) as u32);
+        let capacity = cli
+            .max_leases
+            .unwrap_or((cli.max_checks / 64).max(2) as u32);
         if capacity == 0 || capacity > 1024 {
             return Err(ConfigError::MaxLeases);
         }
@@ -102,7 +108,10 @@ fn default_name() -> String {
 }
 
 /// Runs the worker until `shutdown` completes and the drain is over.
-pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (drain_tx, drain_rx) = watch::channel(false);
     let signal = tokio::spawn(async move {
         shutdown.await;

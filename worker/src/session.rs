@@ -72,15 +72,25 @@ pub async fn run(config: WorkerConfig, mut drain: watch::Receiver<bool>) -> anyh
 
 /// Exponential backoff with full jitter: a random delay in [min, min * 2^n], capped at `max`.
 pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
-    let ceiling = min.saturating_mul(1u32 << failures.min(16)).min(max).max(min);
+    let ceiling = min
+        .saturating_mul(1u32 << failures.min(16))
+        .min(max)
+        .max(min);
     let span = (ceiling - min).as_millis() as u64;
     min + Duration::from_millis(if span == 0 { 0 } else { fastrand::u64(..=span) })
 }
 
-async fn session(config: &WorkerConfig, checker: &Checker, checks: &Arc<Semaphore>, drain: &mut watch::Receiver<bool>) -> SessionEnd {
+async fn session(
+    config: &WorkerConfig,
+    checker: &Checker,
+    checks: &Arc<Semaphore>,
+    drain: &mut watch::Receiver<bool>,
+) -> SessionEnd {
     let mut client = match WorkersClient::connect(config.coordinator.clone()).await {
         Ok(c) => c,
-        Err(e) => return SessionEnd::Lost(format!("cannot connect to {}: {e}", config.coordinator)),
+        Err(e) => {
+            return SessionEnd::Lost(format!("cannot connect to {}: {e}", config.coordinator));
+        }
     };
     let (out_tx, out_rx) = mpsc::channel::<pb::WorkerMessage>(1024);
     let hello = pb::WorkerMessage {
@@ -97,10 +107,17 @@ async fn session(config: &WorkerConfig, checker: &Checker, checks: &Arc<Semaphor
     }
     let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
         Ok(r) => r.into_inner(),
-        Err(status) => return SessionEnd::Lost(format!("the coordinator refused the session: {}", status.message())),
+        Err(status) => {
+            return SessionEnd::Lost(format!(
+                "the coordinator refused the session: {}",
+                status.message()
+            ));
+        }
     };
     let welcome = match inbound.message().await {
-        Ok(Some(pb::CoordinatorMessage { kind: Some(pb::coordinator_message::Kind::Welcome(w)) })) => w,
+        Ok(Some(pb::CoordinatorMessage {
+            kind: Some(pb::coordinator_message::Kind::Welcome(w)),
+        })) => w,
         Ok(_) => return SessionEnd::Lost("the coordinator did not welcome the session".into()),
         Err(status) => return SessionEnd::Lost(format!("session failed: {}", status.message())),
     };
@@ -119,7 +136,14 @@ async fn session(config: &WorkerConfig, checker: &Checker, checks: &Arc<Semaphor
 
     let send = |message: pb::worker_message::Kind| {
         let out_tx = out_tx.clone();
-        async move { out_tx.send(pb::WorkerMessage { kind: Some(message) }).await.is_ok() }
+        async move {
+            out_tx
+                .send(pb::WorkerMessage {
+                    kind: Some(message),
+                })
+                .await
+                .is_ok()
+        }
     };
     macro_rules! send_or_lose {
         ($kind:expr) => {
@@ -150,16 +174,24 @@ async fn session(config: &WorkerConfig, checker: &Checker, checks: &Arc<Semaphor
                     pending.entry(lease_id).or_default().push(verdict);
                 }
                 for (lease_id, verdicts) in pending.drain() {
-                    send_or_lose!(pb::worker_message::Kind::Verdicts(pb::Verdicts { lease_id, verdicts }));
+                    send_or_lose!(pb::worker_message::Kind::Verdicts(pb::Verdicts {
+                        lease_id,
+                        verdicts
+                    }));
                 }
                 let held: Vec<(u64, LeaseWork)> = leases.drain().collect();
                 for (lease_id, work) in held {
                     info!(lease_id, job_id = %work.job_id, chunk_id = work.chunk_id, "lease handed back");
-                    send_or_lose!(pb::worker_message::Kind::HandBack(pb::HandBack { lease_id }));
+                    send_or_lose!(pb::worker_message::Kind::HandBack(pb::HandBack {
+                        lease_id
+                    }));
                 }
                 // Wait for the coordinator to see everything before closing our side.
                 drop(out_tx);
-                let _ = tokio::time::timeout(DRAIN_ACK_WAIT, async { while let Ok(Some(_)) = inbound.message().await {} }).await;
+                let _ = tokio::time::timeout(DRAIN_ACK_WAIT, async {
+                    while let Ok(Some(_)) = inbound.message().await {}
+                })
+                .await;
                 info!(worker_id = %config.worker_id, "drained after the grace period");
                 return SessionEnd::Drained;
             }
@@ -248,7 +280,9 @@ async fn run_lease(
     let timeout = Duration::from_millis(settings.timeout_ms.max(1));
     let mut running = tokio::task::JoinSet::new();
     for candidate in assign.candidates {
-        let Ok(permit) = checks.clone().acquire_owned().await else { return };
+        let Ok(permit) = checks.clone().acquire_owned().await else {
+            return;
+        };
         if revoked.load(Ordering::SeqCst) {
             break;
         }
