@@ -94,7 +94,9 @@ pub fn progress_line(job: &pb::Job) -> String {
 /// A 30-column bar of checked over total.
 pub fn bar(checked: u64, total: u64) -> String {
     const WIDTH: u64 = 30;
-    let filled = (checked.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let filled = (checked.min(total) * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH);
     format!(
         "[{}{}]",
         "#".repeat(filled as usize),

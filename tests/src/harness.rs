@@ -135,21 +135,26 @@ pub struct CoordinatorProc {
 impl CoordinatorProc {
     /// Starts a coordinator on 127.0.0.1:0 with `--allow-private-targets` and `extra` arguments.
     pub async fn start(extra: &[&str]) -> CoordinatorProc {
-        Self::start_with(extra, true).await
+        Self::start_with(extra, true, "127.0.0.1:0").await
+    }
+
+    /// Starts a coordinator listening on `listen` (for restarts on a known address).
+    pub async fn start_on(listen: &str, extra: &[&str]) -> CoordinatorProc {
+        Self::start_with(extra, true, listen).await
     }
 
     /// Starts a coordinator that refuses private targets, as in production.
     pub async fn start_public(extra: &[&str]) -> CoordinatorProc {
-        Self::start_with(extra, false).await
+        Self::start_with(extra, false, "127.0.0.1:0").await
     }
 
-    async fn start_with(extra: &[&str], allow_private: bool) -> CoordinatorProc {
+    async fn start_with(extra: &[&str], allow_private: bool, listen: &str) -> CoordinatorProc {
         let dir = TempDir::new("coordinator");
         let mut command = Command::new(bin("proxyfleet-coordinator"));
         command
             .args([
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--judge-listen",
                 "127.0.0.1:0",
                 "--data-dir",
@@ -203,17 +208,24 @@ impl CoordinatorProc {
 
     /// Starts a worker process named `name` against this coordinator.
     pub fn worker(&self, name: &str, extra: &[&str]) -> Proc {
-        let mut command = Command::new(bin("proxyfleet-worker"));
-        command
-            .args(["--coordinator", &self.url, "--name", name])
-            .args(extra)
-            .env("RUST_LOG", "info");
-        Proc::spawn(
-            name,
-            command,
-            self.dir.path().join(format!("{name}.log")),
-            Stdio::null(),
-        )
+        worker(&self.url, name, extra, self.dir.path())
+    }
+
+    /// Submits `lines` through the CLI with `options`; returns the job id it printed.
+    pub async fn submit(&self, lines: &[String], options: &[&str]) -> String {
+        let list = self
+            .dir
+            .write(&format!("list-{}.txt", fastrand::u32(..)), lines.join("\n"));
+        let mut args = vec!["submit", "--file", list.to_str().expect("utf-8 temp path")];
+        args.extend_from_slice(options);
+        let out = self.cli(&args).await;
+        assert_eq!(out.code, 0, "submit failed: {out:?}");
+        let job_id = out.stdout.trim().to_string();
+        assert!(
+            job_id.starts_with("job-"),
+            "submit printed no job id: {out:?}"
+        );
+        job_id
     }
 
     /// Runs the `proxyfleet` CLI against this coordinator.
@@ -222,6 +234,21 @@ impl CoordinatorProc {
         full.extend_from_slice(args);
         cli(&full).await
     }
+}
+
+/// Starts a worker process named `name` against the coordinator at `url`, logging into `log_dir`.
+pub fn worker(url: &str, name: &str, extra: &[&str], log_dir: &Path) -> Proc {
+    let mut command = Command::new(bin("proxyfleet-worker"));
+    command
+        .args(["--coordinator", url, "--name", name])
+        .args(extra)
+        .env("RUST_LOG", "info");
+    Proc::spawn(
+        name,
+        command,
+        log_dir.join(format!("{name}.log")),
+        Stdio::null(),
+    )
 }
 
 pub async fn client(url: &str) -> CoordinatorClient<Channel> {
@@ -313,6 +340,21 @@ pub async fn results(
         all.extend(page.results);
     }
     all
+}
+
+/// Waits until the worker named `name` holds at least one lease.
+pub async fn wait_holding(client: &CoordinatorClient<Channel>, name: &str) {
+    wait_for(&format!("{name} to hold a lease"), WAIT_LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let held = workers(&mut client)
+                .await
+                .iter()
+                .any(|w| w.worker_id == name && !w.lease_ids.is_empty());
+            held.then_some(())
+        }
+    })
+    .await
 }
 
 /// Waits until the job reaches a terminal state and returns it.

@@ -10,85 +10,108 @@ fn assert_clean(out: &harness::CliOutput) {
     assert!(!out.stderr.contains("panicked"), "{out:?}");
 }
 
+/// One submission: list contents, extra options, expected exit code, what stderr must say.
+struct Case {
+    list: &'static [u8],
+    options: &'static [&'static str],
+    code: i32,
+    says: &'static [&'static str],
+}
+
+const MIXED: &[u8] =
+    b"127.0.0.1:9\n# comment\nnot a proxy\nsocks5://127.0.0.1:99999\n127.0.0.2:9\n";
+
+const CASES: &[Case] = &[
+    Case {
+        list: b"\n  \n",
+        options: &[],
+        code: 2,
+        says: &["the candidate list is empty"],
+    },
+    // A malformed line is named by number and skipped; the rest is a job.
+    Case {
+        list: MIXED,
+        options: &[],
+        code: 0,
+        says: &["line 3: \"not a proxy\"", "line 4", "out of range 1-65535"],
+    },
+    // Strict mode refuses the whole list, naming the line.
+    Case {
+        list: MIXED,
+        options: &["--strict"],
+        code: 2,
+        says: &["strict", "line 3"],
+    },
+    Case {
+        list: b"hello\nworld:port\n",
+        options: &[],
+        code: 2,
+        says: &["no usable candidate", "line 1", "line 2"],
+    },
+    Case {
+        list: b"127.0.0.1:9\n\xff\xfe\x00\n",
+        options: &[],
+        code: 2,
+        says: &["line 2", "not valid UTF-8"],
+    },
+    Case {
+        list: MIXED,
+        options: &["--chunk-size", "0"],
+        code: 2,
+        says: &["--chunk-size"],
+    },
+    Case {
+        list: MIXED,
+        options: &["--protocols", "ftp"],
+        code: 2,
+        says: &["unknown protocol \"ftp\""],
+    },
+    Case {
+        list: MIXED,
+        options: &["--timeout", "soon"],
+        code: 2,
+        says: &["--timeout"],
+    },
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_lists_and_unknown_jobs_get_clear_errors() {
     let coordinator = CoordinatorProc::start(&[]).await;
-
-    let empty = coordinator.dir.write("empty.txt", "\n  \n");
-    let out = coordinator
-        .cli(&["submit", "--file", empty.to_str().unwrap()])
-        .await;
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(
-        out.stderr.contains("the candidate list is empty"),
-        "{out:?}"
-    );
-    assert_clean(&out);
-
-    // A malformed line is named by number and skipped; the rest is a job.
-    let mixed = coordinator.dir.write(
-        "mixed.txt",
-        "127.0.0.1:9\n# comment\nnot a proxy\nsocks5://127.0.0.1:99999\n127.0.0.2:9\n",
-    );
-    let out = coordinator
-        .cli(&["submit", "--file", mixed.to_str().unwrap()])
-        .await;
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stderr.contains("line 3: \"not a proxy\""), "{out:?}");
-    assert!(
-        out.stderr.contains("line 4") && out.stderr.contains("out of range 1-65535"),
-        "{out:?}"
-    );
-    let job_id = out.stdout.trim().to_string();
     let mut client = coordinator.client().await;
-    assert_eq!(
-        harness::job(&mut client, &job_id)
-            .await
-            .progress
-            .unwrap()
-            .proxies_total,
-        2
-    );
+    let mut good_jobs = Vec::new();
+    for (n, case) in CASES.iter().enumerate() {
+        let list = coordinator.dir.write(&format!("case{n}.txt"), case.list);
+        let mut args = vec!["submit", "--file", list.to_str().unwrap()];
+        args.extend_from_slice(case.options);
+        let out = coordinator.cli(&args).await;
+        assert_eq!(out.code, case.code, "case {n}: {out:?}");
+        for text in case.says {
+            assert!(
+                out.stderr.contains(text),
+                "case {n}: no {text:?} in {out:?}"
+            );
+        }
+        assert_clean(&out);
+        if case.code == 0 {
+            let job_id = out.stdout.trim().to_string();
+            assert_eq!(
+                harness::job(&mut client, &job_id)
+                    .await
+                    .progress
+                    .unwrap()
+                    .proxies_total,
+                2
+            );
+            good_jobs.push(job_id);
+        }
+    }
 
-    // Strict mode refuses the whole list, naming the line.
-    let out = coordinator
-        .cli(&["submit", "--strict", "--file", mixed.to_str().unwrap()])
-        .await;
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("line 3"), "{out:?}");
-
-    // Nothing usable at all.
-    let junk = coordinator.dir.write("junk.txt", "hello\nworld:port\n");
-    let out = coordinator
-        .cli(&["submit", "--file", junk.to_str().unwrap()])
-        .await;
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(
-        out.stderr.contains("line 1") && out.stderr.contains("line 2"),
-        "{out:?}"
-    );
-
-    // Invalid UTF-8 names its line.
-    let binary = coordinator
-        .dir
-        .write("binary.txt", b"127.0.0.1:9\n\xff\xfe\x00\n".as_slice());
-    let out = coordinator
-        .cli(&["submit", "--file", binary.to_str().unwrap()])
-        .await;
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(
-        out.stderr.contains("line 2") && out.stderr.contains("UTF-8"),
-        "{out:?}"
-    );
-
-    // A missing file.
     let out = coordinator
         .cli(&["submit", "--file", "/nonexistent/list.txt"])
         .await;
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("/nonexistent/list.txt"), "{out:?}");
 
-    // Unknown job ids.
     for command in ["watch", "results", "cancel"] {
         let out = coordinator.cli(&[command, "job-doesnotexist"]).await;
         assert_eq!(out.code, 2, "{command}: {out:?}");
@@ -99,36 +122,13 @@ async fn bad_lists_and_unknown_jobs_get_clear_errors() {
         assert_clean(&out);
     }
 
-    // Bad option values.
-    let out = coordinator
-        .cli(&[
-            "submit",
-            "--file",
-            mixed.to_str().unwrap(),
-            "--chunk-size",
-            "0",
-        ])
-        .await;
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("--chunk-size"), "{out:?}");
-    let out = coordinator
-        .cli(&[
-            "submit",
-            "--file",
-            mixed.to_str().unwrap(),
-            "--protocols",
-            "ftp",
-        ])
-        .await;
-    assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("unknown protocol \"ftp\""), "{out:?}");
-
     // Still serving, and the good job is listed.
     let out = coordinator.cli(&["jobs"]).await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains(&job_id), "{out:?}");
-    let out = coordinator.cli(&["workers"]).await;
-    assert_eq!(out.code, 0, "{out:?}");
+    for job_id in &good_jobs {
+        assert!(out.stdout.contains(job_id.as_str()), "{out:?}");
+    }
+    assert_eq!(coordinator.cli(&["workers"]).await.code, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,23 +8,6 @@ use proxyfleet_proto::v1 as pb;
 use proxyfleet_tests::harness::{self, CoordinatorProc, WAIT_LIMIT};
 use proxyfleet_tests::sim::Farm;
 
-/// Waits until the named worker holds at least one lease.
-async fn holding(c: &CoordinatorProc, name: &str) {
-    let mut client = c.client().await;
-    harness::wait_for(&format!("{name} to hold a lease"), WAIT_LIMIT, || {
-        let mut client = client.clone();
-        async move {
-            harness::workers(&mut client)
-                .await
-                .iter()
-                .any(|w| w.worker_id == name && !w.lease_ids.is_empty())
-                .then_some(())
-        }
-    })
-    .await;
-    let _ = &mut client;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_survives_a_killed_and_a_frozen_worker() {
     let farm = Farm::spawn([127, 0, 0, 1].into(), 30, 600, 2400)
@@ -32,33 +15,28 @@ async fn a_job_survives_a_killed_and_a_frozen_worker() {
         .unwrap();
     let lines = farm.candidate_lines();
     let coordinator = CoordinatorProc::start(&["--lease-ttl", "2s"]).await;
-    let list = coordinator.dir.write("candidates.txt", lines.join("\n"));
     let w1 = coordinator.worker("w1", &["--max-checks", "32"]);
     let w2 = coordinator.worker("w2", &["--max-checks", "32"]);
     let _w3 = coordinator.worker("w3", &["--max-checks", "32"]);
-
-    let submitted = coordinator
-        .cli(&[
-            "submit",
-            "--file",
-            list.to_str().unwrap(),
-            "--timeout",
-            "2s",
-            "--chunk-size",
-            "50",
-            "--min-usable",
-            "30",
-        ])
+    let job_id = coordinator
+        .submit(
+            &lines,
+            &[
+                "--timeout",
+                "2s",
+                "--chunk-size",
+                "50",
+                "--min-usable",
+                "30",
+            ],
+        )
         .await;
-    assert_eq!(submitted.code, 0, "{submitted:?}");
-    let job_id = submitted.stdout.trim().to_string();
-    assert!(job_id.starts_with("job-"), "{submitted:?}");
     let mut client = coordinator.client().await;
 
-    holding(&coordinator, "w1").await;
+    harness::wait_holding(&client, "w1").await;
     w1.signal(libc::SIGKILL);
 
-    holding(&coordinator, "w2").await;
+    harness::wait_holding(&client, "w2").await;
     w2.signal(libc::SIGSTOP);
     harness::wait_for("the frozen worker to be seen silent", WAIT_LIMIT, || {
         let mut client = client.clone();

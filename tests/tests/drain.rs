@@ -14,22 +14,19 @@ async fn sigterm_mid_chunk_drains_without_charging_an_attempt() {
     let farm = Farm::spawn([127, 0, 0, 1].into(), 0, 40, 60).await.unwrap();
     let lines = farm.candidate_lines();
     let coordinator = CoordinatorProc::start(&["--lease-ttl", "10s"]).await;
-    let list = coordinator.dir.write("candidates.txt", lines.join("\n"));
-    let submitted = coordinator
-        .cli(&[
-            "submit",
-            "--file",
-            list.to_str().unwrap(),
-            "--timeout",
-            "3s",
-            "--chunk-size",
-            "100",
-            "--min-usable",
-            "0",
-        ])
+    let job_id = coordinator
+        .submit(
+            &lines,
+            &[
+                "--timeout",
+                "3s",
+                "--chunk-size",
+                "100",
+                "--min-usable",
+                "0",
+            ],
+        )
         .await;
-    assert_eq!(submitted.code, 0, "{submitted:?}");
-    let job_id = submitted.stdout.trim().to_string();
     let mut client = coordinator.client().await;
 
     // A short grace: the worker must hand the lease back.
@@ -69,17 +66,7 @@ async fn sigterm_mid_chunk_drains_without_charging_an_attempt() {
 
     // A long grace: the next worker finishes the chunk before exiting.
     let mut w2 = coordinator.worker("w2", &["--max-checks", "100", "--drain-grace", "60s"]);
-    harness::wait_for("w2 to take the chunk", WAIT_LIMIT, || {
-        let mut client = client.clone();
-        async move {
-            harness::workers(&mut client)
-                .await
-                .iter()
-                .any(|w| w.worker_id == "w2" && !w.lease_ids.is_empty())
-                .then_some(())
-        }
-    })
-    .await;
+    harness::wait_holding(&client, "w2").await;
     w2.signal(libc::SIGTERM);
     let status = w2
         .wait(Duration::from_secs(60))

@@ -15,20 +15,9 @@ async fn a_poison_chunk_fails_after_max_attempts_and_the_job_still_ends() {
     lines.extend(farm.refused.iter().map(|a| format!("http://{a}")));
     lines.extend(farm.black_holes.iter().map(|p| p.candidate_line()));
     let coordinator = CoordinatorProc::start(&["--lease-ttl", "30s", "--max-attempts", "3"]).await;
-    let list = coordinator.dir.write("candidates.txt", lines.join("\n"));
-    let submitted = coordinator
-        .cli(&[
-            "submit",
-            "--file",
-            list.to_str().unwrap(),
-            "--timeout",
-            "60s",
-            "--chunk-size",
-            "50",
-        ])
+    let job_id = coordinator
+        .submit(&lines, &["--timeout", "60s", "--chunk-size", "50"])
         .await;
-    assert_eq!(submitted.code, 0, "{submitted:?}");
-    let job_id = submitted.stdout.trim().to_string();
     let mut client = coordinator.client().await;
 
     // Every worker that takes chunk 1 dies with it.

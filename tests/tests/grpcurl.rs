@@ -61,24 +61,12 @@ async fn grpcurl_lists_services_and_streams_watch_job_to_the_end() {
 
     // A job that takes a few seconds: black holes cost their full timeout.
     let farm = Farm::spawn([127, 0, 0, 1].into(), 4, 20, 76).await.unwrap();
-    let list = coordinator
-        .dir
-        .write("candidates.txt", farm.candidate_lines().join("\n"));
-    let submitted = coordinator
-        .cli(&[
-            "submit",
-            "--file",
-            list.to_str().unwrap(),
-            "--timeout",
-            "2s",
-            "--chunk-size",
-            "10",
-            "--min-usable",
-            "4",
-        ])
+    let job_id = coordinator
+        .submit(
+            &farm.candidate_lines(),
+            &["--timeout", "2s", "--chunk-size", "10", "--min-usable", "4"],
+        )
         .await;
-    assert_eq!(submitted.code, 0, "{submitted:?}");
-    let job_id = submitted.stdout.trim().to_string();
     let watch = tokio::spawn({
         let host = host.clone();
         let job_id = job_id.clone();
