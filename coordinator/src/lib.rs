@@ -71,7 +71,7 @@ pub async fn run(
 
     info!(grpc = %grpc.local_addr()?, judge = %judge.local_addr()?, judge_url = %config.default_judge_url, lease_ttl = ?config.lease_ttl, "coordinator listening");
 
-    let ticker = {
+    let mut ticker = {
         let state = state.clone();
         let mut stop = stop_rx.clone();
         let every = config.tick;
@@ -86,7 +86,7 @@ pub async fn run(
             }
         })
     };
-    let judge_task = {
+    let mut judge_task = {
         let mut stop = stop_rx.clone();
         tokio::spawn(judge::serve(judge, async move {
             let _ = stop.changed().await;
@@ -107,22 +107,42 @@ pub async fn run(
         .add_service(coordinator)
         .add_service(workers)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), server_stop);
-    let server = tokio::spawn(server);
+    let mut server = tokio::spawn(server);
 
-    let signal_state = state.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        info!("coordinator shutting down");
-        let _ = stop_tx.send(true);
-        signal_state.close_all_sessions();
-        // Keep the sender alive until the process ends so receivers see the final value.
-        std::future::pending::<()>().await;
-    });
-
-    let served = server.await?;
+    // Supervise: a shutdown request stops everything; any long-lived task ending on its own is a
+    // failure that stops the others too, loudly.
+    let mut server_done = false;
+    let outcome: anyhow::Result<()> = tokio::select! {
+        _ = shutdown => {
+            info!("coordinator shutting down");
+            Ok(())
+        }
+        served = &mut server => {
+            server_done = true;
+            match served {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the gRPC server stopped unexpectedly")),
+                Ok(Err(e)) => Err(anyhow::anyhow!("the gRPC server failed: {e}")),
+                Err(e) => Err(anyhow::anyhow!("the gRPC server task failed: {e}")),
+            }
+        }
+        judged = &mut judge_task => Err(anyhow::anyhow!("the judge endpoint stopped: {judged:?}")),
+        ticked = &mut ticker => Err(anyhow::anyhow!("the lease ticker stopped: {ticked:?}")),
+    };
+    let _ = stop_tx.send(true);
+    state.close_all_sessions();
+    if !server_done
+        && tokio::time::timeout(std::time::Duration::from_secs(10), &mut server)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the gRPC server did not stop within 10s; closing it");
+        server.abort();
+    }
     ticker.abort();
     judge_task.abort();
-    served?;
-    info!("coordinator stopped");
-    Ok(())
+    match &outcome {
+        Ok(()) => info!("coordinator stopped"),
+        Err(e) => tracing::error!(error = %e, "coordinator stopped on a failure"),
+    }
+    outcome
 }

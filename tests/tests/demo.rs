@@ -51,3 +51,81 @@ async fn demo_finds_every_working_simulated_proxy() {
         std::fs::read_to_string(data.join("jobs").join(&job_id).join("usable.txt")).unwrap();
     assert_eq!(usable.lines().count(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_checks_a_list_file_in_process() {
+    let farm = proxyfleet_tests::sim::Farm::spawn([127, 0, 0, 1].into(), 4, 1, 15)
+        .await
+        .unwrap();
+    let dir = TempDir::new("run");
+    let list = dir.write("list.txt", farm.candidate_lines().join("\n"));
+    let output = dir.path().join("usable.txt");
+    let data = dir.path().join("data");
+    let out = harness::cli(&[
+        "run",
+        "--file",
+        list.to_str().unwrap(),
+        "--allow-private-targets",
+        "--timeout",
+        "1s",
+        "--min-usable",
+        "5",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(
+        out.code, 3,
+        "4 usable of the 5 wanted is INSUFFICIENT: {out:?}"
+    );
+    assert!(
+        out.stdout.contains("INSUFFICIENT: 4 usable of 20"),
+        "{out:?}"
+    );
+    let written: Vec<String> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let mut expected = farm.working_lines();
+    let mut got = written.clone();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_draws_a_progress_bar_on_a_terminal() {
+    // `script` runs the CLI under a pseudo-terminal, as a user's shell would.
+    let dir = TempDir::new("tty");
+    let data = dir.path().join("data");
+    let command = format!(
+        "{} demo --working 2 --black-holes 2 --refused 6 --timeout 1s --data-dir {}",
+        harness::bin("proxyfleet").display(),
+        data.display()
+    );
+    let output = tokio::time::timeout(
+        harness::WAIT_LIMIT,
+        tokio::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("script ends")
+    .expect("running script (util-linux)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("\r\x1b[2K["),
+        "the bar is redrawn in place: {text:?}"
+    );
+    assert!(
+        text.contains(&format!("[{}]", "#".repeat(30))),
+        "the bar ends full: {text:?}"
+    );
+    assert!(text.contains("SUCCEEDED: 2 usable of 10"), "{text:?}");
+}
