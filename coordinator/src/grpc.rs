@@ -141,22 +141,38 @@ impl Coordinator for CoordinatorService {
         let (tx, rx) = mpsc::channel(4);
         // Ends by itself: at the terminal snapshot, when the client goes away, or at shutdown.
         tokio::spawn(async move {
+            let shutting_down = || {
+                Err(Status::unavailable(
+                    "the coordinator is shutting down; watch again after it restarts",
+                ))
+            };
             loop {
                 let snapshot = progress.borrow_and_update().clone();
                 let terminal = snapshot.state.is_terminal();
-                if tx.send(Ok(convert::job_to_proto(&snapshot))).await.is_err() || terminal {
+                // A client that stops reading holds this task only until shutdown.
+                tokio::select! {
+                    sent = tx.send(Ok(convert::job_to_proto(&snapshot))) => if sent.is_err() { return },
+                    _ = shutdown.changed() => return,
+                }
+                if terminal {
                     return;
                 }
                 tokio::select! {
                     changed = progress.changed() => if changed.is_err() { return },
                     _ = shutdown.changed() => {
-                        let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down; watch again after it restarts"))).await;
+                        let _ = tx.try_send(shutting_down());
                         return;
                     }
                     _ = tx.closed() => return,
                 }
-                // Coalesce: at most a few snapshots a second, but never hold back the terminal one long.
-                tokio::time::sleep(WATCH_INTERVAL).await;
+                // Coalesce: at most a few snapshots a second.
+                tokio::select! {
+                    _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                    _ = shutdown.changed() => {
+                        let _ = tx.try_send(shutting_down());
+                        return;
+                    }
+                }
             }
         });
         Ok(Response::new(Box::pin(

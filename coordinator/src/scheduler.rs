@@ -466,11 +466,10 @@ impl Scheduler {
         wall_ms: u64,
     ) -> Vec<Outbound> {
         let mut out = Vec::new();
-        if !self.touch(session, now) {
-            return out;
-        }
+        // An ended session's verdicts are refused and counted like any other stale ones.
+        let live_session = self.touch(session, now);
         let holder = self.leases.get(&lease_id).map(|l| l.session);
-        if holder != Some(session) {
+        if !live_session || holder != Some(session) {
             let job_id = self
                 .leases
                 .get(&lease_id)
@@ -482,7 +481,9 @@ impl Scheduler {
                 job.stale_refused += count;
                 self.dirty.insert(job.id.clone());
             }
-            out.push(Outbound::Revoke(session, lease_id, "stale lease"));
+            if live_session {
+                out.push(Outbound::Revoke(session, lease_id, "stale lease"));
+            }
             return out;
         }
         let lease = &self.leases[&lease_id];
@@ -564,7 +565,9 @@ impl Scheduler {
         if !self.touch(session, now) {
             return out;
         }
-        if self.leases.get(&lease_id).map(|l| l.session) == Some(session) {
+        // Only a draining worker may give work back for free; others must finish or vanish.
+        let draining = self.sessions.get(&session).is_some_and(|s| s.draining);
+        if draining && self.leases.get(&lease_id).map(|l| l.session) == Some(session) {
             self.lose_lease(lease_id, LeaseLoss::HandedBack, now, &mut out);
         }
         out.extend(self.assign(now));
@@ -581,8 +584,14 @@ impl Scheduler {
 
     fn end_session(&mut self, session: SessionId, now: Instant, out: &mut Vec<Outbound>) {
         if let Some(s) = self.sessions.remove(&session) {
+            // A draining worker's leases come back at no cost, however its session ends.
+            let loss = if s.draining {
+                LeaseLoss::HandedBack
+            } else {
+                LeaseLoss::Vanished
+            };
             for lease_id in s.leases {
-                self.lose_lease(lease_id, LeaseLoss::Vanished, now, out);
+                self.lose_lease(lease_id, loss, now, out);
             }
         }
     }
@@ -1530,6 +1539,104 @@ mod tests {
         assert_eq!(
             (snap.progress.proxies_checked, snap.progress.proxies_usable),
             (2, 2)
+        );
+    }
+
+    #[test]
+    fn verdicts_from_an_ended_session_are_refused_and_counted() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        s.disconnect(w, c.now);
+        let out = s.verdicts(w, a.lease_id, verdicts_for(&a, |_| true), c.now, c.wall());
+        assert!(out.is_empty(), "nobody to tell");
+        let p = s.snapshot("j", false, c.now).unwrap().progress;
+        assert_eq!((p.proxies_checked, p.stale_verdicts_refused), (0, 4));
+    }
+
+    #[test]
+    fn only_a_draining_worker_hands_back_for_free() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        let (other, _) = s.hello(hello("other", 1), c.now);
+        s.hand_back(w, a.lease_id, c.now);
+        s.draining(other, c.now);
+        s.hand_back(other, a.lease_id, c.now);
+        let snap = s.snapshot("j", true, c.now).unwrap();
+        assert_eq!(
+            snap.progress.handed_back, 0,
+            "ignored: not draining, or not the holder"
+        );
+        assert!(matches!(snap.chunks[0].state, ChunkState::Leased(l) if l == a.lease_id));
+    }
+
+    #[test]
+    fn a_draining_session_that_ends_costs_no_attempt() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+        let (w, _) = s.hello(hello("w", 1), c.now);
+        s.draining(w, c.now);
+        let (_, out) = s.hello(hello("w", 1), c.now);
+        let b = assignments(&out).remove(0).1;
+        let snap = s.snapshot("j", true, c.now).unwrap();
+        assert_eq!((snap.chunks[0].attempts, snap.progress.handed_back), (0, 1));
+        assert_eq!(b.attempt, 2);
+    }
+
+    #[test]
+    fn a_silent_session_that_speaks_again_gets_work_again() {
+        let mut c = Clock::new();
+        let mut s = scheduler();
+        let (w, _) = s.hello(hello("w", 1), c.now);
+        let t = c.advance(TTL);
+        s.tick(t, c.wall());
+        assert_eq!(s.workers(t)[0].status, "silent");
+        let out = s.submit(new_job("j", 4, 4, 1), t, c.wall());
+        assert!(
+            assignments(&out).is_empty(),
+            "a silent session gets nothing"
+        );
+        let out = s.heartbeat(w, &[], t);
+        assert_eq!(assignments(&out).len(), 1);
+        assert_eq!(s.workers(t)[0].status, "active");
+    }
+
+    #[test]
+    fn messages_from_unknown_sessions_change_nothing() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+        assert!(s.heartbeat(42, &[1], c.now).is_empty());
+        assert!(s.hand_back(42, 1, c.now).is_empty());
+        assert!(s.disconnect(42, c.now).is_empty());
+        s.draining(42, c.now);
+        let snap = s.snapshot("j", true, c.now).unwrap();
+        assert_eq!(snap.chunks[0].state, ChunkState::Queued);
+    }
+
+    #[test]
+    fn a_job_queued_behind_its_pool_fails_at_its_deadline_saying_so() {
+        let mut c = Clock::new();
+        let mut s = scheduler();
+        s.hello(hello("w", 1), c.now);
+        s.submit(new_job("a", 4, 4, 1), c.now, c.wall());
+        let mut b = new_job("b", 4, 4, 1);
+        b.settings.deadline = Duration::from_secs(5);
+        s.submit(b, c.now, c.wall());
+        let t = c.advance(Duration::from_secs(5));
+        s.tick(t, c.wall());
+        let snap = s.snapshot("b", false, t).unwrap();
+        assert_eq!(snap.state, JobState::Failed);
+        assert!(
+            snap.reason.contains("waited behind another job"),
+            "{}",
+            snap.reason
         );
     }
 

@@ -238,9 +238,11 @@ impl State {
         };
         let snapshot = self.with_scheduler(|s| {
             let out = s.submit(new, now, wall_ms());
-            (s.snapshot(&id, false, now).expect("just submitted"), out)
+            let snapshot = s.snapshot(&id, false, now).expect("just submitted");
+            // The channel exists before the lock is released, so no later change can miss it.
+            lock(&self.inner.progress).insert(id.clone(), watch::channel(snapshot.clone()).0);
+            (snapshot, out)
         });
-        lock(&self.inner.progress).insert(id.clone(), watch::channel(snapshot.clone()).0);
         info!(
             job_id = %id, proxies, rejected = parsed.rejected.len(), duplicates = parsed.duplicates,
             chunks = snapshot.progress.chunks_total, "job submitted"
@@ -407,9 +409,14 @@ impl State {
 
     /// The session's stream ended; its leases go back to the queue at once.
     pub fn close_session(&self, session: SessionId, why: &str) {
-        lock(&self.inner.outboxes).remove(&session);
         info!(session_id = session, why, "worker session closed");
-        self.with_scheduler(|s| ((), s.disconnect(session, Instant::now())));
+        self.with_scheduler(|s| {
+            let out = s.disconnect(session, Instant::now());
+            // Removed under the scheduler lock, after the session left the scheduler: no lease can
+            // be granted to it in between and then lost undelivered.
+            lock(&self.inner.outboxes).remove(&session);
+            ((), out)
+        });
     }
 
     /// Ends every session's response stream (shutdown).
@@ -425,35 +432,34 @@ impl State {
 
     /// Sends fresh snapshots of changed jobs to their watchers; writes ended jobs' results.
     fn publish(&self) {
-        let (snapshots, ended) = {
+        let ended = {
             let mut scheduler = lock(&self.inner.scheduler);
+            // Progress is locked under the scheduler lock so snapshots reach watchers in order.
+            let progress = lock(&self.inner.progress);
             let now = Instant::now();
-            let dirty = scheduler.take_dirty();
-            let snapshots: Vec<JobSnapshot> = dirty
-                .iter()
-                .filter_map(|id| scheduler.snapshot(id, false, now).ok())
-                .collect();
-            let ended: Vec<(JobSnapshot, Vec<crate::scheduler::ResultRow>)> = snapshots
-                .iter()
-                .filter(|s| s.state.is_terminal())
-                .filter_map(|s| Some((s.clone(), scheduler.results(&s.id, false).ok()?)))
-                .collect();
-            (snapshots, ended)
-        };
-        let progress = lock(&self.inner.progress);
-        for snapshot in snapshots {
-            if let Some(tx) = progress.get(&snapshot.id) {
-                let was_terminal = tx.borrow().state.is_terminal();
-                if was_terminal {
+            let mut ended = Vec::new();
+            for id in scheduler.take_dirty() {
+                let Ok(snapshot) = scheduler.snapshot(&id, false, now) else {
+                    continue;
+                };
+                if snapshot.state.is_terminal()
+                    && let Ok(results) = scheduler.results(&id, false)
+                {
+                    ended.push((snapshot.clone(), results));
+                }
+                let Some(tx) = progress.get(&id) else {
+                    continue;
+                };
+                if tx.borrow().state.is_terminal() {
                     continue;
                 }
                 if snapshot.state.is_terminal() {
-                    info!(job_id = %snapshot.id, state = snapshot.state.name(), reason = %snapshot.reason, "job ended");
+                    info!(job_id = %id, state = snapshot.state.name(), reason = %snapshot.reason, "job ended");
                 }
                 tx.send_replace(snapshot);
             }
-        }
-        drop(progress);
+            ended
+        };
         for (snapshot, results) in ended {
             if let Err(e) = write_job_files(&self.inner.config.data_dir, &snapshot, &results) {
                 warn!(job_id = %snapshot.id, error = %e, "could not write the job's results to the data dir");

@@ -45,6 +45,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Kept so the processes' logs can be read after a failure.
+            eprintln!("test failed: logs and data kept in {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -344,14 +349,32 @@ pub async fn results(
 
 /// Waits until the worker named `name` holds at least one lease.
 pub async fn wait_holding(client: &CoordinatorClient<Channel>, name: &str) {
-    wait_for(&format!("{name} to hold a lease"), WAIT_LIMIT, || {
+    wait_worker(client, name, "hold a lease", |w| !w.lease_ids.is_empty()).await
+}
+
+/// Waits until the worker named `name` holds a lease and has had verdicts accepted: its checks
+/// are running, not just its lease granted.
+pub async fn wait_working(client: &CoordinatorClient<Channel>, name: &str) {
+    wait_worker(client, name, "be checking", |w| {
+        !w.lease_ids.is_empty() && w.verdicts_accepted > 0
+    })
+    .await
+}
+
+async fn wait_worker(
+    client: &CoordinatorClient<Channel>,
+    name: &str,
+    what: &str,
+    ready: fn(&pb::WorkerInfo) -> bool,
+) {
+    wait_for(&format!("{name} to {what}"), WAIT_LIMIT, || {
         let mut client = client.clone();
         async move {
-            let held = workers(&mut client)
+            workers(&mut client)
                 .await
                 .iter()
-                .any(|w| w.worker_id == name && !w.lease_ids.is_empty());
-            held.then_some(())
+                .any(|w| w.worker_id == name && ready(w))
+                .then_some(())
         }
     })
     .await

@@ -36,7 +36,8 @@ async fn a_job_survives_a_killed_and_a_frozen_worker() {
     harness::wait_holding(&client, "w1").await;
     w1.signal(libc::SIGKILL);
 
-    harness::wait_holding(&client, "w2").await;
+    // Frozen while its checks are in flight, so it wakes up with verdicts for expired leases.
+    harness::wait_working(&client, "w2").await;
     w2.signal(libc::SIGSTOP);
     harness::wait_for("the frozen worker to be seen silent", WAIT_LIMIT, || {
         let mut client = client.clone();

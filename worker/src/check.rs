@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use proxyfleet_proto::v1 as pb;
 
+/// Most bytes of a judge's answer read by a check.
+const MAX_BODY: usize = 64 * 1024;
+
 /// A proxy to check, as leased.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -189,7 +192,17 @@ impl Checker {
                 .await
                 .map_err(|e| outcome_of_error(&e))?;
             let status = response.status().as_u16();
-            let body = response.text().await.map_err(|e| outcome_of_error(&e))?;
+            let mut response = response;
+            let mut body = Vec::new();
+            // A judge's answer is small; a proxy streaming more is cut off, not buffered.
+            while let Some(chunk) = response.chunk().await.map_err(|e| outcome_of_error(&e))? {
+                let room = MAX_BODY - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= MAX_BODY {
+                    break;
+                }
+            }
+            let body = String::from_utf8_lossy(&body).into_owned();
             Ok::<_, Outcome>(Outcome::Response { status, body })
         };
         // reqwest enforces the timeout too; this bound also covers a body that trickles forever.

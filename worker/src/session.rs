@@ -20,6 +20,8 @@ use crate::check::{Checker, Target};
 const BATCH_MAX: usize = 256;
 /// ...or at least this often.
 const BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// Connecting, saying hello and being welcomed must take no longer than this.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for the coordinator's acks after the last verdicts of a drain.
 const DRAIN_ACK_WAIT: Duration = Duration::from_secs(5);
 
@@ -52,7 +54,20 @@ pub async fn run(config: WorkerConfig, mut drain: watch::Receiver<bool>) -> anyh
             return Ok(());
         }
         let started = Instant::now();
-        match session(&config, &checker, &checks, &mut drain).await {
+        // However the coordinator behaves, a drain ends within its grace and a little more.
+        let mut watchdog = drain.clone();
+        let overrun = config.drain_grace + DRAIN_ACK_WAIT + Duration::from_secs(2);
+        let end = tokio::select! {
+            end = session(&config, &checker, &checks, &mut drain) => end,
+            _ = async {
+                let _ = watchdog.wait_for(|draining| *draining).await;
+                tokio::time::sleep(overrun).await;
+            } => {
+                warn!(worker_id = %config.worker_id, "drain overran its grace period; exiting");
+                SessionEnd::Drained
+            }
+        };
+        match end {
             SessionEnd::Drained => return Ok(()),
             SessionEnd::Lost(why) => {
                 if started.elapsed() > Duration::from_secs(10) {
@@ -80,18 +95,26 @@ pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
     min + Duration::from_millis(if span == 0 { 0 } else { fastrand::u64(..=span) })
 }
 
-async fn session(
-    config: &WorkerConfig,
-    checker: &Checker,
-    checks: &Arc<Semaphore>,
-    drain: &mut watch::Receiver<bool>,
-) -> SessionEnd {
-    let mut client = match WorkersClient::connect(config.coordinator.clone()).await {
-        Ok(c) => c,
-        Err(e) => {
-            return SessionEnd::Lost(format!("cannot connect to {}: {e}", config.coordinator));
-        }
-    };
+type Opened = (
+    mpsc::Sender<pb::WorkerMessage>,
+    tonic::Streaming<pb::CoordinatorMessage>,
+    pb::Welcome,
+);
+
+/// Connects, says hello and waits for the welcome.
+async fn open(config: &WorkerConfig) -> Result<Opened, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|e| format!("invalid coordinator URL {}: {e}", config.coordinator))?
+        .connect_timeout(Duration::from_secs(5))
+        // Keepalive pings notice a coordinator that vanished without closing the connection.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", config.coordinator))?;
+    let mut client = WorkersClient::new(channel);
     let (out_tx, out_rx) = mpsc::channel::<pb::WorkerMessage>(1024);
     let hello = pb::WorkerMessage {
         kind: Some(pb::worker_message::Kind::Hello(pb::Hello {
@@ -102,24 +125,38 @@ async fn session(
             max_checks: config.max_checks as u32,
         })),
     };
-    if out_tx.send(hello).await.is_err() {
-        return SessionEnd::Lost("outbound stream closed".into());
-    }
-    let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(status) => {
-            return SessionEnd::Lost(format!(
-                "the coordinator refused the session: {}",
-                status.message()
-            ));
-        }
-    };
-    let welcome = match inbound.message().await {
+    out_tx
+        .send(hello)
+        .await
+        .map_err(|_| "outbound stream closed".to_string())?;
+    let mut inbound = client
+        .session(ReceiverStream::new(out_rx))
+        .await
+        .map_err(|status| format!("the coordinator refused the session: {}", status.message()))?
+        .into_inner();
+    match inbound.message().await {
         Ok(Some(pb::CoordinatorMessage {
-            kind: Some(pb::coordinator_message::Kind::Welcome(w)),
-        })) => w,
-        Ok(_) => return SessionEnd::Lost("the coordinator did not welcome the session".into()),
-        Err(status) => return SessionEnd::Lost(format!("session failed: {}", status.message())),
+            kind: Some(pb::coordinator_message::Kind::Welcome(welcome)),
+        })) => Ok((out_tx, inbound, welcome)),
+        Ok(_) => Err("the coordinator did not welcome the session".into()),
+        Err(status) => Err(format!("session failed: {}", status.message())),
+    }
+}
+
+async fn session(
+    config: &WorkerConfig,
+    checker: &Checker,
+    checks: &Arc<Semaphore>,
+    drain: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(SETUP_TIMEOUT, open(config)) => opened
+            .unwrap_or_else(|_| Err(format!("no welcome from {} within {SETUP_TIMEOUT:?}", config.coordinator))),
+        _ = drain.wait_for(|draining| *draining) => return SessionEnd::Drained,
+    };
+    let (out_tx, mut inbound, welcome) = match opened {
+        Ok(opened) => opened,
+        Err(why) => return SessionEnd::Lost(why),
     };
     let heartbeat_every = Duration::from_millis(welcome.heartbeat_interval_ms.max(50));
     info!(worker_id = %config.worker_id, session_id = welcome.session_id, heartbeat = ?heartbeat_every, "session open");
