@@ -38,6 +38,9 @@ pub enum Command {
     Results {
         /// The job id.
         job: String,
+        /// Stream verdicts as they are recorded until the job ends.
+        #[arg(long, env = "PROXYFLEET_FOLLOW")]
+        follow: bool,
         /// Output format.
         #[arg(long, env = "PROXYFLEET_FORMAT", value_enum, default_value_t = Format::Txt)]
         format: Format,
@@ -58,6 +61,44 @@ pub enum Command {
     Run(RunArgs),
     /// Run a whole refresh offline against simulated proxies on loopback.
     Demo(DemoArgs),
+    /// The preflight before a service needs proxies: refresh the pool from its sources and, with
+    /// --wait, exit 0 as soon as enough usable proxies are fresh. Exit codes: 0 enough usable,
+    /// 3 the refresh ended with fewer, 4 it failed, 5 cancelled, 6 --timeout passed first,
+    /// 1 coordinator unreachable, 2 bad input.
+    Refresh(RefreshArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RefreshArgs {
+    /// Sources file (TOML). Without it, the coordinator's own --sources.
+    #[arg(long = "sources", env = "PROXYFLEET_SOURCES")]
+    pub sources_file: Option<PathBuf>,
+    /// Usable proxies needed.
+    #[arg(long, env = "PROXYFLEET_MIN_USABLE", default_value_t = 1)]
+    pub min_usable: u64,
+    /// Wait until enough usable proxies are fresh, the refresh ends, or --timeout passes.
+    #[arg(long, env = "PROXYFLEET_WAIT")]
+    pub wait: bool,
+    /// Longest time to wait with --wait.
+    #[arg(long, env = "PROXYFLEET_REFRESH_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Time one check may take.
+    #[arg(long, env = "PROXYFLEET_CHECK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub check_timeout: Duration,
+    /// The pool to refresh; a refresh of it already running is followed, not doubled.
+    #[arg(long, env = "PROXYFLEET_POOL", default_value = "default")]
+    pub pool: String,
+    /// Judge URLs (default: the coordinator's).
+    #[arg(long, env = "PROXYFLEET_JUDGE", value_delimiter = ',')]
+    pub judge: Vec<String>,
+    /// Protocols a bare host:port stands for, comma-separated.
+    #[arg(
+        long,
+        env = "PROXYFLEET_PROTOCOLS",
+        value_delimiter = ',',
+        default_value = "http"
+    )]
+    pub protocols: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,18 +107,39 @@ pub enum Format {
     Json,
 }
 
-/// Options of a job.
+/// Minimum anonymity grade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Grade {
+    Transparent,
+    Anonymous,
+    Elite,
+}
+
+/// Where a job's candidates come from.
 #[derive(Debug, Clone, Args)]
-pub struct JobArgs {
-    /// File of candidates, one per line (host:port or scheme://[user:pass@]host:port); - for stdin.
-    #[arg(long, short, env = "PROXYFLEET_FILE", default_value = "-")]
-    pub file: PathBuf,
-    /// Judge URL the checks request. Default: the coordinator's built-in judge.
-    #[arg(long, env = "PROXYFLEET_JUDGE")]
-    pub judge: Option<String>,
-    /// Time one check may take.
-    #[arg(long, env = "PROXYFLEET_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
+pub struct SourceArgs {
+    /// File of candidates, one per line (host:port or scheme://[user:pass@]host:port), or an HTML
+    /// or JSON list; - for stdin. Read from stdin when neither this nor a source is given.
+    #[arg(long, short, env = "PROXYFLEET_FILE")]
+    pub file: Option<PathBuf>,
+    /// A source URL the coordinator fetches candidates from (http or https); repeatable.
+    #[arg(long = "source", env = "PROXYFLEET_SOURCE", value_delimiter = ',')]
+    pub sources: Vec<String>,
+    /// A sources file (TOML, sources per protocol); its local paths are read by this command.
+    #[arg(long = "sources", env = "PROXYFLEET_SOURCES")]
+    pub sources_file: Option<PathBuf>,
+}
+
+/// How proxies are checked and what counts as usable.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Judge URL the checks request; repeat (or separate with commas) to spread checks over
+    /// several judges. Default: the coordinator's judges.
+    #[arg(long, env = "PROXYFLEET_JUDGE", value_delimiter = ',')]
+    pub judge: Vec<String>,
+    /// Time to open the TCP connection to a proxy. Default: the check timeout.
+    #[arg(long, env = "PROXYFLEET_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Option<Duration>,
     /// Candidates per chunk (the unit leased to a worker).
     #[arg(long, env = "PROXYFLEET_CHUNK_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub chunk_size: u32,
@@ -107,6 +169,27 @@ pub struct JobArgs {
     /// Refuse the whole list if any line is malformed (default: skip such lines with a warning).
     #[arg(long, env = "PROXYFLEET_STRICT")]
     pub strict: bool,
+    /// Working proxies slower than this count as not usable (filtered).
+    #[arg(long, env = "PROXYFLEET_MAX_LATENCY", value_parser = humantime::parse_duration)]
+    pub max_latency: Option<Duration>,
+    /// Working proxies graded below this count as not usable (filtered).
+    #[arg(long, env = "PROXYFLEET_MIN_ANONYMITY", value_enum)]
+    pub min_anonymity: Option<Grade>,
+    /// Only proxies shown to carry HTTPS (a tunnel) count as usable.
+    #[arg(long, env = "PROXYFLEET_REQUIRE_HTTPS")]
+    pub require_https: bool,
+}
+
+/// Options of a job.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Time one check may take.
+    #[arg(long, env = "PROXYFLEET_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub check: CheckArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,7 +7,9 @@ use proxyfleet_proto::v1 as pb;
 use proxyfleet_proto::v1::coordinator_client::CoordinatorClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::args::{Format, JobArgs};
+use std::path::{Path, PathBuf};
+
+use crate::args::{Format, Grade, JobArgs, RefreshArgs, SourceArgs};
 use crate::progress;
 
 /// A failure with the exit code it maps to.
@@ -92,26 +94,59 @@ pub async fn connect(url: &str) -> Result<CoordinatorClient<Channel>, Failure> {
         .max_encoding_message_size(256 * 1024 * 1024))
 }
 
-/// Reads the candidate list from a file or stdin.
-pub fn read_list(job: &JobArgs) -> Result<String, Failure> {
-    let mut bytes = Vec::new();
-    if job.file.as_os_str() == "-" {
+/// A job's candidates as the client gathered them.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// Inline list text (may be empty when sources are given).
+    pub text: String,
+    /// Where the inline text came from, for messages.
+    pub label: String,
+    pub sources: Vec<pb::SourceSpec>,
+}
+
+/// Largest local file read for a job.
+const MAX_LOCAL_BYTES: u64 = 256 * 1024 * 1024;
+
+fn read_text(path: &Path) -> Result<String, Failure> {
+    let bytes = if path.as_os_str() == "-" {
         if std::io::stdin().is_terminal() {
             return Err(Failure::new(
                 EXIT_BAD_INPUT,
-                "error: no candidates: pass --file FILE, or pipe the list on stdin",
+                "error: no candidates: pass --file FILE, --source URL or --sources FILE, or pipe the list on stdin",
             ));
         }
+        let mut bytes = Vec::new();
         std::io::stdin()
+            .take(MAX_LOCAL_BYTES + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: cannot read stdin: {e}")))?;
+        bytes
     } else {
-        bytes = std::fs::read(&job.file).map_err(|e| {
+        let file = std::fs::File::open(path).map_err(|e| {
             Failure::new(
                 EXIT_BAD_INPUT,
-                format!("error: cannot read {}: {e}", job.file.display()),
+                format!("error: cannot read {}: {e}", path.display()),
             )
         })?;
+        let mut bytes = Vec::new();
+        file.take(MAX_LOCAL_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                Failure::new(
+                    EXIT_BAD_INPUT,
+                    format!("error: cannot read {}: {e}", path.display()),
+                )
+            })?;
+        bytes
+    };
+    if bytes.len() as u64 > MAX_LOCAL_BYTES {
+        return Err(Failure::new(
+            EXIT_BAD_INPUT,
+            format!(
+                "error: {} is larger than {MAX_LOCAL_BYTES} bytes; split it",
+                path.display()
+            ),
+        ));
     }
     String::from_utf8(bytes).map_err(|e| {
         let line = bytes_line(e.as_bytes(), e.utf8_error().valid_up_to());
@@ -119,10 +154,69 @@ pub fn read_list(job: &JobArgs) -> Result<String, Failure> {
             EXIT_BAD_INPUT,
             format!(
                 "error: {} line {line}: not valid UTF-8 text",
-                job.file.display()
+                path.display()
             ),
         )
     })
+}
+
+/// Reads a sources file; local paths in it are read here (the coordinator may be elsewhere).
+pub fn read_sources_file(path: &Path) -> Result<Vec<pb::SourceSpec>, Failure> {
+    let text = read_text(path)?;
+    let sources = proxyfleet_coordinator::sources::parse_sources_file(&text)
+        .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: {}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut specs = Vec::new();
+    for source in sources {
+        let protocols = source
+            .protocols
+            .iter()
+            .map(|p| proxyfleet_coordinator::convert::protocol_to_proto(*p) as i32)
+            .collect();
+        let local = match proxyfleet_coordinator::fetch::locate(&source.url) {
+            Ok(proxyfleet_coordinator::fetch::Location::File(file)) => Some(base.join(file)),
+            _ => None,
+        };
+        let content = match &local {
+            Some(file) => read_text(file)?,
+            None => String::new(),
+        };
+        specs.push(pb::SourceSpec {
+            url: source.url,
+            protocols,
+            content,
+        });
+    }
+    Ok(specs)
+}
+
+/// Gathers a job's candidates: the list file (or stdin), source URLs and a sources file.
+pub fn read_inputs(args: &SourceArgs) -> Result<Inputs, Failure> {
+    let mut inputs = Inputs::default();
+    for url in &args.sources {
+        inputs.sources.push(pb::SourceSpec {
+            url: url.clone(),
+            protocols: Vec::new(),
+            content: String::new(),
+        });
+    }
+    if let Some(path) = &args.sources_file {
+        inputs.sources.extend(read_sources_file(path)?);
+    }
+    let file = match &args.file {
+        Some(file) => Some(file.clone()),
+        None if inputs.sources.is_empty() => Some(PathBuf::from("-")),
+        None => None,
+    };
+    if let Some(file) = file {
+        inputs.label = if file.as_os_str() == "-" {
+            "stdin".into()
+        } else {
+            file.display().to_string()
+        };
+        inputs.text = read_text(&file)?;
+    }
+    Ok(inputs)
 }
 
 fn bytes_line(bytes: &[u8], offset: usize) -> usize {
@@ -149,26 +243,41 @@ fn protocol_value(name: &str) -> Result<i32, Failure> {
     Ok(p as i32)
 }
 
-/// Builds a SubmitJob request from the job options and the list text.
-pub fn submit_request(job: &JobArgs, text: String) -> Result<pb::SubmitJobRequest, Failure> {
+fn protocols(names: &[String]) -> Result<Vec<i32>, Failure> {
+    names.iter().map(|p| protocol_value(p)).collect()
+}
+
+/// Builds a SubmitJob request from the job options and the gathered candidates.
+pub fn submit_request(job: &JobArgs, inputs: Inputs) -> Result<pb::SubmitJobRequest, Failure> {
+    let check = &job.check;
     Ok(pb::SubmitJobRequest {
         candidates: Vec::new(),
-        candidates_text: text,
-        default_protocols: job
-            .protocols
-            .iter()
-            .map(|p| protocol_value(p))
-            .collect::<Result<_, _>>()?,
-        judge_url: job.judge.clone().unwrap_or_default(),
+        candidates_text: inputs.text,
+        default_protocols: protocols(&check.protocols)?,
+        judge_urls: check.judge.clone(),
         timeout_ms: job.timeout.as_millis() as u64,
-        chunk_size: job.chunk_size,
-        min_usable: Some(job.min_usable),
-        deadline_ms: job.deadline.as_millis() as u64,
-        max_attempts: job.max_attempts.unwrap_or(0),
-        pool: job.pool.clone(),
-        name: job.name.clone(),
-        strict: job.strict,
+        chunk_size: check.chunk_size,
+        min_usable: Some(check.min_usable),
+        deadline_ms: check.deadline.as_millis() as u64,
+        max_attempts: check.max_attempts.unwrap_or(0),
+        pool: check.pool.clone(),
+        name: check.name.clone(),
+        strict: check.strict,
         max_failed_chunk_ratio: 0.0,
+        connect_timeout_ms: check
+            .connect_timeout
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        max_latency_ms: check.max_latency.map(|d| d.as_millis() as u64).unwrap_or(0),
+        min_anonymity: match check.min_anonymity {
+            None => pb::Anonymity::Unknown,
+            Some(Grade::Transparent) => pb::Anonymity::Transparent,
+            Some(Grade::Anonymous) => pb::Anonymity::Anonymous,
+            Some(Grade::Elite) => pb::Anonymity::Elite,
+        } as i32,
+        require_https: check.require_https,
+        sources: inputs.sources,
+        use_coordinator_sources: false,
     })
 }
 
@@ -201,6 +310,109 @@ pub async fn submit(
     }
     println!("{}", response.job_id);
     Ok(response.job_id)
+}
+
+pub const EXIT_TIMED_OUT: i32 = 6;
+
+/// The preflight: refreshes a pool (or follows its running refresh) and, with `--wait`, exits 0
+/// as soon as enough usable proxies are fresh.
+pub async fn refresh(
+    client: &mut CoordinatorClient<Channel>,
+    url: &str,
+    args: &RefreshArgs,
+    inputs: Option<Inputs>,
+) -> Result<i32, Failure> {
+    let jobs = client
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .map_err(|s| from_status(s, url))?
+        .into_inner()
+        .jobs;
+    let running = jobs.iter().find(|j| {
+        !progress::is_terminal(j.state) && j.settings.as_ref().is_some_and(|s| s.pool == args.pool)
+    });
+    let job_id = match running {
+        Some(job) => {
+            eprintln!(
+                "note: a refresh of pool {:?} is already running ({}); following it",
+                args.pool, job.job_id
+            );
+            println!("{}", job.job_id);
+            job.job_id.clone()
+        }
+        None => {
+            let request = pb::SubmitJobRequest {
+                default_protocols: protocols(&args.protocols)?,
+                judge_urls: args.judge.clone(),
+                timeout_ms: args.check_timeout.as_millis() as u64,
+                min_usable: Some(args.min_usable),
+                pool: args.pool.clone(),
+                name: "refresh".into(),
+                use_coordinator_sources: inputs.is_none(),
+                sources: inputs.map(|i| i.sources).unwrap_or_default(),
+                ..Default::default()
+            };
+            submit(client, url, request, "sources").await?
+        }
+    };
+    if !args.wait {
+        return Ok(0);
+    }
+    match tokio::time::timeout(
+        args.timeout,
+        until_enough(client, url, &job_id, args.min_usable),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(Failure::new(
+            EXIT_TIMED_OUT,
+            format!(
+                "error: fewer than {} usable proxies after {}; the refresh goes on (proxyfleet watch {job_id})",
+                args.min_usable,
+                humantime::format_duration(args.timeout)
+            ),
+        )),
+    }
+}
+
+/// Watches a job until it has `min_usable` usable proxies (0) or ends (its exit code).
+async fn until_enough(
+    client: &mut CoordinatorClient<Channel>,
+    url: &str,
+    job_id: &str,
+    min_usable: u64,
+) -> Result<i32, Failure> {
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .map_err(|s| from_status(s, url))?
+        .into_inner();
+    let mut view = progress::View::new(std::io::stderr().is_terminal());
+    while let Some(job) = stream.message().await.map_err(|s| from_status(s, url))? {
+        view.show(&job);
+        let usable = job.progress.map(|p| p.proxies_usable).unwrap_or(0);
+        if usable >= min_usable && min_usable > 0 {
+            view.finish();
+            println!(
+                "{usable} usable proxies are fresh (job {job_id}, {})",
+                progress::state_name(job.state)
+            );
+            return Ok(0);
+        }
+        if progress::is_terminal(job.state) {
+            view.finish();
+            println!("{}", progress::summary(&job));
+            return Ok(exit_code(job.state));
+        }
+    }
+    view.finish();
+    Err(Failure::new(
+        EXIT_UNREACHABLE,
+        "error: the watch stream ended before the job did; watch it again",
+    ))
 }
 
 /// Follows a job until its terminal snapshot; returns the job's exit code.
@@ -254,11 +466,13 @@ pub async fn results(
     job_id: &str,
     format: Format,
     usable_only: bool,
+    follow: bool,
 ) -> Result<(), Failure> {
     let mut stream = client
         .get_results(pb::GetResultsRequest {
             job_id: job_id.to_string(),
             usable_only,
+            follow,
         })
         .await
         .map_err(|s| from_status(s, url))?
@@ -303,7 +517,9 @@ fn result_json(r: &pb::ProxyResult) -> serde_json::Value {
         "usable": r.usable,
         "reason": progress::reason_name(r.reason),
         "latency_ms": r.latency_ms,
+        "connect_ms": r.connect_ms,
         "exit_ip": r.exit_ip,
+        "anonymity": progress::anonymity_name(r.anonymity),
         "detail": r.detail,
     })
 }

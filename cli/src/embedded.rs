@@ -10,7 +10,7 @@ use proxyfleet_worker::WorkerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::args::{DemoArgs, JobArgs, RunArgs};
+use crate::args::{CheckArgs, DemoArgs, JobArgs, RunArgs, SourceArgs};
 use crate::client::{self, Failure};
 
 /// What an embedded cluster is made of.
@@ -30,8 +30,8 @@ fn failure(e: impl std::fmt::Display) -> Failure {
 }
 
 pub async fn run(args: RunArgs) -> Result<i32, Failure> {
-    let text = client::read_list(&args.job)?;
-    if args.job.judge.is_none()
+    let inputs = client::read_inputs(&args.job.source)?;
+    if args.job.check.judge.is_empty()
         && args.judge_url.is_none()
         && args.judge_listen.ip().is_loopback()
         && !args.allow_private_targets
@@ -41,7 +41,6 @@ pub async fn run(args: RunArgs) -> Result<i32, Failure> {
             args.judge_listen
         );
     }
-    let source = args.job.file.display().to_string();
     embedded(
         Embedded {
             job: args.job,
@@ -53,8 +52,7 @@ pub async fn run(args: RunArgs) -> Result<i32, Failure> {
             data_dir: args.data_dir,
             output: args.output,
         },
-        text,
-        &source,
+        inputs,
     )
     .await
 }
@@ -79,19 +77,33 @@ pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {
         farm.refused.len(),
         args.workers
     );
-    let text = farm.candidate_lines().join("\n");
+    let inputs = client::Inputs {
+        text: farm.candidate_lines().join("\n"),
+        label: "demo".into(),
+        sources: Vec::new(),
+    };
     let job = JobArgs {
-        file: "-".into(),
-        judge: None,
+        source: SourceArgs {
+            file: None,
+            sources: Vec::new(),
+            sources_file: None,
+        },
         timeout: args.timeout,
-        chunk_size: args.chunk_size,
-        min_usable: args.working.max(1) as u64,
-        deadline: Duration::from_secs(600),
-        protocols: vec!["http".into()],
-        max_attempts: None,
-        pool: "demo".into(),
-        name: "demo".into(),
-        strict: true,
+        check: CheckArgs {
+            judge: Vec::new(),
+            connect_timeout: None,
+            chunk_size: args.chunk_size,
+            min_usable: args.working.max(1) as u64,
+            deadline: Duration::from_secs(600),
+            protocols: vec!["http".into()],
+            max_attempts: None,
+            pool: "demo".into(),
+            name: "demo".into(),
+            strict: true,
+            max_latency: None,
+            min_anonymity: None,
+            require_https: false,
+        },
     };
     let code = embedded(
         Embedded {
@@ -104,15 +116,14 @@ pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {
             data_dir: args.data_dir,
             output: None,
         },
-        text,
-        "demo",
+        inputs,
     )
     .await?;
     drop(farm);
     Ok(code)
 }
 
-async fn embedded(e: Embedded, text: String, source: &str) -> Result<i32, Failure> {
+async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
     let grpc = TcpListener::bind("127.0.0.1:0").await.map_err(failure)?;
     let judge = TcpListener::bind(e.judge_listen).await.map_err(|err| {
         failure(format!(
@@ -126,7 +137,7 @@ async fn embedded(e: Embedded, text: String, source: &str) -> Result<i32, Failur
             judge.local_addr().expect("bound listener"),
         )
     });
-    let mut config = CoordinatorConfig::new(e.data_dir.clone(), judge_url);
+    let mut config = CoordinatorConfig::new(e.data_dir.clone(), vec![judge_url]);
     config.allow_private_targets = e.allow_private_targets;
     config.lease_ttl = Duration::from_secs(10);
     let config = config.validate().map_err(failure)?;
@@ -153,6 +164,8 @@ async fn embedded(e: Embedded, text: String, source: &str) -> Result<i32, Failur
             drain_grace: Duration::from_secs(1),
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(1),
+            extra_roots: Vec::new(),
+            public_ips: Vec::new(),
         };
         workers.push(tokio::spawn(proxyfleet_worker::run(
             config,
@@ -162,8 +175,9 @@ async fn embedded(e: Embedded, text: String, source: &str) -> Result<i32, Failur
 
     let outcome = async {
         let mut coordinator_client = client::connect(&url).await?;
-        let request = client::submit_request(&e.job, text)?;
-        let job_id = client::submit(&mut coordinator_client, &url, request, source).await?;
+        let label = inputs.label.clone();
+        let request = client::submit_request(&e.job, inputs)?;
+        let job_id = client::submit(&mut coordinator_client, &url, request, &label).await?;
         let code = client::watch(&mut coordinator_client, &url, &job_id).await?;
         let usable = usable_proxies(&mut coordinator_client, &url, &job_id).await?;
         if let Some(path) = &e.output {
@@ -201,6 +215,7 @@ async fn usable_proxies(
         .get_results(pb::GetResultsRequest {
             job_id: job_id.to_string(),
             usable_only: true,
+            follow: false,
         })
         .await
         .map_err(|s| failure(format!("reading results from {url}: {}", s.message())))?

@@ -27,28 +27,38 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Demo(args) => return embedded::demo(args).await,
         _ => {}
     }
-    // Read the list before connecting so that bad input is reported even with no coordinator.
-    let list = match &cli.command {
-        Command::Submit(args) => Some(client::read_list(&args.job)?),
+    // Read the inputs before connecting so that bad input is reported even with no coordinator.
+    let inputs = match &cli.command {
+        Command::Submit(args) => Some(client::read_inputs(&args.job.source)?),
+        Command::Refresh(args) => match &args.sources_file {
+            Some(path) => Some(client::Inputs {
+                sources: client::read_sources_file(path)?,
+                ..client::Inputs::default()
+            }),
+            None => None,
+        },
         _ => None,
     };
     let mut c = client::connect(&url).await?;
     match cli.command {
         Command::Submit(args) => {
-            let request = client::submit_request(&args.job, list.unwrap_or_default())?;
-            let job_id =
-                client::submit(&mut c, &url, request, &args.job.file.display().to_string()).await?;
+            let inputs = inputs.unwrap_or_default();
+            let label = inputs.label.clone();
+            let request = client::submit_request(&args.job, inputs)?;
+            let job_id = client::submit(&mut c, &url, request, &label).await?;
             if args.wait {
                 return client::watch(&mut c, &url, &job_id).await;
             }
             Ok(0)
         }
+        Command::Refresh(args) => client::refresh(&mut c, &url, &args, inputs).await,
         Command::Watch { job } => client::watch(&mut c, &url, &job).await,
         Command::Results {
             job,
+            follow,
             format,
             usable_only,
-        } => client::results(&mut c, &url, &job, format, usable_only)
+        } => client::results(&mut c, &url, &job, format, usable_only, follow)
             .await
             .map(|_| 0),
         Command::Jobs => client::jobs(&mut c, &url).await.map(|_| 0),

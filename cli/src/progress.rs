@@ -40,6 +40,15 @@ pub fn protocol_name(p: i32) -> &'static str {
     }
 }
 
+pub fn anonymity_name(a: i32) -> &'static str {
+    match pb::Anonymity::try_from(a).unwrap_or(pb::Anonymity::Unknown) {
+        pb::Anonymity::Unknown => "unknown",
+        pb::Anonymity::Transparent => "transparent",
+        pb::Anonymity::Anonymous => "anonymous",
+        pb::Anonymity::Elite => "elite",
+    }
+}
+
 pub fn reason_name(r: i32) -> &'static str {
     match pb::Reason::try_from(r).unwrap_or(pb::Reason::Network) {
         pb::Reason::None => "none",
@@ -51,6 +60,7 @@ pub fn reason_name(r: i32) -> &'static str {
         pb::Reason::Tls => "tls",
         pb::Reason::Network => "network",
         pb::Reason::Unchecked => "unchecked",
+        pb::Reason::Filtered => "filtered",
     }
 }
 
@@ -125,7 +135,13 @@ pub fn summary(job: &pb::Job) -> String {
 
 pub fn result_line(r: &pb::ProxyResult) -> String {
     if r.usable {
-        format!("{} usable {}ms exit={}", r.proxy, r.latency_ms, r.exit_ip)
+        format!(
+            "{} usable {}ms exit={} {}",
+            r.proxy,
+            r.latency_ms,
+            r.exit_ip,
+            anonymity_name(r.anonymity)
+        )
     } else if r.checked {
         format!("{} {} {}ms", r.proxy, reason_name(r.reason), r.latency_ms)
     } else {

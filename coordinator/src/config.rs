@@ -32,10 +32,15 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_JUDGE_LISTEN")]
     pub judge_listen: Option<SocketAddr>,
 
-    /// Judge URL given to jobs that name none. Default: the built-in judge's address, as
-    /// `http://ADDR/judge` (with this host's name when it listens on all interfaces).
-    #[arg(long, env = "PROXYFLEET_JUDGE_URL")]
-    pub judge_url: Option<String>,
+    /// Judge URLs given to jobs that name none, spread across checks (repeat the flag or separate
+    /// with commas). Default: the built-in judge, as `http://ADDR/judge` (with this host's name
+    /// when it listens on all interfaces).
+    #[arg(
+        long = "judge-url",
+        env = "PROXYFLEET_JUDGE_URL",
+        value_delimiter = ','
+    )]
+    pub judge_urls: Vec<String>,
 
     /// A chunk whose worker vanished this many times is marked failed.
     #[arg(long, env = "PROXYFLEET_MAX_ATTEMPTS", default_value_t = 3)]
@@ -44,6 +49,37 @@ pub struct Cli {
     /// Most candidates one job may hold.
     #[arg(long, env = "PROXYFLEET_MAX_CANDIDATES", default_value_t = 2_000_000)]
     pub max_candidates: usize,
+
+    /// Where finished refreshes write live_proxies.json, live_proxies.txt and one txt per
+    /// protocol (pools other than "default" in a subdirectory). Default: DATA_DIR/output.
+    #[arg(long, env = "PROXYFLEET_OUTPUT_DIR")]
+    pub output_dir: Option<PathBuf>,
+
+    /// Sources file (TOML): the sources of scheduled refreshes and of `proxyfleet refresh`
+    /// without a file. Local paths in it are read by the coordinator.
+    #[arg(long, env = "PROXYFLEET_SOURCES")]
+    pub sources: Option<PathBuf>,
+
+    /// Refresh the default pool from --sources this often (e.g. 30m). A tick that finds a refresh
+    /// of the pool still running is skipped.
+    #[arg(long, env = "PROXYFLEET_REFRESH_EVERY", value_parser = humantime::parse_duration, requires = "sources")]
+    pub refresh_every: Option<Duration>,
+
+    /// Usable proxies a scheduled refresh needs to succeed.
+    #[arg(long, env = "PROXYFLEET_REFRESH_MIN_USABLE", default_value_t = 1)]
+    pub refresh_min_usable: u64,
+
+    /// Time one check of a scheduled refresh may take.
+    #[arg(long, env = "PROXYFLEET_REFRESH_CHECK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub refresh_check_timeout: Duration,
+}
+
+/// Scheduled refreshes of the default pool.
+#[derive(Debug, Clone)]
+pub struct RefreshSchedule {
+    pub every: Duration,
+    pub min_usable: u64,
+    pub check_timeout: Duration,
 }
 
 /// What the coordinator runs with; only ever built through `validate`.
@@ -54,12 +90,17 @@ pub struct CoordinatorConfig {
     /// Workers send a heartbeat this often; a third of the lease TTL.
     pub heartbeat_interval: Duration,
     pub allow_private_targets: bool,
-    /// Judge URL for jobs that name none.
-    pub default_judge_url: String,
+    /// Judge URLs for jobs that name none.
+    pub judge_urls: Vec<String>,
     pub max_attempts: u32,
     pub max_candidates: usize,
     /// How often leases and deadlines are checked and progress published.
     pub tick: Duration,
+    /// Where finished refreshes write their output files.
+    pub output_dir: PathBuf,
+    /// The operator's sources file.
+    pub sources_file: Option<PathBuf>,
+    pub refresh: Option<RefreshSchedule>,
 }
 
 /// What is wrong with a configuration.
@@ -71,19 +112,24 @@ pub enum ConfigError {
     MaxAttempts,
     #[error("--judge-url {0:?} is not an http:// or https:// URL")]
     JudgeUrl(String),
+    #[error("--refresh-every must be at least 1s")]
+    RefreshEvery,
 }
 
 impl CoordinatorConfig {
-    pub fn new(data_dir: PathBuf, default_judge_url: String) -> Self {
+    pub fn new(data_dir: PathBuf, judge_urls: Vec<String>) -> Self {
         CoordinatorConfig {
-            data_dir,
             lease_ttl: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             allow_private_targets: false,
-            default_judge_url,
+            judge_urls,
             max_attempts: 3,
             max_candidates: 2_000_000,
             tick: Duration::from_millis(200),
+            output_dir: data_dir.join("output"),
+            sources_file: None,
+            refresh: None,
+            data_dir,
         }
     }
 
@@ -94,10 +140,22 @@ impl CoordinatorConfig {
         if self.max_attempts == 0 {
             return Err(ConfigError::MaxAttempts);
         }
-        if !(self.default_judge_url.starts_with("http://")
-            || self.default_judge_url.starts_with("https://"))
+        if self.judge_urls.is_empty() {
+            return Err(ConfigError::JudgeUrl(String::new()));
+        }
+        if let Some(bad) = self
+            .judge_urls
+            .iter()
+            .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
         {
-            return Err(ConfigError::JudgeUrl(self.default_judge_url));
+            return Err(ConfigError::JudgeUrl(bad.clone()));
+        }
+        if self
+            .refresh
+            .as_ref()
+            .is_some_and(|r| r.every < Duration::from_secs(1))
+        {
+            return Err(ConfigError::RefreshEvery);
         }
         self.heartbeat_interval = self.lease_ttl / 3;
         self.tick =
@@ -107,15 +165,25 @@ impl CoordinatorConfig {
 
     /// Builds the config from the command line, given the judge's bound address.
     pub fn from_cli(cli: &Cli, judge_addr: SocketAddr) -> Result<Self, ConfigError> {
-        let judge_url = cli
-            .judge_url
-            .clone()
-            .unwrap_or_else(|| default_judge_url(judge_addr));
-        let mut config = CoordinatorConfig::new(cli.data_dir.clone(), judge_url);
+        let judge_urls = if cli.judge_urls.is_empty() {
+            vec![default_judge_url(judge_addr)]
+        } else {
+            cli.judge_urls.clone()
+        };
+        let mut config = CoordinatorConfig::new(cli.data_dir.clone(), judge_urls);
         config.lease_ttl = cli.lease_ttl;
         config.allow_private_targets = cli.allow_private_targets;
         config.max_attempts = cli.max_attempts;
         config.max_candidates = cli.max_candidates;
+        if let Some(dir) = &cli.output_dir {
+            config.output_dir = dir.clone();
+        }
+        config.sources_file = cli.sources.clone();
+        config.refresh = cli.refresh_every.map(|every| RefreshSchedule {
+            every,
+            min_usable: cli.refresh_min_usable,
+            check_timeout: cli.refresh_check_timeout,
+        });
         config.validate()
     }
 }
@@ -140,7 +208,7 @@ mod tests {
 
     #[test]
     fn validation_derives_heartbeat_and_refuses_nonsense() {
-        let mut c = CoordinatorConfig::new("d".into(), "http://127.0.0.1:1/judge".into());
+        let mut c = CoordinatorConfig::new("d".into(), vec!["http://127.0.0.1:1/judge".into()]);
         c.lease_ttl = Duration::from_secs(3);
         let c = c.validate().unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
@@ -153,7 +221,7 @@ mod tests {
                 .contains("--lease-ttl")
         );
         let mut bad = c.clone();
-        bad.default_judge_url = "judge".into();
+        bad.judge_urls = vec!["judge".into()];
         assert!(
             bad.validate()
                 .unwrap_err()

@@ -4,8 +4,8 @@ use proxyfleet_proto::v1 as pb;
 
 use crate::candidate::{Candidate, Protocol};
 use crate::scheduler::{
-    Assignment, ChunkInfo, ChunkState, JobProgress, JobSettings, JobSnapshot, JobState, Reason,
-    ResultRow, Verdict, WorkerSnapshot,
+    Anonymity, Assignment, ChunkInfo, ChunkState, JobProgress, JobSettings, JobSnapshot, JobState,
+    JudgeStatus, Reason, ResultRow, Verdict, WorkerSnapshot,
 };
 
 pub fn protocol_to_proto(p: Protocol) -> pb::Protocol {
@@ -43,6 +43,24 @@ pub fn job_state_to_proto(s: JobState) -> pb::JobState {
     }
 }
 
+pub fn anonymity_to_proto(a: Anonymity) -> pb::Anonymity {
+    match a {
+        Anonymity::Unknown => pb::Anonymity::Unknown,
+        Anonymity::Transparent => pb::Anonymity::Transparent,
+        Anonymity::Anonymous => pb::Anonymity::Anonymous,
+        Anonymity::Elite => pb::Anonymity::Elite,
+    }
+}
+
+pub fn anonymity_from_proto(value: i32) -> Anonymity {
+    match pb::Anonymity::try_from(value).unwrap_or(pb::Anonymity::Unknown) {
+        pb::Anonymity::Unknown => Anonymity::Unknown,
+        pb::Anonymity::Transparent => Anonymity::Transparent,
+        pb::Anonymity::Anonymous => Anonymity::Anonymous,
+        pb::Anonymity::Elite => Anonymity::Elite,
+    }
+}
+
 fn reason_to_proto(r: Reason) -> pb::Reason {
     match r {
         Reason::None => pb::Reason::None,
@@ -53,6 +71,7 @@ fn reason_to_proto(r: Reason) -> pb::Reason {
         Reason::TokenMissing => pb::Reason::TokenMissing,
         Reason::Tls => pb::Reason::Tls,
         Reason::Network => pb::Reason::Network,
+        Reason::Filtered => pb::Reason::Filtered,
     }
 }
 
@@ -65,7 +84,8 @@ fn reason_from_proto(value: i32) -> Reason {
         pb::Reason::BadStatus => Reason::BadStatus,
         pb::Reason::TokenMissing => Reason::TokenMissing,
         pb::Reason::Tls => Reason::Tls,
-        pb::Reason::Network | pb::Reason::Unchecked => Reason::Network,
+        // Only the coordinator filters; a worker claiming so is treated as a network failure.
+        pb::Reason::Network | pb::Reason::Unchecked | pb::Reason::Filtered => Reason::Network,
     }
 }
 
@@ -84,12 +104,18 @@ pub fn verdict_from_proto(v: pb::Verdict) -> Verdict {
         latency_ms: v.latency_ms,
         exit_ip: v.exit_ip,
         detail: v.detail,
+        anonymity: if usable {
+            anonymity_from_proto(v.anonymity)
+        } else {
+            Anonymity::Unknown
+        },
+        connect_ms: v.connect_ms,
     }
 }
 
 fn settings_to_proto(s: &JobSettings) -> pb::JobSettings {
     pb::JobSettings {
-        judge_url: s.judge_url.clone(),
+        judge_urls: s.judge_urls.clone(),
         timeout_ms: s.timeout.as_millis() as u64,
         chunk_size: s.chunk_size,
         min_usable: s.min_usable,
@@ -97,6 +123,18 @@ fn settings_to_proto(s: &JobSettings) -> pb::JobSettings {
         max_attempts: s.max_attempts,
         pool: s.pool.clone(),
         max_failed_chunk_ratio: s.max_failed_chunk_ratio,
+        connect_timeout_ms: s.connect_timeout.as_millis() as u64,
+        max_latency_ms: s
+            .filter
+            .max_latency
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        min_anonymity: s
+            .filter
+            .min_anonymity
+            .map(|a| anonymity_to_proto(a) as i32)
+            .unwrap_or(0),
+        require_https: s.filter.require_https,
     }
 }
 
@@ -149,6 +187,19 @@ pub fn job_to_proto(s: &JobSnapshot) -> pb::Job {
         created_at_ms: s.created_wall_ms,
         ended_at_ms: s.ended_wall_ms,
         chunks: s.chunks.iter().map(chunk_to_proto).collect(),
+        sources: s
+            .sources
+            .iter()
+            .map(|src| pb::SourceStatus {
+                url: src.url.clone(),
+                state: src.state.name().to_string(),
+                candidates: src.candidates,
+                rejected: src.rejected,
+                error: src.error.clone(),
+                bytes: src.bytes,
+            })
+            .collect(),
+        dropped: s.dropped.iter().map(|(k, v)| (k.clone(), *v)).collect(),
     }
 }
 
@@ -166,6 +217,25 @@ pub fn worker_to_proto(w: &WorkerSnapshot) -> pb::WorkerInfo {
         last_seen_ms_ago: w.last_seen_ago.as_millis() as u64,
         verdicts_accepted: w.verdicts_accepted,
         peer: w.peer.clone(),
+        judges: w.judges.iter().map(judge_status_to_proto).collect(),
+    }
+}
+
+fn judge_status_to_proto(j: &JudgeStatus) -> pb::JudgeStatus {
+    pb::JudgeStatus {
+        url: j.url.clone(),
+        ok: j.ok,
+        own_ip: j.own_ip.clone(),
+        error: j.error.clone(),
+    }
+}
+
+pub fn judge_status_from_proto(j: pb::JudgeStatus) -> JudgeStatus {
+    JudgeStatus {
+        url: j.url,
+        ok: j.ok,
+        own_ip: j.own_ip,
+        error: j.error,
     }
 }
 
@@ -193,8 +263,9 @@ pub fn assignment_to_proto(a: &Assignment) -> pb::Assign {
             .map(|(i, c)| candidate_to_proto(*i, c))
             .collect(),
         settings: Some(pb::CheckSettings {
-            judge_url: a.judge_url.clone(),
+            judge_urls: a.judge_urls.clone(),
             timeout_ms: a.timeout.as_millis() as u64,
+            connect_timeout_ms: a.connect_timeout.as_millis() as u64,
         }),
     }
 }
@@ -217,6 +288,8 @@ pub fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
         out.latency_ms = v.latency_ms;
         out.exit_ip = v.exit_ip.clone();
         out.detail = v.detail.clone();
+        out.anonymity = anonymity_to_proto(v.anonymity) as i32;
+        out.connect_ms = v.connect_ms;
     }
     out
 }

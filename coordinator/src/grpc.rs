@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use crate::convert;
-use crate::scheduler::{Hello, JobError};
+use crate::scheduler::{Hello, JobError, SourceSpec, UsableFilter};
 use crate::state::{State, SubmitError, SubmitRequest};
 
 /// Results are streamed in pages of this many proxies.
@@ -85,12 +85,52 @@ impl Coordinator for CoordinatorService {
                 Status::invalid_argument(format!("default_protocols: unknown protocol value {p}"))
             })?);
         }
+        let mut sources = Vec::new();
+        for source in r.sources {
+            let mut protocols = Vec::new();
+            for p in source.protocols {
+                protocols.push(convert::protocol_from_proto(p).ok_or_else(|| {
+                    Status::invalid_argument(format!("sources: unknown protocol value {p}"))
+                })?);
+            }
+            let content = (!source.content.is_empty()).then_some(source.content);
+            sources.push(SourceSpec {
+                url: source.url,
+                protocols,
+                content,
+                trusted: false,
+            });
+        }
+        if r.use_coordinator_sources {
+            sources.extend(
+                self.state
+                    .coordinator_sources()
+                    .map_err(|e| Status::failed_precondition(e.to_string()))?,
+            );
+        }
+        let min_anonymity = match pb::Anonymity::try_from(r.min_anonymity) {
+            Ok(pb::Anonymity::Unknown) => None,
+            Ok(_) => Some(convert::anonymity_from_proto(r.min_anonymity)),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "min_anonymity: unknown value {}",
+                    r.min_anonymity
+                )));
+            }
+        };
         let positive = |v: u64| (v > 0).then_some(v);
         let submitted = self.state.submit(SubmitRequest {
             lines,
             default_protocols,
-            judge_url: Some(r.judge_url),
+            sources,
+            judge_urls: r.judge_urls,
             timeout: positive(r.timeout_ms).map(Duration::from_millis),
+            connect_timeout: positive(r.connect_timeout_ms).map(Duration::from_millis),
+            filter: UsableFilter {
+                max_latency: positive(r.max_latency_ms).map(Duration::from_millis),
+                min_anonymity,
+                require_https: r.require_https,
+            },
             chunk_size: (r.chunk_size > 0).then_some(r.chunk_size),
             min_usable: r.min_usable,
             deadline: positive(r.deadline_ms).map(Duration::from_millis),
@@ -222,18 +262,48 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::GetResultsRequest>,
     ) -> Result<Response<Self::GetResultsStream>, Status> {
         let r = request.into_inner();
-        let rows = self
-            .state
-            .results(require_job_id(&r.job_id)?, r.usable_only)?;
-        let pages: Vec<Result<pb::ResultsPage, Status>> = rows
-            .chunks(RESULTS_PAGE)
-            .map(|page| {
-                Ok(pb::ResultsPage {
-                    results: page.iter().map(convert::result_to_proto).collect(),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
+        let job_id = require_job_id(&r.job_id)?.to_string();
+        let page = |rows: &[crate::scheduler::ResultRow]| pb::ResultsPage {
+            results: rows.iter().map(convert::result_to_proto).collect(),
+        };
+        if !r.follow {
+            let rows = self.state.results(&job_id, r.usable_only)?;
+            let pages: Vec<Result<pb::ResultsPage, Status>> =
+                rows.chunks(RESULTS_PAGE).map(|p| Ok(page(p))).collect();
+            return Ok(Response::new(Box::pin(tokio_stream::iter(pages))));
+        }
+        // Follow: verdicts as they are recorded, then the unchecked rest once the job ends.
+        self.state.results_since(&job_id, 0, r.usable_only)?;
+        let state = self.state.clone();
+        let mut shutdown = self.shutdown.clone();
+        let (tx, rx) = mpsc::channel(8);
+        // Ends at the job's end, when the client goes away, or at shutdown.
+        tokio::spawn(async move {
+            let mut cursor = 0;
+            loop {
+                let Ok(followed) = state.results_since(&job_id, cursor, r.usable_only) else {
+                    return;
+                };
+                cursor = followed.cursor;
+                for rows in followed.rows.chunks(RESULTS_PAGE) {
+                    tokio::select! {
+                        sent = tx.send(Ok(page(rows))) => if sent.is_err() { return },
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                if followed.done {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                    _ = shutdown.changed() => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -305,6 +375,9 @@ impl Workers for WorkersService {
                     Some(pb::worker_message::Kind::Verdicts(v)) => state.on_verdicts(session, v),
                     Some(pb::worker_message::Kind::Heartbeat(h)) => state.on_heartbeat(session, h),
                     Some(pb::worker_message::Kind::Draining(_)) => state.on_draining(session),
+                    Some(pb::worker_message::Kind::JudgeStatus(j)) => {
+                        state.on_judge_status(session, j)
+                    }
                     Some(pb::worker_message::Kind::HandBack(h)) => {
                         state.on_hand_back(session, h.lease_id)
                     }

@@ -4,9 +4,12 @@
 pub mod candidate;
 pub mod config;
 pub mod convert;
+pub mod fetch;
 pub mod grpc;
 pub mod judge;
+pub mod output;
 pub mod scheduler;
+pub mod sources;
 pub mod state;
 
 use std::future::Future;
@@ -38,7 +41,7 @@ pub async fn run(
             config.data_dir.display()
         )
     })?;
-    let state = State::new(config.clone());
+    let state = State::new(config.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -69,7 +72,7 @@ pub async fn run(
     })
     .max_decoding_message_size(16 * 1024 * 1024);
 
-    info!(grpc = %grpc.local_addr()?, judge = %judge.local_addr()?, judge_url = %config.default_judge_url, lease_ttl = ?config.lease_ttl, "coordinator listening");
+    info!(grpc = %grpc.local_addr()?, judge = %judge.local_addr()?, judge_urls = ?config.judge_urls, lease_ttl = ?config.lease_ttl, "coordinator listening");
 
     let mut ticker = {
         let state = state.clone();
@@ -81,6 +84,25 @@ pub async fn run(
             loop {
                 tokio::select! {
                     _ = interval.tick() => state.tick(),
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
+    let mut refresher = {
+        let state = state.clone();
+        let mut stop = stop_rx.clone();
+        let every = config.refresh.as_ref().map(|r| r.every);
+        tokio::spawn(async move {
+            let Some(every) = every else {
+                let _ = stop.changed().await;
+                return;
+            };
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => state.scheduled_refresh(),
                     _ = stop.changed() => return,
                 }
             }
@@ -127,6 +149,7 @@ pub async fn run(
         }
         judged = &mut judge_task => Err(anyhow::anyhow!("the judge endpoint stopped: {judged:?}")),
         ticked = &mut ticker => Err(anyhow::anyhow!("the lease ticker stopped: {ticked:?}")),
+        refreshed = &mut refresher => Err(anyhow::anyhow!("the refresh scheduler stopped: {refreshed:?}")),
     };
     let _ = stop_tx.send(true);
     state.close_all_sessions();
@@ -139,6 +162,7 @@ pub async fn run(
         server.abort();
     }
     ticker.abort();
+    refresher.abort();
     judge_task.abort();
     match &outcome {
         Ok(()) => info!("coordinator stopped"),

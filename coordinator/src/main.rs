@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
         "listening grpc={} judge={} judge_url={}",
         grpc_addr,
         judge.local_addr()?,
-        config.default_judge_url
+        config.judge_urls.join(",")
     );
     proxyfleet_coordinator::run(grpc, judge, config, shutdown_signal()).await
 }

@@ -24,8 +24,13 @@ pub struct LeaseConfig {
 /// Settings of one job, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSettings {
-    pub judge_url: String,
+    /// Judges the checks request, spread across checks.
+    pub judge_urls: Vec<String>,
+    /// Protocols a bare `host:port` of the job's sources stands for.
+    pub protocols: Vec<crate::candidate::Protocol>,
     pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub filter: UsableFilter,
     pub chunk_size: u32,
     pub min_usable: u64,
     pub deadline: Duration,
@@ -74,6 +79,60 @@ pub enum ChunkState {
     Failed,
 }
 
+/// What a judge learned about the client through a proxy; ordered from worst to best.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Anonymity {
+    Unknown,
+    Transparent,
+    Anonymous,
+    Elite,
+}
+
+/// A job's conditions on a working proxy, beyond working.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UsableFilter {
+    pub max_latency: Option<Duration>,
+    pub min_anonymity: Option<Anonymity>,
+    /// The proxy must have carried a tunnel: an HTTPS or SOCKS proxy, or any proxy checked against
+    /// an https judge.
+    pub require_https: bool,
+}
+
+impl UsableFilter {
+    /// Why a working proxy does not count as usable, if it does not.
+    pub fn refuse(
+        &self,
+        verdict: &Verdict,
+        candidate: &Candidate,
+        judge_is_https: bool,
+    ) -> Option<String> {
+        if let Some(max) = self.max_latency
+            && u128::from(verdict.latency_ms) > max.as_millis()
+        {
+            return Some(format!(
+                "latency {}ms over the job's maximum of {}ms",
+                verdict.latency_ms,
+                max.as_millis()
+            ));
+        }
+        if let Some(min) = self.min_anonymity
+            && verdict.anonymity < min
+        {
+            return Some(format!(
+                "anonymity {:?} below the job's minimum of {min:?}",
+                verdict.anonymity
+            ));
+        }
+        let tunnels = judge_is_https || candidate.protocol != crate::candidate::Protocol::Http;
+        if self.require_https && !tunnels {
+            return Some(
+                "not shown to carry HTTPS: an HTTP proxy checked against a plain http judge".into(),
+            );
+        }
+        None
+    }
+}
+
 /// Why a proxy is not usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -85,6 +144,8 @@ pub enum Reason {
     TokenMissing,
     Tls,
     Network,
+    /// Works, but outside the job's filter.
+    Filtered,
 }
 
 /// A worker's verdict on one candidate of its lease.
@@ -97,6 +158,8 @@ pub struct Verdict {
     pub latency_ms: u32,
     pub exit_ip: String,
     pub detail: String,
+    pub anonymity: Anonymity,
+    pub connect_ms: u32,
 }
 
 /// A chunk as leased to a worker.
@@ -108,8 +171,9 @@ pub struct Assignment {
     pub attempt: u32,
     /// Unchecked candidates of the chunk, with their job indices.
     pub candidates: Vec<(u32, Candidate)>,
-    pub judge_url: String,
+    pub judge_urls: Vec<String>,
     pub timeout: Duration,
+    pub connect_timeout: Duration,
 }
 
 /// A message for one worker session.
@@ -120,6 +184,8 @@ pub enum Outbound {
     Revoke(SessionId, LeaseId, &'static str),
     /// End this session's stream: it was replaced by a newer session of the same worker.
     Close(SessionId),
+    /// Not for a worker: the job entered SCRAPING; fetch its sources, then call `scraped`.
+    Scrape(String, Vec<SourceSpec>),
 }
 
 /// Why a lease ended without its chunk being finished.
@@ -175,6 +241,13 @@ struct Job {
     handed_back: u64,
     /// (time, checked) samples for the check rate, oldest first.
     rate_samples: VecDeque<(Instant, u64)>,
+    /// Sources still to fetch (taken when scraping starts) and how each went.
+    source_specs: Vec<SourceSpec>,
+    sources: Vec<SourceStatus>,
+    /// Entries dropped from the job's lists, by why.
+    dropped: BTreeMap<String, u64>,
+    /// Candidate indices in the order their verdicts were recorded, for followers.
+    recorded: Vec<u32>,
 }
 
 #[derive(Debug)]
@@ -200,6 +273,8 @@ struct Session {
     /// Silent past the lease TTL: lost its leases, gets none until it speaks again.
     silent: bool,
     verdicts_accepted: u64,
+    /// Judges this worker asked directly, by URL.
+    judges: BTreeMap<String, JudgeStatus>,
 }
 
 /// Counts of a job as clients see them.
@@ -245,6 +320,8 @@ pub struct JobSnapshot {
     pub created_wall_ms: u64,
     pub ended_wall_ms: u64,
     pub chunks: Vec<ChunkInfo>,
+    pub sources: Vec<SourceStatus>,
+    pub dropped: BTreeMap<String, u64>,
 }
 
 /// A worker session as clients see it.
@@ -262,6 +339,7 @@ pub struct WorkerSnapshot {
     pub connected_for: Duration,
     pub last_seen_ago: Duration,
     pub verdicts_accepted: u64,
+    pub judges: Vec<JudgeStatus>,
 }
 
 /// One candidate of a job with its verdict, if any.
@@ -270,6 +348,15 @@ pub struct ResultRow {
     pub candidate: Candidate,
     pub chunk_id: ChunkId,
     pub verdict: Option<Verdict>,
+}
+
+/// A page of followed results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Followed {
+    pub rows: Vec<ResultRow>,
+    pub cursor: usize,
+    /// The job has ended: these were the last rows.
+    pub done: bool,
 }
 
 /// What a worker said hello with.
@@ -289,7 +376,62 @@ pub struct NewJob {
     pub id: String,
     pub name: String,
     pub settings: JobSettings,
+    /// Inline candidates, parsed and deduplicated.
     pub candidates: Vec<Candidate>,
+    /// Sources to fetch in the SCRAPING state; their candidates join the inline ones.
+    pub sources: Vec<SourceSpec>,
+    /// Entries dropped while parsing the inline candidates, by why.
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// A source of candidates: a URL or local path, and the protocols its bare `host:port` stand for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSpec {
+    pub url: String,
+    pub protocols: Vec<crate::candidate::Protocol>,
+    /// The source's text when the client sent it (the url only names it).
+    pub content: Option<String>,
+    /// From the operator's own sources file: local paths may be read.
+    pub trusted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    Pending,
+    Fetching,
+    Fetched,
+    Failed,
+}
+
+impl SourceState {
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceState::Pending => "pending",
+            SourceState::Fetching => "fetching",
+            SourceState::Fetched => "fetched",
+            SourceState::Failed => "failed",
+        }
+    }
+}
+
+/// How fetching one source went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceStatus {
+    pub url: String,
+    pub state: SourceState,
+    pub candidates: u64,
+    pub rejected: u64,
+    pub bytes: u64,
+    pub error: String,
+}
+
+/// What a worker found when it asked a judge directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JudgeStatus {
+    pub url: String,
+    pub ok: bool,
+    pub own_ip: String,
+    pub error: String,
 }
 
 /// The whole scheduling state of a coordinator.
@@ -337,21 +479,17 @@ impl Scheduler {
 
     /// Queues a job; it starts checking at once unless another job of its pool is running.
     pub fn submit(&mut self, new: NewJob, now: Instant, wall_ms: u64) -> Vec<Outbound> {
-        let chunk_size = new.settings.chunk_size.max(1);
-        let total = new.candidates.len() as u32;
-        let chunks = (0..total)
-            .step_by(chunk_size as usize)
-            .enumerate()
-            .map(|(i, start)| {
-                let end = (start + chunk_size).min(total);
-                Chunk {
-                    id: i as ChunkId,
-                    range: start..end,
-                    unchecked: end - start,
-                    state: ChunkState::Queued,
-                    attempts: 0,
-                    leases: 0,
-                }
+        let chunks = make_chunks(new.candidates.len() as u32, new.settings.chunk_size);
+        let sources = new
+            .sources
+            .iter()
+            .map(|spec| SourceStatus {
+                url: spec.url.clone(),
+                state: SourceState::Pending,
+                candidates: 0,
+                rejected: 0,
+                bytes: 0,
+                error: String::new(),
             })
             .collect();
         let job = Job {
@@ -373,6 +511,10 @@ impl Scheduler {
             stale_refused: 0,
             handed_back: 0,
             rate_samples: VecDeque::new(),
+            source_specs: new.sources,
+            sources,
+            dropped: new.dropped,
+            recorded: Vec::new(),
         };
         self.job_order.push(new.id.clone());
         self.jobs.insert(new.id.clone(), job);
@@ -397,15 +539,147 @@ impl Scheduler {
                 continue;
             }
             busy.insert(job.settings.pool.clone());
-            // A job of inline candidates has nothing to scrape: it passes SCRAPING at once.
             let job = self.jobs.get_mut(&id).expect("job listed in job_order");
-            job.state = JobState::Checking;
-            for chunk in &job.chunks {
-                self.queue.push_back((id.clone(), chunk.id));
-            }
             self.dirty.insert(id.clone());
-            self.finish_if_complete(&id, now, wall_ms, out);
+            if job.source_specs.is_empty() {
+                // A job of inline candidates has nothing to scrape: it passes SCRAPING at once.
+                self.start_checking(&id, now, wall_ms, out);
+            } else {
+                job.state = JobState::Scraping;
+                out.push(Outbound::Scrape(
+                    id.clone(),
+                    std::mem::take(&mut job.source_specs),
+                ));
+            }
         }
+    }
+
+    fn start_checking(
+        &mut self,
+        job_id: &str,
+        now: Instant,
+        wall_ms: u64,
+        out: &mut Vec<Outbound>,
+    ) {
+        let job = self.jobs.get_mut(job_id).expect("starting a known job");
+        job.state = JobState::Checking;
+        for chunk in &job.chunks {
+            self.queue.push_back((job_id.to_string(), chunk.id));
+        }
+        self.dirty.insert(job_id.to_string());
+        self.finish_if_complete(job_id, now, wall_ms, out);
+    }
+
+    /// A source of a scraping job started, progressed or ended.
+    pub fn source_progress(&mut self, job_id: &str, status: SourceStatus) {
+        if let Some(job) = self.jobs.get_mut(job_id)
+            && let Some(slot) = job.sources.iter_mut().find(|s| s.url == status.url)
+        {
+            *slot = status;
+            self.dirty.insert(job_id.to_string());
+        }
+    }
+
+    /// The job's sources are fetched: their candidates join the job (each proxy once) and checking
+    /// starts. A job left with no candidate fails, saying why.
+    pub fn scraped(
+        &mut self,
+        job_id: &str,
+        candidates: Vec<Candidate>,
+        dropped: BTreeMap<String, u64>,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return out;
+        };
+        if job.state != JobState::Scraping {
+            return out; // cancelled or overdue while scraping
+        }
+        let mut seen: std::collections::HashSet<String> =
+            job.candidates.iter().map(Candidate::full_url).collect();
+        for (why, n) in dropped {
+            *job.dropped.entry(why).or_default() += n;
+        }
+        let mut duplicates = 0;
+        for candidate in candidates {
+            if seen.insert(candidate.full_url()) {
+                job.candidates.push(candidate);
+            } else {
+                duplicates += 1;
+            }
+        }
+        if duplicates > 0 {
+            *job.dropped.entry("duplicate".into()).or_default() += duplicates;
+        }
+        job.verdicts = vec![None; job.candidates.len()];
+        job.chunks = make_chunks(job.candidates.len() as u32, job.settings.chunk_size);
+        if job.candidates.is_empty() {
+            let failed: Vec<String> = job
+                .sources
+                .iter()
+                .filter(|s| s.state == SourceState::Failed)
+                .map(|s| format!("{}: {}", s.url, s.error))
+                .collect();
+            let reason = if failed.len() == job.sources.len() {
+                format!("every source failed: {}", failed.join("; "))
+            } else {
+                "the sources held no usable candidate".to_string()
+            };
+            self.end_job(job_id, JobState::Failed, reason, now, wall_ms, &mut out);
+        } else {
+            self.start_checking(job_id, now, wall_ms, &mut out);
+        }
+        out.extend(self.assign(now));
+        out
+    }
+
+    /// A worker reports what a judge answered it directly. A job whose every judge is down for
+    /// that worker fails at once, saying so, rather than recording every proxy as dead.
+    pub fn judge_status(
+        &mut self,
+        session: SessionId,
+        status: JudgeStatus,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        if !self.touch(session, now) {
+            return out;
+        }
+        let s = self.sessions.get_mut(&session).expect("touched above");
+        let worker_id = s.worker_id.clone();
+        s.judges.insert(status.url.clone(), status);
+        let down: BTreeMap<String, String> = s
+            .judges
+            .values()
+            .filter(|j| !j.ok)
+            .map(|j| (j.url.clone(), j.error.clone()))
+            .collect();
+        let doomed: Vec<(String, String)> = self
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal() && !j.settings.judge_urls.is_empty())
+            .filter(|j| j.settings.judge_urls.iter().all(|u| down.contains_key(u)))
+            .map(|j| {
+                let why: Vec<String> = j
+                    .settings
+                    .judge_urls
+                    .iter()
+                    .map(|u| format!("{u}: {}", down[u]))
+                    .collect();
+                (j.id.clone(), why.join("; "))
+            })
+            .collect();
+        for (job_id, why) in doomed {
+            let reason = format!(
+                "the judge is unreachable from worker {worker_id} ({why}); give a judge URL the workers can reach (submit --judge, or the coordinator's --judge-url)"
+            );
+            self.end_job(&job_id, JobState::Failed, reason, now, wall_ms, &mut out);
+        }
+        out.extend(self.assign(now));
+        out
     }
 
     /// A worker opened a session. A previous session with the same worker id is replaced.
@@ -438,6 +712,7 @@ impl Scheduler {
                 draining: false,
                 silent: false,
                 verdicts_accepted: 0,
+                judges: BTreeMap::new(),
             },
         );
         out.extend(self.assign(now));
@@ -492,7 +767,12 @@ impl Scheduler {
         let job = self.jobs.get_mut(&job_id).expect("a live lease has a job");
         let chunk = &mut job.chunks[chunk_id as usize];
         let mut accepted = 0;
-        for verdict in verdicts {
+        let judge_is_https = job
+            .settings
+            .judge_urls
+            .iter()
+            .all(|u| u.starts_with("https://"));
+        for mut verdict in verdicts {
             if !chunk.range.contains(&verdict.index) {
                 continue;
             }
@@ -500,12 +780,24 @@ impl Scheduler {
             if slot.is_some() {
                 continue;
             }
+            if verdict.usable
+                && let Some(why) = job.settings.filter.refuse(
+                    &verdict,
+                    &job.candidates[verdict.index as usize],
+                    judge_is_https,
+                )
+            {
+                verdict.usable = false;
+                verdict.reason = Reason::Filtered;
+                verdict.detail = why;
+            }
             job.checked += 1;
             if verdict.usable {
                 job.usable += 1;
             }
             chunk.unchecked -= 1;
             accepted += 1;
+            job.recorded.push(verdict.index);
             *slot = Some(verdict);
         }
         let chunk_finished = chunk.unchecked == 0;
@@ -744,8 +1036,9 @@ impl Scheduler {
             chunk_id,
             attempt: chunk.leases,
             candidates,
-            judge_url: job.settings.judge_url.clone(),
+            judge_urls: job.settings.judge_urls.clone(),
             timeout: job.settings.timeout,
+            connect_timeout: job.settings.connect_timeout,
         };
         self.dirty.insert(job_id.to_string());
         self.leases.insert(
@@ -1007,6 +1300,8 @@ impl Scheduler {
             created_wall_ms: job.created_wall_ms,
             ended_wall_ms: job.ended_wall_ms,
             chunks,
+            sources: job.sources.clone(),
+            dropped: job.dropped.clone(),
         })
     }
 
@@ -1032,6 +1327,7 @@ impl Scheduler {
                 connected_for: now.saturating_duration_since(s.connected),
                 last_seen_ago: now.saturating_duration_since(s.last_seen),
                 verdicts_accepted: s.verdicts_accepted,
+                judges: s.judges.values().cloned().collect(),
             })
             .collect()
     }
@@ -1057,10 +1353,70 @@ impl Scheduler {
             .collect())
     }
 
+    /// Results recorded after position `cursor` of the job's record, and the new cursor. Once the
+    /// job has ended, the last call (`cursor` at the end of the record) also yields the candidates
+    /// never checked, so a follower sees every candidate exactly once; `done` says it was the last.
+    pub fn results_since(
+        &self,
+        job_id: &str,
+        cursor: usize,
+        usable_only: bool,
+    ) -> Result<Followed, JobError> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
+        let chunk_size = job.settings.chunk_size.max(1);
+        let row = |i: u32| ResultRow {
+            candidate: job.candidates[i as usize].clone(),
+            chunk_id: i / chunk_size,
+            verdict: job.verdicts[i as usize].clone(),
+        };
+        let cursor = cursor.min(job.recorded.len());
+        let mut rows: Vec<ResultRow> = job.recorded[cursor..]
+            .iter()
+            .map(|&i| row(i))
+            .filter(|r| !usable_only || r.verdict.as_ref().is_some_and(|v| v.usable))
+            .collect();
+        let done = job.state.is_terminal();
+        if done && !usable_only {
+            rows.extend(
+                (0..job.candidates.len() as u32)
+                    .filter(|&i| job.verdicts[i as usize].is_none())
+                    .map(row),
+            );
+        }
+        Ok(Followed {
+            rows,
+            cursor: job.recorded.len(),
+            done,
+        })
+    }
+
     /// Refused stale verdicts over every job.
     pub fn stale_refused_total(&self) -> u64 {
         self.stale_refused_total
     }
+}
+
+/// Cuts `total` candidates into chunks of `chunk_size`.
+fn make_chunks(total: u32, chunk_size: u32) -> Vec<Chunk> {
+    let chunk_size = chunk_size.max(1);
+    (0..total)
+        .step_by(chunk_size as usize)
+        .enumerate()
+        .map(|(i, start)| {
+            let end = start.saturating_add(chunk_size).min(total);
+            Chunk {
+                id: i as ChunkId,
+                range: start..end,
+                unchecked: end - start,
+                state: ChunkState::Queued,
+                attempts: 0,
+                leases: 0,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -1072,8 +1428,11 @@ mod tests {
 
     fn settings(chunk_size: u32, min_usable: u64) -> JobSettings {
         JobSettings {
-            judge_url: "http://judge.test/judge".into(),
+            judge_urls: vec!["http://judge.test/judge".into()],
+            protocols: vec![Protocol::Http],
             timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            filter: UsableFilter::default(),
             chunk_size,
             min_usable,
             deadline: Duration::from_secs(600),
@@ -1100,6 +1459,8 @@ mod tests {
             name: String::new(),
             settings: settings(chunk_size, min_usable),
             candidates: candidates(n),
+            sources: Vec::new(),
+            dropped: BTreeMap::new(),
         }
     }
 
@@ -1137,6 +1498,12 @@ mod tests {
                 latency_ms: 1,
                 exit_ip: String::new(),
                 detail: String::new(),
+                anonymity: if usable(*i) {
+                    Anonymity::Elite
+                } else {
+                    Anonymity::Unknown
+                },
+                connect_ms: 1,
             })
             .collect()
     }
@@ -1533,6 +1900,8 @@ mod tests {
             latency_ms: 1,
             exit_ip: String::new(),
             detail: String::new(),
+            anonymity: Anonymity::Elite,
+            connect_ms: 1,
         };
         s.verdicts(w, a.lease_id, vec![foreign], c.now, c.wall());
         let snap = s.snapshot("j", false, c.now).unwrap();
@@ -1638,6 +2007,247 @@ mod tests {
             "{}",
             snap.reason
         );
+    }
+
+    #[test]
+    fn working_proxies_outside_the_filter_are_recorded_as_filtered() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        let mut job = new_job("j", 3, 3, 1);
+        job.settings.filter = UsableFilter {
+            max_latency: Some(Duration::from_millis(100)),
+            min_anonymity: Some(Anonymity::Anonymous),
+            require_https: false,
+        };
+        s.submit(job, c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        let mut v = verdicts_for(&a, |_| true);
+        v[0].latency_ms = 500;
+        v[1].anonymity = Anonymity::Transparent;
+        s.verdicts(w, a.lease_id, v, c.now, c.wall());
+        let results = s.results("j", false).unwrap();
+        let reasons: Vec<Reason> = results
+            .iter()
+            .map(|r| r.verdict.as_ref().unwrap().reason)
+            .collect();
+        assert_eq!(reasons, [Reason::Filtered, Reason::Filtered, Reason::None]);
+        assert!(
+            results[0]
+                .verdict
+                .as_ref()
+                .unwrap()
+                .detail
+                .contains("latency 500ms")
+        );
+        assert!(
+            results[1]
+                .verdict
+                .as_ref()
+                .unwrap()
+                .detail
+                .contains("Transparent")
+        );
+        assert_eq!(
+            s.snapshot("j", false, c.now)
+                .unwrap()
+                .progress
+                .proxies_usable,
+            1
+        );
+    }
+
+    #[test]
+    fn require_https_needs_a_tunnel() {
+        let filter = UsableFilter {
+            require_https: true,
+            ..UsableFilter::default()
+        };
+        let verdict = verdicts_for(
+            &Assignment {
+                lease_id: 1,
+                job_id: "j".into(),
+                chunk_id: 0,
+                attempt: 1,
+                candidates: vec![(0, candidates(1).remove(0))],
+                judge_urls: vec![],
+                timeout: Duration::from_secs(1),
+                connect_timeout: Duration::from_secs(1),
+            },
+            |_| true,
+        )
+        .remove(0);
+        let mut candidate = candidates(1).remove(0);
+        assert!(filter.refuse(&verdict, &candidate, false).is_some());
+        assert!(filter.refuse(&verdict, &candidate, true).is_none());
+        candidate.protocol = Protocol::Socks5;
+        assert!(filter.refuse(&verdict, &candidate, false).is_none());
+    }
+
+    #[test]
+    fn a_job_with_sources_scrapes_then_checks_its_merged_candidates() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        let mut job = new_job("j", 2, 2, 1);
+        job.sources = vec![SourceSpec {
+            url: "http://lists.test/a.txt".into(),
+            protocols: vec![],
+            content: None,
+            trusted: false,
+        }];
+        let out = s.submit(job, c.now, c.wall());
+        assert!(matches!(&out[..], [Outbound::Scrape(id, specs)] if id == "j" && specs.len() == 1));
+        let snap = s.snapshot("j", false, c.now).unwrap();
+        assert_eq!(
+            (snap.state, snap.sources[0].state),
+            (JobState::Scraping, SourceState::Pending)
+        );
+        s.source_progress(
+            "j",
+            SourceStatus {
+                url: "http://lists.test/a.txt".into(),
+                state: SourceState::Fetched,
+                candidates: 3,
+                rejected: 1,
+                bytes: 40,
+                error: String::new(),
+            },
+        );
+        // One scraped candidate repeats an inline one.
+        let mut scraped = candidates(3);
+        scraped.remove(1);
+        let out = s.scraped(
+            "j",
+            scraped,
+            BTreeMap::from([("malformed".to_string(), 1)]),
+            c.now,
+            c.wall(),
+        );
+        assert!(out.is_empty(), "no worker yet");
+        let snap = s.snapshot("j", false, c.now).unwrap();
+        assert_eq!(snap.state, JobState::Checking);
+        assert_eq!(snap.progress.proxies_total, 3);
+        assert_eq!(
+            snap.dropped,
+            BTreeMap::from([("duplicate".to_string(), 1), ("malformed".to_string(), 1)])
+        );
+        assert_eq!(snap.sources[0].candidates, 3);
+        assert_eq!(snap.progress.chunks_total, 2);
+    }
+
+    #[test]
+    fn a_job_whose_sources_all_failed_fails_saying_so() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        let mut job = new_job("j", 0, 2, 1);
+        job.sources = vec![SourceSpec {
+            url: "http://lists.test/a".into(),
+            protocols: vec![],
+            content: None,
+            trusted: false,
+        }];
+        s.submit(job, c.now, c.wall());
+        s.source_progress(
+            "j",
+            SourceStatus {
+                url: "http://lists.test/a".into(),
+                state: SourceState::Failed,
+                candidates: 0,
+                rejected: 0,
+                bytes: 0,
+                error: "status 503".into(),
+            },
+        );
+        s.scraped("j", Vec::new(), BTreeMap::new(), c.now, c.wall());
+        let snap = s.snapshot("j", false, c.now).unwrap();
+        assert_eq!(snap.state, JobState::Failed);
+        assert!(
+            snap.reason
+                .contains("every source failed: http://lists.test/a: status 503"),
+            "{}",
+            snap.reason
+        );
+    }
+
+    #[test]
+    fn a_cancelled_scraping_job_ignores_late_candidates() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        let mut job = new_job("j", 0, 2, 1);
+        job.sources = vec![SourceSpec {
+            url: "http://lists.test/a".into(),
+            protocols: vec![],
+            content: None,
+            trusted: false,
+        }];
+        s.submit(job, c.now, c.wall());
+        s.cancel("j", c.now, c.wall()).unwrap();
+        s.scraped("j", candidates(4), BTreeMap::new(), c.now, c.wall());
+        let snap = s.snapshot("j", false, c.now).unwrap();
+        assert_eq!(
+            (snap.state, snap.progress.proxies_total),
+            (JobState::Cancelled, 0)
+        );
+    }
+
+    #[test]
+    fn a_job_whose_judges_are_all_down_fails_at_once() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        let mut job = new_job("j", 4, 4, 1);
+        job.settings.judge_urls = vec!["http://a.test/".into(), "http://b.test/".into()];
+        s.submit(job, c.now, c.wall());
+        let (w, _) = s.hello(hello("w", 1), c.now);
+        let down = |url: &str| JudgeStatus {
+            url: url.into(),
+            ok: false,
+            own_ip: String::new(),
+            error: "refused".into(),
+        };
+        s.judge_status(w, down("http://a.test/"), c.now, c.wall());
+        assert_eq!(state(&s, "j", c.now), JobState::Checking, "one judge left");
+        s.judge_status(w, down("http://b.test/"), c.now, c.wall());
+        let snap = s.snapshot("j", false, c.now).unwrap();
+        assert_eq!(snap.state, JobState::Failed);
+        assert!(
+            snap.reason.contains("unreachable from worker w"),
+            "{}",
+            snap.reason
+        );
+        assert_eq!(s.workers(c.now)[0].judges.len(), 2);
+    }
+
+    #[test]
+    fn followers_see_each_candidate_once_as_it_is_recorded() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 6, 3, 0), c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        let first = s.results_since("j", 0, false).unwrap();
+        assert_eq!((first.rows.len(), first.cursor, first.done), (0, 0, false));
+        let mut v = verdicts_for(&a, |i| i == 1);
+        v.truncate(2);
+        s.verdicts(w, a.lease_id, v, c.now, c.wall());
+        let second = s.results_since("j", first.cursor, false).unwrap();
+        assert_eq!(second.rows.len(), 2);
+        assert_eq!(
+            s.results_since("j", first.cursor, true).unwrap().rows.len(),
+            1
+        );
+        s.cancel("j", c.now, c.wall()).unwrap();
+        let last = s.results_since("j", second.cursor, false).unwrap();
+        assert!(last.done);
+        assert_eq!(last.rows.len(), 4, "the unchecked rest, once");
+        let mut all: Vec<String> = second
+            .rows
+            .iter()
+            .chain(&last.rows)
+            .map(|r| r.candidate.url())
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 6);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The coordinator's live state: the scheduler behind one lock, the worker sessions' outboxes and
 //! the jobs' progress channels. The gRPC layer and the ticker call in here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,8 +13,11 @@ use tracing::{info, warn};
 use crate::candidate::{self, Protocol, Rejected, TargetPolicy};
 use crate::config::CoordinatorConfig;
 use crate::convert;
+use crate::fetch::{FetchPolicy, Fetcher};
+use crate::output;
 use crate::scheduler::{
-    Hello, JobError, JobSettings, JobSnapshot, LeaseConfig, NewJob, Outbound, Scheduler, SessionId,
+    Hello, JobError, JobSettings, JobSnapshot, JobState, LeaseConfig, NewJob, Outbound, Scheduler,
+    SessionId, SourceSpec, SourceState, SourceStatus, UsableFilter,
 };
 
 /// Messages for one worker session's response stream.
@@ -34,6 +37,8 @@ struct Inner {
     outboxes: Mutex<HashMap<SessionId, Outbox>>,
     /// Latest snapshot per job, for watchers; created at submit, updated by `publish`.
     progress: Mutex<HashMap<String, watch::Sender<JobSnapshot>>>,
+    /// Reads the sources of scraping jobs.
+    fetcher: Fetcher,
 }
 
 /// A job request from a client, before parsing.
@@ -42,8 +47,12 @@ pub struct SubmitRequest {
     /// Candidate lines with their line numbers.
     pub lines: Vec<(u64, String)>,
     pub default_protocols: Vec<Protocol>,
-    pub judge_url: Option<String>,
+    /// Sources to fetch; the job's candidates are the inline ones plus theirs.
+    pub sources: Vec<SourceSpec>,
+    pub judge_urls: Vec<String>,
     pub timeout: Option<Duration>,
+    pub connect_timeout: Option<Duration>,
+    pub filter: UsableFilter,
     pub chunk_size: Option<u32>,
     pub min_usable: Option<u64>,
     pub deadline: Option<Duration>,
@@ -117,21 +126,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    pub fn new(config: CoordinatorConfig) -> Self {
+    pub fn new(config: CoordinatorConfig) -> anyhow::Result<Self> {
+        let fetcher = Fetcher::new(FetchPolicy {
+            allow_private: config.allow_private_targets,
+            ..FetchPolicy::default()
+        })?;
         let scheduler = Scheduler::new(
             LeaseConfig {
                 lease_ttl: config.lease_ttl,
             },
             first_lease_id(),
         );
-        State {
+        Ok(State {
             inner: Arc::new(Inner {
                 config,
                 scheduler: Mutex::new(scheduler),
                 outboxes: Mutex::new(HashMap::new()),
                 progress: Mutex::new(HashMap::new()),
+                fetcher,
             }),
-        }
+        })
     }
 
     pub fn config(&self) -> &CoordinatorConfig {
@@ -178,6 +192,10 @@ impl State {
                         }),
                     )
                 }
+                Outbound::Scrape(job_id, specs) => {
+                    self.scrape(job_id, specs);
+                    continue;
+                }
                 Outbound::Close(s) => {
                     info!(
                         session_id = s,
@@ -196,23 +214,19 @@ impl State {
 
     pub fn submit(&self, request: SubmitRequest) -> Result<Submitted, SubmitError> {
         let config = &self.inner.config;
-        if request.lines.iter().all(|(_, l)| l.trim().is_empty()) {
+        let no_lines = request.lines.iter().all(|(_, l)| l.trim().is_empty());
+        if no_lines && request.sources.is_empty() {
             return Err(SubmitError::Empty);
         }
         let settings = self.job_settings(&request)?;
-        let protocols = if request.default_protocols.is_empty() {
-            vec![Protocol::Http]
-        } else {
-            request.default_protocols.clone()
-        };
         let parsed = candidate::parse_list(
             request.lines.iter().map(|(n, l)| (*n, l.as_str())),
-            &protocols,
+            &settings.protocols,
             TargetPolicy {
                 allow_private: config.allow_private_targets,
             },
         );
-        if parsed.candidates.is_empty() {
+        if parsed.candidates.is_empty() && request.sources.is_empty() {
             if parsed.rejected.is_empty() {
                 return Err(SubmitError::Empty);
             }
@@ -227,14 +241,41 @@ impl State {
                 max: config.max_candidates,
             });
         }
+        for source in request.sources.iter().filter(|s| s.content.is_none()) {
+            match crate::fetch::locate(&source.url) {
+                Ok(crate::fetch::Location::Http(_)) => {}
+                Ok(crate::fetch::Location::File(_)) if source.trusted => {}
+                Ok(crate::fetch::Location::File(_)) => {
+                    return Err(SubmitError::Invalid {
+                        field: "sources",
+                        message: format!(
+                            "{:?} is a path on the coordinator's machine; send the file's content, or list it in the coordinator's --sources file",
+                            source.url
+                        ),
+                    });
+                }
+                Err(e) => {
+                    return Err(SubmitError::Invalid {
+                        field: "sources",
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
         let id = new_job_id();
         let proxies = parsed.candidates.len();
         let now = Instant::now();
+        let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
+        for (why, n) in &parsed.dropped {
+            *dropped.entry(why.to_string()).or_default() += n;
+        }
         let new = NewJob {
             id: id.clone(),
             name: request.name,
             settings,
             candidates: parsed.candidates,
+            sources: request.sources,
+            dropped,
         };
         let snapshot = self.with_scheduler(|s| {
             let out = s.submit(new, now, wall_ms());
@@ -244,8 +285,8 @@ impl State {
             (snapshot, out)
         });
         info!(
-            job_id = %id, proxies, rejected = parsed.rejected.len(), duplicates = parsed.duplicates,
-            chunks = snapshot.progress.chunks_total, "job submitted"
+            job_id = %id, proxies, sources = snapshot.sources.len(), rejected = parsed.rejected.len(),
+            duplicates = parsed.duplicates, chunks = snapshot.progress.chunks_total, "job submitted"
         );
         Ok(Submitted {
             snapshot,
@@ -260,17 +301,31 @@ impl State {
             field,
             message: message.to_string(),
         };
-        let judge_url = r
-            .judge_url
-            .clone()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| config.default_judge_url.clone());
-        if !(judge_url.starts_with("http://") || judge_url.starts_with("https://")) {
-            return Err(invalid("judge_url", "expected an http:// or https:// URL"));
+        let judge_urls: Vec<String> = if r.judge_urls.iter().all(|u| u.trim().is_empty()) {
+            config.judge_urls.clone()
+        } else {
+            r.judge_urls
+                .iter()
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect()
+        };
+        if let Some(bad) = judge_urls
+            .iter()
+            .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return Err(invalid(
+                "judge_urls",
+                &format!("{bad:?} is not an http:// or https:// URL"),
+            ));
         }
         let timeout = r.timeout.unwrap_or(Duration::from_secs(10));
         if timeout < Duration::from_millis(10) || timeout > Duration::from_secs(300) {
             return Err(invalid("timeout", "must be between 10ms and 5m"));
+        }
+        let connect_timeout = r.connect_timeout.unwrap_or(timeout).min(timeout);
+        if connect_timeout < Duration::from_millis(10) {
+            return Err(invalid("connect_timeout", "must be at least 10ms"));
         }
         let chunk_size = r.chunk_size.unwrap_or(100);
         if chunk_size == 0 || chunk_size > 100_000 {
@@ -289,8 +344,15 @@ impl State {
             return Err(invalid("max_failed_chunk_ratio", "must be between 0 and 1"));
         }
         Ok(JobSettings {
-            judge_url,
+            judge_urls,
+            protocols: if r.default_protocols.is_empty() {
+                vec![Protocol::Http]
+            } else {
+                r.default_protocols.clone()
+            },
             timeout,
+            connect_timeout,
+            filter: r.filter.clone(),
             chunk_size,
             min_usable: r.min_usable.unwrap_or(1),
             deadline,
@@ -302,6 +364,163 @@ impl State {
                 .unwrap_or_else(|| "default".into()),
             max_failed_chunk_ratio: ratio,
         })
+    }
+
+    /// The sources of the operator's --sources file, trusted to name local files.
+    pub fn coordinator_sources(&self) -> Result<Vec<SourceSpec>, SubmitError> {
+        let Some(path) = &self.inner.config.sources_file else {
+            return Err(SubmitError::Invalid {
+                field: "use_coordinator_sources",
+                message: "the coordinator has no --sources file; pass the sources with the request"
+                    .into(),
+            });
+        };
+        let invalid = |message: String| SubmitError::Invalid {
+            field: "sources",
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        let sources = crate::sources::parse_sources_file(&text)
+            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(sources
+            .into_iter()
+            .map(|source| {
+                // Relative paths in the file are relative to the file.
+                let url = match crate::fetch::locate(&source.url) {
+                    Ok(crate::fetch::Location::File(file)) => base.join(file).display().to_string(),
+                    _ => source.url,
+                };
+                SourceSpec {
+                    url,
+                    protocols: source.protocols,
+                    content: None,
+                    trusted: true,
+                }
+            })
+            .collect())
+    }
+
+    /// A scheduled refresh of the default pool, unless one is still running.
+    pub fn scheduled_refresh(&self) {
+        let Some(schedule) = self.inner.config.refresh.clone() else {
+            return;
+        };
+        let running = self
+            .jobs()
+            .into_iter()
+            .find(|j| j.settings.pool == "default" && !j.state.is_terminal());
+        if let Some(job) = running {
+            info!(job_id = %job.id, "scheduled refresh skipped: a refresh of the pool is still running");
+            return;
+        }
+        let sources = match self.coordinator_sources() {
+            Ok(sources) => sources,
+            Err(e) => {
+                warn!(error = %e, "scheduled refresh skipped: the sources file is unusable");
+                return;
+            }
+        };
+        let request = SubmitRequest {
+            sources,
+            timeout: Some(schedule.check_timeout),
+            min_usable: Some(schedule.min_usable),
+            deadline: Some(schedule.every.max(Duration::from_secs(60))),
+            name: "scheduled refresh".into(),
+            ..SubmitRequest::default()
+        };
+        match self.submit(request) {
+            Ok(job) => info!(job_id = %job.snapshot.id, "scheduled refresh started"),
+            Err(e) => warn!(error = %e, "scheduled refresh could not start"),
+        }
+    }
+
+    /// Fetches a scraping job's sources, then hands their candidates to the scheduler.
+    fn scrape(&self, job_id: String, specs: Vec<SourceSpec>) {
+        let state = self.clone();
+        // Bounded by the fetch policy's timeouts and attempts; the scheduler ignores its result
+        // if the job ended meanwhile.
+        tokio::spawn(async move {
+            let (protocols, policy) = {
+                let scheduler = lock(&state.inner.scheduler);
+                match scheduler.snapshot(&job_id, false, Instant::now()) {
+                    Ok(s) => (
+                        s.settings.protocols.clone(),
+                        TargetPolicy {
+                            allow_private: state.inner.config.allow_private_targets,
+                        },
+                    ),
+                    Err(_) => return,
+                }
+            };
+            let mut fetches = tokio::task::JoinSet::new();
+            for (position, spec) in specs.into_iter().enumerate() {
+                let state = state.clone();
+                let job_id = job_id.clone();
+                let protocols = if spec.protocols.is_empty() {
+                    protocols.clone()
+                } else {
+                    spec.protocols.clone()
+                };
+                fetches.spawn(async move {
+                    let mut status = SourceStatus {
+                        url: spec.url.clone(),
+                        state: SourceState::Fetching,
+                        candidates: 0,
+                        rejected: 0,
+                        bytes: 0,
+                        error: String::new(),
+                    };
+                    lock(&state.inner.scheduler).source_progress(&job_id, status.clone());
+                    let fetched = match spec.content {
+                        Some(text) => Ok(text),
+                        None => state.inner.fetcher.fetch(&spec.url, spec.trusted).await,
+                    };
+                    let parsed = match fetched {
+                        Ok(text) => {
+                            let parsed = candidate::parse_source(&text, &protocols, policy);
+                            status.state = SourceState::Fetched;
+                            status.bytes = text.len() as u64;
+                            status.candidates = parsed.candidates.len() as u64;
+                            status.rejected = parsed.rejected.len() as u64;
+                            if parsed.candidates.is_empty() {
+                                warn!(job_id = %job_id, source = %spec.url, "source held no candidate");
+                            }
+                            Some(parsed)
+                        }
+                        Err(e) => {
+                            warn!(job_id = %job_id, source = %spec.url, error = %e, "source fetch failed");
+                            status.state = SourceState::Failed;
+                            status.error = e.to_string();
+                            None
+                        }
+                    };
+                    info!(job_id = %job_id, source = %spec.url, state = status.state.name(), candidates = status.candidates, "source done");
+                    lock(&state.inner.scheduler).source_progress(&job_id, status);
+                    (position, parsed)
+                });
+            }
+            // Sources are fetched at once (bounded by the fetcher); their candidates join in order.
+            let mut results = fetches.join_all().await;
+            results.sort_by_key(|(position, _)| *position);
+            let results = results.into_iter().map(|(_, parsed)| parsed);
+            let mut candidates = Vec::new();
+            let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
+            for parsed in results.into_iter().flatten() {
+                candidates.extend(parsed.candidates);
+                for (why, n) in parsed.dropped {
+                    *dropped.entry(why.to_string()).or_default() += n;
+                }
+            }
+            state.with_scheduler(|s| {
+                (
+                    (),
+                    s.scraped(&job_id, candidates, dropped, Instant::now(), wall_ms()),
+                )
+            });
+            state.publish();
+        });
     }
 
     pub fn job(&self, job_id: &str, include_chunks: bool) -> Result<JobSnapshot, JobError> {
@@ -341,6 +560,15 @@ impl State {
         lock(&self.inner.scheduler).results(job_id, usable_only)
     }
 
+    pub fn results_since(
+        &self,
+        job_id: &str,
+        cursor: usize,
+        usable_only: bool,
+    ) -> Result<crate::scheduler::Followed, JobError> {
+        lock(&self.inner.scheduler).results_since(job_id, cursor, usable_only)
+    }
+
     /// Progress of a job from now on; ends (sender dropped) never, so watchers stop at a terminal state.
     pub fn watch(&self, job_id: &str) -> Result<watch::Receiver<JobSnapshot>, JobError> {
         lock(&self.inner.progress)
@@ -357,6 +585,7 @@ impl State {
                 session_id,
                 heartbeat_interval_ms: self.inner.config.heartbeat_interval.as_millis() as u64,
                 lease_ttl_ms: self.inner.config.lease_ttl.as_millis() as u64,
+                judge_urls: self.inner.config.judge_urls.clone(),
             })),
         };
         let id = self.with_scheduler(|s| {
@@ -399,6 +628,21 @@ impl State {
         self.with_scheduler(|s| {
             s.draining(session, Instant::now());
             ((), Vec::new())
+        });
+    }
+
+    pub fn on_judge_status(&self, session: SessionId, status: pb::JudgeStatus) {
+        if status.ok {
+            info!(session_id = session, judge = %status.url, own_ip = %status.own_ip, "judge reachable from worker");
+        } else {
+            warn!(session_id = session, judge = %status.url, error = %status.error, "judge unreachable from worker");
+        }
+        let status = convert::judge_status_from_proto(status);
+        self.with_scheduler(|s| {
+            (
+                (),
+                s.judge_status(session, status, Instant::now(), wall_ms()),
+            )
         });
     }
 
@@ -461,7 +705,7 @@ impl State {
             ended
         };
         for (snapshot, results) in ended {
-            if let Err(e) = write_job_files(&self.inner.config.data_dir, &snapshot, &results) {
+            if let Err(e) = write_job_files(&self.inner.config, &snapshot, &results) {
                 warn!(job_id = %snapshot.id, error = %e, "could not write the job's results to the data dir");
             }
         }
@@ -473,16 +717,17 @@ fn first_lease_id() -> u64 {
     wall_ms().saturating_mul(1_000)
 }
 
-/// Writes `jobs/<id>/summary.json` and `jobs/<id>/usable.txt`, each atomically (write, then rename).
+/// Writes a finished job's files: `summary.json` and the outputs under `DATA/jobs/<id>/`, and,
+/// for a refresh that completed (SUCCEEDED or INSUFFICIENT), the outputs of its pool.
 fn write_job_files(
-    data_dir: &Path,
+    config: &CoordinatorConfig,
     job: &JobSnapshot,
     results: &[crate::scheduler::ResultRow],
 ) -> std::io::Result<()> {
-    let dir = data_dir.join("jobs").join(&job.id);
-    std::fs::create_dir_all(&dir)?;
+    let dir = config.data_dir.join("jobs").join(&job.id);
     let summary = serde_json::json!({
         "job_id": job.id,
+        "pool": job.settings.pool,
         "state": job.state.name(),
         "reason": job.reason,
         "proxies_total": job.progress.proxies_total,
@@ -491,23 +736,24 @@ fn write_job_files(
         "chunks_failed": job.progress.chunks_failed,
         "reassignments": job.progress.reassignments,
         "stale_verdicts_refused": job.progress.stale_verdicts_refused,
+        "dropped": job.dropped,
         "created_at_ms": job.created_wall_ms,
         "ended_at_ms": job.ended_wall_ms,
     });
-    let usable: String = results
-        .iter()
-        .filter(|r| r.verdict.as_ref().is_some_and(|v| v.usable))
-        .map(|r| format!("{}\n", r.candidate.url()))
-        .collect();
-    write_atomically(
-        &dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    write_atomically(&dir.join("usable.txt"), usable.as_bytes())
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let mut files = output::render(&job.id, job.ended_wall_ms, results);
+    files.push((
+        "summary.json".into(),
+        serde_json::to_string_pretty(&summary)? + "\n",
+    ));
+    output::write_all(&dir, &files)?;
+    if matches!(job.state, JobState::Succeeded | JobState::Insufficient) {
+        let pool_dir = if job.settings.pool == "default" {
+            config.output_dir.clone()
+        } else {
+            config.output_dir.join(&job.settings.pool)
+        };
+        files.pop();
+        output::write_all(&pool_dir, &files)?;
+    }
+    Ok(())
 }

@@ -336,6 +336,7 @@ pub async fn results(
         .get_results(pb::GetResultsRequest {
             job_id: job_id.to_string(),
             usable_only: false,
+            follow: false,
         })
         .await
         .expect("GetResults")

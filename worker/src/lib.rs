@@ -2,6 +2,8 @@
 //! leased and streams verdicts back; drains on shutdown.
 
 pub mod check;
+pub mod dial;
+pub mod judges;
 pub mod session;
 
 use std::future::Future;
@@ -37,6 +39,15 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_MAX_LEASES")]
     pub max_leases: Option<u32>,
 
+    /// PEM file of CA certificates to trust for https judges, besides the public roots.
+    #[arg(long, env = "PROXYFLEET_JUDGE_CA")]
+    pub judge_ca: Option<std::path::PathBuf>,
+
+    /// This worker's public address(es), if the judges cannot tell (comma-separated); checks that
+    /// show one of them through a proxy grade it transparent. Judges reached directly add theirs.
+    #[arg(long, env = "PROXYFLEET_PUBLIC_IP", value_delimiter = ',')]
+    pub public_ip: Vec<std::net::IpAddr>,
+
     /// On SIGTERM, time to finish held chunks before handing the rest back.
     #[arg(long, env = "PROXYFLEET_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_grace: Duration,
@@ -55,6 +66,10 @@ pub struct WorkerConfig {
     pub drain_grace: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Extra CA certificates for https judges.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Addresses known to be this worker's, besides those the judges report.
+    pub public_ips: Vec<std::net::IpAddr>,
 }
 
 /// What is wrong with a worker's configuration.
@@ -66,6 +81,27 @@ pub enum ConfigError {
     MaxChecks,
     #[error("--max-leases must be between 1 and 1024")]
     MaxLeases,
+    #[error("--judge-ca {path}: {error}; give a PEM file of CA certificates")]
+    JudgeCa { path: String, error: String },
+}
+
+/// Reads the CA certificates of a PEM file.
+pub fn read_ca(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    let fail = |error: String| ConfigError::JudgeCa {
+        path: path.display().to_string(),
+        error,
+    };
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| fail(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("no certificate in it".into()));
+    }
+    Ok(certs)
 }
 
 impl TryFrom<Cli> for WorkerConfig {
@@ -85,6 +121,10 @@ impl TryFrom<Cli> for WorkerConfig {
             return Err(ConfigError::MaxLeases);
         }
         let name = cli.name.unwrap_or_else(default_name);
+        let extra_roots = match &cli.judge_ca {
+            Some(path) => read_ca(path)?,
+            None => Vec::new(),
+        };
         Ok(WorkerConfig {
             coordinator: cli.coordinator,
             worker_id: name.clone(),
@@ -94,6 +134,8 @@ impl TryFrom<Cli> for WorkerConfig {
             drain_grace: cli.drain_grace,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            extra_roots,
+            public_ips: cli.public_ip,
         })
     }
 }

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::WorkerConfig;
 use crate::check::{Checker, Target};
+use crate::judges::Judges;
 
 /// Verdicts are sent in batches of at most this many...
 const BATCH_MAX: usize = 256;
@@ -45,7 +46,7 @@ enum SessionEnd {
 
 /// Runs sessions with the coordinator until `drain` turns true and the last session drained.
 pub async fn run(config: WorkerConfig, mut drain: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let checker = Checker::new()?;
+    let checker = Checker::new(&config.extra_roots, &config.public_ips)?;
     let checks = Arc::new(Semaphore::new(config.max_checks));
     let mut failures: u32 = 0;
     loop {
@@ -162,6 +163,17 @@ async fn session(
     info!(worker_id = %config.worker_id, session_id = welcome.session_id, heartbeat = ?heartbeat_every, "session open");
 
     let (verdict_tx, mut verdict_rx) = mpsc::unbounded_channel::<(u64, pb::Verdict)>();
+    let (judge_tx, mut judge_rx) = mpsc::unbounded_channel::<pb::JudgeStatus>();
+    let judges = Judges::new(checker.clone(), judge_tx);
+    // The coordinator's judges are probed at once, so a dead one is reported before any check.
+    let startup_probe = {
+        let judges = judges.clone();
+        let urls = welcome.judge_urls.clone();
+        tokio::spawn(async move {
+            judges.reachable(&urls).await;
+        })
+    };
+    let _stop_probe = AbortOnDrop(startup_probe);
     let mut leases: HashMap<u64, LeaseWork> = HashMap::new();
     let mut pending: HashMap<u64, Vec<pb::Verdict>> = HashMap::new();
     let mut heartbeat = tokio::time::interval(heartbeat_every);
@@ -252,7 +264,7 @@ async fn session(
                             job_id: assign.job_id.clone(),
                             chunk_id: assign.chunk_id,
                             revoked: revoked.clone(),
-                            task: tokio::spawn(run_lease(assign, checker.clone(), checks.clone(), revoked, verdict_tx.clone())),
+                            task: tokio::spawn(run_lease(assign, checker.clone(), judges.clone(), checks.clone(), revoked, verdict_tx.clone())),
                         };
                         leases.insert(lease_id, work);
                     }
@@ -277,6 +289,9 @@ async fn session(
                     let verdicts = pending.remove(&lease_id).unwrap_or_default();
                     send_or_lose!(pb::worker_message::Kind::Verdicts(pb::Verdicts { lease_id, verdicts }));
                 }
+            }
+            Some(status) = judge_rx.recv() => {
+                send_or_lose!(pb::worker_message::Kind::JudgeStatus(status));
             }
             _ = flush.tick() => {
                 for (lease_id, verdicts) in pending.drain() {
@@ -307,14 +322,22 @@ fn abort_all(leases: &mut HashMap<u64, LeaseWork>) {
 async fn run_lease(
     assign: pb::Assign,
     checker: Checker,
+    judges: Judges,
     checks: Arc<Semaphore>,
     revoked: Arc<AtomicBool>,
     verdicts: mpsc::UnboundedSender<(u64, pb::Verdict)>,
 ) {
     let lease_id = assign.lease_id;
     let settings = assign.settings.unwrap_or_default();
-    let judge_url = Arc::new(settings.judge_url);
+    let reachable = Arc::new(judges.reachable(&settings.judge_urls).await);
+    if reachable.is_empty() {
+        // Reported to the coordinator by the probe; it ends the job rather than record every
+        // proxy as dead. Nothing to check here until then.
+        warn!(lease_id, job_id = %assign.job_id, "no judge of this lease is reachable; not checking it");
+        return;
+    }
     let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+    let connect_timeout = Duration::from_millis(settings.connect_timeout_ms.max(1)).min(timeout);
     let mut running = tokio::task::JoinSet::new();
     for candidate in assign.candidates {
         let Ok(permit) = checks.clone().acquire_owned().await else {
@@ -324,19 +347,26 @@ async fn run_lease(
             break;
         }
         let checker = checker.clone();
-        let judge_url = judge_url.clone();
+        let reachable = reachable.clone();
         let verdicts = verdicts.clone();
         running.spawn(async move {
+            // Checks are spread across the judges by candidate.
+            let judge = &reachable[candidate.index as usize % reachable.len()];
             let verdict = match Target::from_proto(&candidate) {
                 Some(target) => {
-                    let (classified, latency) = checker.check(&target, &judge_url, timeout).await;
+                    let checked = checker
+                        .check(&target, judge, connect_timeout, timeout)
+                        .await;
+                    let c = checked.classified;
                     pb::Verdict {
                         index: candidate.index,
-                        usable: classified.usable,
-                        reason: classified.reason as i32,
-                        latency_ms: latency.as_millis().min(u32::MAX as u128) as u32,
-                        exit_ip: classified.exit_ip,
-                        detail: classified.detail,
+                        usable: c.usable,
+                        reason: c.reason as i32,
+                        latency_ms: millis(checked.total),
+                        exit_ip: c.exit_ip,
+                        detail: c.detail,
+                        anonymity: c.anonymity as i32,
+                        connect_ms: millis(checked.connect),
                     }
                 }
                 None => pb::Verdict {
@@ -354,6 +384,19 @@ async fn run_lease(
         while running.try_join_next().is_some() {}
     }
     while running.join_next().await.is_some() {}
+}
+
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
+}
+
+/// Aborts a task when dropped, e.g. when the session that started it ends.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

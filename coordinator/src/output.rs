@@ -1,0 +1,158 @@
+//! The output files of a finished refresh: `live_proxies.json` (full verdicts of the usable
+//! proxies, fastest first), `live_proxies.txt` and one txt per protocol (`scheme://host:port` a
+//! line), each written atomically so a reader never sees half a file.
+
+use std::path::Path;
+
+use crate::candidate::Protocol;
+use crate::scheduler::{Anonymity, ResultRow};
+
+/// File name and contents of every output file.
+pub fn render(job_id: &str, ended_ms: u64, results: &[ResultRow]) -> Vec<(String, String)> {
+    let mut usable: Vec<&ResultRow> = results
+        .iter()
+        .filter(|r| r.verdict.as_ref().is_some_and(|v| v.usable))
+        .collect();
+    usable.sort_by_key(|r| r.verdict.as_ref().map(|v| v.latency_ms).unwrap_or(u32::MAX));
+    let entries: Vec<serde_json::Value> = usable
+        .iter()
+        .map(|r| {
+            let v = r.verdict.as_ref().expect("filtered to usable");
+            serde_json::json!({
+                "proxy": r.candidate.full_url(),
+                "protocol": r.candidate.protocol.scheme(),
+                "host": r.candidate.host,
+                "port": r.candidate.port,
+                "latency_ms": v.latency_ms,
+                "connect_ms": v.connect_ms,
+                "exit_ip": v.exit_ip,
+                "anonymity": anonymity_name(v.anonymity),
+                "job_id": job_id,
+                "checked_at_ms": ended_ms,
+            })
+        })
+        .collect();
+    let mut files = vec![
+        (
+            "live_proxies.json".to_string(),
+            serde_json::to_string_pretty(&entries).expect("json values serialize") + "\n",
+        ),
+        (
+            "live_proxies.txt".to_string(),
+            lines(usable.iter().copied()),
+        ),
+    ];
+    for protocol in Protocol::ALL {
+        files.push((
+            format!("{}.txt", protocol.scheme()),
+            lines(
+                usable
+                    .iter()
+                    .copied()
+                    .filter(|r| r.candidate.protocol == protocol),
+            ),
+        ));
+    }
+    files
+}
+
+fn lines<'a>(rows: impl Iterator<Item = &'a ResultRow>) -> String {
+    rows.map(|r| format!("{}\n", r.candidate.full_url()))
+        .collect()
+}
+
+pub fn anonymity_name(a: Anonymity) -> &'static str {
+    match a {
+        Anonymity::Unknown => "unknown",
+        Anonymity::Transparent => "transparent",
+        Anonymity::Anonymous => "anonymous",
+        Anonymity::Elite => "elite",
+    }
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same directory, then a rename.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("output");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes every output file into `dir` (created if missing).
+pub fn write_all(dir: &Path, files: &[(String, String)]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, contents) in files {
+        write_atomically(&dir.join(name), contents.as_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::candidate::Candidate;
+    use crate::scheduler::{Reason, Verdict};
+
+    fn row(protocol: Protocol, port: u16, latency: Option<u32>) -> ResultRow {
+        ResultRow {
+            candidate: Candidate {
+                protocol,
+                host: "192.0.2.1".into(),
+                port,
+                auth: None,
+            },
+            chunk_id: 0,
+            verdict: latency.map(|latency_ms| Verdict {
+                index: 0,
+                usable: latency_ms < 1000,
+                reason: if latency_ms < 1000 {
+                    Reason::None
+                } else {
+                    Reason::Timeout
+                },
+                latency_ms,
+                exit_ip: "192.0.2.9".into(),
+                detail: String::new(),
+                anonymity: Anonymity::Elite,
+                connect_ms: 1,
+            }),
+        }
+    }
+
+    #[test]
+    fn outputs_list_usable_proxies_fastest_first_per_protocol() {
+        let rows = vec![
+            row(Protocol::Http, 1, Some(300)),
+            row(Protocol::Socks5, 2, Some(100)),
+            row(Protocol::Http, 3, Some(5000)),
+            row(Protocol::Http, 4, None),
+        ];
+        let files: std::collections::BTreeMap<String, String> =
+            render("job-x", 1, &rows).into_iter().collect();
+        assert_eq!(
+            files["live_proxies.txt"],
+            "socks5://192.0.2.1:2\nhttp://192.0.2.1:1\n"
+        );
+        assert_eq!(files["http.txt"], "http://192.0.2.1:1\n");
+        assert_eq!(files["socks5.txt"], "socks5://192.0.2.1:2\n");
+        assert_eq!(files["socks4.txt"], "");
+        let json: serde_json::Value = serde_json::from_str(&files["live_proxies.json"]).unwrap();
+        assert_eq!(json[0]["proxy"], "socks5://192.0.2.1:2");
+        assert_eq!(json[0]["anonymity"], "elite");
+        assert_eq!(json.as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files() {
+        let dir = std::env::temp_dir().join(format!("proxyfleet-output-{}", std::process::id()));
+        write_all(&dir, &[("a.txt".into(), "one\n".into())]).unwrap();
+        write_all(&dir, &[("a.txt".into(), "two\n".into())]).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "two\n");
+        let leftovers = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file left behind");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
