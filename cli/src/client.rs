@@ -383,36 +383,17 @@ async fn until_enough(
     job_id: &str,
     min_usable: u64,
 ) -> Result<i32, Failure> {
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await
-        .map_err(|s| from_status(s, url))?
-        .into_inner();
-    let mut view = progress::View::new(std::io::stderr().is_terminal());
-    while let Some(job) = stream.message().await.map_err(|s| from_status(s, url))? {
-        view.show(&job);
+    follow(client, url, job_id, |job| {
         let usable = job.progress.map(|p| p.proxies_usable).unwrap_or(0);
-        if usable >= min_usable && min_usable > 0 {
-            view.finish();
-            println!(
-                "{usable} usable proxies are fresh (job {job_id}, {})",
-                progress::state_name(job.state)
-            );
-            return Ok(0);
-        }
-        if progress::is_terminal(job.state) {
-            view.finish();
-            println!("{}", progress::summary(&job));
-            return Ok(exit_code(job.state));
-        }
-    }
-    view.finish();
-    Err(Failure::new(
-        EXIT_UNREACHABLE,
-        "error: the watch stream ended before the job did; watch it again",
-    ))
+        (min_usable > 0 && usable >= min_usable).then(|| {
+            let state = progress::state_name(job.state);
+            (
+                0,
+                format!("{usable} usable proxies are fresh (job {job_id}, {state})"),
+            )
+        })
+    })
+    .await
 }
 
 /// Follows a job until its terminal snapshot; returns the job's exit code.
@@ -420,6 +401,17 @@ pub async fn watch(
     client: &mut CoordinatorClient<Channel>,
     url: &str,
     job_id: &str,
+) -> Result<i32, Failure> {
+    follow(client, url, job_id, |_| None).await
+}
+
+/// Shows a job's progress until `enough` says to stop early (its exit code and final line) or
+/// the job ends (the job's exit code and summary).
+async fn follow(
+    client: &mut CoordinatorClient<Channel>,
+    url: &str,
+    job_id: &str,
+    enough: impl Fn(&pb::Job) -> Option<(i32, String)>,
 ) -> Result<i32, Failure> {
     let mut stream = client
         .watch_job(pb::WatchJobRequest {
@@ -429,35 +421,31 @@ pub async fn watch(
         .map_err(|s| from_status(s, url))?
         .into_inner();
     let mut view = progress::View::new(std::io::stderr().is_terminal());
-    let mut last: Option<pb::Job> = None;
     loop {
-        match stream.message().await {
-            Ok(Some(job)) => {
-                view.show(&job);
-                last = Some(job);
-            }
+        let job = match stream.message().await {
+            Ok(Some(job)) => job,
             Ok(None) => break,
             Err(status) => {
                 view.finish();
                 return Err(from_status(status, url));
             }
+        };
+        view.show(&job);
+        let outcome = enough(&job).or_else(|| {
+            progress::is_terminal(job.state)
+                .then(|| (exit_code(job.state), progress::summary(&job)))
+        });
+        if let Some((code, line)) = outcome {
+            view.finish();
+            println!("{line}");
+            return Ok(code);
         }
     }
     view.finish();
-    let Some(job) = last else {
-        return Err(Failure::new(
-            EXIT_UNREACHABLE,
-            "error: the watch stream ended without a snapshot",
-        ));
-    };
-    if !progress::is_terminal(job.state) {
-        return Err(Failure::new(
-            EXIT_UNREACHABLE,
-            "error: the watch stream ended before the job did; watch it again",
-        ));
-    }
-    println!("{}", progress::summary(&job));
-    Ok(exit_code(job.state))
+    Err(Failure::new(
+        EXIT_UNREACHABLE,
+        "error: the watch stream ended before the job did; watch it again",
+    ))
 }
 
 pub async fn results(

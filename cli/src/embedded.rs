@@ -149,6 +149,7 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
     let coordinator = tokio::spawn(proxyfleet_coordinator::run(
         grpc,
         judge,
+        None,
         config,
         until_stopped(stop_rx.clone()),
     ));

@@ -46,6 +46,14 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
 
+    /// PEM certificate chain for serving the built-in judge over HTTPS (with --judge-tls-key).
+    #[arg(long, env = "PROXYFLEET_JUDGE_TLS_CERT", requires = "judge_tls_key")]
+    pub judge_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --judge-tls-cert.
+    #[arg(long, env = "PROXYFLEET_JUDGE_TLS_KEY", requires = "judge_tls_cert")]
+    pub judge_tls_key: Option<PathBuf>,
+
     /// Most candidates one job may hold.
     #[arg(long, env = "PROXYFLEET_MAX_CANDIDATES", default_value_t = 2_000_000)]
     pub max_candidates: usize,
@@ -166,7 +174,12 @@ impl CoordinatorConfig {
     /// Builds the config from the command line, given the judge's bound address.
     pub fn from_cli(cli: &Cli, judge_addr: SocketAddr) -> Result<Self, ConfigError> {
         let judge_urls = if cli.judge_urls.is_empty() {
-            vec![default_judge_url(judge_addr)]
+            let url = default_judge_url(judge_addr);
+            if cli.judge_tls_cert.is_some() {
+                vec![url.replacen("http://", "https://", 1)]
+            } else {
+                vec![url]
+            }
         } else {
             cli.judge_urls.clone()
         };

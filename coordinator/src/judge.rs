@@ -1,14 +1,83 @@
-//! The built-in judge: an HTTP endpoint that echoes the caller's address, headers and token, so a
-//! check can tell a working proxy from a fake one and grade anonymity without any outside service.
+//! The built-in judge: an HTTP (or HTTPS) endpoint that echoes the caller's address, headers and
+//! token, so a check can tell a working proxy from a fake one and grade anonymity without any
+//! outside service.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::extract::connect_info::Connected;
 use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::IntoResponse;
-use tokio::net::TcpListener;
+use axum::serve::{IncomingStream, Listener};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// The address a request came from, over plain TCP or TLS.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// Accepts TLS connections; a failed handshake is dropped, not fatal.
+pub struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (tcp, peer) = Listener::accept(&mut self.tcp).await;
+            // Handshakes are short; one stuck client must not hold the accept loop long.
+            match tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => return (tls, peer),
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, "judge tls handshake failed")
+                }
+                Err(_) => tracing::debug!(peer = %peer, "judge tls handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Reads a PEM certificate chain and private key into a TLS acceptor for the judge.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| anyhow::anyhow!("--judge-tls-cert {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("--judge-tls-key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
 
 /// What the judge saw of a request, as JSON.
 fn echo(method: &Method, uri: &Uri, peer: SocketAddr, headers: &HeaderMap) -> String {
@@ -43,7 +112,7 @@ fn echo(method: &Method, uri: &Uri, peer: SocketAddr, headers: &HeaderMap) -> St
 async fn judge(
     method: Method,
     uri: Uri,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> impl IntoResponse {
     (
@@ -55,20 +124,41 @@ async fn judge(
     )
 }
 
-/// Serves the judge on `listener` at `/judge` (and `/`) until `shutdown` completes.
+fn routes() -> Router {
+    Router::new()
+        .route("/judge", axum::routing::any(judge))
+        .route("/", axum::routing::any(judge))
+}
+
+/// Serves the judge on `listener` at `/judge` (and `/`), over TLS when `tls` is given, until
+/// `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/judge", axum::routing::any(judge))
-        .route("/", axum::routing::any(judge));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    match tls {
+        None => {
+            axum::serve(
+                listener,
+                routes().into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+        }
+        Some(acceptor) => {
+            let listener = TlsListener {
+                tcp: listener,
+                acceptor,
+            };
+            axum::serve(
+                listener,
+                routes().into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+        }
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 pub async fn run(
     grpc: TcpListener,
     judge: TcpListener,
+    judge_tls: Option<tokio_rustls::TlsAcceptor>,
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -110,7 +111,7 @@ pub async fn run(
     };
     let mut judge_task = {
         let mut stop = stop_rx.clone();
-        tokio::spawn(judge::serve(judge, async move {
+        tokio::spawn(judge::serve(judge, judge_tls, async move {
             let _ = stop.changed().await;
         }))
     };

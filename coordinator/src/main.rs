@@ -42,7 +42,11 @@ async fn main() -> anyhow::Result<()> {
         judge.local_addr()?,
         config.judge_urls.join(",")
     );
-    proxyfleet_coordinator::run(grpc, judge, config, shutdown_signal()).await
+    let judge_tls = match (&cli.judge_tls_cert, &cli.judge_tls_key) {
+        (Some(cert), Some(key)) => Some(proxyfleet_coordinator::judge::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    proxyfleet_coordinator::run(grpc, judge, judge_tls, config, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

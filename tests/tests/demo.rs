@@ -47,7 +47,10 @@ async fn demo_finds_every_working_simulated_proxy() {
         3
     );
     // The finished job's outputs are on disk too, for the job and for its pool.
-    for dir in [data.join("jobs").join(&job_id), data.join("output").join("demo")] {
+    for dir in [
+        data.join("jobs").join(&job_id),
+        data.join("output").join("demo"),
+    ] {
         let live = std::fs::read_to_string(dir.join("live_proxies.txt")).unwrap();
         assert_eq!(live.lines().count(), 6, "{}", dir.display());
         let socks5 = std::fs::read_to_string(dir.join("socks5.txt")).unwrap();

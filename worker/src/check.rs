@@ -119,9 +119,11 @@ pub fn grade(echo: &serde_json::Value, own: &BTreeSet<IpAddr>) -> pb::Anonymity 
         .get("remote_addr")
         .and_then(|a| a.as_str())
         .and_then(|a| a.parse().ok());
+    // The Host header names the judge, which may share the worker's address; it reveals nothing.
     let leaks_own = remote.is_some_and(|ip| own.contains(&ip))
         || headers
             .iter()
+            .filter(|(name, _)| name != "host")
             .any(|(_, v)| ip_tokens(v).any(|ip| own.contains(&ip)));
     if leaks_own {
         pb::Anonymity::Transparent
@@ -386,6 +388,12 @@ impl Checker {
         }
         let request = dial::judge_request(judge, token, forward, if forward { auth } else { None });
         match self.exchange(judge, tcp, &request).await {
+            // A forward proxy answers 407 itself: its protocol, not the judge, refused us.
+            Ok((407, _)) if forward => Outcome::Handshake(if auth.is_some() {
+                "the proxy refused the credentials (407)".into()
+            } else {
+                "the proxy requires authentication (407)".into()
+            }),
             Ok((status, body)) => Outcome::Response { status, body },
             Err(outcome) => outcome,
         }
@@ -544,7 +552,7 @@ mod tests {
     #[test]
     fn anonymity_grades() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], pb::Anonymity);
-        let cases: [Case; 7] = [
+        let cases: [Case; 8] = [
             (
                 "127.0.0.7",
                 &[("host", "j"), ("user-agent", "x")],
@@ -576,6 +584,11 @@ mod tests {
                 pb::Anonymity::Elite,
             ),
             ("127.0.0.1", &[], pb::Anonymity::Transparent),
+            (
+                "127.0.0.7",
+                &[("host", "127.0.0.1:8080")],
+                pb::Anonymity::Elite,
+            ),
         ];
         for (remote, headers, expected) in cases {
             let body = echo("t", remote, headers);

@@ -163,25 +163,25 @@ pub fn judge_request(
     } else {
         path
     };
-    let mut request = format!(
+    let request = format!(
         "GET {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: proxyfleet/{}\r\nAccept: application/json\r\nConnection: close\r\n",
         judge.authority(),
         env!("CARGO_PKG_VERSION")
     );
-    if let Some((user, pass)) = proxy_auth {
-        request.push_str(&format!(
-            "Proxy-Authorization: Basic {}\r\n",
-            basic_auth(user, pass)
-        ));
-    }
-    request.push_str("\r\n");
-    request.into_bytes()
+    finish_request(request, proxy_auth)
 }
 
 /// The CONNECT request opening a tunnel to the judge.
 pub fn connect_request(judge: &JudgeUrl, proxy_auth: Option<&(String, String)>) -> Vec<u8> {
     let target = judge.authority_with_port();
-    let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    finish_request(
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"),
+        proxy_auth,
+    )
+}
+
+/// Adds the proxy's credentials, if any, and the blank line ending the head.
+fn finish_request(mut request: String, proxy_auth: Option<&(String, String)>) -> Vec<u8> {
     if let Some((user, pass)) = proxy_auth {
         request.push_str(&format!(
             "Proxy-Authorization: Basic {}\r\n",

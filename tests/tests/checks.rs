@@ -1,0 +1,293 @@
+//! The check against simulated proxies of every protocol, with and without auth, egressing from
+//! different 127.0.0.x addresses: every working one usable with the right exit address and
+//! anonymity grade, every broken one refused with the right reason; with an http judge and with
+//! an https judge (its CA given to the worker).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use proxyfleet_proto::v1 as pb;
+use proxyfleet_tests::harness::{self, CoordinatorProc, TempDir, WAIT_LIMIT};
+use proxyfleet_tests::sim::{Behavior, HeaderMode, ProxySpec, SimProxy, refused_addr};
+
+/// What a candidate's result must be.
+#[derive(Debug, Clone, PartialEq)]
+struct Expected {
+    usable: bool,
+    reason: pb::Reason,
+    exit_ip: Option<IpAddr>,
+    anonymity: pb::Anonymity,
+}
+
+fn works(exit: IpAddr, anonymity: pb::Anonymity) -> Expected {
+    Expected {
+        usable: true,
+        reason: pb::Reason::None,
+        exit_ip: Some(exit),
+        anonymity,
+    }
+}
+
+fn fails(reason: pb::Reason) -> Expected {
+    Expected {
+        usable: false,
+        reason,
+        exit_ip: None,
+        anonymity: pb::Anonymity::Unknown,
+    }
+}
+
+fn egress(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
+}
+
+/// The proxies under test, each with its candidate line and what its check must say. With an
+/// https judge every request goes through a tunnel, where no proxy can add headers.
+async fn proxies(https_judge: bool) -> (Vec<SimProxy>, BTreeMap<String, Expected>) {
+    let local: IpAddr = [127, 0, 0, 1].into();
+    let graded = |mode: pb::Anonymity| {
+        if https_judge {
+            pb::Anonymity::Elite
+        } else {
+            mode
+        }
+    };
+    let specs: Vec<(Behavior, Expected, Option<&str>)> = vec![
+        (
+            ProxySpec::http().with_egress(egress(11)).into(),
+            works(egress(11), pb::Anonymity::Elite),
+            None,
+        ),
+        (
+            ProxySpec::http()
+                .with_headers(HeaderMode::Anonymous)
+                .with_egress(egress(12))
+                .into(),
+            works(egress(12), graded(pb::Anonymity::Anonymous)),
+            None,
+        ),
+        (
+            ProxySpec::http()
+                .with_headers(HeaderMode::Transparent)
+                .with_egress(egress(13))
+                .into(),
+            works(egress(13), graded(pb::Anonymity::Transparent)),
+            None,
+        ),
+        (
+            ProxySpec::http()
+                .with_auth("fleet", "secret")
+                .with_egress(egress(14))
+                .into(),
+            works(egress(14), pb::Anonymity::Elite),
+            None,
+        ),
+        // An HTTP proxy listed as https: checked through CONNECT even with an http judge.
+        (
+            ProxySpec::http().with_egress(egress(15)).into(),
+            works(egress(15), pb::Anonymity::Elite),
+            Some("https"),
+        ),
+        (
+            ProxySpec::socks4().with_egress(egress(16)).into(),
+            works(egress(16), pb::Anonymity::Elite),
+            None,
+        ),
+        (
+            ProxySpec::socks4()
+                .with_user_id("fleet")
+                .with_egress(egress(17))
+                .into(),
+            works(egress(17), pb::Anonymity::Elite),
+            None,
+        ),
+        (
+            ProxySpec::socks4a().with_egress(egress(18)).into(),
+            works(egress(18), pb::Anonymity::Elite),
+            None,
+        ),
+        (
+            ProxySpec::socks5().with_egress(egress(19)).into(),
+            works(egress(19), pb::Anonymity::Elite),
+            None,
+        ),
+        (
+            ProxySpec::socks5()
+                .with_auth("fleet", "secret")
+                .with_egress(egress(20))
+                .into(),
+            works(egress(20), pb::Anonymity::Elite),
+            None,
+        ),
+        // The same SOCKS5 server, asked to resolve the judge's name itself.
+        (
+            ProxySpec::socks5().with_egress(egress(21)).into(),
+            works(egress(21), pb::Anonymity::Elite),
+            Some("socks5h"),
+        ),
+        (Behavior::Fake200, fails(pb::Reason::TokenMissing), None),
+        (Behavior::BlackHole, fails(pb::Reason::Timeout), None),
+        (
+            Behavior::slow(Duration::from_secs(6)),
+            fails(pb::Reason::Timeout),
+            None,
+        ),
+        (
+            Behavior::BrokenHandshake,
+            fails(pb::Reason::Handshake),
+            None,
+        ),
+        (
+            ProxySpec::http().with_auth("fleet", "secret").into(),
+            fails(pb::Reason::Handshake),
+            Some("http-no-auth"),
+        ),
+    ];
+    let mut running = Vec::new();
+    let mut expected = BTreeMap::new();
+    for (behavior, outcome, rewrite) in specs {
+        let proxy = SimProxy::spawn(local, behavior)
+            .await
+            .expect("spawning a simulated proxy");
+        let line = proxy.candidate_line();
+        let line = match rewrite {
+            None => line,
+            Some("http-no-auth") => format!("http://{}", proxy.addr),
+            Some(scheme) => format!("{scheme}://{}", line.split_once("://").unwrap().1),
+        };
+        expected.insert(line, outcome);
+        running.push(proxy);
+    }
+    let refused = refused_addr(local).unwrap();
+    expected.insert(format!("http://{refused}"), fails(pb::Reason::Refused));
+    (running, expected)
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`: (ca, cert, key).
+fn judge_certificates(dir: &TempDir) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "proxyfleet test ca");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let path = |name: &str, pem: String| dir.write(name, pem).to_str().unwrap().to_string();
+    (
+        path("ca.pem", ca.pem()),
+        path("judge.pem", cert.pem()),
+        path("judge.key", key.serialize_pem()),
+    )
+}
+
+async fn check_all(coordinator: &CoordinatorProc, worker_args: &[&str], https_judge: bool) {
+    let (_proxies, expected) = proxies(https_judge).await;
+    let _worker = coordinator.worker("checker", worker_args);
+    let lines: Vec<String> = expected.keys().cloned().collect();
+    let job_id = coordinator
+        .submit(
+            &lines,
+            &["--timeout", "2s", "--chunk-size", "5", "--min-usable", "1"],
+        )
+        .await;
+    let mut client = coordinator.client().await;
+    let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    let results = harness::results(&mut client, &job_id).await;
+    assert_eq!(results.len(), expected.len());
+    let mut wrong = Vec::new();
+    for r in &results {
+        let want = &expected[&r.proxy];
+        let got = Expected {
+            usable: r.usable,
+            reason: pb::Reason::try_from(r.reason).unwrap(),
+            exit_ip: r.exit_ip.parse().ok(),
+            anonymity: pb::Anonymity::try_from(r.anonymity).unwrap(),
+        };
+        if &got != want {
+            wrong.push(format!(
+                "{}: want {want:?}, got {got:?} ({})",
+                r.proxy, r.detail
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong verdicts:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_protocol_is_graded_right_through_an_http_judge() {
+    let coordinator = CoordinatorProc::start(&[]).await;
+    assert!(coordinator.judge_url.starts_with("http://"));
+    check_all(&coordinator, &["--max-checks", "32"], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_protocol_is_graded_right_through_an_https_judge() {
+    let dir = TempDir::new("tls");
+    let (ca, cert, key) = judge_certificates(&dir);
+    let coordinator =
+        CoordinatorProc::start(&["--judge-tls-cert", &cert, "--judge-tls-key", &key]).await;
+    assert!(
+        coordinator.judge_url.starts_with("https://"),
+        "{}",
+        coordinator.judge_url
+    );
+    check_all(
+        &coordinator,
+        &["--max-checks", "32", "--judge-ca", &ca],
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_the_worker_cannot_reach_fails_the_job_loudly() {
+    let coordinator = CoordinatorProc::start(&[]).await;
+    let _worker = coordinator.worker("w", &["--max-checks", "8"]);
+    let dead = format!(
+        "http://{}/judge",
+        refused_addr([127, 0, 0, 1].into()).unwrap()
+    );
+    let proxy = SimProxy::spawn([127, 0, 0, 1].into(), ProxySpec::http())
+        .await
+        .unwrap();
+    let job_id = coordinator
+        .submit(
+            &[proxy.candidate_line()],
+            &["--judge", &dead, "--timeout", "2s"],
+        )
+        .await;
+    let mut client = coordinator.client().await;
+    let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
+    assert_eq!(job.state, pb::JobState::Failed as i32, "{job:?}");
+    assert!(
+        job.reason.contains("judge is unreachable from worker w"),
+        "{}",
+        job.reason
+    );
+    assert!(job.reason.contains(&dead), "{}", job.reason);
+    assert_eq!(
+        job.progress.unwrap().proxies_checked,
+        0,
+        "no proxy was recorded dead for it"
+    );
+    let workers = harness::workers(&mut client).await;
+    let judges = &workers[0].judges;
+    assert!(judges.iter().any(|j| j.url == dead && !j.ok), "{judges:?}");
+    assert!(
+        judges
+            .iter()
+            .any(|j| j.url == coordinator.judge_url && j.ok && j.own_ip == "127.0.0.1"),
+        "{judges:?}"
+    );
+}
