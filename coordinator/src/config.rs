@@ -58,6 +58,10 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_MAX_CANDIDATES", default_value_t = 2_000_000)]
     pub max_candidates: usize,
 
+    /// Largest body read from one source; a larger source fails with a clear error.
+    #[arg(long, env = "PROXYFLEET_MAX_SOURCE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_source_bytes: u64,
+
     /// Where finished refreshes write live_proxies.json, live_proxies.txt and one txt per
     /// protocol (pools other than "default" in a subdirectory). Default: DATA_DIR/output.
     #[arg(long, env = "PROXYFLEET_OUTPUT_DIR")]
@@ -106,6 +110,8 @@ pub struct CoordinatorConfig {
     pub tick: Duration,
     /// Where finished refreshes write their output files.
     pub output_dir: PathBuf,
+    /// Largest body read from one source.
+    pub max_source_bytes: u64,
     /// The operator's sources file.
     pub sources_file: Option<PathBuf>,
     pub refresh: Option<RefreshSchedule>,
@@ -135,6 +141,7 @@ impl CoordinatorConfig {
             max_candidates: 2_000_000,
             tick: Duration::from_millis(200),
             output_dir: data_dir.join("output"),
+            max_source_bytes: 64 * 1024 * 1024,
             sources_file: None,
             refresh: None,
             data_dir,
@@ -192,6 +199,7 @@ impl CoordinatorConfig {
             config.output_dir = dir.clone();
         }
         config.sources_file = cli.sources.clone();
+        config.max_source_bytes = cli.max_source_bytes;
         config.refresh = cli.refresh_every.map(|every| RefreshSchedule {
             every,
             min_usable: cli.refresh_min_usable,

@@ -129,6 +129,7 @@ impl State {
     pub fn new(config: CoordinatorConfig) -> anyhow::Result<Self> {
         let fetcher = Fetcher::new(FetchPolicy {
             allow_private: config.allow_private_targets,
+            max_bytes: config.max_source_bytes,
             ..FetchPolicy::default()
         })?;
         let scheduler = Scheduler::new(

@@ -1,4 +1,5 @@
 //! proxyfleet test kit: simulated proxies, process harness.
 
 pub mod harness;
+pub mod lists;
 pub mod sim;
