@@ -180,6 +180,26 @@ async fn sources_of_every_shape_are_fetched_merged_and_reported() {
     assert_eq!(results.len(), 6 + 4, "6 working and 4 refused addresses");
 }
 
+/// `proxyfleet refresh --sources FILE --min-usable N --wait` and `extra` options.
+async fn refresh(
+    coordinator: &CoordinatorProc,
+    sources: &str,
+    min_usable: u64,
+    extra: &[&str],
+) -> harness::CliOutput {
+    let min_usable = min_usable.to_string();
+    let mut args = vec![
+        "refresh",
+        "--sources",
+        sources,
+        "--min-usable",
+        &min_usable,
+        "--wait",
+    ];
+    args.extend_from_slice(extra);
+    coordinator.cli(&args).await
+}
+
 /// Reads the output files over and over while `running`; counts reads, panics on a partial one.
 fn poll_outputs(
     dir: std::path::PathBuf,
@@ -240,18 +260,7 @@ async fn refresh_writes_outputs_atomically_and_exits_with_the_documented_codes()
     let reads = Arc::new(AtomicU64::new(0));
     let reader = poll_outputs(output.clone(), running.clone(), reads.clone());
     for _ in 0..3 {
-        let out = coordinator
-            .cli(&[
-                "refresh",
-                "--sources",
-                &sources,
-                "--min-usable",
-                "100",
-                "--wait",
-                "--check-timeout",
-                "1s",
-            ])
-            .await;
+        let out = refresh(&coordinator, &sources, 100, &["--check-timeout", "1s"]).await;
         assert_eq!(out.code, 3, "8 usable of 100 wanted: INSUFFICIENT: {out:?}");
     }
     running.store(false, Ordering::SeqCst);
@@ -293,18 +302,7 @@ async fn refresh_writes_outputs_atomically_and_exits_with_the_documented_codes()
     );
 
     // Enough usable: exit 0 as soon as they are fresh, while black holes still hold the job.
-    let out = coordinator
-        .cli(&[
-            "refresh",
-            "--sources",
-            &sources,
-            "--min-usable",
-            "8",
-            "--wait",
-            "--check-timeout",
-            "20s",
-        ])
-        .await;
+    let out = refresh(&coordinator, &sources, 8, &["--check-timeout", "20s"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("usable proxies are fresh"), "{out:?}");
     let job_id = out.stdout.lines().next().unwrap().trim().to_string();
@@ -317,16 +315,7 @@ async fn refresh_writes_outputs_atomically_and_exits_with_the_documented_codes()
     );
 
     // A second refresh of the pool follows the running one instead of starting another.
-    let out = coordinator
-        .cli(&[
-            "refresh",
-            "--sources",
-            &sources,
-            "--min-usable",
-            "8",
-            "--wait",
-        ])
-        .await;
+    let out = refresh(&coordinator, &sources, 8, &[]).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stderr.contains("already running"), "{out:?}");
     assert_eq!(out.stdout.lines().next().unwrap().trim(), job_id);
@@ -340,18 +329,7 @@ async fn refresh_writes_outputs_atomically_and_exits_with_the_documented_codes()
 
     // Past its timeout: exit 6 at once, the refresh goes on.
     let started = std::time::Instant::now();
-    let out = coordinator
-        .cli(&[
-            "refresh",
-            "--sources",
-            &sources,
-            "--min-usable",
-            "100",
-            "--wait",
-            "--timeout",
-            "1s",
-        ])
-        .await;
+    let out = refresh(&coordinator, &sources, 100, &["--timeout", "1s"]).await;
     assert_eq!(out.code, 6, "{out:?}");
     assert!(out.stderr.contains("goes on"), "{out:?}");
     assert!(
