@@ -425,3 +425,54 @@ async fn scheduled_refreshes_never_overlap() {
     assert!(!done.is_empty());
     assert!(done.iter().all(|j| j.progress.unwrap().proxies_usable == 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followed_results_arrive_before_the_job_ends_each_candidate_once() {
+    // Working proxies answer at once; black holes hold the job for their 5s timeout.
+    let farm = Farm::spawn([127, 0, 0, 1].into(), 4, 4, 4).await.unwrap();
+    let coordinator = CoordinatorProc::start(&[]).await;
+    let _worker = coordinator.worker("w", &["--max-checks", "32"]);
+    let lines = farm.candidate_lines();
+    let job_id = coordinator
+        .submit(&lines, &["--timeout", "5s", "--chunk-size", "3"])
+        .await;
+    let mut client = coordinator.client().await;
+    let mut stream = client
+        .get_results(pb::GetResultsRequest {
+            job_id: job_id.clone(),
+            usable_only: false,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    let mut usable_while_running = 0;
+    while let Some(page) = tokio::time::timeout(WAIT_LIMIT, stream.message())
+        .await
+        .expect("pages keep coming")
+        .unwrap()
+    {
+        let state = harness::job(&mut client, &job_id).await.state;
+        if state == pb::JobState::Checking as i32 {
+            usable_while_running += page.results.iter().filter(|r| r.usable).count();
+        }
+        seen.extend(page.results.into_iter().map(|r| r.proxy));
+    }
+    assert_eq!(
+        usable_while_running, 4,
+        "every working proxy was streamed before the job ended"
+    );
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(
+        (seen.len(), unique.len()),
+        (lines.len(), lines.len()),
+        "each candidate exactly once"
+    );
+    let job = harness::job(&mut client, &job_id).await;
+    assert_eq!(
+        job.state,
+        pb::JobState::Succeeded as i32,
+        "the stream ended with the job"
+    );
+}
