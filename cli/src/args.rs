@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// proxyfleet: keep a pool of working proxies fresh with a fleet of workers.
 ///
 /// Exit codes: 0 success (job SUCCEEDED), 1 coordinator unreachable or other error,
-/// 2 bad input or unknown job, 3 job INSUFFICIENT, 4 job FAILED, 5 job CANCELLED.
+/// 2 bad input or unknown job, 3 job INSUFFICIENT, 4 job FAILED, 5 job CANCELLED, 6 `refresh --wait`
+/// timed out.
 #[derive(Debug, Parser)]
 #[command(name = "proxyfleet", version)]
 pub struct Cli {

@@ -3,3 +3,4 @@
 pub mod harness;
 pub mod lists;
 pub mod sim;
+pub mod third_party;
