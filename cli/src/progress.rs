@@ -67,6 +67,19 @@ pub fn reason_name(r: i32) -> &'static str {
 /// One line of progress: counts, rate, ETA.
 pub fn progress_line(job: &pb::Job) -> String {
     let p = job.progress.unwrap_or_default();
+    if job.state == pb::JobState::Scraping as i32 {
+        let done = job
+            .sources
+            .iter()
+            .filter(|s| s.state == "fetched" || s.state == "failed")
+            .count();
+        let found: u64 = job.sources.iter().map(|s| s.candidates).sum();
+        return format!(
+            "{} SCRAPING: {done}/{} sources read, {found} candidates found",
+            job.job_id,
+            job.sources.len()
+        );
+    }
     let mut line = format!(
         "{} {}: {}/{} checked, {} usable, chunks {} done {} leased {} queued {} failed, {} workers",
         job.job_id,
@@ -261,6 +274,32 @@ mod tests {
         );
         assert_eq!(bar(10, 10), format!("[{}]", "#".repeat(30)));
         assert_eq!(bar(0, 0), format!("[{}]", "#".repeat(30)));
+    }
+
+    #[test]
+    fn scraping_shows_the_sources() {
+        let job = pb::Job {
+            job_id: "job-s".into(),
+            state: pb::JobState::Scraping as i32,
+            sources: vec![
+                pb::SourceStatus {
+                    url: "a".into(),
+                    state: "fetched".into(),
+                    candidates: 7,
+                    ..Default::default()
+                },
+                pb::SourceStatus {
+                    url: "b".into(),
+                    state: "fetching".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            progress_line(&job),
+            "job-s SCRAPING: 1/2 sources read, 7 candidates found"
+        );
     }
 
     #[test]

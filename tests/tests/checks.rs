@@ -291,3 +291,67 @@ async fn a_judge_the_worker_cannot_reach_fails_the_job_loudly() {
         "{judges:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_filters_decide_what_counts_as_usable() {
+    let local: IpAddr = [127, 0, 0, 1].into();
+    let elite = SimProxy::spawn(local, ProxySpec::http().with_egress(egress(31)))
+        .await
+        .unwrap();
+    let anonymous = SimProxy::spawn(
+        local,
+        ProxySpec::http()
+            .with_headers(HeaderMode::Anonymous)
+            .with_egress(egress(32)),
+    )
+    .await
+    .unwrap();
+    let transparent = SimProxy::spawn(
+        local,
+        ProxySpec::http()
+            .with_headers(HeaderMode::Transparent)
+            .with_egress(egress(33)),
+    )
+    .await
+    .unwrap();
+    let socks = SimProxy::spawn(local, ProxySpec::socks5().with_egress(egress(34)))
+        .await
+        .unwrap();
+    let lines: Vec<String> = [&elite, &anonymous, &transparent, &socks]
+        .iter()
+        .map(|p| p.candidate_line())
+        .collect();
+    let coordinator = CoordinatorProc::start(&[]).await;
+    let _worker = coordinator.worker("w", &["--max-checks", "8"]);
+    let mut client = coordinator.client().await;
+    let usable_under = |options: &'static [&'static str]| {
+        let lines = lines.clone();
+        let coordinator = &coordinator;
+        let mut client = client.clone();
+        async move {
+            let mut args = vec!["--timeout", "2s", "--min-usable", "0"];
+            args.extend_from_slice(options);
+            let job_id = coordinator.submit(&lines, &args).await;
+            harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
+            let results = harness::results(&mut client, &job_id).await;
+            for r in results.iter().filter(|r| !r.usable) {
+                assert_eq!(r.reason, pb::Reason::Filtered as i32, "{r:?}");
+            }
+            results
+                .iter()
+                .filter(|r| r.usable)
+                .map(|r| r.proxy.clone())
+                .collect::<Vec<_>>()
+        }
+    };
+    let graded = usable_under(&["--min-anonymity", "anonymous"]).await;
+    assert_eq!(
+        graded,
+        [lines[0].clone(), lines[1].clone(), lines[3].clone()]
+    );
+    let tunnels = usable_under(&["--require-https"]).await;
+    assert_eq!(tunnels, [lines[3].clone()]);
+    let any = usable_under(&[]).await;
+    assert_eq!(any.len(), 4);
+    let _ = &mut client;
+}
