@@ -434,6 +434,76 @@ pub struct JudgeStatus {
     pub error: String,
 }
 
+/// Jobs changed since their watchers and the store last looked.
+#[derive(Debug, Default)]
+struct Changed {
+    watch: BTreeSet<String>,
+    save: BTreeSet<String>,
+}
+
+impl Changed {
+    fn insert(&mut self, job_id: String) {
+        self.save.insert(job_id.clone());
+        self.watch.insert(job_id);
+    }
+}
+
+/// What the store keeps of a job besides its candidates, verdicts and chunks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub name: String,
+    pub settings: JobSettings,
+    pub state: JobState,
+    pub reason: String,
+    pub created_wall_ms: u64,
+    pub ended_wall_ms: u64,
+    pub reassignments: u64,
+    pub stale_refused: u64,
+    pub handed_back: u64,
+    pub sources: Vec<SourceStatus>,
+    /// Sources not fetched yet (a job still queued or scraping).
+    pub source_specs: Vec<SourceSpec>,
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// What the store keeps of a chunk: its range follows from the job's chunk size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub chunk_id: ChunkId,
+    pub attempts: u32,
+    pub leases: u32,
+    pub failed: bool,
+}
+
+/// A change the store must persist, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Job(Box<JobRecord>),
+    /// The job's whole candidate list (at submit, and again once its sources are scraped).
+    Candidates {
+        job_id: String,
+        candidates: Vec<Candidate>,
+    },
+    Verdicts {
+        job_id: String,
+        verdicts: Vec<Verdict>,
+    },
+    Chunk {
+        job_id: String,
+        chunk: ChunkRecord,
+    },
+}
+
+/// A job as the store had it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredJob {
+    pub record: JobRecord,
+    pub candidates: Vec<Candidate>,
+    pub verdicts: Vec<Verdict>,
+    pub chunks: Vec<ChunkRecord>,
+}
+
 /// The whole scheduling state of a coordinator.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -450,8 +520,10 @@ pub struct Scheduler {
     sessions: BTreeMap<SessionId, Session>,
     next_lease: LeaseId,
     next_session: SessionId,
-    /// Jobs whose snapshot changed since `take_dirty`.
-    dirty: BTreeSet<String>,
+    /// Jobs whose snapshot changed, for watchers and for the store.
+    changed: Changed,
+    /// Changes for the store, in order, since `take_journal`.
+    journal: Vec<Record>,
     stale_refused_total: u64,
 }
 
@@ -468,7 +540,8 @@ impl Scheduler {
             sessions: BTreeMap::new(),
             next_lease: first_lease_id.max(1),
             next_session: 1,
-            dirty: BTreeSet::new(),
+            changed: Changed::default(),
+            journal: Vec::new(),
             stale_refused_total: 0,
         }
     }
@@ -516,9 +589,13 @@ impl Scheduler {
             dropped: new.dropped,
             recorded: Vec::new(),
         };
+        self.journal.push(Record::Candidates {
+            job_id: new.id.clone(),
+            candidates: job.candidates.clone(),
+        });
         self.job_order.push(new.id.clone());
         self.jobs.insert(new.id.clone(), job);
-        self.dirty.insert(new.id);
+        self.changed.insert(new.id);
         let mut out = Vec::new();
         self.start_queued_jobs(now, wall_ms, &mut out);
         out.extend(self.assign(now));
@@ -540,16 +617,14 @@ impl Scheduler {
             }
             busy.insert(job.settings.pool.clone());
             let job = self.jobs.get_mut(&id).expect("job listed in job_order");
-            self.dirty.insert(id.clone());
+            self.changed.insert(id.clone());
             if job.source_specs.is_empty() {
                 // A job of inline candidates has nothing to scrape: it passes SCRAPING at once.
                 self.start_checking(&id, now, wall_ms, out);
             } else {
                 job.state = JobState::Scraping;
-                out.push(Outbound::Scrape(
-                    id.clone(),
-                    std::mem::take(&mut job.source_specs),
-                ));
+                // The specs stay until the candidates are in, so a restart can scrape again.
+                out.push(Outbound::Scrape(id.clone(), job.source_specs.clone()));
             }
         }
     }
@@ -566,7 +641,7 @@ impl Scheduler {
         for chunk in &job.chunks {
             self.queue.push_back((job_id.to_string(), chunk.id));
         }
-        self.dirty.insert(job_id.to_string());
+        self.changed.insert(job_id.to_string());
         self.finish_if_complete(job_id, now, wall_ms, out);
     }
 
@@ -576,7 +651,7 @@ impl Scheduler {
             && let Some(slot) = job.sources.iter_mut().find(|s| s.url == status.url)
         {
             *slot = status;
-            self.dirty.insert(job_id.to_string());
+            self.changed.insert(job_id.to_string());
         }
     }
 
@@ -597,6 +672,7 @@ impl Scheduler {
         if job.state != JobState::Scraping {
             return out; // cancelled or overdue while scraping
         }
+        job.source_specs.clear();
         let mut seen: std::collections::HashSet<String> =
             job.candidates.iter().map(Candidate::full_url).collect();
         for (why, n) in dropped {
@@ -615,6 +691,10 @@ impl Scheduler {
         }
         job.verdicts = vec![None; job.candidates.len()];
         job.chunks = make_chunks(job.candidates.len() as u32, job.settings.chunk_size);
+        self.journal.push(Record::Candidates {
+            job_id: job_id.to_string(),
+            candidates: job.candidates.clone(),
+        });
         if job.candidates.is_empty() {
             let failed: Vec<String> = job
                 .sources
@@ -740,6 +820,20 @@ impl Scheduler {
         now: Instant,
         wall_ms: u64,
     ) -> Vec<Outbound> {
+        self.verdicts_of_job(session, lease_id, "", verdicts, now, wall_ms)
+    }
+
+    /// Verdicts naming the job they are for, so that refused ones for a lease this scheduler never
+    /// knew (granted before a restart) still count against their job.
+    pub fn verdicts_of_job(
+        &mut self,
+        session: SessionId,
+        lease_id: LeaseId,
+        job_hint: &str,
+        verdicts: Vec<Verdict>,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Vec<Outbound> {
         let mut out = Vec::new();
         // An ended session's verdicts are refused and counted like any other stale ones.
         let live_session = self.touch(session, now);
@@ -749,12 +843,13 @@ impl Scheduler {
                 .leases
                 .get(&lease_id)
                 .map(|l| l.job_id.clone())
-                .or_else(|| self.retired.get(&lease_id).cloned());
+                .or_else(|| self.retired.get(&lease_id).cloned())
+                .or_else(|| (!job_hint.is_empty()).then(|| job_hint.to_string()));
             let count = verdicts.len() as u64;
             self.stale_refused_total += count;
             if let Some(job) = job_id.and_then(|id| self.jobs.get_mut(&id)) {
                 job.stale_refused += count;
-                self.dirty.insert(job.id.clone());
+                self.changed.insert(job.id.clone());
             }
             if live_session {
                 out.push(Outbound::Revoke(session, lease_id, "stale lease"));
@@ -767,6 +862,7 @@ impl Scheduler {
         let job = self.jobs.get_mut(&job_id).expect("a live lease has a job");
         let chunk = &mut job.chunks[chunk_id as usize];
         let mut accepted = 0;
+        let mut recorded = Vec::new();
         let judge_is_https = job
             .settings
             .judge_urls
@@ -798,13 +894,20 @@ impl Scheduler {
             chunk.unchecked -= 1;
             accepted += 1;
             job.recorded.push(verdict.index);
+            recorded.push(verdict.clone());
             *slot = Some(verdict);
+        }
+        if !recorded.is_empty() {
+            self.journal.push(Record::Verdicts {
+                job_id: job_id.clone(),
+                verdicts: recorded,
+            });
         }
         let chunk_finished = chunk.unchecked == 0;
         if chunk_finished {
             chunk.state = ChunkState::Done;
         }
-        self.dirty.insert(job_id.clone());
+        self.changed.insert(job_id.clone());
         if let Some(s) = self.sessions.get_mut(&session) {
             s.verdicts_accepted += accepted;
         }
@@ -1040,7 +1143,7 @@ impl Scheduler {
             timeout: job.settings.timeout,
             connect_timeout: job.settings.connect_timeout,
         };
-        self.dirty.insert(job_id.to_string());
+        self.changed.insert(job_id.to_string());
         self.leases.insert(
             lease_id,
             Lease {
@@ -1081,7 +1184,7 @@ impl Scheduler {
         if chunk.state != ChunkState::Leased(lease_id) {
             return;
         }
-        self.dirty.insert(job.id.clone());
+        self.changed.insert(job.id.clone());
         match loss {
             // Left unchecked: the job will not check it further.
             LeaseLoss::JobEnded => chunk.state = ChunkState::Queued,
@@ -1093,6 +1196,15 @@ impl Scheduler {
             LeaseLoss::Vanished => {
                 chunk.attempts += 1;
                 job.reassignments += 1;
+                self.journal.push(Record::Chunk {
+                    job_id: job.id.clone(),
+                    chunk: ChunkRecord {
+                        chunk_id: chunk.id,
+                        attempts: chunk.attempts,
+                        leases: chunk.leases,
+                        failed: chunk.attempts >= job.settings.max_attempts,
+                    },
+                });
                 if chunk.attempts >= job.settings.max_attempts {
                     chunk.state = ChunkState::Failed;
                     let job_id = job.id.clone();
@@ -1200,13 +1312,118 @@ impl Scheduler {
         job.reason = reason;
         job.ended = Some(now);
         job.ended_wall_ms = wall_ms;
-        self.dirty.insert(job_id.to_string());
+        self.changed.insert(job_id.to_string());
         self.start_queued_jobs(now, wall_ms, out);
+    }
+
+    /// Changes to persist since the last call, in order; each changed job's row comes last.
+    pub fn take_journal(&mut self) -> Vec<Record> {
+        let mut records = std::mem::take(&mut self.journal);
+        for id in std::mem::take(&mut self.changed.save) {
+            if let Some(job) = self.jobs.get(&id) {
+                records.push(Record::Job(Box::new(job_record(job))));
+            }
+        }
+        records
+    }
+
+    /// Lease ids this scheduler will hand out next; the store keeps the high-water mark.
+    pub fn next_lease_id(&self) -> LeaseId {
+        self.next_lease
+    }
+
+    /// Brings back a job from the store after a restart. Recorded verdicts stay; chunks not
+    /// finished are queued again (leases are not persisted); a job that was scraping scrapes again.
+    pub fn restore(&mut self, stored: StoredJob, now: Instant, wall_now: u64) -> Vec<Outbound> {
+        let StoredJob {
+            record,
+            candidates,
+            verdicts,
+            chunks: chunk_records,
+        } = stored;
+        let id = record.id.clone();
+        let mut chunks = make_chunks(candidates.len() as u32, record.settings.chunk_size);
+        for r in chunk_records {
+            if let Some(chunk) = chunks.get_mut(r.chunk_id as usize) {
+                chunk.attempts = r.attempts;
+                chunk.leases = r.leases;
+                if r.failed {
+                    chunk.state = ChunkState::Failed;
+                }
+            }
+        }
+        let mut slots: Vec<Option<Verdict>> = vec![None; candidates.len()];
+        let (mut checked, mut usable, mut recorded) = (0, 0, Vec::new());
+        for v in verdicts {
+            let Some(slot) = slots.get_mut(v.index as usize) else {
+                continue;
+            };
+            if slot.is_some() {
+                continue;
+            }
+            checked += 1;
+            usable += u64::from(v.usable);
+            recorded.push(v.index);
+            *slot = Some(v);
+        }
+        for chunk in &mut chunks {
+            chunk.unchecked = chunk
+                .range
+                .clone()
+                .filter(|&i| slots[i as usize].is_none())
+                .count() as u32;
+            if chunk.unchecked == 0 {
+                chunk.state = ChunkState::Done;
+            }
+        }
+        let age = Duration::from_millis(wall_now.saturating_sub(record.created_wall_ms));
+        let created = now.checked_sub(age).unwrap_or(now);
+        let terminal = record.state.is_terminal();
+        let job = Job {
+            id: id.clone(),
+            name: record.name,
+            settings: record.settings,
+            // An unfinished job starts over from QUEUED: its pool decides when it runs again.
+            state: if terminal {
+                record.state
+            } else {
+                JobState::Queued
+            },
+            reason: record.reason,
+            verdicts: slots,
+            candidates,
+            chunks,
+            created,
+            created_wall_ms: record.created_wall_ms,
+            ended_wall_ms: record.ended_wall_ms,
+            ended: terminal.then_some(now),
+            checked,
+            usable,
+            reassignments: record.reassignments,
+            stale_refused: record.stale_refused,
+            handed_back: record.handed_back,
+            rate_samples: VecDeque::new(),
+            source_specs: if terminal {
+                Vec::new()
+            } else {
+                record.source_specs
+            },
+            sources: record.sources,
+            dropped: record.dropped,
+            recorded,
+        };
+        self.job_order.push(id.clone());
+        self.jobs.insert(id.clone(), job);
+        self.changed.insert(id);
+        let mut out = Vec::new();
+        self.start_queued_jobs(now, wall_now, &mut out);
+        out.extend(self.assign(now));
+        out
     }
 
     /// Ids of jobs whose snapshot changed since the last call.
     pub fn take_dirty(&mut self) -> BTreeSet<String> {
-        std::mem::take(&mut self.dirty)
+        std::mem::take(&mut self.changed.watch)
     }
 
     pub fn job_ids(&self) -> Vec<String> {
@@ -1396,6 +1613,24 @@ impl Scheduler {
     /// Refused stale verdicts over every job.
     pub fn stale_refused_total(&self) -> u64 {
         self.stale_refused_total
+    }
+}
+
+fn job_record(job: &Job) -> JobRecord {
+    JobRecord {
+        id: job.id.clone(),
+        name: job.name.clone(),
+        settings: job.settings.clone(),
+        state: job.state,
+        reason: job.reason.clone(),
+        created_wall_ms: job.created_wall_ms,
+        ended_wall_ms: job.ended_wall_ms,
+        reassignments: job.reassignments,
+        stale_refused: job.stale_refused,
+        handed_back: job.handed_back,
+        sources: job.sources.clone(),
+        source_specs: job.source_specs.clone(),
+        dropped: job.dropped.clone(),
     }
 }
 
@@ -2248,6 +2483,152 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 6);
+    }
+
+    /// What a store replaying `records` would give back.
+    fn replay(records: &[Record]) -> Vec<StoredJob> {
+        let mut jobs: BTreeMap<String, StoredJob> = BTreeMap::new();
+        let mut candidates: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+        let mut verdicts: BTreeMap<String, Vec<Verdict>> = BTreeMap::new();
+        let mut chunks: BTreeMap<String, BTreeMap<ChunkId, ChunkRecord>> = BTreeMap::new();
+        for r in records {
+            match r {
+                Record::Job(j) => {
+                    let stored = StoredJob {
+                        record: (**j).clone(),
+                        candidates: vec![],
+                        verdicts: vec![],
+                        chunks: vec![],
+                    };
+                    jobs.insert(j.id.clone(), stored);
+                }
+                Record::Candidates {
+                    job_id,
+                    candidates: c,
+                } => {
+                    candidates.insert(job_id.clone(), c.clone());
+                    verdicts.remove(job_id);
+                }
+                Record::Verdicts {
+                    job_id,
+                    verdicts: v,
+                } => verdicts
+                    .entry(job_id.clone())
+                    .or_default()
+                    .extend(v.clone()),
+                Record::Chunk { job_id, chunk } => {
+                    let of_job = chunks.entry(job_id.clone()).or_default();
+                    of_job.insert(chunk.chunk_id, chunk.clone());
+                }
+            }
+        }
+        jobs.into_values()
+            .map(|mut j| {
+                let id = j.record.id.clone();
+                j.candidates = candidates.remove(&id).unwrap_or_default();
+                j.verdicts = verdicts.remove(&id).unwrap_or_default();
+                j.chunks = chunks
+                    .remove(&id)
+                    .map(|c| c.into_values().collect())
+                    .unwrap_or_default();
+                j
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restored_job_keeps_its_verdicts_and_checks_only_the_rest() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 8, 4, 1), c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 2), c.now);
+        let leases = assignments(&out);
+        // Chunk 0 finished, chunk 1 half done, then the coordinator dies.
+        let first = &leases[0].1;
+        s.verdicts(
+            w,
+            first.lease_id,
+            verdicts_for(first, |i| i == 2),
+            c.now,
+            c.wall(),
+        );
+        let mut half = verdicts_for(&leases[1].1, |_| false);
+        half.truncate(2);
+        s.verdicts(w, leases[1].1.lease_id, half, c.now, c.wall());
+        let journal = s.take_journal();
+        assert!(s.take_journal().is_empty(), "taken once");
+
+        let mut restarted = Scheduler::new(LeaseConfig { lease_ttl: TTL }, s.next_lease_id());
+        for job in replay(&journal) {
+            restarted.restore(job, c.now, c.wall());
+        }
+        let snap = restarted.snapshot("j", true, c.now).unwrap();
+        assert_eq!(snap.state, JobState::Checking);
+        assert_eq!(
+            (snap.progress.proxies_checked, snap.progress.proxies_usable),
+            (6, 1)
+        );
+        assert_eq!(snap.chunks[0].state, ChunkState::Done);
+        assert_eq!(snap.chunks[1].state, ChunkState::Queued);
+        let (w2, out) = restarted.hello(hello("w", 2), c.now);
+        let again = assignments(&out);
+        assert_eq!(again.len(), 1);
+        let indices: Vec<u32> = again[0].1.candidates.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indices, [6, 7], "only the unchecked proxies");
+        assert!(
+            again[0].1.lease_id >= s.next_lease_id(),
+            "lease ids stay unique across restarts"
+        );
+        // A verdict for a lease from before the restart is refused.
+        let old = &leases[1].1;
+        let late = verdicts_for(old, |_| true);
+        restarted.verdicts_of_job(w2, old.lease_id, "j", late, c.now, c.wall());
+        let refused = restarted
+            .snapshot("j", false, c.now)
+            .unwrap()
+            .progress
+            .stale_verdicts_refused;
+        assert_eq!(refused, 4);
+        let new = &again[0].1;
+        restarted.verdicts(
+            w2,
+            new.lease_id,
+            verdicts_for(new, |_| false),
+            c.now,
+            c.wall(),
+        );
+        let snap = restarted.snapshot("j", false, c.now).unwrap();
+        assert_eq!(snap.state, JobState::Succeeded);
+        assert_eq!(
+            (snap.progress.proxies_checked, snap.progress.proxies_usable),
+            (8, 1)
+        );
+    }
+
+    #[test]
+    fn restored_failed_chunks_and_ended_jobs_stay_as_they_were() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("done", 2, 2, 0), c.now, c.wall());
+        let mut poison = new_job("poison", 4, 2, 0);
+        poison.settings.pool = "p".into();
+        s.submit(poison, c.now, c.wall());
+        s.cancel("done", c.now, c.wall()).unwrap();
+        for attempt in 1..=3 {
+            let (v, _) = s.hello(hello(&format!("v{attempt}"), 1), c.now);
+            s.disconnect(v, c.now);
+        }
+        let before = s.snapshot("poison", true, c.now).unwrap();
+        let mut restarted = Scheduler::new(LeaseConfig { lease_ttl: TTL }, 1);
+        for job in replay(&s.take_journal()) {
+            restarted.restore(job, c.now, c.wall());
+        }
+        let done = restarted.snapshot("done", false, c.now).unwrap();
+        assert_eq!(done.state, JobState::Cancelled);
+        let after = restarted.snapshot("poison", true, c.now).unwrap();
+        assert_eq!(after.chunks[0].state, before.chunks[0].state);
+        assert_eq!(after.chunks[0].attempts, 3);
+        assert_eq!(after.progress.reassignments, before.progress.reassignments);
     }
 
     #[test]

@@ -602,6 +602,7 @@ impl State {
 
     pub fn on_verdicts(&self, session: SessionId, batch: pb::Verdicts) {
         let lease_id = batch.lease_id;
+        let job_id = batch.job_id;
         let verdicts = batch
             .verdicts
             .into_iter()
@@ -610,7 +611,14 @@ impl State {
         self.with_scheduler(|s| {
             (
                 (),
-                s.verdicts(session, lease_id, verdicts, Instant::now(), wall_ms()),
+                s.verdicts_of_job(
+                    session,
+                    lease_id,
+                    &job_id,
+                    verdicts,
+                    Instant::now(),
+                    wall_ms(),
+                ),
             )
         });
     }

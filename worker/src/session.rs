@@ -176,6 +176,8 @@ async fn session(
     let _stop_probe = AbortOnDrop(startup_probe);
     let mut leases: HashMap<u64, LeaseWork> = HashMap::new();
     let mut pending: HashMap<u64, Vec<pb::Verdict>> = HashMap::new();
+    // The job of every lease of this session, named in its verdict batches.
+    let mut lease_jobs: HashMap<u64, String> = HashMap::new();
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flush = tokio::time::interval(BATCH_INTERVAL);
@@ -223,10 +225,7 @@ async fn session(
                     pending.entry(lease_id).or_default().push(verdict);
                 }
                 for (lease_id, verdicts) in pending.drain() {
-                    send_or_lose!(pb::worker_message::Kind::Verdicts(pb::Verdicts {
-                        lease_id,
-                        verdicts
-                    }));
+                    send_or_lose!(verdicts_message(&lease_jobs, lease_id, verdicts));
                 }
                 let held: Vec<(u64, LeaseWork)> = leases.drain().collect();
                 for (lease_id, work) in held {
@@ -258,6 +257,7 @@ async fn session(
                 match kind {
                     Some(pb::coordinator_message::Kind::Assign(assign)) => {
                         let lease_id = assign.lease_id;
+                        lease_jobs.insert(lease_id, assign.job_id.clone());
                         debug!(lease_id, job_id = %assign.job_id, chunk_id = assign.chunk_id, attempt = assign.attempt, proxies = assign.candidates.len(), "lease received");
                         let revoked = Arc::new(AtomicBool::new(false));
                         let work = LeaseWork {
@@ -287,7 +287,7 @@ async fn session(
                 batch.push(verdict);
                 if batch.len() >= BATCH_MAX {
                     let verdicts = pending.remove(&lease_id).unwrap_or_default();
-                    send_or_lose!(pb::worker_message::Kind::Verdicts(pb::Verdicts { lease_id, verdicts }));
+                    send_or_lose!(verdicts_message(&lease_jobs, lease_id, verdicts));
                 }
             }
             Some(status) = judge_rx.recv() => {
@@ -295,7 +295,7 @@ async fn session(
             }
             _ = flush.tick() => {
                 for (lease_id, verdicts) in pending.drain() {
-                    send_or_lose!(pb::worker_message::Kind::Verdicts(pb::Verdicts { lease_id, verdicts }));
+                    send_or_lose!(verdicts_message(&lease_jobs, lease_id, verdicts));
                 }
             }
             _ = heartbeat.tick() => {
@@ -384,6 +384,18 @@ async fn run_lease(
         while running.try_join_next().is_some() {}
     }
     while running.join_next().await.is_some() {}
+}
+
+fn verdicts_message(
+    lease_jobs: &HashMap<u64, String>,
+    lease_id: u64,
+    verdicts: Vec<pb::Verdict>,
+) -> pb::worker_message::Kind {
+    pb::worker_message::Kind::Verdicts(pb::Verdicts {
+        lease_id,
+        verdicts,
+        job_id: lease_jobs.get(&lease_id).cloned().unwrap_or_default(),
+    })
 }
 
 fn millis(d: Duration) -> u32 {
