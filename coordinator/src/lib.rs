@@ -11,6 +11,7 @@ pub mod output;
 pub mod scheduler;
 pub mod sources;
 pub mod state;
+pub mod store;
 
 use std::future::Future;
 

@@ -366,7 +366,7 @@ fn tinyproxy_config(mode: HeaderMode, port: u16, egress: Ipv4Addr) -> String {
 Listen 127.0.0.1
 Bind {egress}
 Allow 127.0.0.0/8
-ViaProxyName "proxyfleet-tinyproxy"
+ViaProxyName \"proxyfleet-tinyproxy\"
 Timeout 30
 MaxClients 64
 LogLevel Info

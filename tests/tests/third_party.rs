@@ -64,7 +64,10 @@ async fn real_proxies_are_usable_and_graded_by_their_headers() {
             .copied()
             .filter(|h| headers.contains_key(*h))
             .collect();
-        let leaks_client = headers.values().any(|v| v.contains("127.0.0.1"));
+        // The Host header names the judge, which also listens on 127.0.0.1.
+        let leaks_client = headers
+            .iter()
+            .any(|(name, value)| name != "host" && value.contains("127.0.0.1"));
         let label = proxy.setup.label();
         assert_eq!(
             echo["remote_addr"],

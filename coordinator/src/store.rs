@@ -1,0 +1,792 @@
+//! The embedded store: jobs, candidates, chunks and every recorded verdict in SQLite (WAL) under
+//! the data dir, so that `kill -9` of the coordinator loses nothing it acknowledged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::candidate::{self, Protocol, TargetPolicy};
+use crate::scheduler::{
+    Anonymity, ChunkRecord, JobRecord, JobSettings, JobState, Reason, Record, SourceSpec,
+    SourceState, SourceStatus, StoredJob, UsableFilter, Verdict,
+};
+
+/// File name of the database inside the data dir.
+pub const DB_FILE: &str = "proxyfleet.db";
+
+/// What can go wrong with the store; every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the database {path} is unreadable or corrupt ({error}); the coordinator will not start over it: move it away to start empty, or restore a backup"
+    )]
+    Corrupt { path: String, error: String },
+    #[error("cannot write the database {path}: {error}")]
+    Write { path: String, error: String },
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    ended_ms INTEGER NOT NULL,
+    reassignments INTEGER NOT NULL,
+    stale_refused INTEGER NOT NULL,
+    handed_back INTEGER NOT NULL,
+    sources TEXT NOT NULL,
+    source_specs TEXT NOT NULL,
+    dropped TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS candidates (
+    job_id TEXT NOT NULL, idx INTEGER NOT NULL, url TEXT NOT NULL,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS verdicts (
+    job_id TEXT NOT NULL, idx INTEGER NOT NULL, usable INTEGER NOT NULL, reason TEXT NOT NULL,
+    latency_ms INTEGER NOT NULL, connect_ms INTEGER NOT NULL, exit_ip TEXT NOT NULL,
+    anonymity TEXT NOT NULL, detail TEXT NOT NULL,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (
+    job_id TEXT NOT NULL, chunk_id INTEGER NOT NULL, attempts INTEGER NOT NULL,
+    leases INTEGER NOT NULL, failed INTEGER NOT NULL,
+    PRIMARY KEY (job_id, chunk_id)
+) WITHOUT ROWID;
+";
+
+impl Store {
+    /// Opens (or creates) the database in `data_dir`; refuses a file it cannot read as one.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        };
+        let conn = Connection::open(&path).map_err(corrupt)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(corrupt)?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(corrupt)?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                error: check,
+            });
+        }
+        // WAL with full sync: a commit survives the process being killed, and the machine too.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(corrupt)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(corrupt)?;
+        conn.execute_batch(SCHEMA).map_err(corrupt)?;
+        Ok(Store { conn, path })
+    }
+
+    fn write_error(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Write {
+            path: self.path.display().to_string(),
+            error: e.to_string(),
+        }
+    }
+
+    /// Every job, oldest first, and the lease-id high-water mark.
+    pub fn load(&self) -> Result<(Vec<StoredJob>, u64), StoreError> {
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            error: e.to_string(),
+        };
+        let lease_floor: u64 = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'next_lease'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map_err(corrupt)?
+            .unwrap_or(0) as u64;
+        let mut jobs = Vec::new();
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT id, name, settings, state, reason, created_ms, ended_ms, reassignments,
+                        stale_refused, handed_back, sources, source_specs, dropped
+                 FROM jobs ORDER BY rowid",
+            )
+            .map_err(corrupt)?;
+        let rows = statement
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, i64>(9)?,
+                    r.get::<_, String>(10)?,
+                    r.get::<_, String>(11)?,
+                    r.get::<_, String>(12)?,
+                ))
+            })
+            .map_err(corrupt)?;
+        for row in rows {
+            let (
+                id,
+                name,
+                settings,
+                state,
+                reason,
+                created,
+                ended,
+                reassign,
+                stale,
+                handed,
+                sources,
+                specs,
+                dropped,
+            ) = row.map_err(corrupt)?;
+            let bad = |what: &str| StoreError::Corrupt {
+                path: self.path.display().to_string(),
+                error: format!("job {id}: unreadable {what}"),
+            };
+            let record = JobRecord {
+                settings: settings_from_json(&settings).ok_or_else(|| bad("settings"))?,
+                state: state_from_name(&state).ok_or_else(|| bad("state"))?,
+                name,
+                reason,
+                created_wall_ms: created as u64,
+                ended_wall_ms: ended as u64,
+                reassignments: reassign as u64,
+                stale_refused: stale as u64,
+                handed_back: handed as u64,
+                sources: sources_from_json(&sources).ok_or_else(|| bad("sources"))?,
+                source_specs: specs_from_json(&specs).ok_or_else(|| bad("source specs"))?,
+                dropped: serde_json::from_str(&dropped).map_err(|_| bad("dropped counts"))?,
+                id: id.clone(),
+            };
+            let candidates = self.candidates(&id)?;
+            let verdicts = self.verdicts(&id)?;
+            let chunks = self.chunks(&id)?;
+            jobs.push(StoredJob {
+                record,
+                candidates,
+                verdicts,
+                chunks,
+            });
+        }
+        Ok((jobs, lease_floor))
+    }
+
+    fn candidates(&self, job_id: &str) -> Result<Vec<crate::candidate::Candidate>, StoreError> {
+        let corrupt = |e: String| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            error: format!("job {job_id}: {e}"),
+        };
+        let mut statement = self
+            .conn
+            .prepare("SELECT url FROM candidates WHERE job_id = ?1 ORDER BY idx")
+            .map_err(|e| corrupt(e.to_string()))?;
+        let urls = statement
+            .query_map([job_id], |r| r.get::<_, String>(0))
+            .map_err(|e| corrupt(e.to_string()))?;
+        let mut out = Vec::new();
+        for url in urls {
+            let url = url.map_err(|e| corrupt(e.to_string()))?;
+            // Validated at submit; here only read back, whatever the target policy is now.
+            let mut parsed = candidate::parse_line(
+                &url,
+                &[Protocol::Http],
+                TargetPolicy {
+                    allow_private: true,
+                },
+            )
+            .map_err(|e| corrupt(format!("candidate {url:?}: {e}")))?;
+            if parsed.len() != 1 {
+                return Err(corrupt(format!("candidate {url:?} is not one proxy")));
+            }
+            out.push(parsed.remove(0));
+        }
+        Ok(out)
+    }
+
+    fn verdicts(&self, job_id: &str) -> Result<Vec<Verdict>, StoreError> {
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            error: format!("job {job_id}: {e}"),
+        };
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT idx, usable, reason, latency_ms, connect_ms, exit_ip, anonymity, detail
+                 FROM verdicts WHERE job_id = ?1 ORDER BY idx",
+            )
+            .map_err(corrupt)?;
+        let rows = statement
+            .query_map([job_id], |r| {
+                Ok(Verdict {
+                    index: r.get::<_, i64>(0)? as u32,
+                    usable: r.get::<_, i64>(1)? != 0,
+                    reason: reason_from_name(&r.get::<_, String>(2)?),
+                    latency_ms: r.get::<_, i64>(3)? as u32,
+                    connect_ms: r.get::<_, i64>(4)? as u32,
+                    exit_ip: r.get(5)?,
+                    anonymity: anonymity_from_name(&r.get::<_, String>(6)?),
+                    detail: r.get(7)?,
+                })
+            })
+            .map_err(corrupt)?;
+        rows.collect::<Result<_, _>>().map_err(corrupt)
+    }
+
+    fn chunks(&self, job_id: &str) -> Result<Vec<ChunkRecord>, StoreError> {
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            error: format!("job {job_id}: {e}"),
+        };
+        let mut statement = self
+            .conn
+            .prepare("SELECT chunk_id, attempts, leases, failed FROM chunks WHERE job_id = ?1")
+            .map_err(corrupt)?;
+        let rows = statement
+            .query_map([job_id], |r| {
+                Ok(ChunkRecord {
+                    chunk_id: r.get::<_, i64>(0)? as u32,
+                    attempts: r.get::<_, i64>(1)? as u32,
+                    leases: r.get::<_, i64>(2)? as u32,
+                    failed: r.get::<_, i64>(3)? != 0,
+                })
+            })
+            .map_err(corrupt)?;
+        rows.collect::<Result<_, _>>().map_err(corrupt)
+    }
+
+    /// Writes `records` in one transaction, with the lease-id high-water mark.
+    pub fn write(&mut self, records: &[Record], next_lease: u64) -> Result<(), StoreError> {
+        let path = self.path.display().to_string();
+        let write_error = |e: rusqlite::Error| StoreError::Write {
+            path: path.clone(),
+            error: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(write_error)?;
+        write_records(&tx, records, next_lease).map_err(write_error)?;
+        tx.commit().map_err(write_error)
+    }
+
+    /// Deletes every job that ended before `before_ms`; returns their ids.
+    pub fn prune(&mut self, before_ms: u64) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = {
+            let mut statement = self
+                .conn
+                .prepare("SELECT id FROM jobs WHERE ended_ms > 0 AND ended_ms < ?1")
+                .map_err(|e| self.write_error(e))?;
+            let rows = statement
+                .query_map([before_ms as i64], |r| r.get(0))
+                .map_err(|e| self.write_error(e))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(|e| self.write_error(e))?
+        };
+        let path = self.path.display().to_string();
+        let tx = self.conn.transaction().map_err(|e| StoreError::Write {
+            path: path.clone(),
+            error: e.to_string(),
+        })?;
+        for id in &ids {
+            for table in ["jobs", "candidates", "verdicts", "chunks"] {
+                let column = if table == "jobs" { "id" } else { "job_id" };
+                tx.execute(&format!("DELETE FROM {table} WHERE {column} = ?1"), [id])
+                    .map_err(|e| StoreError::Write {
+                        path: path.clone(),
+                        error: e.to_string(),
+                    })?;
+            }
+        }
+        tx.commit().map_err(|e| StoreError::Write {
+            path: path.clone(),
+            error: e.to_string(),
+        })?;
+        Ok(ids)
+    }
+}
+
+fn write_records(
+    tx: &rusqlite::Transaction<'_>,
+    records: &[Record],
+    next_lease: u64,
+) -> rusqlite::Result<()> {
+    for record in records {
+        match record {
+            Record::Job(job) => {
+                tx.execute(
+                    "INSERT INTO jobs (id, name, settings, state, reason, created_ms, ended_ms,
+                        reassignments, stale_refused, handed_back, sources, source_specs, dropped)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     ON CONFLICT(id) DO UPDATE SET name = ?2, settings = ?3, state = ?4,
+                        reason = ?5, created_ms = ?6, ended_ms = ?7, reassignments = ?8,
+                        stale_refused = ?9, handed_back = ?10, sources = ?11, source_specs = ?12,
+                        dropped = ?13",
+                    params![
+                        job.id,
+                        job.name,
+                        settings_to_json(&job.settings),
+                        job.state.name(),
+                        job.reason,
+                        job.created_wall_ms as i64,
+                        job.ended_wall_ms as i64,
+                        job.reassignments as i64,
+                        job.stale_refused as i64,
+                        job.handed_back as i64,
+                        sources_to_json(&job.sources),
+                        specs_to_json(&job.source_specs),
+                        serde_json::to_string(&job.dropped).unwrap_or_else(|_| "{}".into()),
+                    ],
+                )?;
+            }
+            Record::Candidates { job_id, candidates } => {
+                tx.execute("DELETE FROM candidates WHERE job_id = ?1", [job_id])?;
+                tx.execute("DELETE FROM verdicts WHERE job_id = ?1", [job_id])?;
+                tx.execute("DELETE FROM chunks WHERE job_id = ?1", [job_id])?;
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO candidates (job_id, idx, url) VALUES (?1, ?2, ?3)",
+                )?;
+                for (i, c) in candidates.iter().enumerate() {
+                    insert.execute(params![job_id, i as i64, c.full_url()])?;
+                }
+            }
+            Record::Verdicts { job_id, verdicts } => {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO verdicts
+                        (job_id, idx, usable, reason, latency_ms, connect_ms, exit_ip, anonymity, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?;
+                for v in verdicts {
+                    insert.execute(params![
+                        job_id,
+                        v.index as i64,
+                        v.usable as i64,
+                        reason_name(v.reason),
+                        v.latency_ms as i64,
+                        v.connect_ms as i64,
+                        v.exit_ip,
+                        crate::output::anonymity_name(v.anonymity),
+                        v.detail,
+                    ])?;
+                }
+            }
+            Record::Chunk { job_id, chunk } => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO chunks (job_id, chunk_id, attempts, leases, failed)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        job_id,
+                        chunk.chunk_id as i64,
+                        chunk.attempts as i64,
+                        chunk.leases as i64,
+                        chunk.failed as i64
+                    ],
+                )?;
+            }
+        }
+    }
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('next_lease', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = max(value, ?1)",
+        [next_lease as i64],
+    )?;
+    Ok(())
+}
+
+fn state_from_name(name: &str) -> Option<JobState> {
+    [
+        JobState::Queued,
+        JobState::Scraping,
+        JobState::Checking,
+        JobState::Succeeded,
+        JobState::Insufficient,
+        JobState::Failed,
+        JobState::Cancelled,
+    ]
+    .into_iter()
+    .find(|s| s.name() == name)
+}
+
+const REASONS: [(Reason, &str); 9] = [
+    (Reason::None, "none"),
+    (Reason::Refused, "refused"),
+    (Reason::Timeout, "timeout"),
+    (Reason::Handshake, "handshake"),
+    (Reason::BadStatus, "bad_status"),
+    (Reason::TokenMissing, "token_missing"),
+    (Reason::Tls, "tls"),
+    (Reason::Network, "network"),
+    (Reason::Filtered, "filtered"),
+];
+
+fn reason_name(r: Reason) -> &'static str {
+    REASONS
+        .iter()
+        .find(|(x, _)| *x == r)
+        .map(|(_, n)| *n)
+        .unwrap_or("network")
+}
+
+fn reason_from_name(name: &str) -> Reason {
+    REASONS
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(r, _)| *r)
+        .unwrap_or(Reason::Network)
+}
+
+fn anonymity_from_name(name: &str) -> Anonymity {
+    [
+        Anonymity::Transparent,
+        Anonymity::Anonymous,
+        Anonymity::Elite,
+    ]
+    .into_iter()
+    .find(|a| crate::output::anonymity_name(*a) == name)
+    .unwrap_or(Anonymity::Unknown)
+}
+
+fn protocols_to_json(protocols: &[Protocol]) -> serde_json::Value {
+    protocols
+        .iter()
+        .map(|p| p.scheme())
+        .collect::<Vec<_>>()
+        .into()
+}
+
+fn protocols_from_json(v: &serde_json::Value) -> Option<Vec<Protocol>> {
+    v.as_array()?
+        .iter()
+        .map(|p| p.as_str()?.parse().ok())
+        .collect()
+}
+
+fn settings_to_json(s: &JobSettings) -> String {
+    serde_json::json!({
+        "judge_urls": s.judge_urls,
+        "protocols": protocols_to_json(&s.protocols),
+        "timeout_ms": s.timeout.as_millis() as u64,
+        "connect_timeout_ms": s.connect_timeout.as_millis() as u64,
+        "max_latency_ms": s.filter.max_latency.map(|d| d.as_millis() as u64),
+        "min_anonymity": s.filter.min_anonymity.map(crate::output::anonymity_name),
+        "require_https": s.filter.require_https,
+        "chunk_size": s.chunk_size,
+        "min_usable": s.min_usable,
+        "deadline_ms": s.deadline.as_millis() as u64,
+        "max_attempts": s.max_attempts,
+        "pool": s.pool,
+        "max_failed_chunk_ratio": s.max_failed_chunk_ratio,
+    })
+    .to_string()
+}
+
+fn settings_from_json(text: &str) -> Option<JobSettings> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let ms = |key: &str| {
+        v.get(key)
+            .and_then(|x| x.as_u64())
+            .map(Duration::from_millis)
+    };
+    Some(JobSettings {
+        judge_urls: v
+            .get("judge_urls")?
+            .as_array()?
+            .iter()
+            .map(|u| u.as_str().map(String::from))
+            .collect::<Option<_>>()?,
+        protocols: protocols_from_json(v.get("protocols")?)?,
+        timeout: ms("timeout_ms")?,
+        connect_timeout: ms("connect_timeout_ms")?,
+        filter: UsableFilter {
+            max_latency: ms("max_latency_ms"),
+            min_anonymity: v
+                .get("min_anonymity")
+                .and_then(|a| a.as_str())
+                .map(anonymity_from_name),
+            require_https: v.get("require_https")?.as_bool()?,
+        },
+        chunk_size: v.get("chunk_size")?.as_u64()? as u32,
+        min_usable: v.get("min_usable")?.as_u64()?,
+        deadline: ms("deadline_ms")?,
+        max_attempts: v.get("max_attempts")?.as_u64()? as u32,
+        pool: v.get("pool")?.as_str()?.to_string(),
+        max_failed_chunk_ratio: v.get("max_failed_chunk_ratio")?.as_f64()?,
+    })
+}
+
+fn sources_to_json(sources: &[SourceStatus]) -> String {
+    let list: Vec<serde_json::Value> = sources
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "url": s.url, "state": s.state.name(), "candidates": s.candidates,
+                "rejected": s.rejected, "bytes": s.bytes, "error": s.error,
+            })
+        })
+        .collect();
+    serde_json::Value::from(list).to_string()
+}
+
+fn sources_from_json(text: &str) -> Option<Vec<SourceStatus>> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.as_array()?
+        .iter()
+        .map(|s| {
+            let state = match s.get("state")?.as_str()? {
+                "fetched" => SourceState::Fetched,
+                "failed" => SourceState::Failed,
+                // A fetch in flight at a crash starts over.
+                _ => SourceState::Pending,
+            };
+            Some(SourceStatus {
+                url: s.get("url")?.as_str()?.to_string(),
+                state,
+                candidates: s.get("candidates")?.as_u64()?,
+                rejected: s.get("rejected")?.as_u64()?,
+                bytes: s.get("bytes")?.as_u64()?,
+                error: s.get("error")?.as_str()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn specs_to_json(specs: &[SourceSpec]) -> String {
+    let list: Vec<serde_json::Value> = specs
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "url": s.url, "protocols": protocols_to_json(&s.protocols),
+                "content": s.content, "trusted": s.trusted,
+            })
+        })
+        .collect();
+    serde_json::Value::from(list).to_string()
+}
+
+fn specs_from_json(text: &str) -> Option<Vec<SourceSpec>> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.as_array()?
+        .iter()
+        .map(|s| {
+            Some(SourceSpec {
+                url: s.get("url")?.as_str()?.to_string(),
+                protocols: protocols_from_json(s.get("protocols")?)?,
+                content: s.get("content").and_then(|c| c.as_str()).map(String::from),
+                trusted: s.get("trusted")?.as_bool()?,
+            })
+        })
+        .collect()
+}
+
+/// The dropped counts of a job as stored (kept for symmetry with the other columns).
+pub fn dropped_to_json(dropped: &BTreeMap<String, u64>) -> String {
+    serde_json::to_string(dropped).unwrap_or_else(|_| "{}".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::candidate::Candidate;
+
+    fn dir(label: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "proxyfleet-store-{label}-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn settings() -> JobSettings {
+        JobSettings {
+            judge_urls: vec!["http://127.0.0.1:1/judge".into()],
+            protocols: vec![Protocol::Http, Protocol::Socks5],
+            timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(1),
+            filter: UsableFilter {
+                max_latency: Some(Duration::from_millis(900)),
+                min_anonymity: Some(Anonymity::Anonymous),
+                require_https: true,
+            },
+            chunk_size: 2,
+            min_usable: 1,
+            deadline: Duration::from_secs(60),
+            max_attempts: 3,
+            pool: "default".into(),
+            max_failed_chunk_ratio: 0.5,
+        }
+    }
+
+    fn record(id: &str, state: JobState) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            name: "n".into(),
+            settings: settings(),
+            state,
+            reason: String::new(),
+            created_wall_ms: 1,
+            ended_wall_ms: if state.is_terminal() { 10 } else { 0 },
+            reassignments: 2,
+            stale_refused: 3,
+            handed_back: 4,
+            sources: vec![SourceStatus {
+                url: "http://lists.test/a".into(),
+                state: SourceState::Fetched,
+                candidates: 2,
+                rejected: 1,
+                bytes: 30,
+                error: String::new(),
+            }],
+            source_specs: vec![SourceSpec {
+                url: "lists/a.txt".into(),
+                protocols: vec![Protocol::Socks4],
+                content: Some("1.2.3.4:80".into()),
+                trusted: true,
+            }],
+            dropped: BTreeMap::from([("duplicate".into(), 1)]),
+        }
+    }
+
+    fn candidates() -> Vec<Candidate> {
+        vec![
+            Candidate {
+                protocol: Protocol::Http,
+                host: "192.0.2.1".into(),
+                port: 80,
+                auth: None,
+            },
+            Candidate {
+                protocol: Protocol::Socks5,
+                host: "2001:db8::1".into(),
+                port: 1080,
+                auth: Some(("u".into(), "p".into())),
+            },
+        ]
+    }
+
+    #[test]
+    fn what_is_written_is_read_back() {
+        let d = dir("roundtrip");
+        let verdict = Verdict {
+            index: 1,
+            usable: true,
+            reason: Reason::None,
+            latency_ms: 12,
+            exit_ip: "192.0.2.9".into(),
+            detail: String::new(),
+            anonymity: Anonymity::Elite,
+            connect_ms: 3,
+        };
+        {
+            let mut store = Store::open(&d).unwrap();
+            store
+                .write(
+                    &[
+                        Record::Candidates {
+                            job_id: "j".into(),
+                            candidates: candidates(),
+                        },
+                        Record::Job(Box::new(record("j", JobState::Checking))),
+                        Record::Verdicts {
+                            job_id: "j".into(),
+                            verdicts: vec![verdict.clone()],
+                        },
+                        Record::Chunk {
+                            job_id: "j".into(),
+                            chunk: ChunkRecord {
+                                chunk_id: 0,
+                                attempts: 2,
+                                leases: 3,
+                                failed: false,
+                            },
+                        },
+                    ],
+                    777,
+                )
+                .unwrap();
+            // A verdict is never overwritten.
+            let mut other = verdict.clone();
+            other.usable = false;
+            store
+                .write(
+                    &[Record::Verdicts {
+                        job_id: "j".into(),
+                        verdicts: vec![other],
+                    }],
+                    5,
+                )
+                .unwrap();
+        }
+        let store = Store::open(&d).unwrap();
+        let (jobs, floor) = store.load().unwrap();
+        assert_eq!(floor, 777, "the high-water mark never goes down");
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].record, record("j", JobState::Checking));
+        assert_eq!(jobs[0].candidates, candidates());
+        assert_eq!(jobs[0].verdicts, vec![verdict]);
+        assert_eq!(
+            jobs[0].chunks,
+            vec![ChunkRecord {
+                chunk_id: 0,
+                attempts: 2,
+                leases: 3,
+                failed: false
+            }]
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn ended_jobs_are_pruned_by_age() {
+        let d = dir("prune");
+        let mut store = Store::open(&d).unwrap();
+        store
+            .write(
+                &[
+                    Record::Job(Box::new(record("old", JobState::Succeeded))),
+                    Record::Candidates {
+                        job_id: "old".into(),
+                        candidates: candidates(),
+                    },
+                    Record::Job(Box::new(record("running", JobState::Checking))),
+                ],
+                1,
+            )
+            .unwrap();
+        assert_eq!(store.prune(11).unwrap(), vec!["old".to_string()]);
+        let (jobs, _) = store.load().unwrap();
+        assert_eq!(
+            jobs.iter()
+                .map(|j| j.record.id.as_str())
+                .collect::<Vec<_>>(),
+            ["running"]
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_refused_with_its_name() {
+        let d = dir("corrupt");
+        std::fs::write(d.join(DB_FILE), vec![0x5a; 8192]).unwrap();
+        let err = Store::open(&d).err().expect("refused").to_string();
+        assert!(err.contains(DB_FILE) && err.contains("corrupt"), "{err}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
