@@ -25,6 +25,13 @@ struct Embedded {
     output: Option<PathBuf>,
 }
 
+fn wall_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 fn failure(e: impl std::fmt::Display) -> Failure {
     Failure::new(1, format!("error: {e}"))
 }
@@ -113,7 +120,10 @@ pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {
             allow_private_targets: true,
             judge_listen: "127.0.0.1:0".parse().expect("literal address"),
             judge_url: None,
-            data_dir: args.data_dir,
+            // Each demo in a directory of its own: nothing from an earlier one comes back.
+            data_dir: args
+                .data_dir
+                .join(format!("run-{}-{}", std::process::id(), wall_secs())),
             output: None,
         },
         inputs,
@@ -176,6 +186,29 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
 
     let outcome = async {
         let mut coordinator_client = client::connect(&url).await?;
+        // A job left unfinished by an interrupted earlier run in this data dir would hold the
+        // pool; this run replaces it.
+        let jobs = coordinator_client
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .map_err(|s| failure(s.message()))?
+            .into_inner()
+            .jobs;
+        for job in jobs
+            .iter()
+            .filter(|j| !crate::progress::is_terminal(j.state))
+        {
+            eprintln!(
+                "note: cancelling {}, left unfinished by an earlier run in {}",
+                job.job_id,
+                e.data_dir.display()
+            );
+            let _ = coordinator_client
+                .cancel_job(pb::CancelJobRequest {
+                    job_id: job.job_id.clone(),
+                })
+                .await;
+        }
         let label = inputs.label.clone();
         let request = client::submit_request(&e.job, inputs)?;
         let job_id = client::submit(&mut coordinator_client, &url, request, &label).await?;

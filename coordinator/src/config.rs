@@ -58,6 +58,11 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_MAX_CANDIDATES", default_value_t = 2_000_000)]
     pub max_candidates: usize,
 
+    /// Forget ended jobs (results, outputs in the store) this long after they ended, e.g. 7d.
+    /// Default: keep them.
+    #[arg(long, env = "PROXYFLEET_RETAIN", value_parser = humantime::parse_duration)]
+    pub retain: Option<Duration>,
+
     /// Largest body read from one source; a larger source fails with a clear error.
     #[arg(long, env = "PROXYFLEET_MAX_SOURCE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_source_bytes: u64,
@@ -112,6 +117,8 @@ pub struct CoordinatorConfig {
     pub output_dir: PathBuf,
     /// Largest body read from one source.
     pub max_source_bytes: u64,
+    /// Ended jobs are forgotten this long after they ended.
+    pub retain: Option<Duration>,
     /// The operator's sources file.
     pub sources_file: Option<PathBuf>,
     pub refresh: Option<RefreshSchedule>,
@@ -142,6 +149,7 @@ impl CoordinatorConfig {
             tick: Duration::from_millis(200),
             output_dir: data_dir.join("output"),
             max_source_bytes: 64 * 1024 * 1024,
+            retain: None,
             sources_file: None,
             refresh: None,
             data_dir,
@@ -200,6 +208,7 @@ impl CoordinatorConfig {
         }
         config.sources_file = cli.sources.clone();
         config.max_source_bytes = cli.max_source_bytes;
+        config.retain = cli.retain;
         config.refresh = cli.refresh_every.map(|every| RefreshSchedule {
             every,
             min_usable: cli.refresh_min_usable,

@@ -152,6 +152,7 @@ pub async fn run(
         judged = &mut judge_task => Err(anyhow::anyhow!("the judge endpoint stopped: {judged:?}")),
         ticked = &mut ticker => Err(anyhow::anyhow!("the lease ticker stopped: {ticked:?}")),
         refreshed = &mut refresher => Err(anyhow::anyhow!("the refresh scheduler stopped: {refreshed:?}")),
+        failure = state.store_failed() => Err(anyhow::anyhow!("the store failed: {failure}")),
     };
     let _ = stop_tx.send(true);
     state.close_all_sessions();
@@ -166,6 +167,8 @@ pub async fn run(
     ticker.abort();
     refresher.abort();
     judge_task.abort();
+    // Everything acknowledged is already durable; this flushes what is still in flight.
+    state.close_store();
     match &outcome {
         Ok(()) => info!("coordinator stopped"),
         Err(e) => tracing::error!(error = %e, "coordinator stopped on a failure"),

@@ -19,12 +19,15 @@ pub type ChunkId = u32;
 pub struct LeaseConfig {
     /// A session silent this long loses its leases.
     pub lease_ttl: Duration,
+    /// Judges of jobs that name none: the coordinator's, as configured now (they may move
+    /// between restarts, so jobs do not keep them).
+    pub default_judges: Vec<String>,
 }
 
 /// Settings of one job, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSettings {
-    /// Judges the checks request, spread across checks.
+    /// Judges the checks request, spread across checks; empty for the coordinator's own.
     pub judge_urls: Vec<String>,
     /// Protocols a bare `host:port` of the job's sources stands for.
     pub protocols: Vec<crate::candidate::Protocol>,
@@ -740,12 +743,14 @@ impl Scheduler {
         let doomed: Vec<(String, String)> = self
             .jobs
             .values()
-            .filter(|j| !j.state.is_terminal() && !j.settings.judge_urls.is_empty())
-            .filter(|j| j.settings.judge_urls.iter().all(|u| down.contains_key(u)))
+            .filter(|j| !j.state.is_terminal())
+            .filter(|j| {
+                let judges = self.judges_of(j);
+                !judges.is_empty() && judges.iter().all(|u| down.contains_key(u))
+            })
             .map(|j| {
-                let why: Vec<String> = j
-                    .settings
-                    .judge_urls
+                let why: Vec<String> = self
+                    .judges_of(j)
                     .iter()
                     .map(|u| format!("{u}: {}", down[u]))
                     .collect();
@@ -859,15 +864,14 @@ impl Scheduler {
         let lease = &self.leases[&lease_id];
         let job_id = lease.job_id.clone();
         let chunk_id = lease.chunk;
+        let judge_is_https = self
+            .judges_of(&self.jobs[&job_id])
+            .iter()
+            .all(|u| u.starts_with("https://"));
         let job = self.jobs.get_mut(&job_id).expect("a live lease has a job");
         let chunk = &mut job.chunks[chunk_id as usize];
         let mut accepted = 0;
         let mut recorded = Vec::new();
-        let judge_is_https = job
-            .settings
-            .judge_urls
-            .iter()
-            .all(|u| u.starts_with("https://"));
         for mut verdict in verdicts {
             if !chunk.range.contains(&verdict.index) {
                 continue;
@@ -1123,6 +1127,7 @@ impl Scheduler {
     ) -> Outbound {
         let lease_id = self.next_lease;
         self.next_lease += 1;
+        let judges = self.judges_of(&self.jobs[job_id]).to_vec();
         let job = self.jobs.get_mut(job_id).expect("queued chunk has a job");
         let chunk = &mut job.chunks[chunk_id as usize];
         chunk.state = ChunkState::Leased(lease_id);
@@ -1139,7 +1144,7 @@ impl Scheduler {
             chunk_id,
             attempt: chunk.leases,
             candidates,
-            judge_urls: job.settings.judge_urls.clone(),
+            judge_urls: judges,
             timeout: job.settings.timeout,
             connect_timeout: job.settings.connect_timeout,
         };
@@ -1327,6 +1332,25 @@ impl Scheduler {
         records
     }
 
+    /// The judges a job's checks use: its own, or the coordinator's.
+    fn judges_of<'a>(&'a self, job: &'a Job) -> &'a [String] {
+        if job.settings.judge_urls.is_empty() {
+            &self.config.default_judges
+        } else {
+            &job.settings.judge_urls
+        }
+    }
+
+    /// Forgets an ended job (pruned from the store). A job still running is kept.
+    pub fn forget(&mut self, job_id: &str) {
+        if !self.jobs.get(job_id).is_some_and(|j| j.state.is_terminal()) {
+            return;
+        }
+        self.jobs.remove(job_id);
+        self.job_order.retain(|id| id != job_id);
+        self.retired.retain(|_, id| id != job_id);
+    }
+
     /// Lease ids this scheduler will hand out next; the store keeps the high-water mark.
     pub fn next_lease_id(&self) -> LeaseId {
         self.next_lease
@@ -1512,7 +1536,10 @@ impl Scheduler {
             name: job.name.clone(),
             state: job.state,
             reason: job.reason.clone(),
-            settings: job.settings.clone(),
+            settings: JobSettings {
+                judge_urls: self.judges_of(job).to_vec(),
+                ..job.settings.clone()
+            },
             progress,
             created_wall_ms: job.created_wall_ms,
             ended_wall_ms: job.ended_wall_ms,
@@ -1763,7 +1790,13 @@ mod tests {
     }
 
     fn scheduler() -> Scheduler {
-        Scheduler::new(LeaseConfig { lease_ttl: TTL }, 1)
+        Scheduler::new(
+            LeaseConfig {
+                lease_ttl: TTL,
+                default_judges: vec!["http://judge.test/judge".into()],
+            },
+            1,
+        )
     }
 
     fn state(s: &Scheduler, job: &str, t: Instant) -> JobState {
@@ -2558,7 +2591,13 @@ mod tests {
         let journal = s.take_journal();
         assert!(s.take_journal().is_empty(), "taken once");
 
-        let mut restarted = Scheduler::new(LeaseConfig { lease_ttl: TTL }, s.next_lease_id());
+        let mut restarted = Scheduler::new(
+            LeaseConfig {
+                lease_ttl: TTL,
+                default_judges: vec!["http://judge.test/judge".into()],
+            },
+            s.next_lease_id(),
+        );
         for job in replay(&journal) {
             restarted.restore(job, c.now, c.wall());
         }
@@ -2619,7 +2658,13 @@ mod tests {
             s.disconnect(v, c.now);
         }
         let before = s.snapshot("poison", true, c.now).unwrap();
-        let mut restarted = Scheduler::new(LeaseConfig { lease_ttl: TTL }, 1);
+        let mut restarted = Scheduler::new(
+            LeaseConfig {
+                lease_ttl: TTL,
+                default_judges: vec!["http://judge.test/judge".into()],
+            },
+            1,
+        );
         for job in replay(&s.take_journal()) {
             restarted.restore(job, c.now, c.wall());
         }
@@ -2648,7 +2693,13 @@ mod tests {
     #[test]
     fn lease_ids_start_where_told() {
         let c = Clock::new();
-        let mut s = Scheduler::new(LeaseConfig { lease_ttl: TTL }, 1_000);
+        let mut s = Scheduler::new(
+            LeaseConfig {
+                lease_ttl: TTL,
+                default_judges: vec!["http://judge.test/judge".into()],
+            },
+            1_000,
+        );
         s.submit(new_job("j", 1, 1, 0), c.now, c.wall());
         let (_, out) = s.hello(hello("w", 1), c.now);
         assert_eq!(assignments(&out)[0].1.lease_id, 1_000);

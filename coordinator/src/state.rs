@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proxyfleet_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::candidate::{self, Protocol, Rejected, TargetPolicy};
 use crate::config::CoordinatorConfig;
@@ -19,6 +19,7 @@ use crate::scheduler::{
     Hello, JobError, JobSettings, JobSnapshot, JobState, LeaseConfig, NewJob, Outbound, Scheduler,
     SessionId, SourceSpec, SourceState, SourceStatus, UsableFilter,
 };
+use crate::store::Store;
 
 /// Messages for one worker session's response stream.
 pub type Outbox = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, tonic::Status>>;
@@ -39,6 +40,27 @@ struct Inner {
     progress: Mutex<HashMap<String, watch::Sender<JobSnapshot>>>,
     /// Reads the sources of scraping jobs.
     fetcher: Fetcher,
+    /// Work for the store writer; taken (closed) at shutdown.
+    store_tx: Mutex<Option<std::sync::mpsc::Sender<StoreOp>>>,
+    /// The store writer thread, joined at shutdown.
+    store_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set by the writer if the store fails; the coordinator stops on it.
+    store_failure: watch::Sender<Option<String>>,
+    /// When ended jobs were last pruned (`--retain`).
+    last_prune: Mutex<Instant>,
+}
+
+/// Work for the store writer thread.
+enum StoreOp {
+    Write {
+        records: Vec<crate::scheduler::Record>,
+        /// LeaseDone messages, sent once the records are committed.
+        acks: Vec<Outbound>,
+        next_lease: u64,
+    },
+    Prune {
+        before_ms: u64,
+    },
 }
 
 /// A job request from a client, before parsing.
@@ -126,37 +148,165 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
+    /// Opens the store in the data dir, brings back every job it holds, and starts its writer.
     pub fn new(config: CoordinatorConfig) -> anyhow::Result<Self> {
         let fetcher = Fetcher::new(FetchPolicy {
             allow_private: config.allow_private_targets,
             max_bytes: config.max_source_bytes,
             ..FetchPolicy::default()
         })?;
-        let scheduler = Scheduler::new(
+        let store = Store::open(&config.data_dir)?;
+        let (stored, lease_floor) = store.load()?;
+        let mut scheduler = Scheduler::new(
             LeaseConfig {
                 lease_ttl: config.lease_ttl,
+                default_judges: config.judge_urls.clone(),
             },
-            first_lease_id(),
+            first_lease_id().max(lease_floor),
         );
-        Ok(State {
+        let now = Instant::now();
+        let restored = stored.len();
+        let mut out = Vec::new();
+        for job in stored {
+            out.extend(scheduler.restore(job, now, wall_ms()));
+        }
+        // What was just read back needs no writing again.
+        scheduler.take_journal();
+        let mut progress = HashMap::new();
+        for id in scheduler.job_ids() {
+            if let Ok(snapshot) = scheduler.snapshot(&id, false, now) {
+                progress.insert(id, watch::channel(snapshot).0);
+            }
+        }
+        if restored > 0 {
+            info!(jobs = restored, "jobs restored from the data dir");
+        }
+        let (store_tx, store_rx) = std::sync::mpsc::channel();
+        let state = State {
             inner: Arc::new(Inner {
                 config,
                 scheduler: Mutex::new(scheduler),
                 outboxes: Mutex::new(HashMap::new()),
-                progress: Mutex::new(HashMap::new()),
+                progress: Mutex::new(progress),
                 fetcher,
+                store_tx: Mutex::new(Some(store_tx)),
+                store_thread: Mutex::new(None),
+                store_failure: watch::channel(None).0,
+                last_prune: Mutex::new(now),
             }),
-        })
+        };
+        let writer = {
+            let state = state.clone();
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || state.write_store(store, store_rx))?
+        };
+        *lock(&state.inner.store_thread) = Some(writer);
+        state.deliver(out);
+        Ok(state)
+    }
+
+    /// The store writer: commits batches of changes (every batch waiting is one transaction),
+    /// then sends the acks that waited for them. A failing store stops the coordinator.
+    fn write_store(&self, mut store: Store, rx: std::sync::mpsc::Receiver<StoreOp>) {
+        while let Ok(first) = rx.recv() {
+            let mut records = Vec::new();
+            let mut acks = Vec::new();
+            let mut next_lease = 0;
+            let mut prunes = Vec::new();
+            for op in std::iter::once(first).chain(rx.try_iter()) {
+                match op {
+                    StoreOp::Write {
+                        records: r,
+                        acks: a,
+                        next_lease: n,
+                    } => {
+                        records.extend(r);
+                        acks.extend(a);
+                        next_lease = next_lease.max(n);
+                    }
+                    StoreOp::Prune { before_ms } => prunes.push(before_ms),
+                }
+            }
+            if let Err(e) = store.write(&records, next_lease) {
+                error!(error = %e, "the store failed; stopping");
+                self.inner.store_failure.send_replace(Some(e.to_string()));
+                return;
+            }
+            self.deliver(acks);
+            for before_ms in prunes {
+                match store.prune(before_ms) {
+                    Ok(ids) => self.forget(ids),
+                    Err(e) => {
+                        error!(error = %e, "the store failed; stopping");
+                        self.inner.store_failure.send_replace(Some(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flushes and closes the store (shutdown): nothing acknowledged is lost.
+    pub fn close_store(&self) {
+        lock(&self.inner.store_tx).take();
+        let writer = lock(&self.inner.store_thread).take();
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+    }
+
+    /// Completes with the store's error, if it ever fails.
+    pub fn store_failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut failure = self.inner.store_failure.subscribe();
+        async move {
+            let failed = match failure.wait_for(|f| f.is_some()).await {
+                Ok(f) => f.clone(),
+                Err(_) => None,
+            };
+            match failed {
+                Some(error) => error,
+                // The sender lives as long as the state: no failure will ever come.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Drops pruned jobs from memory.
+    fn forget(&self, ids: Vec<String>) {
+        let mut scheduler = lock(&self.inner.scheduler);
+        let mut progress = lock(&self.inner.progress);
+        for id in ids {
+            scheduler.forget(&id);
+            progress.remove(&id);
+            info!(job_id = %id, "job pruned: older than --retain");
+        }
     }
 
     pub fn config(&self) -> &CoordinatorConfig {
         &self.inner.config
     }
 
-    /// Runs `f` on the scheduler and delivers what it sends to workers.
+    /// Runs `f` on the scheduler, hands its changes to the store and delivers what it sends to
+    /// workers; a lease's completion is acknowledged only once its verdicts are durable.
     fn with_scheduler<R>(&self, f: impl FnOnce(&mut Scheduler) -> (R, Vec<Outbound>)) -> R {
         let mut scheduler = lock(&self.inner.scheduler);
         let (r, out) = f(&mut scheduler);
+        let records = scheduler.take_journal();
+        let (acks, out): (Vec<Outbound>, Vec<Outbound>) = out
+            .into_iter()
+            .partition(|o| matches!(o, Outbound::LeaseDone(..)));
+        if !records.is_empty() || !acks.is_empty() {
+            let op = StoreOp::Write {
+                records,
+                acks,
+                next_lease: scheduler.next_lease_id(),
+            };
+            // Closed only at shutdown, when acks no longer matter.
+            if let Some(tx) = lock(&self.inner.store_tx).as_ref() {
+                let _ = tx.send(op);
+            }
+        }
         // Delivered under the scheduler lock so a session's messages keep the scheduler's order.
         self.deliver(out);
         r
@@ -302,8 +452,9 @@ impl State {
             field,
             message: message.to_string(),
         };
+        // No judge named: the coordinator's, whatever they are when the checks run.
         let judge_urls: Vec<String> = if r.judge_urls.iter().all(|u| u.trim().is_empty()) {
-            config.judge_urls.clone()
+            Vec::new()
         } else {
             r.judge_urls
                 .iter()
@@ -677,8 +828,18 @@ impl State {
         lock(&self.inner.outboxes).clear();
     }
 
-    /// Expires silent leases and overdue jobs, then publishes progress.
+    /// Expires silent leases and overdue jobs, prunes old jobs, then publishes progress.
     pub fn tick(&self) {
+        if let Some(retain) = self.inner.config.retain {
+            let mut last = lock(&self.inner.last_prune);
+            if last.elapsed() >= Duration::from_secs(60).min(retain) {
+                *last = Instant::now();
+                let before_ms = wall_ms().saturating_sub(retain.as_millis() as u64);
+                if let Some(tx) = lock(&self.inner.store_tx).as_ref() {
+                    let _ = tx.send(StoreOp::Prune { before_ms });
+                }
+            }
+        }
         self.with_scheduler(|s| ((), s.tick(Instant::now(), wall_ms())));
         self.publish();
     }

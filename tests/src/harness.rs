@@ -140,35 +140,46 @@ pub struct CoordinatorProc {
 impl CoordinatorProc {
     /// Starts a coordinator on 127.0.0.1:0 with `--allow-private-targets` and `extra` arguments.
     pub async fn start(extra: &[&str]) -> CoordinatorProc {
-        Self::start_with(extra, true, "127.0.0.1:0").await
+        Self::start_with(extra, true, "127.0.0.1:0", None).await
     }
 
     /// Starts a coordinator listening on `listen` (for restarts on a known address).
     pub async fn start_on(listen: &str, extra: &[&str]) -> CoordinatorProc {
-        Self::start_with(extra, true, listen).await
+        Self::start_with(extra, true, listen, None).await
+    }
+
+    /// Starts a coordinator on `listen` over the data dir `data` (for crash and restart tests).
+    pub async fn start_over(listen: &str, data: &Path, extra: &[&str]) -> CoordinatorProc {
+        Self::start_with(extra, true, listen, Some(data)).await
     }
 
     /// Starts a coordinator that refuses private targets, as in production.
     pub async fn start_public(extra: &[&str]) -> CoordinatorProc {
-        Self::start_with(extra, false, "127.0.0.1:0").await
+        Self::start_with(extra, false, "127.0.0.1:0", None).await
     }
 
-    async fn start_with(extra: &[&str], allow_private: bool, listen: &str) -> CoordinatorProc {
+    async fn start_with(
+        extra: &[&str],
+        allow_private: bool,
+        listen: &str,
+        data: Option<&Path>,
+    ) -> CoordinatorProc {
         let dir = TempDir::new("coordinator");
+        let data = data
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("data"));
         let mut command = Command::new(bin("proxyfleet-coordinator"));
         command
-            .args([
-                "--listen",
-                listen,
-                "--judge-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(dir.path().join("data"))
+            .args(["--listen", listen, "--data-dir"])
+            .arg(&data)
             .args(extra)
             .env("RUST_LOG", "info");
         if allow_private {
             command.arg("--allow-private-targets");
+        }
+        // A fixed gRPC port keeps its judge on the next port across restarts; port 0 picks both.
+        if listen.ends_with(":0") {
+            command.args(["--judge-listen", "127.0.0.1:0"]);
         }
         let mut proc = Proc::spawn(
             "coordinator",
@@ -284,6 +295,18 @@ pub async fn cli(args: &[&str]) -> CliOutput {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// A free address on 127.0.0.1 below the kernel's ephemeral port range, so that no other
+/// test's outgoing connection or port-0 listener takes it while a test restarts a server on it.
+pub fn quiet_port() -> SocketAddr {
+    for _ in 0..1000 {
+        let port = fastrand::u16(20_000..32_000);
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("bound listener");
+        }
+    }
+    panic!("no free port in 20000-32000 on 127.0.0.1");
 }
 
 /// Polls `probe` every 50 ms until it returns Some, at most `limit`; panics naming `what` otherwise.

@@ -46,7 +46,14 @@ async fn demo_finds_every_working_simulated_proxy() {
             .count(),
         3
     );
-    // The finished job's outputs are on disk too, for the job and for its pool.
+    // The finished job's outputs are on disk too, for the job and for its pool, in the run's
+    // own directory.
+    let runs: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let data = &runs[0];
     for dir in [
         data.join("jobs").join(&job_id),
         data.join("output").join("demo"),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_tests::harness::{self, CoordinatorProc, TempDir, WAIT_LIMIT};
-use proxyfleet_tests::sim::{Farm, refused_addr};
+use proxyfleet_tests::sim::Farm;
 
 async fn connected(coordinator: &CoordinatorProc, name: &str) {
     let client = coordinator.client().await;
@@ -37,7 +37,7 @@ async fn run_job(coordinator: &CoordinatorProc, farm: &Farm) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_rides_out_coordinator_restarts() {
     let farm = Farm::spawn([127, 0, 0, 1].into(), 3, 2, 15).await.unwrap();
-    let listen = refused_addr([127, 0, 0, 1].into()).unwrap().to_string();
+    let listen = harness::quiet_port().to_string();
     let logs = TempDir::new("reconnect");
     let mut worker = harness::worker(
         &format!("http://{listen}"),
@@ -53,11 +53,16 @@ async fn a_worker_rides_out_coordinator_restarts() {
         "the worker must not give up"
     );
 
-    let first = CoordinatorProc::start_on(&listen, &[]).await;
+    let mut first = CoordinatorProc::start_on(&listen, &[]).await;
     connected(&first, "w1").await;
     run_job(&first, &farm).await;
 
     first.proc.signal(libc::SIGKILL);
+    first
+        .proc
+        .wait(Duration::from_secs(30))
+        .await
+        .expect("the coordinator died");
     drop(first);
     let second = CoordinatorProc::start_on(&listen, &[]).await;
     connected(&second, "w1").await;
