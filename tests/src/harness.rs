@@ -222,6 +222,15 @@ impl CoordinatorProc {
         client(&self.url).await
     }
 
+    /// Kills the coordinator with SIGKILL and waits until it is gone (its data dir stays).
+    pub async fn crash(mut self) {
+        self.proc.signal(libc::SIGKILL);
+        self.proc
+            .wait(WAIT_LIMIT)
+            .await
+            .expect("a SIGKILLed coordinator exits");
+    }
+
     /// Starts a worker process named `name` against this coordinator.
     pub fn worker(&self, name: &str, extra: &[&str]) -> Proc {
         worker(&self.url, name, extra, self.dir.path())

@@ -53,17 +53,11 @@ async fn a_worker_rides_out_coordinator_restarts() {
         "the worker must not give up"
     );
 
-    let mut first = CoordinatorProc::start_on(&listen, &[]).await;
+    let first = CoordinatorProc::start_on(&listen, &[]).await;
     connected(&first, "w1").await;
     run_job(&first, &farm).await;
 
-    first.proc.signal(libc::SIGKILL);
-    first
-        .proc
-        .wait(Duration::from_secs(30))
-        .await
-        .expect("the coordinator died");
-    drop(first);
+    first.crash().await;
     let second = CoordinatorProc::start_on(&listen, &[]).await;
     connected(&second, "w1").await;
     run_job(&second, &farm).await;

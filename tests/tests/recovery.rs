@@ -62,13 +62,7 @@ async fn a_job_survives_two_coordinator_crashes() {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(300..1500))).await;
         let mut client = coordinator.client().await;
         let before = harness::job(&mut client, &job_id).await.progress.unwrap();
-        coordinator.proc.signal(libc::SIGKILL);
-        coordinator
-            .proc
-            .wait(Duration::from_secs(30))
-            .await
-            .expect("the coordinator died");
-        drop(coordinator);
+        coordinator.crash().await;
         coordinator = CoordinatorProc::start_over(&listen, &data, &[]).await;
         let mut client = coordinator.client().await;
         let after = harness::job(&mut client, &job_id).await;
@@ -84,13 +78,7 @@ async fn a_job_survives_two_coordinator_crashes() {
     );
 
     // Finished jobs stay readable after a restart, results and all.
-    coordinator.proc.signal(libc::SIGKILL);
-    coordinator
-        .proc
-        .wait(Duration::from_secs(30))
-        .await
-        .expect("the coordinator died");
-    drop(coordinator);
+    coordinator.crash().await;
     let coordinator = CoordinatorProc::start_over(&listen, &data, &[]).await;
     let mut client = coordinator.client().await;
     let job = harness::job(&mut client, &job_id).await;
