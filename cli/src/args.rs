@@ -22,6 +22,41 @@ pub struct Cli {
     )]
     pub coordinator: String,
 
+    /// The client token, if the coordinator requires one.
+    #[arg(long, global = true, env = "PROXYFLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the client token.
+    #[arg(
+        long,
+        global = true,
+        env = "PROXYFLEET_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// PEM CA certificate to trust for a coordinator served over TLS (https:// URL).
+    #[arg(long, global = true, env = "PROXYFLEET_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// PEM client certificate, for a coordinator that asks for one (with --client-key).
+    #[arg(
+        long,
+        global = true,
+        env = "PROXYFLEET_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "PROXYFLEET_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -3,9 +3,11 @@
 use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
 
+use proxyfleet_proto::auth::BearerToken;
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_proto::v1::coordinator_client::CoordinatorClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +52,10 @@ fn from_status(status: tonic::Status, coordinator: &str) -> Failure {
         | Code::FailedPrecondition
         | Code::ResourceExhausted
         | Code::OutOfRange => Failure::new(EXIT_BAD_INPUT, format!("error: {}", status.message())),
+        Code::Unauthenticated | Code::PermissionDenied => Failure::new(
+            EXIT_BAD_INPUT,
+            format!("error: the coordinator refused us: {}", status.message()),
+        ),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
             Failure::new(
                 EXIT_UNREACHABLE,
@@ -64,8 +70,30 @@ fn from_status(status: tonic::Status, coordinator: &str) -> Failure {
 }
 
 /// Connects to the coordinator; a coordinator that is down gives exit code 1 within seconds.
-pub async fn connect(url: &str) -> Result<CoordinatorClient<Channel>, Failure> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+/// A coordinator client that sends the token, if any, with every call.
+pub type Client = CoordinatorClient<InterceptedService<Channel, BearerToken>>;
+
+/// Where the coordinator is and how to prove who we are.
+#[derive(Clone, Default)]
+pub struct Remote {
+    pub url: String,
+    pub token: BearerToken,
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl Remote {
+    pub fn plain(url: &str) -> Remote {
+        Remote {
+            url: url.to_string(),
+            ..Remote::default()
+        }
+    }
+}
+
+/// Connects to the coordinator; a coordinator that is down gives exit code 1 within seconds.
+pub async fn connect(remote: &Remote) -> Result<Client, Failure> {
+    let url = &remote.url;
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| {
             Failure::new(
                 EXIT_BAD_INPUT,
@@ -75,6 +103,11 @@ pub async fn connect(url: &str) -> Result<CoordinatorClient<Channel>, Failure> {
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));
+    if let Some(tls) = &remote.tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: TLS settings: {e}")))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -89,9 +122,11 @@ pub async fn connect(url: &str) -> Result<CoordinatorClient<Channel>, Failure> {
             ),
         )
     })?;
-    Ok(CoordinatorClient::new(channel)
-        .max_decoding_message_size(256 * 1024 * 1024)
-        .max_encoding_message_size(256 * 1024 * 1024))
+    Ok(
+        CoordinatorClient::with_interceptor(channel, remote.token.clone())
+            .max_decoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024),
+    )
 }
 
 /// A job's candidates as the client gathered them.
@@ -283,7 +318,7 @@ pub fn submit_request(job: &JobArgs, inputs: Inputs) -> Result<pb::SubmitJobRequ
 
 /// Submits a job; prints warnings for skipped lines to stderr and the job id to stdout.
 pub async fn submit(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut Client,
     url: &str,
     request: pb::SubmitJobRequest,
     source: &str,
@@ -317,7 +352,7 @@ pub const EXIT_TIMED_OUT: i32 = 6;
 /// The preflight: refreshes a pool (or follows its running refresh) and, with `--wait`, exits 0
 /// as soon as enough usable proxies are fresh.
 pub async fn refresh(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut Client,
     url: &str,
     args: &RefreshArgs,
     inputs: Option<Inputs>,
@@ -378,7 +413,7 @@ pub async fn refresh(
 
 /// Watches a job until it has `min_usable` usable proxies (0) or ends (its exit code).
 async fn until_enough(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut Client,
     url: &str,
     job_id: &str,
     min_usable: u64,
@@ -397,18 +432,14 @@ async fn until_enough(
 }
 
 /// Follows a job until its terminal snapshot; returns the job's exit code.
-pub async fn watch(
-    client: &mut CoordinatorClient<Channel>,
-    url: &str,
-    job_id: &str,
-) -> Result<i32, Failure> {
+pub async fn watch(client: &mut Client, url: &str, job_id: &str) -> Result<i32, Failure> {
     follow(client, url, job_id, |_| None).await
 }
 
 /// Shows a job's progress until `enough` says to stop early (its exit code and final line) or
 /// the job ends (the job's exit code and summary).
 async fn follow(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut Client,
     url: &str,
     job_id: &str,
     enough: impl Fn(&pb::Job) -> Option<(i32, String)>,
@@ -449,7 +480,7 @@ async fn follow(
 }
 
 pub async fn results(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut Client,
     url: &str,
     job_id: &str,
     format: Format,
@@ -512,7 +543,7 @@ fn result_json(r: &pb::ProxyResult) -> serde_json::Value {
     })
 }
 
-pub async fn jobs(client: &mut CoordinatorClient<Channel>, url: &str) -> Result<(), Failure> {
+pub async fn jobs(client: &mut Client, url: &str) -> Result<(), Failure> {
     let jobs = client
         .list_jobs(pb::ListJobsRequest {})
         .await
@@ -523,7 +554,7 @@ pub async fn jobs(client: &mut CoordinatorClient<Channel>, url: &str) -> Result<
     Ok(())
 }
 
-pub async fn workers(client: &mut CoordinatorClient<Channel>, url: &str) -> Result<(), Failure> {
+pub async fn workers(client: &mut Client, url: &str) -> Result<(), Failure> {
     let workers = client
         .list_workers(pb::ListWorkersRequest {})
         .await
@@ -534,11 +565,7 @@ pub async fn workers(client: &mut CoordinatorClient<Channel>, url: &str) -> Resu
     Ok(())
 }
 
-pub async fn cancel(
-    client: &mut CoordinatorClient<Channel>,
-    url: &str,
-    job_id: &str,
-) -> Result<(), Failure> {
+pub async fn cancel(client: &mut Client, url: &str, job_id: &str) -> Result<(), Failure> {
     let job = client
         .cancel_job(pb::CancelJobRequest {
             job_id: job_id.to_string(),

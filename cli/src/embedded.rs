@@ -177,6 +177,8 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
             reconnect_max: Duration::from_secs(1),
             extra_roots: Vec::new(),
             public_ips: Vec::new(),
+            token: Default::default(),
+            tls: None,
         };
         workers.push(tokio::spawn(proxyfleet_worker::run(
             config,
@@ -185,7 +187,7 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
     }
 
     let outcome = async {
-        let mut coordinator_client = client::connect(&url).await?;
+        let mut coordinator_client = client::connect(&client::Remote::plain(&url)).await?;
         // A job left unfinished by an interrupted earlier run in this data dir would hold the
         // pool; this run replaces it.
         let jobs = coordinator_client
@@ -239,9 +241,7 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
 }
 
 async fn usable_proxies(
-    client: &mut proxyfleet_proto::v1::coordinator_client::CoordinatorClient<
-        tonic::transport::Channel,
-    >,
+    client: &mut client::Client,
     url: &str,
     job_id: &str,
 ) -> Result<Vec<String>, Failure> {

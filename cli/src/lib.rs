@@ -9,6 +9,37 @@ pub mod progress;
 use args::{Cli, Command};
 use client::Failure;
 
+impl Cli {
+    /// The coordinator address, token and TLS settings from the global options.
+    pub fn remote(&self) -> Result<client::Remote, Failure> {
+        let bad = |what: String| Failure::new(client::EXIT_BAD_INPUT, format!("error: {what}"));
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("cannot read --token-file {}: {e}", path.display())))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string(),
+            ),
+            None => self.token.clone(),
+        };
+        let token = proxyfleet_proto::auth::BearerToken::new(token.as_deref())
+            .map_err(|e| bad(format!("--token: {e}")))?;
+        let tls = proxyfleet_proto::tls::client_config(
+            self.ca.as_deref(),
+            self.client_cert.as_deref().zip(self.client_key.as_deref()),
+        )
+        .map_err(bad)?;
+        Ok(client::Remote {
+            url: self.coordinator.clone(),
+            token,
+            tls,
+        })
+    }
+}
+
 /// Runs one command; returns the process exit code.
 pub async fn main(cli: Cli) -> i32 {
     match dispatch(cli).await {
@@ -39,7 +70,8 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         },
         _ => None,
     };
-    let mut c = client::connect(&url).await?;
+    let remote = cli.remote()?;
+    let mut c = client::connect(&remote).await?;
     match cli.command {
         Command::Submit(args) => {
             let inputs = inputs.unwrap_or_default();

@@ -58,6 +58,48 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_MAX_CANDIDATES", default_value_t = 2_000_000)]
     pub max_candidates: usize,
 
+    /// Bearer token workers must present (or --worker-token-file). With tokens unset the
+    /// coordinator only listens on loopback, unless --allow-insecure-listen.
+    #[arg(long, env = "PROXYFLEET_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+
+    /// File holding the worker token.
+    #[arg(
+        long,
+        env = "PROXYFLEET_WORKER_TOKEN_FILE",
+        conflicts_with = "worker_token"
+    )]
+    pub worker_token_file: Option<PathBuf>,
+
+    /// Bearer token clients must present (or --client-token-file).
+    #[arg(long, env = "PROXYFLEET_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
+
+    /// File holding the client token.
+    #[arg(
+        long,
+        env = "PROXYFLEET_CLIENT_TOKEN_FILE",
+        conflicts_with = "client_token"
+    )]
+    pub client_token_file: Option<PathBuf>,
+
+    /// Listen on a non-loopback address without tokens (anyone who reaches the port can submit
+    /// jobs and pose as a worker).
+    #[arg(long, env = "PROXYFLEET_ALLOW_INSECURE_LISTEN")]
+    pub allow_insecure_listen: bool,
+
+    /// PEM certificate (chain) for serving the gRPC port over TLS (with --tls-key).
+    #[arg(long, env = "PROXYFLEET_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PROXYFLEET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate: workers must present a client certificate it signed (mTLS).
+    #[arg(long, env = "PROXYFLEET_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Forget ended jobs (results, outputs in the store) this long after they ended, e.g. 7d.
     /// Default: keep them.
     #[arg(long, env = "PROXYFLEET_RETAIN", value_parser = humantime::parse_duration)]
@@ -91,6 +133,15 @@ pub struct Cli {
     pub refresh_check_timeout: Duration,
 }
 
+/// PEM files of the gRPC port's TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Workers must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Scheduled refreshes of the default pool.
 #[derive(Debug, Clone)]
 pub struct RefreshSchedule {
@@ -119,6 +170,12 @@ pub struct CoordinatorConfig {
     pub max_source_bytes: u64,
     /// Ended jobs are forgotten this long after they ended.
     pub retain: Option<Duration>,
+    /// Token workers must present; none: no check.
+    pub worker_token: Option<String>,
+    /// Token clients must present; none: no check.
+    pub client_token: Option<String>,
+    /// TLS for the gRPC port.
+    pub tls: Option<TlsFiles>,
     /// The operator's sources file.
     pub sources_file: Option<PathBuf>,
     pub refresh: Option<RefreshSchedule>,
@@ -135,6 +192,18 @@ pub enum ConfigError {
     JudgeUrl(String),
     #[error("--refresh-every must be at least 1s")]
     RefreshEvery,
+    #[error("cannot read {flag} {path}: {error}")]
+    TokenFile {
+        flag: &'static str,
+        path: String,
+        error: String,
+    },
+    #[error(
+        "refusing to listen on {0} without --worker-token and --client-token: anyone who reaches it could submit jobs or pose as a worker. Set both tokens, listen on 127.0.0.1, or pass --allow-insecure-listen"
+    )]
+    InsecureListen(SocketAddr),
+    #[error("{0} is empty")]
+    EmptyToken(&'static str),
 }
 
 impl CoordinatorConfig {
@@ -150,6 +219,9 @@ impl CoordinatorConfig {
             output_dir: data_dir.join("output"),
             max_source_bytes: 64 * 1024 * 1024,
             retain: None,
+            worker_token: None,
+            client_token: None,
+            tls: None,
             sources_file: None,
             refresh: None,
             data_dir,
@@ -209,6 +281,29 @@ impl CoordinatorConfig {
         config.sources_file = cli.sources.clone();
         config.max_source_bytes = cli.max_source_bytes;
         config.retain = cli.retain;
+        config.worker_token = read_token(
+            &cli.worker_token,
+            &cli.worker_token_file,
+            "--worker-token-file",
+        )?;
+        config.client_token = read_token(
+            &cli.client_token,
+            &cli.client_token_file,
+            "--client-token-file",
+        )?;
+        config.tls = cli
+            .tls_cert
+            .clone()
+            .zip(cli.tls_key.clone())
+            .map(|(cert, key)| TlsFiles {
+                cert,
+                key,
+                client_ca: cli.tls_client_ca.clone(),
+            });
+        check_exposure(
+            cli,
+            config.worker_token.is_some() && config.client_token.is_some(),
+        )?;
         config.refresh = cli.refresh_every.map(|every| RefreshSchedule {
             every,
             min_usable: cli.refresh_min_usable,
@@ -216,6 +311,44 @@ impl CoordinatorConfig {
         });
         config.validate()
     }
+}
+
+/// Without both tokens the port must stay on loopback, unless the operator says otherwise.
+pub fn check_exposure(cli: &Cli, tokens_set: bool) -> Result<(), ConfigError> {
+    if !tokens_set && !cli.listen.ip().is_loopback() && !cli.allow_insecure_listen {
+        return Err(ConfigError::InsecureListen(cli.listen));
+    }
+    Ok(())
+}
+
+/// Whether both tokens are given, as flags or files (read later, with errors reported then).
+pub fn tokens_given(cli: &Cli) -> bool {
+    (cli.worker_token.is_some() || cli.worker_token_file.is_some())
+        && (cli.client_token.is_some() || cli.client_token_file.is_some())
+}
+
+/// A token from its flag or its file (first line, trimmed).
+fn read_token(
+    token: &Option<String>,
+    file: &Option<PathBuf>,
+    flag: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::TokenFile {
+            flag,
+            path: path.display().to_string(),
+            error: e.to_string(),
+        })?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        if token.is_empty() {
+            return Err(ConfigError::EmptyToken(flag));
+        }
+        return Ok(Some(token));
+    }
+    Ok(token
+        .as_ref()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
 }
 
 /// `http://ADDR/judge`, naming this host when the judge listens on every interface.

@@ -311,6 +311,8 @@ impl Coordinator for CoordinatorService {
 pub struct WorkersService {
     pub state: State,
     pub shutdown: watch::Receiver<bool>,
+    /// mTLS: a worker must have presented a certificate signed by the configured CA.
+    pub require_client_cert: bool,
 }
 
 #[tonic::async_trait]
@@ -321,6 +323,11 @@ impl Workers for WorkersService {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        if self.require_client_cert && request.peer_certs().is_none_or(|certs| certs.is_empty()) {
+            return Err(Status::unauthenticated(
+                "workers must present a client certificate signed by the coordinator's --tls-client-ca (--client-cert, --client-key)",
+            ));
+        }
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())

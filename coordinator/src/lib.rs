@@ -15,6 +15,7 @@ pub mod store;
 
 use std::future::Future;
 
+use proxyfleet_proto::auth::TokenCheck;
 use proxyfleet_proto::v1::coordinator_server::CoordinatorServer;
 use proxyfleet_proto::v1::workers_server::WorkersServer;
 use tokio::net::TcpListener;
@@ -71,8 +72,33 @@ pub async fn run(
     let workers = WorkersServer::new(grpc::WorkersService {
         state: state.clone(),
         shutdown: stop_rx.clone(),
+        require_client_cert: config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
     })
     .max_decoding_message_size(16 * 1024 * 1024);
+    // Each service takes its own role's token; the other role's is recognized and refused.
+    let coordinator = tonic::service::interceptor::InterceptedService::new(
+        coordinator,
+        TokenCheck {
+            role: "client",
+            expected: config.client_token.clone(),
+            other: config.worker_token.clone(),
+        },
+    );
+    let workers = tonic::service::interceptor::InterceptedService::new(
+        workers,
+        TokenCheck {
+            role: "worker",
+            expected: config.worker_token.clone(),
+            other: config.client_token.clone(),
+        },
+    );
+    if config.worker_token.is_none() || config.client_token.is_none() {
+        tracing::warn!(
+            worker_token = config.worker_token.is_some(),
+            client_token = config.client_token.is_some(),
+            "a role has no token: anyone who reaches the port may act in it (keep the port on loopback or set --worker-token and --client-token)"
+        );
+    }
 
     info!(grpc = %grpc.local_addr()?, judge = %judge.local_addr()?, judge_urls = ?config.judge_urls, lease_ttl = ?config.lease_ttl, "coordinator listening");
 
@@ -123,7 +149,16 @@ pub async fn run(
             let _ = stop.changed().await;
         }
     };
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        let tls =
+            proxyfleet_proto::tls::server_config(&tls.cert, &tls.key, tls.client_ca.as_deref())
+                .map_err(|e| anyhow::anyhow!(e))?;
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("TLS settings of the gRPC port: {e}"))?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection_v1)

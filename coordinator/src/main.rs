@@ -15,6 +15,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    proxyfleet_coordinator::config::check_exposure(
+        &cli,
+        proxyfleet_coordinator::config::tokens_given(&cli),
+    )?;
     let grpc = TcpListener::bind(cli.listen).await.with_context(|| {
         format!(
             "cannot listen on {} (--listen); is another coordinator running?",

@@ -2,6 +2,9 @@
 
 #![allow(clippy::large_enum_variant, clippy::derive_partial_eq_without_eq)]
 
+pub mod auth;
+pub mod tls;
+
 pub mod v1 {
     tonic::include_proto!("proxyfleet.v1");
 }

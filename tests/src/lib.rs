@@ -1,5 +1,6 @@
 //! proxyfleet test kit: simulated proxies, process harness.
 
+pub mod certs;
 pub mod harness;
 pub mod lists;
 pub mod sim;

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use proxyfleet_proto::v1 as pb;
+use proxyfleet_tests::certs::TestCa;
 use proxyfleet_tests::harness::{self, CoordinatorProc, TempDir, WAIT_LIMIT};
 use proxyfleet_tests::sim::{Behavior, HeaderMode, ProxySpec, SimProxy, refused_addr};
 
@@ -164,27 +165,6 @@ async fn proxies(https_judge: bool) -> (Vec<SimProxy>, BTreeMap<String, Expected
     (running, expected)
 }
 
-/// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`: (ca, cert, key).
-fn judge_certificates(dir: &TempDir) -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "proxyfleet test ca");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let path = |name: &str, pem: String| dir.write(name, pem).to_str().unwrap().to_string();
-    (
-        path("ca.pem", ca.pem()),
-        path("judge.pem", cert.pem()),
-        path("judge.key", key.serialize_pem()),
-    )
-}
-
 async fn check_all(coordinator: &CoordinatorProc, worker_args: &[&str], https_judge: bool) {
     let (_proxies, expected) = proxies(https_judge).await;
     let _worker = coordinator.worker("checker", worker_args);
@@ -234,9 +214,12 @@ async fn every_protocol_is_graded_right_through_an_http_judge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_protocol_is_graded_right_through_an_https_judge() {
     let dir = TempDir::new("tls");
-    let (ca, cert, key) = judge_certificates(&dir);
+    let ca = TestCa::new(&dir, "judge-ca");
+    let judge = ca.sign(&dir, "judge");
+    let (cert, key) = (judge.cert.to_str().unwrap(), judge.key.to_str().unwrap());
     let coordinator =
-        CoordinatorProc::start(&["--judge-tls-cert", &cert, "--judge-tls-key", &key]).await;
+        CoordinatorProc::start(&["--judge-tls-cert", cert, "--judge-tls-key", key]).await;
+    let ca = ca.pem.to_str().unwrap().to_string();
     assert!(
         coordinator.judge_url.starts_with("https://"),
         "{}",

@@ -48,6 +48,26 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_PUBLIC_IP", value_delimiter = ',')]
     pub public_ip: Vec<std::net::IpAddr>,
 
+    /// The worker token, if the coordinator requires one.
+    #[arg(long, env = "PROXYFLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the worker token.
+    #[arg(long, env = "PROXYFLEET_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
+
+    /// PEM CA certificate to trust for a coordinator served over TLS (https:// URL).
+    #[arg(long, env = "PROXYFLEET_CA")]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate, for a coordinator that requires one (mTLS; with --client-key).
+    #[arg(long, env = "PROXYFLEET_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "PROXYFLEET_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<std::path::PathBuf>,
+
     /// On SIGTERM, time to finish held chunks before handing the rest back.
     #[arg(long, env = "PROXYFLEET_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_grace: Duration,
@@ -70,6 +90,10 @@ pub struct WorkerConfig {
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Addresses known to be this worker's, besides those the judges report.
     pub public_ips: Vec<std::net::IpAddr>,
+    /// Sent with every message to the coordinator.
+    pub token: proxyfleet_proto::auth::BearerToken,
+    /// TLS to the coordinator.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// What is wrong with a worker's configuration.
@@ -83,6 +107,8 @@ pub enum ConfigError {
     MaxLeases,
     #[error("--judge-ca {path}: {error}; give a PEM file of CA certificates")]
     JudgeCa { path: String, error: String },
+    #[error("{0}")]
+    Credentials(String),
 }
 
 /// Reads the CA certificates of a PEM file.
@@ -125,6 +151,30 @@ impl TryFrom<Cli> for WorkerConfig {
             Some(path) => read_ca(path)?,
             None => Vec::new(),
         };
+        let token = match &cli.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        ConfigError::Credentials(format!(
+                            "cannot read --token-file {}: {e}",
+                            path.display()
+                        ))
+                    })?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string(),
+            ),
+            None => cli.token.clone(),
+        };
+        let token = proxyfleet_proto::auth::BearerToken::new(token.as_deref())
+            .map_err(|e| ConfigError::Credentials(format!("--token: {e}")))?;
+        let tls = proxyfleet_proto::tls::client_config(
+            cli.ca.as_deref(),
+            cli.client_cert.as_deref().zip(cli.client_key.as_deref()),
+        )
+        .map_err(ConfigError::Credentials)?;
         Ok(WorkerConfig {
             coordinator: cli.coordinator,
             worker_id: name.clone(),
@@ -136,6 +186,8 @@ impl TryFrom<Cli> for WorkerConfig {
             reconnect_max: Duration::from_secs(5),
             extra_roots,
             public_ips: cli.public_ip,
+            token,
+            tls,
         })
     }
 }

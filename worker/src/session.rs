@@ -111,11 +111,17 @@ async fn open(config: &WorkerConfig) -> Result<Opened, String> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
+    let endpoint = match &config.tls {
+        Some(tls) => endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| format!("TLS settings: {e}"))?,
+        None => endpoint,
+    };
     let channel = endpoint
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", config.coordinator))?;
-    let mut client = WorkersClient::new(channel);
+    let mut client = WorkersClient::with_interceptor(channel, config.token.clone());
     let (out_tx, out_rx) = mpsc::channel::<pb::WorkerMessage>(1024);
     let hello = pb::WorkerMessage {
         kind: Some(pb::worker_message::Kind::Hello(pb::Hello {

@@ -1,0 +1,138 @@
+//! Bearer tokens on the wire: the interceptor clients and workers send theirs with, and the check
+//! the coordinator applies to each service.
+
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// Adds `authorization: Bearer TOKEN` to every request (nothing without a token).
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    /// A token that is not valid header text is refused here, with a message.
+    pub fn new(token: Option<&str>) -> Result<BearerToken, String> {
+        match token.map(str::trim).filter(|t| !t.is_empty()) {
+            None => Ok(BearerToken(None)),
+            Some(t) => format!("Bearer {t}")
+                .parse()
+                .map(|v| BearerToken(Some(v)))
+                .map_err(|_| "the token must be printable ASCII text".to_string()),
+        }
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    /// Never prints the token itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BearerToken(set)"
+        } else {
+            "BearerToken(none)"
+        })
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Compares without leaking, through timing, how much of a guess was right.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Who may call a service: its own token (none: anyone), and the other role's token, which is
+/// recognized so that it is told it has the wrong role.
+#[derive(Clone, Default)]
+pub struct TokenCheck {
+    pub role: &'static str,
+    pub expected: Option<String>,
+    pub other: Option<String>,
+}
+
+impl TokenCheck {
+    pub fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(());
+        };
+        let role = self.role;
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            None => Err(Status::unauthenticated(format!(
+                "a {role} token is required: send 'authorization: Bearer TOKEN' (--token or PROXYFLEET_TOKEN)"
+            ))),
+            Some(token) if same(token, expected) => Ok(()),
+            Some(token) if self.other.as_deref().is_some_and(|o| same(token, o)) => Err(
+                Status::permission_denied(format!("this token is not a {role} token")),
+            ),
+            Some(_) => Err(Status::unauthenticated(format!("wrong {role} token"))),
+        }
+    }
+}
+
+impl Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(&request)?;
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(token: Option<&str>) -> Request<()> {
+        let mut interceptor = BearerToken::new(token).unwrap();
+        interceptor.call(Request::new(())).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_checked_by_role() {
+        let check = TokenCheck {
+            role: "client",
+            expected: Some("c".into()),
+            other: Some("w".into()),
+        };
+        assert!(check.check(&request(Some("c"))).is_ok());
+        assert_eq!(
+            check.check(&request(None)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            check.check(&request(Some("x"))).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            check.check(&request(Some("w"))).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        let open = TokenCheck {
+            role: "client",
+            expected: None,
+            other: None,
+        };
+        assert!(open.check(&request(None)).is_ok());
+    }
+
+    #[test]
+    fn tokens_must_be_header_text() {
+        assert!(BearerToken::new(Some("bad\ntoken")).is_err());
+        assert!(BearerToken::new(Some("  ")).unwrap().0.is_none());
+    }
+}

@@ -1,0 +1,50 @@
+//! TLS settings for the gRPC port, read from PEM files, for the coordinator and its callers.
+
+use std::path::Path;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+/// The client side: a CA to trust and, for mTLS, a certificate and key. `None` without either.
+pub fn client_config(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Option<ClientTlsConfig>, String> {
+    if ca.is_none() && identity.is_none() {
+        return Ok(None);
+    }
+    // Only the given CA is trusted: a coordinator's certificate comes from its operator.
+    let mut config = ClientTlsConfig::new();
+    if let Some(ca) = ca {
+        config = config.ca_certificate(Certificate::from_pem(read(ca, "the CA certificate")?));
+    }
+    if let Some((cert, key)) = identity {
+        config = config.identity(Identity::from_pem(
+            read(cert, "the client certificate")?,
+            read(key, "the client key")?,
+        ));
+    }
+    Ok(Some(config))
+}
+
+/// The server side: the coordinator's certificate and key, and for mTLS the CA whose
+/// certificates workers must present (clients may connect without one).
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerTlsConfig, String> {
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(cert, "--tls-cert")?,
+        read(key, "--tls-key")?,
+    ));
+    if let Some(ca) = client_ca {
+        config = config
+            .client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?))
+            .client_auth_optional(true);
+    }
+    Ok(config)
+}
