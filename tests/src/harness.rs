@@ -306,6 +306,18 @@ pub async fn cli(args: &[&str]) -> CliOutput {
     }
 }
 
+/// Runs the coordinator with `args`, expecting it to refuse to start; returns what it said.
+pub async fn coordinator_refuses(args: &[&str]) -> String {
+    let mut command = Command::new(bin("proxyfleet-coordinator"));
+    command.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(WAIT_LIMIT, command.output())
+        .await
+        .expect("a refusing coordinator stops by itself")
+        .expect("running proxyfleet-coordinator");
+    assert!(!out.status.success(), "the coordinator started: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A free address on 127.0.0.1 below the kernel's ephemeral port range, so that no other
 /// test's outgoing connection or port-0 listener takes it while a test restarts a server on it.
 pub fn quiet_port() -> SocketAddr {

@@ -95,23 +95,16 @@ async fn a_corrupt_data_dir_stops_the_coordinator_with_a_clear_message() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("proxyfleet.db"), vec![0x42; 16384]).unwrap();
-    let mut command = tokio::process::Command::new(harness::bin("proxyfleet-coordinator"));
-    command
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--judge-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(WAIT_LIMIT, command.output())
-        .await
-        .expect("it stops by itself")
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let data_arg = data.to_str().unwrap();
+    let stderr = harness::coordinator_refuses(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--judge-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_arg,
+    ])
+    .await;
     assert!(
         stderr.contains("proxyfleet.db") && stderr.contains("corrupt"),
         "{stderr}"

@@ -25,6 +25,23 @@ fn hello(name: &str) -> pb::WorkerMessage {
     }
 }
 
+/// The ids of the workers the coordinator holds sessions with.
+async fn worker_ids<T>(client: &mut CoordinatorClient<T>) -> Vec<String>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let workers = client
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    workers.into_iter().map(|w| w.worker_id).collect()
+}
+
 /// What each service answers a token: Ok, or the status code.
 async fn answers(channel: &Channel, token: Option<&str>) -> (Result<(), Code>, Result<(), Code>) {
     let token = BearerToken::new(token).unwrap();
@@ -119,35 +136,20 @@ async fn each_role_needs_its_own_token_on_its_own_service() {
         channel.clone(),
         BearerToken::new(Some("client-secret")).unwrap(),
     );
-    let workers = client
-        .list_workers(pb::ListWorkersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .workers;
-    assert_eq!(
-        workers
-            .iter()
-            .map(|w| w.worker_id.as_str())
-            .collect::<Vec<_>>(),
-        ["w"]
-    );
+    assert_eq!(worker_ids(&mut client).await, ["w"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_tokens_the_port_stays_on_loopback() {
     let dir = TempDir::new("exposed");
-    let mut command = tokio::process::Command::new(harness::bin("proxyfleet-coordinator"));
-    command
-        .args(["--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(WAIT_LIMIT, command.output())
-        .await
-        .expect("it stops by itself")
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let data = dir.path().join("data");
+    let stderr = harness::coordinator_refuses(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
     assert!(
         stderr
             .contains("refusing to listen on 0.0.0.0:0 without --worker-token and --client-token"),
@@ -228,19 +230,7 @@ async fn tls_for_everyone_and_client_certificates_for_workers() {
     .await;
     // The others keep being refused; give them several attempts.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let workers = client
-        .list_workers(pb::ListWorkersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .workers;
-    assert_eq!(
-        workers
-            .iter()
-            .map(|w| w.worker_id.as_str())
-            .collect::<Vec<_>>(),
-        ["good"]
-    );
+    assert_eq!(worker_ids(&mut client).await, ["good"]);
     let no_cert_log = std::fs::read_to_string(dir.path().join("no-cert.log")).unwrap();
     assert!(no_cert_log.contains("client certificate"), "{no_cert_log}");
 
