@@ -61,6 +61,7 @@ pub fn reason_name(r: i32) -> &'static str {
         pb::Reason::Network => "network",
         pb::Reason::Unchecked => "unchecked",
         pb::Reason::Filtered => "filtered",
+        pb::Reason::Forbidden => "forbidden",
     }
 }
 

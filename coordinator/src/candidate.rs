@@ -542,31 +542,7 @@ fn check_target(host: &str, policy: TargetPolicy) -> Result<(), Fault> {
     Ok(())
 }
 
-/// Loopback, private, link-local, multicast, unspecified or otherwise not publicly routable.
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 0
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
-            }
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
-    }
-}
+pub use proxyfleet_proto::addr::is_private;
 
 fn all_digits(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_digit())

@@ -100,6 +100,18 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Largest request a client may send (a submitted list), in bytes.
+    #[arg(long, env = "PROXYFLEET_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most jobs not ended yet (queued, scraping or checking) at once; more are refused.
+    #[arg(long, env = "PROXYFLEET_MAX_ACTIVE_JOBS", default_value_t = 100)]
+    pub max_active_jobs: usize,
+
+    /// Most progress and results streams open at once; more are refused.
+    #[arg(long, env = "PROXYFLEET_MAX_WATCHERS", default_value_t = 1000)]
+    pub max_watchers: usize,
+
     /// Forget ended jobs (results, outputs in the store) this long after they ended, e.g. 7d.
     /// Default: keep them.
     #[arg(long, env = "PROXYFLEET_RETAIN", value_parser = humantime::parse_duration)]
@@ -176,6 +188,9 @@ pub struct CoordinatorConfig {
     pub client_token: Option<String>,
     /// TLS for the gRPC port.
     pub tls: Option<TlsFiles>,
+    pub max_message_bytes: usize,
+    pub max_active_jobs: usize,
+    pub max_watchers: usize,
     /// The operator's sources file.
     pub sources_file: Option<PathBuf>,
     pub refresh: Option<RefreshSchedule>,
@@ -222,6 +237,9 @@ impl CoordinatorConfig {
             worker_token: None,
             client_token: None,
             tls: None,
+            max_message_bytes: 64 * 1024 * 1024,
+            max_active_jobs: 100,
+            max_watchers: 1000,
             sources_file: None,
             refresh: None,
             data_dir,
@@ -281,6 +299,9 @@ impl CoordinatorConfig {
         config.sources_file = cli.sources.clone();
         config.max_source_bytes = cli.max_source_bytes;
         config.retain = cli.retain;
+        config.max_message_bytes = cli.max_message_bytes;
+        config.max_active_jobs = cli.max_active_jobs;
+        config.max_watchers = cli.max_watchers;
         config.worker_token = read_token(
             &cli.worker_token,
             &cli.worker_token_file,

@@ -72,6 +72,7 @@ fn reason_to_proto(r: Reason) -> pb::Reason {
         Reason::Tls => pb::Reason::Tls,
         Reason::Network => pb::Reason::Network,
         Reason::Filtered => pb::Reason::Filtered,
+        Reason::Forbidden => pb::Reason::Forbidden,
     }
 }
 
@@ -86,6 +87,7 @@ fn reason_from_proto(value: i32) -> Reason {
         pb::Reason::Tls => Reason::Tls,
         // Only the coordinator filters; a worker claiming so is treated as a network failure.
         pb::Reason::Network | pb::Reason::Unchecked | pb::Reason::Filtered => Reason::Network,
+        pb::Reason::Forbidden => Reason::Forbidden,
     }
 }
 
@@ -266,6 +268,8 @@ pub fn assignment_to_proto(a: &Assignment) -> pb::Assign {
             judge_urls: a.judge_urls.clone(),
             timeout_ms: a.timeout.as_millis() as u64,
             connect_timeout_ms: a.connect_timeout.as_millis() as u64,
+            // Set by the runtime, which knows the coordinator's policy.
+            allow_private_targets: false,
         }),
     }
 }

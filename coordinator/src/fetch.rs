@@ -95,6 +95,74 @@ fn literal_ip(url: &str) -> Option<IpAddr> {
         .ok()
 }
 
+/// Resolves host names for source fetches, keeping only public addresses unless private targets
+/// are allowed: a list URL whose name points inside the network is refused, not fetched.
+struct PublicOnly {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let all: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<std::net::SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|a| allow_private || !is_private(a.ip()))
+                .collect();
+            if allowed.is_empty() && !all.is_empty() {
+                return Err(format!(
+                    "{host} resolves only to loopback, private or link-local addresses; start the coordinator with --allow-private-targets to fetch it"
+                )
+                .into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether the host of an http(s) URL may be contacted: a private literal, or a name that
+/// resolves only to private addresses, is refused unless private targets are allowed.
+pub async fn check_public_url(url: &str, allow_private: bool) -> Result<(), String> {
+    if allow_private {
+        return Ok(());
+    }
+    if let Some(ip) = literal_ip(url) {
+        if is_private(ip) {
+            return Err(format!(
+                "{url} is on a loopback, private or link-local address; start the coordinator with --allow-private-targets to use it"
+            ));
+        }
+        return Ok(());
+    }
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority
+        .rsplit_once('@')
+        .map(|(_, a)| a)
+        .unwrap_or(authority);
+    let host = authority
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(authority);
+    let lookup =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host, 0))).await;
+    let addrs: Vec<std::net::SocketAddr> = match lookup {
+        Ok(Ok(addrs)) => addrs.collect(),
+        Ok(Err(e)) => return Err(format!("cannot resolve the host of {url}: {e}")),
+        Err(_) => return Err(format!("resolving the host of {url} took more than 5s")),
+    };
+    if !addrs.is_empty() && addrs.iter().all(|a| is_private(a.ip())) {
+        return Err(format!(
+            "{url} resolves only to loopback, private or link-local addresses; start the coordinator with --allow-private-targets to use it"
+        ));
+    }
+    Ok(())
+}
+
 /// True for statuses worth another attempt.
 pub fn transient(status: u16) -> bool {
     matches!(status, 408 | 429) || (500..600).contains(&status)
@@ -117,8 +185,23 @@ impl Fetcher {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let allow_private = policy.allow_private;
+        // Redirects are followed a few times, never to a private address literal (names are
+        // checked by the resolver).
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            let private = literal_ip(attempt.url().as_str()).is_some_and(is_private);
+            if private && !allow_private {
+                attempt.error("redirected to a loopback, private or link-local address")
+            } else if attempt.previous().len() >= 5 {
+                attempt.error("more than 5 redirects")
+            } else {
+                attempt.follow()
+            }
+        });
         let client = reqwest::Client::builder()
             .no_proxy()
+            .dns_resolver(PublicOnly { allow_private })
+            .redirect(redirects)
             .tls_backend_preconfigured(tls)
             .connect_timeout(policy.timeout)
             .timeout(policy.timeout)
@@ -268,6 +351,37 @@ mod tests {
         for s in [200, 301, 400, 403, 404] {
             assert!(!transient(s), "{s}");
         }
+    }
+
+    #[tokio::test]
+    async fn names_that_resolve_inside_are_refused_unless_allowed() {
+        let err = check_public_url("http://localhost:8080/judge", false)
+            .await
+            .unwrap_err();
+        assert!(err.contains("resolves only to loopback"), "{err}");
+        assert!(
+            check_public_url("http://localhost:8080/judge", true)
+                .await
+                .is_ok()
+        );
+        assert!(
+            check_public_url("http://10.1.2.3/judge", false)
+                .await
+                .unwrap_err()
+                .contains("--allow-private-targets")
+        );
+        assert!(
+            check_public_url("http://203.0.113.7/judge", false)
+                .await
+                .is_ok()
+        );
+        let fetcher = Fetcher::new(FetchPolicy::default()).unwrap();
+        let err = fetcher
+            .fetch("http://localhost:1/list.txt", false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("resolves only to loopback"), "{err}");
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::convert;
 use crate::scheduler::{Hello, JobError, SourceSpec, UsableFilter};
@@ -36,7 +36,9 @@ impl From<JobError> for Status {
 impl From<SubmitError> for Status {
     fn from(e: SubmitError) -> Self {
         match e {
-            SubmitError::TooMany { .. } => Status::resource_exhausted(e.to_string()),
+            SubmitError::TooMany { .. } | SubmitError::Busy { .. } => {
+                Status::resource_exhausted(e.to_string())
+            }
             _ => Status::invalid_argument(e.to_string()),
         }
     }
@@ -55,6 +57,46 @@ pub struct CoordinatorService {
     pub state: State,
     /// Flips to true on shutdown so open watch streams end.
     pub shutdown: watch::Receiver<bool>,
+    /// Open progress and results streams, bounded.
+    pub watchers: WatcherLimit,
+}
+
+/// Counts open streams; a slot is held by a guard that the stream's task drops when it ends.
+#[derive(Clone)]
+pub struct WatcherLimit {
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+}
+
+/// One open stream.
+pub struct WatcherSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl WatcherLimit {
+    pub fn new(max: usize) -> Self {
+        WatcherLimit {
+            open: Default::default(),
+            max,
+        }
+    }
+
+    pub fn acquire(&self) -> Result<WatcherSlot, Status> {
+        use std::sync::atomic::Ordering;
+        let taken = self.open.fetch_add(1, Ordering::SeqCst);
+        let slot = WatcherSlot(self.open.clone());
+        if taken >= self.max {
+            return Err(Status::resource_exhausted(format!(
+                "{} streams are open, the most the coordinator serves (--max-watchers); try again when some end",
+                self.max
+            )));
+        }
+        Ok(slot)
+    }
 }
 
 #[tonic::async_trait]
@@ -118,6 +160,12 @@ impl Coordinator for CoordinatorService {
                 )));
             }
         };
+        // A client's judges are contacted through every proxy: none may point inside.
+        for url in r.judge_urls.iter().filter(|u| !u.trim().is_empty()) {
+            crate::fetch::check_public_url(url.trim(), self.state.config().allow_private_targets)
+                .await
+                .map_err(|e| Status::invalid_argument(format!("judge_urls: {e}")))?;
+        }
         let positive = |v: u64| (v > 0).then_some(v);
         let submitted = self.state.submit(SubmitRequest {
             lines,
@@ -177,10 +225,12 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let job_id = require_job_id(&r.job_id)?.to_string();
         let mut progress = self.state.watch(&job_id)?;
+        let slot = self.watchers.acquire()?;
         let mut shutdown = self.shutdown.clone();
         let (tx, rx) = mpsc::channel(4);
         // Ends by itself: at the terminal snapshot, when the client goes away, or at shutdown.
         tokio::spawn(async move {
+            let _slot = slot;
             let shutting_down = || {
                 Err(Status::unavailable(
                     "the coordinator is shutting down; watch again after it restarts",
@@ -274,11 +324,13 @@ impl Coordinator for CoordinatorService {
         }
         // Follow: verdicts as they are recorded, then the unchecked rest once the job ends.
         self.state.results_since(&job_id, 0, r.usable_only)?;
+        let slot = self.watchers.acquire()?;
         let state = self.state.clone();
         let mut shutdown = self.shutdown.clone();
         let (tx, rx) = mpsc::channel(8);
         // Ends at the job's end, when the client goes away, or at shutdown.
         tokio::spawn(async move {
+            let _slot = slot;
             let mut cursor = 0;
             loop {
                 let Ok(followed) = state.results_since(&job_id, cursor, r.usable_only) else {
@@ -378,21 +430,7 @@ impl Workers for WorkersService {
                         break "stream broken";
                     }
                 };
-                match kind {
-                    Some(pb::worker_message::Kind::Verdicts(v)) => state.on_verdicts(session, v),
-                    Some(pb::worker_message::Kind::Heartbeat(h)) => state.on_heartbeat(session, h),
-                    Some(pb::worker_message::Kind::Draining(_)) => state.on_draining(session),
-                    Some(pb::worker_message::Kind::JudgeStatus(j)) => {
-                        state.on_judge_status(session, j)
-                    }
-                    Some(pb::worker_message::Kind::HandBack(h)) => {
-                        state.on_hand_back(session, h.lease_id)
-                    }
-                    Some(pb::worker_message::Kind::Hello(_)) => {
-                        warn!(session_id = session, "second hello on one stream ignored")
-                    }
-                    None => warn!(session_id = session, "empty worker message ignored"),
-                }
+                state.on_message(session, kind);
             };
             state.close_session(session, why);
         });

@@ -26,9 +26,6 @@ use tracing::info;
 pub use config::{Cli, CoordinatorConfig};
 pub use state::State;
 
-/// Largest message a client may send (a submitted list), in bytes.
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
-
 /// Runs the coordinator on `grpc` (clients and workers) and `judge` (the built-in judge) until
 /// `shutdown` completes, then closes every session and stream and returns.
 pub async fn run(
@@ -66,9 +63,10 @@ pub async fn run(
     let coordinator = CoordinatorServer::new(grpc::CoordinatorService {
         state: state.clone(),
         shutdown: stop_rx.clone(),
+        watchers: grpc::WatcherLimit::new(config.max_watchers),
     })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes.max(16 * 1024 * 1024));
     let workers = WorkersServer::new(grpc::WorkersService {
         state: state.clone(),
         shutdown: stop_rx.clone(),

@@ -149,6 +149,8 @@ pub enum Reason {
     Network,
     /// Works, but outside the job's filter.
     Filtered,
+    /// Not checked: its address is private and the coordinator does not allow that.
+    Forbidden,
 }
 
 /// A worker's verdict on one candidate of its lease.

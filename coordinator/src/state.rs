@@ -108,6 +108,10 @@ pub enum SubmitError {
         "{count} candidates is more than the {max} a job may hold; split the list into several jobs"
     )]
     TooMany { count: usize, max: usize },
+    #[error(
+        "{active} jobs have not ended yet, the most the coordinator holds (--max-active-jobs {max}); wait for some to end or cancel them"
+    )]
+    Busy { active: usize, max: usize },
     #[error("invalid {field}: {message}")]
     Invalid {
         field: &'static str,
@@ -324,10 +328,11 @@ impl State {
                         job_id = %a.job_id, chunk_id = a.chunk_id, lease_id = a.lease_id, session_id = s,
                         attempt = a.attempt, proxies = a.candidates.len(), "lease granted"
                     );
-                    (
-                        s,
-                        pb::coordinator_message::Kind::Assign(convert::assignment_to_proto(&a)),
-                    )
+                    let mut assign = convert::assignment_to_proto(&a);
+                    if let Some(settings) = assign.settings.as_mut() {
+                        settings.allow_private_targets = self.inner.config.allow_private_targets;
+                    }
+                    (s, pb::coordinator_message::Kind::Assign(assign))
                 }
                 Outbound::LeaseDone(s, lease_id) => (
                     s,
@@ -370,6 +375,17 @@ impl State {
             return Err(SubmitError::Empty);
         }
         let settings = self.job_settings(&request)?;
+        let active = self
+            .jobs()
+            .iter()
+            .filter(|j| !j.state.is_terminal())
+            .count();
+        if active >= config.max_active_jobs {
+            return Err(SubmitError::Busy {
+                active,
+                max: config.max_active_jobs,
+            });
+        }
         let parsed = candidate::parse_list(
             request.lines.iter().map(|(n, l)| (*n, l.as_str())),
             &settings.protocols,
@@ -751,6 +767,22 @@ impl State {
         id
     }
 
+    /// Handles one message of a worker's session after its hello.
+    pub fn on_message(&self, session: SessionId, kind: Option<pb::worker_message::Kind>) {
+        use pb::worker_message::Kind;
+        match kind {
+            Some(Kind::Verdicts(v)) => self.on_verdicts(session, v),
+            Some(Kind::Heartbeat(h)) => self.on_heartbeat(session, h),
+            Some(Kind::Draining(_)) => self.on_draining(session),
+            Some(Kind::JudgeStatus(j)) => self.on_judge_status(session, j),
+            Some(Kind::HandBack(h)) => self.on_hand_back(session, h.lease_id),
+            Some(Kind::Hello(_)) => {
+                warn!(session_id = session, "second hello on one stream ignored")
+            }
+            None => warn!(session_id = session, "empty worker message ignored"),
+        }
+    }
+
     pub fn on_verdicts(&self, session: SessionId, batch: pb::Verdicts) {
         let lease_id = batch.lease_id;
         let job_id = batch.job_id;
@@ -926,4 +958,104 @@ fn write_job_files(
         output::write_all(&pool_dir, &files)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    /// A coordinator state over a fresh data dir, with one job and one worker session.
+    fn state_with_a_session() -> (
+        State,
+        SessionId,
+        mpsc::UnboundedReceiver<Result<pb::CoordinatorMessage, tonic::Status>>,
+    ) {
+        let dir = std::env::temp_dir().join(format!(
+            "proxyfleet-state-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let mut config = CoordinatorConfig::new(dir, vec!["http://127.0.0.1:9/judge".into()]);
+        config.allow_private_targets = true;
+        let state = State::new(config.validate().unwrap()).unwrap();
+        let lines = (1..=20).map(|i| (i, format!("127.0.0.{i}:80"))).collect();
+        state
+            .submit(SubmitRequest {
+                lines,
+                chunk_size: Some(5),
+                ..SubmitRequest::default()
+            })
+            .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hello = Hello {
+            worker_id: "w".into(),
+            name: "w".into(),
+            version: "t".into(),
+            peer: String::new(),
+            capacity: 2,
+            max_checks: 8,
+        };
+        let session = state.open_session(hello, tx);
+        (state, session, rx)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Whatever bytes a worker sends: decoded and handled, or refused by the decoder; never a
+        /// panic, and the job's counts stay consistent.
+        #[test]
+        fn any_bytes_from_a_worker_are_handled_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let (state, session, _rx) = state_with_a_session();
+            if let Ok(message) = pb::WorkerMessage::decode(&bytes[..]) {
+                state.on_message(session, message.kind);
+            }
+            let job = &state.jobs()[0];
+            prop_assert!(job.progress.proxies_checked <= job.progress.proxies_total);
+            prop_assert!(job.progress.proxies_usable <= job.progress.proxies_checked);
+            state.close_store();
+            let _ = std::fs::remove_dir_all(&state.config().data_dir);
+        }
+
+        /// Verdict batches with any lease, indices and fields: only the holder's, for candidates
+        /// of its chunk, count, each once.
+        #[test]
+        fn any_verdicts_count_at_most_once(
+            lease_pick in 0usize..4,
+            verdicts in proptest::collection::vec((any::<u32>(), any::<bool>(), any::<i32>(), any::<i32>()), 0..40),
+        ) {
+            let (state, session, mut rx) = state_with_a_session();
+            let mut leases = vec![0u64, u64::MAX];
+            while let Ok(Ok(message)) = rx.try_recv() {
+                if let Some(pb::coordinator_message::Kind::Assign(a)) = message.kind {
+                    leases.push(a.lease_id);
+                }
+            }
+            let lease_id = leases[lease_pick % leases.len()];
+            let batch = pb::Verdicts {
+                lease_id,
+                job_id: String::new(),
+                verdicts: verdicts
+                    .iter()
+                    .map(|&(index, usable, reason, anonymity)| pb::Verdict {
+                        index: index % 30,
+                        usable,
+                        reason,
+                        anonymity,
+                        ..Default::default()
+                    })
+                    .collect(),
+            };
+            state.on_message(session, Some(pb::worker_message::Kind::Verdicts(batch.clone())));
+            state.on_message(session, Some(pb::worker_message::Kind::Verdicts(batch)));
+            let job = &state.jobs()[0];
+            let distinct: std::collections::BTreeSet<u32> = verdicts.iter().map(|v| v.0 % 30).collect();
+            prop_assert!(job.progress.proxies_checked <= distinct.len() as u64);
+            prop_assert!(job.progress.proxies_checked <= 5, "one lease covers one chunk of 5");
+            state.close_store();
+            let _ = std::fs::remove_dir_all(&state.config().data_dir);
+        }
+    }
 }

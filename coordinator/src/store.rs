@@ -25,6 +25,8 @@ pub enum StoreError {
     Corrupt { path: String, error: String },
     #[error("cannot write the database {path}: {error}")]
     Write { path: String, error: String },
+    #[error("cannot open the database {path}: {error}; pass a writable --data-dir")]
+    Open { path: String, error: String },
 }
 
 pub struct Store {
@@ -70,11 +72,16 @@ impl Store {
     /// Opens (or creates) the database in `data_dir`; refuses a file it cannot read as one.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let path = data_dir.join(DB_FILE);
+        let cannot_open = |error: String| StoreError::Open {
+            path: path.display().to_string(),
+            error,
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| cannot_open(e.to_string()))?;
+        let conn = Connection::open(&path).map_err(|e| cannot_open(e.to_string()))?;
         let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
             path: path.display().to_string(),
             error: e.to_string(),
         };
-        let conn = Connection::open(&path).map_err(corrupt)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(corrupt)?;
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |row| row.get(0))
@@ -423,7 +430,7 @@ fn state_from_name(name: &str) -> Option<JobState> {
     .find(|s| s.name() == name)
 }
 
-const REASONS: [(Reason, &str); 9] = [
+const REASONS: [(Reason, &str); 10] = [
     (Reason::None, "none"),
     (Reason::Refused, "refused"),
     (Reason::Timeout, "timeout"),
@@ -433,6 +440,7 @@ const REASONS: [(Reason, &str); 9] = [
     (Reason::Tls, "tls"),
     (Reason::Network, "network"),
     (Reason::Filtered, "filtered"),
+    (Reason::Forbidden, "forbidden"),
 ];
 
 fn reason_name(r: Reason) -> &'static str {

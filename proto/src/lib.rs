@@ -2,6 +2,7 @@
 
 #![allow(clippy::large_enum_variant, clippy::derive_partial_eq_without_eq)]
 
+pub mod addr;
 pub mod auth;
 pub mod tls;
 

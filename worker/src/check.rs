@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::dial::{self, HandshakeError, JudgeUrl, Socks4Dest, Socks5Dest};
+use proxyfleet_proto::addr::is_private;
 
 /// A proxy to check, as leased.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,17 @@ pub enum Outcome {
     Tls(String),
     /// Anything else on the network.
     Network(String),
+    /// Not tried: the proxy's address is not allowed.
+    Forbidden(String),
+}
+
+/// How long a check may take and where it may go.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    /// Proxies on loopback, private or link-local addresses may be checked.
+    pub allow_private: bool,
 }
 
 /// A check's result.
@@ -189,6 +201,7 @@ pub fn classify(outcome: Outcome, token: &str, own: &BTreeSet<IpAddr>) -> Classi
         ),
         Outcome::Tls(d) => fail(pb::Reason::Tls, d),
         Outcome::Network(d) => fail(pb::Reason::Network, d),
+        Outcome::Forbidden(d) => fail(pb::Reason::Forbidden, d),
     }
 }
 
@@ -283,19 +296,13 @@ impl Checker {
     }
 
     /// Checks one proxy against the judge; never takes longer than `timeout`.
-    pub async fn check(
-        &self,
-        target: &Target,
-        judge: &JudgeUrl,
-        connect_timeout: Duration,
-        timeout: Duration,
-    ) -> Checked {
+    pub async fn check(&self, target: &Target, judge: &JudgeUrl, limits: &Limits) -> Checked {
         let token = new_token();
         let started = Instant::now();
         let mut connect = Duration::ZERO;
         let outcome = match tokio::time::timeout(
-            timeout,
-            self.fetch(target, judge, &token, connect_timeout, &mut connect),
+            limits.timeout,
+            self.fetch(target, judge, &token, limits, &mut connect),
         )
         .await
         {
@@ -315,26 +322,40 @@ impl Checker {
         target: &Target,
         judge: &JudgeUrl,
         token: &str,
-        connect_timeout: Duration,
+        limits: &Limits,
         connect: &mut Duration,
     ) -> Outcome {
         let started = Instant::now();
-        let addrs = match dial::resolve(&target.host, target.port).await {
+        let mut addrs = match dial::resolve(&target.host, target.port).await {
             Ok(a) if !a.is_empty() => a,
             Ok(_) | Err(_) => {
                 return Outcome::Network(format!("cannot resolve the proxy host {}", target.host));
             }
         };
-        let mut tcp =
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(&addrs[..])).await {
-                Err(_) => return Outcome::Timeout,
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    return Outcome::Refused;
-                }
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => return Outcome::Timeout,
-                Ok(Err(e)) => return Outcome::Network(format!("cannot connect to the proxy: {e}")),
-                Ok(Ok(tcp)) => tcp,
-            };
+        // Names are resolved here, at the last moment: a name pointing inside is caught too.
+        if !limits.allow_private {
+            addrs.retain(|a| !is_private(a.ip()));
+            if addrs.is_empty() {
+                return Outcome::Forbidden(format!(
+                    "{} is a loopback, private or link-local address, which the coordinator does not allow",
+                    target.host
+                ));
+            }
+        }
+        let mut tcp = match tokio::time::timeout(
+            limits.connect_timeout,
+            TcpStream::connect(&addrs[..]),
+        )
+        .await
+        {
+            Err(_) => return Outcome::Timeout,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Outcome::Refused;
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => return Outcome::Timeout,
+            Ok(Err(e)) => return Outcome::Network(format!("cannot connect to the proxy: {e}")),
+            Ok(Ok(tcp)) => tcp,
+        };
         *connect = started.elapsed();
         let _ = tcp.set_nodelay(true);
         let auth = target.auth.as_ref();

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::WorkerConfig;
-use crate::check::{Checker, Target};
+use crate::check::{Checker, Limits, Target};
 use crate::judges::Judges;
 
 /// Verdicts are sent in batches of at most this many...
@@ -343,7 +343,11 @@ async fn run_lease(
         return;
     }
     let timeout = Duration::from_millis(settings.timeout_ms.max(1));
-    let connect_timeout = Duration::from_millis(settings.connect_timeout_ms.max(1)).min(timeout);
+    let limits = Limits {
+        timeout,
+        connect_timeout: Duration::from_millis(settings.connect_timeout_ms.max(1)).min(timeout),
+        allow_private: settings.allow_private_targets,
+    };
     let mut running = tokio::task::JoinSet::new();
     for candidate in assign.candidates {
         let Ok(permit) = checks.clone().acquire_owned().await else {
@@ -360,9 +364,7 @@ async fn run_lease(
             let judge = &reachable[candidate.index as usize % reachable.len()];
             let verdict = match Target::from_proto(&candidate) {
                 Some(target) => {
-                    let checked = checker
-                        .check(&target, judge, connect_timeout, timeout)
-                        .await;
+                    let checked = checker.check(&target, judge, &limits).await;
                     let c = checked.classified;
                     pb::Verdict {
                         index: candidate.index,
