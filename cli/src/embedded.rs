@@ -160,6 +160,7 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
         grpc,
         judge,
         None,
+        None,
         config,
         until_stopped(stop_rx.clone()),
     ));
@@ -179,6 +180,7 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
             public_ips: Vec::new(),
             token: Default::default(),
             tls: None,
+            metrics_listen: None,
         };
         workers.push(tokio::spawn(proxyfleet_worker::run(
             config,

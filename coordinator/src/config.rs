@@ -112,6 +112,14 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_MAX_WATCHERS", default_value_t = 1000)]
     pub max_watchers: usize,
 
+    /// Address of the Prometheus metrics endpoint (GET /metrics); none by default.
+    #[arg(long, env = "PROXYFLEET_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format: text, or json (one object a line, with every field).
+    #[arg(long, env = "PROXYFLEET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// Forget ended jobs (results, outputs in the store) this long after they ended, e.g. 7d.
     /// Default: keep them.
     #[arg(long, env = "PROXYFLEET_RETAIN", value_parser = humantime::parse_duration)]

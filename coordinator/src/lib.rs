@@ -7,6 +7,7 @@ pub mod convert;
 pub mod fetch;
 pub mod grpc;
 pub mod judge;
+pub mod metrics;
 pub mod output;
 pub mod scheduler;
 pub mod sources;
@@ -32,6 +33,7 @@ pub async fn run(
     grpc: TcpListener,
     judge: TcpListener,
     judge_tls: Option<tokio_rustls::TlsAcceptor>,
+    metrics: Option<TcpListener>,
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -134,6 +136,26 @@ pub async fn run(
             }
         })
     };
+    let mut metrics_task = {
+        let mut stop = stop_rx.clone();
+        let listener = metrics;
+        let state = state.clone();
+        tokio::spawn(async move {
+            match listener {
+                Some(listener) => {
+                    let page = move || metrics::render(&state.metrics());
+                    proxyfleet_proto::metrics::serve(listener, page, async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await
+                }
+                None => {
+                    let _ = stop.changed().await;
+                    Ok(())
+                }
+            }
+        })
+    };
     let mut judge_task = {
         let mut stop = stop_rx.clone();
         tokio::spawn(judge::serve(judge, judge_tls, async move {
@@ -185,6 +207,7 @@ pub async fn run(
         judged = &mut judge_task => Err(anyhow::anyhow!("the judge endpoint stopped: {judged:?}")),
         ticked = &mut ticker => Err(anyhow::anyhow!("the lease ticker stopped: {ticked:?}")),
         refreshed = &mut refresher => Err(anyhow::anyhow!("the refresh scheduler stopped: {refreshed:?}")),
+        served = &mut metrics_task => Err(anyhow::anyhow!("the metrics endpoint stopped: {served:?}")),
         failure = state.store_failed() => Err(anyhow::anyhow!("the store failed: {failure}")),
     };
     let _ = stop_tx.send(true);
@@ -199,6 +222,7 @@ pub async fn run(
     }
     ticker.abort();
     refresher.abort();
+    metrics_task.abort();
     judge_task.abort();
     // Everything acknowledged is already durable; this flushes what is still in flight.
     state.close_store();

@@ -9,12 +9,16 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     proxyfleet_coordinator::config::check_exposure(
         &cli,
         proxyfleet_coordinator::config::tokens_given(&cli),
@@ -39,18 +43,30 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {judge_addr} for the judge (--judge-listen)"))?;
     let config = CoordinatorConfig::from_cli(&cli, judge.local_addr()?)?;
-    // The bound addresses on stdout, for scripts and tests that asked for port 0.
-    println!(
-        "listening grpc={} judge={} judge_url={}",
-        grpc_addr,
-        judge.local_addr()?,
-        config.judge_urls.join(",")
-    );
+
     let judge_tls = match (&cli.judge_tls_cert, &cli.judge_tls_key) {
         (Some(cert), Some(key)) => Some(proxyfleet_coordinator::judge::tls_acceptor(cert, key)?),
         _ => None,
     };
-    proxyfleet_coordinator::run(grpc, judge, judge_tls, config, shutdown_signal()).await
+    let metrics =
+        match cli.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for metrics (--metrics-listen)")
+            })?),
+            None => None,
+        };
+    let metrics_addr = match &metrics {
+        Some(m) => m.local_addr()?.to_string(),
+        None => "none".to_string(),
+    };
+    // The bound addresses on stdout, for scripts and tests that asked for port 0.
+    println!(
+        "listening grpc={} judge={} judge_url={} metrics={metrics_addr}",
+        grpc_addr,
+        judge.local_addr()?,
+        config.judge_urls.join(",")
+    );
+    proxyfleet_coordinator::run(grpc, judge, judge_tls, metrics, config, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

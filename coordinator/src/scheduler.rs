@@ -530,6 +530,34 @@ pub struct Scheduler {
     /// Changes for the store, in order, since `take_journal`.
     journal: Vec<Record>,
     stale_refused_total: u64,
+    /// Totals since start, for metrics.
+    counters: Counters,
+}
+
+/// Event totals since the coordinator started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub leases_granted: u64,
+    pub leases_completed: u64,
+    /// Taken back from a worker that went silent past the lease TTL.
+    pub leases_expired: u64,
+    /// Taken back from a worker that vanished (stream broken, silent or replaced) and queued again.
+    pub leases_requeued: u64,
+    pub leases_handed_back: u64,
+    pub verdicts_usable: u64,
+    pub verdicts_unusable: u64,
+    pub stale_verdicts_refused: u64,
+    pub chunks_failed: u64,
+}
+
+/// What the metrics endpoint shows of the scheduler.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metrics {
+    pub counters: Counters,
+    pub jobs_by_state: BTreeMap<&'static str, u64>,
+    pub chunks_by_state: BTreeMap<&'static str, u64>,
+    pub workers_by_status: BTreeMap<&'static str, u64>,
+    pub leases_live: u64,
 }
 
 impl Scheduler {
@@ -548,6 +576,7 @@ impl Scheduler {
             changed: Changed::default(),
             journal: Vec::new(),
             stale_refused_total: 0,
+            counters: Counters::default(),
         }
     }
 
@@ -854,6 +883,7 @@ impl Scheduler {
                 .or_else(|| (!job_hint.is_empty()).then(|| job_hint.to_string()));
             let count = verdicts.len() as u64;
             self.stale_refused_total += count;
+            self.counters.stale_verdicts_refused += count;
             if let Some(job) = job_id.and_then(|id| self.jobs.get_mut(&id)) {
                 job.stale_refused += count;
                 self.changed.insert(job.id.clone());
@@ -896,6 +926,9 @@ impl Scheduler {
             job.checked += 1;
             if verdict.usable {
                 job.usable += 1;
+                self.counters.verdicts_usable += 1;
+            } else {
+                self.counters.verdicts_unusable += 1;
             }
             chunk.unchecked -= 1;
             accepted += 1;
@@ -918,6 +951,7 @@ impl Scheduler {
             s.verdicts_accepted += accepted;
         }
         if chunk_finished {
+            self.counters.leases_completed += 1;
             self.retire_lease(lease_id);
             out.push(Outbound::LeaseDone(session, lease_id));
             self.finish_if_complete(&job_id, now, wall_ms, &mut out);
@@ -1011,6 +1045,7 @@ impl Scheduler {
             let session = self.sessions.get_mut(&id).expect("listed above");
             session.silent = true;
             let leases = std::mem::take(&mut session.leases);
+            self.counters.leases_expired += leases.len() as u64;
             for lease_id in leases {
                 out.push(Outbound::Revoke(
                     id,
@@ -1129,6 +1164,7 @@ impl Scheduler {
     ) -> Outbound {
         let lease_id = self.next_lease;
         self.next_lease += 1;
+        self.counters.leases_granted += 1;
         let judges = self.judges_of(&self.jobs[job_id]).to_vec();
         let job = self.jobs.get_mut(job_id).expect("queued chunk has a job");
         let chunk = &mut job.chunks[chunk_id as usize];
@@ -1198,11 +1234,16 @@ impl Scheduler {
             LeaseLoss::HandedBack => {
                 chunk.state = ChunkState::Queued;
                 job.handed_back += 1;
+                self.counters.leases_handed_back += 1;
                 self.queue.push_front((job.id.clone(), chunk.id));
             }
             LeaseLoss::Vanished => {
                 chunk.attempts += 1;
                 job.reassignments += 1;
+                self.counters.leases_requeued += 1;
+                if chunk.attempts >= job.settings.max_attempts {
+                    self.counters.chunks_failed += 1;
+                }
                 self.journal.push(Record::Chunk {
                     job_id: job.id.clone(),
                     chunk: ChunkRecord {
@@ -1637,6 +1678,48 @@ impl Scheduler {
             cursor: job.recorded.len(),
             done,
         })
+    }
+
+    /// Counts for the metrics endpoint.
+    pub fn metrics(&self) -> Metrics {
+        let mut m = Metrics {
+            counters: self.counters.clone(),
+            leases_live: self.leases.len() as u64,
+            ..Metrics::default()
+        };
+        for state in [
+            JobState::Queued,
+            JobState::Scraping,
+            JobState::Checking,
+            JobState::Succeeded,
+            JobState::Insufficient,
+            JobState::Failed,
+            JobState::Cancelled,
+        ] {
+            m.jobs_by_state.insert(state.name(), 0);
+        }
+        for name in ["queued", "leased", "done", "failed"] {
+            m.chunks_by_state.insert(name, 0);
+        }
+        for job in self.jobs.values() {
+            *m.jobs_by_state.entry(job.state.name()).or_default() += 1;
+            for chunk in &job.chunks {
+                let name = match chunk.state {
+                    ChunkState::Queued => "queued",
+                    ChunkState::Leased(_) => "leased",
+                    ChunkState::Done => "done",
+                    ChunkState::Failed => "failed",
+                };
+                *m.chunks_by_state.entry(name).or_default() += 1;
+            }
+        }
+        for name in ["active", "draining", "silent"] {
+            m.workers_by_status.insert(name, 0);
+        }
+        for w in self.workers(Instant::now()) {
+            *m.workers_by_status.entry(w.status).or_default() += 1;
+        }
+        m
     }
 
     /// Refused stale verdicts over every job.

@@ -260,6 +260,11 @@ impl State {
         }
     }
 
+    /// What the metrics endpoint shows.
+    pub fn metrics(&self) -> crate::scheduler::Metrics {
+        lock(&self.inner.scheduler).metrics()
+    }
+
     /// Completes with the store's error, if it ever fails.
     pub fn store_failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
         let mut failure = self.inner.store_failure.subscribe();

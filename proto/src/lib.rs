@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod auth;
+pub mod metrics;
 pub mod tls;
 
 pub mod v1 {

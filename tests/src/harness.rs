@@ -132,6 +132,8 @@ pub struct CoordinatorProc {
     pub grpc: SocketAddr,
     pub url: String,
     pub judge_url: String,
+    /// The metrics endpoint, when started with `--metrics-listen`.
+    pub metrics: Option<SocketAddr>,
     pub dir: TempDir,
     /// Keeps the stdout pipe open for the process's life.
     _stdout: tokio::process::ChildStdout,
@@ -208,10 +210,12 @@ impl CoordinatorProc {
         };
         let grpc: SocketAddr = field("grpc=").parse().expect("grpc address");
         let judge_url = field("judge_url=");
+        let metrics = field("metrics=").parse().ok();
         CoordinatorProc {
             url: format!("http://{grpc}"),
             grpc,
             judge_url,
+            metrics,
             proc,
             dir,
             _stdout: lines.into_inner().into_inner(),
@@ -304,6 +308,59 @@ pub async fn cli(args: &[&str]) -> CliOutput {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// GETs `/metrics` from `addr` and returns the page, checked to be Prometheus text: every line a
+/// `# HELP`/`# TYPE` comment or `name{labels} value` with a number.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connecting to the metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT_LIMIT, stream.read_to_string(&mut response))
+        .await
+        .expect("the metrics page comes")
+        .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    for line in body.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+        assert!(value.parse::<f64>().is_ok(), "not a number in {line:?}");
+        let bare = name.split('{').next().unwrap();
+        assert!(
+            !bare.is_empty()
+                && bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        assert_eq!(
+            name.contains('{'),
+            name.ends_with('}'),
+            "bad labels in {line:?}"
+        );
+    }
+    body.to_string()
+}
+
+/// The value of the sample `name` (with its labels, as printed) on a metrics page.
+pub fn sample(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{page}"))
+        .parse()
+        .unwrap()
 }
 
 /// Runs the coordinator with `args`, expecting it to refuse to start; returns what it said.

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod dial;
 pub mod judges;
+pub mod metrics;
 pub mod session;
 
 use std::future::Future;
@@ -68,6 +69,14 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_CLIENT_KEY", requires = "client_cert")]
     pub client_key: Option<std::path::PathBuf>,
 
+    /// Address of the Prometheus metrics endpoint (GET /metrics); none by default.
+    #[arg(long, env = "PROXYFLEET_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Log format: text, or json (one object a line, with every field).
+    #[arg(long, env = "PROXYFLEET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// On SIGTERM, time to finish held chunks before handing the rest back.
     #[arg(long, env = "PROXYFLEET_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_grace: Duration,
@@ -94,6 +103,8 @@ pub struct WorkerConfig {
     pub token: proxyfleet_proto::auth::BearerToken,
     /// TLS to the coordinator.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Where to serve metrics, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// What is wrong with a worker's configuration.
@@ -188,6 +199,7 @@ impl TryFrom<Cli> for WorkerConfig {
             public_ips: cli.public_ip,
             token,
             tls,
+            metrics_listen: cli.metrics_listen,
         })
     }
 }

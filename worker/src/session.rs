@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::WorkerConfig;
 use crate::check::{Checker, Limits, Target};
 use crate::judges::Judges;
+use crate::metrics::WorkerMetrics;
 
 /// Verdicts are sent in batches of at most this many...
 const BATCH_MAX: usize = 256;
@@ -36,6 +37,15 @@ struct LeaseWork {
     task: JoinHandle<()>,
 }
 
+/// What checks need, shared by every lease of the worker: the checker, the permits that bound
+/// checks in flight, and the metrics they feed.
+#[derive(Clone)]
+struct Checking {
+    checker: Checker,
+    permits: Arc<Semaphore>,
+    metrics: Arc<WorkerMetrics>,
+}
+
 /// How a session ended.
 enum SessionEnd {
     /// Drained on request: the worker may exit.
@@ -48,6 +58,30 @@ enum SessionEnd {
 pub async fn run(config: WorkerConfig, mut drain: watch::Receiver<bool>) -> anyhow::Result<()> {
     let checker = Checker::new(&config.extra_roots, &config.public_ips)?;
     let checks = Arc::new(Semaphore::new(config.max_checks));
+    let metrics = Arc::new(WorkerMetrics::default());
+    let _metrics_server = match config.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} for metrics (--metrics-listen): {e}")
+            })?;
+            info!(metrics = %listener.local_addr()?, "metrics served at /metrics");
+            let (metrics, checks, max) = (metrics.clone(), checks.clone(), config.max_checks);
+            let page = move || metrics.render(max - checks.available_permits(), max);
+            Some(AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) =
+                    proxyfleet_proto::metrics::serve(listener, page, std::future::pending()).await
+                {
+                    warn!(error = %e, "the metrics endpoint stopped");
+                }
+            })))
+        }
+        None => None,
+    };
+    let checks = Checking {
+        checker,
+        permits: checks,
+        metrics,
+    };
     let mut failures: u32 = 0;
     loop {
         if *drain.borrow() {
@@ -59,7 +93,7 @@ pub async fn run(config: WorkerConfig, mut drain: watch::Receiver<bool>) -> anyh
         let mut watchdog = drain.clone();
         let overrun = config.drain_grace + DRAIN_ACK_WAIT + Duration::from_secs(2);
         let end = tokio::select! {
-            end = session(&config, &checker, &checks, &mut drain) => end,
+            end = session(&config, &checks, &mut drain) => end,
             _ = async {
                 let _ = watchdog.wait_for(|draining| *draining).await;
                 tokio::time::sleep(overrun).await;
@@ -152,8 +186,7 @@ async fn open(config: &WorkerConfig) -> Result<Opened, String> {
 
 async fn session(
     config: &WorkerConfig,
-    checker: &Checker,
-    checks: &Arc<Semaphore>,
+    checks: &Checking,
     drain: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
     let opened = tokio::select! {
@@ -170,7 +203,8 @@ async fn session(
 
     let (verdict_tx, mut verdict_rx) = mpsc::unbounded_channel::<(u64, pb::Verdict)>();
     let (judge_tx, mut judge_rx) = mpsc::unbounded_channel::<pb::JudgeStatus>();
-    let judges = Judges::new(checker.clone(), judge_tx);
+    let judges = Judges::new(checks.checker.clone(), judge_tx);
+    checks.metrics.sessions.fetch_add(1, Ordering::Relaxed);
     // The coordinator's judges are probed at once, so a dead one is reported before any check.
     let startup_probe = {
         let judges = judges.clone();
@@ -212,6 +246,10 @@ async fn session(
     }
 
     loop {
+        checks
+            .metrics
+            .leases
+            .store(leases.len() as u64, Ordering::Relaxed);
         if draining && draining_since.is_none() {
             draining_since = Some(Instant::now());
             info!(worker_id = %config.worker_id, leases = leases.len(), grace = ?config.drain_grace, "draining");
@@ -270,7 +308,7 @@ async fn session(
                             job_id: assign.job_id.clone(),
                             chunk_id: assign.chunk_id,
                             revoked: revoked.clone(),
-                            task: tokio::spawn(run_lease(assign, checker.clone(), judges.clone(), checks.clone(), revoked, verdict_tx.clone())),
+                            task: tokio::spawn(run_lease(assign, checks.clone(), judges.clone(), revoked, verdict_tx.clone())),
                         };
                         leases.insert(lease_id, work);
                     }
@@ -306,7 +344,7 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 let lease_ids = leases.keys().copied().collect();
-                let in_flight = (config.max_checks - checks.available_permits()) as u32;
+                let in_flight = (config.max_checks - checks.permits.available_permits()) as u32;
                 send_or_lose!(pb::worker_message::Kind::Heartbeat(pb::Heartbeat { lease_ids, checks_in_flight: in_flight }));
             }
             _ = drain.changed(), if !draining => {
@@ -327,9 +365,8 @@ fn abort_all(leases: &mut HashMap<u64, LeaseWork>) {
 /// verdict as it is ready. Aborting the task aborts its checks.
 async fn run_lease(
     assign: pb::Assign,
-    checker: Checker,
+    checks: Checking,
     judges: Judges,
-    checks: Arc<Semaphore>,
     revoked: Arc<AtomicBool>,
     verdicts: mpsc::UnboundedSender<(u64, pb::Verdict)>,
 ) {
@@ -350,13 +387,14 @@ async fn run_lease(
     };
     let mut running = tokio::task::JoinSet::new();
     for candidate in assign.candidates {
-        let Ok(permit) = checks.clone().acquire_owned().await else {
+        let Ok(permit) = checks.permits.clone().acquire_owned().await else {
             return;
         };
         if revoked.load(Ordering::SeqCst) {
             break;
         }
-        let checker = checker.clone();
+        let checker = checks.checker.clone();
+        let metrics = checks.metrics.clone();
         let reachable = reachable.clone();
         let verdicts = verdicts.clone();
         running.spawn(async move {
@@ -386,6 +424,10 @@ async fn run_lease(
                 },
             };
             drop(permit);
+            metrics.record(
+                verdict.reason,
+                Duration::from_millis(u64::from(verdict.latency_ms)),
+            );
             let _ = verdicts.send((lease_id, verdict));
         });
         // Reap finished checks as we go so the set stays small.
