@@ -9,16 +9,7 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    proxyfleet_proto::logging::init(&cli.log_format, "info");
     proxyfleet_coordinator::config::check_exposure(
         &cli,
         proxyfleet_coordinator::config::tokens_given(&cli),

@@ -54,6 +54,16 @@ pub enum JobState {
 }
 
 impl JobState {
+    pub const ALL: [JobState; 7] = [
+        JobState::Queued,
+        JobState::Scraping,
+        JobState::Checking,
+        JobState::Succeeded,
+        JobState::Insufficient,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -1687,15 +1697,7 @@ impl Scheduler {
             leases_live: self.leases.len() as u64,
             ..Metrics::default()
         };
-        for state in [
-            JobState::Queued,
-            JobState::Scraping,
-            JobState::Checking,
-            JobState::Succeeded,
-            JobState::Insufficient,
-            JobState::Failed,
-            JobState::Cancelled,
-        ] {
+        for state in JobState::ALL {
             m.jobs_by_state.insert(state.name(), 0);
         }
         for name in ["queued", "leased", "done", "failed"] {

@@ -417,17 +417,7 @@ fn write_records(
 }
 
 fn state_from_name(name: &str) -> Option<JobState> {
-    [
-        JobState::Queued,
-        JobState::Scraping,
-        JobState::Checking,
-        JobState::Succeeded,
-        JobState::Insufficient,
-        JobState::Failed,
-        JobState::Cancelled,
-    ]
-    .into_iter()
-    .find(|s| s.name() == name)
+    JobState::ALL.into_iter().find(|s| s.name() == name)
 }
 
 const REASONS: [(Reason, &str); 10] = [

@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod auth;
+pub mod logging;
 pub mod metrics;
 pub mod tls;
 

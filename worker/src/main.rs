@@ -7,16 +7,7 @@ use proxyfleet_worker::{Cli, WorkerConfig};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    proxyfleet_proto::logging::init(&cli.log_format, "info");
     let config = WorkerConfig::try_from(cli)?;
     proxyfleet_worker::run(config, shutdown_signal()).await
 }
