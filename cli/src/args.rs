@@ -97,6 +97,12 @@ pub enum Command {
     Run(RunArgs),
     /// Run a whole refresh offline against simulated proxies on loopback.
     Demo(DemoArgs),
+    /// Exit 0 if the coordinator answers its health check as serving (for container
+    /// healthchecks), 1 otherwise.
+    Health,
+    /// Run a farm of simulated proxies and serve their list over HTTP, for demos and tests of a
+    /// deployment (the proxies are real servers; nothing leaves the hosts they run on).
+    Farm(FarmArgs),
     /// The preflight before a service needs proxies: refresh the pool from its sources and, with
     /// --wait, exit 0 as soon as enough usable proxies are fresh. Exit codes: 0 enough usable,
     /// 3 the refresh ended with fewer, 4 it failed, 5 cancelled, 6 --timeout passed first,
@@ -263,6 +269,28 @@ pub struct RunArgs {
     /// Write the usable proxies here (one scheme://host:port a line) as well as to stdout.
     #[arg(long, env = "PROXYFLEET_OUTPUT")]
     pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FarmArgs {
+    /// Address the proxies listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub ip: std::net::IpAddr,
+    /// Host name or address under which clients reach the proxies, used in the list.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Address of the HTTP server that serves the list at /list.txt.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub list: std::net::SocketAddr,
+    /// Working proxies (HTTP and SOCKS5 with auth).
+    #[arg(long, default_value_t = 20)]
+    pub working: usize,
+    /// Proxies that accept and never answer.
+    #[arg(long, default_value_t = 20)]
+    pub black_holes: usize,
+    /// Addresses where nothing listens.
+    #[arg(long, default_value_t = 160)]
+    pub refused: usize,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -543,6 +543,40 @@ fn result_json(r: &pb::ProxyResult) -> serde_json::Value {
     })
 }
 
+/// Asks the coordinator's grpc.health.v1 service whether it serves.
+pub async fn health(remote: &Remote) -> Result<i32, Failure> {
+    let endpoint = Endpoint::from_shared(remote.url.clone())
+        .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: {e}")))?
+        .connect_timeout(Duration::from_secs(5));
+    let endpoint = match &remote.tls {
+        Some(tls) => endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: {e}")))?,
+        None => endpoint,
+    };
+    let channel = endpoint.connect().await.map_err(|e| {
+        Failure::new(
+            EXIT_UNREACHABLE,
+            format!("error: cannot reach {}: {e}", remote.url),
+        )
+    })?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        health.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .map_err(|_| Failure::new(EXIT_UNREACHABLE, "error: no health answer within 5s"))?
+    .map_err(|s| from_status(s, &remote.url))?
+    .into_inner();
+    let serving =
+        answer.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    println!("{}", if serving { "serving" } else { "not serving" });
+    Ok(if serving { 0 } else { 1 })
+}
+
 pub async fn jobs(client: &mut Client, url: &str) -> Result<(), Failure> {
     let jobs = client
         .list_jobs(pb::ListJobsRequest {})

@@ -10,7 +10,7 @@ use proxyfleet_worker::WorkerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::args::{CheckArgs, DemoArgs, JobArgs, RunArgs, SourceArgs};
+use crate::args::{CheckArgs, DemoArgs, FarmArgs, JobArgs, RunArgs, SourceArgs};
 use crate::client::{self, Failure};
 
 /// What an embedded cluster is made of.
@@ -62,6 +62,69 @@ pub async fn run(args: RunArgs) -> Result<i32, Failure> {
         inputs,
     )
     .await
+}
+
+/// Runs simulated proxies and serves their list until interrupted.
+pub async fn farm(args: FarmArgs) -> Result<i32, Failure> {
+    let farm = Farm::spawn(args.ip, args.working, args.black_holes, args.refused)
+        .await
+        .map_err(|e| {
+            failure(format!(
+                "cannot start the simulated proxies on {}: {e}",
+                args.ip
+            ))
+        })?;
+    let lines: Vec<String> = match &args.advertise {
+        // The proxies listen on `ip`; clients reach them under the advertised name.
+        Some(name) => farm
+            .candidate_lines()
+            .into_iter()
+            .map(|line| match line.rsplit_once(&format!("{}:", args.ip)) {
+                Some((prefix, port)) => format!("{prefix}{name}:{port}"),
+                None => line,
+            })
+            .collect(),
+        None => farm.candidate_lines(),
+    };
+    let list = proxyfleet_tests::lists::ListServer::spawn_on(
+        args.list,
+        vec![(
+            "/list.txt",
+            vec![proxyfleet_tests::lists::Answer::Body(
+                200,
+                lines.join("\n") + "\n",
+            )],
+        )],
+    )
+    .await
+    .map_err(|e| failure(format!("cannot serve the list on {}: {e}", args.list)))?;
+    eprintln!(
+        "farm: {} working, {} black holes, {} refused; list at {}",
+        farm.working.len(),
+        farm.black_holes.len(),
+        farm.refused.len(),
+        list.url("/list.txt")
+    );
+    shutdown_signal().await;
+    drop(list);
+    drop(farm);
+    Ok(0)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {

@@ -55,6 +55,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
     let url = cli.coordinator.clone();
     match cli.command {
         Command::Run(args) => return embedded::run(args).await,
+        Command::Farm(args) => return embedded::farm(args).await,
         Command::Demo(args) => return embedded::demo(args).await,
         _ => {}
     }
@@ -96,6 +97,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Jobs => client::jobs(&mut c, &url).await.map(|_| 0),
         Command::Workers => client::workers(&mut c, &url).await.map(|_| 0),
         Command::Cancel { job } => client::cancel(&mut c, &url, &job).await.map(|_| 0),
-        Command::Run(_) | Command::Demo(_) => unreachable!("handled above"),
+        Command::Health => client::health(&remote).await,
+        Command::Run(_) | Command::Demo(_) | Command::Farm(_) => unreachable!("handled above"),
     }
 }

@@ -33,7 +33,15 @@ impl ListServer {
         ip: IpAddr,
         routes: Vec<(&str, Vec<Answer>)>,
     ) -> std::io::Result<ListServer> {
-        let listener = TcpListener::bind((ip, 0)).await?;
+        Self::spawn_on(SocketAddr::new(ip, 0), routes).await
+    }
+
+    /// Serves on a given address (port 0 picks one).
+    pub async fn spawn_on(
+        addr: SocketAddr,
+        routes: Vec<(&str, Vec<Answer>)>,
+    ) -> std::io::Result<ListServer> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let routes: Arc<HashMap<String, Vec<Answer>>> = Arc::new(
             routes
