@@ -46,6 +46,33 @@ struct Checking {
     metrics: Arc<WorkerMetrics>,
 }
 
+/// What a worker holds across sessions: its leases' checks and the verdicts not sent yet.
+struct Held {
+    leases: HashMap<u64, LeaseWork>,
+    /// Verdicts produced and not sent yet.
+    pending: HashMap<u64, Vec<pb::Verdict>>,
+    /// Verdicts sent for leases not done yet.
+    sent: HashMap<u64, Vec<pb::Verdict>>,
+    /// The job of every lease, named in its verdict batches.
+    lease_jobs: HashMap<u64, String>,
+    verdict_tx: mpsc::UnboundedSender<(u64, pb::Verdict)>,
+    verdict_rx: mpsc::UnboundedReceiver<(u64, pb::Verdict)>,
+}
+
+impl Held {
+    fn new() -> Held {
+        let (verdict_tx, verdict_rx) = mpsc::unbounded_channel();
+        Held {
+            leases: HashMap::new(),
+            pending: HashMap::new(),
+            sent: HashMap::new(),
+            lease_jobs: HashMap::new(),
+            verdict_tx,
+            verdict_rx,
+        }
+    }
+}
+
 /// How a session ended.
 enum SessionEnd {
     /// Drained on request: the worker may exit.
@@ -82,10 +109,13 @@ pub async fn run(config: WorkerConfig, mut drain: watch::Receiver<bool>) -> anyh
         permits: checks,
         metrics,
     };
+    // Leases and unsent verdicts outlive a lost session; the checks stop when the worker does.
+    let mut held = Held::new();
     let mut failures: u32 = 0;
     loop {
         if *drain.borrow() {
             info!(worker_id = %config.worker_id, "drained before a session was open; exiting");
+            abort_all(&mut held.leases);
             return Ok(());
         }
         let started = Instant::now();
@@ -93,7 +123,7 @@ pub async fn run(config: WorkerConfig, mut drain: watch::Receiver<bool>) -> anyh
         let mut watchdog = drain.clone();
         let overrun = config.drain_grace + DRAIN_ACK_WAIT + Duration::from_secs(2);
         let end = tokio::select! {
-            end = session(&config, &checks, &mut drain) => end,
+            end = session(&config, &checks, &mut drain, &mut held) => end,
             _ = async {
                 let _ = watchdog.wait_for(|draining| *draining).await;
                 tokio::time::sleep(overrun).await;
@@ -103,7 +133,10 @@ pub async fn run(config: WorkerConfig, mut drain: watch::Receiver<bool>) -> anyh
             }
         };
         match end {
-            SessionEnd::Drained => return Ok(()),
+            SessionEnd::Drained => {
+                abort_all(&mut held.leases);
+                return Ok(());
+            }
             SessionEnd::Lost(why) => {
                 if started.elapsed() > Duration::from_secs(10) {
                     failures = 0;
@@ -188,6 +221,7 @@ async fn session(
     config: &WorkerConfig,
     checks: &Checking,
     drain: &mut watch::Receiver<bool>,
+    held: &mut Held,
 ) -> SessionEnd {
     let opened = tokio::select! {
         opened = tokio::time::timeout(SETUP_TIMEOUT, open(config)) => opened
@@ -201,7 +235,14 @@ async fn session(
     let heartbeat_every = Duration::from_millis(welcome.heartbeat_interval_ms.max(50));
     info!(worker_id = %config.worker_id, session_id = welcome.session_id, heartbeat = ?heartbeat_every, "session open");
 
-    let (verdict_tx, mut verdict_rx) = mpsc::unbounded_channel::<(u64, pb::Verdict)>();
+    let Held {
+        leases,
+        pending,
+        sent,
+        lease_jobs,
+        verdict_tx,
+        verdict_rx,
+    } = held;
     let (judge_tx, mut judge_rx) = mpsc::unbounded_channel::<pb::JudgeStatus>();
     let judges = Judges::new(checks.checker.clone(), judge_tx);
     checks.metrics.sessions.fetch_add(1, Ordering::Relaxed);
@@ -214,10 +255,7 @@ async fn session(
         })
     };
     let _stop_probe = AbortOnDrop(startup_probe);
-    let mut leases: HashMap<u64, LeaseWork> = HashMap::new();
-    let mut pending: HashMap<u64, Vec<pb::Verdict>> = HashMap::new();
-    // The job of every lease of this session, named in its verdict batches.
-    let mut lease_jobs: HashMap<u64, String> = HashMap::new();
+
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flush = tokio::time::interval(BATCH_INTERVAL);
@@ -236,10 +274,25 @@ async fn session(
                 .is_ok()
         }
     };
+    // Verdicts count as sent only once their lease is done: until then they are kept, and sent
+    // again on the next session if this one is lost (the coordinator refuses and counts them).
+    macro_rules! send_verdicts {
+        ($batches:expr) => {
+            let batches: Vec<(u64, Vec<pb::Verdict>)> = $batches;
+            for (lease_id, verdicts) in &batches {
+                sent.entry(*lease_id)
+                    .or_default()
+                    .extend(verdicts.iter().cloned());
+            }
+            for (lease_id, verdicts) in batches {
+                send_or_lose!(verdicts_message(&lease_jobs, lease_id, verdicts));
+            }
+        };
+    }
     macro_rules! send_or_lose {
         ($kind:expr) => {
             if !send($kind).await {
-                abort_all(&mut leases);
+                requeue_unacknowledged(leases, sent, pending);
                 return SessionEnd::Lost("outbound stream closed".into());
             }
         };
@@ -268,9 +321,7 @@ async fn session(
                 while let Ok((lease_id, verdict)) = verdict_rx.try_recv() {
                     pending.entry(lease_id).or_default().push(verdict);
                 }
-                for (lease_id, verdicts) in pending.drain() {
-                    send_or_lose!(verdicts_message(&lease_jobs, lease_id, verdicts));
-                }
+                send_verdicts!(pending.drain().collect());
                 let held: Vec<(u64, LeaseWork)> = leases.drain().collect();
                 for (lease_id, work) in held {
                     info!(lease_id, job_id = %work.job_id, chunk_id = work.chunk_id, "lease handed back");
@@ -295,8 +346,8 @@ async fn session(
             message = inbound.message() => {
                 let kind = match message {
                     Ok(Some(m)) => m.kind,
-                    Ok(None) => { abort_all(&mut leases); return SessionEnd::Lost("the coordinator ended the session".into()) }
-                    Err(status) => { abort_all(&mut leases); return SessionEnd::Lost(format!("stream broken: {}", status.message())) }
+                    Ok(None) => { requeue_unacknowledged(leases, sent, pending); return SessionEnd::Lost("the coordinator ended the session".into()) }
+                    Err(status) => { requeue_unacknowledged(leases, sent, pending); return SessionEnd::Lost(format!("stream broken: {}", status.message())) }
                 };
                 match kind {
                     Some(pb::coordinator_message::Kind::Assign(assign)) => {
@@ -313,11 +364,13 @@ async fn session(
                         leases.insert(lease_id, work);
                     }
                     Some(pb::coordinator_message::Kind::LeaseDone(done)) => {
+                        sent.remove(&done.lease_id);
                         if let Some(work) = leases.remove(&done.lease_id) {
                             debug!(lease_id = done.lease_id, job_id = %work.job_id, chunk_id = work.chunk_id, "lease done");
                         }
                     }
                     Some(pb::coordinator_message::Kind::Revoke(revoke)) => {
+                        sent.remove(&revoke.lease_id);
                         if let Some(work) = leases.remove(&revoke.lease_id) {
                             info!(lease_id = revoke.lease_id, job_id = %work.job_id, chunk_id = work.chunk_id, reason = %revoke.reason, "lease revoked");
                             work.revoked.store(true, Ordering::SeqCst);
@@ -331,16 +384,14 @@ async fn session(
                 batch.push(verdict);
                 if batch.len() >= BATCH_MAX {
                     let verdicts = pending.remove(&lease_id).unwrap_or_default();
-                    send_or_lose!(verdicts_message(&lease_jobs, lease_id, verdicts));
+                    send_verdicts!(vec![(lease_id, verdicts)]);
                 }
             }
             Some(status) = judge_rx.recv() => {
                 send_or_lose!(pb::worker_message::Kind::JudgeStatus(status));
             }
             _ = flush.tick() => {
-                for (lease_id, verdicts) in pending.drain() {
-                    send_or_lose!(verdicts_message(&lease_jobs, lease_id, verdicts));
-                }
+                send_verdicts!(pending.drain().collect());
             }
             _ = heartbeat.tick() => {
                 let lease_ids = leases.keys().copied().collect();
@@ -355,6 +406,24 @@ async fn session(
     }
 }
 
+/// The session is lost: no new check starts for its leases, but the checks in flight finish;
+/// their verdicts, and those sent but not known to be recorded, go out on the next session,
+/// where the coordinator refuses and counts them (a new session holds none of the old leases).
+fn requeue_unacknowledged(
+    leases: &mut HashMap<u64, LeaseWork>,
+    sent: &mut HashMap<u64, Vec<pb::Verdict>>,
+    pending: &mut HashMap<u64, Vec<pb::Verdict>>,
+) {
+    for work in leases.values() {
+        work.revoked.store(true, Ordering::SeqCst);
+    }
+    for (lease_id, mut verdicts) in sent.drain() {
+        verdicts.extend(pending.remove(&lease_id).unwrap_or_default());
+        pending.insert(lease_id, verdicts);
+    }
+}
+
+/// Stops every check (the worker is exiting).
 fn abort_all(leases: &mut HashMap<u64, LeaseWork>) {
     for (_, work) in leases.drain() {
         work.task.abort();

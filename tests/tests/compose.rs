@@ -1,0 +1,365 @@
+//! The deployment on a real Docker engine: `docker-compose` with one coordinator and three
+//! workers runs a job while one worker container is killed and another is cut off from the
+//! network past its lease TTL, then reconnected; the coordinator container is restarted mid-job;
+//! grpcurl streams WatchJob from the host, and the metrics endpoint counts what happened. Runs
+//! when a Docker engine is there.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use proxyfleet_proto::v1 as pb;
+use proxyfleet_tests::harness::{self, WAIT_LIMIT};
+use tokio::process::Command;
+
+const WORKING: usize = 20;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn docker_engine() -> bool {
+    std::process::Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A compose project of this test, taken down (volumes included) on drop.
+struct Project {
+    name: String,
+    env: Vec<(String, String)>,
+}
+
+impl Project {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("docker-compose");
+        command
+            .current_dir(workspace())
+            .args(["-p", &self.name, "--profile", "demo"])
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn run(&self, args: &[&str]) -> String {
+        let out = tokio::time::timeout(WAIT_LIMIT, self.command(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("docker-compose {args:?} did not end"))
+            .expect("running docker-compose");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "docker-compose {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    async fn containers(&self, service: &str) -> Vec<String> {
+        self.run(&["ps", "-q", service])
+            .await
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let mut down = std::process::Command::new("docker-compose");
+        down.current_dir(workspace())
+            .args([
+                "-p",
+                &self.name,
+                "--profile",
+                "demo",
+                "down",
+                "-v",
+                "--remove-orphans",
+                "-t",
+                "2",
+            ])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _ = down.status();
+    }
+}
+
+async fn docker(args: &[&str]) {
+    let out = tokio::time::timeout(
+        WAIT_LIMIT,
+        Command::new("docker")
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("docker ends")
+    .expect("running docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The container a worker session runs in: its worker id starts with the container's host name.
+fn container_of<'a>(worker_id: &str, containers: &'a [String]) -> &'a str {
+    containers
+        .iter()
+        .find(|id| worker_id.starts_with(&id[..12]))
+        .unwrap_or_else(|| panic!("no container for worker {worker_id} among {containers:?}"))
+}
+
+async fn finished(url: &str, job_id: &str) -> pb::Job {
+    let mut client = harness::client(url).await;
+    let job = harness::wait_terminal(&mut client, job_id, WAIT_LIMIT).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:#?}");
+    let results = harness::results(&mut client, job_id).await;
+    let unique: BTreeSet<&str> = results.iter().map(|r| r.proxy.as_str()).collect();
+    assert_eq!(unique.len(), results.len(), "each candidate once");
+    assert_eq!(results.len() as u64, job.progress.unwrap().proxies_total);
+    assert_eq!(results.iter().filter(|r| r.usable).count(), WORKING);
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordinator_restart() {
+    if !docker_engine() {
+        eprintln!("skipped: no Docker engine here");
+        return;
+    }
+    let image = format!("proxyfleet:test-{}", std::process::id());
+    let built = Command::new(workspace().join("scripts/docker-image"))
+        .arg(&image)
+        .env(
+            "PROFILE",
+            harness::bin("proxyfleet")
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap(),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let (grpc, metrics) = (harness::quiet_port().port(), harness::quiet_port().port());
+    let project = Project {
+        name: format!("pftest{}", fastrand::u32(..)),
+        env: [
+            ("PROXYFLEET_IMAGE", image.clone()),
+            ("PROXYFLEET_GRPC_PORT", grpc.to_string()),
+            ("PROXYFLEET_METRICS_PORT", metrics.to_string()),
+            ("PROXYFLEET_LEASE_TTL", "3s".into()),
+            ("PROXYFLEET_MAX_CHECKS", "8".into()),
+            ("PROXYFLEET_FARM_WORKING", WORKING.to_string()),
+            ("PROXYFLEET_FARM_BLACK_HOLES", "150".into()),
+            ("PROXYFLEET_FARM_REFUSED", "100".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    };
+    project
+        .run(&[
+            "up",
+            "-d",
+            "--scale",
+            "worker=3",
+            "coordinator",
+            "worker",
+            "farm",
+        ])
+        .await;
+    let url = format!("http://127.0.0.1:{grpc}");
+    let mut client = harness::wait_for(
+        "the coordinator to answer from the host",
+        WAIT_LIMIT,
+        || {
+            let url = url.clone();
+            async move {
+                proxyfleet_proto::v1::coordinator_client::CoordinatorClient::connect(url)
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+    harness::wait_for("three workers", WAIT_LIMIT, || {
+        let mut client = client.clone();
+        async move { (harness::workers(&mut client).await.len() == 3).then_some(()) }
+    })
+    .await;
+
+    let submit = |job: &'static str| {
+        let url = url.clone();
+        async move {
+            let out = harness::cli(&[
+                "--coordinator",
+                &url,
+                "submit",
+                "--source",
+                "http://farm:8080/list.txt",
+                "--timeout",
+                "4s",
+                "--chunk-size",
+                "5",
+                "--min-usable",
+                "20",
+                "--name",
+                job,
+            ])
+            .await;
+            assert_eq!(out.code, 0, "{out:?}");
+            out.stdout.trim().to_string()
+        }
+    };
+    let job_id = submit("chaos").await;
+    let watch = tokio::spawn({
+        let (host, job_id) = (format!("127.0.0.1:{grpc}"), job_id.clone());
+        async move {
+            let body = format!(r#"{{"job_id":"{job_id}"}}"#);
+            let grpcurl = std::env::var_os("PATH")
+                .and_then(|p| {
+                    std::env::split_paths(&p)
+                        .map(|d| d.join("grpcurl"))
+                        .find(|p| p.exists())
+                })
+                .expect("grpcurl on PATH (the test command installs it)");
+            let out = Command::new(grpcurl)
+                .args([
+                    "-plaintext",
+                    "-d",
+                    &body,
+                    &host,
+                    "proxyfleet.v1.Coordinator/WatchJob",
+                ])
+                .kill_on_drop(true)
+                .output();
+            tokio::time::timeout(WAIT_LIMIT, out)
+                .await
+                .expect("grpcurl ends with the job")
+                .unwrap()
+        }
+    });
+
+    // One worker container is killed, another cut off from the network past its lease TTL.
+    let containers = project.containers("worker").await;
+    let network = format!("{}_default", project.name);
+    let workers = harness::wait_for("two workers to be checking", WAIT_LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let busy: Vec<String> = harness::workers(&mut client)
+                .await
+                .into_iter()
+                .filter(|w| !w.lease_ids.is_empty() && w.verdicts_accepted > 0)
+                .map(|w| w.worker_id)
+                .collect();
+            (busy.len() >= 2).then_some(busy)
+        }
+    })
+    .await;
+    let killed = container_of(&workers[0], &containers).to_string();
+    let cut_off = container_of(&workers[1], &containers).to_string();
+    docker(&["kill", &killed]).await;
+    docker(&["network", "disconnect", &network, &cut_off]).await;
+    let cut_worker = workers[1].clone();
+    harness::wait_for("the cut-off worker to go silent", WAIT_LIMIT, || {
+        let mut client = client.clone();
+        let id = cut_worker.clone();
+        async move {
+            harness::workers(&mut client)
+                .await
+                .iter()
+                .any(|w| w.worker_id == id && w.status == "silent")
+                .then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    docker(&["network", "connect", &network, &cut_off]).await;
+
+    let watched = watch.await.unwrap();
+    let stdout = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    assert!(
+        stdout
+            .rsplit("\"jobId\"")
+            .next()
+            .unwrap()
+            .contains("JOB_STATE_SUCCEEDED"),
+        "{stdout}"
+    );
+    let job = finished(&url, &job_id).await;
+    let progress = job.progress.unwrap();
+    assert!(progress.reassignments >= 2, "{progress:?}");
+    eprintln!(
+        "stale verdicts refused: {}",
+        progress.stale_verdicts_refused
+    );
+
+    // The metrics endpoint parses and counts the job.
+    let page = harness::scrape(format!("127.0.0.1:{metrics}").parse().unwrap()).await;
+    let verdicts = harness::sample(&page, "proxyfleet_verdicts_total{usable=\"true\"}")
+        + harness::sample(&page, "proxyfleet_verdicts_total{usable=\"false\"}");
+    assert_eq!(verdicts, progress.proxies_total as f64);
+    assert_eq!(
+        harness::sample(&page, "proxyfleet_verdicts_total{usable=\"true\"}"),
+        WORKING as f64
+    );
+    assert!(harness::sample(&page, "proxyfleet_leases_requeued_total") >= 2.0);
+    assert_eq!(
+        harness::sample(&page, "proxyfleet_jobs{state=\"succeeded\"}"),
+        1.0
+    );
+
+    // A coordinator restarted mid-job: the job finishes all the same.
+    let job_id = submit("restart").await;
+    harness::wait_for("the second job to be under way", WAIT_LIMIT, || {
+        let mut client = client.clone();
+        let job_id = job_id.clone();
+        async move {
+            (harness::job(&mut client, &job_id)
+                .await
+                .progress?
+                .proxies_checked
+                > 20)
+                .then_some(())
+        }
+    })
+    .await;
+    project.run(&["restart", "-t", "10", "coordinator"]).await;
+    client = harness::wait_for("the coordinator to come back", WAIT_LIMIT, || {
+        let url = url.clone();
+        async move {
+            proxyfleet_proto::v1::coordinator_client::CoordinatorClient::connect(url)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let _ = &mut client;
+    finished(&url, &job_id).await;
+    drop(project);
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &image])
+        .output()
+        .await;
+}
