@@ -119,6 +119,25 @@ fn container_of<'a>(worker_id: &str, containers: &'a [String]) -> &'a str {
         .unwrap_or_else(|| panic!("no container for worker {worker_id} among {containers:?}"))
 }
 
+/// A client of the coordinator once it answers from the host.
+async fn reachable(
+    url: &str,
+) -> proxyfleet_proto::v1::coordinator_client::CoordinatorClient<tonic::transport::Channel> {
+    harness::wait_for(
+        "the coordinator to answer from the host",
+        WAIT_LIMIT,
+        || {
+            let url = url.to_string();
+            async move {
+                proxyfleet_proto::v1::coordinator_client::CoordinatorClient::connect(url)
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await
+}
+
 async fn finished(url: &str, job_id: &str) -> pb::Job {
     let mut client = harness::client(url).await;
     let job = harness::wait_terminal(&mut client, job_id, WAIT_LIMIT).await;
@@ -185,24 +204,7 @@ async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordina
         ])
         .await;
     let url = format!("http://127.0.0.1:{grpc}");
-    let mut client = harness::wait_for(
-        "the coordinator to answer from the host",
-        WAIT_LIMIT,
-        || {
-            let url = url.clone();
-            async move {
-                proxyfleet_proto::v1::coordinator_client::CoordinatorClient::connect(url)
-                    .await
-                    .ok()
-            }
-        },
-    )
-    .await;
-    harness::wait_for("three workers", WAIT_LIMIT, || {
-        let mut client = client.clone();
-        async move { (harness::workers(&mut client).await.len() == 3).then_some(()) }
-    })
-    .await;
+    let client = reachable(&url).await;
 
     let submit = |job: &'static str| {
         let url = url.clone();
@@ -310,10 +312,8 @@ async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordina
     let job = finished(&url, &job_id).await;
     let progress = job.progress.unwrap();
     assert!(progress.reassignments >= 2, "{progress:?}");
-    eprintln!(
-        "stale verdicts refused: {}",
-        progress.stale_verdicts_refused
-    );
+    // The cut-off worker came back with verdicts for leases that had moved on: refused, counted.
+    assert!(progress.stale_verdicts_refused > 0, "{progress:?}");
 
     // The metrics endpoint parses and counts the job.
     let page = harness::scrape(format!("127.0.0.1:{metrics}").parse().unwrap()).await;
@@ -346,16 +346,7 @@ async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordina
     })
     .await;
     project.run(&["restart", "-t", "10", "coordinator"]).await;
-    client = harness::wait_for("the coordinator to come back", WAIT_LIMIT, || {
-        let url = url.clone();
-        async move {
-            proxyfleet_proto::v1::coordinator_client::CoordinatorClient::connect(url)
-                .await
-                .ok()
-        }
-    })
-    .await;
-    let _ = &mut client;
+    reachable(&url).await;
     finished(&url, &job_id).await;
     drop(project);
     let _ = Command::new("docker")
