@@ -93,7 +93,7 @@ impl Drop for Project {
     }
 }
 
-async fn docker(args: &[&str]) {
+async fn docker_output(args: &[&str]) -> String {
     let out = tokio::time::timeout(
         WAIT_LIMIT,
         Command::new("docker")
@@ -109,6 +109,11 @@ async fn docker(args: &[&str]) {
         "docker {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn docker(args: &[&str]) {
+    docker_output(args).await;
 }
 
 /// The container a worker session runs in: its worker id starts with the container's host name.
@@ -329,6 +334,35 @@ async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordina
         harness::sample(&page, "proxyfleet_jobs{state=\"succeeded\"}"),
         1.0
     );
+    // Each surviving worker's endpoint, on its compose network address, parses and counts its
+    // checks; together they checked at least what the coordinator recorded from them.
+    let mut worker_checks = 0.0;
+    for id in project
+        .containers("worker")
+        .await
+        .iter()
+        .filter(|id| **id != killed)
+    {
+        let ip = docker_output(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            id,
+        ])
+        .await;
+        let page = harness::scrape(format!("{}:9101", ip.trim()).parse().unwrap()).await;
+        let checks: f64 = page
+            .lines()
+            .filter(|l| l.starts_with("proxyfleet_worker_checks_total{"))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum();
+        assert_eq!(
+            checks,
+            harness::sample(&page, "proxyfleet_worker_check_duration_seconds_count")
+        );
+        worker_checks += checks;
+    }
+    assert!(worker_checks > 0.0);
 
     // A coordinator restarted mid-job: the job finishes all the same.
     let job_id = submit("restart").await;
