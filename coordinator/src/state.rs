@@ -48,6 +48,17 @@ struct Inner {
     store_failure: watch::Sender<Option<String>>,
     /// When ended jobs were last pruned (`--retain`).
     last_prune: Mutex<Instant>,
+    /// Ids that lease events are logged with; kept by `deliver` and the session calls.
+    log_ids: Mutex<LogIds>,
+}
+
+/// What a lease event's log line names: its job, chunk and worker.
+#[derive(Default)]
+struct LogIds {
+    /// Worker id of each open session.
+    workers: HashMap<SessionId, String>,
+    /// Job, chunk and session of each lease granted and not ended.
+    leases: HashMap<u64, (String, u32, SessionId)>,
 }
 
 /// Work for the store writer thread.
@@ -197,6 +208,7 @@ impl State {
                 store_thread: Mutex::new(None),
                 store_failure: watch::channel(None).0,
                 last_prune: Mutex::new(now),
+                log_ids: Mutex::new(LogIds::default()),
             }),
         };
         let writer = {
@@ -326,25 +338,36 @@ impl State {
             return;
         }
         let mut outboxes = lock(&self.inner.outboxes);
+        let mut ids = lock(&self.inner.log_ids);
         for message in out {
             let (session, kind) = match message {
                 Outbound::Assign(s, a) => {
+                    let worker_id = ids.workers.get(&s).cloned().unwrap_or_default();
                     info!(
-                        job_id = %a.job_id, chunk_id = a.chunk_id, lease_id = a.lease_id, session_id = s,
-                        attempt = a.attempt, proxies = a.candidates.len(), "lease granted"
+                        job_id = %a.job_id, chunk_id = a.chunk_id, lease_id = a.lease_id, worker_id = %worker_id,
+                        session_id = s, attempt = a.attempt, proxies = a.candidates.len(), "lease granted"
                     );
+                    ids.leases
+                        .insert(a.lease_id, (a.job_id.clone(), a.chunk_id, s));
                     let mut assign = convert::assignment_to_proto(&a);
                     if let Some(settings) = assign.settings.as_mut() {
                         settings.allow_private_targets = self.inner.config.allow_private_targets;
                     }
                     (s, pb::coordinator_message::Kind::Assign(assign))
                 }
-                Outbound::LeaseDone(s, lease_id) => (
-                    s,
-                    pb::coordinator_message::Kind::LeaseDone(pb::LeaseDone { lease_id }),
-                ),
+                Outbound::LeaseDone(s, lease_id) => {
+                    let (job_id, chunk_id, _) = ids.leases.remove(&lease_id).unwrap_or_default();
+                    let worker_id = ids.workers.get(&s).cloned().unwrap_or_default();
+                    info!(job_id = %job_id, chunk_id, lease_id, worker_id = %worker_id, session_id = s, "lease done");
+                    (
+                        s,
+                        pb::coordinator_message::Kind::LeaseDone(pb::LeaseDone { lease_id }),
+                    )
+                }
                 Outbound::Revoke(s, lease_id, reason) => {
-                    info!(lease_id, session_id = s, reason, "lease revoked");
+                    let (job_id, chunk_id, _) = ids.leases.remove(&lease_id).unwrap_or_default();
+                    let worker_id = ids.workers.get(&s).cloned().unwrap_or_default();
+                    info!(job_id = %job_id, chunk_id, lease_id, worker_id = %worker_id, session_id = s, reason, "lease revoked");
                     (
                         s,
                         pb::coordinator_message::Kind::Revoke(pb::Revoke {
@@ -766,6 +789,9 @@ impl State {
             // Welcome and the outbox go in before any Assign is delivered.
             let _ = outbox.send(Ok(welcome(id)));
             lock(&self.inner.outboxes).insert(id, outbox);
+            lock(&self.inner.log_ids)
+                .workers
+                .insert(id, worker_id.clone());
             (id, out)
         });
         info!(session_id = id, worker_id = %worker_id, "worker session opened");
@@ -850,7 +876,22 @@ impl State {
 
     /// The session's stream ended; its leases go back to the queue at once.
     pub fn close_session(&self, session: SessionId, why: &str) {
-        info!(session_id = session, why, "worker session closed");
+        {
+            let mut ids = lock(&self.inner.log_ids);
+            let worker_id = ids.workers.remove(&session).unwrap_or_default();
+            info!(session_id = session, worker_id = %worker_id, why, "worker session closed");
+            let lost: Vec<u64> = ids
+                .leases
+                .iter()
+                .filter(|(_, l)| l.2 == session)
+                .map(|(id, _)| *id)
+                .collect();
+            for lease_id in lost {
+                if let Some((job_id, chunk_id, _)) = ids.leases.remove(&lease_id) {
+                    info!(job_id = %job_id, chunk_id, lease_id, worker_id = %worker_id, session_id = session, "lease taken back: its worker's session ended");
+                }
+            }
+        }
         self.with_scheduler(|s| {
             let out = s.disconnect(session, Instant::now());
             // Removed under the scheduler lock, after the session left the scheduler: no lease can
