@@ -92,6 +92,16 @@ impl Remote {
 
 /// Connects to the coordinator; a coordinator that is down gives exit code 1 within seconds.
 pub async fn connect(remote: &Remote) -> Result<Client, Failure> {
+    let channel = open_channel(remote).await?;
+    Ok(
+        CoordinatorClient::with_interceptor(channel, remote.token.clone())
+            .max_decoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024),
+    )
+}
+
+/// A channel to the coordinator, over TLS when configured.
+async fn open_channel(remote: &Remote) -> Result<Channel, Failure> {
     let url = &remote.url;
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| {
@@ -122,11 +132,7 @@ pub async fn connect(remote: &Remote) -> Result<Client, Failure> {
             ),
         )
     })?;
-    Ok(
-        CoordinatorClient::with_interceptor(channel, remote.token.clone())
-            .max_decoding_message_size(256 * 1024 * 1024)
-            .max_encoding_message_size(256 * 1024 * 1024),
-    )
+    Ok(channel)
 }
 
 /// A job's candidates as the client gathered them.
@@ -545,21 +551,7 @@ fn result_json(r: &pb::ProxyResult) -> serde_json::Value {
 
 /// Asks the coordinator's grpc.health.v1 service whether it serves.
 pub async fn health(remote: &Remote) -> Result<i32, Failure> {
-    let endpoint = Endpoint::from_shared(remote.url.clone())
-        .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: {e}")))?
-        .connect_timeout(Duration::from_secs(5));
-    let endpoint = match &remote.tls {
-        Some(tls) => endpoint
-            .tls_config(tls.clone())
-            .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: {e}")))?,
-        None => endpoint,
-    };
-    let channel = endpoint.connect().await.map_err(|e| {
-        Failure::new(
-            EXIT_UNREACHABLE,
-            format!("error: cannot reach {}: {e}", remote.url),
-        )
-    })?;
+    let channel = open_channel(remote).await?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let answer = tokio::time::timeout(
         Duration::from_secs(5),

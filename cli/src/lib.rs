@@ -13,18 +13,13 @@ impl Cli {
     /// The coordinator address, token and TLS settings from the global options.
     pub fn remote(&self) -> Result<client::Remote, Failure> {
         let bad = |what: String| Failure::new(client::EXIT_BAD_INPUT, format!("error: {what}"));
-        let token = match &self.token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| bad(format!("cannot read --token-file {}: {e}", path.display())))?
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string(),
-            ),
-            None => self.token.clone(),
-        };
+        let token =
+            match &self.token_file {
+                Some(path) => Some(proxyfleet_proto::auth::read_token_file(path).map_err(|e| {
+                    bad(format!("cannot read --token-file {}: {e}", path.display()))
+                })?),
+                None => self.token.clone(),
+            };
         let token = proxyfleet_proto::auth::BearerToken::new(token.as_deref())
             .map_err(|e| bad(format!("--token: {e}")))?;
         let tls = proxyfleet_proto::tls::client_config(

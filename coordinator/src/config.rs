@@ -363,12 +363,12 @@ fn read_token(
     flag: &'static str,
 ) -> Result<Option<String>, ConfigError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::TokenFile {
-            flag,
-            path: path.display().to_string(),
-            error: e.to_string(),
-        })?;
-        let token = text.lines().next().unwrap_or("").trim().to_string();
+        let token =
+            proxyfleet_proto::auth::read_token_file(path).map_err(|e| ConfigError::TokenFile {
+                flag,
+                path: path.display().to_string(),
+                error: e.to_string(),
+            })?;
         if token.is_empty() {
             return Err(ConfigError::EmptyToken(flag));
         }

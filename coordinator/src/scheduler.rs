@@ -539,7 +539,6 @@ pub struct Scheduler {
     changed: Changed,
     /// Changes for the store, in order, since `take_journal`.
     journal: Vec<Record>,
-    stale_refused_total: u64,
     /// Totals since start, for metrics.
     counters: Counters,
 }
@@ -585,7 +584,6 @@ impl Scheduler {
             next_session: 1,
             changed: Changed::default(),
             journal: Vec::new(),
-            stale_refused_total: 0,
             counters: Counters::default(),
         }
     }
@@ -892,7 +890,6 @@ impl Scheduler {
                 .or_else(|| self.retired.get(&lease_id).cloned())
                 .or_else(|| (!job_hint.is_empty()).then(|| job_hint.to_string()));
             let count = verdicts.len() as u64;
-            self.stale_refused_total += count;
             self.counters.stale_verdicts_refused += count;
             if let Some(job) = job_id.and_then(|id| self.jobs.get_mut(&id)) {
                 job.stale_refused += count;
@@ -1394,6 +1391,22 @@ impl Scheduler {
         }
     }
 
+    /// Jobs not ended yet.
+    pub fn active_jobs(&self) -> usize {
+        self.jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .count()
+    }
+
+    /// The job of `pool` not ended yet, if any.
+    pub fn running_in(&self, pool: &str) -> Option<String> {
+        self.jobs
+            .values()
+            .find(|j| j.settings.pool == pool && !j.state.is_terminal())
+            .map(|j| j.id.clone())
+    }
+
     /// Forgets an ended job (pruned from the store). A job still running is kept.
     pub fn forget(&mut self, job_id: &str) {
         if !self.jobs.get(job_id).is_some_and(|j| j.state.is_terminal()) {
@@ -1726,7 +1739,7 @@ impl Scheduler {
 
     /// Refused stale verdicts over every job.
     pub fn stale_refused_total(&self) -> u64 {
-        self.stale_refused_total
+        self.counters.stale_verdicts_refused
     }
 }
 

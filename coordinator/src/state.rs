@@ -403,11 +403,7 @@ impl State {
             return Err(SubmitError::Empty);
         }
         let settings = self.job_settings(&request)?;
-        let active = self
-            .jobs()
-            .iter()
-            .filter(|j| !j.state.is_terminal())
-            .count();
+        let active = lock(&self.inner.scheduler).active_jobs();
         if active >= config.max_active_jobs {
             return Err(SubmitError::Busy {
                 active,
@@ -603,12 +599,9 @@ impl State {
         let Some(schedule) = self.inner.config.refresh.clone() else {
             return;
         };
-        let running = self
-            .jobs()
-            .into_iter()
-            .find(|j| j.settings.pool == "default" && !j.state.is_terminal());
-        if let Some(job) = running {
-            info!(job_id = %job.id, "scheduled refresh skipped: a refresh of the pool is still running");
+        let running = lock(&self.inner.scheduler).running_in("default");
+        if let Some(job_id) = running {
+            info!(job_id = %job_id, "scheduled refresh skipped: a refresh of the pool is still running");
             return;
         }
         let sources = match self.coordinator_sources() {

@@ -1,7 +1,6 @@
 //! The embedded store: jobs, candidates, chunks and every recorded verdict in SQLite (WAL) under
 //! the data dir, so that `kill -9` of the coordinator loses nothing it acknowledged.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -592,13 +591,10 @@ fn specs_from_json(text: &str) -> Option<Vec<SourceSpec>> {
         .collect()
 }
 
-/// The dropped counts of a job as stored (kept for symmetry with the other columns).
-pub fn dropped_to_json(dropped: &BTreeMap<String, u64>) -> String {
-    serde_json::to_string(dropped).unwrap_or_else(|_| "{}".into())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::candidate::Candidate;
 

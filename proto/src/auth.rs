@@ -44,6 +44,12 @@ impl Interceptor for BearerToken {
     }
 }
 
+/// The token kept in a file: its first line, trimmed.
+pub fn read_token_file(path: &std::path::Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
+}
+
 /// Compares without leaking, through timing, how much of a guess was right.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()

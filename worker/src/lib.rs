@@ -163,20 +163,12 @@ impl TryFrom<Cli> for WorkerConfig {
             None => Vec::new(),
         };
         let token = match &cli.token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        ConfigError::Credentials(format!(
-                            "cannot read --token-file {}: {e}",
-                            path.display()
-                        ))
-                    })?
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string(),
-            ),
+            Some(path) => Some(proxyfleet_proto::auth::read_token_file(path).map_err(|e| {
+                ConfigError::Credentials(format!(
+                    "cannot read --token-file {}: {e}",
+                    path.display()
+                ))
+            })?),
             None => cli.token.clone(),
         };
         let token = proxyfleet_proto::auth::BearerToken::new(token.as_deref())
