@@ -235,7 +235,7 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
             worker_id: format!("embedded-{i}"),
             name: format!("embedded-{i}"),
             max_checks: e.max_checks,
-            capacity: (e.max_checks / 64).max(2) as u32,
+            capacity: proxyfleet_worker::default_capacity(e.max_checks),
             drain_grace: Duration::from_secs(1),
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(1),
@@ -244,6 +244,7 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
             token: Default::default(),
             tls: None,
             metrics_listen: None,
+            instant_checks: false,
         };
         workers.push(tokio::spawn(proxyfleet_worker::run(
             config,

@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// Many small allocations (candidates, verdicts, messages) come and go: mimalloc serves them with
+/// less CPU and less fragmentation than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let cli = proxyfleet_cli::args::Cli::parse();

@@ -2,7 +2,7 @@
 //! response), normalizing, deduplicating, refusing private targets.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -183,7 +183,29 @@ impl Fault {
 #[derive(Default)]
 struct Collector {
     list: ParsedList,
-    seen: HashSet<String>,
+    /// Hash of each candidate kept, with the index of the first candidate that had it.
+    seen: HashMap<u64, u32>,
+    /// Candidates kept although another, different candidate had their hash first (rare).
+    collided: HashSet<Candidate>,
+    hasher: std::hash::RandomState,
+}
+
+impl Collector {
+    /// Whether `candidate` is new to the list: compared by value, without building its URL.
+    fn first_time(&mut self, candidate: &Candidate) -> bool {
+        use std::collections::hash_map::Entry;
+        use std::hash::BuildHasher;
+        match self.seen.entry(self.hasher.hash_one(candidate)) {
+            Entry::Vacant(slot) => {
+                slot.insert(self.list.candidates.len() as u32);
+                true
+            }
+            Entry::Occupied(first) => {
+                self.list.candidates[*first.get() as usize] != *candidate
+                    && self.collided.insert(candidate.clone())
+            }
+        }
+    }
 }
 
 impl Collector {
@@ -191,7 +213,7 @@ impl Collector {
         match outcome {
             Ok(candidates) => {
                 for candidate in candidates {
-                    if self.seen.insert(candidate.full_url()) {
+                    if self.first_time(&candidate) {
                         self.list.candidates.push(candidate);
                     } else {
                         self.list.duplicates += 1;

@@ -104,8 +104,8 @@ pub fn verdict_from_proto(v: pb::Verdict) -> Verdict {
             reason
         },
         latency_ms: v.latency_ms,
-        exit_ip: v.exit_ip,
-        detail: v.detail,
+        exit_ip: v.exit_ip.into(),
+        detail: v.detail.into(),
         anonymity: if usable {
             anonymity_from_proto(v.anonymity)
         } else {
@@ -290,8 +290,8 @@ pub fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
         out.usable = v.usable;
         out.reason = reason_to_proto(v.reason) as i32;
         out.latency_ms = v.latency_ms;
-        out.exit_ip = v.exit_ip.clone();
-        out.detail = v.detail.clone();
+        out.exit_ip = v.exit_ip.to_string();
+        out.detail = v.detail.to_string();
         out.anonymity = anonymity_to_proto(v.anonymity) as i32;
         out.connect_ms = v.connect_ms;
     }

@@ -106,21 +106,12 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let r = request.into_inner();
-        let mut lines: Vec<(u64, String)> = r
+        let lines: Vec<(u64, String)> = r
             .candidates
             .into_iter()
             .enumerate()
             .map(|(i, l)| (i as u64 + 1, l))
             .collect();
-        if !r.candidates_text.is_empty() {
-            let offset = lines.len() as u64;
-            lines.extend(
-                r.candidates_text
-                    .lines()
-                    .enumerate()
-                    .map(|(i, l)| (offset + i as u64 + 1, l.to_string())),
-            );
-        }
         let mut default_protocols = Vec::new();
         for p in r.default_protocols {
             default_protocols.push(convert::protocol_from_proto(p).ok_or_else(|| {
@@ -167,8 +158,9 @@ impl Coordinator for CoordinatorService {
                 .map_err(|e| Status::invalid_argument(format!("judge_urls: {e}")))?;
         }
         let positive = |v: u64| (v > 0).then_some(v);
-        let submitted = self.state.submit(SubmitRequest {
+        let request = SubmitRequest {
             lines,
+            text: r.candidates_text,
             default_protocols,
             sources,
             judge_urls: r.judge_urls,
@@ -188,7 +180,12 @@ impl Coordinator for CoordinatorService {
             strict: r.strict,
             max_failed_chunk_ratio: (r.max_failed_chunk_ratio > 0.0)
                 .then_some(r.max_failed_chunk_ratio),
-        })?;
+        };
+        // Parsing a big list takes a while: off the threads that serve the streams.
+        let state = self.state.clone();
+        let submitted = tokio::task::spawn_blocking(move || state.submit(request))
+            .await
+            .map_err(|e| Status::internal(format!("the submission failed: {e}")))??;
         Ok(Response::new(pb::SubmitJobResponse {
             job_id: submitted.snapshot.id.clone(),
             job: Some(convert::job_to_proto(&submitted.snapshot)),
@@ -255,9 +252,10 @@ impl Coordinator for CoordinatorService {
                     }
                     _ = tx.closed() => return,
                 }
-                // Coalesce: at most a few snapshots a second.
+                // Coalesce: at most a few snapshots a second, but the job's end at once.
                 tokio::select! {
                     _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                    _ = progress.wait_for(|s| s.state.is_terminal()) => {}
                     _ = shutdown.changed() => {
                         let _ = tx.try_send(shutting_down());
                         return;
@@ -317,10 +315,29 @@ impl Coordinator for CoordinatorService {
             results: rows.iter().map(convert::result_to_proto).collect(),
         };
         if !r.follow {
-            let rows = self.state.results(&job_id, r.usable_only)?;
-            let pages: Vec<Result<pb::ResultsPage, Status>> =
-                rows.chunks(RESULTS_PAGE).map(|p| Ok(page(p))).collect();
-            return Ok(Response::new(Box::pin(tokio_stream::iter(pages))));
+            // Page by page, as the client reads: a million results never sit in memory at once.
+            let first = self
+                .state
+                .results_page(&job_id, 0, RESULTS_PAGE, r.usable_only)?;
+            let state = self.state.clone();
+            let (tx, rx) = mpsc::channel(2);
+            tokio::spawn(async move {
+                let (mut rows, mut next) = first;
+                loop {
+                    if !rows.is_empty() && tx.send(Ok(page(&rows))).await.is_err() {
+                        return;
+                    }
+                    let Some(start) = next else { return };
+                    match state.results_page(&job_id, start, RESULTS_PAGE, r.usable_only) {
+                        Ok((more, after)) => (rows, next) = (more, after),
+                        // The job was pruned meanwhile: what was sent is what there is.
+                        Err(_) => return,
+                    }
+                }
+            });
+            return Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )));
         }
         // Follow: verdicts as they are recorded, then the unchecked rest once the job ends.
         self.state.results_since(&job_id, 0, r.usable_only)?;

@@ -6,6 +6,11 @@ use clap::Parser;
 use proxyfleet_coordinator::{Cli, CoordinatorConfig};
 use tokio::net::TcpListener;
 
+/// Many small allocations (candidates, verdicts, messages) come and go: mimalloc serves them with
+/// less CPU and less fragmentation than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::candidate::Candidate;
@@ -171,8 +172,8 @@ pub struct Verdict {
     pub usable: bool,
     pub reason: Reason,
     pub latency_ms: u32,
-    pub exit_ip: String,
-    pub detail: String,
+    pub exit_ip: Arc<str>,
+    pub detail: Arc<str>,
     pub anonymity: Anonymity,
     pub connect_ms: u32,
 }
@@ -241,7 +242,7 @@ struct Job {
     settings: JobSettings,
     state: JobState,
     reason: String,
-    candidates: Vec<Candidate>,
+    candidates: Arc<Vec<Candidate>>,
     /// Verdict per candidate index; `None` until recorded, never overwritten.
     verdicts: Vec<Option<Verdict>>,
     chunks: Vec<Chunk>,
@@ -270,6 +271,8 @@ struct Lease {
     job_id: String,
     chunk: ChunkId,
     session: SessionId,
+    /// Candidates of the lease without a verdict yet.
+    unchecked: u32,
 }
 
 #[derive(Debug)]
@@ -281,6 +284,9 @@ struct Session {
     capacity: u32,
     max_checks: u32,
     leases: BTreeSet<LeaseId>,
+    /// Candidates of its leases without a verdict yet: a worker is leased more only while this is
+    /// below its `max_checks`, so no candidate waits in one worker while another has free slots.
+    unchecked: u64,
     connected: Instant,
     last_seen: Instant,
     /// Said `Draining`: gets no new lease.
@@ -290,6 +296,26 @@ struct Session {
     verdicts_accepted: u64,
     /// Judges this worker asked directly, by URL.
     judges: BTreeMap<String, JudgeStatus>,
+}
+
+impl Session {
+    /// Whether the session may be leased another chunk: it is not draining or silent, holds fewer
+    /// leases than its capacity, and has a free check slot for every candidate it holds, plus a
+    /// quarter more when `ahead` (or fewer than two leases, so a worker smaller than a chunk still
+    /// has the next one at hand).
+    fn wants_work(&self, ahead: bool) -> bool {
+        let slots = u64::from(self.max_checks);
+        let limit = if ahead { slots + slots / 4 } else { slots };
+        !self.draining
+            && !self.silent
+            && (self.leases.len() as u32) < self.capacity
+            && (self.unchecked < limit || self.leases.len() < 2)
+    }
+
+    /// How full the session is, in thousandths of its check slots: the emptiest is leased first.
+    fn load(&self) -> u64 {
+        self.unchecked * 1000 / u64::from(self.max_checks.max(1))
+    }
 }
 
 /// Counts of a job as clients see them.
@@ -498,7 +524,7 @@ pub enum Record {
     /// The job's whole candidate list (at submit, and again once its sources are scraped).
     Candidates {
         job_id: String,
-        candidates: Vec<Candidate>,
+        candidates: Arc<Vec<Candidate>>,
     },
     Verdicts {
         job_id: String,
@@ -537,6 +563,8 @@ pub struct Scheduler {
     next_session: SessionId,
     /// Jobs whose snapshot changed, for watchers and for the store.
     changed: Changed,
+    /// Verdict texts seen (details, exit addresses), shared by every verdict that repeats one.
+    texts: std::collections::HashSet<Arc<str>>,
     /// Changes for the store, in order, since `take_journal`.
     journal: Vec<Record>,
     /// Totals since start, for metrics.
@@ -583,6 +611,7 @@ impl Scheduler {
             next_lease: first_lease_id.max(1),
             next_session: 1,
             changed: Changed::default(),
+            texts: Default::default(),
             journal: Vec::new(),
             counters: Counters::default(),
         }
@@ -614,7 +643,7 @@ impl Scheduler {
             state: JobState::Queued,
             reason: String::new(),
             verdicts: vec![None; new.candidates.len()],
-            candidates: new.candidates,
+            candidates: new.candidates.into(),
             chunks,
             created: now,
             created_wall_ms: wall_ms,
@@ -633,7 +662,7 @@ impl Scheduler {
         };
         self.journal.push(Record::Candidates {
             job_id: new.id.clone(),
-            candidates: job.candidates.clone(),
+            candidates: Arc::clone(&job.candidates),
         });
         self.job_order.push(new.id.clone());
         self.jobs.insert(new.id.clone(), job);
@@ -723,7 +752,7 @@ impl Scheduler {
         let mut duplicates = 0;
         for candidate in candidates {
             if seen.insert(candidate.full_url()) {
-                job.candidates.push(candidate);
+                Arc::make_mut(&mut job.candidates).push(candidate);
             } else {
                 duplicates += 1;
             }
@@ -735,7 +764,7 @@ impl Scheduler {
         job.chunks = make_chunks(job.candidates.len() as u32, job.settings.chunk_size);
         self.journal.push(Record::Candidates {
             job_id: job_id.to_string(),
-            candidates: job.candidates.clone(),
+            candidates: Arc::clone(&job.candidates),
         });
         if job.candidates.is_empty() {
             let failed: Vec<String> = job
@@ -831,6 +860,7 @@ impl Scheduler {
                 capacity: hello.capacity.max(1),
                 max_checks: hello.max_checks,
                 leases: BTreeSet::new(),
+                unchecked: 0,
                 connected: now,
                 last_seen: now,
                 draining: false,
@@ -928,8 +958,10 @@ impl Scheduler {
             {
                 verdict.usable = false;
                 verdict.reason = Reason::Filtered;
-                verdict.detail = why;
+                verdict.detail = why.into();
             }
+            verdict.detail = intern(&mut self.texts, verdict.detail);
+            verdict.exit_ip = intern(&mut self.texts, verdict.exit_ip);
             job.checked += 1;
             if verdict.usable {
                 job.usable += 1;
@@ -954,8 +986,12 @@ impl Scheduler {
             chunk.state = ChunkState::Done;
         }
         self.changed.insert(job_id.clone());
+        if let Some(lease) = self.leases.get_mut(&lease_id) {
+            lease.unchecked = lease.unchecked.saturating_sub(accepted as u32);
+        }
         if let Some(s) = self.sessions.get_mut(&session) {
             s.verdicts_accepted += accepted;
+            s.unchecked = s.unchecked.saturating_sub(accepted);
         }
         if chunk_finished {
             self.counters.leases_completed += 1;
@@ -1134,11 +1170,21 @@ impl Scheduler {
     pub fn assign(&mut self, now: Instant) -> Vec<Outbound> {
         let mut out = Vec::new();
         loop {
+            // While more work is queued than every worker's slots can take, each may hold a quarter
+            // more than its slots, so no slot idles while verdicts travel; near the end of the
+            // queue none does, so no candidate waits in a busy worker while another has free slots.
+            let queued = self.queued_candidates();
+            let slots: u64 = self
+                .sessions
+                .values()
+                .map(|s| u64::from(s.max_checks))
+                .sum();
+            let deep = queued >= slots;
             let target = self
                 .sessions
                 .iter()
-                .filter(|(_, s)| !s.draining && !s.silent && (s.leases.len() as u32) < s.capacity)
-                .min_by_key(|(id, s)| (s.leases.len(), **id))
+                .filter(|(_, s)| s.wants_work(deep))
+                .min_by_key(|(id, s)| (s.load(), **id))
                 .map(|(id, _)| *id);
             let Some(session) = target else { break };
             let Some((job_id, chunk_id)) = self.next_queued_chunk() else {
@@ -1147,6 +1193,16 @@ impl Scheduler {
             out.push(self.grant(session, &job_id, chunk_id, now));
         }
         out
+    }
+
+    /// About how many candidates wait in the queue: its length times the chunk size of its head.
+    fn queued_candidates(&self) -> u64 {
+        let chunk_size = self
+            .queue
+            .front()
+            .and_then(|(job_id, _)| self.jobs.get(job_id))
+            .map_or(0, |job| job.settings.chunk_size);
+        self.queue.len() as u64 * u64::from(chunk_size)
     }
 
     fn next_queued_chunk(&mut self) -> Option<(String, ChunkId)> {
@@ -1177,12 +1233,13 @@ impl Scheduler {
         let chunk = &mut job.chunks[chunk_id as usize];
         chunk.state = ChunkState::Leased(lease_id);
         chunk.leases += 1;
-        let candidates = chunk
+        let candidates: Vec<_> = chunk
             .range
             .clone()
             .filter(|&i| job.verdicts[i as usize].is_none())
             .map(|i| (i, job.candidates[i as usize].clone()))
             .collect();
+        let unchecked = candidates.len() as u32;
         let assignment = Assignment {
             lease_id,
             job_id: job_id.to_string(),
@@ -1200,13 +1257,15 @@ impl Scheduler {
                 job_id: job_id.to_string(),
                 chunk: chunk_id,
                 session,
+                unchecked,
             },
         );
-        self.sessions
+        let holder = self
+            .sessions
             .get_mut(&session)
-            .expect("assign picks a live session")
-            .leases
-            .insert(lease_id);
+            .expect("assign picks a live session");
+        holder.leases.insert(lease_id);
+        holder.unchecked += u64::from(unchecked);
         Outbound::Assign(session, assignment)
     }
 
@@ -1214,6 +1273,7 @@ impl Scheduler {
         let lease = self.leases.remove(&lease_id)?;
         if let Some(s) = self.sessions.get_mut(&lease.session) {
             s.leases.remove(&lease_id);
+            s.unchecked = s.unchecked.saturating_sub(u64::from(lease.unchecked));
         }
         self.retired.insert(lease_id, lease.job_id.clone());
         Some(lease)
@@ -1481,7 +1541,7 @@ impl Scheduler {
             },
             reason: record.reason,
             verdicts: slots,
-            candidates,
+            candidates: candidates.into(),
             chunks,
             created,
             created_wall_ms: record.created_wall_ms,
@@ -1514,6 +1574,11 @@ impl Scheduler {
     /// Ids of jobs whose snapshot changed since the last call.
     pub fn take_dirty(&mut self) -> BTreeSet<String> {
         std::mem::take(&mut self.changed.watch)
+    }
+
+    /// Marks a job's snapshot as changed again, for a later `take_dirty`.
+    pub fn mark_dirty(&mut self, job_id: &str) {
+        self.changed.watch.insert(job_id.to_string());
     }
 
     pub fn job_ids(&self) -> Vec<String> {
@@ -1644,23 +1709,40 @@ impl Scheduler {
 
     /// Every candidate of the job once, in candidate order.
     pub fn results(&self, job_id: &str, usable_only: bool) -> Result<Vec<ResultRow>, JobError> {
+        Ok(self.results_page(job_id, 0, usize::MAX, usable_only)?.0)
+    }
+
+    /// A page of a job's results: candidates from index `start` on, at most `limit` rows (and at
+    /// most `limit` * 64 candidates looked at); returns the rows and where the next page starts,
+    /// or `None` after the last candidate.
+    pub fn results_page(
+        &self,
+        job_id: &str,
+        start: usize,
+        limit: usize,
+        usable_only: bool,
+    ) -> Result<(Vec<ResultRow>, Option<usize>), JobError> {
         let job = self
             .jobs
             .get(job_id)
             .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
         let chunk_size = job.settings.chunk_size.max(1);
-        Ok(job
-            .candidates
-            .iter()
-            .zip(&job.verdicts)
-            .enumerate()
-            .filter(|(_, (_, v))| !usable_only || v.as_ref().is_some_and(|v| v.usable))
-            .map(|(i, (c, v))| ResultRow {
-                candidate: c.clone(),
-                chunk_id: i as u32 / chunk_size,
-                verdict: v.clone(),
-            })
-            .collect())
+        let total = job.candidates.len();
+        let end = start.saturating_add(limit.saturating_mul(64)).min(total);
+        let mut rows = Vec::new();
+        let mut next = start;
+        while next < end && rows.len() < limit {
+            let verdict = &job.verdicts[next];
+            if !usable_only || verdict.as_ref().is_some_and(|v| v.usable) {
+                rows.push(ResultRow {
+                    candidate: job.candidates[next].clone(),
+                    chunk_id: next as u32 / chunk_size,
+                    verdict: verdict.clone(),
+                });
+            }
+            next += 1;
+        }
+        Ok((rows, (next < total).then_some(next)))
     }
 
     /// Results recorded after position `cursor` of the job's record, and the new cursor. Once the
@@ -1761,6 +1843,20 @@ fn job_record(job: &Job) -> JobRecord {
     }
 }
 
+/// Verdict texts kept for sharing, at most: a million verdicts mostly repeat a few details.
+const MAX_SHARED_TEXTS: usize = 4096;
+
+/// The shared copy of `text`, remembered while fewer than [`MAX_SHARED_TEXTS`] are.
+fn intern(texts: &mut std::collections::HashSet<Arc<str>>, text: Arc<str>) -> Arc<str> {
+    if let Some(shared) = texts.get(&text) {
+        return shared.clone();
+    }
+    if texts.len() < MAX_SHARED_TEXTS {
+        texts.insert(text.clone());
+    }
+    text
+}
+
 /// Cuts `total` candidates into chunks of `chunk_size`.
 fn make_chunks(total: u32, chunk_size: u32) -> Vec<Chunk> {
     let chunk_size = chunk_size.max(1);
@@ -1858,8 +1954,8 @@ mod tests {
                     Reason::Refused
                 },
                 latency_ms: 1,
-                exit_ip: String::new(),
-                detail: String::new(),
+                exit_ip: "".into(),
+                detail: "".into(),
                 anonymity: if usable(*i) {
                     Anonymity::Elite
                 } else {
@@ -1937,6 +2033,80 @@ mod tests {
         assert_eq!(results.len(), 10);
         assert!(results.iter().all(|r| r.verdict.is_some()));
         assert_eq!(s.results("j", true).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn workers_are_leased_by_free_check_slots() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        // 20 chunks of 10; each worker has 20 slots and room for 100 leases.
+        s.submit(new_job("j", 200, 10, 0), c.now, c.wall());
+        let slots = |name| Hello {
+            max_checks: 20,
+            ..hello(name, 100)
+        };
+        let (w1, out) = s.hello(slots("w1"), c.now);
+        // Queue deeper than every slot: a quarter more than the slots (20 + 5) may be held.
+        assert_eq!(
+            assignments(&out).len(),
+            3,
+            "30 candidates for 20 slots and 5 ahead"
+        );
+        let (w2, out) = s.hello(slots("w2"), c.now);
+        assert_eq!(assignments(&out).len(), 3);
+        // Verdicts free slots: a partial batch frees no whole chunk's room yet...
+        let held = |s: &Scheduler, w| s.sessions[&w].unchecked;
+        assert_eq!((held(&s, w1), held(&s, w2)), (30, 30));
+        let lease = s.sessions[&w1].leases.iter().next().copied().unwrap();
+        let chunk = s.leases[&lease].chunk;
+        let range = s.jobs["j"].chunks[chunk as usize].range.clone();
+        let refused = |index| Verdict {
+            index,
+            usable: false,
+            reason: Reason::Refused,
+            latency_ms: 1,
+            exit_ip: "".into(),
+            detail: "".into(),
+            anonymity: Anonymity::Unknown,
+            connect_ms: 1,
+        };
+        let partial: Vec<Verdict> = range.clone().take(4).map(refused).collect();
+        let out = s.verdicts(w1, lease, partial, c.now, c.wall());
+        assert_eq!(held(&s, w1), 26);
+        assert!(assignments(&out).is_empty(), "26 held is past 25");
+        // ...and a finished chunk lets the next one in.
+        let rest: Vec<Verdict> = range.skip(4).map(refused).collect();
+        let out = s.verdicts(w1, lease, rest, c.now, c.wall());
+        assert_eq!(assignments(&out).len(), 1);
+        assert_eq!(held(&s, w1), 30);
+    }
+
+    #[test]
+    fn near_the_end_of_the_queue_no_worker_holds_more_than_its_slots() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        // 6 chunks of 10 for two workers of 20 slots each.
+        s.submit(new_job("j", 60, 10, 0), c.now, c.wall());
+        let slots = |name| Hello {
+            max_checks: 20,
+            ..hello(name, 100)
+        };
+        let (w1, out) = s.hello(slots("w1"), c.now);
+        let w1_leases = assignments(&out);
+        assert_eq!(w1_leases.len(), 3, "60 queued of 20 slots: 5 ahead allowed");
+        let (w2, out) = s.hello(slots("w2"), c.now);
+        let w2_leases = assignments(&out);
+        assert_eq!(w2_leases.len(), 2, "30 queued of 40 slots: none ahead");
+        // w1 finishes a chunk: it holds 20 for its 20 slots, so the last chunk is not its.
+        let a = &w1_leases[0].1;
+        let out = s.verdicts(w1, a.lease_id, verdicts_for(a, |_| false), c.now, c.wall());
+        assert!(assignments(&out).is_empty());
+        // w2 finishes one: it has 10 free slots and gets the last chunk.
+        let a = &w2_leases[0].1;
+        let out = s.verdicts(w2, a.lease_id, verdicts_for(a, |_| false), c.now, c.wall());
+        let last = assignments(&out);
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].0, w2);
     }
 
     #[test]
@@ -2266,8 +2436,8 @@ mod tests {
             usable: true,
             reason: Reason::None,
             latency_ms: 1,
-            exit_ip: String::new(),
-            detail: String::new(),
+            exit_ip: "".into(),
+            detail: "".into(),
             anonymity: Anonymity::Elite,
             connect_ms: 1,
         };
@@ -2639,7 +2809,7 @@ mod tests {
                     job_id,
                     candidates: c,
                 } => {
-                    candidates.insert(job_id.clone(), c.clone());
+                    candidates.insert(job_id.clone(), c.to_vec());
                     verdicts.remove(job_id);
                 }
                 Record::Verdicts {

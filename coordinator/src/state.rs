@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,8 +17,8 @@ use crate::convert;
 use crate::fetch::{FetchPolicy, Fetcher};
 use crate::output;
 use crate::scheduler::{
-    Hello, JobError, JobSettings, JobSnapshot, JobState, LeaseConfig, NewJob, Outbound, Scheduler,
-    SessionId, SourceSpec, SourceState, SourceStatus, UsableFilter,
+    Hello, JobError, JobSettings, JobSnapshot, JobState, LeaseConfig, NewJob, Outbound, Record,
+    Scheduler, SessionId, SourceSpec, SourceState, SourceStatus, UsableFilter,
 };
 use crate::store::Store;
 
@@ -50,6 +51,10 @@ struct Inner {
     last_prune: Mutex<Instant>,
     /// Ids that lease events are logged with; kept by `deliver` and the session calls.
     log_ids: Mutex<LogIds>,
+    /// Writes handed to the store writer so far, and how many of them are committed: a job's end
+    /// is shown to watchers only once every record before it is durable.
+    journal_seq: AtomicU64,
+    durable_seq: AtomicU64,
 }
 
 /// What a lease event's log line names: its job, chunk and worker.
@@ -68,6 +73,10 @@ enum StoreOp {
         /// LeaseDone messages, sent once the records are committed.
         acks: Vec<Outbound>,
         next_lease: u64,
+        /// Position in the journal (see `Inner::journal_seq`).
+        seq: u64,
+        /// A job ended in these records: publish it once they are committed.
+        ends_job: bool,
     },
     Prune {
         before_ms: u64,
@@ -79,6 +88,9 @@ enum StoreOp {
 pub struct SubmitRequest {
     /// Candidate lines with their line numbers.
     pub lines: Vec<(u64, String)>,
+    /// The text of a list file, read line by line after `lines` (numbered on from them); kept
+    /// whole so a million-line list is not a million strings.
+    pub text: String,
     pub default_protocols: Vec<Protocol>,
     /// Sources to fetch; the job's candidates are the inline ones plus theirs.
     pub sources: Vec<SourceSpec>,
@@ -209,6 +221,8 @@ impl State {
                 store_failure: watch::channel(None).0,
                 last_prune: Mutex::new(now),
                 log_ids: Mutex::new(LogIds::default()),
+                journal_seq: AtomicU64::new(0),
+                durable_seq: AtomicU64::new(0),
             }),
         };
         let writer = {
@@ -230,16 +244,22 @@ impl State {
             let mut acks = Vec::new();
             let mut next_lease = 0;
             let mut prunes = Vec::new();
+            let mut committed_seq = None;
+            let mut job_ended = false;
             for op in std::iter::once(first).chain(rx.try_iter()) {
                 match op {
                     StoreOp::Write {
                         records: r,
                         acks: a,
                         next_lease: n,
+                        seq,
+                        ends_job,
                     } => {
                         records.extend(r);
                         acks.extend(a);
                         next_lease = next_lease.max(n);
+                        committed_seq = Some(seq);
+                        job_ended |= ends_job;
                     }
                     StoreOp::Prune { before_ms } => prunes.push(before_ms),
                 }
@@ -249,7 +269,13 @@ impl State {
                 self.inner.store_failure.send_replace(Some(e.to_string()));
                 return;
             }
+            if let Some(seq) = committed_seq {
+                self.inner.durable_seq.store(seq, Ordering::Release);
+            }
             self.deliver(acks);
+            if job_ended {
+                self.publish();
+            }
             for before_ms in prunes {
                 match store.prune(before_ms) {
                     Ok(ids) => self.forget(ids),
@@ -318,13 +344,19 @@ impl State {
             .into_iter()
             .partition(|o| matches!(o, Outbound::LeaseDone(..)));
         if !records.is_empty() || !acks.is_empty() {
-            let op = StoreOp::Write {
-                records,
-                acks,
-                next_lease: scheduler.next_lease_id(),
-            };
             // Closed only at shutdown, when acks no longer matter.
             if let Some(tx) = lock(&self.inner.store_tx).as_ref() {
+                let ends_job = records
+                    .iter()
+                    .any(|r| matches!(r, Record::Job(job) if job.state.is_terminal()));
+                let op = StoreOp::Write {
+                    records,
+                    acks,
+                    next_lease: scheduler.next_lease_id(),
+                    // Taken under the scheduler lock: the store receives writes in this order.
+                    seq: self.inner.journal_seq.fetch_add(1, Ordering::AcqRel) + 1,
+                    ends_job,
+                };
                 let _ = tx.send(op);
             }
         }
@@ -398,7 +430,8 @@ impl State {
 
     pub fn submit(&self, request: SubmitRequest) -> Result<Submitted, SubmitError> {
         let config = &self.inner.config;
-        let no_lines = request.lines.iter().all(|(_, l)| l.trim().is_empty());
+        let no_lines = request.lines.iter().all(|(_, l)| l.trim().is_empty())
+            && request.text.trim().is_empty();
         if no_lines && request.sources.is_empty() {
             return Err(SubmitError::Empty);
         }
@@ -411,7 +444,13 @@ impl State {
             });
         }
         let parsed = candidate::parse_list(
-            request.lines.iter().map(|(n, l)| (*n, l.as_str())),
+            request.lines.iter().map(|(n, l)| (*n, l.as_str())).chain(
+                request
+                    .text
+                    .lines()
+                    .zip(request.lines.len() as u64 + 1..)
+                    .map(|(l, n)| (n, l)),
+            ),
             &settings.protocols,
             TargetPolicy {
                 allow_private: config.allow_private_targets,
@@ -749,6 +788,17 @@ impl State {
         lock(&self.inner.scheduler).results(job_id, usable_only)
     }
 
+    /// A page of results; see [`Scheduler::results_page`].
+    pub fn results_page(
+        &self,
+        job_id: &str,
+        start: usize,
+        limit: usize,
+        usable_only: bool,
+    ) -> Result<(Vec<crate::scheduler::ResultRow>, Option<usize>), JobError> {
+        lock(&self.inner.scheduler).results_page(job_id, start, limit, usable_only)
+    }
+
     pub fn results_since(
         &self,
         job_id: &str,
@@ -923,12 +973,21 @@ impl State {
             let progress = lock(&self.inner.progress);
             let now = Instant::now();
             let mut ended = Vec::new();
+            // Every record journaled so far, a job's end included, is committed.
+            let durable = self.inner.durable_seq.load(Ordering::Acquire)
+                >= self.inner.journal_seq.load(Ordering::Acquire);
             for id in scheduler.take_dirty() {
                 let Ok(snapshot) = scheduler.snapshot(&id, false, now) else {
                     continue;
                 };
+                if snapshot.state.is_terminal() && !durable {
+                    // Shown once the store has it: the writer publishes again after committing.
+                    scheduler.mark_dirty(&id);
+                    continue;
+                }
+                // The output files list the usable proxies only.
                 if snapshot.state.is_terminal()
-                    && let Ok(results) = scheduler.results(&id, false)
+                    && let Ok(results) = scheduler.results(&id, true)
                 {
                     ended.push((snapshot.clone(), results));
                 }

@@ -684,7 +684,7 @@ mod tests {
             reason: Reason::None,
             latency_ms: 12,
             exit_ip: "192.0.2.9".into(),
-            detail: String::new(),
+            detail: "".into(),
             anonymity: Anonymity::Elite,
             connect_ms: 3,
         };
@@ -695,7 +695,7 @@ mod tests {
                     &[
                         Record::Candidates {
                             job_id: "j".into(),
-                            candidates: candidates(),
+                            candidates: candidates().into(),
                         },
                         Record::Job(Box::new(record("j", JobState::Checking))),
                         Record::Verdicts {
@@ -757,7 +757,7 @@ mod tests {
                     Record::Job(Box::new(record("old", JobState::Succeeded))),
                     Record::Candidates {
                         job_id: "old".into(),
-                        candidates: candidates(),
+                        candidates: candidates().into(),
                     },
                     Record::Job(Box::new(record("running", JobState::Checking))),
                 ],

@@ -54,13 +54,14 @@ impl Drop for TempDir {
     }
 }
 
-/// Path of a workspace binary, next to the test executable's `deps` directory.
+/// Path of a workspace binary in the `target/<profile>` directory of the running executable (a
+/// test executable lives in its `deps` directory, a harness binary such as `bench` in it).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile> directory");
+    let mut dir = exe.parent().expect("target/<profile> directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target/<profile> directory");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

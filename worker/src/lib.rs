@@ -36,7 +36,8 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_MAX_CHECKS", default_value_t = 256)]
     pub max_checks: usize,
 
-    /// Chunks held at once. Default: enough to keep --max-checks busy (max-checks / 64, at least 2).
+    /// Chunks held at once, at most. Default: max-checks / 8, at least 2. The coordinator leases a
+    /// worker another chunk only while it has a free check slot for every candidate it holds.
     #[arg(long, env = "PROXYFLEET_MAX_LEASES")]
     pub max_leases: Option<u32>,
 
@@ -80,6 +81,12 @@ pub struct Cli {
     /// On SIGTERM, time to finish held chunks before handing the rest back.
     #[arg(long, env = "PROXYFLEET_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_grace: Duration,
+
+    /// For benchmarks only: answer every check at once, without touching the network, with a
+    /// verdict that says it was not checked. What is left to measure is leasing, streaming,
+    /// recording and progress.
+    #[arg(long, hide_short_help = true)]
+    pub instant_checks: bool,
 }
 
 /// What the worker runs with.
@@ -105,6 +112,8 @@ pub struct WorkerConfig {
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// Where to serve metrics, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Answer every check at once without checking (benchmarks only).
+    pub instant_checks: bool,
 }
 
 /// What is wrong with a worker's configuration.
@@ -153,7 +162,7 @@ impl TryFrom<Cli> for WorkerConfig {
         }
         let capacity = cli
             .max_leases
-            .unwrap_or((cli.max_checks / 64).max(2) as u32);
+            .unwrap_or_else(|| default_capacity(cli.max_checks));
         if capacity == 0 || capacity > 1024 {
             return Err(ConfigError::MaxLeases);
         }
@@ -192,8 +201,14 @@ impl TryFrom<Cli> for WorkerConfig {
             token,
             tls,
             metrics_listen: cli.metrics_listen,
+            instant_checks: cli.instant_checks,
         })
     }
+}
+
+/// Chunks a worker with `max_checks` check slots holds at most, unless told otherwise.
+pub fn default_capacity(max_checks: usize) -> u32 {
+    (max_checks / 8).clamp(2, 1024) as u32
 }
 
 fn default_name() -> String {
@@ -233,7 +248,7 @@ mod tests {
     #[test]
     fn config_derives_capacity_and_refuses_bad_urls() {
         let c = WorkerConfig::try_from(cli(&["--max-checks", "1024", "--name", "w1"])).unwrap();
-        assert_eq!((c.capacity, c.worker_id.as_str()), (16, "w1"));
+        assert_eq!((c.capacity, c.worker_id.as_str()), (128, "w1"));
         let c = WorkerConfig::try_from(cli(&["--max-checks", "10"])).unwrap();
         assert_eq!(c.capacity, 2);
         let e = WorkerConfig::try_from(cli(&["--coordinator", "127.0.0.1:1"])).unwrap_err();

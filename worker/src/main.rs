@@ -4,6 +4,11 @@
 use clap::Parser;
 use proxyfleet_worker::{Cli, WorkerConfig};
 
+/// Many small allocations (candidates, verdicts, messages) come and go: mimalloc serves them with
+/// less CPU and less fragmentation than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -20,8 +20,11 @@ use crate::metrics::WorkerMetrics;
 
 /// Verdicts are sent in batches of at most this many...
 const BATCH_MAX: usize = 256;
-/// ...or at least this often.
+/// ...or at least this often...
 const BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// ...or, when check slots are free and nothing waits for them, this soon: the coordinator leases
+/// more only as it sees verdicts, so a worker that could check more says so quickly.
+const HUNGRY_INTERVAL: Duration = Duration::from_millis(5);
 /// Connecting, saying hello and being welcomed must take no longer than this.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for the coordinator's acks after the last verdicts of a drain.
@@ -44,6 +47,8 @@ struct Checking {
     checker: Checker,
     permits: Arc<Semaphore>,
     metrics: Arc<WorkerMetrics>,
+    /// Answer every check at once without checking (benchmarks only).
+    instant: bool,
 }
 
 /// What a worker holds across sessions: its leases' checks and the verdicts not sent yet.
@@ -55,9 +60,13 @@ struct Held {
     sent: HashMap<u64, Vec<pb::Verdict>>,
     /// The job of every lease, named in its verdict batches.
     lease_jobs: HashMap<u64, String>,
-    verdict_tx: mpsc::UnboundedSender<(u64, pb::Verdict)>,
-    verdict_rx: mpsc::UnboundedReceiver<(u64, pb::Verdict)>,
+    verdict_tx: mpsc::UnboundedSender<Checked>,
+    verdict_rx: mpsc::UnboundedReceiver<Checked>,
 }
+
+/// What a lease's task reports: a verdict, or `None` once its last check ended, so the lease's
+/// verdicts go out at once instead of at the next flush.
+type Checked = (u64, Option<pb::Verdict>);
 
 impl Held {
     fn new() -> Held {
@@ -108,6 +117,7 @@ pub async fn run(config: WorkerConfig, mut drain: watch::Receiver<bool>) -> anyh
         checker,
         permits: checks,
         metrics,
+        instant: config.instant_checks,
     };
     // Leases and unsent verdicts outlive a lost session; the checks stop when the worker does.
     let mut held = Held::new();
@@ -262,6 +272,7 @@ async fn session(
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining_since: Option<Instant> = None;
     let mut draining = *drain.borrow();
+    let mut last_sent = tokio::time::Instant::now();
 
     let send = |message: pb::worker_message::Kind| {
         let out_tx = out_tx.clone();
@@ -319,7 +330,7 @@ async fn session(
                     work.task.abort();
                 }
                 while let Ok((lease_id, verdict)) = verdict_rx.try_recv() {
-                    pending.entry(lease_id).or_default().push(verdict);
+                    pending.entry(lease_id).or_default().extend(verdict);
                 }
                 send_verdicts!(pending.drain().collect());
                 let held: Vec<(u64, LeaseWork)> = leases.drain().collect();
@@ -339,6 +350,7 @@ async fn session(
                 return SessionEnd::Drained;
             }
         }
+        let hungry = !pending.is_empty() && checks.permits.available_permits() > 0;
         let grace_left = draining_since
             .map(|s| config.drain_grace.saturating_sub(s.elapsed()))
             .unwrap_or(Duration::from_secs(3600));
@@ -380,11 +392,15 @@ async fn session(
                 }
             }
             Some((lease_id, verdict)) = verdict_rx.recv() => {
+                let lease_ended = verdict.is_none();
                 let batch = pending.entry(lease_id).or_default();
-                batch.push(verdict);
-                if batch.len() >= BATCH_MAX {
+                batch.extend(verdict);
+                if batch.len() >= BATCH_MAX || lease_ended {
                     let verdicts = pending.remove(&lease_id).unwrap_or_default();
-                    send_verdicts!(vec![(lease_id, verdicts)]);
+                    if !verdicts.is_empty() {
+                        send_verdicts!(vec![(lease_id, verdicts)]);
+                        last_sent = tokio::time::Instant::now();
+                    }
                 }
             }
             Some(status) = judge_rx.recv() => {
@@ -392,6 +408,11 @@ async fn session(
             }
             _ = flush.tick() => {
                 send_verdicts!(pending.drain().collect());
+                last_sent = tokio::time::Instant::now();
+            }
+            _ = tokio::time::sleep_until(last_sent + HUNGRY_INTERVAL), if hungry => {
+                send_verdicts!(pending.drain().collect());
+                last_sent = tokio::time::Instant::now();
             }
             _ = heartbeat.tick() => {
                 let lease_ids = leases.keys().copied().collect();
@@ -437,7 +458,7 @@ async fn run_lease(
     checks: Checking,
     judges: Judges,
     revoked: Arc<AtomicBool>,
-    verdicts: mpsc::UnboundedSender<(u64, pb::Verdict)>,
+    verdicts: mpsc::UnboundedSender<Checked>,
 ) {
     let lease_id = assign.lease_id;
     let settings = assign.settings.unwrap_or_default();
@@ -462,16 +483,22 @@ async fn run_lease(
         if revoked.load(Ordering::SeqCst) {
             break;
         }
-        let checker = checks.checker.clone();
-        let metrics = checks.metrics.clone();
+        let checks = checks.clone();
         let reachable = reachable.clone();
         let verdicts = verdicts.clone();
         running.spawn(async move {
             // Checks are spread across the judges by candidate.
             let judge = &reachable[candidate.index as usize % reachable.len()];
             let verdict = match Target::from_proto(&candidate) {
+                Some(_) if checks.instant => pb::Verdict {
+                    index: candidate.index,
+                    usable: false,
+                    reason: pb::Reason::Network as i32,
+                    detail: "not checked: the worker runs with --instant-checks".into(),
+                    ..Default::default()
+                },
                 Some(target) => {
-                    let checked = checker.check(&target, judge, &limits).await;
+                    let checked = checks.checker.check(&target, judge, &limits).await;
                     let c = checked.classified;
                     pb::Verdict {
                         index: candidate.index,
@@ -493,16 +520,17 @@ async fn run_lease(
                 },
             };
             drop(permit);
-            metrics.record(
+            checks.metrics.record(
                 verdict.reason,
                 Duration::from_millis(u64::from(verdict.latency_ms)),
             );
-            let _ = verdicts.send((lease_id, verdict));
+            let _ = verdicts.send((lease_id, Some(verdict)));
         });
         // Reap finished checks as we go so the set stays small.
         while running.try_join_next().is_some() {}
     }
     while running.join_next().await.is_some() {}
+    let _ = verdicts.send((lease_id, None));
 }
 
 fn verdicts_message(
