@@ -21,7 +21,6 @@ use proxyfleet_proto::v1::coordinator_server::CoordinatorServer;
 use proxyfleet_proto::v1::workers_server::WorkersServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 pub use config::{Cli, CoordinatorConfig};
@@ -185,7 +184,11 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(coordinator)
         .add_service(workers)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), server_stop);
+        // No Nagle delay: a lease granted right after another must not wait for an ACK.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            server_stop,
+        );
     let mut server = tokio::spawn(server);
 
     // Supervise: a shutdown request stops everything; any long-lived task ending on its own is a

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_proto::v1::workers_client::WorkersClient;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -64,9 +65,13 @@ struct Held {
     verdict_rx: mpsc::UnboundedReceiver<Checked>,
 }
 
-/// What a lease's task reports: a verdict, or `None` once its last check ended, so the lease's
-/// verdicts go out at once instead of at the next flush.
-type Checked = (u64, Option<pb::Verdict>);
+/// What a lease's task reports: verdicts, and whether its last check ended (then the lease's
+/// verdicts go out at once instead of at the next flush).
+struct Checked {
+    lease_id: u64,
+    verdicts: Vec<pb::Verdict>,
+    ended: bool,
+}
 
 impl Held {
     fn new() -> Held {
@@ -329,8 +334,11 @@ async fn session(
                 for (_, work) in leases.iter() {
                     work.task.abort();
                 }
-                while let Ok((lease_id, verdict)) = verdict_rx.try_recv() {
-                    pending.entry(lease_id).or_default().extend(verdict);
+                while let Ok(checked) = verdict_rx.try_recv() {
+                    pending
+                        .entry(checked.lease_id)
+                        .or_default()
+                        .extend(checked.verdicts);
                 }
                 send_verdicts!(pending.drain().collect());
                 let held: Vec<(u64, LeaseWork)> = leases.drain().collect();
@@ -391,11 +399,10 @@ async fn session(
                     Some(pb::coordinator_message::Kind::Welcome(_)) | None => {}
                 }
             }
-            Some((lease_id, verdict)) = verdict_rx.recv() => {
-                let lease_ended = verdict.is_none();
+            Some(Checked { lease_id, verdicts, ended }) = verdict_rx.recv() => {
                 let batch = pending.entry(lease_id).or_default();
-                batch.extend(verdict);
-                if batch.len() >= BATCH_MAX || lease_ended {
+                batch.extend(verdicts);
+                if batch.len() >= BATCH_MAX || ended {
                     let verdicts = pending.remove(&lease_id).unwrap_or_default();
                     if !verdicts.is_empty() {
                         send_verdicts!(vec![(lease_id, verdicts)]);
@@ -475,18 +482,11 @@ async fn run_lease(
         connect_timeout: Duration::from_millis(settings.connect_timeout_ms.max(1)).min(timeout),
         allow_private: settings.allow_private_targets,
     };
-    let mut running = tokio::task::JoinSet::new();
-    for candidate in assign.candidates {
-        let Ok(permit) = checks.permits.clone().acquire_owned().await else {
-            return;
-        };
-        if revoked.load(Ordering::SeqCst) {
-            break;
-        }
+    // One candidate's check, holding its permit: what goes out is its verdict.
+    let check = |candidate: pb::Candidate, permit: tokio::sync::OwnedSemaphorePermit| {
         let checks = checks.clone();
         let reachable = reachable.clone();
-        let verdicts = verdicts.clone();
-        running.spawn(async move {
+        async move {
             // Checks are spread across the judges by candidate.
             let judge = &reachable[candidate.index as usize % reachable.len()];
             let verdict = match Target::from_proto(&candidate) {
@@ -524,13 +524,58 @@ async fn run_lease(
                 verdict.reason,
                 Duration::from_millis(u64::from(verdict.latency_ms)),
             );
-            let _ = verdicts.send((lease_id, Some(verdict)));
-        });
-        // Reap finished checks as we go so the set stays small.
-        while running.try_join_next().is_some() {}
+            verdict
+        }
+    };
+    // The lease's checks run in this task, not one task each: no spawn per check, and verdicts
+    // that end together go out as one batch.
+    let mut candidates = assign.candidates.into_iter().peekable();
+    let mut running = FuturesUnordered::new();
+    let mut batch = Vec::new();
+    loop {
+        while let Some(Some(verdict)) = running.next().now_or_never() {
+            batch.push(verdict);
+        }
+        let more = candidates.peek().is_some() && !revoked.load(Ordering::SeqCst);
+        let ended = !more && running.is_empty();
+        if !batch.is_empty() || ended {
+            let _ = verdicts.send(Checked {
+                lease_id,
+                verdicts: std::mem::take(&mut batch),
+                ended,
+            });
+        }
+        if ended {
+            return;
+        }
+        // Start as many checks as there are free permits, then wait for one to end or free.
+        let mut started = false;
+        while more {
+            let Ok(permit) = checks.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let Some(candidate) = candidates.next() else {
+                break;
+            };
+            running.push(check(candidate, permit));
+            started = true;
+            if candidates.peek().is_none() {
+                break;
+            }
+        }
+        if started {
+            continue;
+        }
+        tokio::select! {
+            Some(verdict) = running.next(), if !running.is_empty() => batch.push(verdict),
+            permit = checks.permits.clone().acquire_owned(), if more => {
+                let (Ok(permit), Some(candidate)) = (permit, candidates.next()) else {
+                    return;
+                };
+                running.push(check(candidate, permit));
+            }
+        }
     }
-    while running.join_next().await.is_some() {}
-    let _ = verdicts.send((lease_id, None));
 }
 
 fn verdicts_message(

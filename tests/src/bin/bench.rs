@@ -18,10 +18,12 @@ use std::time::{Duration, Instant};
 
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_tests::harness::{self, CoordinatorProc, Proc};
-use proxyfleet_tests::sim::Farm;
+use proxyfleet_tests::sim::{Behavior, FARM_PASS, FARM_USER, Farm, ProxySpec, SimProxy};
 
 /// Every check's timeout (and so what a black-holed candidate costs).
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a "remote" working proxy waits before it answers.
+const REMOTE_DELAY: Duration = Duration::from_millis(50);
 /// No run may take longer than this; the bench fails rather than hang.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
@@ -33,6 +35,8 @@ struct Mix {
     refused: usize,
     /// Generated addresses answered by workers running with `--instant-checks`.
     instant: usize,
+    /// Working proxies that wait [`REMOTE_DELAY`] before answering, as one across a network does.
+    remote: usize,
 }
 
 impl Mix {
@@ -42,11 +46,8 @@ impl Mix {
             black_holed,
             refused,
             instant,
+            remote: 0,
         }
-    }
-
-    fn total(&self) -> usize {
-        self.working + self.black_holed + self.refused + self.instant
     }
 }
 
@@ -93,6 +94,10 @@ fn runs() -> Vec<Run> {
     let working = Mix::of(4_000, 0, 0, 0);
     let mixed = Mix::of(2_000, 10_000, 88_000, 0);
     let instant = Mix::of(0, 0, 0, 1_000_000);
+    let remote = Mix {
+        remote: 4_000,
+        ..Mix::of(0, 0, 0, 0)
+    };
     vec![
         run("refused", refused, 1, 1024),
         run("refused", refused, 2, 1024),
@@ -110,6 +115,10 @@ fn runs() -> Vec<Run> {
         ),
         run("working", working, 1, 256),
         run("working", working, 2, 256),
+        run("working-50ms", remote, 1, 128),
+        run("working-50ms", remote, 2, 128),
+        run("working-50ms", remote, 1, 256),
+        run("working-50ms", remote, 2, 256),
         run("mixed", mixed, 1, 1024),
         run("mixed", mixed, 2, 1024),
         run("overhead", instant, 2, 1024),
@@ -146,37 +155,41 @@ async fn bench(filters: Vec<String>) -> anyhow::Result<()> {
         .into_iter()
         .filter(|r| filters.is_empty() || filters.iter().any(|f| r.name.contains(f.as_str())))
         .collect();
-    let need = |f: fn(&Mix) -> usize| selected.iter().map(|r| f(&r.mix)).max().unwrap_or(0);
-    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    eprintln!("starting the farm...");
-    let farm = Farm::spawn(
-        ip,
-        need(|m| m.working),
-        need(|m| m.black_holed),
-        need(|m| m.refused),
-    )
-    .await?;
-    let working = farm.working_lines();
-    let black_holed: Vec<String> = farm
-        .black_holes
-        .iter()
-        .map(|p| p.candidate_line())
-        .collect();
-    let refused: Vec<String> = farm.refused.iter().map(|a| format!("http://{a}")).collect();
-    let instant = instant_lines(need(|m| m.instant));
-
     print_header();
-    for run in &selected {
+    for (n, run) in selected.iter().enumerate() {
+        // A farm of its own for every run, on an address of its own: what it serves fits the
+        // descriptor limit, and ports left in TIME_WAIT by one run are not in the next one's way.
+        let n = n as u8;
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 10 + n, 1));
         let m = run.mix;
-        let mut lines = Vec::with_capacity(m.total());
-        lines.extend_from_slice(&working[..m.working]);
-        lines.extend_from_slice(&black_holed[..m.black_holed]);
-        lines.extend_from_slice(&refused[..m.refused]);
-        lines.extend_from_slice(&instant[..m.instant]);
+        let farm = Farm::spawn(ip, 0, m.black_holed, m.refused).await?;
+        let mut working = Vec::with_capacity(m.working + m.remote);
+        for i in 0..m.working + m.remote {
+            // HTTP and SOCKS5 with auth, alternating; each leaves for the judge from an address
+            // of its own, as proxies on many hosts do.
+            let spec = if i % 2 == 0 {
+                ProxySpec::http()
+            } else {
+                ProxySpec::socks5().with_auth(FARM_USER, FARM_PASS)
+            };
+            let egress = Ipv4Addr::new(127, 100 + n, (i / 250) as u8, (i % 250 + 1) as u8);
+            let spec = spec.with_egress(IpAddr::V4(egress));
+            let behavior = if i < m.working {
+                Behavior::Proxy(spec)
+            } else {
+                Behavior::Slow {
+                    delay: REMOTE_DELAY,
+                    spec,
+                }
+            };
+            working.push(SimProxy::spawn(ip, behavior).await?);
+        }
+        let mut lines = farm.candidate_lines();
+        lines.extend(working.iter().map(SimProxy::candidate_line));
+        lines.extend(instant_lines(m.instant));
         let row = measure(run, lines).await?;
         print_row(&row);
     }
-    drop(farm);
     Ok(())
 }
 
@@ -249,6 +262,9 @@ async fn measure(run: &Run, lines: Vec<String>) -> anyhow::Result<Row> {
         .await?
         .into_inner();
     let job_id = submitted.job_id;
+    if std::env::var_os("BENCH_TRACE").is_some() {
+        eprintln!("  submitted after {:?}", started.elapsed());
+    }
     let watchers: Vec<_> = (0..run.watchers)
         .map(|_| {
             let mut client = client.clone();
@@ -275,6 +291,14 @@ async fn measure(run: &Run, lines: Vec<String>) -> anyhow::Result<Row> {
         job.reason
     );
 
+    if std::env::var_os("BENCH_TRACE").is_some() {
+        let log = coordinator.proc.log_text();
+        for what in ["job submitted", "lease granted", "lease done", "job ended"] {
+            if let Some(line) = log.lines().find(|l| l.contains(what)) {
+                eprintln!("  first {what}: {}", line.get(..60).unwrap_or(line));
+            }
+        }
+    }
     let coordinator_cpu = cpu_seconds(coordinator.proc.pid());
     let coordinator_rss_mb = peak_rss_mb(coordinator.proc.pid());
     let worker_cpu = workers.iter().map(|w| cpu_seconds(w.pid())).collect();
