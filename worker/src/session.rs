@@ -550,17 +550,16 @@ async fn run_lease(
         }
         // Start as many checks as there are free permits, then wait for one to end or free.
         let mut started = false;
-        while more {
-            let Ok(permit) = checks.permits.clone().try_acquire_owned() else {
-                break;
-            };
-            let Some(candidate) = candidates.next() else {
-                break;
-            };
-            running.push(check(candidate, permit));
-            started = true;
-            if candidates.peek().is_none() {
-                break;
+        if more {
+            while candidates.peek().is_some() {
+                let Ok(permit) = checks.permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                let Some(candidate) = candidates.next() else {
+                    break;
+                };
+                running.push(check(candidate, permit));
+                started = true;
             }
         }
         if started {
