@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use proxyfleet_coordinator::CoordinatorConfig;
+use proxyfleet_proto::net::listen;
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_tests::sim::Farm;
 use proxyfleet_worker::WorkerConfig;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::args::{CheckArgs, DemoArgs, FarmArgs, JobArgs, RunArgs, SourceArgs};
@@ -197,8 +197,8 @@ pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {
 }
 
 async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
-    let grpc = TcpListener::bind("127.0.0.1:0").await.map_err(failure)?;
-    let judge = TcpListener::bind(e.judge_listen).await.map_err(|err| {
+    let grpc = listen(([127, 0, 0, 1], 0).into()).map_err(failure)?;
+    let judge = listen(e.judge_listen).map_err(|err| {
         failure(format!(
             "cannot listen on {} for the judge: {err}",
             e.judge_listen

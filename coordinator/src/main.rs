@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use proxyfleet_coordinator::{Cli, CoordinatorConfig};
+use proxyfleet_proto::net::listen;
 use tokio::net::TcpListener;
 
 /// Many small allocations (candidates, verdicts, messages) come and go: mimalloc serves them with
@@ -19,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
         &cli,
         proxyfleet_coordinator::config::tokens_given(&cli),
     )?;
-    let grpc = TcpListener::bind(cli.listen).await.with_context(|| {
+    let grpc = listen(cli.listen).with_context(|| {
         format!(
             "cannot listen on {} (--listen); is another coordinator running?",
             cli.listen
@@ -35,8 +36,7 @@ async fn main() -> anyhow::Result<()> {
         });
         a
     });
-    let judge = TcpListener::bind(judge_addr)
-        .await
+    let judge = listen(judge_addr)
         .with_context(|| format!("cannot listen on {judge_addr} for the judge (--judge-listen)"))?;
     let config = CoordinatorConfig::from_cli(&cli, judge.local_addr()?)?;
 

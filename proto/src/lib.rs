@@ -6,6 +6,7 @@ pub mod addr;
 pub mod auth;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod tls;
 
 pub mod v1 {

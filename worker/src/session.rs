@@ -25,7 +25,7 @@ const BATCH_MAX: usize = 256;
 const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// ...or, when check slots are free and nothing waits for them, this soon: the coordinator leases
 /// more only as it sees verdicts, so a worker that could check more says so quickly.
-const HUNGRY_INTERVAL: Duration = Duration::from_millis(5);
+const HUNGRY_INTERVAL: Duration = Duration::from_millis(1);
 /// Connecting, saying hello and being welcomed must take no longer than this.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for the coordinator's acks after the last verdicts of a drain.
