@@ -211,6 +211,10 @@ pub struct CheckArgs {
     /// Refuse the whole list if any line is malformed (default: skip such lines with a warning).
     #[arg(long, env = "PROXYFLEET_STRICT")]
     pub strict: bool,
+    /// Check the list in the order given (default: in random order, so dead proxies listed in
+    /// runs spread evenly over the chunks and the workers).
+    #[arg(long, env = "PROXYFLEET_KEEP_ORDER")]
+    pub keep_order: bool,
     /// Working proxies slower than this count as not usable (filtered).
     #[arg(long, env = "PROXYFLEET_MAX_LATENCY", value_parser = humantime::parse_duration)]
     pub max_latency: Option<Duration>,

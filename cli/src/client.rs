@@ -304,6 +304,7 @@ pub fn submit_request(job: &JobArgs, inputs: Inputs) -> Result<pb::SubmitJobRequ
         pool: check.pool.clone(),
         name: check.name.clone(),
         strict: check.strict,
+        keep_order: check.keep_order,
         max_failed_chunk_ratio: 0.0,
         connect_timeout_ms: check
             .connect_timeout

@@ -170,6 +170,7 @@ pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {
             pool: "demo".into(),
             name: "demo".into(),
             strict: true,
+            keep_order: false,
             max_latency: None,
             min_anonymity: None,
             require_https: false,

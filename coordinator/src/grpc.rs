@@ -178,6 +178,7 @@ impl Coordinator for CoordinatorService {
             pool: Some(r.pool),
             name: r.name,
             strict: r.strict,
+            keep_order: r.keep_order,
             max_failed_chunk_ratio: (r.max_failed_chunk_ratio > 0.0)
                 .then_some(r.max_failed_chunk_ratio),
         };

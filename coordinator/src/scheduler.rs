@@ -300,12 +300,12 @@ struct Session {
 
 impl Session {
     /// Whether the session may be leased another chunk: it is not draining or silent, holds fewer
-    /// leases than its capacity, and has a free check slot for every candidate it holds, plus a
-    /// quarter more when `ahead` (or fewer than two leases, so a worker smaller than a chunk still
+    /// leases than its capacity, and holds fewer candidates than its check slots, or than twice
+    /// its slots when `ahead` (or fewer than two leases, so a worker smaller than a chunk still
     /// has the next one at hand).
     fn wants_work(&self, ahead: bool) -> bool {
         let slots = u64::from(self.max_checks);
-        let limit = if ahead { slots + slots / 4 } else { slots };
+        let limit = if ahead { slots * 2 } else { slots };
         !self.draining
             && !self.silent
             && (self.leases.len() as u32) < self.capacity
@@ -1170,9 +1170,10 @@ impl Scheduler {
     pub fn assign(&mut self, now: Instant) -> Vec<Outbound> {
         let mut out = Vec::new();
         loop {
-            // While more work is queued than every worker's slots can take, each may hold a quarter
-            // more than its slots, so no slot idles while verdicts travel; near the end of the
-            // queue none does, so no candidate waits in a busy worker while another has free slots.
+            // While more work is queued than every worker's slots can take, each may hold twice its
+            // slots, so no slot idles while verdicts travel; near the end of the queue none holds
+            // more than its slots, so no candidate waits in a busy worker while another has free
+            // slots.
             let queued = self.queued_candidates();
             let slots: u64 = self
                 .sessions
@@ -2039,24 +2040,24 @@ mod tests {
     fn workers_are_leased_by_free_check_slots() {
         let c = Clock::new();
         let mut s = scheduler();
-        // 20 chunks of 10; each worker has 20 slots and room for 100 leases.
-        s.submit(new_job("j", 200, 10, 0), c.now, c.wall());
+        // 20 chunks of 15; each worker has 20 slots and room for 100 leases.
+        s.submit(new_job("j", 300, 15, 0), c.now, c.wall());
         let slots = |name| Hello {
             max_checks: 20,
             ..hello(name, 100)
         };
         let (w1, out) = s.hello(slots("w1"), c.now);
-        // Queue deeper than every slot: a quarter more than the slots (20 + 5) may be held.
+        // Queue deeper than every slot: twice the slots (40) may be held.
         assert_eq!(
             assignments(&out).len(),
             3,
-            "30 candidates for 20 slots and 5 ahead"
+            "45 candidates for 20 slots and 20 ahead"
         );
         let (w2, out) = s.hello(slots("w2"), c.now);
         assert_eq!(assignments(&out).len(), 3);
         // Verdicts free slots: a partial batch frees no whole chunk's room yet...
         let held = |s: &Scheduler, w| s.sessions[&w].unchecked;
-        assert_eq!((held(&s, w1), held(&s, w2)), (30, 30));
+        assert_eq!((held(&s, w1), held(&s, w2)), (45, 45));
         let lease = s.sessions[&w1].leases.iter().next().copied().unwrap();
         let chunk = s.leases[&lease].chunk;
         let range = s.jobs["j"].chunks[chunk as usize].range.clone();
@@ -2072,36 +2073,40 @@ mod tests {
         };
         let partial: Vec<Verdict> = range.clone().take(4).map(refused).collect();
         let out = s.verdicts(w1, lease, partial, c.now, c.wall());
-        assert_eq!(held(&s, w1), 26);
-        assert!(assignments(&out).is_empty(), "26 held is past 25");
+        assert_eq!(held(&s, w1), 41);
+        assert!(assignments(&out).is_empty(), "41 held is past 40");
         // ...and a finished chunk lets the next one in.
         let rest: Vec<Verdict> = range.skip(4).map(refused).collect();
         let out = s.verdicts(w1, lease, rest, c.now, c.wall());
         assert_eq!(assignments(&out).len(), 1);
-        assert_eq!(held(&s, w1), 30);
+        assert_eq!(held(&s, w1), 45);
     }
 
     #[test]
     fn near_the_end_of_the_queue_no_worker_holds_more_than_its_slots() {
         let c = Clock::new();
         let mut s = scheduler();
-        // 6 chunks of 10 for two workers of 20 slots each.
-        s.submit(new_job("j", 60, 10, 0), c.now, c.wall());
+        // 8 chunks of 10 for two workers of 20 slots each.
+        s.submit(new_job("j", 80, 10, 0), c.now, c.wall());
         let slots = |name| Hello {
             max_checks: 20,
             ..hello(name, 100)
         };
         let (w1, out) = s.hello(slots("w1"), c.now);
         let w1_leases = assignments(&out);
-        assert_eq!(w1_leases.len(), 3, "60 queued of 20 slots: 5 ahead allowed");
+        assert_eq!(
+            w1_leases.len(),
+            4,
+            "80 queued for 20 slots: 20 ahead allowed"
+        );
         let (w2, out) = s.hello(slots("w2"), c.now);
         let w2_leases = assignments(&out);
         assert_eq!(w2_leases.len(), 2, "30 queued of 40 slots: none ahead");
-        // w1 finishes a chunk: it holds 20 for its 20 slots, so the last chunk is not its.
+        // w1 finishes a chunk: it holds 30 for its 20 slots, so no more for it.
         let a = &w1_leases[0].1;
         let out = s.verdicts(w1, a.lease_id, verdicts_for(a, |_| false), c.now, c.wall());
         assert!(assignments(&out).is_empty());
-        // w2 finishes one: it has 10 free slots and gets the last chunk.
+        // w2 finishes one: it has 10 free slots and gets the next chunk, and only that.
         let a = &w2_leases[0].1;
         let out = s.verdicts(w2, a.lease_id, verdicts_for(a, |_| false), c.now, c.wall());
         let last = assignments(&out);

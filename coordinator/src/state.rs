@@ -105,6 +105,8 @@ pub struct SubmitRequest {
     pub pool: Option<String>,
     pub name: String,
     pub strict: bool,
+    /// Check the listed candidates in the order given rather than shuffled.
+    pub keep_order: bool,
     pub max_failed_chunk_ratio: Option<f64>,
 }
 
@@ -499,11 +501,15 @@ impl State {
         for (why, n) in &parsed.dropped {
             *dropped.entry(why.to_string()).or_default() += n;
         }
+        let mut candidates = parsed.candidates;
+        if !request.keep_order {
+            spread(&mut candidates);
+        }
         let new = NewJob {
             id: id.clone(),
             name: request.name,
             settings,
-            candidates: parsed.candidates,
+            candidates,
             sources: request.sources,
             dropped,
         };
@@ -741,6 +747,7 @@ impl State {
                     *dropped.entry(why.to_string()).or_default() += n;
                 }
             }
+            spread(&mut candidates);
             state.with_scheduler(|s| {
                 (
                     (),
@@ -1010,6 +1017,14 @@ impl State {
             }
         }
     }
+}
+
+/// Puts a job's candidates in random order before they are cut into chunks. Lists come sorted
+/// by source, subnet or age, so dead proxies come in runs: shuffled, every chunk costs about the
+/// same, no worker is left with a backlog of timeouts while another idles, and consecutive
+/// checks do not all go to one network.
+fn spread(candidates: &mut [crate::candidate::Candidate]) {
+    fastrand::shuffle(candidates);
 }
 
 /// Lease ids start from the clock so that they stay unique across restarts.

@@ -16,7 +16,10 @@ async fn a_poison_chunk_fails_after_max_attempts_and_the_job_still_ends() {
     lines.extend(farm.black_holes.iter().map(|p| p.candidate_line()));
     let coordinator = CoordinatorProc::start(&["--lease-ttl", "30s", "--max-attempts", "3"]).await;
     let job_id = coordinator
-        .submit(&lines, &["--timeout", "60s", "--chunk-size", "50"])
+        .submit(
+            &lines,
+            &["--timeout", "60s", "--chunk-size", "50", "--keep-order"],
+        )
         .await;
     let mut client = coordinator.client().await;
 
