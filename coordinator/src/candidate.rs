@@ -75,7 +75,8 @@ pub struct Candidate {
     pub protocol: Protocol,
     pub host: String,
     pub port: u16,
-    pub auth: Option<(String, String)>,
+    /// Username and password; boxed, as most candidates have none and a job may hold millions.
+    pub auth: Option<Box<(String, String)>>,
 }
 
 impl Candidate {
@@ -95,7 +96,7 @@ impl Candidate {
     /// The URL a client uses, credentials included; also the identity for deduplication (the
     /// same proxy with other credentials is another candidate).
     pub fn full_url(&self) -> String {
-        match &self.auth {
+        match self.auth.as_deref() {
             Some((user, pass)) => format!("{}://{user}:{pass}@{}", self.protocol, self.host_port()),
             None => self.url(),
         }
@@ -398,7 +399,7 @@ fn parse_entry(
             protocol,
             host: host.clone(),
             port,
-            auth: auth.clone(),
+            auth: auth.clone().map(Box::new),
         })
         .collect())
 }
@@ -869,7 +870,7 @@ fn json_candidates(
             .and_then(Value::as_str)
             .unwrap_or("");
         for candidate in &mut candidates {
-            candidate.auth = Some((user.to_string(), password.to_string()));
+            candidate.auth = Some(Box::new((user.to_string(), password.to_string())));
         }
     }
     Ok(candidates)
@@ -1179,7 +1180,7 @@ mod tests {
         assert_eq!(c.protocol, Protocol::Socks5);
         assert_eq!(c.host, "proxy-7.example.com");
         assert_eq!(c.port, 1080);
-        assert_eq!(c.auth, Some(("User".into(), "Pa:ss".into())));
+        assert_eq!(c.auth.as_deref(), Some(&("User".into(), "Pa:ss".into())));
         assert_eq!(c.url(), "socks5://proxy-7.example.com:1080");
     }
 
@@ -1666,7 +1667,7 @@ IP:PORT
                     protocol,
                     host,
                     port,
-                    auth,
+                    auth: auth.map(Box::new),
                 })
         }
 
@@ -1766,7 +1767,7 @@ IP:PORT
                 prop_assert_eq!(parse_line(&written, &[], LAB), Ok(vec![c.clone()]));
                 prop_assert_eq!(parse_line(&format!("{written}{junk}"), &[], LAB), Ok(vec![c.clone()]));
                 prop_assert_eq!(&parse_source(&written, &[], LAB).candidates, &vec![c.clone()]);
-                let auth = c.auth.as_ref().map(|(u, p)| format!("{u}:{p}@")).unwrap_or_default();
+                let auth = c.auth.as_deref().map(|(u, p)| format!("{u}:{p}@")).unwrap_or_default();
                 let apart = format!("{}://{auth}{} {}", c.protocol, c.host, c.port);
                 prop_assert_eq!(parse_line(&apart, &[], LAB), Ok(vec![c.clone()]));
                 if c.auth.is_none() {

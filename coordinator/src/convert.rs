@@ -242,7 +242,7 @@ pub fn judge_status_from_proto(j: pb::JudgeStatus) -> JudgeStatus {
 }
 
 fn candidate_to_proto(index: u32, c: &Candidate) -> pb::Candidate {
-    let (username, password) = c.auth.clone().unwrap_or_default();
+    let (username, password) = c.auth.as_deref().cloned().unwrap_or_default();
     pb::Candidate {
         index,
         protocol: protocol_to_proto(c.protocol) as i32,

@@ -670,7 +670,7 @@ mod tests {
                 protocol: Protocol::Socks5,
                 host: "2001:db8::1".into(),
                 port: 1080,
-                auth: Some(("u".into(), "p".into())),
+                auth: Some(Box::new(("u".into(), "p".into()))),
             },
         ]
     }
