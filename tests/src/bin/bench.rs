@@ -121,6 +121,12 @@ fn runs() -> Vec<Run> {
         run("working-50ms", remote, 2, 256),
         run("mixed", mixed, 1, 1024),
         run("mixed", mixed, 2, 1024),
+        // With and without watchers, each first once: the first run after the farm's is slower.
+        Run {
+            name: "overhead+100-watchers",
+            watchers: 100,
+            ..run("overhead", instant, 2, 1024)
+        },
         run("overhead", instant, 2, 1024),
         Run {
             name: "overhead+100-watchers",
