@@ -331,8 +331,15 @@ impl Coordinator for CoordinatorService {
                     let Some(start) = next else { return };
                     match state.results_page(&job_id, start, RESULTS_PAGE, r.usable_only) {
                         Ok((more, after)) => (rows, next) = (more, after),
-                        // The job was pruned meanwhile: what was sent is what there is.
-                        Err(_) => return,
+                        Err(e) => {
+                            // Pruned meanwhile: say so rather than end as if complete.
+                            let _ = tx
+                                .send(Err(Status::not_found(format!(
+                                    "{e}; the results sent are incomplete"
+                                ))))
+                                .await;
+                            return;
+                        }
                     }
                 }
             });

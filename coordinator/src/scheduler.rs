@@ -304,7 +304,11 @@ impl Session {
     /// its slots when `ahead` (or fewer than two leases, so a worker smaller than a chunk still
     /// has the next one at hand).
     fn wants_work(&self, ahead: bool) -> bool {
-        let slots = u64::from(self.max_checks);
+        // A worker that does not say how many checks it runs is bound by its capacity alone.
+        let slots = match self.max_checks {
+            0 => u64::MAX / 2,
+            n => u64::from(n),
+        };
         let limit = if ahead { slots * 2 } else { slots };
         !self.draining
             && !self.silent
@@ -998,6 +1002,9 @@ impl Scheduler {
             self.retire_lease(lease_id);
             out.push(Outbound::LeaseDone(session, lease_id));
             self.finish_if_complete(&job_id, now, wall_ms, &mut out);
+        }
+        // Every verdict frees a check slot: the worker may have room for the next chunk.
+        if accepted > 0 {
             out.extend(self.assign(now));
         }
         out

@@ -55,6 +55,8 @@ struct Inner {
     /// is shown to watchers only once every record before it is durable.
     journal_seq: AtomicU64,
     durable_seq: AtomicU64,
+    /// The write that carried each ended job's last record, until its end is published.
+    end_seqs: Mutex<HashMap<String, u64>>,
 }
 
 /// What a lease event's log line names: its job, chunk and worker.
@@ -225,6 +227,7 @@ impl State {
                 log_ids: Mutex::new(LogIds::default()),
                 journal_seq: AtomicU64::new(0),
                 durable_seq: AtomicU64::new(0),
+                end_seqs: Mutex::new(HashMap::new()),
             }),
         };
         let writer = {
@@ -348,15 +351,22 @@ impl State {
         if !records.is_empty() || !acks.is_empty() {
             // Closed only at shutdown, when acks no longer matter.
             if let Some(tx) = lock(&self.inner.store_tx).as_ref() {
-                let ends_job = records
-                    .iter()
-                    .any(|r| matches!(r, Record::Job(job) if job.state.is_terminal()));
+                // Taken under the scheduler lock: the store receives writes in this order.
+                let seq = self.inner.journal_seq.fetch_add(1, Ordering::AcqRel) + 1;
+                let mut ends_job = false;
+                for record in &records {
+                    if let Record::Job(job) = record
+                        && job.state.is_terminal()
+                    {
+                        ends_job = true;
+                        lock(&self.inner.end_seqs).insert(job.id.clone(), seq);
+                    }
+                }
                 let op = StoreOp::Write {
                     records,
                     acks,
                     next_lease: scheduler.next_lease_id(),
-                    // Taken under the scheduler lock: the store receives writes in this order.
-                    seq: self.inner.journal_seq.fetch_add(1, Ordering::AcqRel) + 1,
+                    seq,
                     ends_job,
                 };
                 let _ = tx.send(op);
@@ -980,17 +990,20 @@ impl State {
             let progress = lock(&self.inner.progress);
             let now = Instant::now();
             let mut ended = Vec::new();
-            // Every record journaled so far, a job's end included, is committed.
-            let durable = self.inner.durable_seq.load(Ordering::Acquire)
-                >= self.inner.journal_seq.load(Ordering::Acquire);
+            let durable_seq = self.inner.durable_seq.load(Ordering::Acquire);
+            let mut end_seqs = lock(&self.inner.end_seqs);
             for id in scheduler.take_dirty() {
                 let Ok(snapshot) = scheduler.snapshot(&id, false, now) else {
                     continue;
                 };
-                if snapshot.state.is_terminal() && !durable {
-                    // Shown once the store has it: the writer publishes again after committing.
-                    scheduler.mark_dirty(&id);
-                    continue;
+                if snapshot.state.is_terminal() {
+                    // Shown once the write that ended it is committed (the writer publishes
+                    // again right after committing it).
+                    if end_seqs.get(&id).is_some_and(|&seq| seq > durable_seq) {
+                        scheduler.mark_dirty(&id);
+                        continue;
+                    }
+                    end_seqs.remove(&id);
                 }
                 // The output files list the usable proxies only.
                 if snapshot.state.is_terminal()

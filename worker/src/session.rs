@@ -568,9 +568,12 @@ async fn run_lease(
         tokio::select! {
             Some(verdict) = running.next(), if !running.is_empty() => batch.push(verdict),
             permit = checks.permits.clone().acquire_owned(), if more => {
-                let (Ok(permit), Some(candidate)) = (permit, candidates.next()) else {
-                    return;
-                };
+                let Ok(permit) = permit else { return };
+                // Revoked while it waited: the slot goes back, the candidate is not checked.
+                if revoked.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Some(candidate) = candidates.next() else { return };
                 running.push(check(candidate, permit));
             }
         }
