@@ -364,12 +364,7 @@ pub async fn refresh(
     args: &RefreshArgs,
     inputs: Option<Inputs>,
 ) -> Result<i32, Failure> {
-    let jobs = client
-        .list_jobs(pb::ListJobsRequest {})
-        .await
-        .map_err(|s| from_status(s, url))?
-        .into_inner()
-        .jobs;
+    let jobs = list_jobs(client, url).await?;
     let running = jobs.iter().find(|j| {
         !progress::is_terminal(j.state) && j.settings.as_ref().is_some_and(|s| s.pool == args.pool)
     });
@@ -570,13 +565,17 @@ pub async fn health(remote: &Remote) -> Result<i32, Failure> {
     Ok(if serving { 0 } else { 1 })
 }
 
-pub async fn jobs(client: &mut Client, url: &str) -> Result<(), Failure> {
-    let jobs = client
+async fn list_jobs(client: &mut Client, url: &str) -> Result<Vec<pb::Job>, Failure> {
+    Ok(client
         .list_jobs(pb::ListJobsRequest {})
         .await
         .map_err(|s| from_status(s, url))?
         .into_inner()
-        .jobs;
+        .jobs)
+}
+
+pub async fn jobs(client: &mut Client, url: &str) -> Result<(), Failure> {
+    let jobs = list_jobs(client, url).await?;
     println!("{}", progress::jobs_table(&jobs));
     Ok(())
 }

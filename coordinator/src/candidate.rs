@@ -179,34 +179,49 @@ impl Fault {
     }
 }
 
-/// Builds a [`ParsedList`] entry by entry, whatever the format: drops repeats by `full_url` and
-/// keeps only the first [`MAX_REJECTED_KEPT`] rejections.
+/// Tells the candidates a list already holds from new ones, by value (the same proxy with other
+/// credentials is another candidate), without building their URLs.
 #[derive(Default)]
-struct Collector {
-    list: ParsedList,
-    /// Hash of each candidate kept, with the index of the first candidate that had it.
-    seen: HashMap<u64, u32>,
-    /// Candidates kept although another, different candidate had their hash first (rare).
+pub struct Seen {
+    /// Hash of each candidate of the list, with the index of the first that had it.
+    by_hash: HashMap<u64, u32>,
+    /// Candidates of the list whose hash another, different candidate had first (rare).
     collided: HashSet<Candidate>,
     hasher: std::hash::RandomState,
 }
 
-impl Collector {
-    /// Whether `candidate` is new to the list: compared by value, without building its URL.
-    fn first_time(&mut self, candidate: &Candidate) -> bool {
+impl Seen {
+    /// What `list`, already free of repeats, holds.
+    pub fn of(list: &[Candidate]) -> Seen {
+        let mut seen = Seen::default();
+        for (i, candidate) in list.iter().enumerate() {
+            seen.first_time(&list[..i], candidate);
+        }
+        seen
+    }
+
+    /// Whether `candidate`, about to be pushed at the end of `list`, is not in it yet.
+    pub fn first_time(&mut self, list: &[Candidate], candidate: &Candidate) -> bool {
         use std::collections::hash_map::Entry;
         use std::hash::BuildHasher;
-        match self.seen.entry(self.hasher.hash_one(candidate)) {
+        match self.by_hash.entry(self.hasher.hash_one(candidate)) {
             Entry::Vacant(slot) => {
-                slot.insert(self.list.candidates.len() as u32);
+                slot.insert(list.len() as u32);
                 true
             }
             Entry::Occupied(first) => {
-                self.list.candidates[*first.get() as usize] != *candidate
-                    && self.collided.insert(candidate.clone())
+                list[*first.get() as usize] != *candidate && self.collided.insert(candidate.clone())
             }
         }
     }
+}
+
+/// Builds a [`ParsedList`] entry by entry, whatever the format: drops repeats and keeps only the
+/// first [`MAX_REJECTED_KEPT`] rejections.
+#[derive(Default)]
+struct Collector {
+    list: ParsedList,
+    seen: Seen,
 }
 
 impl Collector {
@@ -214,7 +229,7 @@ impl Collector {
         match outcome {
             Ok(candidates) => {
                 for candidate in candidates {
-                    if self.first_time(&candidate) {
+                    if self.seen.first_time(&self.list.candidates, &candidate) {
                         self.list.candidates.push(candidate);
                     } else {
                         self.list.duplicates += 1;

@@ -748,14 +748,13 @@ impl Scheduler {
             return out; // cancelled or overdue while scraping
         }
         job.source_specs.clear();
-        let mut seen: std::collections::HashSet<String> =
-            job.candidates.iter().map(Candidate::full_url).collect();
+        let mut seen = crate::candidate::Seen::of(&job.candidates);
         for (why, n) in dropped {
             *job.dropped.entry(why).or_default() += n;
         }
         let mut duplicates = 0;
         for candidate in candidates {
-            if seen.insert(candidate.full_url()) {
+            if seen.first_time(&job.candidates, &candidate) {
                 Arc::make_mut(&mut job.candidates).push(candidate);
             } else {
                 duplicates += 1;

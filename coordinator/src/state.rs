@@ -77,8 +77,6 @@ enum StoreOp {
         next_lease: u64,
         /// Position in the journal (see `Inner::journal_seq`).
         seq: u64,
-        /// A job ended in these records: publish it once they are committed.
-        ends_job: bool,
     },
     Prune {
         before_ms: u64,
@@ -258,13 +256,15 @@ impl State {
                         acks: a,
                         next_lease: n,
                         seq,
-                        ends_job,
                     } => {
+                        // A job ended in these records: publish it once they are committed.
+                        job_ended |= r.iter().any(
+                            |record| matches!(record, Record::Job(job) if job.state.is_terminal()),
+                        );
                         records.extend(r);
                         acks.extend(a);
                         next_lease = next_lease.max(n);
                         committed_seq = Some(seq);
-                        job_ended |= ends_job;
                     }
                     StoreOp::Prune { before_ms } => prunes.push(before_ms),
                 }
@@ -353,12 +353,10 @@ impl State {
             if let Some(tx) = lock(&self.inner.store_tx).as_ref() {
                 // Taken under the scheduler lock: the store receives writes in this order.
                 let seq = self.inner.journal_seq.fetch_add(1, Ordering::AcqRel) + 1;
-                let mut ends_job = false;
                 for record in &records {
                     if let Record::Job(job) = record
                         && job.state.is_terminal()
                     {
-                        ends_job = true;
                         lock(&self.inner.end_seqs).insert(job.id.clone(), seq);
                     }
                 }
@@ -367,7 +365,6 @@ impl State {
                     acks,
                     next_lease: scheduler.next_lease_id(),
                     seq,
-                    ends_job,
                 };
                 let _ = tx.send(op);
             }
