@@ -264,8 +264,18 @@ async fn a_judge_the_worker_cannot_reach_fails_the_job_loudly() {
         0,
         "no proxy was recorded dead for it"
     );
-    let workers = harness::workers(&mut client).await;
-    let judges = &workers[0].judges;
+    // The probe of the coordinator's own judge, started with the session, may report after the
+    // job already failed on the dead one.
+    let judges = harness::wait_for("both judges to be reported", WAIT_LIMIT, || {
+        let mut client = client.clone();
+        let own = coordinator.judge_url.clone();
+        async move {
+            let workers = harness::workers(&mut client).await;
+            let judges = workers.first()?.judges.clone();
+            judges.iter().any(|j| j.url == own).then_some(judges)
+        }
+    })
+    .await;
     assert!(judges.iter().any(|j| j.url == dead && !j.ok), "{judges:?}");
     assert!(
         judges
