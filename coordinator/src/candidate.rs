@@ -302,6 +302,151 @@ pub fn parse_source(
     parse_list((1..).zip(text.lines()), default_protocols, policy)
 }
 
+/// Bytes of a source looked at before its shape is decided: a JSON document or an HTML page
+/// shows itself in its first bytes.
+const SHAPE_WINDOW: usize = 64 * 1024;
+
+/// Reads a source as its bytes arrive, so a list of any length costs memory for its candidates
+/// and one line, not for its text. A JSON document or an HTML page (told by its first
+/// [`SHAPE_WINDOW`] bytes) is kept whole and read by [`parse_source`] at the end; the fetcher's
+/// size limit bounds it.
+pub struct SourceReader {
+    protocols: Vec<Protocol>,
+    policy: TargetPolicy,
+    shape: Shape,
+    /// The line being read, up to [`MAX_LINE_LEN`] + 1 bytes of it.
+    partial: Vec<u8>,
+    /// Length of the line being read, all of it.
+    partial_len: usize,
+    /// Number of the line being read, from 1.
+    line: u64,
+    found: Collector,
+}
+
+enum Shape {
+    /// The first bytes, until they tell.
+    Undecided(Vec<u8>),
+    /// Plain lines, read one by one.
+    Lines,
+    /// A JSON document or an HTML page, kept whole.
+    Document(Vec<u8>),
+}
+
+impl SourceReader {
+    pub fn new(default_protocols: &[Protocol], policy: TargetPolicy) -> SourceReader {
+        SourceReader {
+            protocols: default_protocols.to_vec(),
+            policy,
+            shape: Shape::Undecided(Vec::new()),
+            partial: Vec::new(),
+            partial_len: 0,
+            line: 1,
+            found: Collector::default(),
+        }
+    }
+
+    /// Forgets what was read: the source is read again from its start.
+    pub fn restart(&mut self) {
+        *self = SourceReader::new(&self.protocols, self.policy);
+    }
+
+    /// Takes the next bytes of the source.
+    pub fn push(&mut self, bytes: &[u8]) {
+        match &mut self.shape {
+            Shape::Lines => self.lines(bytes),
+            Shape::Document(doc) => doc.extend_from_slice(bytes),
+            Shape::Undecided(head) => {
+                head.extend_from_slice(bytes);
+                if head.len() >= SHAPE_WINDOW {
+                    self.decide();
+                }
+            }
+        }
+    }
+
+    /// The candidates of the whole source.
+    pub fn finish(mut self) -> ParsedList {
+        if matches!(self.shape, Shape::Undecided(_)) {
+            self.decide();
+        }
+        match std::mem::replace(&mut self.shape, Shape::Lines) {
+            Shape::Document(doc) => {
+                parse_source(&String::from_utf8_lossy(&doc), &self.protocols, self.policy)
+            }
+            _ => {
+                if self.partial_len > 0 {
+                    self.end_line();
+                }
+                self.found.list
+            }
+        }
+    }
+
+    fn decide(&mut self) {
+        let Shape::Undecided(head) = std::mem::replace(&mut self.shape, Shape::Lines) else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&head);
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let trimmed = text.trim_start();
+        let document = trimmed.starts_with('[')
+            || trimmed.starts_with('{')
+            || ["<!doctype", "<html"].iter().any(|start| {
+                trimmed
+                    .get(..start.len())
+                    .is_some_and(|h| h.eq_ignore_ascii_case(start))
+            })
+            || contains_ignore_case(text, "<tr")
+            || contains_ignore_case(text, "<td");
+        if document {
+            self.shape = Shape::Document(head);
+        } else {
+            let body = head
+                .strip_prefix("\u{feff}".as_bytes())
+                .unwrap_or(&head)
+                .to_vec();
+            self.lines(&body);
+        }
+    }
+
+    fn lines(&mut self, mut bytes: &[u8]) {
+        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+            self.keep(&bytes[..end]);
+            self.end_line();
+            bytes = &bytes[end + 1..];
+        }
+        self.keep(bytes);
+    }
+
+    /// Adds to the line being read what fits of it.
+    fn keep(&mut self, bytes: &[u8]) {
+        let room = (MAX_LINE_LEN + 1).saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.partial_len += bytes.len();
+    }
+
+    fn end_line(&mut self) {
+        let raw = self.partial.strip_suffix(b"\r").unwrap_or(&self.partial);
+        let text = String::from_utf8_lossy(raw);
+        let outcome = if self.partial_len > MAX_LINE_LEN + 1 {
+            Err(Fault::new(
+                FaultKind::TooLong,
+                format!(
+                    "line is {} bytes long; at most {MAX_LINE_LEN} are accepted",
+                    self.partial_len
+                ),
+            ))
+        } else {
+            parse_text_line(&text, &self.protocols, self.policy)
+        };
+        self.found.take(self.line, &text, outcome);
+        self.line += 1;
+        self.partial.clear();
+        self.partial_len = 0;
+    }
+}
+
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     haystack
         .as_bytes()
@@ -1180,6 +1325,51 @@ mod tests {
         let mut all = parse_line(line, &[Protocol::Http], PUBLIC).expect(line);
         assert_eq!(all.len(), 1, "{line}");
         all.remove(0)
+    }
+
+    /// What a reader fed `text` in pieces of `piece` bytes finds.
+    fn streamed(text: &str, piece: usize) -> ParsedList {
+        let mut reader = SourceReader::new(&[Protocol::Http], PUBLIC);
+        for part in text.as_bytes().chunks(piece) {
+            reader.push(part);
+        }
+        reader.finish()
+    }
+
+    #[test]
+    fn a_source_read_in_pieces_finds_what_the_whole_text_holds() {
+        let long = format!("8.8.8.8:{}", "9".repeat(MAX_LINE_LEN * 3));
+        let lines = format!(
+            "\u{feff}8.8.8.8:80\r\n# comment\n\nsocks5://9.9.9.9:1080 DE\n10.0.0.1:80\n{long}\n8.8.8.8:80\nnot a proxy\n1.1.1.1 8080"
+        );
+        let json = r#"{"data": [{"ip": "8.8.8.8", "port": 80}, "9.9.9.9:3128", {"ip": "10.0.0.1", "port": 1}]}"#;
+        let html = "<html><table><tr><td>8.8.8.8</td><td>8080</td></tr>\n<tr><td>9.9.9.9</td><td>x</td></tr></table></html>";
+        for text in [lines.as_str(), json, html] {
+            let whole = parse_source(text, &[Protocol::Http], PUBLIC);
+            for piece in [1, 7, 4096] {
+                let parts = streamed(text, piece);
+                assert_eq!(parts.candidates, whole.candidates, "{text:?} in {piece}s");
+                assert_eq!(parts.rejected, whole.rejected, "{text:?} in {piece}s");
+                assert_eq!(parts.dropped, whole.dropped, "{text:?} in {piece}s");
+            }
+        }
+        let found = streamed(&lines, 5);
+        assert_eq!(found.candidates.len(), 3);
+        assert_eq!(found.rejected[1].line, 6, "{:?}", found.rejected);
+        assert!(found.rejected[1].reason.contains(&long.len().to_string()));
+    }
+
+    #[test]
+    fn an_endless_line_costs_one_line_of_memory() {
+        let mut reader = SourceReader::new(&[Protocol::Http], PUBLIC);
+        reader.push(b"8.8.8.8:80\n");
+        for _ in 0..10_000 {
+            reader.push(&[b'x'; 1024]);
+            assert!(reader.partial.len() <= MAX_LINE_LEN + 1);
+        }
+        let found = reader.finish();
+        assert_eq!(found.candidates.len(), 1);
+        assert_eq!(found.dropped.get("too long"), Some(&1));
     }
 
     #[test]

@@ -267,7 +267,7 @@ impl CoordinatorConfig {
         if let Some(bad) = self
             .judge_urls
             .iter()
-            .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+            .find(|u| proxyfleet_proto::url::HttpUrl::parse(u).is_err())
         {
             return Err(ConfigError::JudgeUrl(bad.clone()));
         }

@@ -91,6 +91,27 @@ fn reason_from_proto(value: i32) -> Reason {
     }
 }
 
+/// Longest verdict detail or judge error kept from a worker; the rest is cut. A worker's texts
+/// are stored and served to every client, so their size is the coordinator's to bound.
+pub const MAX_WORKER_TEXT: usize = 512;
+/// Longest exit address or own address kept from a worker (an IPv6 address takes 45).
+const MAX_ADDRESS_TEXT: usize = 64;
+/// Longest judge URL kept from a worker's report.
+const MAX_URL_TEXT: usize = 2048;
+
+/// `text` cut to at most `max` bytes at a character boundary, marked with '…' where it was cut.
+pub fn clip(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 pub fn verdict_from_proto(v: pb::Verdict) -> Verdict {
     let reason = reason_from_proto(v.reason);
     // A verdict is usable only if it says so and names no failure.
@@ -104,8 +125,8 @@ pub fn verdict_from_proto(v: pb::Verdict) -> Verdict {
             reason
         },
         latency_ms: v.latency_ms,
-        exit_ip: v.exit_ip.into(),
-        detail: v.detail.into(),
+        exit_ip: clip(v.exit_ip, MAX_ADDRESS_TEXT).into(),
+        detail: clip(v.detail, MAX_WORKER_TEXT).into(),
         anonymity: if usable {
             anonymity_from_proto(v.anonymity)
         } else {
@@ -234,10 +255,10 @@ fn judge_status_to_proto(j: &JudgeStatus) -> pb::JudgeStatus {
 
 pub fn judge_status_from_proto(j: pb::JudgeStatus) -> JudgeStatus {
     JudgeStatus {
-        url: j.url,
+        url: clip(j.url, MAX_URL_TEXT),
         ok: j.ok,
-        own_ip: j.own_ip,
-        error: j.error,
+        own_ip: clip(j.own_ip, MAX_ADDRESS_TEXT),
+        error: clip(j.error, MAX_WORKER_TEXT),
     }
 }
 
@@ -296,4 +317,31 @@ pub fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
         out.connect_ms = v.connect_ms;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workers_oversized_texts_are_cut() {
+        let verdict = verdict_from_proto(pb::Verdict {
+            detail: "é".repeat(512 * 1024),
+            exit_ip: "1".repeat(1 << 20),
+            ..pb::Verdict::default()
+        });
+        assert!(
+            verdict.detail.len() <= MAX_WORKER_TEXT,
+            "{}",
+            verdict.detail.len()
+        );
+        assert!(verdict.detail.ends_with('…'));
+        assert!(verdict.exit_ip.len() <= MAX_ADDRESS_TEXT);
+        let status = judge_status_from_proto(pb::JudgeStatus {
+            error: "x".repeat(1 << 20),
+            ..pb::JudgeStatus::default()
+        });
+        assert!(status.error.len() <= MAX_WORKER_TEXT);
+        assert_eq!(clip("short".into(), MAX_WORKER_TEXT), "short");
+    }
 }

@@ -554,14 +554,12 @@ impl State {
                 .filter(|u| !u.is_empty())
                 .collect()
         };
-        if let Some(bad) = judge_urls
+        if let Some(Err(bad)) = judge_urls
             .iter()
-            .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+            .map(|u| proxyfleet_proto::url::HttpUrl::parse(u))
+            .find(Result::is_err)
         {
-            return Err(invalid(
-                "judge_urls",
-                &format!("{bad:?} is not an http:// or https:// URL"),
-            ));
+            return Err(invalid("judge_urls", &bad.to_string()));
         }
         let timeout = r.timeout.unwrap_or(Duration::from_secs(10));
         if timeout < Duration::from_millis(10) || timeout > Duration::from_secs(300) {
@@ -714,15 +712,20 @@ impl State {
                         error: String::new(),
                     };
                     lock(&state.inner.scheduler).source_progress(&job_id, status.clone());
+                    // A source is read as it arrives: memory follows its candidates, not its size.
+                    let mut reader = candidate::SourceReader::new(&protocols, policy);
                     let fetched = match spec.content {
-                        Some(text) => Ok(text),
-                        None => state.inner.fetcher.fetch(&spec.url, spec.trusted).await,
+                        Some(text) => {
+                            reader.push(text.as_bytes());
+                            Ok(text.len() as u64)
+                        }
+                        None => state.inner.fetcher.fetch(&spec.url, spec.trusted, &mut reader).await,
                     };
                     let parsed = match fetched {
-                        Ok(text) => {
-                            let parsed = candidate::parse_source(&text, &protocols, policy);
+                        Ok(bytes) => {
+                            let parsed = reader.finish();
                             status.state = SourceState::Fetched;
-                            status.bytes = text.len() as u64;
+                            status.bytes = bytes;
                             status.candidates = parsed.candidates.len() as u64;
                             status.rejected = parsed.rejected.len() as u64;
                             if parsed.candidates.is_empty() {

@@ -4,10 +4,12 @@
 
 pub mod addr;
 pub mod auth;
+pub mod guard;
 pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod tls;
+pub mod url;
 
 pub mod v1 {
     tonic::include_proto!("proxyfleet.v1");

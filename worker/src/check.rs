@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::dial::{self, HandshakeError, JudgeUrl, Socks4Dest, Socks5Dest};
-use proxyfleet_proto::addr::is_private;
+use proxyfleet_proto::guard::{DialError, Guard};
 
 /// A proxy to check, as leased.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,19 +254,19 @@ impl Checker {
     }
 
     /// Asks the judge directly (no proxy) which address it sees; remembers it as the worker's own.
+    /// The judge is dialled only where `guard` allows.
     pub async fn learn_own_address(
         &self,
         judge: &JudgeUrl,
         timeout: Duration,
+        guard: Guard,
     ) -> Result<IpAddr, String> {
         let token = new_token();
         let work = async {
-            let addrs = dial::resolve(&judge.host, judge.port)
+            let tcp = guard
+                .connect(&judge.host, judge.port)
                 .await
-                .map_err(|e| format!("cannot resolve {}: {e}", judge.host))?;
-            let tcp = TcpStream::connect(&addrs[..])
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
+                .map_err(|e| e.to_string())?;
             let request = dial::judge_request(judge, &token, false, None);
             let (head, body) = self
                 .exchange(judge, tcp, &request)
@@ -326,36 +326,31 @@ impl Checker {
         connect: &mut Duration,
     ) -> Outcome {
         let started = Instant::now();
-        let mut addrs = match dial::resolve(&target.host, target.port).await {
-            Ok(a) if !a.is_empty() => a,
-            Ok(_) | Err(_) => {
-                return Outcome::Network(format!("cannot resolve the proxy host {}", target.host));
-            }
-        };
-        // Names are resolved here, at the last moment: a name pointing inside is caught too.
-        if !limits.allow_private {
-            addrs.retain(|a| !is_private(a.ip()));
-            if addrs.is_empty() {
+        // Names are resolved here, at the last moment, and every address is checked where it is
+        // dialled: a name pointing inside is caught too.
+        let guard = Guard::new(limits.allow_private);
+        let addrs = match guard.resolve(&target.host, target.port).await {
+            Ok(addrs) => addrs,
+            Err(DialError::Forbidden { .. }) => {
                 return Outcome::Forbidden(format!(
                     "{} is a loopback, private or link-local address, which the coordinator does not allow",
                     target.host
                 ));
             }
-        }
-        let mut tcp = match tokio::time::timeout(
-            limits.connect_timeout,
-            TcpStream::connect(&addrs[..]),
-        )
-        .await
-        {
-            Err(_) => return Outcome::Timeout,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Outcome::Refused;
+            Err(_) => {
+                return Outcome::Network(format!("cannot resolve the proxy host {}", target.host));
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => return Outcome::Timeout,
-            Ok(Err(e)) => return Outcome::Network(format!("cannot connect to the proxy: {e}")),
-            Ok(Ok(tcp)) => tcp,
         };
+        let mut tcp =
+            match tokio::time::timeout(limits.connect_timeout, guard.connect_to(&addrs)).await {
+                Err(_) => return Outcome::Timeout,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return Outcome::Refused;
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => return Outcome::Timeout,
+                Ok(Err(e)) => return Outcome::Network(format!("cannot connect to the proxy: {e}")),
+                Ok(Ok(tcp)) => tcp,
+            };
         *connect = started.elapsed();
         let _ = tcp.set_nodelay(true);
         let auth = target.auth.as_ref();
@@ -382,7 +377,7 @@ impl Checker {
                 )
                 .await
             }
-            pb::Protocol::Socks5 => match dial::resolve(&judge.host, judge.port).await {
+            pb::Protocol::Socks5 => match resolve_judge(judge).await {
                 Ok(a) if !a.is_empty() => {
                     dial::socks5_connect(&mut tcp, &Socks5Dest::Ip(a[0].ip()), judge.port, auth)
                         .await
@@ -475,9 +470,20 @@ fn user_id(auth: Option<&(String, String)>) -> &str {
     auth.map(|(user, _)| user.as_str()).unwrap_or("")
 }
 
+/// The judge's addresses, for a SOCKS proxy told an address rather than a name. The proxy dials
+/// them from its own network; the judge itself was probed through the guard.
+async fn resolve_judge(judge: &JudgeUrl) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    if let Some(ip) = judge.ip() {
+        return Ok(vec![std::net::SocketAddr::new(ip, judge.port)]);
+    }
+    Ok(tokio::net::lookup_host((judge.host.as_str(), judge.port))
+        .await?
+        .collect())
+}
+
 /// SOCKS4 needs the judge's IPv4 address, resolved here.
 async fn local_ipv4(judge: &JudgeUrl) -> Result<std::net::Ipv4Addr, String> {
-    let addrs = dial::resolve(&judge.host, judge.port)
+    let addrs = resolve_judge(judge)
         .await
         .map_err(|e| format!("cannot resolve the judge host {}: {e}", judge.host))?;
     addrs

@@ -2,7 +2,7 @@
 //! a minimal HTTP/1.1 exchange with the judge. Encoding and decoding are pure functions; the IO
 //! functions only move their bytes.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -11,95 +11,8 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Most bytes of a judge's body read; a judge's answer is small.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Where a request goes: the judge, as a URL split once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JudgeUrl {
-    pub https: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path and query, starting with '/'.
-    pub path: String,
-}
-
-impl JudgeUrl {
-    pub fn parse(url: &str) -> Result<JudgeUrl, String> {
-        let (https, rest) = if let Some(rest) = url.strip_prefix("http://") {
-            (false, rest)
-        } else if let Some(rest) = url.strip_prefix("https://") {
-            (true, rest)
-        } else {
-            return Err(format!(
-                "judge URL {url:?} must start with http:// or https://"
-            ));
-        };
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
-            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-            None => (rest, "/".to_string()),
-        };
-        let default_port = if https { 443 } else { 80 };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("judge URL {url:?}: unclosed '['"))?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p
-                    .parse()
-                    .map_err(|_| format!("judge URL {url:?}: bad port"))?,
-                None => default_port,
-            };
-            (host.to_string(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (
-                    h.to_string(),
-                    p.parse()
-                        .map_err(|_| format!("judge URL {url:?}: bad port"))?,
-                ),
-                None => (authority.to_string(), default_port),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("judge URL {url:?} has no host"));
-        }
-        Ok(JudgeUrl {
-            https,
-            host: host.to_ascii_lowercase(),
-            port,
-            path,
-        })
-    }
-
-    /// `host:port` as a request target or Host header (brackets for IPv6).
-    pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let default = if self.https { 443 } else { 80 };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
-
-    fn authority_with_port(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        format!("{host}:{}", self.port)
-    }
-
-    /// The path with `token=...` added to its query.
-    pub fn path_with_token(&self, token: &str) -> String {
-        let sep = if self.path.contains('?') { '&' } else { '?' };
-        format!("{}{sep}token={token}", self.path)
-    }
-}
+/// Where a request goes: the judge, parsed by the one URL parser the coordinator validates with.
+pub use proxyfleet_proto::url::HttpUrl as JudgeUrl;
 
 /// What went wrong in a handshake, with the proxy's own words where it gave some.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,39 +458,9 @@ pub fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Resolves `host:port` to socket addresses (IP literals without a lookup).
-pub async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    Ok(tokio::net::lookup_host((host, port)).await?.collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn judge_urls_split_into_parts() {
-        let j = JudgeUrl::parse("http://127.0.0.1:8080/judge").unwrap();
-        assert_eq!(
-            (j.https, j.host.as_str(), j.port, j.path.as_str()),
-            (false, "127.0.0.1", 8080, "/judge")
-        );
-        assert_eq!(j.path_with_token("t"), "/judge?token=t");
-        let j = JudgeUrl::parse("https://Judge.Example.net?x=1").unwrap();
-        assert_eq!(
-            (j.https, j.host.as_str(), j.port, j.path.as_str()),
-            (true, "judge.example.net", 443, "/?x=1")
-        );
-        assert_eq!(j.path_with_token("t"), "/?x=1&token=t");
-        assert_eq!(j.authority(), "judge.example.net");
-        let j = JudgeUrl::parse("http://[::1]:81/").unwrap();
-        assert_eq!((j.host.as_str(), j.port), ("::1", 81));
-        assert_eq!(j.authority(), "[::1]:81");
-        assert!(JudgeUrl::parse("ftp://x/").is_err());
-        assert!(JudgeUrl::parse("http://:80/").is_err());
-    }
 
     #[test]
     fn basic_auth_is_base64() {

@@ -2,11 +2,12 @@
 //! worker its own address, for anonymity grading), and what it answered is reported to the
 //! coordinator, so a dead judge is a loud report rather than every proxy marked dead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use proxyfleet_proto::guard::Guard;
 use proxyfleet_proto::v1 as pb;
 use tokio::sync::{OnceCell, mpsc};
 use tracing::{info, warn};
@@ -23,6 +24,9 @@ type Probe = Arc<OnceCell<Result<IpAddr, String>>>;
 #[derive(Clone)]
 pub struct Judges {
     checker: Checker,
+    /// The coordinator's own judges (its Welcome), set by its operator: dialled wherever they are.
+    /// A client's judges are dialled only where the lease's guard allows.
+    trusted: Arc<HashSet<String>>,
     /// One probe per judge URL; concurrent askers share it.
     probes: Arc<Mutex<HashMap<String, Probe>>>,
     /// Each probe's result, once, for the coordinator.
@@ -30,19 +34,25 @@ pub struct Judges {
 }
 
 impl Judges {
-    pub fn new(checker: Checker, reports: mpsc::UnboundedSender<pb::JudgeStatus>) -> Judges {
+    pub fn new(
+        checker: Checker,
+        trusted: &[String],
+        reports: mpsc::UnboundedSender<pb::JudgeStatus>,
+    ) -> Judges {
         Judges {
             checker,
+            trusted: Arc::new(trusted.iter().cloned().collect()),
             probes: Arc::default(),
             reports,
         }
     }
 
-    /// The judges of `urls` that answer this worker directly, probing those not asked yet.
-    pub async fn reachable(&self, urls: &[String]) -> Vec<JudgeUrl> {
+    /// The judges of `urls` that answer this worker directly, probing those not asked yet;
+    /// `guard` says where a client's judges may be.
+    pub async fn reachable(&self, urls: &[String], guard: Guard) -> Vec<JudgeUrl> {
         let mut out = Vec::new();
         for url in urls {
-            if self.probe(url).await.is_ok()
+            if self.probe(url, guard).await.is_ok()
                 && let Ok(judge) = JudgeUrl::parse(url)
             {
                 out.push(judge);
@@ -51,15 +61,20 @@ impl Judges {
         out
     }
 
-    async fn probe(&self, url: &str) -> Result<IpAddr, String> {
+    async fn probe(&self, url: &str, guard: Guard) -> Result<IpAddr, String> {
+        let guard = if self.trusted.contains(url) {
+            Guard::new(true)
+        } else {
+            guard
+        };
         let cell = {
             let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
             probes.entry(url.to_string()).or_default().clone()
         };
         cell.get_or_init(|| async {
             let result = match JudgeUrl::parse(url) {
-                Ok(judge) => self.checker.learn_own_address(&judge, PROBE_TIMEOUT).await,
-                Err(e) => Err(e),
+                Ok(judge) => self.checker.learn_own_address(&judge, PROBE_TIMEOUT, guard).await,
+                Err(e) => Err(e.to_string()),
             };
             let status = match &result {
                 Ok(ip) => {

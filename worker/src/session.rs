@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
+use proxyfleet_proto::guard::Guard;
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_proto::v1::workers_client::WorkersClient;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -259,14 +260,15 @@ async fn session(
         verdict_rx,
     } = held;
     let (judge_tx, mut judge_rx) = mpsc::unbounded_channel::<pb::JudgeStatus>();
-    let judges = Judges::new(checks.checker.clone(), judge_tx);
+    let judges = Judges::new(checks.checker.clone(), &welcome.judge_urls, judge_tx);
     checks.metrics.sessions.fetch_add(1, Ordering::Relaxed);
     // The coordinator's judges are probed at once, so a dead one is reported before any check.
     let startup_probe = {
         let judges = judges.clone();
         let urls = welcome.judge_urls.clone();
         tokio::spawn(async move {
-            judges.reachable(&urls).await;
+            // These are the coordinator's own judges, which `Judges` dials wherever they are.
+            judges.reachable(&urls, Guard::new(false)).await;
         })
     };
     let _stop_probe = AbortOnDrop(startup_probe);
@@ -469,7 +471,8 @@ async fn run_lease(
 ) {
     let lease_id = assign.lease_id;
     let settings = assign.settings.unwrap_or_default();
-    let reachable = Arc::new(judges.reachable(&settings.judge_urls).await);
+    let guard = Guard::new(settings.allow_private_targets);
+    let reachable = Arc::new(judges.reachable(&settings.judge_urls, guard).await);
     if reachable.is_empty() {
         // Reported to the coordinator by the probe; it ends the job rather than record every
         // proxy as dead. Nothing to check here until then.

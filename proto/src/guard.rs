@@ -1,0 +1,175 @@
+//! The one gate of every outgoing connection proxyfleet makes (sources, redirects and judge probes
+//! of the coordinator; proxies and judges of workers): the address about to be dialled, after all
+//! parsing and resolving, is checked, so no spelling of a URL or a name can reach inside.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::TcpStream;
+
+use crate::addr::is_private;
+
+/// Which addresses may be dialled: public ones always, the others only when allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard {
+    /// Loopback, private, link-local and the like are allowed too (labs, tests).
+    allow_private: bool,
+}
+
+/// Why nothing was dialled, or the dial failed.
+#[derive(Debug)]
+pub enum DialError {
+    /// Every address of the host is one the guard refuses; nothing was sent to any of them.
+    Forbidden { host: String },
+    /// The host did not resolve.
+    Resolve { host: String, error: String },
+    /// Every allowed address failed; the last error.
+    Connect(std::io::Error),
+}
+
+impl fmt::Display for DialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DialError::Forbidden { host } => write!(
+                f,
+                "{host} is a loopback, private or link-local address, which this coordinator does not allow (start it with --allow-private-targets in a lab)"
+            ),
+            DialError::Resolve { host, error } => write!(f, "cannot resolve {host}: {error}"),
+            DialError::Connect(e) => write!(f, "cannot connect: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DialError {}
+
+impl Guard {
+    pub const fn new(allow_private: bool) -> Guard {
+        Guard { allow_private }
+    }
+
+    pub fn allows_private(self) -> bool {
+        self.allow_private
+    }
+
+    /// Whether `ip` may be dialled.
+    pub fn permits(self, ip: IpAddr) -> bool {
+        self.allow_private || !is_private(ip)
+    }
+
+    /// The addresses of `host` that may be dialled, in the resolver's order. A host with
+    /// addresses, none of them allowed, is `Forbidden`.
+    pub async fn resolve(self, host: &str, port: u16) -> Result<Vec<SocketAddr>, DialError> {
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let all: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((bare, port))
+                .await
+                .map_err(|e| DialError::Resolve {
+                    host: host.to_string(),
+                    error: e.to_string(),
+                })?
+                .collect(),
+        };
+        self.allowed(host, all)
+    }
+
+    /// Keeps the allowed addresses of `all`, those of `host`.
+    pub fn allowed(self, host: &str, all: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, DialError> {
+        if all.is_empty() {
+            return Err(DialError::Resolve {
+                host: host.to_string(),
+                error: "no address".into(),
+            });
+        }
+        let allowed: Vec<SocketAddr> = all.into_iter().filter(|a| self.permits(a.ip())).collect();
+        if allowed.is_empty() {
+            return Err(DialError::Forbidden {
+                host: host.to_string(),
+            });
+        }
+        Ok(allowed)
+    }
+
+    /// Resolves `host` and connects to the first allowed address that answers.
+    pub async fn connect(self, host: &str, port: u16) -> Result<TcpStream, DialError> {
+        let addrs = self.resolve(host, port).await?;
+        self.connect_to(&addrs).await.map_err(DialError::Connect)
+    }
+
+    /// Connects to the first of `addrs` that answers, checking each right before it is dialled;
+    /// refused ones are skipped.
+    pub async fn connect_to(self, addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
+        let mut last = std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "no address this coordinator allows",
+        );
+        for addr in addrs {
+            if !self.permits(addr.ip()) {
+                continue;
+            }
+            match TcpStream::connect(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn private_addresses_are_refused_before_any_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let closed = Guard::new(false);
+        for host in ["127.0.0.1", "[::1]", "::ffff:127.0.0.1", "localhost"] {
+            let err = closed.connect(host, port).await.unwrap_err();
+            assert!(matches!(err, DialError::Forbidden { .. }), "{host}: {err}");
+            assert!(err.to_string().contains("--allow-private-targets"), "{err}");
+        }
+        // Every spelling the resolver understands still ends at the address check.
+        for host in ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "0"] {
+            match closed.connect(host, port).await {
+                Err(DialError::Forbidden { .. } | DialError::Resolve { .. }) => {}
+                other => panic!("{host}: {other:?}"),
+            }
+        }
+        let addr = listener.local_addr().unwrap();
+        assert_eq!(
+            closed.connect_to(&[addr]).await.unwrap_err().kind(),
+            std::io::ErrorKind::PermissionDenied
+        );
+        let open = Guard::new(true);
+        let (dialled, accepted) = tokio::join!(open.connect("127.0.0.1", port), listener.accept());
+        assert_eq!(dialled.unwrap().local_addr().unwrap(), accepted.unwrap().1);
+    }
+
+    #[test]
+    fn mixed_records_keep_only_public_addresses() {
+        let all: Vec<SocketAddr> = vec![
+            "127.0.0.1:80".parse().unwrap(),
+            "192.0.2.1:80".parse().unwrap(),
+            "[::ffff:10.0.0.1]:80".parse().unwrap(),
+        ];
+        assert_eq!(
+            Guard::new(false)
+                .allowed("mixed.test", all.clone())
+                .unwrap(),
+            vec!["192.0.2.1:80".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            Guard::new(true).allowed("mixed.test", all).unwrap().len(),
+            3
+        );
+        assert!(matches!(
+            Guard::new(false).allowed("inside.test", vec!["10.1.1.1:80".parse().unwrap()]),
+            Err(DialError::Forbidden { .. })
+        ));
+    }
+}
