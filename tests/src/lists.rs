@@ -16,6 +16,10 @@ pub enum Answer {
     Body(u16, String),
     /// 200 with a body that never ends (until the client hangs up).
     Endless,
+    /// 200 with one line that never ends (until the client hangs up).
+    EndlessLine,
+    /// 302 to this Location, sent as given (tricks included).
+    Redirect(String),
 }
 
 /// Serves scripted answers per path; answers run in order, the last one repeats. Unknown paths
@@ -25,6 +29,8 @@ pub struct ListServer {
     pub addr: SocketAddr,
     /// Requests seen per path.
     hits: Arc<Mutex<HashMap<String, usize>>>,
+    /// Connections accepted, whether or not they sent a request.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -50,12 +56,15 @@ impl ListServer {
                 .collect(),
         );
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let accepted: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let task = {
             let hits = hits.clone();
+            let accepted = accepted.clone();
             tokio::spawn(async move {
                 // Connection tasks live in the set, so dropping the server aborts them too.
                 let mut connections = tokio::task::JoinSet::new();
                 while let Ok((stream, _)) = listener.accept().await {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let routes = routes.clone();
                     let hits = hits.clone();
                     connections.spawn(async move {
@@ -65,12 +74,22 @@ impl ListServer {
                 }
             })
         };
-        Ok(ListServer { addr, hits, task })
+        Ok(ListServer {
+            addr,
+            hits,
+            connections: accepted,
+            task,
+        })
     }
 
     /// `http://ADDR/path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Connections accepted so far, requests or not.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn hits(&self, path: &str) -> usize {
@@ -117,6 +136,22 @@ async fn answer(
     match chosen {
         None => respond(&mut stream, 404, "not found\n").await,
         Some(Answer::Body(status, body)) => respond(&mut stream, *status, body).await,
+        Some(Answer::EndlessLine) => {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+                .await?;
+            let junk = "x".repeat(64 * 1024);
+            loop {
+                stream.write_all(junk.as_bytes()).await?;
+            }
+        }
+        Some(Answer::Redirect(location)) => {
+            let head = format!(
+                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await?;
+            stream.shutdown().await
+        }
         Some(Answer::Endless) => {
             stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
