@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Map, Value};
 
@@ -302,6 +304,34 @@ pub fn parse_source(
     parse_list((1..).zip(text.lines()), default_protocols, policy)
 }
 
+/// How many candidates the sources of one job may still add. Shared by their readers, so sources
+/// read at once hold together no more candidates than the job may check.
+#[derive(Debug, Clone)]
+pub struct CandidateBudget(Arc<AtomicUsize>);
+
+/// The sources of a job hold more candidates than it may check (`--max-candidates`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget;
+
+impl CandidateBudget {
+    pub fn new(candidates: usize) -> CandidateBudget {
+        CandidateBudget(Arc::new(AtomicUsize::new(candidates)))
+    }
+
+    /// Takes `n`, if that many are left.
+    fn take(&self, n: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(n)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        self.0.fetch_add(n, Ordering::AcqRel);
+    }
+}
+
 /// Bytes of a source looked at before its shape is decided: a JSON document or an HTML page
 /// shows itself in its first bytes.
 const SHAPE_WINDOW: usize = 64 * 1024;
@@ -313,6 +343,12 @@ const SHAPE_WINDOW: usize = 64 * 1024;
 pub struct SourceReader {
     protocols: Vec<Protocol>,
     policy: TargetPolicy,
+    /// What the job's sources may still add, shared with its other sources' readers.
+    budget: Option<CandidateBudget>,
+    /// Candidates of this reader taken from the budget.
+    taken: usize,
+    /// The budget ran out: the source holds more than the job may check.
+    over: bool,
     shape: Shape,
     /// The line being read, up to [`MAX_LINE_LEN`] + 1 bytes of it.
     partial: Vec<u8>,
@@ -337,6 +373,9 @@ impl SourceReader {
         SourceReader {
             protocols: default_protocols.to_vec(),
             policy,
+            budget: None,
+            taken: 0,
+            over: false,
             shape: Shape::Undecided(Vec::new()),
             partial: Vec::new(),
             partial_len: 0,
@@ -345,15 +384,50 @@ impl SourceReader {
         }
     }
 
+    /// Counts what this reader finds against `budget`.
+    pub fn within(mut self, budget: CandidateBudget) -> SourceReader {
+        self.budget = Some(budget);
+        self
+    }
+
     /// Forgets what was read: the source is read again from its start.
     pub fn restart(&mut self) {
+        let budget = self.budget.take();
+        if let Some(budget) = &budget {
+            budget.give_back(self.taken);
+        }
         *self = SourceReader::new(&self.protocols, self.policy);
+        self.budget = budget;
+    }
+
+    /// The job's budget ran out while reading: reading more is pointless.
+    pub fn over_budget(&self) -> bool {
+        self.over
+    }
+
+    /// Takes what was found since the last call from the budget.
+    fn account(&mut self) {
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        let found = self.found.list.candidates.len();
+        if self.over || found == self.taken {
+            return;
+        }
+        if budget.take(found - self.taken) {
+            self.taken = found;
+        } else {
+            self.over = true;
+        }
     }
 
     /// Takes the next bytes of the source.
     pub fn push(&mut self, bytes: &[u8]) {
         match &mut self.shape {
-            Shape::Lines => self.lines(bytes),
+            Shape::Lines => {
+                self.lines(bytes);
+                self.account();
+            }
             Shape::Document(doc) => doc.extend_from_slice(bytes),
             Shape::Undecided(head) => {
                 head.extend_from_slice(bytes);
@@ -364,22 +438,28 @@ impl SourceReader {
         }
     }
 
-    /// The candidates of the whole source.
-    pub fn finish(mut self) -> ParsedList {
+    /// The candidates of the whole source, or `OverBudget` when they are more than the job's
+    /// sources may add.
+    pub fn finish(mut self) -> Result<ParsedList, OverBudget> {
         if matches!(self.shape, Shape::Undecided(_)) {
             self.decide();
         }
         match std::mem::replace(&mut self.shape, Shape::Lines) {
             Shape::Document(doc) => {
-                parse_source(&String::from_utf8_lossy(&doc), &self.protocols, self.policy)
+                self.found.list =
+                    parse_source(&String::from_utf8_lossy(&doc), &self.protocols, self.policy);
             }
             _ => {
                 if self.partial_len > 0 {
                     self.end_line();
                 }
-                self.found.list
             }
         }
+        self.account();
+        if self.over {
+            return Err(OverBudget);
+        }
+        Ok(self.found.list)
     }
 
     fn decide(&mut self) {
@@ -406,6 +486,7 @@ impl SourceReader {
                 .unwrap_or(&head)
                 .to_vec();
             self.lines(&body);
+            self.account();
         }
     }
 
@@ -687,9 +768,12 @@ fn normalize_host(host: &str) -> Result<String, Fault> {
     if host.len() > 253 {
         return Err(bad("host name longer than 253 characters".into()));
     }
-    let all_numeric = host.split('.').all(all_digits);
-    if all_numeric {
-        return Err(bad(format!("{host:?} is not a valid IPv4 address")));
+    // `0x7f000001`, `0177.0.0.1` or `127.1` is an address to some readers and a name to others:
+    // only the dotted quad is taken.
+    if proxyfleet_proto::url::ends_in_a_number(host) {
+        return Err(bad(format!(
+            "{host:?} is not a valid IPv4 address (write it as a plain dotted quad a.b.c.d)"
+        )));
     }
     for label in host.split('.') {
         let valid = !label.is_empty()
@@ -1333,7 +1417,22 @@ mod tests {
         for part in text.as_bytes().chunks(piece) {
             reader.push(part);
         }
-        reader.finish()
+        reader.finish().unwrap()
+    }
+
+    #[test]
+    fn numeric_spellings_of_addresses_are_not_names() {
+        for line in [
+            "0x7f000001:80",
+            "0x7f.1:80",
+            "0177.0.0.1:80",
+            "127.1:80",
+            "1.0x10:80",
+        ] {
+            let err = parse_line(line, &[Protocol::Http], LAB).unwrap_err();
+            assert!(err.contains("dotted quad"), "{line}: {err}");
+        }
+        assert!(parse_line("0x.example:80", &[Protocol::Http], PUBLIC).is_ok());
     }
 
     #[test]
@@ -1367,9 +1466,36 @@ mod tests {
             reader.push(&[b'x'; 1024]);
             assert!(reader.partial.len() <= MAX_LINE_LEN + 1);
         }
-        let found = reader.finish();
+        let found = reader.finish().unwrap();
         assert_eq!(found.candidates.len(), 1);
         assert_eq!(found.dropped.get("too long"), Some(&1));
+    }
+
+    #[test]
+    fn sources_of_a_job_share_its_candidate_budget() {
+        // Comments first, so the readers know their shape and count as they read.
+        let comments = "#\n".repeat(SHAPE_WINDOW);
+        let budget = CandidateBudget::new(5);
+        let mut first = SourceReader::new(&[Protocol::Http], PUBLIC).within(budget.clone());
+        first.push(comments.as_bytes());
+        first.push(b"8.8.8.1:80\n8.8.8.2:80\n8.8.8.3:80\n8.8.8.3:80\n");
+        assert!(!first.over_budget());
+        // A retry gives back what the first attempt took.
+        first.restart();
+        first.push(comments.as_bytes());
+        first.push(b"8.8.8.1:80\n8.8.8.2:80\n8.8.8.3:80\n");
+        let mut second = SourceReader::new(&[Protocol::Http], PUBLIC).within(budget.clone());
+        second.push(comments.as_bytes());
+        second.push(b"9.9.9.1:80\n9.9.9.2:80\n");
+        assert!(!second.over_budget());
+        second.push(b"9.9.9.3:80\n");
+        assert!(second.over_budget());
+        assert_eq!(second.finish().unwrap_err(), OverBudget);
+        assert_eq!(first.finish().unwrap().candidates.len(), 3);
+        // A document is counted when it is read, at the end.
+        let mut doc = SourceReader::new(&[Protocol::Http], PUBLIC).within(budget);
+        doc.push(br#"["7.7.7.1:80", "7.7.7.2:80", "7.7.7.3:80"]"#);
+        assert_eq!(doc.finish().unwrap_err(), OverBudget);
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub enum FetchError {
     Status(u16),
     #[error("larger than the {0}-byte limit for one source")]
     TooLarge(u64),
+    #[error("the job's sources hold more candidates than it may check (--max-candidates)")]
+    TooMany,
     #[error("{0}")]
     Network(String),
     #[error("cannot read {path}: {error}")]
@@ -203,6 +205,9 @@ impl Fetcher {
                 return Err(FetchError::TooLarge(self.policy.max_bytes));
             }
             reader.push(&buffer[..n]);
+            if reader.over_budget() {
+                return Err(FetchError::TooMany);
+            }
         }
     }
 
@@ -274,6 +279,9 @@ impl Fetcher {
                     return Err(FetchError::TooLarge(self.policy.max_bytes));
                 }
                 reader.push(&data);
+                if reader.over_budget() {
+                    return Err(FetchError::TooMany);
+                }
             }
         }
         Ok(total)
@@ -470,7 +478,7 @@ mod tests {
                 .unwrap(),
             11
         );
-        assert_eq!(found.finish().candidates.len(), 1);
+        assert_eq!(found.finish().unwrap().candidates.len(), 1);
         assert_eq!(
             fetcher
                 .fetch(big.to_str().unwrap(), true, &mut reader())

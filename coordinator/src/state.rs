@@ -693,8 +693,11 @@ impl State {
                     Err(_) => return,
                 }
             };
+            // Sources read at once hold together no more candidates than the job may check.
+            let budget = candidate::CandidateBudget::new(state.inner.config.max_candidates);
             let mut fetches = tokio::task::JoinSet::new();
             for (position, spec) in specs.into_iter().enumerate() {
+                let budget = budget.clone();
                 let state = state.clone();
                 let job_id = job_id.clone();
                 let protocols = if spec.protocols.is_empty() {
@@ -713,7 +716,8 @@ impl State {
                     };
                     lock(&state.inner.scheduler).source_progress(&job_id, status.clone());
                     // A source is read as it arrives: memory follows its candidates, not its size.
-                    let mut reader = candidate::SourceReader::new(&protocols, policy);
+                    let mut reader =
+                        candidate::SourceReader::new(&protocols, policy).within(budget.clone());
                     let fetched = match spec.content {
                         Some(text) => {
                             reader.push(text.as_bytes());
@@ -721,9 +725,13 @@ impl State {
                         }
                         None => state.inner.fetcher.fetch(&spec.url, spec.trusted, &mut reader).await,
                     };
+                    let max_candidates = state.inner.config.max_candidates;
+                    let fetched = fetched.and_then(|bytes| match reader.finish() {
+                        Ok(parsed) => Ok((bytes, parsed)),
+                        Err(candidate::OverBudget) => Err(crate::fetch::FetchError::TooMany),
+                    });
                     let parsed = match fetched {
-                        Ok(bytes) => {
-                            let parsed = reader.finish();
+                        Ok((bytes, parsed)) => {
                             status.state = SourceState::Fetched;
                             status.bytes = bytes;
                             status.candidates = parsed.candidates.len() as u64;
@@ -736,7 +744,12 @@ impl State {
                         Err(e) => {
                             warn!(job_id = %job_id, source = %spec.url, error = %e, "source fetch failed");
                             status.state = SourceState::Failed;
-                            status.error = e.to_string();
+                            status.error = match e {
+                                crate::fetch::FetchError::TooMany => format!(
+                                    "the job's sources hold more than {max_candidates} candidates (--max-candidates)"
+                                ),
+                                other => other.to_string(),
+                            };
                             None
                         }
                     };

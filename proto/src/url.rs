@@ -187,15 +187,7 @@ fn checked_host(host: &str) -> Result<String, &'static str> {
         );
     }
     let host = host.to_ascii_lowercase();
-    // A host whose last label is a number is an IPv4 address to WHATWG parsers and to
-    // inet_aton, in decimal, octal or hex and with parts left out. Only the dotted quad is taken.
-    let last = host.trim_end_matches('.').rsplit('.').next().unwrap_or("");
-    let numeric = !last.is_empty()
-        && (last.bytes().all(|b| b.is_ascii_digit())
-            || last
-                .strip_prefix("0x")
-                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit())));
-    if numeric {
+    if ends_in_a_number(&host) {
         match host.parse::<Ipv4Addr>() {
             Ok(ip) if ip.to_string() == host => {}
             _ => {
@@ -206,6 +198,19 @@ fn checked_host(host: &str) -> Result<String, &'static str> {
         }
     }
     Ok(host)
+}
+
+/// Whether `host` is an IPv4 address to WHATWG parsers and to `inet_aton`: its last label is a
+/// number, in decimal, octal or hex (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`). Only the
+/// plain dotted quad among these means the same to every reader; the rest are refused.
+pub fn ends_in_a_number(host: &str) -> bool {
+    let last = host.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+    !last.is_empty()
+        && (last.bytes().all(|b| b.is_ascii_digit())
+            || last
+                .strip_prefix("0x")
+                .or_else(|| last.strip_prefix("0X"))
+                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit())))
 }
 
 /// The port after the host (`""` or `":N"`).

@@ -94,7 +94,7 @@ async fn hostile_lists_get_clear_errors_and_the_coordinator_keeps_serving() {
         &["--judge", "http://localhost:9/judge"],
     )
     .await;
-    assert_refused(&judge, &["resolves only to loopback"]);
+    assert_refused(&judge, &["points to a loopback"]);
     let source = submit(
         &coordinator,
         "one.txt",
@@ -123,7 +123,7 @@ async fn hostile_lists_get_clear_errors_and_the_coordinator_keeps_serving() {
     })
     .await;
     assert!(
-        job.sources[0].error.contains("resolves only to loopback"),
+        job.sources[0].error.contains("does not allow"),
         "{:?}",
         job.sources
     );
