@@ -309,10 +309,6 @@ pub fn parse_source(
 #[derive(Debug, Clone)]
 pub struct CandidateBudget(Arc<AtomicUsize>);
 
-/// The sources of a job hold more candidates than it may check (`--max-candidates`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OverBudget;
-
 impl CandidateBudget {
     pub fn new(candidates: usize) -> CandidateBudget {
         CandidateBudget(Arc::new(AtomicUsize::new(candidates)))
@@ -347,8 +343,8 @@ pub struct SourceReader {
     budget: Option<CandidateBudget>,
     /// Candidates of this reader taken from the budget.
     taken: usize,
-    /// The budget ran out: the source holds more than the job may check.
-    over: bool,
+    /// Why reading stopped before the end, if it did.
+    stopped: Option<Stop>,
     shape: Shape,
     /// The line being read, up to [`MAX_LINE_LEN`] + 1 bytes of it.
     partial: Vec<u8>,
@@ -364,8 +360,23 @@ enum Shape {
     Undecided(Vec<u8>),
     /// Plain lines, read one by one.
     Lines,
-    /// A JSON document or an HTML page, kept whole.
-    Document(Vec<u8>),
+    /// A JSON document, read as it arrives.
+    Json(Box<JsonWalk>),
+    /// An HTML page, kept whole up to [`MAX_PAGE_BYTES`].
+    Page(Vec<u8>),
+}
+
+/// Largest HTML page read: proxy list pages are far smaller, and a page is read whole.
+pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Why a source was not read to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Stop {
+    /// The sources of a job hold more candidates than it may check (`--max-candidates`).
+    #[error("the job's sources hold more candidates than it may check (--max-candidates)")]
+    OverBudget,
+    #[error("an HTML page larger than {MAX_PAGE_BYTES} bytes is not read")]
+    PageTooLarge,
 }
 
 impl SourceReader {
@@ -375,7 +386,7 @@ impl SourceReader {
             policy,
             budget: None,
             taken: 0,
-            over: false,
+            stopped: None,
             shape: Shape::Undecided(Vec::new()),
             partial: Vec::new(),
             partial_len: 0,
@@ -400,9 +411,9 @@ impl SourceReader {
         self.budget = budget;
     }
 
-    /// The job's budget ran out while reading: reading more is pointless.
-    pub fn over_budget(&self) -> bool {
-        self.over
+    /// Why reading more is pointless, once it is.
+    pub fn stopped(&self) -> Option<Stop> {
+        self.stopped
     }
 
     /// Takes what was found since the last call from the budget.
@@ -411,24 +422,28 @@ impl SourceReader {
             return;
         };
         let found = self.found.list.candidates.len();
-        if self.over || found == self.taken {
+        if self.stopped.is_some() || found == self.taken {
             return;
         }
         if budget.take(found - self.taken) {
             self.taken = found;
         } else {
-            self.over = true;
+            self.stopped = Some(Stop::OverBudget);
         }
     }
 
     /// Takes the next bytes of the source.
     pub fn push(&mut self, bytes: &[u8]) {
         match &mut self.shape {
-            Shape::Lines => {
-                self.lines(bytes);
-                self.account();
+            Shape::Lines => self.lines(bytes),
+            Shape::Json(walk) => walk.feed(bytes, &mut self.found, &self.protocols, self.policy),
+            Shape::Page(page) => {
+                page.extend_from_slice(bytes);
+                if page.len() > MAX_PAGE_BYTES {
+                    self.stopped = Some(Stop::PageTooLarge);
+                    *page = Vec::new();
+                }
             }
-            Shape::Document(doc) => doc.extend_from_slice(bytes),
             Shape::Undecided(head) => {
                 head.extend_from_slice(bytes);
                 if head.len() >= SHAPE_WINDOW {
@@ -436,57 +451,68 @@ impl SourceReader {
                 }
             }
         }
+        self.account();
     }
 
-    /// The candidates of the whole source, or `OverBudget` when they are more than the job's
-    /// sources may add.
-    pub fn finish(mut self) -> Result<ParsedList, OverBudget> {
-        if matches!(self.shape, Shape::Undecided(_)) {
-            self.decide();
+    /// The candidates of the whole source, or why it was not read to its end.
+    pub fn finish(mut self) -> Result<ParsedList, Stop> {
+        if let Some(stop) = self.stopped {
+            return Err(stop);
         }
         match std::mem::replace(&mut self.shape, Shape::Lines) {
-            Shape::Document(doc) => {
-                self.found.list =
-                    parse_source(&String::from_utf8_lossy(&doc), &self.protocols, self.policy);
+            // Small enough to have stayed whole: read as a whole text is.
+            Shape::Undecided(head) => {
+                let text = String::from_utf8_lossy(&head);
+                self.found.list = parse_source(&text, &self.protocols, self.policy);
             }
-            _ => {
+            Shape::Page(page) => {
+                let text = String::from_utf8_lossy(&page);
+                self.found.list = parse_source(&text, &self.protocols, self.policy);
+            }
+            Shape::Json(mut walk) => walk.finish(&mut self.found, &self.protocols, self.policy),
+            Shape::Lines => {
                 if self.partial_len > 0 {
                     self.end_line();
                 }
             }
         }
         self.account();
-        if self.over {
-            return Err(OverBudget);
+        match self.stopped {
+            Some(stop) => Err(stop),
+            None => Ok(self.found.list),
         }
-        Ok(self.found.list)
     }
 
+    /// The first [`SHAPE_WINDOW`] bytes are in: a JSON document that parses so far is read as one,
+    /// a page is kept whole, and anything else is lines.
     fn decide(&mut self) {
         let Shape::Undecided(head) = std::mem::replace(&mut self.shape, Shape::Lines) else {
             return;
         };
-        let text = String::from_utf8_lossy(&head);
-        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let body = head.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&head);
+        let text = String::from_utf8_lossy(body);
         let trimmed = text.trim_start();
-        let document = trimmed.starts_with('[')
-            || trimmed.starts_with('{')
-            || ["<!doctype", "<html"].iter().any(|start| {
-                trimmed
-                    .get(..start.len())
-                    .is_some_and(|h| h.eq_ignore_ascii_case(start))
-            })
-            || contains_ignore_case(text, "<tr")
-            || contains_ignore_case(text, "<td");
-        if document {
-            self.shape = Shape::Document(head);
+        if trimmed.starts_with('[') || trimmed.starts_with('{') {
+            let mut walk = Box::new(JsonWalk::new());
+            let mut found = Collector::default();
+            walk.feed(body, &mut found, &self.protocols, self.policy);
+            if !walk.failed {
+                self.found = found;
+                self.shape = Shape::Json(walk);
+                return;
+            }
+        }
+        let page = ["<!doctype", "<html"].iter().any(|start| {
+            trimmed
+                .get(..start.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(start))
+        }) || contains_ignore_case(&text, "<tr")
+            || contains_ignore_case(&text, "<td");
+        if page {
+            self.shape = Shape::Page(head);
         } else {
-            let body = head
-                .strip_prefix("\u{feff}".as_bytes())
-                .unwrap_or(&head)
-                .to_vec();
+            let body = body.to_vec();
             self.lines(&body);
-            self.account();
         }
     }
 
@@ -1003,10 +1029,7 @@ fn read_json(
             for item in items {
                 match item {
                     Value::String(text) => {
-                        let words: Vec<&str> = text.split_whitespace().collect();
-                        for spot in find_spots(&words, false) {
-                            found.take(0, &spot.text(), spot.parse(default_protocols, policy));
-                        }
+                        json_string_entries(text, found, default_protocols, policy)
                     }
                     other => read_json(other, found, default_protocols, policy),
                 }
@@ -1024,6 +1047,221 @@ fn read_json(
             }
         },
         _ => {}
+    }
+}
+
+/// The entries of a string in a JSON array: `"1.2.3.4:80"`, or several in one string.
+fn json_string_entries(
+    text: &str,
+    found: &mut Collector,
+    default_protocols: &[Protocol],
+    policy: TargetPolicy,
+) {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    for spot in find_spots(&words, false) {
+        found.take(0, &spot.text(), spot.parse(default_protocols, policy));
+    }
+}
+
+/// Longest single JSON string or number read from a streamed document: longer is no entry, and
+/// the parser would hold all of it.
+const MAX_JSON_TOKEN: usize = 64 * 1024;
+/// Fields of one JSON object kept to tell whether it is an entry; an entry has a handful.
+const MAX_JSON_FIELDS: usize = 64;
+
+/// Reads a JSON document as its bytes arrive, as [`read_json`] reads a whole one: entries are
+/// taken when their object ends, strings of arrays as they come. What it holds is the path from
+/// the root to the value being read, with the scalar fields of the objects on it.
+struct JsonWalk {
+    parser: actson::JsonParser<actson::feeder::PushJsonFeeder>,
+    /// The arrays and objects open, outermost first.
+    frames: Vec<JsonFrame>,
+    /// Bytes fed since the parser last finished a token.
+    pending: usize,
+    /// The document turned out malformed; the rest is not read.
+    failed: bool,
+    /// The document is complete; what follows it is not read.
+    done: bool,
+}
+
+enum JsonFrame {
+    /// An array; `copy` keeps its scalars when it is a field's value (`"protocols": [..]`).
+    Array { copy: Option<Vec<Value>> },
+    /// An object's scalar and array fields so far, and the name of the field being read.
+    Object {
+        fields: Map<String, Value>,
+        key: Option<String>,
+    },
+}
+
+impl JsonWalk {
+    fn new() -> JsonWalk {
+        let options = actson::options::JsonParserOptionsBuilder::default()
+            .with_max_depth(256)
+            .build();
+        JsonWalk {
+            parser: actson::JsonParser::new_with_options(
+                actson::feeder::PushJsonFeeder::new(),
+                options,
+            ),
+            frames: Vec::new(),
+            pending: 0,
+            failed: false,
+            done: false,
+        }
+    }
+
+    fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        found: &mut Collector,
+        default_protocols: &[Protocol],
+        policy: TargetPolicy,
+    ) {
+        while !bytes.is_empty() && !self.failed && !self.done {
+            let n = self.parser.feeder.push_bytes(bytes);
+            bytes = &bytes[n..];
+            self.pending += n;
+            self.drain(found, default_protocols, policy);
+        }
+    }
+
+    /// The end of the source: whatever is still open is a document cut short.
+    fn finish(
+        &mut self,
+        found: &mut Collector,
+        default_protocols: &[Protocol],
+        policy: TargetPolicy,
+    ) {
+        if self.done || self.failed {
+            return;
+        }
+        self.parser.feeder.done();
+        self.drain(found, default_protocols, policy);
+        if !self.failed && !self.frames.is_empty() {
+            self.fail(found, "the JSON document ends before it is complete".into());
+        }
+    }
+
+    fn fail(&mut self, found: &mut Collector, reason: String) {
+        self.failed = true;
+        found.take(0, "", Err(Fault::new(FaultKind::Malformed, reason)));
+    }
+
+    fn drain(
+        &mut self,
+        found: &mut Collector,
+        default_protocols: &[Protocol],
+        policy: TargetPolicy,
+    ) {
+        use actson::JsonEvent;
+        loop {
+            let event = match self.parser.next_event() {
+                Ok(Some(JsonEvent::NeedMoreInput)) => {
+                    if self.pending > MAX_JSON_TOKEN {
+                        self.fail(
+                            found,
+                            format!("a JSON value is longer than {MAX_JSON_TOKEN} bytes"),
+                        );
+                    }
+                    return;
+                }
+                Ok(Some(event)) => event,
+                Ok(None) => {
+                    self.done = true;
+                    return;
+                }
+                Err(e) => {
+                    let at = self.parser.parsed_bytes();
+                    self.fail(
+                        found,
+                        format!("the JSON document is malformed near byte {at}: {e}"),
+                    );
+                    return;
+                }
+            };
+            self.pending = 0;
+            if matches!(event, JsonEvent::EndObject | JsonEvent::EndArray) && self.frames.len() == 1
+            {
+                // The document's last value ends here; what follows it is not read.
+                self.done = true;
+            }
+            let text = || self.parser.current_str().unwrap_or_default().to_string();
+            match event {
+                JsonEvent::StartObject => self.frames.push(JsonFrame::Object {
+                    fields: Map::new(),
+                    key: None,
+                }),
+                JsonEvent::EndObject => {
+                    if let Some(JsonFrame::Object { fields, .. }) = self.frames.pop()
+                        && let Some(outcome) = json_entry(&fields, default_protocols, policy)
+                    {
+                        let text = serde_json::to_string(&fields).unwrap_or_default();
+                        found.take(0, &text, outcome);
+                    }
+                    self.value(None);
+                }
+                JsonEvent::StartArray => {
+                    let field = matches!(
+                        self.frames.last(),
+                        Some(JsonFrame::Object { key: Some(_), .. })
+                    );
+                    self.frames.push(JsonFrame::Array {
+                        copy: field.then(Vec::new),
+                    });
+                }
+                JsonEvent::EndArray => {
+                    if let Some(JsonFrame::Array { copy }) = self.frames.pop() {
+                        self.value(copy.map(Value::Array));
+                    }
+                }
+                JsonEvent::FieldName => {
+                    let name = text();
+                    if let Some(JsonFrame::Object { key, .. }) = self.frames.last_mut() {
+                        *key = Some(name);
+                    }
+                }
+                JsonEvent::ValueString => {
+                    let value = text();
+                    if let Some(JsonFrame::Array { .. }) = self.frames.last() {
+                        json_string_entries(&value, found, default_protocols, policy);
+                    }
+                    self.value(Some(Value::String(value)));
+                }
+                JsonEvent::ValueInt | JsonEvent::ValueFloat => {
+                    let number = text().parse::<serde_json::Number>().ok();
+                    self.value(number.map(Value::Number));
+                }
+                JsonEvent::ValueTrue => self.value(Some(Value::Bool(true))),
+                JsonEvent::ValueFalse => self.value(Some(Value::Bool(false))),
+                JsonEvent::ValueNull => self.value(Some(Value::Null)),
+                JsonEvent::NeedMoreInput => {}
+            }
+            if self.done {
+                return;
+            }
+        }
+    }
+
+    /// A value ended inside the innermost open array or object: kept where an entry may need it.
+    fn value(&mut self, value: Option<Value>) {
+        match self.frames.last_mut() {
+            Some(JsonFrame::Object { fields, key }) => {
+                if let (Some(name), Some(value)) = (key.take(), value)
+                    && fields.len() < MAX_JSON_FIELDS
+                {
+                    fields.insert(name, value);
+                }
+            }
+            Some(JsonFrame::Array { copy: Some(copy) }) => {
+                if let Some(value) = value.filter(|v| !v.is_array())
+                    && copy.len() < MAX_JSON_FIELDS
+                {
+                    copy.push(value);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -1459,6 +1697,76 @@ mod tests {
     }
 
     #[test]
+    fn a_large_json_document_is_read_as_it_streams() {
+        let mut items = Vec::new();
+        for i in 0..3000u32 {
+            let (a, b) = (i / 250 + 1, i % 250 + 1);
+            items.push(match i % 4 {
+                0 => format!(r#"{{"ip": "8.8.{a}.{b}", "port": 8080, "protocols": ["http", "socks5"]}}"#),
+                1 => format!(r#""9.9.{a}.{b}:3128""#),
+                2 => format!(r#"{{"proxy": "7.7.{a}.{b}:80", "type": "socks4", "country": {{"code": "DE"}}}}"#),
+                _ => format!(r#"{{"host": "6.6.{a}.{b}", "port": "x{i}"}}"#),
+            });
+        }
+        let text = format!(
+            r#"{{"meta": {{"host": "api.example.net", "count": 3000}}, "data": [{}]}}"#,
+            items.join(", ")
+        );
+        assert!(text.len() > 2 * SHAPE_WINDOW);
+        let whole = parse_source(&text, &[Protocol::Http], PUBLIC);
+        assert_eq!(whole.candidates.len(), 750 * 2 + 750 + 750);
+        for piece in [1000, 4096, 100_000] {
+            let parts = streamed(&text, piece);
+            assert_eq!(parts.candidates, whole.candidates, "in {piece}s");
+            assert_eq!(parts.dropped, whole.dropped, "in {piece}s");
+            assert_eq!(parts.rejected_total, whole.rejected_total, "in {piece}s");
+        }
+    }
+
+    #[test]
+    fn a_streamed_json_document_that_breaks_keeps_what_came_before() {
+        let good = format!("[{}", r#""8.8.8.8:80", "#.repeat(SHAPE_WINDOW / 10));
+        let mut reader = SourceReader::new(&[Protocol::Http], PUBLIC);
+        reader.push(good.as_bytes());
+        reader.push(b"\"9.9.9.9:80\", }");
+        let found = reader.finish().unwrap();
+        assert_eq!(found.candidates.len(), 2);
+        assert!(
+            found.rejected[0].reason.contains("malformed"),
+            "{:?}",
+            found.rejected
+        );
+        assert_eq!(found.rejected_total, 1);
+        // What follows a complete document is not read.
+        let mut reader = SourceReader::new(&[Protocol::Http], PUBLIC);
+        reader.push(good.as_bytes());
+        reader.push(b"\"9.9.9.9:80\"]\n\ntrailing words 5.5.5.5:80\n");
+        let found = reader.finish().unwrap();
+        assert_eq!((found.candidates.len(), found.rejected_total), (2, 0));
+        // An endless string is not held: the walk stops past a token's limit.
+        let mut reader = SourceReader::new(&[Protocol::Http], PUBLIC);
+        reader.push(good.as_bytes());
+        reader.push(b"\"");
+        for _ in 0..1000 {
+            reader.push(&[b'x'; 1024]);
+        }
+        let found = reader.finish().unwrap();
+        assert!(
+            found.rejected[0].reason.contains("longer than"),
+            "{:?}",
+            found.rejected
+        );
+        // An endless page is refused past its limit.
+        let mut reader = SourceReader::new(&[Protocol::Http], PUBLIC);
+        reader.push(b"<html><table>");
+        for _ in 0..(MAX_PAGE_BYTES / SHAPE_WINDOW + 2) {
+            reader.push(&vec![b' '; SHAPE_WINDOW]);
+        }
+        assert_eq!(reader.stopped(), Some(Stop::PageTooLarge));
+        assert_eq!(reader.finish().unwrap_err(), Stop::PageTooLarge);
+    }
+
+    #[test]
     fn an_endless_line_costs_one_line_of_memory() {
         let mut reader = SourceReader::new(&[Protocol::Http], PUBLIC);
         reader.push(b"8.8.8.8:80\n");
@@ -1479,7 +1787,7 @@ mod tests {
         let mut first = SourceReader::new(&[Protocol::Http], PUBLIC).within(budget.clone());
         first.push(comments.as_bytes());
         first.push(b"8.8.8.1:80\n8.8.8.2:80\n8.8.8.3:80\n8.8.8.3:80\n");
-        assert!(!first.over_budget());
+        assert_eq!(first.stopped(), None);
         // A retry gives back what the first attempt took.
         first.restart();
         first.push(comments.as_bytes());
@@ -1487,15 +1795,15 @@ mod tests {
         let mut second = SourceReader::new(&[Protocol::Http], PUBLIC).within(budget.clone());
         second.push(comments.as_bytes());
         second.push(b"9.9.9.1:80\n9.9.9.2:80\n");
-        assert!(!second.over_budget());
+        assert_eq!(second.stopped(), None);
         second.push(b"9.9.9.3:80\n");
-        assert!(second.over_budget());
-        assert_eq!(second.finish().unwrap_err(), OverBudget);
+        assert_eq!(second.stopped(), Some(Stop::OverBudget));
+        assert_eq!(second.finish().unwrap_err(), Stop::OverBudget);
         assert_eq!(first.finish().unwrap().candidates.len(), 3);
         // A document is counted when it is read, at the end.
         let mut doc = SourceReader::new(&[Protocol::Http], PUBLIC).within(budget);
         doc.push(br#"["7.7.7.1:80", "7.7.7.2:80", "7.7.7.3:80"]"#);
-        assert_eq!(doc.finish().unwrap_err(), OverBudget);
+        assert_eq!(doc.finish().unwrap_err(), Stop::OverBudget);
     }
 
     #[test]

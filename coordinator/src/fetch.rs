@@ -13,7 +13,7 @@ use proxyfleet_proto::url::HttpUrl;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Semaphore;
 
-use crate::candidate::{SourceReader, is_private};
+use crate::candidate::{SourceReader, Stop, is_private};
 
 /// How sources are fetched.
 #[derive(Debug, Clone)]
@@ -51,8 +51,8 @@ pub enum FetchError {
     Status(u16),
     #[error("larger than the {0}-byte limit for one source")]
     TooLarge(u64),
-    #[error("the job's sources hold more candidates than it may check (--max-candidates)")]
-    TooMany,
+    #[error("{0}")]
+    Stopped(#[from] Stop),
     #[error("{0}")]
     Network(String),
     #[error("cannot read {path}: {error}")]
@@ -205,8 +205,8 @@ impl Fetcher {
                 return Err(FetchError::TooLarge(self.policy.max_bytes));
             }
             reader.push(&buffer[..n]);
-            if reader.over_budget() {
-                return Err(FetchError::TooMany);
+            if let Some(stop) = reader.stopped() {
+                return Err(FetchError::Stopped(stop));
             }
         }
     }
@@ -279,8 +279,8 @@ impl Fetcher {
                     return Err(FetchError::TooLarge(self.policy.max_bytes));
                 }
                 reader.push(&data);
-                if reader.over_budget() {
-                    return Err(FetchError::TooMany);
+                if let Some(stop) = reader.stopped() {
+                    return Err(FetchError::Stopped(stop));
                 }
             }
         }

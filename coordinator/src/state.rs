@@ -726,10 +726,8 @@ impl State {
                         None => state.inner.fetcher.fetch(&spec.url, spec.trusted, &mut reader).await,
                     };
                     let max_candidates = state.inner.config.max_candidates;
-                    let fetched = fetched.and_then(|bytes| match reader.finish() {
-                        Ok(parsed) => Ok((bytes, parsed)),
-                        Err(candidate::OverBudget) => Err(crate::fetch::FetchError::TooMany),
-                    });
+                    let fetched = fetched
+                        .and_then(|bytes| Ok((bytes, reader.finish()?)));
                     let parsed = match fetched {
                         Ok((bytes, parsed)) => {
                             status.state = SourceState::Fetched;
@@ -745,7 +743,7 @@ impl State {
                             warn!(job_id = %job_id, source = %spec.url, error = %e, "source fetch failed");
                             status.state = SourceState::Failed;
                             status.error = match e {
-                                crate::fetch::FetchError::TooMany => format!(
+                                crate::fetch::FetchError::Stopped(candidate::Stop::OverBudget) => format!(
                                     "the job's sources hold more than {max_candidates} candidates (--max-candidates)"
                                 ),
                                 other => other.to_string(),

@@ -16,8 +16,8 @@ pub enum Answer {
     Body(u16, String),
     /// 200 with a body that never ends (until the client hangs up).
     Endless,
-    /// 200 with one line that never ends (until the client hangs up).
-    EndlessLine,
+    /// 200 with `start`, then `repeat` over and over (until the client hangs up).
+    EndlessOf { start: String, repeat: String },
     /// 302 to this Location, sent as given (tricks included).
     Redirect(String),
 }
@@ -136,13 +136,14 @@ async fn answer(
     match chosen {
         None => respond(&mut stream, 404, "not found\n").await,
         Some(Answer::Body(status, body)) => respond(&mut stream, *status, body).await,
-        Some(Answer::EndlessLine) => {
+        Some(Answer::EndlessOf { start, repeat }) => {
             stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
                 .await?;
-            let junk = "x".repeat(64 * 1024);
+            stream.write_all(start.as_bytes()).await?;
+            let block = repeat.repeat((64 * 1024 / repeat.len().max(1)).max(1));
             loop {
-                stream.write_all(junk.as_bytes()).await?;
+                stream.write_all(block.as_bytes()).await?;
             }
         }
         Some(Answer::Redirect(location)) => {
