@@ -112,6 +112,27 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_MAX_WATCHERS", default_value_t = 1000)]
     pub max_watchers: usize,
 
+    /// Most connections the gRPC port holds at once (clients and workers); more are closed as
+    /// they arrive.
+    #[arg(long, env = "PROXYFLEET_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Most connections the built-in judge holds at once; more are closed as they arrive. Every
+    /// check in flight on every worker dials the judge: keep it above the fleet's total
+    /// --max-checks.
+    #[arg(
+        long,
+        env = "PROXYFLEET_JUDGE_MAX_CONNECTIONS",
+        default_value_t = 8192
+    )]
+    pub judge_max_connections: usize,
+
+    /// A connection that has not sent its first request this long after it was accepted (its
+    /// TLS handshake included) is closed: an HTTP/2 request on the gRPC port, a request head on
+    /// the judge. Raise it if checks are given longer timeouts through very slow proxies.
+    #[arg(long, env = "PROXYFLEET_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub first_request_timeout: Duration,
+
     /// Address of the Prometheus metrics endpoint (GET /metrics); none by default.
     #[arg(long, env = "PROXYFLEET_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -199,6 +220,13 @@ pub struct CoordinatorConfig {
     pub max_message_bytes: usize,
     pub max_active_jobs: usize,
     pub max_watchers: usize,
+    /// Connections the gRPC port holds at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Connections the built-in judge holds at once; more are closed as they arrive.
+    pub judge_max_connections: usize,
+    /// A connection that has sent no request (HTTP/2 HEADERS on the gRPC port, a request head
+    /// on the judge) this long after it was accepted, TLS handshake included, is closed.
+    pub first_request_timeout: Duration,
     /// The operator's sources file.
     pub sources_file: Option<PathBuf>,
     pub refresh: Option<RefreshSchedule>,
@@ -227,7 +255,14 @@ pub enum ConfigError {
     InsecureListen(SocketAddr),
     #[error("{0} is empty")]
     EmptyToken(&'static str),
+    #[error("{0} must be at least 1")]
+    MaxConnections(&'static str),
+    #[error("--first-request-timeout must be between 1s and 1h, got {0:?}")]
+    FirstRequestTimeout(Duration),
 }
+
+/// Descriptors kept beyond the ports' connections: the store, sources being fetched, logs.
+const DESCRIPTORS_BESIDES_CONNECTIONS: u64 = 256;
 
 impl CoordinatorConfig {
     pub fn new(data_dir: PathBuf, judge_urls: Vec<String>) -> Self {
@@ -248,6 +283,9 @@ impl CoordinatorConfig {
             max_message_bytes: 64 * 1024 * 1024,
             max_active_jobs: 100,
             max_watchers: 1000,
+            max_connections: 4096,
+            judge_max_connections: 8192,
+            first_request_timeout: Duration::from_secs(10),
             sources_file: None,
             refresh: None,
             data_dir,
@@ -278,10 +316,30 @@ impl CoordinatorConfig {
         {
             return Err(ConfigError::RefreshEvery);
         }
+        if self.max_connections == 0 {
+            return Err(ConfigError::MaxConnections("--max-connections"));
+        }
+        if self.judge_max_connections == 0 {
+            return Err(ConfigError::MaxConnections("--judge-max-connections"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+            .contains(&self.first_request_timeout)
+        {
+            return Err(ConfigError::FirstRequestTimeout(self.first_request_timeout));
+        }
         self.heartbeat_interval = self.lease_ttl / 3;
         self.tick =
             (self.lease_ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(200));
         Ok(self)
+    }
+
+    /// Descriptors the ports may need when both are full, with room for everything else: an
+    /// open-files limit below it is reached before the caps, and accepts then pause until
+    /// connections close.
+    pub fn open_files_wanted(&self) -> u64 {
+        (self.max_connections as u64)
+            .saturating_add(self.judge_max_connections as u64)
+            .saturating_add(DESCRIPTORS_BESIDES_CONNECTIONS)
     }
 
     /// Builds the config from the command line, given the judge's bound address.
@@ -310,6 +368,9 @@ impl CoordinatorConfig {
         config.max_message_bytes = cli.max_message_bytes;
         config.max_active_jobs = cli.max_active_jobs;
         config.max_watchers = cli.max_watchers;
+        config.max_connections = cli.max_connections;
+        config.judge_max_connections = cli.judge_max_connections;
+        config.first_request_timeout = cli.first_request_timeout;
         config.worker_token = read_token(
             &cli.worker_token,
             &cli.worker_token_file,
@@ -419,6 +480,57 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--judge-url")
+        );
+    }
+
+    #[test]
+    fn connection_limits_are_validated() {
+        let c = CoordinatorConfig::new("d".into(), vec!["http://127.0.0.1:1/judge".into()]);
+        assert_eq!(c.first_request_timeout, Duration::from_secs(10));
+        assert_eq!(c.open_files_wanted(), 4096 + 8192 + 256);
+        let mut bad = c.clone();
+        bad.max_connections = 0;
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--max-connections")
+        );
+        let mut bad = c.clone();
+        bad.judge_max_connections = 0;
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--judge-max-connections")
+        );
+        for timeout in [Duration::from_millis(999), Duration::from_secs(3601)] {
+            let mut bad = c.clone();
+            bad.first_request_timeout = timeout;
+            assert!(
+                bad.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("--first-request-timeout")
+            );
+        }
+        let cli = Cli::parse_from([
+            "proxyfleet-coordinator",
+            "--max-connections",
+            "10",
+            "--judge-max-connections",
+            "20",
+            "--first-request-timeout",
+            "3s",
+        ]);
+        let c = CoordinatorConfig::from_cli(&cli, "127.0.0.1:1".parse().unwrap()).unwrap();
+        assert_eq!(
+            (
+                c.max_connections,
+                c.judge_max_connections,
+                c.first_request_timeout
+            ),
+            (10, 20, Duration::from_secs(3))
         );
     }
 

@@ -5,60 +5,26 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::extract::connect_info::Connected;
 use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::IntoResponse;
-use axum::serve::{IncomingStream, Listener};
-use tokio::net::{TcpListener, TcpStream};
+use axum::serve::IncomingStream;
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+
+use crate::first_request::Http1Scan;
+use crate::listener::{GuardedListener, Handshake, Plain, PortLimits};
 
 /// The address a request came from, over plain TCP or TLS.
 #[derive(Debug, Clone, Copy)]
 struct Peer(SocketAddr);
 
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+impl<H: Handshake> Connected<IncomingStream<'_, GuardedListener<H, Http1Scan>>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, GuardedListener<H, Http1Scan>>) -> Self {
         Peer(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-/// Accepts TLS connections; a failed handshake is dropped, not fatal.
-pub struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (tcp, peer) = Listener::accept(&mut self.tcp).await;
-            // Handshakes are short; one stuck client must not hold the accept loop long.
-            match tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => return (tls, peer),
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %peer, error = %e, "judge tls handshake failed")
-                }
-                Err(_) => tracing::debug!(peer = %peer, "judge tls handshake timed out"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
     }
 }
 
@@ -131,14 +97,17 @@ fn routes() -> Router {
 }
 
 /// Serves the judge on `listener` at `/judge` (and `/`), over TLS when `tls` is given, until
-/// `shutdown` completes.
-pub async fn serve(
+/// `shutdown` completes. A TLS handshake runs beside the accept loop, and with the request head
+/// must arrive within `limits.first_request_timeout`.
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    limits: PortLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     match tls {
         None => {
+            let listener = GuardedListener::<_, Http1Scan>::new(listener, Plain, "judge", limits);
             axum::serve(
                 listener,
                 routes().into_make_service_with_connect_info::<Peer>(),
@@ -147,10 +116,8 @@ pub async fn serve(
             .await
         }
         Some(acceptor) => {
-            let listener = TlsListener {
-                tcp: listener,
-                acceptor,
-            };
+            let listener =
+                GuardedListener::<_, Http1Scan>::new(listener, acceptor, "judge", limits);
             axum::serve(
                 listener,
                 routes().into_make_service_with_connect_info::<Peer>(),

@@ -5,8 +5,10 @@ pub mod candidate;
 pub mod config;
 pub mod convert;
 pub mod fetch;
+mod first_request;
 pub mod grpc;
 pub mod judge;
+mod listener;
 pub mod metrics;
 pub mod output;
 pub mod scheduler;
@@ -16,6 +18,7 @@ pub mod store;
 
 use std::future::Future;
 
+use listener::{GuardedListener, Plain, PortLimits};
 use proxyfleet_proto::auth::TokenCheck;
 use proxyfleet_proto::v1::coordinator_server::CoordinatorServer;
 use proxyfleet_proto::v1::workers_server::WorkersServer;
@@ -99,7 +102,7 @@ pub async fn run(
         );
     }
 
-    info!(grpc = %grpc.local_addr()?, judge = %judge.local_addr()?, judge_urls = ?config.judge_urls, lease_ttl = ?config.lease_ttl, "coordinator listening");
+    info!(grpc = %grpc.local_addr()?, judge = %judge.local_addr()?, judge_urls = ?config.judge_urls, lease_ttl = ?config.lease_ttl, max_connections = config.max_connections, judge_max_connections = config.judge_max_connections, first_request_timeout = ?config.first_request_timeout, "coordinator listening");
 
     let mut ticker = {
         let state = state.clone();
@@ -157,7 +160,11 @@ pub async fn run(
     };
     let mut judge_task = {
         let mut stop = stop_rx.clone();
-        tokio::spawn(judge::serve(judge, judge_tls, async move {
+        let limits = PortLimits {
+            max_connections: config.judge_max_connections,
+            first_request_timeout: config.first_request_timeout,
+        };
+        tokio::spawn(judge::serve(judge, judge_tls, limits, async move {
             let _ = stop.changed().await;
         }))
     };
@@ -168,27 +175,53 @@ pub async fn run(
             let _ = stop.changed().await;
         }
     };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        let tls =
-            proxyfleet_proto::tls::server_config(&tls.cert, &tls.key, tls.client_ca.as_deref())
-                .map_err(|e| anyhow::anyhow!(e))?;
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| anyhow::anyhow!("TLS settings of the gRPC port: {e}"))?;
-    }
-    let server = builder
+    // TLS is the port's own (not tonic's), so that a handshake runs beside the accept loop and
+    // counts within the first-request deadline, and the deadline can watch the HTTP/2 frames.
+    let grpc_tls = match &config.tls {
+        Some(tls) => Some(listener::grpc_tls(
+            &tls.cert,
+            &tls.key,
+            tls.client_ca.as_deref(),
+        )?),
+        None => None,
+    };
+    let grpc_limits = PortLimits {
+        max_connections: config.max_connections,
+        first_request_timeout: config.first_request_timeout,
+    };
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(coordinator)
-        .add_service(workers)
-        // No Nagle delay: a lease granted right after another must not wait for an ACK.
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            server_stop,
-        );
+        .add_service(workers);
+    let server = async move {
+        match grpc_tls {
+            None => {
+                let incoming = GuardedListener::<_, first_request::H2Scan>::new(
+                    grpc,
+                    Plain,
+                    "grpc",
+                    grpc_limits,
+                );
+                router
+                    .serve_with_incoming_shutdown(incoming, server_stop)
+                    .await
+            }
+            Some(acceptor) => {
+                let incoming = GuardedListener::<_, first_request::H2Scan>::new(
+                    grpc,
+                    acceptor,
+                    "grpc",
+                    grpc_limits,
+                );
+                router
+                    .serve_with_incoming_shutdown(incoming, server_stop)
+                    .await
+            }
+        }
+    };
     let mut server = tokio::spawn(server);
 
     // Supervise: a shutdown request stops everything; any long-lived task ending on its own is a

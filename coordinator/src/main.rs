@@ -17,6 +17,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     proxyfleet_proto::logging::init(&cli.log_format, "info");
+    let open_files = match proxyfleet_proto::net::raise_open_files_limit() {
+        Ok(limit) => {
+            tracing::info!(
+                open_files = limit.soft,
+                hard = limit.hard,
+                was = limit.before,
+                "open files limit"
+            );
+            Some(limit.soft)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open files limit");
+            None
+        }
+    };
     proxyfleet_coordinator::config::check_exposure(
         &cli,
         proxyfleet_coordinator::config::tokens_given(&cli),
@@ -40,6 +55,15 @@ async fn main() -> anyhow::Result<()> {
     let judge = listen(judge_addr)
         .with_context(|| format!("cannot listen on {judge_addr} for the judge (--judge-listen)"))?;
     let config = CoordinatorConfig::from_cli(&cli, judge.local_addr()?)?;
+    if let Some(limit) = open_files.filter(|&l| l < config.open_files_wanted()) {
+        tracing::warn!(
+            open_files = limit,
+            wanted = config.open_files_wanted(),
+            max_connections = config.max_connections,
+            judge_max_connections = config.judge_max_connections,
+            "the open files limit is below what the connection caps allow: when it is reached, accepts pause until connections close (raise ulimit -n or lower the caps)"
+        );
+    }
 
     let judge_tls = match (&cli.judge_tls_cert, &cli.judge_tls_key) {
         (Some(cert), Some(key)) => Some(proxyfleet_coordinator::judge::tls_acceptor(cert, key)?),

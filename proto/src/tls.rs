@@ -1,8 +1,8 @@
-//! TLS settings for the gRPC port, read from PEM files, for the coordinator and its callers.
+//! TLS settings of the gRPC port's callers (clients and workers), read from PEM files.
 
 use std::path::Path;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
@@ -28,23 +28,4 @@ pub fn client_config(
         ));
     }
     Ok(Some(config))
-}
-
-/// The server side: the coordinator's certificate and key, and for mTLS the CA whose
-/// certificates workers must present (clients may connect without one).
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-) -> Result<ServerTlsConfig, String> {
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
-        read(cert, "--tls-cert")?,
-        read(key, "--tls-key")?,
-    ));
-    if let Some(ca) = client_ca {
-        config = config
-            .client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?))
-            .client_auth_optional(true);
-    }
-    Ok(config)
 }

@@ -143,22 +143,28 @@ pub struct CoordinatorProc {
 impl CoordinatorProc {
     /// Starts a coordinator on 127.0.0.1:0 with `--allow-private-targets` and `extra` arguments.
     pub async fn start(extra: &[&str]) -> CoordinatorProc {
-        Self::start_with(extra, true, "127.0.0.1:0", None).await
+        Self::start_with(extra, true, "127.0.0.1:0", None, None).await
+    }
+
+    /// Starts a coordinator on 127.0.0.1:0 that may hold at most `open_files` descriptors: its
+    /// soft and hard limits are both lowered, so that raising the soft one cannot lift it.
+    pub async fn start_with_open_files(extra: &[&str], open_files: u64) -> CoordinatorProc {
+        Self::start_with(extra, true, "127.0.0.1:0", None, Some(open_files)).await
     }
 
     /// Starts a coordinator listening on `listen` (for restarts on a known address).
     pub async fn start_on(listen: &str, extra: &[&str]) -> CoordinatorProc {
-        Self::start_with(extra, true, listen, None).await
+        Self::start_with(extra, true, listen, None, None).await
     }
 
     /// Starts a coordinator on `listen` over the data dir `data` (for crash and restart tests).
     pub async fn start_over(listen: &str, data: &Path, extra: &[&str]) -> CoordinatorProc {
-        Self::start_with(extra, true, listen, Some(data)).await
+        Self::start_with(extra, true, listen, Some(data), None).await
     }
 
     /// Starts a coordinator that refuses private targets, as in production.
     pub async fn start_public(extra: &[&str]) -> CoordinatorProc {
-        Self::start_with(extra, false, "127.0.0.1:0", None).await
+        Self::start_with(extra, false, "127.0.0.1:0", None, None).await
     }
 
     async fn start_with(
@@ -166,6 +172,7 @@ impl CoordinatorProc {
         allow_private: bool,
         listen: &str,
         data: Option<&Path>,
+        open_files: Option<u64>,
     ) -> CoordinatorProc {
         let dir = TempDir::new("coordinator");
         let data = data
@@ -179,6 +186,23 @@ impl CoordinatorProc {
             .env("RUST_LOG", "info");
         if allow_private {
             command.arg("--allow-private-targets");
+        }
+        if let Some(limit) = open_files {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: between fork and exec the closure only calls setrlimit(2), which is
+            // async-signal-safe, on a struct it owns.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         // A fixed gRPC port keeps its judge on the next port across restarts; port 0 picks both.
         if listen.ends_with(":0") {

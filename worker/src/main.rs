@@ -14,6 +14,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     proxyfleet_proto::logging::init(&cli.log_format, "info");
+    // Every check in flight holds a descriptor or two.
+    match proxyfleet_proto::net::raise_open_files_limit() {
+        Ok(limit) => tracing::info!(
+            open_files = limit.soft,
+            hard = limit.hard,
+            was = limit.before,
+            "open files limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open files limit"),
+    }
     let config = WorkerConfig::try_from(cli)?;
     proxyfleet_worker::run(config, shutdown_signal()).await
 }
