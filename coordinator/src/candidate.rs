@@ -366,6 +366,14 @@ enum Shape {
     Page(Vec<u8>),
 }
 
+impl Drop for SourceReader {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give_back(self.taken);
+        }
+    }
+}
+
 /// Largest HTML page read: proxy list pages are far smaller, and a page is read whole.
 pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -405,7 +413,7 @@ impl SourceReader {
     pub fn restart(&mut self) {
         let budget = self.budget.take();
         if let Some(budget) = &budget {
-            budget.give_back(self.taken);
+            budget.give_back(std::mem::take(&mut self.taken));
         }
         *self = SourceReader::new(&self.protocols, self.policy);
         self.budget = budget;
@@ -454,7 +462,8 @@ impl SourceReader {
         self.account();
     }
 
-    /// The candidates of the whole source, or why it was not read to its end.
+    /// The candidates of the whole source, or why it was not read to its end. Only a source read
+    /// to its end keeps its share of the budget; a reader dropped otherwise gives it back.
     pub fn finish(mut self) -> Result<ParsedList, Stop> {
         if let Some(stop) = self.stopped {
             return Err(stop);
@@ -479,7 +488,10 @@ impl SourceReader {
         self.account();
         match self.stopped {
             Some(stop) => Err(stop),
-            None => Ok(self.found.list),
+            None => {
+                self.taken = 0;
+                Ok(std::mem::take(&mut self.found.list))
+            }
         }
     }
 
@@ -502,11 +514,9 @@ impl SourceReader {
                 return;
             }
         }
-        let page = ["<!doctype", "<html"].iter().any(|start| {
-            trimmed
-                .get(..start.len())
-                .is_some_and(|h| h.eq_ignore_ascii_case(start))
-        }) || contains_ignore_case(&text, "<tr")
+        // Markup first (a doctype, a comment, <head>, a table) is a page; no list starts so.
+        let page = trimmed.starts_with('<')
+            || contains_ignore_case(&text, "<tr")
             || contains_ignore_case(&text, "<td");
         if page {
             self.shape = Shape::Page(head);
@@ -1066,8 +1076,34 @@ fn json_string_entries(
 /// Longest single JSON string or number read from a streamed document: longer is no entry, and
 /// the parser would hold all of it.
 const MAX_JSON_TOKEN: usize = 64 * 1024;
-/// Fields of one JSON object kept to tell whether it is an entry; an entry has a handful.
-const MAX_JSON_FIELDS: usize = 64;
+/// Values of one JSON field kept to tell whether its object is an entry (`"protocols": [..]`).
+const MAX_JSON_FIELD_VALUES: usize = 16;
+/// Longest field value kept: hosts, ports, protocol names and credentials are short.
+const MAX_JSON_FIELD_TEXT: usize = 1024;
+
+/// Whether a field of an object is one [`json_entry`] reads; the others are not kept.
+fn entry_field(name: &str) -> bool {
+    [
+        &HOST_KEYS[..],
+        &["port"],
+        &PROTOCOL_KEYS,
+        &TYPE_KEYS,
+        &USER_KEYS,
+        &PASSWORD_KEYS,
+    ]
+    .iter()
+    .flat_map(|keys| keys.iter())
+    .any(|key| key.eq_ignore_ascii_case(name))
+}
+
+/// A scalar short enough to keep for [`json_entry`].
+fn short(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.len() <= MAX_JSON_FIELD_TEXT,
+        Value::Array(_) | Value::Object(_) => false,
+        _ => true,
+    }
+}
 
 /// Reads a JSON document as its bytes arrive, as [`read_json`] reads a whole one: entries are
 /// taken when their object ends, strings of arrays as they come. What it holds is the path from
@@ -1080,7 +1116,7 @@ struct JsonWalk {
     pending: usize,
     /// The document turned out malformed; the rest is not read.
     failed: bool,
-    /// The document is complete; what follows it is not read.
+    /// The input ended and every value in it is read.
     done: bool,
 }
 
@@ -1098,6 +1134,8 @@ impl JsonWalk {
     fn new() -> JsonWalk {
         let options = actson::options::JsonParserOptionsBuilder::default()
             .with_max_depth(256)
+            // Values one after another (NDJSON) are read too.
+            .with_streaming(true)
             .build();
         JsonWalk {
             parser: actson::JsonParser::new_with_options(
@@ -1181,11 +1219,6 @@ impl JsonWalk {
                 }
             };
             self.pending = 0;
-            if matches!(event, JsonEvent::EndObject | JsonEvent::EndArray) && self.frames.len() == 1
-            {
-                // The document's last value ends here; what follows it is not read.
-                self.done = true;
-            }
             let text = || self.parser.current_str().unwrap_or_default().to_string();
             match event {
                 JsonEvent::StartObject => self.frames.push(JsonFrame::Object {
@@ -1204,7 +1237,7 @@ impl JsonWalk {
                 JsonEvent::StartArray => {
                     let field = matches!(
                         self.frames.last(),
-                        Some(JsonFrame::Object { key: Some(_), .. })
+                        Some(JsonFrame::Object { key: Some(name), .. }) if entry_field(name)
                     );
                     self.frames.push(JsonFrame::Array {
                         copy: field.then(Vec::new),
@@ -1237,25 +1270,24 @@ impl JsonWalk {
                 JsonEvent::ValueNull => self.value(Some(Value::Null)),
                 JsonEvent::NeedMoreInput => {}
             }
-            if self.done {
-                return;
-            }
         }
     }
 
-    /// A value ended inside the innermost open array or object: kept where an entry may need it.
+    /// A value ended inside the innermost open array or object: kept where an entry may need it,
+    /// and only there, so an object holds a few short fields whatever the document holds.
     fn value(&mut self, value: Option<Value>) {
         match self.frames.last_mut() {
             Some(JsonFrame::Object { fields, key }) => {
                 if let (Some(name), Some(value)) = (key.take(), value)
-                    && fields.len() < MAX_JSON_FIELDS
+                    && entry_field(&name)
+                    && (short(&value) || value.is_array())
                 {
                     fields.insert(name, value);
                 }
             }
             Some(JsonFrame::Array { copy: Some(copy) }) => {
-                if let Some(value) = value.filter(|v| !v.is_array())
-                    && copy.len() < MAX_JSON_FIELDS
+                if let Some(value) = value.filter(short)
+                    && copy.len() < MAX_JSON_FIELD_VALUES
                 {
                     copy.push(value);
                 }
@@ -1737,12 +1769,37 @@ mod tests {
             found.rejected
         );
         assert_eq!(found.rejected_total, 1);
-        // What follows a complete document is not read.
+        // Values that follow one another (NDJSON) are all read; words after them are not JSON.
         let mut reader = SourceReader::new(&[Protocol::Http], PUBLIC);
         reader.push(good.as_bytes());
-        reader.push(b"\"9.9.9.9:80\"]\n\ntrailing words 5.5.5.5:80\n");
+        reader.push(b"\"9.9.9.9:80\"]\n{\"ip\": \"5.5.5.5\", \"port\": 80, \"note\": {}}\n");
+        reader.push(b"{\"ip\": \"5.5.5.6\", \"port\": 81}\n");
         let found = reader.finish().unwrap();
-        assert_eq!((found.candidates.len(), found.rejected_total), (2, 0));
+        assert_eq!((found.candidates.len(), found.rejected_total), (4, 0));
+        let mut reader = SourceReader::new(&[Protocol::Http], PUBLIC);
+        reader.push(good.as_bytes());
+        reader.push(b"\"9.9.9.9:80\"]\ntrailing words 5.5.5.5:80\n");
+        let found = reader.finish().unwrap();
+        assert_eq!((found.candidates.len(), found.rejected_total), (2, 1));
+        // Fields no entry reads are not kept, however many and however deep.
+        let mut reader = SourceReader::new(&[Protocol::Http], PUBLIC);
+        reader.push(good.as_bytes());
+        let filler = "y".repeat(60_000);
+        for depth in 0..100 {
+            reader.push(format!(r#"{{"a{depth}": "{filler}", "b": [1, 2], "n": "#).as_bytes());
+        }
+        let Shape::Json(walk) = &reader.shape else {
+            panic!("not read as JSON")
+        };
+        let kept: usize = walk
+            .frames
+            .iter()
+            .map(|frame| match frame {
+                JsonFrame::Object { fields, .. } => fields.len(),
+                JsonFrame::Array { copy } => copy.as_ref().map_or(0, Vec::len),
+            })
+            .sum();
+        assert_eq!(kept, 0);
         // An endless string is not held: the walk stops past a token's limit.
         let mut reader = SourceReader::new(&[Protocol::Http], PUBLIC);
         reader.push(good.as_bytes());

@@ -120,11 +120,7 @@ pub struct Cli {
     /// Most connections the built-in judge holds at once; more are closed as they arrive. Every
     /// check in flight on every worker dials the judge: keep it above the fleet's total
     /// --max-checks.
-    #[arg(
-        long,
-        env = "PROXYFLEET_JUDGE_MAX_CONNECTIONS",
-        default_value_t = 8192
-    )]
+    #[arg(long, env = "PROXYFLEET_JUDGE_MAX_CONNECTIONS", default_value_t = 8192)]
     pub judge_max_connections: usize,
 
     /// A connection that has not sent its first request this long after it was accepted (its
@@ -449,7 +445,13 @@ pub fn default_judge_url(addr: SocketAddr) -> String {
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into());
-        format!("http://{host}:{}/judge", addr.port())
+        let url = format!("http://{host}:{}/judge", addr.port());
+        // A host name the URL parser refuses (all digits, say) is no name workers can use.
+        if proxyfleet_proto::url::HttpUrl::parse(&url).is_ok() {
+            url
+        } else {
+            format!("http://localhost:{}/judge", addr.port())
+        }
     } else {
         format!("http://{addr}/judge")
     }

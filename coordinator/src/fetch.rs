@@ -219,8 +219,9 @@ impl Fetcher {
         let mut last = FetchError::Network("not fetched".into());
         for attempt in 0..self.policy.attempts.max(1) {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
+                // What the failed attempt read goes back before the pause, for other sources.
                 reader.restart();
+                tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
             }
             let once = tokio::time::timeout(self.policy.timeout, self.get_once(url, reader)).await;
             match once.unwrap_or_else(|_| {
@@ -245,7 +246,7 @@ impl Fetcher {
         let (response, _driver) = loop {
             let (response, driver) = self.request(&url, hops > 0).await?;
             let status = response.status();
-            if !status.is_redirection() || status == http::StatusCode::NOT_MODIFIED {
+            if !matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
                 break (response, driver);
             }
             if hops == MAX_REDIRECTS {
@@ -258,11 +259,17 @@ impl Fetcher {
                 .get(http::header::LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .ok_or_else(|| {
-                    FetchError::Network(format!("answered {status} without a usable Location"))
+                    FetchError::Refused(format!("answered {status} without a usable Location"))
                 })?;
-            url = url
+            let next = url
                 .join(location)
                 .map_err(|e| FetchError::Refused(format!("redirected to a refused {e}")))?;
+            if url.https && !next.https {
+                return Err(FetchError::Refused(format!(
+                    "{url} redirected to {next}, from https to plain http"
+                )));
+            }
+            url = next;
             hops += 1;
         };
         let status = response.status().as_u16();
@@ -293,9 +300,11 @@ impl Fetcher {
         url: &HttpUrl,
         redirected: bool,
     ) -> Result<(http::Response<hyper::body::Incoming>, Driver), FetchError> {
+        // Each address of the name gets a share of the attempt, at least a few seconds.
+        let each = (self.policy.timeout / 3).max(Duration::from_secs(3));
         let tcp = self
             .guard
-            .connect(&url.host, url.port)
+            .connect(&url.host, url.port, Some(each))
             .await
             .map_err(|e| match e {
                 DialError::Forbidden { .. } if redirected => {

@@ -720,8 +720,19 @@ impl State {
                         candidate::SourceReader::new(&protocols, policy).within(budget.clone());
                     let fetched = match spec.content {
                         Some(text) => {
-                            reader.push(text.as_bytes());
-                            Ok(text.len() as u64)
+                            // In pieces, as a fetched source arrives: the same shapes and limits.
+                            let mut stopped = None;
+                            for piece in text.as_bytes().chunks(64 * 1024) {
+                                reader.push(piece);
+                                stopped = reader.stopped();
+                                if stopped.is_some() {
+                                    break;
+                                }
+                            }
+                            match stopped {
+                                Some(stop) => Err(crate::fetch::FetchError::Stopped(stop)),
+                                None => Ok(text.len() as u64),
+                            }
                         }
                         None => state.inner.fetcher.fetch(&spec.url, spec.trusted, &mut reader).await,
                     };

@@ -34,6 +34,8 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || (first & 0xffc0) == 0xfe80
                 // Site-local, deprecated but still routed inside some networks.
                 || (first & 0xffc0) == 0xfec0
+                // NAT64 for local use (RFC 8215): what it reaches is the network's own choice.
+                || (first == 0x64 && v6.segments()[1] == 0xff9b && v6.segments()[2] == 1)
         }
     }
 }
@@ -51,6 +53,10 @@ fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
         return Some(low);
     }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(low);
+    }
+    // IPv4-translated (SIIT, `::ffff:0:a.b.c.d`).
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
         return Some(low);
     }
     if s[0] == 0x2002 {
@@ -88,6 +94,8 @@ mod tests {
             "::",
             "64:ff9b::7f00:1",
             "2002:7f00:1::",
+            "::ffff:0:127.0.0.1",
+            "64:ff9b:1::808:808",
             "fec0::1",
             "192.0.0.8",
             "198.18.0.1",

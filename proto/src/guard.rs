@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
@@ -32,7 +33,7 @@ impl fmt::Display for DialError {
         match self {
             DialError::Forbidden { host } => write!(
                 f,
-                "{host} is a loopback, private or link-local address, which this coordinator does not allow (start it with --allow-private-targets in a lab)"
+                "{host} is a loopback, private or link-local address, which the coordinator does not allow (start it with --allow-private-targets in a lab)"
             ),
             DialError::Resolve { host, error } => write!(f, "cannot resolve {host}: {error}"),
             DialError::Connect(e) => write!(f, "cannot connect: {e}"),
@@ -93,24 +94,49 @@ impl Guard {
         Ok(allowed)
     }
 
-    /// Resolves `host` and connects to the first allowed address that answers.
-    pub async fn connect(self, host: &str, port: u16) -> Result<TcpStream, DialError> {
+    /// Resolves `host` and connects to the first allowed address that answers, giving each
+    /// address at most `each`.
+    pub async fn connect(
+        self,
+        host: &str,
+        port: u16,
+        each: Option<Duration>,
+    ) -> Result<TcpStream, DialError> {
         let addrs = self.resolve(host, port).await?;
-        self.connect_to(&addrs).await.map_err(DialError::Connect)
+        self.connect_to(&addrs, each)
+            .await
+            .map_err(DialError::Connect)
     }
 
-    /// Connects to the first of `addrs` that answers, checking each right before it is dialled;
-    /// refused ones are skipped.
-    pub async fn connect_to(self, addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
+    /// Connects to the first of `addrs` that answers, checking each right before it is dialled
+    /// (refused ones are skipped) and giving each at most `each`, so one address that drops SYNs
+    /// does not hide the others.
+    pub async fn connect_to(
+        self,
+        addrs: &[SocketAddr],
+        each: Option<Duration>,
+    ) -> std::io::Result<TcpStream> {
         let mut last = std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
-            "no address this coordinator allows",
+            "no address the coordinator allows",
         );
         for addr in addrs {
             if !self.permits(addr.ip()) {
                 continue;
             }
-            match TcpStream::connect(addr).await {
+            let attempt = TcpStream::connect(addr);
+            let outcome = match each {
+                Some(limit) => tokio::time::timeout(limit, attempt)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("{addr} did not answer within {limit:?}"),
+                        ))
+                    }),
+                None => attempt.await,
+            };
+            match outcome {
                 Ok(stream) => return Ok(stream),
                 Err(e) => last = e,
             }
@@ -129,24 +155,27 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let closed = Guard::new(false);
         for host in ["127.0.0.1", "[::1]", "::ffff:127.0.0.1", "localhost"] {
-            let err = closed.connect(host, port).await.unwrap_err();
+            let err = closed.connect(host, port, None).await.unwrap_err();
             assert!(matches!(err, DialError::Forbidden { .. }), "{host}: {err}");
             assert!(err.to_string().contains("--allow-private-targets"), "{err}");
         }
         // Every spelling the resolver understands still ends at the address check.
         for host in ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "0"] {
-            match closed.connect(host, port).await {
+            match closed.connect(host, port, None).await {
                 Err(DialError::Forbidden { .. } | DialError::Resolve { .. }) => {}
                 other => panic!("{host}: {other:?}"),
             }
         }
         let addr = listener.local_addr().unwrap();
         assert_eq!(
-            closed.connect_to(&[addr]).await.unwrap_err().kind(),
+            closed.connect_to(&[addr], None).await.unwrap_err().kind(),
             std::io::ErrorKind::PermissionDenied
         );
         let open = Guard::new(true);
-        let (dialled, accepted) = tokio::join!(open.connect("127.0.0.1", port), listener.accept());
+        let (dialled, accepted) = tokio::join!(
+            open.connect("127.0.0.1", port, Some(Duration::from_secs(5))),
+            listener.accept()
+        );
         assert_eq!(dialled.unwrap().local_addr().unwrap(), accepted.unwrap().1);
     }
 

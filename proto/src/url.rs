@@ -10,6 +10,9 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// Longest URL taken: judges and sources are addresses, not documents.
+pub const MAX_URL_LEN: usize = 2048;
+
 /// An http(s) URL split once: scheme, host, port, and path with query.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HttpUrl {
@@ -42,6 +45,9 @@ impl HttpUrl {
             url: shorten(url),
             why: why.to_string(),
         };
+        if url.len() > MAX_URL_LEN {
+            return Err(fail("is longer than 2048 bytes"));
+        }
         if url
             .chars()
             .any(|c| c.is_ascii_control() || c.is_whitespace() || c == '\\')
@@ -136,34 +142,84 @@ impl HttpUrl {
         format!("{}{sep}token={token}", self.path)
     }
 
-    /// Where a redirect's `Location` points, from this URL: absolute, scheme-relative,
-    /// path-absolute or relative to this URL's directory. Parsed as strictly as any URL.
+    /// Where a redirect's `Location` points, from this URL, resolved as RFC 3986 resolves a
+    /// reference: absolute, scheme-relative, path-absolute, query-only or relative to this URL's
+    /// directory, dot segments removed. Parsed as strictly as any URL.
     pub fn join(&self, location: &str) -> Result<HttpUrl, UrlError> {
+        let location = location.split('#').next().unwrap_or("");
         let scheme = if self.https { "https" } else { "http" };
-        let lower = location
-            .get(..8)
-            .map(str::to_ascii_lowercase)
-            .unwrap_or_default();
-        if lower.starts_with("http://") || lower.starts_with("https://") {
+        if has_scheme(location) {
             return HttpUrl::parse(location);
         }
         if location.starts_with("//") {
             return HttpUrl::parse(&format!("{scheme}:{location}"));
         }
-        if location.contains("://") {
-            return Err(UrlError {
-                url: shorten(location),
-                why: "must start with http:// or https://".into(),
-            });
-        }
         let base = format!("{scheme}://{}", self.authority());
-        if location.starts_with('/') {
-            return HttpUrl::parse(&format!("{base}{location}"));
+        let (own_path, own_query) = match self.path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (self.path.as_str(), None),
+        };
+        let (path, query) = match location.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (location, None),
+        };
+        let merged = if path.is_empty() {
+            own_path.to_string()
+        } else if path.starts_with('/') {
+            path.to_string()
+        } else {
+            let dir = &own_path[..own_path.rfind('/').map_or(0, |i| i + 1)];
+            format!("{dir}{path}")
+        };
+        let query = match (path.is_empty(), query) {
+            (_, Some(query)) => Some(query),
+            (true, None) => own_query,
+            (false, None) => None,
+        };
+        let mut url = format!("{base}{}", remove_dot_segments(&merged));
+        if let Some(query) = query {
+            url.push('?');
+            url.push_str(query);
         }
-        let path = self.path.split('?').next().unwrap_or("/");
-        let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
-        HttpUrl::parse(&format!("{base}{dir}{location}"))
+        HttpUrl::parse(&url)
     }
+}
+
+/// Whether a reference starts with a scheme (`name:`), as opposed to a path that holds a colon
+/// further on (`/web/2024/https://...`).
+fn has_scheme(reference: &str) -> bool {
+    let Some(colon) = reference.find(':') else {
+        return false;
+    };
+    let name = &reference[..colon];
+    name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+/// A path with `.` and `..` segments resolved (RFC 3986, 5.2.4); never above the root.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if last {
+                    out.push("");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 impl fmt::Display for HttpUrl {
@@ -315,8 +371,23 @@ mod tests {
         assert_eq!(at("next.txt"), "http://lists.test:8080/a/b/next.txt");
         assert_eq!(at("//mirror.test/l"), "http://mirror.test/l");
         assert_eq!(at("https://mirror.test/l"), "https://mirror.test/l");
+        assert_eq!(at("?page=2"), "http://lists.test:8080/a/b/list.txt?page=2");
+        assert_eq!(at(""), "http://lists.test:8080/a/b/list.txt?x");
+        assert_eq!(at("#top"), "http://lists.test:8080/a/b/list.txt?x");
+        assert_eq!(at("../x"), "http://lists.test:8080/a/x");
+        assert_eq!(at("../../../x"), "http://lists.test:8080/x");
+        assert_eq!(at("./"), "http://lists.test:8080/a/b/");
+        assert_eq!(
+            at("/web/2024/https://example.net/list.txt"),
+            "http://lists.test:8080/web/2024/https://example.net/list.txt"
+        );
+        assert_eq!(
+            at("login?next=https://x.test/"),
+            "http://lists.test:8080/a/b/login?next=https://x.test/"
+        );
         assert!(base.join("http://2130706433/").is_err());
         assert!(base.join("gopher://x/").is_err());
         assert!(base.join("/x\\@y").is_err());
+        assert!(HttpUrl::parse(&format!("http://x.test/{}", "a".repeat(MAX_URL_LEN))).is_err());
     }
 }

@@ -264,7 +264,7 @@ impl Checker {
         let token = new_token();
         let work = async {
             let tcp = guard
-                .connect(&judge.host, judge.port)
+                .connect(&judge.host, judge.port, Some(timeout / 2))
                 .await
                 .map_err(|e| e.to_string())?;
             let request = dial::judge_request(judge, &token, false, None);
@@ -341,16 +341,20 @@ impl Checker {
                 return Outcome::Network(format!("cannot resolve the proxy host {}", target.host));
             }
         };
-        let mut tcp =
-            match tokio::time::timeout(limits.connect_timeout, guard.connect_to(&addrs)).await {
-                Err(_) => return Outcome::Timeout,
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    return Outcome::Refused;
-                }
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => return Outcome::Timeout,
-                Ok(Err(e)) => return Outcome::Network(format!("cannot connect to the proxy: {e}")),
-                Ok(Ok(tcp)) => tcp,
-            };
+        let mut tcp = match tokio::time::timeout(
+            limits.connect_timeout,
+            guard.connect_to(&addrs, None),
+        )
+        .await
+        {
+            Err(_) => return Outcome::Timeout,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Outcome::Refused;
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => return Outcome::Timeout,
+            Ok(Err(e)) => return Outcome::Network(format!("cannot connect to the proxy: {e}")),
+            Ok(Ok(tcp)) => tcp,
+        };
         *connect = started.elapsed();
         let _ = tcp.set_nodelay(true);
         let auth = target.auth.as_ref();
