@@ -56,6 +56,15 @@ fn from_status(status: tonic::Status, coordinator: &str) -> Failure {
             EXIT_BAD_INPUT,
             format!("error: the coordinator refused us: {}", status.message()),
         ),
+        // The coordinator's own answer (a transport failure carries its cause as the source): it
+        // is up but cannot serve this now, e.g. its store cannot be written; it says what to do.
+        Code::Unavailable if std::error::Error::source(&status).is_none() => Failure::new(
+            EXIT_UNREACHABLE,
+            format!(
+                "error: the coordinator at {coordinator}: {}",
+                status.message()
+            ),
+        ),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
             Failure::new(
                 EXIT_UNREACHABLE,
@@ -629,6 +638,30 @@ mod tests {
         assert_eq!(
             from_status(tonic::Status::unavailable("x"), "u").code,
             EXIT_UNREACHABLE
+        );
+    }
+
+    #[test]
+    fn a_refusal_by_the_coordinator_is_told_apart_from_losing_it() {
+        let refused = from_status(
+            tonic::Status::unavailable("cannot write its store: database or disk is full"),
+            "http://c",
+        );
+        assert_eq!(refused.code, EXIT_UNREACHABLE);
+        assert_eq!(
+            refused.message,
+            "error: the coordinator at http://c: cannot write its store: database or disk is full"
+        );
+        let mut lost = tonic::Status::unavailable("connection reset");
+        lost.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        let lost = from_status(lost, "http://c");
+        assert_eq!(lost.code, EXIT_UNREACHABLE);
+        assert!(
+            lost.message.contains("lost the coordinator"),
+            "{}",
+            lost.message
         );
     }
 

@@ -14,7 +14,7 @@ use tracing::debug;
 
 use crate::convert;
 use crate::scheduler::{Hello, JobError, SourceSpec, UsableFilter};
-use crate::state::{State, SubmitError, SubmitRequest};
+use crate::state::{CommitError, State, SubmitError, SubmitRequest};
 
 /// Results are streamed in pages of this many proxies.
 const RESULTS_PAGE: usize = 1_000;
@@ -42,6 +42,29 @@ impl From<SubmitError> for Status {
             _ => Status::invalid_argument(e.to_string()),
         }
     }
+}
+
+/// What the client is told when the job it submitted is not known to be durable: UNAVAILABLE,
+/// as the coordinator stops on a failed store and the job may be submitted again once it is back.
+fn submission_not_kept(e: CommitError) -> Status {
+    Status::unavailable(match e {
+        CommitError::StoreFailed(_) => {
+            format!("the job was not kept and has no id: {e}, then submit again")
+        }
+        CommitError::TimedOut(_) => format!(
+            "the job has no id yet: {e}; it may still be kept: look with `proxyfleet jobs` before you submit again"
+        ),
+    })
+}
+
+/// What the client is told when its cancel is not known to be durable.
+fn cancel_not_kept(e: CommitError) -> Status {
+    Status::unavailable(match e {
+        CommitError::StoreFailed(_) => format!("the cancel was not kept: {e}, then cancel again"),
+        CommitError::TimedOut(_) => format!(
+            "the cancel is not confirmed: {e}; it may still take effect: look at the job before you cancel again"
+        ),
+    })
 }
 
 fn require_job_id(job_id: &str) -> Result<&str, Status> {
@@ -187,6 +210,11 @@ impl Coordinator for CoordinatorService {
         let submitted = tokio::task::spawn_blocking(move || state.submit(request))
             .await
             .map_err(|e| Status::internal(format!("the submission failed: {e}")))??;
+        // No id is given out for a job the store may not have.
+        self.state
+            .committed(submitted.commit)
+            .await
+            .map_err(submission_not_kept)?;
         Ok(Response::new(pb::SubmitJobResponse {
             job_id: submitted.snapshot.id.clone(),
             job: Some(convert::job_to_proto(&submitted.snapshot)),
@@ -274,7 +302,11 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let r = request.into_inner();
-        let snapshot = self.state.cancel(require_job_id(&r.job_id)?)?;
+        let (snapshot, commit) = self.state.cancel(require_job_id(&r.job_id)?)?;
+        self.state
+            .committed(commit)
+            .await
+            .map_err(cancel_not_kept)?;
         Ok(Response::new(convert::job_to_proto(&snapshot)))
     }
 
@@ -460,5 +492,39 @@ impl Workers for WorkersService {
             state.close_session(session, why);
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_not_kept_is_refused_without_an_id_saying_what_to_do() {
+        let full = submission_not_kept(CommitError::StoreFailed(
+            "the coordinator cannot write its store in /data: database or disk is full; free space there and start the coordinator again".into(),
+        ));
+        assert_eq!(full.code(), tonic::Code::Unavailable);
+        assert!(
+            full.message().contains("has no id")
+                && full.message().contains("database or disk is full")
+                && full.message().ends_with("then submit again"),
+            "{}",
+            full.message()
+        );
+        let slow = submission_not_kept(CommitError::TimedOut(Duration::from_secs(60)));
+        assert_eq!(slow.code(), tonic::Code::Unavailable);
+        assert!(
+            slow.message().contains("within 60s") && slow.message().contains("proxyfleet jobs"),
+            "{}",
+            slow.message()
+        );
+        let cancel = cancel_not_kept(CommitError::StoreFailed("disk gone".into()));
+        assert_eq!(cancel.code(), tonic::Code::Unavailable);
+        assert!(
+            cancel.message().contains("cancel again"),
+            "{}",
+            cancel.message()
+        );
     }
 }

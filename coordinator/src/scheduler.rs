@@ -510,6 +510,8 @@ pub struct JobRecord {
     /// Sources not fetched yet (a job still queued or scraping).
     pub source_specs: Vec<SourceSpec>,
     pub dropped: BTreeMap<String, u64>,
+    /// How many candidates the job holds; the store checks its candidate rows against it.
+    pub candidate_count: u64,
 }
 
 /// What the store keeps of a chunk: its range follows from the job's chunk size.
@@ -1847,6 +1849,7 @@ fn job_record(job: &Job) -> JobRecord {
         sources: job.sources.clone(),
         source_specs: job.source_specs.clone(),
         dropped: job.dropped.clone(),
+        candidate_count: job.candidates.len() as u64,
     }
 }
 

@@ -51,10 +51,11 @@ struct Inner {
     last_prune: Mutex<Instant>,
     /// Ids that lease events are logged with; kept by `deliver` and the session calls.
     log_ids: Mutex<LogIds>,
-    /// Writes handed to the store writer so far, and how many of them are committed: a job's end
-    /// is shown to watchers only once every record before it is durable.
+    /// Writes handed to the store writer so far (taken under the scheduler lock), and how many of
+    /// them are committed (set by the writer): a job's end is shown to watchers, and a submission
+    /// or cancel answered, only once every record before it is durable.
     journal_seq: AtomicU64,
-    durable_seq: AtomicU64,
+    durable_seq: watch::Sender<u64>,
     /// The write that carried each ended job's last record, until its end is published.
     end_seqs: Mutex<HashMap<String, u64>>,
 }
@@ -116,6 +117,29 @@ pub struct Submitted {
     pub snapshot: JobSnapshot,
     pub rejected: Vec<Rejected>,
     pub duplicates: u64,
+    /// The write that carries the job; its id may be given out once this is committed.
+    pub(crate) commit: Commit,
+}
+
+/// A position in the store's journal: every change made up to some call. [`State::committed`]
+/// waits until it is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Commit(u64);
+
+/// The most an answer waits for the store to commit what it reports.
+const COMMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// Why what a request did is not known to be durable; nothing may be acknowledged then.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CommitError {
+    /// The store failed (the coordinator stops on it): the write was rolled back.
+    #[error("{0}")]
+    StoreFailed(String),
+    #[error(
+        "the store did not commit it within {}s (is the disk of the data dir stuck?)",
+        .0.as_secs()
+    )]
+    TimedOut(Duration),
 }
 
 /// Why a submission was refused.
@@ -224,7 +248,7 @@ impl State {
                 last_prune: Mutex::new(now),
                 log_ids: Mutex::new(LogIds::default()),
                 journal_seq: AtomicU64::new(0),
-                durable_seq: AtomicU64::new(0),
+                durable_seq: watch::channel(0).0,
                 end_seqs: Mutex::new(HashMap::new()),
             }),
         };
@@ -275,7 +299,7 @@ impl State {
                 return;
             }
             if let Some(seq) = committed_seq {
-                self.inner.durable_seq.store(seq, Ordering::Release);
+                self.inner.durable_seq.send_replace(seq);
             }
             self.deliver(acks);
             if job_ended {
@@ -306,6 +330,35 @@ impl State {
     /// What the metrics endpoint shows.
     pub fn metrics(&self) -> crate::scheduler::Metrics {
         lock(&self.inner.scheduler).metrics()
+    }
+
+    /// Waits until `commit` is durable, at most [`COMMIT_WAIT`]; fails if the store fails first.
+    pub(crate) async fn committed(&self, commit: Commit) -> Result<(), CommitError> {
+        self.committed_within(commit, COMMIT_WAIT).await
+    }
+
+    async fn committed_within(&self, commit: Commit, limit: Duration) -> Result<(), CommitError> {
+        let mut durable = self.inner.durable_seq.subscribe();
+        let mut failure = self.inner.store_failure.subscribe();
+        let wait = async {
+            // Durable first: a write committed before a later one failed stays committed.
+            tokio::select! {
+                biased;
+                done = durable.wait_for(|&seq| seq >= commit.0) => match done {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(CommitError::StoreFailed("the store writer is gone".into())),
+                },
+                failed = failure.wait_for(Option::is_some) => Err(CommitError::StoreFailed(
+                    failed
+                        .ok()
+                        .and_then(|f| f.clone())
+                        .unwrap_or_else(|| "the store writer is gone".into()),
+                )),
+            }
+        };
+        tokio::time::timeout(limit, wait)
+            .await
+            .unwrap_or(Err(CommitError::TimedOut(limit)))
     }
 
     /// Completes with the store's error, if it ever fails.
@@ -342,6 +395,15 @@ impl State {
     /// Runs `f` on the scheduler, hands its changes to the store and delivers what it sends to
     /// workers; a lease's completion is acknowledged only once its verdicts are durable.
     fn with_scheduler<R>(&self, f: impl FnOnce(&mut Scheduler) -> (R, Vec<Outbound>)) -> R {
+        self.with_scheduler_journaled(f).0
+    }
+
+    /// [`State::with_scheduler`], also returning the journal position that covers every change
+    /// made so far, this call's included: an answer that reports them waits for it.
+    fn with_scheduler_journaled<R>(
+        &self,
+        f: impl FnOnce(&mut Scheduler) -> (R, Vec<Outbound>),
+    ) -> (R, Commit) {
         let mut scheduler = lock(&self.inner.scheduler);
         let (r, out) = f(&mut scheduler);
         let records = scheduler.take_journal();
@@ -369,9 +431,11 @@ impl State {
                 let _ = tx.send(op);
             }
         }
+        // Read under the scheduler lock: nothing later than this call is counted in.
+        let commit = Commit(self.inner.journal_seq.load(Ordering::Acquire));
         // Delivered under the scheduler lock so a session's messages keep the scheduler's order.
         self.deliver(out);
-        r
+        (r, commit)
     }
 
     fn deliver(&self, out: Vec<Outbound>) {
@@ -520,7 +584,7 @@ impl State {
             sources: request.sources,
             dropped,
         };
-        let snapshot = self.with_scheduler(|s| {
+        let (snapshot, commit) = self.with_scheduler_journaled(|s| {
             let out = s.submit(new, now, wall_ms());
             let snapshot = s.snapshot(&id, false, now).expect("just submitted");
             // The channel exists before the lock is released, so no later change can miss it.
@@ -535,6 +599,7 @@ impl State {
             snapshot,
             rejected: parsed.rejected,
             duplicates: parsed.duplicates,
+            commit,
         })
     }
 
@@ -804,15 +869,17 @@ impl State {
             .collect()
     }
 
-    pub fn cancel(&self, job_id: &str) -> Result<JobSnapshot, JobError> {
-        let snapshot =
-            self.with_scheduler(|s| match s.cancel(job_id, Instant::now(), wall_ms()) {
+    /// Cancels a job; the snapshot may be reported once the returned commit is durable.
+    pub(crate) fn cancel(&self, job_id: &str) -> Result<(JobSnapshot, Commit), JobError> {
+        let (snapshot, commit) =
+            self.with_scheduler_journaled(|s| match s.cancel(job_id, Instant::now(), wall_ms()) {
                 Ok((snap, out)) => (Ok(snap), out),
                 Err(e) => (Err(e), Vec::new()),
-            })?;
+            });
+        let snapshot = snapshot?;
         info!(job_id, "job cancel requested");
         self.publish();
-        Ok(snapshot)
+        Ok((snapshot, commit))
     }
 
     pub fn workers(&self) -> Vec<crate::scheduler::WorkerSnapshot> {
@@ -1012,7 +1079,7 @@ impl State {
             let progress = lock(&self.inner.progress);
             let now = Instant::now();
             let mut ended = Vec::new();
-            let durable_seq = self.inner.durable_seq.load(Ordering::Acquire);
+            let durable_seq = *self.inner.durable_seq.borrow();
             let mut end_seqs = lock(&self.inner.end_seqs);
             for id in scheduler.take_dirty() {
                 let Ok(snapshot) = scheduler.snapshot(&id, false, now) else {
@@ -1120,14 +1187,7 @@ mod tests {
         SessionId,
         mpsc::UnboundedReceiver<Result<pb::CoordinatorMessage, tonic::Status>>,
     ) {
-        let dir = std::env::temp_dir().join(format!(
-            "proxyfleet-state-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        let mut config = CoordinatorConfig::new(dir, vec!["http://127.0.0.1:9/judge".into()]);
-        config.allow_private_targets = true;
-        let state = State::new(config.validate().unwrap()).unwrap();
+        let state = fresh_state();
         let lines = (1..=20).map(|i| (i, format!("127.0.0.{i}:80"))).collect();
         state
             .submit(SubmitRequest {
@@ -1147,6 +1207,84 @@ mod tests {
         };
         let session = state.open_session(hello, tx);
         (state, session, rx)
+    }
+
+    /// A coordinator state over a fresh data dir, taking private candidates.
+    fn fresh_state() -> State {
+        let dir = std::env::temp_dir().join(format!(
+            "proxyfleet-state-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let mut config = CoordinatorConfig::new(dir, vec!["http://127.0.0.1:9/judge".into()]);
+        config.allow_private_targets = true;
+        State::new(config.validate().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_submission_and_a_cancel_are_answered_once_the_store_has_them() {
+        let state = fresh_state();
+        let lines = (0..5_000u64)
+            .map(|i| (i + 1, format!("127.0.{}.{}:80", i / 250, i % 250 + 1)))
+            .collect();
+        let submitted = state
+            .submit(SubmitRequest {
+                lines,
+                ..SubmitRequest::default()
+            })
+            .unwrap();
+        let id = submitted.snapshot.id.clone();
+        state.committed(submitted.commit).await.unwrap();
+        // Another reader of the data dir, as a restart after kill -9 would be, has the job whole.
+        let stored = |id: &str| {
+            let (jobs, _) = Store::open(&state.config().data_dir)
+                .unwrap()
+                .load()
+                .unwrap();
+            jobs.into_iter().find(|j| j.record.id == id)
+        };
+        let job = stored(&id).expect("the acknowledged job is stored");
+        assert_eq!(job.candidates.len(), 5_000);
+
+        let (snapshot, commit) = state.cancel(&id).unwrap();
+        assert_eq!(snapshot.state, JobState::Cancelled);
+        state.committed(commit).await.unwrap();
+        assert_eq!(stored(&id).unwrap().record.state, JobState::Cancelled);
+        // A second cancel reports the same end, which is already durable.
+        let (_, again) = state.cancel(&id).unwrap();
+        state.committed(again).await.unwrap();
+        state.close_store();
+        let _ = std::fs::remove_dir_all(&state.config().data_dir);
+    }
+
+    #[tokio::test]
+    async fn a_failed_store_refuses_what_it_did_not_commit() {
+        let state = fresh_state();
+        state
+            .inner
+            .store_failure
+            .send_replace(Some("database or disk is full".into()));
+        let err = state.committed(Commit(u64::MAX)).await.unwrap_err();
+        assert!(
+            matches!(&err, CommitError::StoreFailed(e) if e == "database or disk is full"),
+            "{err:?}"
+        );
+        // What was committed before the failure stays acknowledged.
+        state.committed(Commit(0)).await.unwrap();
+        state.close_store();
+        let _ = std::fs::remove_dir_all(&state.config().data_dir);
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_does_not_come_is_not_waited_for_forever() {
+        let state = fresh_state();
+        let err = state
+            .committed_within(Commit(u64::MAX), Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CommitError::TimedOut(_)), "{err:?}");
+        state.close_store();
+        let _ = std::fs::remove_dir_all(&state.config().data_dir);
     }
 
     proptest! {

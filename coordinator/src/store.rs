@@ -22,7 +22,21 @@ pub enum StoreError {
         "the database {path} is unreadable or corrupt ({error}); the coordinator will not start over it: move it away to start empty, or restore a backup"
     )]
     Corrupt { path: String, error: String },
-    #[error("cannot write the database {path}: {error}")]
+    #[error(
+        "the database {path} does not hold job {job_id} whole: {problem}; the coordinator will not start over it, as later verdicts would land on the wrong candidates: restore a backup of the data dir, or move {path} away to start empty"
+    )]
+    Inconsistent {
+        path: String,
+        job_id: String,
+        problem: String,
+    },
+    #[error(
+        "the coordinator cannot write its store in {dir}: database or disk is full; free space there and start the coordinator again"
+    )]
+    Full { dir: String },
+    #[error(
+        "the coordinator cannot write its store {path}: {error}; check the disk of the data dir and start the coordinator again"
+    )]
     Write { path: String, error: String },
     #[error("cannot open the database {path}: {error}; pass a writable --data-dir")]
     Open { path: String, error: String },
@@ -48,7 +62,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     handed_back INTEGER NOT NULL,
     sources TEXT NOT NULL,
     source_specs TEXT NOT NULL,
-    dropped TEXT NOT NULL
+    dropped TEXT NOT NULL,
+    candidates INTEGER
 );
 CREATE TABLE IF NOT EXISTS candidates (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, url TEXT NOT NULL,
@@ -97,14 +112,20 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(corrupt)?;
         conn.execute_batch(SCHEMA).map_err(corrupt)?;
+        // A store from before jobs recorded their candidate count: NULL there, not checked.
+        let counted = conn
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'candidates'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(corrupt)?;
+        if !counted {
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN candidates INTEGER")
+                .map_err(corrupt)?;
+        }
         Ok(Store { conn, path })
     }
 
-    fn write_error(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Write {
-            path: self.path.display().to_string(),
-            error: e.to_string(),
-        }
+    fn write_error(&self, e: rusqlite::Error) -> StoreError {
+        write_error(&self.path, e)
     }
 
     /// Every job, oldest first, and the lease-id high-water mark.
@@ -126,7 +147,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT id, name, settings, state, reason, created_ms, ended_ms, reassignments,
-                        stale_refused, handed_back, sources, source_specs, dropped
+                        stale_refused, handed_back, sources, source_specs, dropped, candidates
                  FROM jobs ORDER BY rowid",
             )
             .map_err(corrupt)?;
@@ -146,6 +167,7 @@ impl Store {
                     r.get::<_, String>(10)?,
                     r.get::<_, String>(11)?,
                     r.get::<_, String>(12)?,
+                    r.get::<_, Option<i64>>(13)?,
                 ))
             })
             .map_err(corrupt)?;
@@ -164,12 +186,13 @@ impl Store {
                 sources,
                 specs,
                 dropped,
+                count,
             ) = row.map_err(corrupt)?;
             let bad = |what: &str| StoreError::Corrupt {
                 path: self.path.display().to_string(),
                 error: format!("job {id}: unreadable {what}"),
             };
-            let record = JobRecord {
+            let mut record = JobRecord {
                 settings: settings_from_json(&settings).ok_or_else(|| bad("settings"))?,
                 state: state_from_name(&state).ok_or_else(|| bad("state"))?,
                 name,
@@ -182,11 +205,27 @@ impl Store {
                 sources: sources_from_json(&sources).ok_or_else(|| bad("sources"))?,
                 source_specs: specs_from_json(&specs).ok_or_else(|| bad("source specs"))?,
                 dropped: serde_json::from_str(&dropped).map_err(|_| bad("dropped counts"))?,
+                candidate_count: 0,
                 id: id.clone(),
             };
-            let candidates = self.candidates(&id)?;
+            let (indexes, candidates) = self.candidates(&id)?;
             let verdicts = self.verdicts(&id)?;
             let chunks = self.chunks(&id)?;
+            let rows = JobRows {
+                recorded: count,
+                candidates: indexes,
+                verdicts: verdicts.iter().map(|v| i64::from(v.index)).collect(),
+                chunks: chunks.iter().map(|c| i64::from(c.chunk_id)).collect(),
+                chunk_size: record.settings.chunk_size,
+            };
+            if let Some(problem) = rows_problem(&rows) {
+                return Err(StoreError::Inconsistent {
+                    path: self.path.display().to_string(),
+                    job_id: id,
+                    problem,
+                });
+            }
+            record.candidate_count = candidates.len() as u64;
             jobs.push(StoredJob {
                 record,
                 candidates,
@@ -197,21 +236,28 @@ impl Store {
         Ok((jobs, lease_floor))
     }
 
-    fn candidates(&self, job_id: &str) -> Result<Vec<crate::candidate::Candidate>, StoreError> {
+    /// A job's candidates in order, with the index each is stored under.
+    fn candidates(
+        &self,
+        job_id: &str,
+    ) -> Result<(Vec<i64>, Vec<crate::candidate::Candidate>), StoreError> {
         let corrupt = |e: String| StoreError::Corrupt {
             path: self.path.display().to_string(),
             error: format!("job {job_id}: {e}"),
         };
         let mut statement = self
             .conn
-            .prepare("SELECT url FROM candidates WHERE job_id = ?1 ORDER BY idx")
+            .prepare("SELECT idx, url FROM candidates WHERE job_id = ?1 ORDER BY idx")
             .map_err(|e| corrupt(e.to_string()))?;
-        let urls = statement
-            .query_map([job_id], |r| r.get::<_, String>(0))
+        let rows = statement
+            .query_map([job_id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
             .map_err(|e| corrupt(e.to_string()))?;
+        let mut indexes = Vec::new();
         let mut out = Vec::new();
-        for url in urls {
-            let url = url.map_err(|e| corrupt(e.to_string()))?;
+        for row in rows {
+            let (index, url) = row.map_err(|e| corrupt(e.to_string()))?;
             // Validated at submit; here only read back, whatever the target policy is now.
             let mut parsed = candidate::parse_line(
                 &url,
@@ -224,9 +270,10 @@ impl Store {
             if parsed.len() != 1 {
                 return Err(corrupt(format!("candidate {url:?} is not one proxy")));
             }
+            indexes.push(index);
             out.push(parsed.remove(0));
         }
-        Ok(out)
+        Ok((indexes, out))
     }
 
     fn verdicts(&self, job_id: &str) -> Result<Vec<Verdict>, StoreError> {
@@ -282,14 +329,10 @@ impl Store {
 
     /// Writes `records` in one transaction, with the lease-id high-water mark.
     pub fn write(&mut self, records: &[Record], next_lease: u64) -> Result<(), StoreError> {
-        let path = self.path.display().to_string();
-        let write_error = |e: rusqlite::Error| StoreError::Write {
-            path: path.clone(),
-            error: e.to_string(),
-        };
-        let tx = self.conn.transaction().map_err(write_error)?;
-        write_records(&tx, records, next_lease).map_err(write_error)?;
-        tx.commit().map_err(write_error)
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| write_error(&path, e))?;
+        write_records(&tx, records, next_lease).map_err(|e| write_error(&path, e))?;
+        tx.commit().map_err(|e| write_error(&path, e))
     }
 
     /// Deletes every job that ended before `before_ms`; returns their ids.
@@ -305,27 +348,87 @@ impl Store {
             rows.collect::<Result<_, _>>()
                 .map_err(|e| self.write_error(e))?
         };
-        let path = self.path.display().to_string();
-        let tx = self.conn.transaction().map_err(|e| StoreError::Write {
-            path: path.clone(),
-            error: e.to_string(),
-        })?;
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| write_error(&path, e))?;
         for id in &ids {
             for table in ["jobs", "candidates", "verdicts", "chunks"] {
                 let column = if table == "jobs" { "id" } else { "job_id" };
                 tx.execute(&format!("DELETE FROM {table} WHERE {column} = ?1"), [id])
-                    .map_err(|e| StoreError::Write {
-                        path: path.clone(),
-                        error: e.to_string(),
-                    })?;
+                    .map_err(|e| write_error(&path, e))?;
             }
         }
-        tx.commit().map_err(|e| StoreError::Write {
-            path: path.clone(),
-            error: e.to_string(),
-        })?;
+        tx.commit().map_err(|e| write_error(&path, e))?;
         Ok(ids)
     }
+}
+
+/// A failed write, told apart when it is the disk being full: the one cause an operator fixes
+/// by freeing space.
+fn write_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return StoreError::Full {
+            dir: path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .display()
+                .to_string(),
+        };
+    }
+    StoreError::Write {
+        path: path.display().to_string(),
+        error: e.to_string(),
+    }
+}
+
+/// A job's rows as the store holds them, reduced to the numbers that must agree.
+#[derive(Debug, Default)]
+struct JobRows {
+    /// The candidate count the job's row records; None in a store written before it was kept.
+    recorded: Option<i64>,
+    /// Index of every candidate row, ascending.
+    candidates: Vec<i64>,
+    /// Candidate index of every verdict row.
+    verdicts: Vec<i64>,
+    /// Id of every chunk row.
+    chunks: Vec<i64>,
+    chunk_size: u32,
+}
+
+/// Why a job's rows do not add up, if they do not: its candidates are numbered from 0 without a
+/// gap, as many as the job records, and every verdict and chunk names one that exists. A row lost
+/// or edited by hand would otherwise shift every later verdict onto the wrong candidate.
+fn rows_problem(rows: &JobRows) -> Option<String> {
+    if let Some((expected, found)) = (0i64..)
+        .zip(&rows.candidates)
+        .find(|(expected, found)| *expected != **found)
+    {
+        return Some(if *found > expected {
+            format!("its candidate {expected} is missing (the next one stored is {found})")
+        } else {
+            format!("a candidate is stored under index {found}, out of order")
+        });
+    }
+    let stored = rows.candidates.len() as u64;
+    if let Some(recorded) = rows.recorded
+        && recorded != stored as i64
+    {
+        return Some(format!(
+            "it records {recorded} candidates and {stored} are stored"
+        ));
+    }
+    let within = |i: i64, end: u64| u64::try_from(i).is_ok_and(|i| i < end);
+    if let Some(index) = rows.verdicts.iter().find(|&&i| !within(i, stored)) {
+        return Some(format!(
+            "a verdict is stored for candidate {index}, and it has {stored} candidates"
+        ));
+    }
+    let chunks = stored.div_ceil(u64::from(rows.chunk_size.max(1)));
+    if let Some(id) = rows.chunks.iter().find(|&&c| !within(c, chunks)) {
+        return Some(format!(
+            "chunk {id} is stored, and its {stored} candidates make {chunks} chunks"
+        ));
+    }
+    None
 }
 
 fn write_records(
@@ -338,12 +441,13 @@ fn write_records(
             Record::Job(job) => {
                 tx.execute(
                     "INSERT INTO jobs (id, name, settings, state, reason, created_ms, ended_ms,
-                        reassignments, stale_refused, handed_back, sources, source_specs, dropped)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                        reassignments, stale_refused, handed_back, sources, source_specs, dropped,
+                        candidates)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                      ON CONFLICT(id) DO UPDATE SET name = ?2, settings = ?3, state = ?4,
                         reason = ?5, created_ms = ?6, ended_ms = ?7, reassignments = ?8,
                         stale_refused = ?9, handed_back = ?10, sources = ?11, source_specs = ?12,
-                        dropped = ?13",
+                        dropped = ?13, candidates = ?14",
                     params![
                         job.id,
                         job.name,
@@ -358,6 +462,7 @@ fn write_records(
                         sources_to_json(&job.sources),
                         specs_to_json(&job.source_specs),
                         serde_json::to_string(&job.dropped).unwrap_or_else(|_| "{}".into()),
+                        job.candidate_count as i64,
                     ],
                 )?;
             }
@@ -655,6 +760,15 @@ mod tests {
                 trusted: true,
             }],
             dropped: BTreeMap::from([("duplicate".into(), 1)]),
+            candidate_count: 0,
+        }
+    }
+
+    /// A job's record holding `candidates()`.
+    fn record_with_candidates(id: &str, state: JobState) -> JobRecord {
+        JobRecord {
+            candidate_count: candidates().len() as u64,
+            ..record(id, state)
         }
     }
 
@@ -697,7 +811,7 @@ mod tests {
                             job_id: "j".into(),
                             candidates: candidates().into(),
                         },
-                        Record::Job(Box::new(record("j", JobState::Checking))),
+                        Record::Job(Box::new(record_with_candidates("j", JobState::Checking))),
                         Record::Verdicts {
                             job_id: "j".into(),
                             verdicts: vec![verdict.clone()],
@@ -732,7 +846,10 @@ mod tests {
         let (jobs, floor) = store.load().unwrap();
         assert_eq!(floor, 777, "the high-water mark never goes down");
         assert_eq!(jobs.len(), 1);
-        assert_eq!(jobs[0].record, record("j", JobState::Checking));
+        assert_eq!(
+            jobs[0].record,
+            record_with_candidates("j", JobState::Checking)
+        );
         assert_eq!(jobs[0].candidates, candidates());
         assert_eq!(jobs[0].verdicts, vec![verdict]);
         assert_eq!(
@@ -754,7 +871,7 @@ mod tests {
         store
             .write(
                 &[
-                    Record::Job(Box::new(record("old", JobState::Succeeded))),
+                    Record::Job(Box::new(record_with_candidates("old", JobState::Succeeded))),
                     Record::Candidates {
                         job_id: "old".into(),
                         candidates: candidates().into(),
@@ -782,5 +899,172 @@ mod tests {
         let err = Store::open(&d).err().expect("refused").to_string();
         assert!(err.contains(DB_FILE) && err.contains("corrupt"), "{err}");
         let _ = std::fs::remove_dir_all(d);
+    }
+
+    fn rows(candidates: Vec<i64>) -> JobRows {
+        JobRows {
+            recorded: Some(candidates.len() as i64),
+            candidates,
+            chunk_size: 2,
+            ..JobRows::default()
+        }
+    }
+
+    #[test]
+    fn rows_that_add_up_pass() {
+        assert_eq!(rows_problem(&rows(vec![])), None, "a job still scraping");
+        let mut whole = rows(vec![0, 1, 2, 3, 4]);
+        whole.verdicts = vec![0, 4];
+        whole.chunks = vec![0, 2];
+        assert_eq!(rows_problem(&whole), None);
+        let legacy = JobRows {
+            recorded: None,
+            ..rows(vec![0, 1])
+        };
+        assert_eq!(rows_problem(&legacy), None, "a store from before the count");
+    }
+
+    #[test]
+    fn a_gap_in_the_candidates_is_named() {
+        let problem = rows_problem(&rows(vec![0, 1, 3, 4])).unwrap();
+        assert!(problem.contains("candidate 2 is missing"), "{problem}");
+        let problem = rows_problem(&rows(vec![1, 2])).unwrap();
+        assert!(problem.contains("candidate 0 is missing"), "{problem}");
+        let problem = rows_problem(&rows(vec![-1, 0])).unwrap();
+        assert!(problem.contains("index -1"), "{problem}");
+    }
+
+    #[test]
+    fn a_count_that_differs_from_the_rows_is_named() {
+        // The last rows gone: the numbering alone cannot tell.
+        let short = JobRows {
+            recorded: Some(5),
+            ..rows(vec![0, 1, 2])
+        };
+        let problem = rows_problem(&short).unwrap();
+        assert!(problem.contains("records 5 candidates and 3"), "{problem}");
+        let long = JobRows {
+            recorded: Some(2),
+            ..rows(vec![0, 1, 2])
+        };
+        assert!(rows_problem(&long).is_some());
+    }
+
+    #[test]
+    fn verdicts_and_chunks_out_of_range_are_named() {
+        let mut verdict = rows(vec![0, 1, 2]);
+        verdict.verdicts = vec![1, 3];
+        let problem = rows_problem(&verdict).unwrap();
+        assert!(
+            problem.contains("verdict is stored for candidate 3"),
+            "{problem}"
+        );
+        let mut chunk = rows(vec![0, 1, 2]);
+        chunk.chunks = vec![0, 1, 2];
+        let problem = rows_problem(&chunk).unwrap();
+        assert!(problem.contains("chunk 2"), "{problem}");
+        let mut negative = rows(vec![0]);
+        negative.verdicts = vec![-1];
+        assert!(rows_problem(&negative).is_some());
+    }
+
+    #[test]
+    fn a_store_missing_a_candidate_row_is_refused_naming_the_job() {
+        let d = dir("tampered");
+        let write = |store: &mut Store, id: &str| {
+            store
+                .write(
+                    &[
+                        Record::Candidates {
+                            job_id: id.into(),
+                            candidates: candidates().into(),
+                        },
+                        Record::Job(Box::new(record_with_candidates(id, JobState::Checking))),
+                    ],
+                    1,
+                )
+                .unwrap();
+        };
+        {
+            let mut store = Store::open(&d).unwrap();
+            write(&mut store, "whole");
+            write(&mut store, "edited");
+            store
+                .conn
+                .execute(
+                    "DELETE FROM candidates WHERE job_id = 'edited' AND idx = 1",
+                    [],
+                )
+                .unwrap();
+        }
+        let err = Store::open(&d).unwrap().load().expect_err("refused");
+        assert!(
+            matches!(&err, StoreError::Inconsistent { job_id, .. } if job_id == "edited"),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("job edited")
+                && text.contains(DB_FILE)
+                && text.contains("restore a backup"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_store_from_before_the_candidate_count_opens_and_is_written() {
+        let d = dir("legacy");
+        {
+            let conn = Connection::open(d.join(DB_FILE)).unwrap();
+            conn.execute_batch(&SCHEMA.replace(",\n    candidates INTEGER\n", "\n"))
+                .unwrap();
+            let columns: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM pragma_table_info('jobs') WHERE name = 'candidates'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(columns, 0, "the old schema");
+        }
+        let mut store = Store::open(&d).unwrap();
+        store
+            .write(
+                &[
+                    Record::Candidates {
+                        job_id: "j".into(),
+                        candidates: candidates().into(),
+                    },
+                    Record::Job(Box::new(record_with_candidates("j", JobState::Checking))),
+                ],
+                1,
+            )
+            .unwrap();
+        let (jobs, _) = store.load().unwrap();
+        assert_eq!(jobs[0].candidates, candidates());
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let err = write_error(Path::new("/data/proxyfleet.db"), full).to_string();
+        assert!(
+            err.contains("in /data: database or disk is full") && err.contains("free space"),
+            "{err}"
+        );
+        let io = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            None,
+        );
+        let err = write_error(Path::new("/data/proxyfleet.db"), io).to_string();
+        assert!(
+            err.contains("/data/proxyfleet.db") && err.contains("disk"),
+            "{err}"
+        );
     }
 }

@@ -54,6 +54,42 @@ impl Drop for TempDir {
     }
 }
 
+/// A tmpfs of a fixed size mounted on a directory: a disk that fills up. Unmounted on drop, even
+/// when the test panics; lazily, so a process still holding a file there cannot keep it mounted.
+#[derive(Debug)]
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as mount(8) takes it: `1m`) on `dir`, creating `dir`. Needs root.
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("creating a mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs on {} failed ({status}): this test needs root",
+            dir.display()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 /// Path of a workspace binary in the `target/<profile>` directory of the running executable (a
 /// test executable lives in its `deps` directory, a harness binary such as `bench` in it).
 pub fn bin(name: &str) -> PathBuf {
