@@ -13,7 +13,7 @@ use proxyfleet_proto::url::HttpUrl;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Semaphore;
 
-use crate::candidate::{SourceReader, Stop, is_private};
+use crate::candidate::{SourceReader, Stop};
 
 /// How sources are fetched.
 #[derive(Debug, Clone)]
@@ -93,8 +93,14 @@ pub async fn check_public_url(url: &str, allow_private: bool) -> Result<(), Stri
     let inside = format!(
         "{url} points to a loopback, private or link-local address; start the coordinator with --allow-private-targets to use it"
     );
+    // The guard's rule, which also counts the machine's own addresses as inside.
+    let guard = Guard::new(false);
     if let Some(ip) = parsed.ip() {
-        return if is_private(ip) { Err(inside) } else { Ok(()) };
+        return if guard.permits(ip) {
+            Ok(())
+        } else {
+            Err(inside)
+        };
     }
     let lookup = tokio::time::timeout(
         Duration::from_secs(5),
@@ -106,7 +112,7 @@ pub async fn check_public_url(url: &str, allow_private: bool) -> Result<(), Stri
         Ok(Err(e)) => return Err(format!("cannot resolve the host of {url}: {e}")),
         Err(_) => return Err(format!("resolving the host of {url} took more than 5s")),
     };
-    if addrs.iter().any(|a| is_private(a.ip())) {
+    if addrs.iter().any(|a| !guard.permits(a.ip())) {
         return Err(inside);
     }
     Ok(())

@@ -1,10 +1,14 @@
 //! The one gate of every outgoing connection proxyfleet makes (sources, redirects and judge probes
 //! of the coordinator; proxies and judges of workers): the address about to be dialled, after all
-//! parsing and resolving, is checked, so no spelling of a URL or a name can reach inside.
+//! parsing and resolving, is checked, so no spelling of a URL or a name can reach inside. Inside
+//! is every non-public range and every address of this machine's own interfaces: a public
+//! address on the machine's own network card reaches its services as loopback does.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
@@ -54,7 +58,7 @@ impl Guard {
 
     /// Whether `ip` may be dialled.
     pub fn permits(self, ip: IpAddr) -> bool {
-        self.allow_private || !is_private(ip)
+        self.allow_private || !(is_private(ip) || is_own(ip))
     }
 
     /// The addresses of `host` that may be dialled, in the resolver's order. A host with
@@ -145,6 +149,69 @@ impl Guard {
     }
 }
 
+/// How long the list of the machine's own addresses is trusted before it is read again.
+const OWN_ADDRESSES_FOR: Duration = Duration::from_secs(5);
+
+/// The machine's own interface addresses, read at most every [`OWN_ADDRESSES_FOR`].
+static OWN_ADDRESSES: RwLock<Option<(Instant, Arc<HashSet<IpAddr>>)>> = RwLock::new(None);
+
+/// Whether `ip` is an address of one of this machine's interfaces.
+fn is_own(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let fresh = |cached: &Option<(Instant, Arc<HashSet<IpAddr>>)>| {
+        cached
+            .as_ref()
+            .filter(|(read, _)| read.elapsed() < OWN_ADDRESSES_FOR)
+            .map(|(_, own)| own.clone())
+    };
+    let cached = fresh(&OWN_ADDRESSES.read().unwrap_or_else(|e| e.into_inner()));
+    let own = cached.unwrap_or_else(|| {
+        let mut slot = OWN_ADDRESSES.write().unwrap_or_else(|e| e.into_inner());
+        fresh(&slot).unwrap_or_else(|| {
+            let own = Arc::new(own_addresses());
+            *slot = Some((Instant::now(), own.clone()));
+            own
+        })
+    });
+    own.contains(&ip)
+}
+
+/// The addresses of this machine's interfaces, as `getifaddrs` lists them.
+fn own_addresses() -> HashSet<IpAddr> {
+    let mut found = HashSet::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list that freeifaddrs releases; every node
+    // and address read here lives until then, and each address is read as the family it names.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return found;
+        }
+        let mut node = list;
+        while !node.is_null() {
+            let addr = (*node).ifa_addr;
+            if !addr.is_null() {
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let v4 = &*(addr as *const libc::sockaddr_in);
+                        found.insert(IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let v6 = &*(addr as *const libc::sockaddr_in6);
+                        found.insert(IpAddr::from(v6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            node = (*node).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +244,17 @@ mod tests {
             listener.accept()
         );
         assert_eq!(dialled.unwrap().local_addr().unwrap(), accepted.unwrap().1);
+    }
+
+    #[test]
+    fn the_machines_own_addresses_are_inside() {
+        let own = own_addresses();
+        assert!(own.contains(&"127.0.0.1".parse().unwrap()), "{own:?}");
+        for ip in own {
+            assert!(!Guard::new(false).permits(ip), "{ip}");
+            assert!(Guard::new(true).permits(ip), "{ip}");
+        }
+        assert!(Guard::new(false).permits("192.0.2.77".parse().unwrap()));
     }
 
     #[test]

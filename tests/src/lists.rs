@@ -48,6 +48,22 @@ impl ListServer {
         routes: Vec<(&str, Vec<Answer>)>,
     ) -> std::io::Result<ListServer> {
         let listener = TcpListener::bind(addr).await?;
+        Self::serve(listener, routes)
+    }
+
+    /// Serves on a listener already bound (in another network namespace, say).
+    pub fn spawn_listening(
+        listener: std::net::TcpListener,
+        routes: Vec<(&str, Vec<Answer>)>,
+    ) -> std::io::Result<ListServer> {
+        listener.set_nonblocking(true)?;
+        Self::serve(TcpListener::from_std(listener)?, routes)
+    }
+
+    fn serve(
+        listener: TcpListener,
+        routes: Vec<(&str, Vec<Answer>)>,
+    ) -> std::io::Result<ListServer> {
         let addr = listener.local_addr()?;
         let routes: Arc<HashMap<String, Vec<Answer>>> = Arc::new(
             routes

@@ -2,10 +2,11 @@
 //! source URL, a redirect target, a judge URL and a candidate. A loopback server counts the
 //! connections it gets, and the test holds only if it gets none.
 //!
-//! It runs in a network namespace of its own (no interface but loopback, so no packet can leave the
-//! machine) with a hosts file of its own (names that resolve inside, to both, or are re-pointed
-//! after submit). The public-looking side is 192.0.2.1 (TEST-NET-1), assigned to that namespace's
-//! loopback interface.
+//! It runs in a network namespace of its own with a hosts file of its own (names that resolve
+//! inside, to both, or are re-pointed after submit). The public-looking side is 192.0.2.1
+//! (TEST-NET-1) in a second namespace, joined to the first by a veth pair whose near end,
+//! 192.0.2.2, is an address of the coordinator's own machine and so inside too. Neither
+//! namespace has any other interface: no packet can leave the machine.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,15 +17,19 @@ use proxyfleet_tests::harness::{self, CoordinatorProc, TempDir};
 use proxyfleet_tests::lists::{Answer, ListServer};
 use tonic::transport::Channel;
 
-/// The address that stands for "public" inside the namespace.
+/// The address that stands for "public": the far end of the veth pair, in its own namespace.
 const PUBLIC: &str = "192.0.2.1";
+/// The near end of the veth pair: public-looking, but an address of the coordinator's machine.
+const OWN: &str = "192.0.2.2";
+/// The namespace that holds [`PUBLIC`].
+const PUBLIC_NETNS: &str = "pf-public";
 /// Tells the inner test where its hosts file is (and that it runs inside the namespace).
 const HOSTS_VAR: &str = "PROXYFLEET_SSRF_HOSTS";
 
 fn hosts_file(repointed: bool) -> String {
     let repoint = if repointed { "127.0.0.1" } else { PUBLIC };
     format!(
-        "127.0.0.1 localhost\n::1 localhost\n127.0.0.1 inside.test\n{PUBLIC} mixed.test\n127.0.0.1 mixed.test\n::1 inside6.test\n{repoint} repoint.test\n{PUBLIC} public.test\n"
+        "127.0.0.1 localhost\n::1 localhost\n127.0.0.1 inside.test\n{PUBLIC} mixed.test\n127.0.0.1 mixed.test\n::1 inside6.test\n{repoint} repoint.test\n{PUBLIC} public.test\n{OWN} own.test\n"
     )
 }
 
@@ -33,11 +38,23 @@ async fn every_spelling_of_an_inside_address_is_refused_in_a_namespace_of_its_ow
     let dir = TempDir::new("ssrf");
     let hosts = dir.write("hosts", hosts_file(false));
     let exe = std::env::current_exe().expect("test executable");
-    // The namespace has only loopback: 192.0.2.1 is added to it, /etc/hosts is replaced in the
-    // namespace's own mount table, and the inner test runs there.
-    let script = format!(
-        "set -e; ip link set lo up; ip addr add {PUBLIC}/32 dev lo; mount --bind \"${HOSTS_VAR}\" /etc/hosts; exec \"$0\" --exact inner_every_form_is_refused --ignored --nocapture --test-threads 1"
-    );
+    // The test's namespace gets loopback, one end of a veth pair (OWN) and /etc/hosts of its own;
+    // the other end (PUBLIC) lives in a second namespace. The inner test runs in the first.
+    let script = [
+        "set -e".to_string(),
+        "ip link set lo up".into(),
+        format!("ip netns add {PUBLIC_NETNS}"),
+        format!("ip link add pf-near type veth peer name pf-far netns {PUBLIC_NETNS}"),
+        format!("ip addr add {OWN}/24 dev pf-near"),
+        "ip link set pf-near up".into(),
+        format!("ip netns exec {PUBLIC_NETNS} ip link set lo up"),
+        format!("ip netns exec {PUBLIC_NETNS} ip addr add {PUBLIC}/24 dev pf-far"),
+        format!("ip netns exec {PUBLIC_NETNS} ip link set pf-far up"),
+        format!("mount --bind \"${HOSTS_VAR}\" /etc/hosts"),
+        "exec \"$0\" --exact inner_every_form_is_refused --ignored --nocapture --test-threads 1"
+            .into(),
+    ]
+    .join("; ");
     let mut command = tokio::process::Command::new("unshare");
     command
         .args(["--net", "--mount", "--propagation", "private", "--"])
@@ -88,7 +105,25 @@ fn inside_hosts() -> Vec<&'static str> {
         "inside6.test",
         "mixed.test",
         "repoint.test",
+        OWN,
+        "own.test",
     ]
+}
+
+/// A listener on `PUBLIC`, port 0, bound from a thread that joins the public namespace (the
+/// socket stays there; the test's other threads stay where they are).
+fn bind_public() -> std::net::TcpListener {
+    std::thread::spawn(|| {
+        use std::os::fd::AsRawFd;
+        let netns = std::fs::File::open(format!("/run/netns/{PUBLIC_NETNS}"))
+            .expect("the public namespace made by the outer test");
+        // SAFETY: setns on an open namespace file changes only this thread's network namespace.
+        let joined = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
+        std::net::TcpListener::bind((PUBLIC, 0)).expect("a listener on the public address")
+    })
+    .join()
+    .expect("the binding thread")
 }
 
 /// URLs that reach the inside server on `port`: every host spelling, plus the tricks where the
@@ -166,10 +201,10 @@ async fn source_outcome(
 #[ignore = "runs inside the namespace of every_spelling_of_an_inside_address_is_refused_in_a_namespace_of_its_own"]
 async fn inner_every_form_is_refused() {
     let hosts = std::env::var(HOSTS_VAR).expect("run by the namespace test, which sets the hosts");
-    let public_ip = PUBLIC.parse().unwrap();
-    // The inside server: anything it accepts is an escape.
+    // The inside server, on every address of this namespace (loopback, v4 and v6, and OWN):
+    // anything it accepts is an escape.
     let inside = ListServer::spawn(
-        "127.0.0.1".parse().unwrap(),
+        "::".parse().unwrap(),
         vec![
             (
                 "/list",
@@ -181,17 +216,33 @@ async fn inner_every_form_is_refused() {
     .await
     .unwrap();
     let port = inside.addr.port();
-    // The public side: a list, and redirects to every inside URL.
+    // The public side: a list, a redirect to it, and redirects to every inside URL.
     let targets = inside_urls(port, "/list");
     let redirect_paths: Vec<String> = (0..targets.len()).map(|i| format!("/r/{i}")).collect();
-    let mut routes: Vec<(&str, Vec<Answer>)> = vec![(
-        "/list",
-        vec![Answer::Body(200, format!("{PUBLIC}:9\n203.0.113.6:8080\n"))],
-    )];
+    let public_listener = bind_public();
+    let public_port = public_listener.local_addr().unwrap().port();
+    let mut routes: Vec<(&str, Vec<Answer>)> = vec![
+        (
+            "/list",
+            vec![Answer::Body(200, format!("{PUBLIC}:9\n203.0.113.6:8080\n"))],
+        ),
+        (
+            "/to-public",
+            vec![Answer::Redirect(format!(
+                "http://public.test:{public_port}/followed"
+            ))],
+        ),
+        (
+            "/followed",
+            vec![Answer::Body(200, "203.0.113.7:8080\n".into())],
+        ),
+    ];
     for (path, target) in redirect_paths.iter().zip(&targets) {
         routes.push((path.as_str(), vec![Answer::Redirect(target.clone())]));
     }
-    let public = ListServer::spawn(public_ip, routes).await.unwrap();
+    let public = ListServer::spawn_listening(public_listener, routes).unwrap();
+    // A public proxy candidate, counted apart from the lists.
+    let public_proxy = ListServer::spawn_listening(bind_public(), Vec::new()).unwrap();
 
     // Every form is its own job, all queued at once on one pool.
     let coordinator = CoordinatorProc::start_public(&["--max-active-jobs", "1000"]).await;
@@ -206,6 +257,13 @@ async fn inner_every_form_is_refused() {
     }];
     seen.push(source_outcome(&mut client, "public source", control).await);
     assert_eq!(public.hits("/list"), 1, "{seen:?}");
+    let mut control = request();
+    control.sources = vec![pb::SourceSpec {
+        url: public.url("/to-public"),
+        ..pb::SourceSpec::default()
+    }];
+    seen.push(source_outcome(&mut client, "redirect to a public source", control).await);
+    assert_eq!(public.hits("/followed"), 1, "{seen:?}");
 
     // As a source URL, and as the target of a public source's redirect.
     for url in &targets {
@@ -275,7 +333,7 @@ async fn inner_every_form_is_refused() {
     }
     // The control for candidates: a public one is dialled.
     let mut r = request();
-    r.candidates = vec![candidate.clone()];
+    r.candidates = vec![public_proxy.addr.to_string()];
     let control_id = client.submit_job(r).await.unwrap().into_inner().job_id;
 
     std::fs::write(&hosts, hosts_file(true)).unwrap();
@@ -297,20 +355,27 @@ async fn inner_every_form_is_refused() {
     }
     harness::wait_terminal(&mut client, &control_id, Duration::from_secs(60)).await;
     assert!(
-        public.connections() > public.hits("/list") + redirect_paths.len(),
+        public_proxy.connections() > 0,
         "the worker never dialled the public candidate: {seen:#?}"
     );
 
     // What a client can learn of a refused judge: that it was refused, not what answered there.
     let workers = harness::workers(&mut client).await;
-    for judge in workers.iter().flat_map(|w| &w.judges) {
-        if judge.url.contains("repoint.test") {
-            assert!(!judge.ok, "{judge:?}");
-            assert!(
-                judge.error.contains("does not allow"),
-                "the refused judge's error says more than that it was refused: {judge:?}"
-            );
-        }
+    let repointed: Vec<&pb::JudgeStatus> = workers
+        .iter()
+        .flat_map(|w| &w.judges)
+        .filter(|judge| judge.url.contains("repoint.test"))
+        .collect();
+    assert!(
+        !repointed.is_empty(),
+        "no report of the re-pointed judge: {workers:?}"
+    );
+    for judge in repointed {
+        assert!(!judge.ok, "{judge:?}");
+        assert!(
+            judge.error.contains("does not allow"),
+            "the refused judge's error says more than that it was refused: {judge:?}"
+        );
     }
     println!("{}", seen.join("\n"));
     assert_eq!(
