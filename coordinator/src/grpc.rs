@@ -16,6 +16,8 @@ use crate::convert;
 use crate::scheduler::{Hello, JobError, SourceSpec, UsableFilter};
 use crate::state::{CommitError, State, SubmitError, SubmitRequest};
 
+/// Longest worker id, name or version a worker may give: they are shown and logged everywhere.
+const MAX_WORKER_ID: usize = 128;
 /// Results are streamed in pages of this many proxies.
 const RESULTS_PAGE: usize = 1_000;
 /// A worker must say hello this soon after opening its stream.
@@ -458,12 +460,17 @@ impl Workers for WorkersService {
         if hello.worker_id.trim().is_empty() {
             return Err(Status::invalid_argument("Hello.worker_id is required"));
         }
+        if hello.worker_id.len() > MAX_WORKER_ID {
+            return Err(Status::invalid_argument(format!(
+                "Hello.worker_id is longer than {MAX_WORKER_ID} bytes"
+            )));
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let session = self.state.open_session(
             Hello {
                 worker_id: hello.worker_id,
-                name: hello.name,
-                version: hello.version,
+                name: convert::clip(hello.name, MAX_WORKER_ID),
+                version: convert::clip(hello.version, MAX_WORKER_ID),
                 peer,
                 capacity: hello.capacity.clamp(1, 1024),
                 max_checks: hello.max_checks,

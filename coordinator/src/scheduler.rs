@@ -15,6 +15,9 @@ pub type LeaseId = u64;
 pub type SessionId = u64;
 pub type ChunkId = u32;
 
+/// Judges whose status one session may report; jobs name a few each.
+const MAX_JUDGES_PER_SESSION: usize = 1024;
+
 /// Settings of the lease protocol, fixed for the coordinator's life.
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
@@ -805,6 +808,10 @@ impl Scheduler {
             return out;
         }
         let s = self.sessions.get_mut(&session).expect("touched above");
+        // A worker reports the judges it was given; past so many, it reports nonsense.
+        if s.judges.len() >= MAX_JUDGES_PER_SESSION && !s.judges.contains_key(&status.url) {
+            return out;
+        }
         let worker_id = s.worker_id.clone();
         s.judges.insert(status.url.clone(), status);
         let down: BTreeMap<String, String> = s

@@ -107,7 +107,7 @@ async fn eight_endless_sources_at_once_keep_the_coordinator_small() {
 }
 
 /// A worker that answers a lease with a megabyte of detail per verdict: the coordinator stores and
-/// serves at most a short text.
+/// serves at most a short text. A worker id of kilobytes is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_verdict_detail_is_cut_before_it_is_stored() {
     let coordinator = CoordinatorProc::start(&[]).await;
@@ -173,6 +173,29 @@ async fn an_oversized_verdict_detail_is_cut_before_it_is_stored() {
         .await
         .unwrap();
     harness::wait_terminal(&mut client, &job_id, Duration::from_secs(60)).await;
+    // A worker id is an identity, not a text to cut: an oversized one is refused.
+    let (hello, greeting) = tokio::sync::mpsc::channel(1);
+    hello
+        .send(pb::WorkerMessage {
+            kind: Some(pb::worker_message::Kind::Hello(pb::Hello {
+                worker_id: "w".repeat(4096),
+                capacity: 1,
+                ..pb::Hello::default()
+            })),
+        })
+        .await
+        .unwrap();
+    let refused = match WorkersClient::connect(coordinator.url.clone())
+        .await
+        .unwrap()
+        .session(ReceiverStream::new(greeting))
+        .await
+    {
+        Err(status) => status,
+        Ok(session) => session.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("longer than"), "{refused:?}");
     let results = harness::results(&mut client, &job_id).await;
     assert_eq!(results.len(), 2);
     for row in results {
