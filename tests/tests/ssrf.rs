@@ -43,6 +43,10 @@ async fn every_spelling_of_an_inside_address_is_refused_in_a_namespace_of_its_ow
     let script = [
         "set -e".to_string(),
         "ip link set lo up".into(),
+        // Namespace names live on a tmpfs of this mount namespace: nothing is left behind, and
+        // runs side by side do not meet.
+        "mkdir -p /run/netns".into(),
+        "mount -t tmpfs -o size=1m proxyfleet-netns /run/netns".into(),
         format!("ip netns add {PUBLIC_NETNS}"),
         format!("ip link add pf-near type veth peer name pf-far netns {PUBLIC_NETNS}"),
         format!("ip addr add {OWN}/24 dev pf-near"),
