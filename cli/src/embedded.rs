@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use proxyfleet_coordinator::CoordinatorConfig;
+use proxyfleet_farm::lists::{Answer, ListServer};
+use proxyfleet_farm::sim::Farm;
 use proxyfleet_proto::net::listen;
 use proxyfleet_proto::v1 as pb;
-use proxyfleet_tests::sim::Farm;
 use proxyfleet_worker::WorkerConfig;
 use tokio::sync::watch;
 
@@ -86,14 +87,11 @@ pub async fn farm(args: FarmArgs) -> Result<i32, Failure> {
             .collect(),
         None => farm.candidate_lines(),
     };
-    let list = proxyfleet_tests::lists::ListServer::spawn_on(
+    let list = ListServer::spawn_on(
         args.list,
         vec![(
             "/list.txt",
-            vec![proxyfleet_tests::lists::Answer::Body(
-                200,
-                lines.join("\n") + "\n",
-            )],
+            vec![Answer::Body(200, lines.join("\n") + "\n")],
         )],
     )
     .await

@@ -2,6 +2,8 @@
 
 pub mod certs;
 pub mod harness;
-pub mod lists;
-pub mod sim;
 pub mod third_party;
+
+// The simulated proxy farm and its list server live in `proxyfleet-farm`, which the CLI links
+// too; the kit re-exports them under their old paths.
+pub use proxyfleet_farm::{lists, sim};

@@ -1,5 +1,6 @@
-//! A list server for tests: a real HTTP server on loopback serving proxy lists by path, each
-//! path with a scripted sequence of answers (to exercise retries) or an endless body.
+//! A list server: a real HTTP server on loopback serving proxy lists by path (for tests and the
+//! `farm` command), each path with a scripted sequence of answers (to exercise retries) or an
+//! endless body.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
