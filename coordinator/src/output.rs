@@ -81,11 +81,17 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Writes every output file into `dir` (created if missing).
+/// Writes every output file into `dir` (created if missing). A file that already holds its
+/// contents is left as it is: writing it again would tell readers watching its time that it
+/// changed.
 pub fn write_all(dir: &Path, files: &[(String, String)]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for (name, contents) in files {
-        write_atomically(&dir.join(name), contents.as_bytes())?;
+        let path = dir.join(name);
+        if std::fs::read(&path).is_ok_and(|old| old == contents.as_bytes()) {
+            continue;
+        }
+        write_atomically(&path, contents.as_bytes())?;
     }
     Ok(())
 }
@@ -153,6 +159,11 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "two\n");
         let leftovers = std::fs::read_dir(&dir).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file left behind");
+        // The same contents again: the file is not replaced.
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let before = inode(&dir.join("a.txt"));
+        write_all(&dir, &[("a.txt".into(), "two\n".into())]).unwrap();
+        assert_eq!(inode(&dir.join("a.txt")), before);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

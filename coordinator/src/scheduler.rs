@@ -1493,6 +1493,22 @@ impl Scheduler {
         self.retired.retain(|_, id| id != job_id);
     }
 
+    /// The job whose results a pool's output files hold: of the pool's jobs that completed
+    /// (SUCCEEDED or INSUFFICIENT), the one that ended last, by wall-clock end time and, for
+    /// equal end times, the one submitted last.
+    pub(crate) fn newest_completed(&self, pool: &str) -> Option<&str> {
+        self.job_order
+            .iter()
+            .enumerate()
+            .filter_map(|(order, id)| Some((order, self.jobs.get(id)?)))
+            .filter(|(_, job)| {
+                job.settings.pool == pool
+                    && matches!(job.state, JobState::Succeeded | JobState::Insufficient)
+            })
+            .max_by_key(|(order, job)| (job.ended_wall_ms, *order))
+            .map(|(_, job)| job.id.as_str())
+    }
+
     /// Lease ids this scheduler will hand out next; the store keeps the high-water mark.
     pub fn next_lease_id(&self) -> LeaseId {
         self.next_lease
@@ -1580,7 +1596,10 @@ impl Scheduler {
         };
         self.job_order.push(id.clone());
         self.jobs.insert(id.clone(), job);
-        self.changed.insert(id);
+        // Shown to watchers, but not saved again: the store holds it as it is. What restoring
+        // changes (an unfinished job started again, or ended because nothing is left to check)
+        // is saved like any other change.
+        self.changed.watch.insert(id);
         let mut out = Vec::new();
         self.start_queued_jobs(now, wall_now, &mut out);
         out.extend(self.assign(now));
@@ -3015,5 +3034,92 @@ mod tests {
         );
         assert_eq!(p.eta, Some(Duration::from_secs(2)));
         assert_eq!(p.workers, 1);
+    }
+
+    #[test]
+    fn a_job_that_ends_during_restore_journals_its_end_and_nothing_more() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("checked", 4, 2, 1), c.now, c.wall());
+        let mut ended = new_job("ended", 2, 2, 0);
+        ended.settings.pool = "p".into();
+        s.submit(ended, c.now, c.wall());
+        s.cancel("ended", c.now, c.wall()).unwrap();
+        let (w, out) = s.hello(hello("w", 2), c.now);
+        for (_, a) in assignments(&out) {
+            s.verdicts(w, a.lease_id, verdicts_for(&a, |i| i == 0), c.now, c.wall());
+        }
+        let checked = s.snapshot("checked", false, c.now).unwrap();
+        assert_eq!(checked.state, JobState::Succeeded);
+        let mut stored = replay(&s.take_journal());
+        // Every verdict of the job stored, its end not.
+        for job in &mut stored {
+            if job.record.id == "checked" {
+                job.record.state = JobState::Checking;
+                job.record.ended_wall_ms = 0;
+            }
+        }
+        let mut restarted = scheduler();
+        for job in stored {
+            restarted.restore(job, c.now, c.wall());
+        }
+        let snap = restarted.snapshot("checked", false, c.now).unwrap();
+        assert_eq!(snap.state, JobState::Succeeded, "{}", snap.reason);
+        let journal = restarted.take_journal();
+        let rows: Vec<(&str, JobState)> = journal
+            .iter()
+            .filter_map(|r| match r {
+                Record::Job(j) => Some((j.id.as_str(), j.state)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [("checked", JobState::Succeeded)],
+            "the end made by restoring is saved; what was read back is not saved again"
+        );
+        assert_eq!(journal.len(), 1, "{journal:?}");
+    }
+
+    #[test]
+    fn a_pools_files_come_from_its_job_that_completed_last() {
+        let mut c = Clock::new();
+        let mut s = scheduler();
+        assert_eq!(s.newest_completed("default"), None);
+        // A job of no candidate completes when submitted.
+        s.submit(new_job("a", 0, 1, 0), c.now, c.wall());
+        let t = c.advance(Duration::from_secs(1));
+        s.submit(new_job("b", 0, 1, 1), t, c.wall());
+        assert_eq!(
+            s.snapshot("b", false, t).unwrap().state,
+            JobState::Insufficient
+        );
+        assert_eq!(s.newest_completed("default"), Some("b"));
+        // Ended at the same time: the one submitted last.
+        s.submit(new_job("d", 0, 1, 0), t, c.wall());
+        assert_eq!(s.newest_completed("default"), Some("d"));
+        // A cancelled job, or one of another pool, feeds no file of the pool.
+        let t = c.advance(Duration::from_secs(1));
+        s.submit(new_job("e", 4, 2, 0), t, c.wall());
+        s.cancel("e", t, c.wall()).unwrap();
+        let mut other = new_job("f", 0, 1, 0);
+        other.settings.pool = "p".into();
+        s.submit(other, t, c.wall());
+        assert_eq!(s.newest_completed("default"), Some("d"));
+        assert_eq!(s.newest_completed("p"), Some("f"));
+        // Restored, the end times decide, not the order the jobs come back in.
+        let mut stored = replay(&s.take_journal());
+        for job in &mut stored {
+            if job.record.id == "a" {
+                job.record.ended_wall_ms = 60_000;
+            }
+        }
+        let mut restarted = scheduler();
+        for job in stored {
+            restarted.restore(job, t, c.wall());
+        }
+        assert_eq!(restarted.newest_completed("default"), Some("a"));
+        restarted.forget("a");
+        assert_eq!(restarted.newest_completed("default"), Some("d"));
     }
 }

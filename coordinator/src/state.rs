@@ -17,8 +17,8 @@ use crate::convert;
 use crate::fetch::{FetchPolicy, Fetcher};
 use crate::output;
 use crate::scheduler::{
-    Hello, JobError, JobSettings, JobSnapshot, JobState, LeaseConfig, NewJob, Outbound, Record,
-    Scheduler, SessionId, SourceSpec, SourceState, SourceStatus, UsableFilter,
+    Hello, JobError, JobSettings, JobSnapshot, LeaseConfig, NewJob, Outbound, Record, Scheduler,
+    SessionId, SourceSpec, SourceState, SourceStatus, UsableFilter,
 };
 use crate::store::Store;
 
@@ -58,6 +58,9 @@ struct Inner {
     durable_seq: watch::Sender<u64>,
     /// The write that carried each ended job's last record, until its end is published.
     end_seqs: Mutex<HashMap<String, u64>>,
+    /// Held while output files are written (by whichever thread publishes), so that a pool's
+    /// files, once its newest completed job is chosen, are not overwritten by an older one.
+    output_files: Mutex<()>,
 }
 
 /// What a lease event's log line names: its job, chunk and worker.
@@ -208,7 +211,7 @@ impl State {
             max_bytes: config.max_source_bytes,
             ..FetchPolicy::default()
         })?;
-        let store = Store::open(&config.data_dir)?;
+        let mut store = Store::open(&config.data_dir)?;
         let (stored, lease_floor) = store.load()?;
         let mut scheduler = Scheduler::new(
             LeaseConfig {
@@ -223,8 +226,13 @@ impl State {
         for job in stored {
             out.extend(scheduler.restore(job, now, wall_ms()));
         }
-        // What was just read back needs no writing again.
-        scheduler.take_journal();
+        // Restoring saves only what it changed: an unfinished job started again, or one ended
+        // because nothing was left to check. Written before anything is served, so such an end
+        // is durable before anyone is shown it.
+        let changed = scheduler.take_journal();
+        if !changed.is_empty() {
+            store.write(&changed, scheduler.next_lease_id())?;
+        }
         let mut progress = HashMap::new();
         for id in scheduler.job_ids() {
             if let Ok(snapshot) = scheduler.snapshot(&id, false, now) {
@@ -250,6 +258,7 @@ impl State {
                 journal_seq: AtomicU64::new(0),
                 durable_seq: watch::channel(0).0,
                 end_seqs: Mutex::new(HashMap::new()),
+                output_files: Mutex::new(()),
             }),
         };
         let writer = {
@@ -377,14 +386,24 @@ impl State {
         }
     }
 
-    /// Drops pruned jobs from memory.
+    /// Drops pruned jobs from memory, and their files under `DATA_DIR/jobs/`.
     fn forget(&self, ids: Vec<String>) {
-        let mut scheduler = lock(&self.inner.scheduler);
-        let mut progress = lock(&self.inner.progress);
+        {
+            let mut scheduler = lock(&self.inner.scheduler);
+            let mut progress = lock(&self.inner.progress);
+            for id in &ids {
+                scheduler.forget(id);
+                progress.remove(id);
+            }
+        }
+        let _writing = lock(&self.inner.output_files);
         for id in ids {
-            scheduler.forget(&id);
-            progress.remove(&id);
-            info!(job_id = %id, "job pruned: older than --retain");
+            match remove_job_dir(&self.inner.config, &id) {
+                Ok(()) => info!(job_id = %id, "job pruned: older than --retain"),
+                Err(e) => {
+                    warn!(job_id = %id, error = %e, "job pruned, but its files could not be removed")
+                }
+            }
         }
     }
 
@@ -1071,14 +1090,18 @@ impl State {
         self.publish();
     }
 
-    /// Sends fresh snapshots of changed jobs to their watchers; writes ended jobs' results.
+    /// Sends fresh snapshots of changed jobs to their watchers; writes ended jobs' results, then
+    /// shows their end.
     fn publish(&self) {
         let ended = {
             let mut scheduler = lock(&self.inner.scheduler);
             // Progress is locked under the scheduler lock so snapshots reach watchers in order.
             let progress = lock(&self.inner.progress);
             let now = Instant::now();
-            let mut ended = Vec::new();
+            // Each ended job, and whether it is its pool's newest completed job (asked once a
+            // pool: after a restart every restored job is here).
+            let mut ended: Vec<(JobSnapshot, bool)> = Vec::new();
+            let mut newest: HashMap<String, Option<String>> = HashMap::new();
             let durable_seq = *self.inner.durable_seq.borrow();
             let mut end_seqs = lock(&self.inner.end_seqs);
             for id in scheduler.take_dirty() {
@@ -1093,12 +1116,16 @@ impl State {
                         continue;
                     }
                     end_seqs.remove(&id);
-                }
-                // The output files list the usable proxies only.
-                if snapshot.state.is_terminal()
-                    && let Ok(results) = scheduler.results(&id, true)
-                {
-                    ended.push((snapshot.clone(), results));
+                    let pool = &snapshot.settings.pool;
+                    let newest = newest
+                        .entry(pool.clone())
+                        .or_insert_with(|| scheduler.newest_completed(pool).map(str::to_string));
+                    let is_newest = newest.as_deref() == Some(id.as_str());
+                    // Shown once its files are written (below), so that a client that saw the
+                    // end reads them. Every earlier snapshot was sent under the scheduler lock
+                    // before the job ended: none can come after this one.
+                    ended.push((snapshot, is_newest));
+                    continue;
                 }
                 let Some(tx) = progress.get(&id) else {
                     continue;
@@ -1106,18 +1133,86 @@ impl State {
                 if tx.borrow().state.is_terminal() {
                     continue;
                 }
-                if snapshot.state.is_terminal() {
-                    info!(job_id = %id, state = snapshot.state.name(), reason = %snapshot.reason, "job ended");
-                }
                 tx.send_replace(snapshot);
             }
             ended
         };
-        for (snapshot, results) in ended {
-            if let Err(e) = write_job_files(&self.inner.config, &snapshot, &results) {
+        for (snapshot, is_newest) in ended {
+            if let Err(e) = self.write_outputs(&snapshot, is_newest) {
                 warn!(job_id = %snapshot.id, error = %e, "could not write the job's results to the data dir");
             }
+            let progress = lock(&self.inner.progress);
+            if let Some(tx) = progress.get(&snapshot.id)
+                && !tx.borrow().state.is_terminal()
+            {
+                info!(job_id = %snapshot.id, state = snapshot.state.name(), reason = %snapshot.reason, "job ended");
+                tx.send_replace(snapshot);
+            }
         }
+    }
+
+    /// Writes an ended job's files under `DATA_DIR/jobs/<id>/` unless they are there already (a
+    /// restart rewrites none), and its pool's files if it is the pool's newest completed job (see
+    /// [`Scheduler::newest_completed`]; `is_newest` says whether it was when published); a pool
+    /// file already holding the same bytes is left alone.
+    fn write_outputs(&self, job: &JobSnapshot, is_newest: bool) -> std::io::Result<()> {
+        let config = &self.inner.config;
+        let job_dir = config.data_dir.join("jobs").join(&job.id);
+        let _writing = lock(&self.inner.output_files);
+        // `summary.json` is written last: there, the job's files are whole.
+        let job_files = !job_dir.join(SUMMARY).exists();
+        let pool_files = is_newest && {
+            // Asked again with the files' lock held: a job that ended meanwhile is newer, and its
+            // own publish writes the pool after this one.
+            let scheduler = lock(&self.inner.scheduler);
+            scheduler.newest_completed(&job.settings.pool) == Some(job.id.as_str())
+        };
+        if !job_files && !pool_files {
+            return Ok(());
+        }
+        // The output files list the usable proxies only.
+        let Ok(results) = lock(&self.inner.scheduler).results(&job.id, true) else {
+            return Ok(()); // pruned meanwhile
+        };
+        let files = output::render(&job.id, job.ended_wall_ms, &results);
+        if job_files {
+            write_job_files(&job_dir, job, &files)?;
+        }
+        if pool_files {
+            output::write_all(&pool_dir(config, &job.settings.pool), &files)?;
+        }
+        Ok(())
+    }
+}
+
+/// The file written last in a job's directory.
+const SUMMARY: &str = "summary.json";
+
+/// Where a pool's output files go: the output dir for "default", a subdirectory for the others.
+fn pool_dir(config: &CoordinatorConfig, pool: &str) -> std::path::PathBuf {
+    if pool == "default" {
+        config.output_dir.clone()
+    } else {
+        config.output_dir.join(pool)
+    }
+}
+
+/// Removes a pruned job's directory under `DATA_DIR/jobs/`; a job that has none is fine.
+fn remove_job_dir(config: &CoordinatorConfig, job_id: &str) -> std::io::Result<()> {
+    // An id from the store names one directory, never a path out of `jobs/`.
+    let mut parts = Path::new(job_id).components();
+    if !matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    ) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{job_id:?} is not a job id"),
+        ));
+    }
+    match std::fs::remove_dir_all(config.data_dir.join("jobs").join(job_id)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -1134,14 +1229,12 @@ fn first_lease_id() -> u64 {
     wall_ms().saturating_mul(1_000)
 }
 
-/// Writes a finished job's files: `summary.json` and the outputs under `DATA/jobs/<id>/`, and,
-/// for a refresh that completed (SUCCEEDED or INSUFFICIENT), the outputs of its pool.
+/// Writes a finished job's files under `DATA_DIR/jobs/<id>/`: its outputs, then `summary.json`.
 fn write_job_files(
-    config: &CoordinatorConfig,
+    dir: &Path,
     job: &JobSnapshot,
-    results: &[crate::scheduler::ResultRow],
+    outputs: &[(String, String)],
 ) -> std::io::Result<()> {
-    let dir = config.data_dir.join("jobs").join(&job.id);
     let summary = serde_json::json!({
         "job_id": job.id,
         "pool": job.settings.pool,
@@ -1157,27 +1250,20 @@ fn write_job_files(
         "created_at_ms": job.created_wall_ms,
         "ended_at_ms": job.ended_wall_ms,
     });
-    let mut files = output::render(&job.id, job.ended_wall_ms, results);
-    files.push((
-        "summary.json".into(),
-        serde_json::to_string_pretty(&summary)? + "\n",
-    ));
-    output::write_all(&dir, &files)?;
-    if matches!(job.state, JobState::Succeeded | JobState::Insufficient) {
-        let pool_dir = if job.settings.pool == "default" {
-            config.output_dir.clone()
-        } else {
-            config.output_dir.join(&job.settings.pool)
-        };
-        files.pop();
-        output::write_all(&pool_dir, &files)?;
-    }
-    Ok(())
+    output::write_all(dir, outputs)?;
+    output::write_all(
+        dir,
+        &[(
+            SUMMARY.into(),
+            serde_json::to_string_pretty(&summary)? + "\n",
+        )],
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::JobState;
     use proptest::prelude::*;
     use prost::Message;
 
