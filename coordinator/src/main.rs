@@ -80,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
         Some(m) => m.local_addr()?.to_string(),
         None => "none".to_string(),
     };
+    // Handlers first: a signal sent as soon as the address is printed stops the coordinator
+    // cleanly rather than killing it.
+    let shutdown = shutdown_signal()?;
     // The bound addresses on stdout, for scripts and tests that asked for port 0.
     println!(
         "listening grpc={} judge={} judge_url={} metrics={metrics_addr}",
@@ -87,14 +90,19 @@ async fn main() -> anyhow::Result<()> {
         judge.local_addr()?,
         config.judge_urls.join(",")
     );
-    proxyfleet_coordinator::run(grpc, judge, judge_tls, metrics, config, shutdown_signal()).await
+    proxyfleet_coordinator::run(grpc, judge, judge_tls, metrics, config, shutdown).await
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT; the handlers are installed when this is called, not when the
+/// future is first polled.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -85,3 +85,24 @@ async fn sigterm_mid_chunk_drains_without_charging_an_attempt() {
     assert_eq!((results.len(), unique.len()), (100, 100));
     assert!(results.iter().all(|r| r.checked && !r.usable));
 }
+
+/// A SIGTERM sent the moment the coordinator says where it listens stops it cleanly (exit 0):
+/// its handlers are in place before it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_right_after_startup_stops_cleanly() {
+    for _ in 0..3 {
+        let mut coordinator = CoordinatorProc::start(&[]).await;
+        coordinator.proc.signal(libc::SIGTERM);
+        let status = coordinator
+            .proc
+            .wait(Duration::from_secs(30))
+            .await
+            .expect("the coordinator exits after SIGTERM");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "killed by the signal instead of stopping; log:\n{}",
+            coordinator.proc.log_text()
+        );
+    }
+}

@@ -25,25 +25,30 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open files limit"),
     }
     let config = WorkerConfig::try_from(cli)?;
-    proxyfleet_worker::run(config, shutdown_signal()).await
+    let shutdown = shutdown_signal()?;
+    proxyfleet_worker::run(config, shutdown).await
 }
 
-/// Completes on the first SIGTERM or SIGINT; a second one ends the process with status 130.
-async fn shutdown_signal() {
+/// Completes on the first SIGTERM or SIGINT; a second one ends the process with status 130. The
+/// handlers are installed when this is called, so a signal during startup drains too.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use anyhow::Context;
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutdown requested: draining (send the signal again to exit at once)");
-    // Whoever awaited this future has started the drain; a second signal ends the process.
-    tokio::spawn(async move {
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        std::process::exit(130);
-    });
+        tracing::info!("shutdown requested: draining (send the signal again to exit at once)");
+        // Whoever awaited this future has started the drain; a second signal ends the process.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            std::process::exit(130);
+        });
+    })
 }
