@@ -296,6 +296,16 @@ impl CoordinatorProc {
             .expect("a SIGKILLed coordinator exits");
     }
 
+    /// Stops the coordinator with SIGTERM and waits until it is gone (its data dir stays);
+    /// returns how it exited.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        self.proc.signal(libc::SIGTERM);
+        self.proc
+            .wait(WAIT_LIMIT)
+            .await
+            .expect("the coordinator stops on SIGTERM")
+    }
+
     /// Starts a worker process named `name` against this coordinator.
     pub fn worker(&self, name: &str, extra: &[&str]) -> Proc {
         worker(&self.url, name, extra, self.dir.path())

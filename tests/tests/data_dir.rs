@@ -65,12 +65,7 @@ fn pool_is(output: &Path, job_dir: &Path) -> bool {
 
 /// Stops the coordinator with SIGTERM and waits until it has exited cleanly.
 async fn stop(mut coordinator: CoordinatorProc) {
-    coordinator.proc.signal(libc::SIGTERM);
-    let status = coordinator
-        .proc
-        .wait(WAIT_LIMIT)
-        .await
-        .expect("the coordinator stops on SIGTERM");
+    let status = coordinator.stop().await;
     assert!(status.success(), "{status}");
 }
 

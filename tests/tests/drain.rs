@@ -92,12 +92,7 @@ async fn sigterm_mid_chunk_drains_without_charging_an_attempt() {
 async fn a_signal_right_after_startup_stops_cleanly() {
     for _ in 0..3 {
         let mut coordinator = CoordinatorProc::start(&[]).await;
-        coordinator.proc.signal(libc::SIGTERM);
-        let status = coordinator
-            .proc
-            .wait(Duration::from_secs(30))
-            .await
-            .expect("the coordinator exits after SIGTERM");
+        let status = coordinator.stop().await;
         assert_eq!(
             status.code(),
             Some(0),

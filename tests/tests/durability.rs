@@ -118,12 +118,7 @@ async fn a_store_missing_a_candidate_row_is_refused_at_startup() {
     let job_id = coordinator
         .submit(&refused_lines(50), &["--chunk-size", "10"])
         .await;
-    coordinator.proc.signal(libc::SIGTERM);
-    let status = coordinator
-        .proc
-        .wait(WAIT_LIMIT)
-        .await
-        .expect("the coordinator stops on SIGTERM");
+    let status = coordinator.stop().await;
     assert!(status.success(), "{status}");
 
     let db_path = data.join("proxyfleet.db");
