@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use crate::convert;
-use crate::scheduler::{Hello, JobError, SourceSpec, UsableFilter};
-use crate::state::{CommitError, State, SubmitError, SubmitRequest};
+use crate::scheduler::{Hello, JobError, RowFilter, SourceSpec, UsableFilter};
+use crate::state::{CommitError, FollowCursor, State, SubmitError, SubmitRequest};
 
 /// Longest worker id, name or version a worker may give: they are shown and logged everywhere.
 const MAX_WORKER_ID: usize = 128;
@@ -31,6 +31,7 @@ impl From<JobError> for Status {
     fn from(e: JobError) -> Self {
         match e {
             JobError::NotFound(_) => Status::not_found(e.to_string()),
+            JobError::Unreadable(_) => Status::unavailable(e.to_string()),
         }
     }
 }
@@ -351,9 +352,8 @@ impl Coordinator for CoordinatorService {
         };
         if !r.follow {
             // Page by page, as the client reads: a million results never sit in memory at once.
-            let first = self
-                .state
-                .results_page(&job_id, 0, RESULTS_PAGE, r.usable_only)?;
+            let filter = RowFilter::usable_only(r.usable_only);
+            let first = self.state.results_page(&job_id, 0, RESULTS_PAGE, filter)?;
             let state = self.state.clone();
             let (tx, rx) = mpsc::channel(2);
             tokio::spawn(async move {
@@ -363,7 +363,7 @@ impl Coordinator for CoordinatorService {
                         return;
                     }
                     let Some(start) = next else { return };
-                    match state.results_page(&job_id, start, RESULTS_PAGE, r.usable_only) {
+                    match state.results_page(&job_id, start, RESULTS_PAGE, filter) {
                         Ok((more, after)) => (rows, next) = (more, after),
                         Err(e) => {
                             // Pruned meanwhile: say so rather than end as if complete.
@@ -382,7 +382,7 @@ impl Coordinator for CoordinatorService {
             )));
         }
         // Follow: verdicts as they are recorded, then the unchecked rest once the job ends.
-        self.state.results_since(&job_id, 0, r.usable_only)?;
+        self.state.job(&job_id, false)?;
         let slot = self.watchers.acquire()?;
         let state = self.state.clone();
         let mut shutdown = self.shutdown.clone();
@@ -390,25 +390,39 @@ impl Coordinator for CoordinatorService {
         // Ends at the job's end, when the client goes away, or at shutdown.
         tokio::spawn(async move {
             let _slot = slot;
-            let mut cursor = 0;
+            let mut cursor = FollowCursor::Recorded(0);
             loop {
-                let Ok(followed) = state.results_since(&job_id, cursor, r.usable_only) else {
-                    return;
+                let (rows, next) = match state.follow(&job_id, cursor, RESULTS_PAGE, r.usable_only)
+                {
+                    Ok(followed) => followed,
+                    Err(e) => {
+                        // Pruned meanwhile, or the store unreadable: say so rather than end
+                        // as if complete.
+                        let status = Status::from(e);
+                        let message =
+                            format!("{}; the results sent are incomplete", status.message());
+                        let _ = tx.send(Err(Status::new(status.code(), message))).await;
+                        return;
+                    }
                 };
-                cursor = followed.cursor;
-                for rows in followed.rows.chunks(RESULTS_PAGE) {
+                let caught_up =
+                    matches!(next, FollowCursor::Recorded(_) if rows.len() < RESULTS_PAGE);
+                cursor = next;
+                if !rows.is_empty() {
                     tokio::select! {
-                        sent = tx.send(Ok(page(rows))) => if sent.is_err() { return },
+                        sent = tx.send(Ok(page(&rows))) => if sent.is_err() { return },
                         _ = shutdown.changed() => return,
                     }
                 }
-                if followed.done {
+                if cursor == FollowCursor::Done {
                     return;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(WATCH_INTERVAL) => {}
-                    _ = shutdown.changed() => return,
-                    _ = tx.closed() => return,
+                if caught_up {
+                    tokio::select! {
+                        _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                        _ = shutdown.changed() => return,
+                        _ = tx.closed() => return,
+                    }
                 }
             }
         });

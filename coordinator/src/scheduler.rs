@@ -223,6 +223,9 @@ enum LeaseLoss {
 pub enum JobError {
     #[error("no job with id {0:?}; `proxyfleet jobs` lists the known jobs")]
     NotFound(String),
+    /// An ended job's rows live in the store, and reading them failed.
+    #[error("{0}; the coordinator's data dir cannot be read, check its disk")]
+    Unreadable(String),
 }
 
 #[derive(Debug)]
@@ -267,6 +270,54 @@ struct Job {
     dropped: BTreeMap<String, u64>,
     /// Candidate indices in the order their verdicts were recorded, for followers.
     recorded: Vec<u32>,
+    /// Set once the job has ended and everything of it is durable: its candidates, verdicts and
+    /// chunks were dropped from memory and are read from the store from then on.
+    stored: Option<StoredCounts>,
+}
+
+/// What an ended job still shows once its rows live only in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StoredCounts {
+    proxies_total: u64,
+    chunks_total: u64,
+    chunks_queued: u64,
+    chunks_done: u64,
+    chunks_failed: u64,
+}
+
+/// Where an ended job's rows are read once they left memory: the store, given these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredRows {
+    pub chunk_size: u32,
+    pub total: u64,
+}
+
+/// Which rows of a job's results a page holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowFilter {
+    All,
+    /// Candidates with a usable verdict.
+    Usable,
+    /// Candidates without a verdict (left when the job ended).
+    Unchecked,
+}
+
+impl RowFilter {
+    pub fn usable_only(usable_only: bool) -> Self {
+        if usable_only {
+            RowFilter::Usable
+        } else {
+            RowFilter::All
+        }
+    }
+
+    pub fn keeps(self, verdict: Option<&Verdict>) -> bool {
+        match self {
+            RowFilter::All => true,
+            RowFilter::Usable => verdict.is_some_and(|v| v.usable),
+            RowFilter::Unchecked => verdict.is_none(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -403,7 +454,7 @@ pub struct ResultRow {
 pub struct Followed {
     pub rows: Vec<ResultRow>,
     pub cursor: usize,
-    /// The job has ended: these were the last rows.
+    /// The job has ended and these were its last recorded verdicts.
     pub done: bool,
 }
 
@@ -537,6 +588,9 @@ pub enum Record {
     },
     Verdicts {
         job_id: String,
+        /// Position of the first of them in the order the job recorded its verdicts; followers
+        /// read in that order.
+        first_position: u64,
         verdicts: Vec<Verdict>,
     },
     Chunk {
@@ -668,6 +722,7 @@ impl Scheduler {
             sources,
             dropped: new.dropped,
             recorded: Vec::new(),
+            stored: None,
         };
         self.journal.push(Record::Candidates {
             job_id: new.id.clone(),
@@ -951,6 +1006,7 @@ impl Scheduler {
             .all(|u| u.starts_with("https://"));
         let job = self.jobs.get_mut(&job_id).expect("a live lease has a job");
         let chunk = &mut job.chunks[chunk_id as usize];
+        let first_position = job.recorded.len() as u64;
         let mut accepted = 0;
         let mut recorded = Vec::new();
         for mut verdict in verdicts {
@@ -990,6 +1046,7 @@ impl Scheduler {
         if !recorded.is_empty() {
             self.journal.push(Record::Verdicts {
                 job_id: job_id.clone(),
+                first_position,
                 verdicts: recorded,
             });
         }
@@ -1483,6 +1540,58 @@ impl Scheduler {
             .map(|j| j.id.clone())
     }
 
+    /// Drops an ended job's candidates, verdicts and chunks from memory; from then on they are
+    /// read from the store (see [`Scheduler::stored_rows`]). Called once the job's end and every
+    /// verdict before it are durable, so memory follows the jobs at work, not history. Returns
+    /// whether the job is (now) kept in the store only.
+    pub fn keep_in_store(&mut self, job_id: &str) -> bool {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return false;
+        };
+        if !job.state.is_terminal() {
+            return false;
+        }
+        if job.stored.is_some() {
+            return true;
+        }
+        let mut counts = StoredCounts {
+            proxies_total: job.candidates.len() as u64,
+            chunks_total: job.chunks.len() as u64,
+            chunks_queued: 0,
+            chunks_done: 0,
+            chunks_failed: 0,
+        };
+        for chunk in &job.chunks {
+            match chunk.state {
+                // An ended job holds no lease: a chunk that was leased is queued for no one.
+                ChunkState::Queued | ChunkState::Leased(_) => counts.chunks_queued += 1,
+                ChunkState::Done => counts.chunks_done += 1,
+                ChunkState::Failed => counts.chunks_failed += 1,
+            }
+        }
+        job.stored = Some(counts);
+        job.candidates = Arc::new(Vec::new());
+        job.verdicts = Vec::new();
+        job.chunks = Vec::new();
+        job.recorded = Vec::new();
+        job.rate_samples = VecDeque::new();
+        // Late verdicts of its leases are still refused and counted, without naming the job.
+        self.retired.retain(|_, id| id != job_id);
+        true
+    }
+
+    /// Where a job's rows are when they are no longer in memory; `None` while they are.
+    pub fn stored_rows(&self, job_id: &str) -> Result<Option<StoredRows>, JobError> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
+        Ok(job.stored.map(|counts| StoredRows {
+            chunk_size: job.settings.chunk_size.max(1),
+            total: counts.proxies_total,
+        }))
+    }
+
     /// Forgets an ended job (pruned from the store). A job still running is kept.
     pub fn forget(&mut self, job_id: &str) {
         if !self.jobs.get(job_id).is_some_and(|j| j.state.is_terminal()) {
@@ -1593,6 +1702,7 @@ impl Scheduler {
             sources: record.sources,
             dropped: record.dropped,
             recorded,
+            stored: None,
         };
         self.job_order.push(id.clone());
         self.jobs.insert(id.clone(), job);
@@ -1659,6 +1769,13 @@ impl Scheduler {
             }
         }
         progress.workers = holders.len() as u64;
+        if let Some(counts) = job.stored {
+            progress.proxies_total = counts.proxies_total;
+            progress.chunks_total = counts.chunks_total;
+            progress.chunks_queued = counts.chunks_queued;
+            progress.chunks_done = counts.chunks_done;
+            progress.chunks_failed = counts.chunks_failed;
+        }
         if !job.state.is_terminal() {
             if let (Some(first), Some(last)) = (job.rate_samples.front(), job.rate_samples.back()) {
                 let secs = last.0.saturating_duration_since(first.0).as_secs_f64();
@@ -1742,20 +1859,21 @@ impl Scheduler {
             .collect()
     }
 
-    /// Every candidate of the job once, in candidate order.
-    pub fn results(&self, job_id: &str, usable_only: bool) -> Result<Vec<ResultRow>, JobError> {
-        Ok(self.results_page(job_id, 0, usize::MAX, usable_only)?.0)
+    /// Every candidate of the job once, in candidate order (a job whose rows are in memory).
+    pub fn results(&self, job_id: &str, filter: RowFilter) -> Result<Vec<ResultRow>, JobError> {
+        Ok(self.results_page(job_id, 0, usize::MAX, filter)?.0)
     }
 
     /// A page of a job's results: candidates from index `start` on, at most `limit` rows (and at
     /// most `limit` * 64 candidates looked at); returns the rows and where the next page starts,
-    /// or `None` after the last candidate.
+    /// or `None` after the last candidate. A job kept in the store has no rows here: see
+    /// [`Scheduler::stored_rows`].
     pub fn results_page(
         &self,
         job_id: &str,
         start: usize,
         limit: usize,
-        usable_only: bool,
+        filter: RowFilter,
     ) -> Result<(Vec<ResultRow>, Option<usize>), JobError> {
         let job = self
             .jobs
@@ -1768,7 +1886,7 @@ impl Scheduler {
         let mut next = start;
         while next < end && rows.len() < limit {
             let verdict = &job.verdicts[next];
-            if !usable_only || verdict.as_ref().is_some_and(|v| v.usable) {
+            if filter.keeps(verdict.as_ref()) {
                 rows.push(ResultRow {
                     candidate: job.candidates[next].clone(),
                     chunk_id: next as u32 / chunk_size,
@@ -1780,13 +1898,15 @@ impl Scheduler {
         Ok((rows, (next < total).then_some(next)))
     }
 
-    /// Results recorded after position `cursor` of the job's record, and the new cursor. Once the
-    /// job has ended, the last call (`cursor` at the end of the record) also yields the candidates
-    /// never checked, so a follower sees every candidate exactly once; `done` says it was the last.
+    /// At most `limit` results from position `cursor` on in the order the job recorded them, and
+    /// the new cursor; `done` says the job has ended and every recorded verdict was read. A
+    /// follower then reads the candidates never checked with [`RowFilter::Unchecked`] pages, and
+    /// so sees every candidate exactly once. A job kept in the store has no rows here.
     pub fn results_since(
         &self,
         job_id: &str,
         cursor: usize,
+        limit: usize,
         usable_only: bool,
     ) -> Result<Followed, JobError> {
         let job = self
@@ -1794,29 +1914,21 @@ impl Scheduler {
             .get(job_id)
             .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
         let chunk_size = job.settings.chunk_size.max(1);
-        let row = |i: u32| ResultRow {
-            candidate: job.candidates[i as usize].clone(),
-            chunk_id: i / chunk_size,
-            verdict: job.verdicts[i as usize].clone(),
-        };
         let cursor = cursor.min(job.recorded.len());
-        let mut rows: Vec<ResultRow> = job.recorded[cursor..]
+        let end = cursor.saturating_add(limit).min(job.recorded.len());
+        let rows: Vec<ResultRow> = job.recorded[cursor..end]
             .iter()
-            .map(|&i| row(i))
+            .map(|&i| ResultRow {
+                candidate: job.candidates[i as usize].clone(),
+                chunk_id: i / chunk_size,
+                verdict: job.verdicts[i as usize].clone(),
+            })
             .filter(|r| !usable_only || r.verdict.as_ref().is_some_and(|v| v.usable))
             .collect();
-        let done = job.state.is_terminal();
-        if done && !usable_only {
-            rows.extend(
-                (0..job.candidates.len() as u32)
-                    .filter(|&i| job.verdicts[i as usize].is_none())
-                    .map(row),
-            );
-        }
         Ok(Followed {
             rows,
-            cursor: job.recorded.len(),
-            done,
+            cursor: end,
+            done: job.state.is_terminal() && end == job.recorded.len(),
         })
     }
 
@@ -1835,6 +1947,15 @@ impl Scheduler {
         }
         for job in self.jobs.values() {
             *m.jobs_by_state.entry(job.state.name()).or_default() += 1;
+            if let Some(counts) = job.stored {
+                for (name, n) in [
+                    ("queued", counts.chunks_queued),
+                    ("done", counts.chunks_done),
+                    ("failed", counts.chunks_failed),
+                ] {
+                    *m.chunks_by_state.entry(name).or_default() += n;
+                }
+            }
             for chunk in &job.chunks {
                 let name = match chunk.state {
                     ChunkState::Queued => "queued",
@@ -1875,7 +1996,9 @@ fn job_record(job: &Job) -> JobRecord {
         sources: job.sources.clone(),
         source_specs: job.source_specs.clone(),
         dropped: job.dropped.clone(),
-        candidate_count: job.candidates.len() as u64,
+        candidate_count: job
+            .stored
+            .map_or(job.candidates.len() as u64, |s| s.proxies_total),
     }
 }
 
@@ -2065,10 +2188,10 @@ mod tests {
         assert_eq!(snap.progress.proxies_checked, 10);
         assert_eq!(snap.progress.proxies_usable, 3);
         assert_eq!(snap.progress.chunks_done, 3);
-        let results = s.results("j", false).unwrap();
+        let results = s.results("j", RowFilter::All).unwrap();
         assert_eq!(results.len(), 10);
         assert!(results.iter().all(|r| r.verdict.is_some()));
-        assert_eq!(s.results("j", true).unwrap().len(), 3);
+        assert_eq!(s.results("j", RowFilter::Usable).unwrap().len(), 3);
     }
 
     #[test]
@@ -2321,7 +2444,7 @@ mod tests {
             "{}",
             snap.reason
         );
-        let results = s.results("j", false).unwrap();
+        let results = s.results("j", RowFilter::All).unwrap();
         assert_eq!(results.len(), 8);
         assert_eq!(results.iter().filter(|r| r.verdict.is_none()).count(), 4);
     }
@@ -2604,7 +2727,7 @@ mod tests {
         v[0].latency_ms = 500;
         v[1].anonymity = Anonymity::Transparent;
         s.verdicts(w, a.lease_id, v, c.now, c.wall());
-        let results = s.results("j", false).unwrap();
+        let results = s.results("j", RowFilter::All).unwrap();
         let reasons: Vec<Reason> = results
             .iter()
             .map(|r| r.verdict.as_ref().unwrap().reason)
@@ -2802,25 +2925,32 @@ mod tests {
         s.submit(new_job("j", 6, 3, 0), c.now, c.wall());
         let (w, out) = s.hello(hello("w", 1), c.now);
         let a = assignments(&out).remove(0).1;
-        let first = s.results_since("j", 0, false).unwrap();
+        let first = s.results_since("j", 0, 100, false).unwrap();
         assert_eq!((first.rows.len(), first.cursor, first.done), (0, 0, false));
         let mut v = verdicts_for(&a, |i| i == 1);
         v.truncate(2);
         s.verdicts(w, a.lease_id, v, c.now, c.wall());
-        let second = s.results_since("j", first.cursor, false).unwrap();
+        let second = s.results_since("j", first.cursor, 100, false).unwrap();
         assert_eq!(second.rows.len(), 2);
         assert_eq!(
-            s.results_since("j", first.cursor, true).unwrap().rows.len(),
+            s.results_since("j", first.cursor, 100, true)
+                .unwrap()
+                .rows
+                .len(),
             1
         );
+        let one = s.results_since("j", first.cursor, 1, false).unwrap();
+        assert_eq!((one.rows.len(), one.cursor), (1, 1), "at most `limit` rows");
         s.cancel("j", c.now, c.wall()).unwrap();
-        let last = s.results_since("j", second.cursor, false).unwrap();
+        let last = s.results_since("j", second.cursor, 100, false).unwrap();
         assert!(last.done);
-        assert_eq!(last.rows.len(), 4, "the unchecked rest, once");
+        assert!(last.rows.is_empty());
+        let (rest, next) = s.results_page("j", 0, 100, RowFilter::Unchecked).unwrap();
+        assert_eq!((rest.len(), next), (4, None), "the unchecked rest, once");
         let mut all: Vec<String> = second
             .rows
             .iter()
-            .chain(&last.rows)
+            .chain(&rest)
             .map(|r| r.candidate.url())
             .collect();
         all.sort();
@@ -2855,6 +2985,7 @@ mod tests {
                 Record::Verdicts {
                     job_id,
                     verdicts: v,
+                    ..
                 } => verdicts
                     .entry(job_id.clone())
                     .or_default()
@@ -3079,6 +3210,49 @@ mod tests {
             "the end made by restoring is saved; what was read back is not saved again"
         );
         assert_eq!(journal.len(), 1, "{journal:?}");
+    }
+
+    #[test]
+    fn an_ended_job_kept_in_the_store_shows_the_same_and_holds_no_rows() {
+        let c = Clock::new();
+        let mut s = scheduler();
+        s.submit(new_job("j", 10, 4, 0), c.now, c.wall());
+        let (w, out) = s.hello(hello("w", 1), c.now);
+        let a = assignments(&out).remove(0).1;
+        assert!(!s.keep_in_store("j"), "a running job keeps its rows");
+        let mut v = verdicts_for(&a, |i| i == 0);
+        let late = v.split_off(2);
+        s.verdicts(w, a.lease_id, v, c.now, c.wall());
+        s.cancel("j", c.now, c.wall()).unwrap();
+        s.take_journal();
+        let before = s.snapshot("j", false, c.now).unwrap();
+        let metrics = s.metrics();
+        assert_eq!(s.stored_rows("j"), Ok(None));
+        assert!(s.keep_in_store("j"));
+        assert!(s.keep_in_store("j"), "once is enough");
+        assert_eq!(s.snapshot("j", false, c.now).unwrap(), before);
+        assert_eq!(s.metrics(), metrics);
+        assert_eq!(
+            s.stored_rows("j"),
+            Ok(Some(StoredRows {
+                chunk_size: 4,
+                total: 10
+            }))
+        );
+        let job = &s.jobs["j"];
+        assert!(job.candidates.is_empty() && job.verdicts.is_empty() && job.recorded.is_empty());
+        // Late verdicts are still refused and counted; the job's row keeps its candidate count.
+        let stale = s.stale_refused_total();
+        s.verdicts(w, a.lease_id, late, c.now, c.wall());
+        assert_eq!(s.stale_refused_total(), stale + 2);
+        s.mark_dirty("j");
+        s.changed.save.insert("j".into());
+        let records = s.take_journal();
+        assert!(matches!(&records[..], [Record::Job(r)] if r.candidate_count == 10));
+        assert_eq!(
+            s.stored_rows("nope"),
+            Err(JobError::NotFound("nope".into()))
+        );
     }
 
     #[test]

@@ -17,10 +17,11 @@ use crate::convert;
 use crate::fetch::{FetchPolicy, Fetcher};
 use crate::output;
 use crate::scheduler::{
-    Hello, JobError, JobSettings, JobSnapshot, LeaseConfig, NewJob, Outbound, Record, Scheduler,
-    SessionId, SourceSpec, SourceState, SourceStatus, UsableFilter,
+    Followed, Hello, JobError, JobSettings, JobSnapshot, LeaseConfig, NewJob, Outbound, Record,
+    ResultRow, RowFilter, Scheduler, SessionId, SourceSpec, SourceState, SourceStatus, StoredRows,
+    UsableFilter,
 };
-use crate::store::Store;
+use crate::store::{Reader, Store};
 
 /// Messages for one worker session's response stream.
 pub type Outbox = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, tonic::Status>>;
@@ -35,6 +36,9 @@ struct Inner {
     config: CoordinatorConfig,
     /// Lease table and jobs; every change goes through this one lock (never held across an await).
     scheduler: Mutex<Scheduler>,
+    /// Reads the rows of ended jobs, which are kept in the store only; never taken while the
+    /// scheduler lock is held.
+    reader: Mutex<Reader>,
     /// Outbox per live worker session; inserted by `open_session`, removed when the session ends.
     outboxes: Mutex<HashMap<SessionId, Outbox>>,
     /// Latest snapshot per job, for watchers; created at submit, updated by `publish`.
@@ -129,6 +133,21 @@ pub struct Submitted {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Commit(u64);
 
+/// Where a follower of a job's results is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowCursor {
+    /// Has read this many verdicts, in the order they were recorded.
+    Recorded(usize),
+    /// The job has ended and the follower read the first `position` verdicts it recorded; what
+    /// is left is read by candidate index, from `start`.
+    Rest { position: usize, start: usize },
+    /// Has seen every candidate.
+    Done,
+}
+
+/// Rows read at once when a job's results are read whole.
+const RESULTS_PAGE: usize = 1_000;
+
 /// The most an answer waits for the store to commit what it reports.
 const COMMIT_WAIT: Duration = Duration::from_secs(60);
 
@@ -212,7 +231,8 @@ impl State {
             ..FetchPolicy::default()
         })?;
         let mut store = Store::open(&config.data_dir)?;
-        let (stored, lease_floor) = store.load()?;
+        let reader = Reader::open(&config.data_dir)?;
+        let (ids, lease_floor) = store.job_ids()?;
         let mut scheduler = Scheduler::new(
             LeaseConfig {
                 lease_ttl: config.lease_ttl,
@@ -221,18 +241,26 @@ impl State {
             first_lease_id().max(lease_floor),
         );
         let now = Instant::now();
-        let restored = stored.len();
         let mut out = Vec::new();
-        for job in stored {
+        // One job at a time: an ended job's rows stay in the store, so memory holds only the
+        // jobs still at work, however long the history.
+        for id in &ids {
+            let job = store.load_job(id)?;
             out.extend(scheduler.restore(job, now, wall_ms()));
+            // Restoring saves only what it changed: an unfinished job started again, or one
+            // ended because nothing was left to check. Written before anything is served, so
+            // such an end is durable before anyone is shown it.
+            let changed = scheduler.take_journal();
+            if !changed.is_empty() {
+                store.write(&changed, scheduler.next_lease_id())?;
+            }
+            scheduler.keep_in_store(id);
         }
-        // Restoring saves only what it changed: an unfinished job started again, or one ended
-        // because nothing was left to check. Written before anything is served, so such an end
-        // is durable before anyone is shown it.
-        let changed = scheduler.take_journal();
-        if !changed.is_empty() {
-            store.write(&changed, scheduler.next_lease_id())?;
+        // A job that a later one's restore ended is durable now too.
+        for id in &ids {
+            scheduler.keep_in_store(id);
         }
+        let restored = ids.len();
         let mut progress = HashMap::new();
         for id in scheduler.job_ids() {
             if let Ok(snapshot) = scheduler.snapshot(&id, false, now) {
@@ -247,6 +275,7 @@ impl State {
             inner: Arc::new(Inner {
                 config,
                 scheduler: Mutex::new(scheduler),
+                reader: Mutex::new(reader),
                 outboxes: Mutex::new(HashMap::new()),
                 progress: Mutex::new(progress),
                 fetcher,
@@ -875,7 +904,17 @@ impl State {
     }
 
     pub fn job(&self, job_id: &str, include_chunks: bool) -> Result<JobSnapshot, JobError> {
-        lock(&self.inner.scheduler).snapshot(job_id, include_chunks, Instant::now())
+        let (mut snapshot, stored) = {
+            let scheduler = lock(&self.inner.scheduler);
+            let snapshot = scheduler.snapshot(job_id, include_chunks, Instant::now())?;
+            (snapshot, scheduler.stored_rows(job_id)?)
+        };
+        if let (true, Some(stored)) = (include_chunks, stored) {
+            snapshot.chunks = lock(&self.inner.reader)
+                .chunks(job_id, stored)
+                .map_err(|e| JobError::Unreadable(e.to_string()))?;
+        }
+        Ok(snapshot)
     }
 
     pub fn jobs(&self) -> Vec<JobSnapshot> {
@@ -905,32 +944,118 @@ impl State {
         lock(&self.inner.scheduler).workers(Instant::now())
     }
 
-    pub fn results(
-        &self,
-        job_id: &str,
-        usable_only: bool,
-    ) -> Result<Vec<crate::scheduler::ResultRow>, JobError> {
-        lock(&self.inner.scheduler).results(job_id, usable_only)
+    /// Where an ended job's rows are read, once they are kept in the store only.
+    fn stored_rows(&self, job_id: &str) -> Result<Option<StoredRows>, JobError> {
+        lock(&self.inner.scheduler).stored_rows(job_id)
     }
 
-    /// A page of results; see [`Scheduler::results_page`].
+    /// Every row of a job that `filter` keeps, in candidate order, read page by page.
+    pub fn results(&self, job_id: &str, filter: RowFilter) -> Result<Vec<ResultRow>, JobError> {
+        let mut rows = Vec::new();
+        let mut next = Some(0);
+        while let Some(start) = next {
+            let (page, after) = self.results_page(job_id, start, RESULTS_PAGE, filter)?;
+            rows.extend(page);
+            next = after;
+        }
+        Ok(rows)
+    }
+
+    /// A page of results; see [`Scheduler::results_page`]. An ended job's come from the store.
     pub fn results_page(
         &self,
         job_id: &str,
         start: usize,
         limit: usize,
-        usable_only: bool,
-    ) -> Result<(Vec<crate::scheduler::ResultRow>, Option<usize>), JobError> {
-        lock(&self.inner.scheduler).results_page(job_id, start, limit, usable_only)
+        filter: RowFilter,
+    ) -> Result<(Vec<ResultRow>, Option<usize>), JobError> {
+        {
+            let scheduler = lock(&self.inner.scheduler);
+            if scheduler.stored_rows(job_id)?.is_none() {
+                return scheduler.results_page(job_id, start, limit, filter);
+            }
+        }
+        // Kept in the store for good: read without the scheduler lock.
+        let Some(stored) = self.stored_rows(job_id)? else {
+            unreachable!("a job's rows never come back from the store");
+        };
+        lock(&self.inner.reader)
+            .results_page(job_id, stored, start, limit, filter)
+            .map_err(|e| JobError::Unreadable(e.to_string()))
     }
 
-    pub fn results_since(
+    /// The next rows a follower of a job has not seen, at most `limit`: verdicts as they are
+    /// recorded, then, once the job has ended, the candidates never checked. Every candidate is
+    /// followed exactly once, even when the job's rows leave memory for the store meanwhile.
+    pub fn follow(
         &self,
         job_id: &str,
-        cursor: usize,
+        at: FollowCursor,
+        limit: usize,
         usable_only: bool,
-    ) -> Result<crate::scheduler::Followed, JobError> {
-        lock(&self.inner.scheduler).results_since(job_id, cursor, usable_only)
+    ) -> Result<(Vec<ResultRow>, FollowCursor), JobError> {
+        match at {
+            FollowCursor::Recorded(position) => {
+                let followed = {
+                    let scheduler = lock(&self.inner.scheduler);
+                    match scheduler.stored_rows(job_id)? {
+                        None => {
+                            Some(scheduler.results_since(job_id, position, limit, usable_only)?)
+                        }
+                        Some(_) => None,
+                    }
+                };
+                Ok(match followed {
+                    Some(Followed { rows, cursor, done }) => (
+                        rows,
+                        if done {
+                            FollowCursor::Rest {
+                                position: cursor,
+                                start: 0,
+                            }
+                        } else {
+                            FollowCursor::Recorded(cursor)
+                        },
+                    ),
+                    None => (Vec::new(), FollowCursor::Rest { position, start: 0 }),
+                })
+            }
+            FollowCursor::Rest { position, start } => {
+                let page = {
+                    let scheduler = lock(&self.inner.scheduler);
+                    match scheduler.stored_rows(job_id)? {
+                        // Ended, still in memory: every recorded verdict was read.
+                        None if usable_only => Some((Vec::new(), None)),
+                        None => Some(scheduler.results_page(
+                            job_id,
+                            start,
+                            limit,
+                            RowFilter::Unchecked,
+                        )?),
+                        Some(_) => None,
+                    }
+                };
+                let (rows, next) = match page {
+                    Some(page) => page,
+                    None => {
+                        let Some(stored) = self.stored_rows(job_id)? else {
+                            unreachable!("a job's rows never come back from the store");
+                        };
+                        lock(&self.inner.reader)
+                            .rest_page(job_id, stored, position, start, limit, usable_only)
+                            .map_err(|e| JobError::Unreadable(e.to_string()))?
+                    }
+                };
+                Ok((
+                    rows,
+                    match next {
+                        Some(start) => FollowCursor::Rest { position, start },
+                        None => FollowCursor::Done,
+                    },
+                ))
+            }
+            FollowCursor::Done => Ok((Vec::new(), FollowCursor::Done)),
+        }
     }
 
     /// Progress of a job from now on; ends (sender dropped) never, so watchers stop at a terminal state.
@@ -1146,8 +1271,12 @@ impl State {
                 && !tx.borrow().state.is_terminal()
             {
                 info!(job_id = %snapshot.id, state = snapshot.state.name(), reason = %snapshot.reason, "job ended");
-                tx.send_replace(snapshot);
+                tx.send_replace(snapshot.clone());
             }
+            drop(progress);
+            // Its end and every verdict before it are durable and its files are written: from
+            // now on its rows are read from the store.
+            lock(&self.inner.scheduler).keep_in_store(&snapshot.id);
         }
     }
 
@@ -1171,8 +1300,10 @@ impl State {
             return Ok(());
         }
         // The output files list the usable proxies only.
-        let Ok(results) = lock(&self.inner.scheduler).results(&job.id, true) else {
-            return Ok(()); // pruned meanwhile
+        let results = match self.results(&job.id, RowFilter::Usable) {
+            Ok(results) => results,
+            Err(JobError::NotFound(_)) => return Ok(()), // pruned meanwhile
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
         };
         let files = output::render(&job.id, job.ended_wall_ms, &results);
         if job_files {

@@ -8,8 +8,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::candidate::{self, Protocol, TargetPolicy};
 use crate::scheduler::{
-    Anonymity, ChunkRecord, JobRecord, JobSettings, JobState, Reason, Record, SourceSpec,
-    SourceState, SourceStatus, StoredJob, UsableFilter, Verdict,
+    Anonymity, ChunkId, ChunkInfo, ChunkRecord, ChunkState, JobRecord, JobSettings, JobState,
+    Reason, Record, ResultRow, RowFilter, SourceSpec, SourceState, SourceStatus, StoredJob,
+    StoredRows, UsableFilter, Verdict,
 };
 
 /// File name of the database inside the data dir.
@@ -72,7 +73,7 @@ CREATE TABLE IF NOT EXISTS candidates (
 CREATE TABLE IF NOT EXISTS verdicts (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, usable INTEGER NOT NULL, reason TEXT NOT NULL,
     latency_ms INTEGER NOT NULL, connect_ms INTEGER NOT NULL, exit_ip TEXT NOT NULL,
-    anonymity TEXT NOT NULL, detail TEXT NOT NULL,
+    anonymity TEXT NOT NULL, detail TEXT NOT NULL, position INTEGER,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chunks (
@@ -113,14 +114,10 @@ impl Store {
             .map_err(corrupt)?;
         conn.execute_batch(SCHEMA).map_err(corrupt)?;
         // A store from before jobs recorded their candidate count: NULL there, not checked.
-        let counted = conn
-            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'candidates'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(corrupt)?;
-        if !counted {
-            conn.execute_batch("ALTER TABLE jobs ADD COLUMN candidates INTEGER")
-                .map_err(corrupt)?;
-        }
+        add_column(&conn, "jobs", "candidates").map_err(corrupt)?;
+        // A store from before verdicts kept the order they were recorded in: NULL there, read
+        // first, by candidate index.
+        add_column(&conn, "verdicts", "position").map_err(corrupt)?;
         Ok(Store { conn, path })
     }
 
@@ -130,6 +127,17 @@ impl Store {
 
     /// Every job, oldest first, and the lease-id high-water mark.
     pub fn load(&self) -> Result<(Vec<StoredJob>, u64), StoreError> {
+        let (ids, lease_floor) = self.job_ids()?;
+        let jobs = ids
+            .iter()
+            .map(|id| self.load_job(id))
+            .collect::<Result<_, _>>()?;
+        Ok((jobs, lease_floor))
+    }
+
+    /// The id of every job, oldest first, and the lease-id high-water mark: a coordinator
+    /// starting brings its jobs back one at a time with [`Store::load_job`].
+    pub fn job_ids(&self) -> Result<(Vec<String>, u64), StoreError> {
         let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
             path: self.path.display().to_string(),
             error: e.to_string(),
@@ -142,98 +150,105 @@ impl Store {
             .optional()
             .map_err(corrupt)?
             .unwrap_or(0) as u64;
-        let mut jobs = Vec::new();
-        let mut statement = self
+        let ids = self
             .conn
-            .prepare(
-                "SELECT id, name, settings, state, reason, created_ms, ended_ms, reassignments,
+            .prepare("SELECT id FROM jobs ORDER BY rowid")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(corrupt)?;
+        Ok((ids, lease_floor))
+    }
+
+    /// One job whole: its row, candidates, verdicts (in the order they were recorded) and chunks.
+    pub fn load_job(&self, id: &str) -> Result<StoredJob, StoreError> {
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            error: e.to_string(),
+        };
+        let row = self
+            .conn
+            .query_row(
+                "SELECT name, settings, state, reason, created_ms, ended_ms, reassignments,
                         stale_refused, handed_back, sources, source_specs, dropped, candidates
-                 FROM jobs ORDER BY rowid",
+                 FROM jobs WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, i64>(7)?,
+                        r.get::<_, i64>(8)?,
+                        r.get::<_, String>(9)?,
+                        r.get::<_, String>(10)?,
+                        r.get::<_, String>(11)?,
+                        r.get::<_, Option<i64>>(12)?,
+                    ))
+                },
             )
             .map_err(corrupt)?;
-        let rows = statement
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, i64>(7)?,
-                    r.get::<_, i64>(8)?,
-                    r.get::<_, i64>(9)?,
-                    r.get::<_, String>(10)?,
-                    r.get::<_, String>(11)?,
-                    r.get::<_, String>(12)?,
-                    r.get::<_, Option<i64>>(13)?,
-                ))
-            })
-            .map_err(corrupt)?;
-        for row in rows {
-            let (
-                id,
-                name,
-                settings,
-                state,
-                reason,
-                created,
-                ended,
-                reassign,
-                stale,
-                handed,
-                sources,
-                specs,
-                dropped,
-                count,
-            ) = row.map_err(corrupt)?;
-            let bad = |what: &str| StoreError::Corrupt {
+        let (
+            name,
+            settings,
+            state,
+            reason,
+            created,
+            ended,
+            reassign,
+            stale,
+            handed,
+            sources,
+            specs,
+            dropped,
+            count,
+        ) = row;
+        let bad = |what: &str| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            error: format!("job {id}: unreadable {what}"),
+        };
+        let mut record = JobRecord {
+            settings: settings_from_json(&settings).ok_or_else(|| bad("settings"))?,
+            state: state_from_name(&state).ok_or_else(|| bad("state"))?,
+            name,
+            reason,
+            created_wall_ms: created as u64,
+            ended_wall_ms: ended as u64,
+            reassignments: reassign as u64,
+            stale_refused: stale as u64,
+            handed_back: handed as u64,
+            sources: sources_from_json(&sources).ok_or_else(|| bad("sources"))?,
+            source_specs: specs_from_json(&specs).ok_or_else(|| bad("source specs"))?,
+            dropped: serde_json::from_str(&dropped).map_err(|_| bad("dropped counts"))?,
+            candidate_count: 0,
+            id: id.to_string(),
+        };
+        let (indexes, candidates) = self.candidates(id)?;
+        let verdicts = self.verdicts(id)?;
+        let chunks = self.chunks(id)?;
+        let rows = JobRows {
+            recorded: count,
+            candidates: indexes,
+            verdicts: verdicts.iter().map(|v| i64::from(v.index)).collect(),
+            chunks: chunks.iter().map(|c| i64::from(c.chunk_id)).collect(),
+            chunk_size: record.settings.chunk_size,
+        };
+        if let Some(problem) = rows_problem(&rows) {
+            return Err(StoreError::Inconsistent {
                 path: self.path.display().to_string(),
-                error: format!("job {id}: unreadable {what}"),
-            };
-            let mut record = JobRecord {
-                settings: settings_from_json(&settings).ok_or_else(|| bad("settings"))?,
-                state: state_from_name(&state).ok_or_else(|| bad("state"))?,
-                name,
-                reason,
-                created_wall_ms: created as u64,
-                ended_wall_ms: ended as u64,
-                reassignments: reassign as u64,
-                stale_refused: stale as u64,
-                handed_back: handed as u64,
-                sources: sources_from_json(&sources).ok_or_else(|| bad("sources"))?,
-                source_specs: specs_from_json(&specs).ok_or_else(|| bad("source specs"))?,
-                dropped: serde_json::from_str(&dropped).map_err(|_| bad("dropped counts"))?,
-                candidate_count: 0,
-                id: id.clone(),
-            };
-            let (indexes, candidates) = self.candidates(&id)?;
-            let verdicts = self.verdicts(&id)?;
-            let chunks = self.chunks(&id)?;
-            let rows = JobRows {
-                recorded: count,
-                candidates: indexes,
-                verdicts: verdicts.iter().map(|v| i64::from(v.index)).collect(),
-                chunks: chunks.iter().map(|c| i64::from(c.chunk_id)).collect(),
-                chunk_size: record.settings.chunk_size,
-            };
-            if let Some(problem) = rows_problem(&rows) {
-                return Err(StoreError::Inconsistent {
-                    path: self.path.display().to_string(),
-                    job_id: id,
-                    problem,
-                });
-            }
-            record.candidate_count = candidates.len() as u64;
-            jobs.push(StoredJob {
-                record,
-                candidates,
-                verdicts,
-                chunks,
+                job_id: id.to_string(),
+                problem,
             });
         }
-        Ok((jobs, lease_floor))
+        record.candidate_count = candidates.len() as u64;
+        Ok(StoredJob {
+            record,
+            candidates,
+            verdicts,
+            chunks,
+        })
     }
 
     /// A job's candidates in order, with the index each is stored under.
@@ -258,20 +273,9 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (index, url) = row.map_err(|e| corrupt(e.to_string()))?;
-            // Validated at submit; here only read back, whatever the target policy is now.
-            let mut parsed = candidate::parse_line(
-                &url,
-                &[Protocol::Http],
-                TargetPolicy {
-                    allow_private: true,
-                },
-            )
-            .map_err(|e| corrupt(format!("candidate {url:?}: {e}")))?;
-            if parsed.len() != 1 {
-                return Err(corrupt(format!("candidate {url:?} is not one proxy")));
-            }
+            let candidate = stored_candidate(&url).map_err(corrupt)?;
             indexes.push(index);
-            out.push(parsed.remove(0));
+            out.push(candidate);
         }
         Ok((indexes, out))
     }
@@ -285,21 +289,17 @@ impl Store {
             .conn
             .prepare(
                 "SELECT idx, usable, reason, latency_ms, connect_ms, exit_ip, anonymity, detail
-                 FROM verdicts WHERE job_id = ?1 ORDER BY idx",
+                 FROM verdicts WHERE job_id = ?1 ORDER BY position, idx",
             )
             .map_err(corrupt)?;
         let rows = statement
             .query_map([job_id], |r| {
-                Ok(Verdict {
-                    index: r.get::<_, i64>(0)? as u32,
-                    usable: r.get::<_, i64>(1)? != 0,
-                    reason: reason_from_name(&r.get::<_, String>(2)?),
-                    latency_ms: r.get::<_, i64>(3)? as u32,
-                    connect_ms: r.get::<_, i64>(4)? as u32,
-                    exit_ip: r.get(5)?,
-                    anonymity: anonymity_from_name(&r.get::<_, String>(6)?),
-                    detail: r.get(7)?,
-                })
+                let index = r.get::<_, i64>(0)? as u32;
+                stored_verdict(r, index, 1)?.ok_or(rusqlite::Error::InvalidColumnType(
+                    1,
+                    "usable".into(),
+                    rusqlite::types::Type::Null,
+                ))
             })
             .map_err(corrupt)?;
         rows.collect::<Result<_, _>>().map_err(corrupt)
@@ -360,6 +360,256 @@ impl Store {
         tx.commit().map_err(|e| write_error(&path, e))?;
         Ok(ids)
     }
+}
+
+/// Reads ended jobs' rows while the writer writes (WAL readers do not block it): the rows of a
+/// job kept only in the store, page by page.
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// The columns a results row is read from: the candidate, then its verdict if any.
+const RESULT_COLUMNS: &str = "c.idx, c.url, v.usable, v.reason, v.latency_ms, v.connect_ms,
+    v.exit_ip, v.anonymity, v.detail";
+
+impl Reader {
+    /// A read-only connection to the database in `data_dir` (opened by [`Store::open`] first).
+    pub fn open(data_dir: &Path) -> Result<Reader, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|conn| {
+            conn.busy_timeout(Duration::from_secs(5))?;
+            Ok(conn)
+        })
+        .map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        })?;
+        Ok(Reader { conn, path })
+    }
+
+    fn corrupt(&self, job_id: &str, error: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            error: format!("job {job_id}: {error}"),
+        }
+    }
+
+    /// Result rows of `job_id` from candidate index `start`, as [`Scheduler::results_page`] pages
+    /// them: at most `limit` rows, at most `limit` * 64 candidates looked at, and where the next
+    /// page starts. `extra` narrows the rows further in SQL over `c` (candidates) and `v` (their
+    /// verdicts).
+    ///
+    /// [`Scheduler::results_page`]: crate::scheduler::Scheduler::results_page
+    fn page_where(
+        &self,
+        job_id: &str,
+        stored: StoredRows,
+        start: usize,
+        limit: usize,
+        extra: &str,
+        extra_param: i64,
+    ) -> Result<(Vec<ResultRow>, Option<usize>), StoreError> {
+        let total = stored.total as usize;
+        let end = start.saturating_add(limit.saturating_mul(64)).min(total);
+        let sql = format!(
+            "SELECT {RESULT_COLUMNS} FROM candidates c
+             LEFT JOIN verdicts v ON v.job_id = c.job_id AND v.idx = c.idx
+             WHERE c.job_id = ?1 AND c.idx >= ?2 AND c.idx < ?3 AND ({extra})
+             ORDER BY c.idx LIMIT ?4"
+        );
+        let mut statement = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(|e| self.corrupt(job_id, e))?;
+        let mut rows = statement
+            .query(params![
+                job_id,
+                start as i64,
+                end as i64,
+                limit.min(i64::MAX as usize) as i64,
+                extra_param
+            ])
+            .map_err(|e| self.corrupt(job_id, e))?;
+        let mut out = Vec::new();
+        let mut next = end;
+        while let Some(row) = rows.next().map_err(|e| self.corrupt(job_id, e))? {
+            let index = row.get::<_, i64>(0).map_err(|e| self.corrupt(job_id, e))? as u32;
+            let url: String = row.get(1).map_err(|e| self.corrupt(job_id, e))?;
+            let verdict = stored_verdict(row, index, 2).map_err(|e| self.corrupt(job_id, e))?;
+            out.push(ResultRow {
+                candidate: stored_candidate(&url).map_err(|e| self.corrupt(job_id, e))?,
+                chunk_id: index / stored.chunk_size.max(1),
+                verdict,
+            });
+            if out.len() == limit {
+                next = index as usize + 1;
+                break;
+            }
+        }
+        Ok((out, (next < total).then_some(next)))
+    }
+
+    /// A page of a stored job's results; see [`Scheduler::results_page`].
+    ///
+    /// [`Scheduler::results_page`]: crate::scheduler::Scheduler::results_page
+    pub fn results_page(
+        &self,
+        job_id: &str,
+        stored: StoredRows,
+        start: usize,
+        limit: usize,
+        filter: RowFilter,
+    ) -> Result<(Vec<ResultRow>, Option<usize>), StoreError> {
+        let extra = match filter {
+            RowFilter::All => "?5 = ?5",
+            RowFilter::Usable => "v.usable = 1 AND ?5 = ?5",
+            RowFilter::Unchecked => "v.idx IS NULL AND ?5 = ?5",
+        };
+        self.page_where(job_id, stored, start, limit, extra, 0)
+    }
+
+    /// What a follower that read the first `position` recorded verdicts has yet to see of a
+    /// stored job, by candidate index from `start`: the verdicts recorded after them and, unless
+    /// `usable_only`, the candidates never checked.
+    pub fn rest_page(
+        &self,
+        job_id: &str,
+        stored: StoredRows,
+        position: usize,
+        start: usize,
+        limit: usize,
+        usable_only: bool,
+    ) -> Result<(Vec<ResultRow>, Option<usize>), StoreError> {
+        // Verdicts of a store from before positions were kept count as recorded first.
+        let extra = if usable_only {
+            "v.usable = 1 AND ifnull(v.position, 0) >= ?5"
+        } else {
+            "v.idx IS NULL OR ifnull(v.position, 0) >= ?5"
+        };
+        self.page_where(job_id, stored, start, limit, extra, position as i64)
+    }
+
+    /// The chunks of a stored job as clients see them: none is leased any more.
+    pub fn chunks(&self, job_id: &str, stored: StoredRows) -> Result<Vec<ChunkInfo>, StoreError> {
+        let size = stored.chunk_size.max(1);
+        let chunk_count = stored.total.div_ceil(u64::from(size)) as usize;
+        let mut chunks: Vec<ChunkInfo> = (0..chunk_count)
+            .map(|i| ChunkInfo {
+                id: i as ChunkId,
+                state: ChunkState::Queued,
+                size: (stored.total - i as u64 * u64::from(size)).min(u64::from(size)) as u32,
+                checked: 0,
+                attempts: 0,
+                leases: 0,
+                holder: String::new(),
+            })
+            .collect();
+        let corrupt = |e: rusqlite::Error| self.corrupt(job_id, e);
+        let mut checked = self
+            .conn
+            .prepare_cached(
+                "SELECT idx / ?2, count(*) FROM verdicts WHERE job_id = ?1 GROUP BY idx / ?2",
+            )
+            .map_err(corrupt)?;
+        let counts = checked
+            .query_map(params![job_id, i64::from(size)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(corrupt)?;
+        for count in counts {
+            let (chunk, n) = count.map_err(corrupt)?;
+            if let Some(c) = chunks.get_mut(chunk as usize) {
+                c.checked = n as u32;
+            }
+        }
+        let mut records = self
+            .conn
+            .prepare_cached(
+                "SELECT chunk_id, attempts, leases, failed FROM chunks WHERE job_id = ?1",
+            )
+            .map_err(corrupt)?;
+        let rows = records
+            .query_map([job_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)? != 0,
+                ))
+            })
+            .map_err(corrupt)?;
+        for row in rows {
+            let (chunk, attempts, leases, failed) = row.map_err(corrupt)?;
+            if let Some(c) = chunks.get_mut(chunk as usize) {
+                c.attempts = attempts as u32;
+                c.leases = leases as u32;
+                if failed {
+                    c.state = ChunkState::Failed;
+                }
+            }
+        }
+        for c in &mut chunks {
+            if c.state != ChunkState::Failed && c.checked == c.size {
+                c.state = ChunkState::Done;
+            }
+        }
+        Ok(chunks)
+    }
+}
+
+/// A candidate as the store keeps it: its full URL, validated at submit.
+fn stored_candidate(url: &str) -> Result<crate::candidate::Candidate, String> {
+    // Only read back here, whatever the target policy is now.
+    let mut parsed = candidate::parse_line(
+        url,
+        &[Protocol::Http],
+        TargetPolicy {
+            allow_private: true,
+        },
+    )
+    .map_err(|e| format!("candidate {url:?}: {e}"))?;
+    if parsed.len() != 1 {
+        return Err(format!("candidate {url:?} is not one proxy"));
+    }
+    Ok(parsed.remove(0))
+}
+
+/// The verdict in a row's columns from `first` on (usable, reason, latency, connect time, exit
+/// address, anonymity, detail); `None` where they are NULL (a candidate not checked).
+fn stored_verdict(
+    r: &rusqlite::Row<'_>,
+    index: u32,
+    first: usize,
+) -> rusqlite::Result<Option<Verdict>> {
+    let Some(usable) = r.get::<_, Option<i64>>(first)? else {
+        return Ok(None);
+    };
+    Ok(Some(Verdict {
+        index,
+        usable: usable != 0,
+        reason: reason_from_name(&r.get::<_, String>(first + 1)?),
+        latency_ms: r.get::<_, i64>(first + 2)? as u32,
+        connect_ms: r.get::<_, i64>(first + 3)? as u32,
+        exit_ip: r.get::<_, String>(first + 4)?.into(),
+        anonymity: anonymity_from_name(&r.get::<_, String>(first + 5)?),
+        detail: r.get::<_, String>(first + 6)?.into(),
+    }))
+}
+
+/// Adds the INTEGER `column` to `table` of a store written before the column existed.
+fn add_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<()> {
+    let present = conn
+        .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+        .exists([table, column])?;
+    if !present {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} INTEGER"))?;
+    }
+    Ok(())
 }
 
 /// A failed write, told apart when it is the disk being full: the one cause an operator fixes
@@ -477,13 +727,18 @@ fn write_records(
                     insert.execute(params![job_id, i as i64, c.full_url()])?;
                 }
             }
-            Record::Verdicts { job_id, verdicts } => {
+            Record::Verdicts {
+                job_id,
+                first_position,
+                verdicts,
+            } => {
                 let mut insert = tx.prepare_cached(
                     "INSERT OR IGNORE INTO verdicts
-                        (job_id, idx, usable, reason, latency_ms, connect_ms, exit_ip, anonymity, detail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        (job_id, idx, usable, reason, latency_ms, connect_ms, exit_ip, anonymity,
+                         detail, position)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )?;
-                for v in verdicts {
+                for (position, v) in (*first_position..).zip(verdicts) {
                     insert.execute(params![
                         job_id,
                         v.index as i64,
@@ -494,6 +749,7 @@ fn write_records(
                         v.exit_ip,
                         crate::output::anonymity_name(v.anonymity),
                         v.detail,
+                        position as i64,
                     ])?;
                 }
             }
@@ -814,6 +1070,7 @@ mod tests {
                         Record::Job(Box::new(record_with_candidates("j", JobState::Checking))),
                         Record::Verdicts {
                             job_id: "j".into(),
+                            first_position: 0,
                             verdicts: vec![verdict.clone()],
                         },
                         Record::Chunk {
@@ -836,6 +1093,7 @@ mod tests {
                 .write(
                     &[Record::Verdicts {
                         job_id: "j".into(),
+                        first_position: 1,
                         verdicts: vec![other],
                     }],
                     5,
@@ -1066,5 +1324,146 @@ mod tests {
             err.contains("/data/proxyfleet.db") && err.contains("disk"),
             "{err}"
         );
+    }
+
+    /// A job of `n` candidates (chunks of 2), with verdicts recorded in the order `recorded`;
+    /// even indexes are usable.
+    fn stored_job(d: &Path, n: u32, recorded: &[u32]) -> StoredRows {
+        let list: Vec<Candidate> = (0..n)
+            .map(|i| Candidate {
+                protocol: Protocol::Http,
+                host: format!("192.0.2.{}", i + 1),
+                port: 8080,
+                auth: None,
+            })
+            .collect();
+        let mut job = record("j", JobState::Succeeded);
+        job.candidate_count = u64::from(n);
+        let verdicts = recorded
+            .iter()
+            .map(|&index| Verdict {
+                index,
+                usable: index % 2 == 0,
+                reason: if index % 2 == 0 {
+                    Reason::None
+                } else {
+                    Reason::Refused
+                },
+                latency_ms: 10 + index,
+                exit_ip: "198.51.100.1".into(),
+                detail: String::new().into(),
+                anonymity: Anonymity::Elite,
+                connect_ms: 1,
+            })
+            .collect::<Vec<_>>();
+        let mut store = Store::open(d).unwrap();
+        let (first, second) = verdicts.split_at(verdicts.len() / 2);
+        store
+            .write(
+                &[
+                    Record::Candidates {
+                        job_id: "j".into(),
+                        candidates: list.into(),
+                    },
+                    Record::Job(Box::new(job)),
+                    Record::Verdicts {
+                        job_id: "j".into(),
+                        first_position: 0,
+                        verdicts: first.to_vec(),
+                    },
+                    Record::Verdicts {
+                        job_id: "j".into(),
+                        first_position: first.len() as u64,
+                        verdicts: second.to_vec(),
+                    },
+                    Record::Chunk {
+                        job_id: "j".into(),
+                        chunk: ChunkRecord {
+                            chunk_id: 1,
+                            attempts: 3,
+                            leases: 3,
+                            failed: true,
+                        },
+                    },
+                ],
+                1,
+            )
+            .unwrap();
+        StoredRows {
+            chunk_size: 2,
+            total: u64::from(n),
+        }
+    }
+
+    fn indexes(rows: &[ResultRow]) -> Vec<u32> {
+        rows.iter()
+            .map(|r| {
+                r.candidate
+                    .host
+                    .rsplit('.')
+                    .next()
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap()
+                    - 1
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stored_job_reads_back_page_by_page_as_it_was_in_memory() {
+        let d = dir("reader");
+        // Candidates 2 and 3 (chunk 1) were never checked; 7 was recorded first.
+        let stored = stored_job(&d, 8, &[7, 0, 1, 4, 5, 6]);
+        let reader = Reader::open(&d).unwrap();
+        let (all, next) = reader
+            .results_page("j", stored, 0, 100, RowFilter::All)
+            .unwrap();
+        assert_eq!((indexes(&all), next), ((0..8).collect(), None));
+        assert_eq!(all[7].verdict.as_ref().unwrap().latency_ms, 17);
+        assert_eq!(all[2].verdict, None);
+        assert_eq!(all[5].chunk_id, 2);
+        let (page, next) = reader
+            .results_page("j", stored, 1, 3, RowFilter::All)
+            .unwrap();
+        assert_eq!((indexes(&page), next), (vec![1, 2, 3], Some(4)));
+        let (usable, _) = reader
+            .results_page("j", stored, 0, 100, RowFilter::Usable)
+            .unwrap();
+        assert_eq!(indexes(&usable), [0, 4, 6]);
+        let (usable, next) = reader
+            .results_page("j", stored, 0, 2, RowFilter::Usable)
+            .unwrap();
+        assert_eq!((indexes(&usable), next), (vec![0, 4], Some(5)));
+        let (unchecked, _) = reader
+            .results_page("j", stored, 0, 100, RowFilter::Unchecked)
+            .unwrap();
+        assert_eq!(indexes(&unchecked), [2, 3]);
+        // A follower that read the first 3 recorded (7, 0, 1) still needs 4, 5, 6 and the rest.
+        let (rest, _) = reader.rest_page("j", stored, 3, 0, 100, false).unwrap();
+        assert_eq!(indexes(&rest), [2, 3, 4, 5, 6]);
+        let (rest, _) = reader.rest_page("j", stored, 3, 0, 100, true).unwrap();
+        assert_eq!(indexes(&rest), [4, 6]);
+        let (rest, _) = reader.rest_page("j", stored, 0, 0, 100, false).unwrap();
+        assert_eq!(indexes(&rest), (0..8).collect::<Vec<_>>());
+        let chunks = reader.chunks("j", stored).unwrap();
+        let shape: Vec<(ChunkState, u32, u32, u32)> = chunks
+            .iter()
+            .map(|c| (c.state, c.size, c.checked, c.attempts))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (ChunkState::Done, 2, 2, 0),
+                (ChunkState::Failed, 2, 0, 3),
+                (ChunkState::Done, 2, 2, 0),
+                (ChunkState::Done, 2, 2, 0),
+            ]
+        );
+        // Restored in the order they were recorded.
+        let job = Store::open(&d).unwrap().load_job("j").unwrap();
+        let order: Vec<u32> = job.verdicts.iter().map(|v| v.index).collect();
+        assert_eq!(order, [7, 0, 1, 4, 5, 6]);
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
