@@ -104,6 +104,8 @@ pub async fn run(
 
     info!(grpc = %grpc.local_addr()?, judge = %judge.local_addr()?, judge_urls = ?config.judge_urls, lease_ttl = ?config.lease_ttl, max_connections = config.max_connections, judge_max_connections = config.judge_max_connections, first_request_timeout = ?config.first_request_timeout, "coordinator listening");
 
+    // Delivers what waited for the store, writes output files, shows jobs' ends.
+    let mut publisher = tokio::spawn(state.clone().publisher());
     let mut ticker = {
         let state = state.clone();
         let mut stop = stop_rx.clone();
@@ -242,6 +244,7 @@ pub async fn run(
         }
         judged = &mut judge_task => Err(anyhow::anyhow!("the judge endpoint stopped: {judged:?}")),
         ticked = &mut ticker => Err(anyhow::anyhow!("the lease ticker stopped: {ticked:?}")),
+        published = &mut publisher => Err(anyhow::anyhow!("the publisher stopped: {published:?}")),
         refreshed = &mut refresher => Err(anyhow::anyhow!("the refresh scheduler stopped: {refreshed:?}")),
         served = &mut metrics_task => Err(anyhow::anyhow!("the metrics endpoint stopped: {served:?}")),
         failure = state.store_failed() => Err(anyhow::anyhow!("the store failed: {failure}")),
@@ -262,6 +265,16 @@ pub async fn run(
     judge_task.abort();
     // Everything acknowledged is already durable; this flushes what is still in flight.
     state.close_store();
+    // Then the publisher writes out and shows what those last writes ended.
+    state.stop_publisher();
+    if !publisher.is_finished()
+        && tokio::time::timeout(std::time::Duration::from_secs(10), &mut publisher)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the publisher did not finish within 10s; stopping it");
+        publisher.abort();
+    }
     match &outcome {
         Ok(()) => info!("coordinator stopped"),
         Err(e) => tracing::error!(error = %e, "coordinator stopped on a failure"),

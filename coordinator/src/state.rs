@@ -50,7 +50,7 @@ struct Inner {
     /// The store writer thread, joined at shutdown.
     store_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set by the writer if the store fails; the coordinator stops on it.
-    store_failure: watch::Sender<Option<String>>,
+    store_failure: Arc<watch::Sender<Option<String>>>,
     /// When ended jobs were last pruned (`--retain`).
     last_prune: Mutex<Instant>,
     /// Ids that lease events are logged with; kept by `deliver` and the session calls.
@@ -59,12 +59,35 @@ struct Inner {
     /// them are committed (set by the writer): a job's end is shown to watchers, and a submission
     /// or cancel answered, only once every record before it is durable.
     journal_seq: AtomicU64,
-    durable_seq: watch::Sender<u64>,
+    durable_seq: Arc<watch::Sender<u64>>,
     /// The write that carried each ended job's last record, until its end is published.
     end_seqs: Mutex<HashMap<String, u64>>,
-    /// Held while output files are written (by whichever thread publishes), so that a pool's
-    /// files, once its newest completed job is chosen, are not overwritten by an older one.
-    output_files: Mutex<()>,
+    /// Work for the publisher (see [`State::publisher`]): what the store writer committed, and
+    /// ended jobs to write out and show. Sent by the writer and by `publish`.
+    events: mpsc::UnboundedSender<Event>,
+    /// The publisher's end of `events`, until [`State::publisher`] takes it.
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+}
+
+/// Work for the publisher, the one task that writes output files and delivers what waited for
+/// the store.
+enum Event {
+    /// A write is durable: the lease completions that waited for it, and whether a job ended in
+    /// it (its end may be shown now).
+    Committed {
+        acks: Vec<Outbound>,
+        job_ended: bool,
+    },
+    /// Jobs pruned from the store (`--retain`): forget them and remove their directories.
+    Pruned(Vec<String>),
+    /// A job ended and its end is durable: write its files, then show its end; `is_newest`
+    /// says whether it was its pool's newest completed job when found.
+    Ended {
+        snapshot: Box<JobSnapshot>,
+        is_newest: bool,
+    },
+    /// Shutdown: everything sent before is done; stop.
+    Stop,
 }
 
 /// What a lease event's log line names: its job, chunk and worker.
@@ -89,6 +112,77 @@ enum StoreOp {
     Prune {
         before_ms: u64,
     },
+}
+
+/// The store writer thread's part: it owns the store, and reports what it committed to the
+/// publisher; it never calls back into the state.
+struct StoreWriter {
+    store: Store,
+    /// Set if the store fails; the coordinator stops on it.
+    failure: Arc<watch::Sender<Option<String>>>,
+    /// The journal position committed last (see `Inner::journal_seq`).
+    durable_seq: Arc<watch::Sender<u64>>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl StoreWriter {
+    /// Commits batches of changes (every batch waiting is one transaction), then reports them.
+    /// A failing store stops the coordinator.
+    fn run(mut self, rx: std::sync::mpsc::Receiver<StoreOp>) {
+        while let Ok(first) = rx.recv() {
+            let mut records = Vec::new();
+            let mut acks = Vec::new();
+            let mut next_lease = 0;
+            let mut prunes = Vec::new();
+            let mut committed_seq = None;
+            let mut job_ended = false;
+            for op in std::iter::once(first).chain(rx.try_iter()) {
+                match op {
+                    StoreOp::Write {
+                        records: r,
+                        acks: a,
+                        next_lease: n,
+                        seq,
+                    } => {
+                        // A job ended in these records: publish it once they are committed.
+                        job_ended |= r.iter().any(
+                            |record| matches!(record, Record::Job(job) if job.state.is_terminal()),
+                        );
+                        records.extend(r);
+                        acks.extend(a);
+                        next_lease = next_lease.max(n);
+                        committed_seq = Some(seq);
+                    }
+                    StoreOp::Prune { before_ms } => prunes.push(before_ms),
+                }
+            }
+            if let Err(e) = self.store.write(&records, next_lease) {
+                self.fail(e);
+                return;
+            }
+            if let Some(seq) = committed_seq {
+                self.durable_seq.send_replace(seq);
+            }
+            // Fails only once the publisher has stopped, at shutdown, when acks no longer matter.
+            let _ = self.events.send(Event::Committed { acks, job_ended });
+            for before_ms in prunes {
+                match self.store.prune(before_ms) {
+                    Ok(ids) => {
+                        let _ = self.events.send(Event::Pruned(ids));
+                    }
+                    Err(e) => {
+                        self.fail(e);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&self, e: crate::store::StoreError) {
+        error!(error = %e, "the store failed; stopping");
+        self.failure.send_replace(Some(e.to_string()));
+    }
 }
 
 /// A job request from a client, before parsing.
@@ -271,6 +365,20 @@ impl State {
             info!(jobs = restored, "jobs restored from the data dir");
         }
         let (store_tx, store_rx) = std::sync::mpsc::channel();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let store_failure = Arc::new(watch::channel(None).0);
+        let durable_seq = Arc::new(watch::channel(0).0);
+        let writer = {
+            let writer = StoreWriter {
+                store,
+                failure: store_failure.clone(),
+                durable_seq: durable_seq.clone(),
+                events: events.clone(),
+            };
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || writer.run(store_rx))?
+        };
         let state = State {
             inner: Arc::new(Inner {
                 config,
@@ -280,80 +388,62 @@ impl State {
                 progress: Mutex::new(progress),
                 fetcher,
                 store_tx: Mutex::new(Some(store_tx)),
-                store_thread: Mutex::new(None),
-                store_failure: watch::channel(None).0,
+                store_thread: Mutex::new(Some(writer)),
+                store_failure,
                 last_prune: Mutex::new(now),
                 log_ids: Mutex::new(LogIds::default()),
                 journal_seq: AtomicU64::new(0),
-                durable_seq: watch::channel(0).0,
+                durable_seq,
                 end_seqs: Mutex::new(HashMap::new()),
-                output_files: Mutex::new(()),
+                events,
+                events_rx: Mutex::new(Some(events_rx)),
             }),
         };
-        let writer = {
-            let state = state.clone();
-            std::thread::Builder::new()
-                .name("store-writer".into())
-                .spawn(move || state.write_store(store, store_rx))?
-        };
-        *lock(&state.inner.store_thread) = Some(writer);
         state.deliver(out);
         Ok(state)
     }
 
-    /// The store writer: commits batches of changes (every batch waiting is one transaction),
-    /// then sends the acks that waited for them. A failing store stops the coordinator.
-    fn write_store(&self, mut store: Store, rx: std::sync::mpsc::Receiver<StoreOp>) {
-        while let Ok(first) = rx.recv() {
-            let mut records = Vec::new();
-            let mut acks = Vec::new();
-            let mut next_lease = 0;
-            let mut prunes = Vec::new();
-            let mut committed_seq = None;
-            let mut job_ended = false;
-            for op in std::iter::once(first).chain(rx.try_iter()) {
-                match op {
-                    StoreOp::Write {
-                        records: r,
-                        acks: a,
-                        next_lease: n,
-                        seq,
-                    } => {
-                        // A job ended in these records: publish it once they are committed.
-                        job_ended |= r.iter().any(
-                            |record| matches!(record, Record::Job(job) if job.state.is_terminal()),
-                        );
-                        records.extend(r);
-                        acks.extend(a);
-                        next_lease = next_lease.max(n);
-                        committed_seq = Some(seq);
-                    }
-                    StoreOp::Prune { before_ms } => prunes.push(before_ms),
+    /// The publisher: the one task that delivers what waited for the store, writes output files
+    /// and removes pruned jobs' directories, in the order it is told. `run` supervises it; it
+    /// ends at [`State::stop_publisher`]. Only the first call gets the work; a second returns.
+    pub async fn publisher(self) {
+        let Some(mut events) = lock(&self.inner.events_rx).take() else {
+            return;
+        };
+        while let Some(event) = events.recv().await {
+            if let Event::Stop = event {
+                // What the events before the stop sent meanwhile (a job ended in the last
+                // write) is done too; nothing else comes.
+                while let Ok(event) = events.try_recv() {
+                    self.handle(event);
                 }
-            }
-            if let Err(e) = store.write(&records, next_lease) {
-                error!(error = %e, "the store failed; stopping");
-                self.inner.store_failure.send_replace(Some(e.to_string()));
                 return;
             }
-            if let Some(seq) = committed_seq {
-                self.inner.durable_seq.send_replace(seq);
-            }
-            self.deliver(acks);
-            if job_ended {
-                self.publish();
-            }
-            for before_ms in prunes {
-                match store.prune(before_ms) {
-                    Ok(ids) => self.forget(ids),
-                    Err(e) => {
-                        error!(error = %e, "the store failed; stopping");
-                        self.inner.store_failure.send_replace(Some(e.to_string()));
-                        return;
-                    }
+            self.handle(event);
+        }
+    }
+
+    /// Does one piece of the publisher's work.
+    fn handle(&self, event: Event) {
+        match event {
+            Event::Committed { acks, job_ended } => {
+                self.deliver(acks);
+                if job_ended {
+                    self.publish();
                 }
             }
+            Event::Pruned(ids) => self.forget(ids),
+            Event::Ended {
+                snapshot,
+                is_newest,
+            } => self.show_end(*snapshot, is_newest),
+            Event::Stop => {}
         }
+    }
+
+    /// Tells the publisher to stop once it has done everything sent to it before.
+    pub fn stop_publisher(&self) {
+        let _ = self.inner.events.send(Event::Stop);
     }
 
     /// Flushes and closes the store (shutdown): nothing acknowledged is lost.
@@ -425,7 +515,6 @@ impl State {
                 progress.remove(id);
             }
         }
-        let _writing = lock(&self.inner.output_files);
         for id in ids {
             match remove_job_dir(&self.inner.config, &id) {
                 Ok(()) => info!(job_id = %id, "job pruned: older than --retain"),
@@ -1218,7 +1307,7 @@ impl State {
     /// Sends fresh snapshots of changed jobs to their watchers; writes ended jobs' results, then
     /// shows their end.
     fn publish(&self) {
-        let ended = {
+        let ended: Vec<(JobSnapshot, bool)> = {
             let mut scheduler = lock(&self.inner.scheduler);
             // Progress is locked under the scheduler lock so snapshots reach watchers in order.
             let progress = lock(&self.inner.progress);
@@ -1246,9 +1335,9 @@ impl State {
                         .entry(pool.clone())
                         .or_insert_with(|| scheduler.newest_completed(pool).map(str::to_string));
                     let is_newest = newest.as_deref() == Some(id.as_str());
-                    // Shown once its files are written (below), so that a client that saw the
-                    // end reads them. Every earlier snapshot was sent under the scheduler lock
-                    // before the job ended: none can come after this one.
+                    // Shown once its files are written (by the publisher), so that a client
+                    // that saw the end reads them. Every earlier snapshot was sent under the
+                    // scheduler lock before the job ended: none can come after this one.
                     ended.push((snapshot, is_newest));
                     continue;
                 }
@@ -1263,21 +1352,34 @@ impl State {
             ended
         };
         for (snapshot, is_newest) in ended {
-            if let Err(e) = self.write_outputs(&snapshot, is_newest) {
-                warn!(job_id = %snapshot.id, error = %e, "could not write the job's results to the data dir");
-            }
+            let snapshot = Box::new(snapshot);
+            // Fails only once the publisher has stopped, at shutdown.
+            let _ = self.inner.events.send(Event::Ended {
+                snapshot,
+                is_newest,
+            });
+        }
+    }
+
+    /// Writes an ended job's files, then shows its end to its watchers, then lets its rows leave
+    /// memory (the publisher's part of [`State::publish`]).
+    fn show_end(&self, snapshot: JobSnapshot, is_newest: bool) {
+        if let Err(e) = self.write_outputs(&snapshot, is_newest) {
+            warn!(job_id = %snapshot.id, error = %e, "could not write the job's results to the data dir");
+        }
+        let id = snapshot.id.clone();
+        {
             let progress = lock(&self.inner.progress);
-            if let Some(tx) = progress.get(&snapshot.id)
+            if let Some(tx) = progress.get(&id)
                 && !tx.borrow().state.is_terminal()
             {
-                info!(job_id = %snapshot.id, state = snapshot.state.name(), reason = %snapshot.reason, "job ended");
-                tx.send_replace(snapshot.clone());
+                info!(job_id = %id, state = snapshot.state.name(), reason = %snapshot.reason, "job ended");
+                tx.send_replace(snapshot);
             }
-            drop(progress);
-            // Its end and every verdict before it are durable and its files are written: from
-            // now on its rows are read from the store.
-            lock(&self.inner.scheduler).keep_in_store(&snapshot.id);
         }
+        // Its end and every verdict before it are durable and its files are written: from now on
+        // its rows are read from the store.
+        lock(&self.inner.scheduler).keep_in_store(&id);
     }
 
     /// Writes an ended job's files under `DATA_DIR/jobs/<id>/` unless they are there already (a
@@ -1287,12 +1389,11 @@ impl State {
     fn write_outputs(&self, job: &JobSnapshot, is_newest: bool) -> std::io::Result<()> {
         let config = &self.inner.config;
         let job_dir = config.data_dir.join("jobs").join(&job.id);
-        let _writing = lock(&self.inner.output_files);
         // `summary.json` is written last: there, the job's files are whole.
         let job_files = !job_dir.join(SUMMARY).exists();
         let pool_files = is_newest && {
-            // Asked again with the files' lock held: a job that ended meanwhile is newer, and its
-            // own publish writes the pool after this one.
+            // Asked again now: a job that ended meanwhile is newer, and the publisher writes the
+            // pool for it after this one.
             let scheduler = lock(&self.inner.scheduler);
             scheduler.newest_completed(&job.settings.pool) == Some(job.id.as_str())
         };
