@@ -1,0 +1,220 @@
+//! What the store keeps of jobs, the records that carry each change to it, and bringing jobs
+//! back from it after a restart.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// Jobs changed since their watchers and the store last looked.
+#[derive(Debug, Default)]
+pub(super) struct Changed {
+    pub(super) watch: BTreeSet<String>,
+    pub(super) save: BTreeSet<String>,
+}
+
+impl Changed {
+    pub(super) fn insert(&mut self, job_id: String) {
+        self.save.insert(job_id.clone());
+        self.watch.insert(job_id);
+    }
+}
+
+/// What the store keeps of a job besides its candidates, verdicts and chunks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub name: String,
+    pub settings: JobSettings,
+    pub state: JobState,
+    pub reason: String,
+    pub created_wall_ms: u64,
+    pub ended_wall_ms: u64,
+    pub reassignments: u64,
+    pub stale_refused: u64,
+    pub handed_back: u64,
+    pub sources: Vec<SourceStatus>,
+    /// Sources not fetched yet (a job still queued or scraping).
+    pub source_specs: Vec<SourceSpec>,
+    pub dropped: BTreeMap<String, u64>,
+    /// How many candidates the job holds; the store checks its candidate rows against it.
+    pub candidate_count: u64,
+}
+
+/// What the store keeps of a chunk: its range follows from the job's chunk size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub chunk_id: ChunkId,
+    pub attempts: u32,
+    pub leases: u32,
+    pub failed: bool,
+}
+
+/// A change the store must persist, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Job(Box<JobRecord>),
+    /// The job's whole candidate list (at submit, and again once its sources are scraped).
+    Candidates {
+        job_id: String,
+        candidates: Arc<Vec<Candidate>>,
+    },
+    Verdicts {
+        job_id: String,
+        /// Position of the first of them in the order the job recorded its verdicts; followers
+        /// read in that order.
+        first_position: u64,
+        verdicts: Vec<Verdict>,
+    },
+    Chunk {
+        job_id: String,
+        chunk: ChunkRecord,
+    },
+}
+
+/// A job as the store had it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredJob {
+    pub record: JobRecord,
+    pub candidates: Vec<Candidate>,
+    pub verdicts: Vec<Verdict>,
+    pub chunks: Vec<ChunkRecord>,
+}
+
+pub(super) fn job_record(job: &Job) -> JobRecord {
+    JobRecord {
+        id: job.id.clone(),
+        name: job.name.clone(),
+        settings: job.settings.clone(),
+        state: job.state,
+        reason: job.reason.clone(),
+        created_wall_ms: job.created_wall_ms,
+        ended_wall_ms: job.ended_wall_ms,
+        reassignments: job.reassignments,
+        stale_refused: job.stale_refused,
+        handed_back: job.handed_back,
+        sources: job.sources.clone(),
+        source_specs: job.source_specs.clone(),
+        dropped: job.dropped.clone(),
+        candidate_count: job
+            .stored
+            .map_or(job.candidates.len() as u64, |s| s.proxies_total),
+    }
+}
+
+impl Scheduler {
+    /// Changes to persist since the last call, in order; each changed job's row comes last.
+    pub fn take_journal(&mut self) -> Vec<Record> {
+        let mut records = std::mem::take(&mut self.journal);
+        for id in std::mem::take(&mut self.changed.save) {
+            if let Some(job) = self.jobs.get(&id) {
+                records.push(Record::Job(Box::new(job_record(job))));
+            }
+        }
+        records
+    }
+
+    /// Brings back a job from the store after a restart. Recorded verdicts stay; chunks not
+    /// finished are queued again (leases are not persisted); a job that was scraping scrapes again.
+    pub fn restore(&mut self, stored: StoredJob, now: Instant, wall_now: u64) -> Vec<Outbound> {
+        let StoredJob {
+            record,
+            candidates,
+            verdicts,
+            chunks: chunk_records,
+        } = stored;
+        let id = record.id.clone();
+        let mut chunks = make_chunks(candidates.len() as u32, record.settings.chunk_size);
+        for r in chunk_records {
+            if let Some(chunk) = chunks.get_mut(r.chunk_id as usize) {
+                chunk.attempts = r.attempts;
+                chunk.leases = r.leases;
+                if r.failed {
+                    chunk.state = ChunkState::Failed;
+                }
+            }
+        }
+        let mut slots: Vec<Option<Verdict>> = vec![None; candidates.len()];
+        let (mut checked, mut usable, mut recorded) = (0, 0, Vec::new());
+        for v in verdicts {
+            let Some(slot) = slots.get_mut(v.index as usize) else {
+                continue;
+            };
+            if slot.is_some() {
+                continue;
+            }
+            checked += 1;
+            usable += u64::from(v.usable);
+            recorded.push(v.index);
+            *slot = Some(v);
+        }
+        for chunk in &mut chunks {
+            chunk.unchecked = chunk
+                .range
+                .clone()
+                .filter(|&i| slots[i as usize].is_none())
+                .count() as u32;
+            if chunk.unchecked == 0 {
+                chunk.state = ChunkState::Done;
+            }
+        }
+        let age = Duration::from_millis(wall_now.saturating_sub(record.created_wall_ms));
+        let created = now.checked_sub(age).unwrap_or(now);
+        let terminal = record.state.is_terminal();
+        let job = Job {
+            id: id.clone(),
+            name: record.name,
+            settings: record.settings,
+            // An unfinished job starts over from QUEUED: its pool decides when it runs again.
+            state: if terminal {
+                record.state
+            } else {
+                JobState::Queued
+            },
+            reason: record.reason,
+            verdicts: slots,
+            candidates: candidates.into(),
+            chunks,
+            created,
+            created_wall_ms: record.created_wall_ms,
+            ended_wall_ms: record.ended_wall_ms,
+            ended: terminal.then_some(now),
+            checked,
+            usable,
+            reassignments: record.reassignments,
+            stale_refused: record.stale_refused,
+            handed_back: record.handed_back,
+            rate_samples: VecDeque::new(),
+            source_specs: if terminal {
+                Vec::new()
+            } else {
+                record.source_specs
+            },
+            sources: record.sources,
+            dropped: record.dropped,
+            recorded,
+            stored: None,
+        };
+        self.job_order.push(id.clone());
+        self.jobs.insert(id.clone(), job);
+        // Shown to watchers, but not saved again: the store holds it as it is. What restoring
+        // changes (an unfinished job started again, or ended because nothing is left to check)
+        // is saved like any other change.
+        self.changed.watch.insert(id);
+        let mut out = Vec::new();
+        self.start_queued_jobs(now, wall_now, &mut out);
+        out.extend(self.assign(now));
+        out
+    }
+
+    /// Ids of jobs whose snapshot changed since the last call.
+    pub fn take_dirty(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.changed.watch)
+    }
+
+    /// Marks a job's snapshot as changed again, for a later `take_dirty`.
+    pub fn mark_dirty(&mut self, job_id: &str) {
+        self.changed.watch.insert(job_id.to_string());
+    }
+}

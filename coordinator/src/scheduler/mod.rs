@@ -1,0 +1,1103 @@
+//! The scheduler: worker sessions, leases and jobs, pure, clock passed in, no IO.
+//!
+//! Every input (a worker's hello, verdicts, heartbeat, hand-back, drain, a broken stream, a clock
+//! tick, a client's submit or cancel) is a method taking `now`; every output to a worker is an
+//! [`Outbound`] message the caller delivers. The caller serializes access (one lock).
+//!
+//! The rooms: [`leases`] holds sessions and the leases they hold and knows no job; [`jobs`]
+//! holds jobs, their chunks and verdicts and knows no lease; [`view`] is what clients read;
+//! [`journal`] is what the store keeps and how a restart brings it back. This module joins them:
+//! it decides which chunk goes to which session and what a lost lease costs.
+
+mod jobs;
+mod journal;
+mod leases;
+#[cfg(test)]
+mod tests;
+mod verdict;
+mod view;
+
+pub use jobs::{ChunkState, JobSettings, JobState, NewJob, SourceSpec, SourceState, SourceStatus};
+pub use journal::{ChunkRecord, JobRecord, Record, StoredJob};
+pub use verdict::{Anonymity, Reason, UsableFilter, Verdict};
+pub use view::{
+    ChunkInfo, Followed, JobProgress, JobSnapshot, Metrics, ResultRow, RowFilter, StoredRows,
+    WorkerSnapshot,
+};
+
+use jobs::{Job, StoredCounts, intern, make_chunks};
+use journal::Changed;
+use leases::{Lease, Session};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::candidate::Candidate;
+
+pub type LeaseId = u64;
+pub type SessionId = u64;
+pub type ChunkId = u32;
+
+/// Judges whose status one session may report; jobs name a few each.
+const MAX_JUDGES_PER_SESSION: usize = 1024;
+
+/// Settings of the lease protocol, fixed for the coordinator's life.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// A session silent this long loses its leases.
+    pub lease_ttl: Duration,
+    /// Judges of jobs that name none: the coordinator's, as configured now (they may move
+    /// between restarts, so jobs do not keep them).
+    pub default_judges: Vec<String>,
+}
+
+/// A chunk as leased to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub lease_id: LeaseId,
+    pub job_id: String,
+    pub chunk_id: ChunkId,
+    pub attempt: u32,
+    /// Unchecked candidates of the chunk, with their job indices.
+    pub candidates: Vec<(u32, Candidate)>,
+    pub judge_urls: Vec<String>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// A message for one worker session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    Assign(SessionId, Assignment),
+    LeaseDone(SessionId, LeaseId),
+    Revoke(SessionId, LeaseId, &'static str),
+    /// End this session's stream: it was replaced by a newer session of the same worker.
+    Close(SessionId),
+    /// Not for a worker: the job entered SCRAPING; fetch its sources, then call `scraped`.
+    Scrape(String, Vec<SourceSpec>),
+}
+
+/// Why a lease ended without its chunk being finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseLoss {
+    /// The holder vanished (stream broke, went silent, replaced): costs an attempt.
+    Vanished,
+    /// A draining holder gave it back: costs nothing.
+    HandedBack,
+    /// The job ended: the chunk will not be checked further.
+    JobEnded,
+}
+
+/// What a client may get wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    #[error("no job with id {0:?}; `proxyfleet jobs` lists the known jobs")]
+    NotFound(String),
+    /// An ended job's rows live in the store, and reading them failed.
+    #[error("{0}; the coordinator's data dir cannot be read, check its disk")]
+    Unreadable(String),
+}
+
+/// What a worker said hello with.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub worker_id: String,
+    pub name: String,
+    pub version: String,
+    pub peer: String,
+    pub capacity: u32,
+    pub max_checks: u32,
+}
+
+/// What a worker found when it asked a judge directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JudgeStatus {
+    pub url: String,
+    pub ok: bool,
+    pub own_ip: String,
+    pub error: String,
+}
+
+/// The whole scheduling state of a coordinator.
+#[derive(Debug)]
+pub struct Scheduler {
+    config: LeaseConfig,
+    /// Every job, by id; the order of ids in `job_order` is submission order.
+    jobs: HashMap<String, Job>,
+    job_order: Vec<String>,
+    /// Chunks waiting for a worker, oldest first; entries whose chunk is no longer queued are skipped.
+    queue: VecDeque<(String, ChunkId)>,
+    /// Live leases.
+    leases: HashMap<LeaseId, Lease>,
+    /// Ended leases and their job, so late verdicts are refused and counted against the right job.
+    retired: HashMap<LeaseId, String>,
+    sessions: BTreeMap<SessionId, Session>,
+    next_lease: LeaseId,
+    next_session: SessionId,
+    /// Jobs whose snapshot changed, for watchers and for the store.
+    changed: Changed,
+    /// Verdict texts seen (details, exit addresses), shared by every verdict that repeats one.
+    texts: std::collections::HashSet<Arc<str>>,
+    /// Changes for the store, in order, since `take_journal`.
+    journal: Vec<Record>,
+    /// Totals since start, for metrics.
+    counters: Counters,
+}
+
+/// Event totals since the coordinator started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub leases_granted: u64,
+    pub leases_completed: u64,
+    /// Taken back from a worker that went silent past the lease TTL.
+    pub leases_expired: u64,
+    /// Taken back from a worker that vanished (stream broken, silent or replaced) and queued again.
+    pub leases_requeued: u64,
+    pub leases_handed_back: u64,
+    pub verdicts_usable: u64,
+    pub verdicts_unusable: u64,
+    pub stale_verdicts_refused: u64,
+    pub chunks_failed: u64,
+}
+
+impl Scheduler {
+    /// `first_lease_id` lets lease ids stay unique across coordinator restarts.
+    pub fn new(config: LeaseConfig, first_lease_id: LeaseId) -> Self {
+        Scheduler {
+            config,
+            jobs: HashMap::new(),
+            job_order: Vec::new(),
+            queue: VecDeque::new(),
+            leases: HashMap::new(),
+            retired: HashMap::new(),
+            sessions: BTreeMap::new(),
+            next_lease: first_lease_id.max(1),
+            next_session: 1,
+            changed: Changed::default(),
+            texts: Default::default(),
+            journal: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.config.lease_ttl
+    }
+
+    /// Queues a job; it starts checking at once unless another job of its pool is running.
+    pub fn submit(&mut self, new: NewJob, now: Instant, wall_ms: u64) -> Vec<Outbound> {
+        let chunks = make_chunks(new.candidates.len() as u32, new.settings.chunk_size);
+        let sources = new
+            .sources
+            .iter()
+            .map(|spec| SourceStatus {
+                url: spec.url.clone(),
+                state: SourceState::Pending,
+                candidates: 0,
+                rejected: 0,
+                bytes: 0,
+                error: String::new(),
+            })
+            .collect();
+        let job = Job {
+            id: new.id.clone(),
+            name: new.name,
+            settings: new.settings,
+            state: JobState::Queued,
+            reason: String::new(),
+            verdicts: vec![None; new.candidates.len()],
+            candidates: new.candidates.into(),
+            chunks,
+            created: now,
+            created_wall_ms: wall_ms,
+            ended_wall_ms: 0,
+            ended: None,
+            checked: 0,
+            usable: 0,
+            reassignments: 0,
+            stale_refused: 0,
+            handed_back: 0,
+            rate_samples: VecDeque::new(),
+            source_specs: new.sources,
+            sources,
+            dropped: new.dropped,
+            recorded: Vec::new(),
+            stored: None,
+        };
+        self.journal.push(Record::Candidates {
+            job_id: new.id.clone(),
+            candidates: Arc::clone(&job.candidates),
+        });
+        self.job_order.push(new.id.clone());
+        self.jobs.insert(new.id.clone(), job);
+        self.changed.insert(new.id);
+        let mut out = Vec::new();
+        self.start_queued_jobs(now, wall_ms, &mut out);
+        out.extend(self.assign(now));
+        out
+    }
+
+    /// Starts the oldest queued job of every pool that has none running.
+    fn start_queued_jobs(&mut self, now: Instant, wall_ms: u64, out: &mut Vec<Outbound>) {
+        let mut busy: BTreeSet<String> = self
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Scraping | JobState::Checking))
+            .map(|j| j.settings.pool.clone())
+            .collect();
+        for id in self.job_order.clone() {
+            let job = &self.jobs[&id];
+            if job.state != JobState::Queued || busy.contains(&job.settings.pool) {
+                continue;
+            }
+            busy.insert(job.settings.pool.clone());
+            let job = self.jobs.get_mut(&id).expect("job listed in job_order");
+            self.changed.insert(id.clone());
+            if job.source_specs.is_empty() {
+                // A job of inline candidates has nothing to scrape: it passes SCRAPING at once.
+                self.start_checking(&id, now, wall_ms, out);
+            } else {
+                job.state = JobState::Scraping;
+                // The specs stay until the candidates are in, so a restart can scrape again.
+                out.push(Outbound::Scrape(id.clone(), job.source_specs.clone()));
+            }
+        }
+    }
+
+    fn start_checking(
+        &mut self,
+        job_id: &str,
+        now: Instant,
+        wall_ms: u64,
+        out: &mut Vec<Outbound>,
+    ) {
+        let job = self.jobs.get_mut(job_id).expect("starting a known job");
+        job.state = JobState::Checking;
+        for chunk in &job.chunks {
+            self.queue.push_back((job_id.to_string(), chunk.id));
+        }
+        self.changed.insert(job_id.to_string());
+        self.finish_if_complete(job_id, now, wall_ms, out);
+    }
+
+    /// A source of a scraping job started, progressed or ended.
+    pub fn source_progress(&mut self, job_id: &str, status: SourceStatus) {
+        if let Some(job) = self.jobs.get_mut(job_id)
+            && let Some(slot) = job.sources.iter_mut().find(|s| s.url == status.url)
+        {
+            *slot = status;
+            self.changed.insert(job_id.to_string());
+        }
+    }
+
+    /// The job's sources are fetched: their candidates join the job (each proxy once) and checking
+    /// starts. A job left with no candidate fails, saying why.
+    pub fn scraped(
+        &mut self,
+        job_id: &str,
+        candidates: Vec<Candidate>,
+        dropped: BTreeMap<String, u64>,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return out;
+        };
+        if job.state != JobState::Scraping {
+            return out; // cancelled or overdue while scraping
+        }
+        job.source_specs.clear();
+        let mut seen = crate::candidate::Seen::of(&job.candidates);
+        for (why, n) in dropped {
+            *job.dropped.entry(why).or_default() += n;
+        }
+        let mut duplicates = 0;
+        for candidate in candidates {
+            if seen.first_time(&job.candidates, &candidate) {
+                Arc::make_mut(&mut job.candidates).push(candidate);
+            } else {
+                duplicates += 1;
+            }
+        }
+        if duplicates > 0 {
+            *job.dropped.entry("duplicate".into()).or_default() += duplicates;
+        }
+        job.verdicts = vec![None; job.candidates.len()];
+        job.chunks = make_chunks(job.candidates.len() as u32, job.settings.chunk_size);
+        self.journal.push(Record::Candidates {
+            job_id: job_id.to_string(),
+            candidates: Arc::clone(&job.candidates),
+        });
+        if job.candidates.is_empty() {
+            let failed: Vec<String> = job
+                .sources
+                .iter()
+                .filter(|s| s.state == SourceState::Failed)
+                .map(|s| format!("{}: {}", s.url, s.error))
+                .collect();
+            let reason = if failed.len() == job.sources.len() {
+                format!("every source failed: {}", failed.join("; "))
+            } else {
+                "the sources held no usable candidate".to_string()
+            };
+            self.end_job(job_id, JobState::Failed, reason, now, wall_ms, &mut out);
+        } else {
+            self.start_checking(job_id, now, wall_ms, &mut out);
+        }
+        out.extend(self.assign(now));
+        out
+    }
+
+    /// A worker reports what a judge answered it directly. A job whose every judge is down for
+    /// that worker fails at once, saying so, rather than recording every proxy as dead.
+    pub fn judge_status(
+        &mut self,
+        session: SessionId,
+        status: JudgeStatus,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        if !self.touch(session, now) {
+            return out;
+        }
+        let s = self.sessions.get_mut(&session).expect("touched above");
+        // A worker reports the judges it was given; past so many, it reports nonsense.
+        if s.judges.len() >= MAX_JUDGES_PER_SESSION && !s.judges.contains_key(&status.url) {
+            return out;
+        }
+        let worker_id = s.worker_id.clone();
+        s.judges.insert(status.url.clone(), status);
+        let down: BTreeMap<String, String> = s
+            .judges
+            .values()
+            .filter(|j| !j.ok)
+            .map(|j| (j.url.clone(), j.error.clone()))
+            .collect();
+        let doomed: Vec<(String, String)> = self
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .filter(|j| {
+                let judges = self.judges_of(j);
+                !judges.is_empty() && judges.iter().all(|u| down.contains_key(u))
+            })
+            .map(|j| {
+                let why: Vec<String> = self
+                    .judges_of(j)
+                    .iter()
+                    .map(|u| format!("{u}: {}", down[u]))
+                    .collect();
+                (j.id.clone(), why.join("; "))
+            })
+            .collect();
+        for (job_id, why) in doomed {
+            let reason = format!(
+                "the judge is unreachable from worker {worker_id} ({why}); give a judge URL the workers can reach (submit --judge, or the coordinator's --judge-url)"
+            );
+            self.end_job(&job_id, JobState::Failed, reason, now, wall_ms, &mut out);
+        }
+        out.extend(self.assign(now));
+        out
+    }
+
+    /// A worker opened a session. A previous session with the same worker id is replaced.
+    pub fn hello(&mut self, hello: Hello, now: Instant) -> (SessionId, Vec<Outbound>) {
+        let mut out = Vec::new();
+        let replaced: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.worker_id == hello.worker_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for old in replaced {
+            self.end_session(old, now, &mut out);
+            out.push(Outbound::Close(old));
+        }
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                worker_id: hello.worker_id,
+                name: hello.name,
+                version: hello.version,
+                peer: hello.peer,
+                capacity: hello.capacity.max(1),
+                max_checks: hello.max_checks,
+                leases: BTreeSet::new(),
+                unchecked: 0,
+                connected: now,
+                last_seen: now,
+                draining: false,
+                silent: false,
+                verdicts_accepted: 0,
+                judges: BTreeMap::new(),
+            },
+        );
+        out.extend(self.assign(now));
+        (id, out)
+    }
+
+    /// Any message renews the sender's leases; a silent session that speaks again may get work.
+    fn touch(&mut self, session: SessionId, now: Instant) -> bool {
+        match self.sessions.get_mut(&session) {
+            Some(s) => {
+                s.last_seen = now;
+                s.silent = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Verdicts for a lease. Accepted only from the live lease's holder; otherwise refused and counted.
+    pub fn verdicts(
+        &mut self,
+        session: SessionId,
+        lease_id: LeaseId,
+        verdicts: Vec<Verdict>,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Vec<Outbound> {
+        self.verdicts_of_job(session, lease_id, "", verdicts, now, wall_ms)
+    }
+
+    /// Verdicts naming the job they are for, so that refused ones for a lease this scheduler never
+    /// knew (granted before a restart) still count against their job.
+    pub fn verdicts_of_job(
+        &mut self,
+        session: SessionId,
+        lease_id: LeaseId,
+        job_hint: &str,
+        verdicts: Vec<Verdict>,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        // An ended session's verdicts are refused and counted like any other stale ones.
+        let live_session = self.touch(session, now);
+        let holder = self.leases.get(&lease_id).map(|l| l.session);
+        if !live_session || holder != Some(session) {
+            let job_id = self
+                .leases
+                .get(&lease_id)
+                .map(|l| l.job_id.clone())
+                .or_else(|| self.retired.get(&lease_id).cloned())
+                .or_else(|| (!job_hint.is_empty()).then(|| job_hint.to_string()));
+            let count = verdicts.len() as u64;
+            self.counters.stale_verdicts_refused += count;
+            if let Some(job) = job_id.and_then(|id| self.jobs.get_mut(&id)) {
+                job.stale_refused += count;
+                self.changed.insert(job.id.clone());
+            }
+            if live_session {
+                out.push(Outbound::Revoke(session, lease_id, "stale lease"));
+            }
+            return out;
+        }
+        let lease = &self.leases[&lease_id];
+        let job_id = lease.job_id.clone();
+        let chunk_id = lease.chunk;
+        let judge_is_https = self
+            .judges_of(&self.jobs[&job_id])
+            .iter()
+            .all(|u| u.starts_with("https://"));
+        let job = self.jobs.get_mut(&job_id).expect("a live lease has a job");
+        let chunk = &mut job.chunks[chunk_id as usize];
+        let first_position = job.recorded.len() as u64;
+        let mut accepted = 0;
+        let mut recorded = Vec::new();
+        for mut verdict in verdicts {
+            if !chunk.range.contains(&verdict.index) {
+                continue;
+            }
+            let slot = &mut job.verdicts[verdict.index as usize];
+            if slot.is_some() {
+                continue;
+            }
+            if verdict.usable
+                && let Some(why) = job.settings.filter.refuse(
+                    &verdict,
+                    &job.candidates[verdict.index as usize],
+                    judge_is_https,
+                )
+            {
+                verdict.usable = false;
+                verdict.reason = Reason::Filtered;
+                verdict.detail = why.into();
+            }
+            verdict.detail = intern(&mut self.texts, verdict.detail);
+            verdict.exit_ip = intern(&mut self.texts, verdict.exit_ip);
+            job.checked += 1;
+            if verdict.usable {
+                job.usable += 1;
+                self.counters.verdicts_usable += 1;
+            } else {
+                self.counters.verdicts_unusable += 1;
+            }
+            chunk.unchecked -= 1;
+            accepted += 1;
+            job.recorded.push(verdict.index);
+            recorded.push(verdict.clone());
+            *slot = Some(verdict);
+        }
+        if !recorded.is_empty() {
+            self.journal.push(Record::Verdicts {
+                job_id: job_id.clone(),
+                first_position,
+                verdicts: recorded,
+            });
+        }
+        let chunk_finished = chunk.unchecked == 0;
+        if chunk_finished {
+            chunk.state = ChunkState::Done;
+        }
+        self.changed.insert(job_id.clone());
+        if let Some(lease) = self.leases.get_mut(&lease_id) {
+            lease.unchecked = lease.unchecked.saturating_sub(accepted as u32);
+        }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.verdicts_accepted += accepted;
+            s.unchecked = s.unchecked.saturating_sub(accepted);
+        }
+        if chunk_finished {
+            self.counters.leases_completed += 1;
+            self.retire_lease(lease_id);
+            out.push(Outbound::LeaseDone(session, lease_id));
+            self.finish_if_complete(&job_id, now, wall_ms, &mut out);
+        }
+        // Every verdict frees a check slot: the worker may have room for the next chunk.
+        if accepted > 0 {
+            out.extend(self.assign(now));
+        }
+        out
+    }
+
+    /// A heartbeat names the leases the worker believes it holds; any it does not hold is revoked.
+    pub fn heartbeat(
+        &mut self,
+        session: SessionId,
+        claimed: &[LeaseId],
+        now: Instant,
+    ) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        if !self.touch(session, now) {
+            return out;
+        }
+        for &lease_id in claimed {
+            if self.leases.get(&lease_id).map(|l| l.session) != Some(session) {
+                out.push(Outbound::Revoke(session, lease_id, "stale lease"));
+            }
+        }
+        out.extend(self.assign(now));
+        out
+    }
+
+    /// The worker is shutting down: no new leases for it.
+    pub fn draining(&mut self, session: SessionId, now: Instant) {
+        if self.touch(session, now)
+            && let Some(s) = self.sessions.get_mut(&session)
+        {
+            s.draining = true;
+        }
+    }
+
+    /// A draining worker gives a lease back unfinished; the chunk is queued again at no attempt.
+    pub fn hand_back(
+        &mut self,
+        session: SessionId,
+        lease_id: LeaseId,
+        now: Instant,
+    ) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        if !self.touch(session, now) {
+            return out;
+        }
+        // Only a draining worker may give work back for free; others must finish or vanish.
+        let draining = self.sessions.get(&session).is_some_and(|s| s.draining);
+        if draining && self.leases.get(&lease_id).map(|l| l.session) == Some(session) {
+            self.lose_lease(lease_id, LeaseLoss::HandedBack, now, &mut out);
+        }
+        out.extend(self.assign(now));
+        out
+    }
+
+    /// The session's stream ended (broke or closed): its leases go back to the queue at once.
+    pub fn disconnect(&mut self, session: SessionId, now: Instant) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        self.end_session(session, now, &mut out);
+        out.extend(self.assign(now));
+        out
+    }
+
+    fn end_session(&mut self, session: SessionId, now: Instant, out: &mut Vec<Outbound>) {
+        if let Some(s) = self.sessions.remove(&session) {
+            // A draining worker's leases come back at no cost, however its session ends.
+            let loss = if s.draining {
+                LeaseLoss::HandedBack
+            } else {
+                LeaseLoss::Vanished
+            };
+            for lease_id in s.leases {
+                self.lose_lease(lease_id, loss, now, out);
+            }
+        }
+    }
+
+    /// Expires silent sessions' leases and overdue jobs; call often (a few times a second).
+    pub fn tick(&mut self, now: Instant, wall_ms: u64) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        let ttl = self.config.lease_ttl;
+        let silent: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.silent && now.saturating_duration_since(s.last_seen) >= ttl)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            let session = self.sessions.get_mut(&id).expect("listed above");
+            session.silent = true;
+            let leases = std::mem::take(&mut session.leases);
+            self.counters.leases_expired += leases.len() as u64;
+            for lease_id in leases {
+                out.push(Outbound::Revoke(
+                    id,
+                    lease_id,
+                    "lease expired: no message within the lease ttl",
+                ));
+                self.lose_lease(lease_id, LeaseLoss::Vanished, now, &mut out);
+            }
+        }
+        let overdue: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|j| {
+                !j.state.is_terminal()
+                    && now.saturating_duration_since(j.created) >= j.settings.deadline
+            })
+            .map(|j| j.id.clone())
+            .collect();
+        for id in overdue {
+            let job = &self.jobs[&id];
+            let mut reason = format!(
+                "deadline of {} passed with {} of {} proxies checked",
+                humantime::format_duration(job.settings.deadline),
+                job.checked,
+                job.candidates.len()
+            );
+            if self.sessions.is_empty() {
+                reason.push_str(
+                    "; no worker is connected (start proxyfleet-worker --coordinator URL)",
+                );
+            } else if job.state == JobState::Queued {
+                reason.push_str("; the job waited behind another job of its pool");
+            }
+            self.end_job(&id, JobState::Failed, reason, now, wall_ms, &mut out);
+        }
+        for job in self.jobs.values_mut() {
+            if job.state == JobState::Checking {
+                job.rate_samples.push_back((now, job.checked));
+                while job.rate_samples.len() > 2
+                    && now.saturating_duration_since(job.rate_samples[0].0)
+                        > Duration::from_secs(10)
+                {
+                    job.rate_samples.pop_front();
+                }
+            }
+        }
+        out.extend(self.assign(now));
+        out
+    }
+
+    /// Cancels a job that has not ended; returns its snapshot either way.
+    pub fn cancel(
+        &mut self,
+        job_id: &str,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Result<(JobSnapshot, Vec<Outbound>), JobError> {
+        let state = self
+            .jobs
+            .get(job_id)
+            .map(|j| j.state)
+            .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
+        let mut out = Vec::new();
+        if !state.is_terminal() {
+            self.end_job(
+                job_id,
+                JobState::Cancelled,
+                "cancelled by a client".into(),
+                now,
+                wall_ms,
+                &mut out,
+            );
+            out.extend(self.assign(now));
+        }
+        Ok((self.snapshot(job_id, false, now)?, out))
+    }
+
+    /// Pushes queued chunks to sessions with free capacity, least loaded first.
+    pub fn assign(&mut self, now: Instant) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        loop {
+            // While more work is queued than every worker's slots can take, each may hold twice its
+            // slots, so no slot idles while verdicts travel; near the end of the queue none holds
+            // more than its slots, so no candidate waits in a busy worker while another has free
+            // slots.
+            let queued = self.queued_candidates();
+            let slots: u64 = self
+                .sessions
+                .values()
+                .map(|s| u64::from(s.max_checks))
+                .sum();
+            let deep = queued >= slots;
+            let target = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.wants_work(deep))
+                .min_by_key(|(id, s)| (s.load(), **id))
+                .map(|(id, _)| *id);
+            let Some(session) = target else { break };
+            let Some((job_id, chunk_id)) = self.next_queued_chunk() else {
+                break;
+            };
+            out.push(self.grant(session, &job_id, chunk_id, now));
+        }
+        out
+    }
+
+    /// About how many candidates wait in the queue: its length times the chunk size of its head.
+    fn queued_candidates(&self) -> u64 {
+        let chunk_size = self
+            .queue
+            .front()
+            .and_then(|(job_id, _)| self.jobs.get(job_id))
+            .map_or(0, |job| job.settings.chunk_size);
+        self.queue.len() as u64 * u64::from(chunk_size)
+    }
+
+    fn next_queued_chunk(&mut self) -> Option<(String, ChunkId)> {
+        while let Some((job_id, chunk_id)) = self.queue.pop_front() {
+            let live = self.jobs.get(&job_id).is_some_and(|j| {
+                j.state == JobState::Checking
+                    && j.chunks[chunk_id as usize].state == ChunkState::Queued
+            });
+            if live {
+                return Some((job_id, chunk_id));
+            }
+        }
+        None
+    }
+
+    fn grant(
+        &mut self,
+        session: SessionId,
+        job_id: &str,
+        chunk_id: ChunkId,
+        _now: Instant,
+    ) -> Outbound {
+        let lease_id = self.next_lease;
+        self.next_lease += 1;
+        self.counters.leases_granted += 1;
+        let judges = self.judges_of(&self.jobs[job_id]).to_vec();
+        let job = self.jobs.get_mut(job_id).expect("queued chunk has a job");
+        let chunk = &mut job.chunks[chunk_id as usize];
+        chunk.state = ChunkState::Leased(lease_id);
+        chunk.leases += 1;
+        let candidates: Vec<_> = chunk
+            .range
+            .clone()
+            .filter(|&i| job.verdicts[i as usize].is_none())
+            .map(|i| (i, job.candidates[i as usize].clone()))
+            .collect();
+        let unchecked = candidates.len() as u32;
+        let assignment = Assignment {
+            lease_id,
+            job_id: job_id.to_string(),
+            chunk_id,
+            attempt: chunk.leases,
+            candidates,
+            judge_urls: judges,
+            timeout: job.settings.timeout,
+            connect_timeout: job.settings.connect_timeout,
+        };
+        self.changed.insert(job_id.to_string());
+        self.leases.insert(
+            lease_id,
+            Lease {
+                job_id: job_id.to_string(),
+                chunk: chunk_id,
+                session,
+                unchecked,
+            },
+        );
+        let holder = self
+            .sessions
+            .get_mut(&session)
+            .expect("assign picks a live session");
+        holder.leases.insert(lease_id);
+        holder.unchecked += u64::from(unchecked);
+        Outbound::Assign(session, assignment)
+    }
+
+    fn retire_lease(&mut self, lease_id: LeaseId) -> Option<Lease> {
+        let lease = self.leases.remove(&lease_id)?;
+        if let Some(s) = self.sessions.get_mut(&lease.session) {
+            s.leases.remove(&lease_id);
+            s.unchecked = s.unchecked.saturating_sub(u64::from(lease.unchecked));
+        }
+        self.retired.insert(lease_id, lease.job_id.clone());
+        Some(lease)
+    }
+
+    fn lose_lease(
+        &mut self,
+        lease_id: LeaseId,
+        loss: LeaseLoss,
+        now: Instant,
+        out: &mut Vec<Outbound>,
+    ) {
+        let Some(lease) = self.retire_lease(lease_id) else {
+            return;
+        };
+        let job = self.jobs.get_mut(&lease.job_id).expect("a lease has a job");
+        let chunk = &mut job.chunks[lease.chunk as usize];
+        if chunk.state != ChunkState::Leased(lease_id) {
+            return;
+        }
+        self.changed.insert(job.id.clone());
+        match loss {
+            // Left unchecked: the job will not check it further.
+            LeaseLoss::JobEnded => chunk.state = ChunkState::Queued,
+            LeaseLoss::HandedBack => {
+                chunk.state = ChunkState::Queued;
+                job.handed_back += 1;
+                self.counters.leases_handed_back += 1;
+                self.queue.push_front((job.id.clone(), chunk.id));
+            }
+            LeaseLoss::Vanished => {
+                chunk.attempts += 1;
+                job.reassignments += 1;
+                self.counters.leases_requeued += 1;
+                if chunk.attempts >= job.settings.max_attempts {
+                    self.counters.chunks_failed += 1;
+                }
+                self.journal.push(Record::Chunk {
+                    job_id: job.id.clone(),
+                    chunk: ChunkRecord {
+                        chunk_id: chunk.id,
+                        attempts: chunk.attempts,
+                        leases: chunk.leases,
+                        failed: chunk.attempts >= job.settings.max_attempts,
+                    },
+                });
+                if chunk.attempts >= job.settings.max_attempts {
+                    chunk.state = ChunkState::Failed;
+                    let job_id = job.id.clone();
+                    // Wall time only matters for the end stamp; `now` orders everything else.
+                    let wall_ms = job.created_wall_ms
+                        + now.saturating_duration_since(job.created).as_millis() as u64;
+                    self.finish_if_complete(&job_id, now, wall_ms, out);
+                } else {
+                    chunk.state = ChunkState::Queued;
+                    self.queue.push_front((job.id.clone(), chunk.id));
+                }
+            }
+        }
+    }
+
+    /// Ends a checking job whose every chunk is done or failed.
+    fn finish_if_complete(
+        &mut self,
+        job_id: &str,
+        now: Instant,
+        wall_ms: u64,
+        out: &mut Vec<Outbound>,
+    ) {
+        let job = &self.jobs[job_id];
+        if job.state != JobState::Checking
+            || job
+                .chunks
+                .iter()
+                .any(|c| !matches!(c.state, ChunkState::Done | ChunkState::Failed))
+        {
+            return;
+        }
+        let failed = job
+            .chunks
+            .iter()
+            .filter(|c| c.state == ChunkState::Failed)
+            .count();
+        let total = job.chunks.len();
+        let failed_note = if failed > 0 {
+            format!(
+                "; {failed} of {total} chunks failed after {} attempts each (their proxies are unchecked)",
+                job.settings.max_attempts
+            )
+        } else {
+            String::new()
+        };
+        let (state, reason) = if total > 0
+            && failed as f64 / total as f64 > job.settings.max_failed_chunk_ratio
+        {
+            (
+                JobState::Failed,
+                format!(
+                    "{failed} of {total} chunks failed: every worker that took them vanished {} times",
+                    job.settings.max_attempts
+                ),
+            )
+        } else if job.usable >= job.settings.min_usable {
+            (
+                JobState::Succeeded,
+                format!(
+                    "{} usable of {} proxies (at least {} wanted){failed_note}",
+                    job.usable,
+                    job.candidates.len(),
+                    job.settings.min_usable
+                ),
+            )
+        } else {
+            (
+                JobState::Insufficient,
+                format!(
+                    "only {} usable of {} proxies, {} wanted{failed_note}",
+                    job.usable,
+                    job.candidates.len(),
+                    job.settings.min_usable
+                ),
+            )
+        };
+        self.end_job(job_id, state, reason, now, wall_ms, out);
+    }
+
+    fn end_job(
+        &mut self,
+        job_id: &str,
+        state: JobState,
+        reason: String,
+        now: Instant,
+        wall_ms: u64,
+        out: &mut Vec<Outbound>,
+    ) {
+        let live: Vec<(LeaseId, SessionId)> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.job_id == job_id)
+            .map(|(id, l)| (*id, l.session))
+            .collect();
+        for (lease_id, session) in live {
+            out.push(Outbound::Revoke(session, lease_id, "job ended"));
+            self.lose_lease(lease_id, LeaseLoss::JobEnded, now, out);
+        }
+        let job = self.jobs.get_mut(job_id).expect("ending a known job");
+        if job.state.is_terminal() {
+            return;
+        }
+        job.state = state;
+        job.reason = reason;
+        job.ended = Some(now);
+        job.ended_wall_ms = wall_ms;
+        self.changed.insert(job_id.to_string());
+        self.start_queued_jobs(now, wall_ms, out);
+    }
+
+    /// The judges a job's checks use: its own, or the coordinator's.
+    fn judges_of<'a>(&'a self, job: &'a Job) -> &'a [String] {
+        if job.settings.judge_urls.is_empty() {
+            &self.config.default_judges
+        } else {
+            &job.settings.judge_urls
+        }
+    }
+
+    /// Jobs not ended yet.
+    pub fn active_jobs(&self) -> usize {
+        self.jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .count()
+    }
+
+    /// The job of `pool` not ended yet, if any.
+    pub fn running_in(&self, pool: &str) -> Option<String> {
+        self.jobs
+            .values()
+            .find(|j| j.settings.pool == pool && !j.state.is_terminal())
+            .map(|j| j.id.clone())
+    }
+
+    /// Drops an ended job's candidates, verdicts and chunks from memory; from then on they are
+    /// read from the store (see [`Scheduler::stored_rows`]). Called once the job's end and every
+    /// verdict before it are durable, so memory follows the jobs at work, not history. Returns
+    /// whether the job is (now) kept in the store only.
+    pub fn keep_in_store(&mut self, job_id: &str) -> bool {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return false;
+        };
+        if !job.state.is_terminal() {
+            return false;
+        }
+        if job.stored.is_some() {
+            return true;
+        }
+        let mut counts = StoredCounts {
+            proxies_total: job.candidates.len() as u64,
+            chunks_total: job.chunks.len() as u64,
+            chunks_queued: 0,
+            chunks_done: 0,
+            chunks_failed: 0,
+        };
+        for chunk in &job.chunks {
+            match chunk.state {
+                // An ended job holds no lease: a chunk that was leased is queued for no one.
+                ChunkState::Queued | ChunkState::Leased(_) => counts.chunks_queued += 1,
+                ChunkState::Done => counts.chunks_done += 1,
+                ChunkState::Failed => counts.chunks_failed += 1,
+            }
+        }
+        job.stored = Some(counts);
+        job.candidates = Arc::new(Vec::new());
+        job.verdicts = Vec::new();
+        job.chunks = Vec::new();
+        job.recorded = Vec::new();
+        job.rate_samples = VecDeque::new();
+        // Late verdicts of its leases are still refused and counted, without naming the job.
+        self.retired.retain(|_, id| id != job_id);
+        true
+    }
+
+    /// Forgets an ended job (pruned from the store). A job still running is kept.
+    pub fn forget(&mut self, job_id: &str) {
+        if !self.jobs.get(job_id).is_some_and(|j| j.state.is_terminal()) {
+            return;
+        }
+        self.jobs.remove(job_id);
+        self.job_order.retain(|id| id != job_id);
+        self.retired.retain(|_, id| id != job_id);
+    }
+
+    /// The job whose results a pool's output files hold: of the pool's jobs that completed
+    /// (SUCCEEDED or INSUFFICIENT), the one that ended last, by wall-clock end time and, for
+    /// equal end times, the one submitted last.
+    pub(crate) fn newest_completed(&self, pool: &str) -> Option<&str> {
+        self.job_order
+            .iter()
+            .enumerate()
+            .filter_map(|(order, id)| Some((order, self.jobs.get(id)?)))
+            .filter(|(_, job)| {
+                job.settings.pool == pool
+                    && matches!(job.state, JobState::Succeeded | JobState::Insufficient)
+            })
+            .max_by_key(|(order, job)| (job.ended_wall_ms, *order))
+            .map(|(_, job)| job.id.as_str())
+    }
+
+    /// Lease ids this scheduler will hand out next; the store keeps the high-water mark.
+    pub fn next_lease_id(&self) -> LeaseId {
+        self.next_lease
+    }
+}

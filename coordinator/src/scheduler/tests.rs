@@ -1,0 +1,1260 @@
+//! The scheduler's unit tests: every transition, with a clock passed in.
+
+use super::*;
+use crate::candidate::Protocol;
+
+const TTL: Duration = Duration::from_secs(10);
+
+fn settings(chunk_size: u32, min_usable: u64) -> JobSettings {
+    JobSettings {
+        judge_urls: vec!["http://judge.test/judge".into()],
+        protocols: vec![Protocol::Http],
+        timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        filter: UsableFilter::default(),
+        chunk_size,
+        min_usable,
+        deadline: Duration::from_secs(600),
+        max_attempts: 3,
+        pool: "default".into(),
+        max_failed_chunk_ratio: 0.5,
+    }
+}
+
+fn candidates(n: u32) -> Vec<Candidate> {
+    (0..n)
+        .map(|i| Candidate {
+            protocol: Protocol::Http,
+            host: format!("10.0.{}.{}", i / 250, i % 250 + 1),
+            port: 8080,
+            auth: None,
+        })
+        .collect()
+}
+
+fn new_job(id: &str, n: u32, chunk_size: u32, min_usable: u64) -> NewJob {
+    NewJob {
+        id: id.into(),
+        name: String::new(),
+        settings: settings(chunk_size, min_usable),
+        candidates: candidates(n),
+        sources: Vec::new(),
+        dropped: BTreeMap::new(),
+    }
+}
+
+fn hello(worker: &str, capacity: u32) -> Hello {
+    Hello {
+        worker_id: worker.into(),
+        name: worker.into(),
+        version: "test".into(),
+        peer: "127.0.0.1:1".into(),
+        capacity,
+        max_checks: 10,
+    }
+}
+
+fn assignments(out: &[Outbound]) -> Vec<(SessionId, Assignment)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Outbound::Assign(s, a) => Some((*s, a.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn verdicts_for(a: &Assignment, usable: impl Fn(u32) -> bool) -> Vec<Verdict> {
+    a.candidates
+        .iter()
+        .map(|(i, _)| Verdict {
+            index: *i,
+            usable: usable(*i),
+            reason: if usable(*i) {
+                Reason::None
+            } else {
+                Reason::Refused
+            },
+            latency_ms: 1,
+            exit_ip: "".into(),
+            detail: "".into(),
+            anonymity: if usable(*i) {
+                Anonymity::Elite
+            } else {
+                Anonymity::Unknown
+            },
+            connect_ms: 1,
+        })
+        .collect()
+}
+
+struct Clock {
+    start: Instant,
+    now: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let start = Instant::now();
+        Clock { start, now: start }
+    }
+    fn advance(&mut self, d: Duration) -> Instant {
+        self.now += d;
+        self.now
+    }
+    fn wall(&self) -> u64 {
+        self.now.duration_since(self.start).as_millis() as u64
+    }
+}
+
+fn scheduler() -> Scheduler {
+    Scheduler::new(
+        LeaseConfig {
+            lease_ttl: TTL,
+            default_judges: vec!["http://judge.test/judge".into()],
+        },
+        1,
+    )
+}
+
+fn state(s: &Scheduler, job: &str, t: Instant) -> JobState {
+    s.snapshot(job, false, t).unwrap().state
+}
+
+#[test]
+fn a_job_with_workers_runs_to_success() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    let out = s.submit(new_job("j", 10, 4, 2), c.now, c.wall());
+    assert!(assignments(&out).is_empty(), "no worker yet");
+    assert_eq!(state(&s, "j", c.now), JobState::Checking);
+    let (w, out) = s.hello(hello("w1", 2), c.now);
+    let first = assignments(&out);
+    assert_eq!(first.len(), 2, "assigned up to capacity");
+    assert!(first.iter().all(|(sess, a)| *sess == w && a.attempt == 1));
+    let out = s.verdicts(
+        w,
+        first[0].1.lease_id,
+        verdicts_for(&first[0].1, |i| i < 3),
+        c.now,
+        c.wall(),
+    );
+    assert!(out.contains(&Outbound::LeaseDone(w, first[0].1.lease_id)));
+    let third = assignments(&out);
+    assert_eq!(third.len(), 1, "the freed credit gets the last chunk");
+    assert_eq!(third[0].1.candidates.len(), 2);
+    for (_, a) in [first[1].clone(), third[0].clone()] {
+        s.verdicts(w, a.lease_id, verdicts_for(&a, |_| false), c.now, c.wall());
+    }
+    let snap = s.snapshot("j", true, c.now).unwrap();
+    assert_eq!(snap.state, JobState::Succeeded);
+    assert_eq!(snap.progress.proxies_checked, 10);
+    assert_eq!(snap.progress.proxies_usable, 3);
+    assert_eq!(snap.progress.chunks_done, 3);
+    let results = s.results("j", RowFilter::All).unwrap();
+    assert_eq!(results.len(), 10);
+    assert!(results.iter().all(|r| r.verdict.is_some()));
+    assert_eq!(s.results("j", RowFilter::Usable).unwrap().len(), 3);
+}
+
+#[test]
+fn workers_are_leased_by_free_check_slots() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    // 20 chunks of 15; each worker has 20 slots and room for 100 leases.
+    s.submit(new_job("j", 300, 15, 0), c.now, c.wall());
+    let slots = |name| Hello {
+        max_checks: 20,
+        ..hello(name, 100)
+    };
+    let (w1, out) = s.hello(slots("w1"), c.now);
+    // Queue deeper than every slot: twice the slots (40) may be held.
+    assert_eq!(
+        assignments(&out).len(),
+        3,
+        "45 candidates for 20 slots and 20 ahead"
+    );
+    let (w2, out) = s.hello(slots("w2"), c.now);
+    assert_eq!(assignments(&out).len(), 3);
+    // Verdicts free slots: a partial batch frees no whole chunk's room yet...
+    let held = |s: &Scheduler, w| s.sessions[&w].unchecked;
+    assert_eq!((held(&s, w1), held(&s, w2)), (45, 45));
+    let lease = s.sessions[&w1].leases.iter().next().copied().unwrap();
+    let chunk = s.leases[&lease].chunk;
+    let range = s.jobs["j"].chunks[chunk as usize].range.clone();
+    let refused = |index| Verdict {
+        index,
+        usable: false,
+        reason: Reason::Refused,
+        latency_ms: 1,
+        exit_ip: "".into(),
+        detail: "".into(),
+        anonymity: Anonymity::Unknown,
+        connect_ms: 1,
+    };
+    let partial: Vec<Verdict> = range.clone().take(4).map(refused).collect();
+    let out = s.verdicts(w1, lease, partial, c.now, c.wall());
+    assert_eq!(held(&s, w1), 41);
+    assert!(assignments(&out).is_empty(), "41 held is past 40");
+    // ...and a finished chunk lets the next one in.
+    let rest: Vec<Verdict> = range.skip(4).map(refused).collect();
+    let out = s.verdicts(w1, lease, rest, c.now, c.wall());
+    assert_eq!(assignments(&out).len(), 1);
+    assert_eq!(held(&s, w1), 45);
+}
+
+#[test]
+fn near_the_end_of_the_queue_no_worker_holds_more_than_its_slots() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    // 8 chunks of 10 for two workers of 20 slots each.
+    s.submit(new_job("j", 80, 10, 0), c.now, c.wall());
+    let slots = |name| Hello {
+        max_checks: 20,
+        ..hello(name, 100)
+    };
+    let (w1, out) = s.hello(slots("w1"), c.now);
+    let w1_leases = assignments(&out);
+    assert_eq!(
+        w1_leases.len(),
+        4,
+        "80 queued for 20 slots: 20 ahead allowed"
+    );
+    let (w2, out) = s.hello(slots("w2"), c.now);
+    let w2_leases = assignments(&out);
+    assert_eq!(w2_leases.len(), 2, "30 queued of 40 slots: none ahead");
+    // w1 finishes a chunk: it holds 30 for its 20 slots, so no more for it.
+    let a = &w1_leases[0].1;
+    let out = s.verdicts(w1, a.lease_id, verdicts_for(a, |_| false), c.now, c.wall());
+    assert!(assignments(&out).is_empty());
+    // w2 finishes one: it has 10 free slots and gets the next chunk, and only that.
+    let a = &w2_leases[0].1;
+    let out = s.verdicts(w2, a.lease_id, verdicts_for(a, |_| false), c.now, c.wall());
+    let last = assignments(&out);
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].0, w2);
+}
+
+#[test]
+fn too_few_usable_is_insufficient() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 3, 10, 5), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    s.verdicts(w, a.lease_id, verdicts_for(&a, |i| i == 0), c.now, c.wall());
+    let snap = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(snap.state, JobState::Insufficient);
+    assert!(snap.reason.contains("only 1 usable"), "{}", snap.reason);
+}
+
+#[test]
+fn an_empty_job_ends_at_once() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 0, 10, 0), c.now, c.wall());
+    assert_eq!(state(&s, "j", c.now), JobState::Succeeded);
+}
+
+#[test]
+fn a_broken_stream_requeues_at_once_and_keeps_recorded_verdicts() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+    let (w1, out) = s.hello(hello("w1", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    let mut partial = verdicts_for(&a, |_| true);
+    partial.truncate(2);
+    s.verdicts(w1, a.lease_id, partial, c.now, c.wall());
+    assert!(
+        assignments(&s.disconnect(w1, c.now)).is_empty(),
+        "nobody to take it"
+    );
+    let snap = s.snapshot("j", true, c.now).unwrap();
+    assert_eq!(snap.progress.reassignments, 1);
+    assert_eq!(snap.chunks[0].state, ChunkState::Queued);
+    assert_eq!(snap.chunks[0].attempts, 1);
+    let (w2, out) = s.hello(hello("w2", 1), c.now);
+    let b = assignments(&out).remove(0).1;
+    assert_eq!(b.attempt, 2);
+    let idx: Vec<u32> = b.candidates.iter().map(|(i, _)| *i).collect();
+    assert_eq!(idx, [2, 3], "only the unchecked proxies are checked again");
+    s.verdicts(w2, b.lease_id, verdicts_for(&b, |_| false), c.now, c.wall());
+    let snap = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(snap.state, JobState::Succeeded);
+    assert_eq!(
+        (snap.progress.proxies_checked, snap.progress.proxies_usable),
+        (4, 2)
+    );
+}
+
+#[test]
+fn silence_past_the_ttl_expires_leases_and_late_verdicts_are_refused() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+    let (frozen, out) = s.hello(hello("frozen", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    let (other, _) = s.hello(hello("other", 1), c.now);
+    // Just before the TTL nothing happens; the other worker keeps speaking.
+    let t = c.advance(TTL - Duration::from_millis(1));
+    s.heartbeat(other, &[], t);
+    assert!(assignments(&s.tick(t, c.wall())).is_empty());
+    let t = c.advance(Duration::from_millis(1));
+    s.heartbeat(other, &[], t);
+    let out = s.tick(t, c.wall());
+    assert!(out.contains(&Outbound::Revoke(
+        frozen,
+        a.lease_id,
+        "lease expired: no message within the lease ttl"
+    )));
+    let b = assignments(&out);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].0, other, "the silent session gets nothing");
+    // The frozen worker wakes up and sends its verdicts: refused, counted, nothing recorded.
+    let out = s.verdicts(frozen, a.lease_id, verdicts_for(&a, |_| true), t, c.wall());
+    assert_eq!(out, [Outbound::Revoke(frozen, a.lease_id, "stale lease")]);
+    let snap = s.snapshot("j", false, t).unwrap();
+    assert_eq!(snap.progress.stale_verdicts_refused, 4);
+    assert_eq!(snap.progress.proxies_checked, 0);
+    s.verdicts(
+        other,
+        b[0].1.lease_id,
+        verdicts_for(&b[0].1, |_| false),
+        t,
+        c.wall(),
+    );
+    let snap = s.snapshot("j", false, t).unwrap();
+    assert_eq!(snap.state, JobState::Insufficient);
+    assert_eq!(
+        (snap.progress.proxies_checked, snap.progress.proxies_usable),
+        (4, 0)
+    );
+    assert_eq!(s.stale_refused_total(), 4);
+    // Having spoken again, the once-silent worker is active again.
+    assert!(s.workers(t).iter().all(|w| w.status == "active"));
+}
+
+#[test]
+fn a_heartbeat_renews_and_revokes_leases_not_held() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    for _ in 0..5 {
+        let t = c.advance(TTL / 2);
+        let out = s.heartbeat(w, &[a.lease_id, 999], t);
+        assert_eq!(out, [Outbound::Revoke(w, 999, "stale lease")]);
+        assert!(
+            s.tick(t, c.wall()).is_empty(),
+            "heartbeats keep the lease alive"
+        );
+    }
+}
+
+#[test]
+fn a_second_hello_replaces_the_session_and_ends_its_leases() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+    let (old, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    let (new, out) = s.hello(hello("w", 1), c.now);
+    assert!(out.contains(&Outbound::Close(old)));
+    let b = assignments(&out);
+    assert_eq!(b[0].0, new);
+    assert_eq!(b[0].1.attempt, 2);
+    s.verdicts(old, a.lease_id, verdicts_for(&a, |_| true), c.now, c.wall());
+    let snap = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(
+        snap.progress.proxies_checked, 0,
+        "an ended session's verdicts count for nothing"
+    );
+    assert_eq!(s.workers(c.now).len(), 1);
+}
+
+#[test]
+fn a_poison_chunk_fails_after_max_attempts_and_the_job_goes_on() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 8, 4, 1), c.now, c.wall());
+    let (good, out) = s.hello(hello("good", 1), c.now);
+    let g = assignments(&out).remove(0).1;
+    assert_eq!(g.chunk_id, 0);
+    // Chunk 1 kills every worker that takes it.
+    for attempt in 1..=3 {
+        let (victim, out) = s.hello(hello(&format!("victim{attempt}"), 1), c.now);
+        let v = assignments(&out).remove(0).1;
+        assert_eq!((v.chunk_id, v.attempt), (1, attempt));
+        s.disconnect(victim, c.now);
+    }
+    let snap = s.snapshot("j", true, c.now).unwrap();
+    assert_eq!(snap.chunks[1].state, ChunkState::Failed);
+    assert_eq!(snap.chunks[1].attempts, 3);
+    assert_eq!(snap.state, JobState::Checking);
+    s.verdicts(
+        good,
+        g.lease_id,
+        verdicts_for(&g, |_| true),
+        c.now,
+        c.wall(),
+    );
+    let snap = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(snap.state, JobState::Succeeded);
+    assert!(
+        snap.reason.contains("1 of 2 chunks failed"),
+        "{}",
+        snap.reason
+    );
+    let results = s.results("j", RowFilter::All).unwrap();
+    assert_eq!(results.len(), 8);
+    assert_eq!(results.iter().filter(|r| r.verdict.is_none()).count(), 4);
+}
+
+#[test]
+fn too_many_failed_chunks_fail_the_job() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
+    for attempt in 1..=3 {
+        let (victim, _) = s.hello(hello(&format!("v{attempt}"), 1), c.now);
+        s.disconnect(victim, c.now);
+    }
+    let snap = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(snap.state, JobState::Failed);
+    assert!(
+        snap.reason.contains("1 of 1 chunks failed"),
+        "{}",
+        snap.reason
+    );
+}
+
+#[test]
+fn drain_and_hand_back_cost_no_attempt() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 8, 4, 1), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 2), c.now);
+    let a = assignments(&out);
+    assert_eq!(a.len(), 2);
+    s.draining(w, c.now);
+    let mut partial = verdicts_for(&a[0].1, |_| false);
+    partial.truncate(1);
+    s.verdicts(w, a[0].1.lease_id, partial, c.now, c.wall());
+    assert!(
+        assignments(&s.hand_back(w, a[0].1.lease_id, c.now)).is_empty(),
+        "a draining worker gets nothing"
+    );
+    s.verdicts(
+        w,
+        a[1].1.lease_id,
+        verdicts_for(&a[1].1, |_| false),
+        c.now,
+        c.wall(),
+    );
+    s.disconnect(w, c.now);
+    let snap = s.snapshot("j", true, c.now).unwrap();
+    assert_eq!(snap.progress.handed_back, 1);
+    assert_eq!(snap.progress.reassignments, 0);
+    assert_eq!(snap.chunks[0].attempts, 0);
+    let (w2, out) = s.hello(hello("w2", 2), c.now);
+    let b = assignments(&out).remove(0).1;
+    assert_eq!(
+        b.candidates.len(),
+        3,
+        "the verdict recorded before the hand-back stays"
+    );
+    s.verdicts(w2, b.lease_id, verdicts_for(&b, |_| false), c.now, c.wall());
+    assert_eq!(state(&s, "j", c.now), JobState::Insufficient);
+}
+
+#[test]
+fn a_job_without_workers_fails_at_its_deadline() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    let mut job = new_job("j", 4, 4, 1);
+    job.settings.deadline = Duration::from_secs(30);
+    s.submit(job, c.now, c.wall());
+    let t = c.advance(Duration::from_secs(29));
+    s.tick(t, c.wall());
+    assert_eq!(state(&s, "j", t), JobState::Checking);
+    let t = c.advance(Duration::from_secs(1));
+    s.tick(t, c.wall());
+    let snap = s.snapshot("j", false, t).unwrap();
+    assert_eq!(snap.state, JobState::Failed);
+    assert!(snap.reason.contains("deadline of 30s"), "{}", snap.reason);
+    assert!(
+        snap.reason.contains("no worker is connected"),
+        "{}",
+        snap.reason
+    );
+}
+
+#[test]
+fn a_deadline_revokes_live_leases_and_refuses_their_verdicts() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    let mut job = new_job("j", 4, 4, 1);
+    job.settings.deadline = Duration::from_secs(5);
+    s.submit(job, c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    let t = c.advance(Duration::from_secs(5));
+    s.heartbeat(w, &[a.lease_id], t);
+    let out = s.tick(t, c.wall());
+    assert!(out.contains(&Outbound::Revoke(w, a.lease_id, "job ended")));
+    s.verdicts(w, a.lease_id, verdicts_for(&a, |_| true), t, c.wall());
+    let snap = s.snapshot("j", false, t).unwrap();
+    assert_eq!(snap.state, JobState::Failed);
+    assert_eq!(snap.progress.proxies_checked, 0);
+    assert_eq!(snap.progress.stale_verdicts_refused, 4);
+}
+
+#[test]
+fn cancel_ends_a_job_and_is_idempotent() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    let (snap, out) = s.cancel("j", c.now, c.wall()).unwrap();
+    assert_eq!(snap.state, JobState::Cancelled);
+    assert!(out.contains(&Outbound::Revoke(w, a.lease_id, "job ended")));
+    let (snap, out) = s.cancel("j", c.now, c.wall()).unwrap();
+    assert_eq!(snap.state, JobState::Cancelled);
+    assert!(out.is_empty());
+    assert_eq!(
+        s.cancel("nope", c.now, c.wall()).unwrap_err(),
+        JobError::NotFound("nope".into())
+    );
+}
+
+#[test]
+fn one_job_per_pool_at_a_time() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("a", 4, 4, 0), c.now, c.wall());
+    s.submit(new_job("b", 4, 4, 0), c.now, c.wall());
+    let mut other = new_job("c", 4, 4, 0);
+    other.settings.pool = "other".into();
+    s.submit(other, c.now, c.wall());
+    assert_eq!(state(&s, "a", c.now), JobState::Checking);
+    assert_eq!(state(&s, "b", c.now), JobState::Queued);
+    assert_eq!(state(&s, "c", c.now), JobState::Checking);
+    s.cancel("a", c.now, c.wall()).unwrap();
+    assert_eq!(state(&s, "b", c.now), JobState::Checking);
+}
+
+#[test]
+fn duplicate_and_foreign_verdicts_are_not_counted_twice() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 8, 4, 0), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    let mut v = verdicts_for(&a, |_| true);
+    v.truncate(2);
+    s.verdicts(w, a.lease_id, v.clone(), c.now, c.wall());
+    s.verdicts(w, a.lease_id, v, c.now, c.wall());
+    let foreign = Verdict {
+        index: 7,
+        usable: true,
+        reason: Reason::None,
+        latency_ms: 1,
+        exit_ip: "".into(),
+        detail: "".into(),
+        anonymity: Anonymity::Elite,
+        connect_ms: 1,
+    };
+    s.verdicts(w, a.lease_id, vec![foreign], c.now, c.wall());
+    let snap = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(
+        (snap.progress.proxies_checked, snap.progress.proxies_usable),
+        (2, 2)
+    );
+}
+
+#[test]
+fn verdicts_from_an_ended_session_are_refused_and_counted() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    s.disconnect(w, c.now);
+    let out = s.verdicts(w, a.lease_id, verdicts_for(&a, |_| true), c.now, c.wall());
+    assert!(out.is_empty(), "nobody to tell");
+    let p = s.snapshot("j", false, c.now).unwrap().progress;
+    assert_eq!((p.proxies_checked, p.stale_verdicts_refused), (0, 4));
+}
+
+#[test]
+fn only_a_draining_worker_hands_back_for_free() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    let (other, _) = s.hello(hello("other", 1), c.now);
+    s.hand_back(w, a.lease_id, c.now);
+    s.draining(other, c.now);
+    s.hand_back(other, a.lease_id, c.now);
+    let snap = s.snapshot("j", true, c.now).unwrap();
+    assert_eq!(
+        snap.progress.handed_back, 0,
+        "ignored: not draining, or not the holder"
+    );
+    assert!(matches!(snap.chunks[0].state, ChunkState::Leased(l) if l == a.lease_id));
+}
+
+#[test]
+fn a_draining_session_that_ends_costs_no_attempt() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+    let (w, _) = s.hello(hello("w", 1), c.now);
+    s.draining(w, c.now);
+    let (_, out) = s.hello(hello("w", 1), c.now);
+    let b = assignments(&out).remove(0).1;
+    let snap = s.snapshot("j", true, c.now).unwrap();
+    assert_eq!((snap.chunks[0].attempts, snap.progress.handed_back), (0, 1));
+    assert_eq!(b.attempt, 2);
+}
+
+#[test]
+fn a_silent_session_that_speaks_again_gets_work_again() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    let (w, _) = s.hello(hello("w", 1), c.now);
+    let t = c.advance(TTL);
+    s.tick(t, c.wall());
+    assert_eq!(s.workers(t)[0].status, "silent");
+    let out = s.submit(new_job("j", 4, 4, 1), t, c.wall());
+    assert!(
+        assignments(&out).is_empty(),
+        "a silent session gets nothing"
+    );
+    let out = s.heartbeat(w, &[], t);
+    assert_eq!(assignments(&out).len(), 1);
+    assert_eq!(s.workers(t)[0].status, "active");
+}
+
+#[test]
+fn messages_from_unknown_sessions_change_nothing() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+    assert!(s.heartbeat(42, &[1], c.now).is_empty());
+    assert!(s.hand_back(42, 1, c.now).is_empty());
+    assert!(s.disconnect(42, c.now).is_empty());
+    s.draining(42, c.now);
+    let snap = s.snapshot("j", true, c.now).unwrap();
+    assert_eq!(snap.chunks[0].state, ChunkState::Queued);
+}
+
+#[test]
+fn a_job_queued_behind_its_pool_fails_at_its_deadline_saying_so() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.hello(hello("w", 1), c.now);
+    s.submit(new_job("a", 4, 4, 1), c.now, c.wall());
+    let mut b = new_job("b", 4, 4, 1);
+    b.settings.deadline = Duration::from_secs(5);
+    s.submit(b, c.now, c.wall());
+    let t = c.advance(Duration::from_secs(5));
+    s.tick(t, c.wall());
+    let snap = s.snapshot("b", false, t).unwrap();
+    assert_eq!(snap.state, JobState::Failed);
+    assert!(
+        snap.reason.contains("waited behind another job"),
+        "{}",
+        snap.reason
+    );
+}
+
+#[test]
+fn working_proxies_outside_the_filter_are_recorded_as_filtered() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    let mut job = new_job("j", 3, 3, 1);
+    job.settings.filter = UsableFilter {
+        max_latency: Some(Duration::from_millis(100)),
+        min_anonymity: Some(Anonymity::Anonymous),
+        require_https: false,
+    };
+    s.submit(job, c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    let mut v = verdicts_for(&a, |_| true);
+    v[0].latency_ms = 500;
+    v[1].anonymity = Anonymity::Transparent;
+    s.verdicts(w, a.lease_id, v, c.now, c.wall());
+    let results = s.results("j", RowFilter::All).unwrap();
+    let reasons: Vec<Reason> = results
+        .iter()
+        .map(|r| r.verdict.as_ref().unwrap().reason)
+        .collect();
+    assert_eq!(reasons, [Reason::Filtered, Reason::Filtered, Reason::None]);
+    assert!(
+        results[0]
+            .verdict
+            .as_ref()
+            .unwrap()
+            .detail
+            .contains("latency 500ms")
+    );
+    assert!(
+        results[1]
+            .verdict
+            .as_ref()
+            .unwrap()
+            .detail
+            .contains("Transparent")
+    );
+    assert_eq!(
+        s.snapshot("j", false, c.now)
+            .unwrap()
+            .progress
+            .proxies_usable,
+        1
+    );
+}
+
+#[test]
+fn require_https_needs_a_tunnel() {
+    let filter = UsableFilter {
+        require_https: true,
+        ..UsableFilter::default()
+    };
+    let verdict = verdicts_for(
+        &Assignment {
+            lease_id: 1,
+            job_id: "j".into(),
+            chunk_id: 0,
+            attempt: 1,
+            candidates: vec![(0, candidates(1).remove(0))],
+            judge_urls: vec![],
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+        },
+        |_| true,
+    )
+    .remove(0);
+    let mut candidate = candidates(1).remove(0);
+    assert!(filter.refuse(&verdict, &candidate, false).is_some());
+    assert!(filter.refuse(&verdict, &candidate, true).is_none());
+    candidate.protocol = Protocol::Socks5;
+    assert!(filter.refuse(&verdict, &candidate, false).is_none());
+}
+
+#[test]
+fn a_job_with_sources_scrapes_then_checks_its_merged_candidates() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    let mut job = new_job("j", 2, 2, 1);
+    job.sources = vec![SourceSpec {
+        url: "http://lists.test/a.txt".into(),
+        protocols: vec![],
+        content: None,
+        trusted: false,
+    }];
+    let out = s.submit(job, c.now, c.wall());
+    assert!(matches!(&out[..], [Outbound::Scrape(id, specs)] if id == "j" && specs.len() == 1));
+    let snap = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(
+        (snap.state, snap.sources[0].state),
+        (JobState::Scraping, SourceState::Pending)
+    );
+    s.source_progress(
+        "j",
+        SourceStatus {
+            url: "http://lists.test/a.txt".into(),
+            state: SourceState::Fetched,
+            candidates: 3,
+            rejected: 1,
+            bytes: 40,
+            error: String::new(),
+        },
+    );
+    // One scraped candidate repeats an inline one.
+    let mut scraped = candidates(3);
+    scraped.remove(1);
+    let out = s.scraped(
+        "j",
+        scraped,
+        BTreeMap::from([("malformed".to_string(), 1)]),
+        c.now,
+        c.wall(),
+    );
+    assert!(out.is_empty(), "no worker yet");
+    let snap = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(snap.state, JobState::Checking);
+    assert_eq!(snap.progress.proxies_total, 3);
+    assert_eq!(
+        snap.dropped,
+        BTreeMap::from([("duplicate".to_string(), 1), ("malformed".to_string(), 1)])
+    );
+    assert_eq!(snap.sources[0].candidates, 3);
+    assert_eq!(snap.progress.chunks_total, 2);
+}
+
+#[test]
+fn a_job_whose_sources_all_failed_fails_saying_so() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    let mut job = new_job("j", 0, 2, 1);
+    job.sources = vec![SourceSpec {
+        url: "http://lists.test/a".into(),
+        protocols: vec![],
+        content: None,
+        trusted: false,
+    }];
+    s.submit(job, c.now, c.wall());
+    s.source_progress(
+        "j",
+        SourceStatus {
+            url: "http://lists.test/a".into(),
+            state: SourceState::Failed,
+            candidates: 0,
+            rejected: 0,
+            bytes: 0,
+            error: "status 503".into(),
+        },
+    );
+    s.scraped("j", Vec::new(), BTreeMap::new(), c.now, c.wall());
+    let snap = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(snap.state, JobState::Failed);
+    assert!(
+        snap.reason
+            .contains("every source failed: http://lists.test/a: status 503"),
+        "{}",
+        snap.reason
+    );
+}
+
+#[test]
+fn a_cancelled_scraping_job_ignores_late_candidates() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    let mut job = new_job("j", 0, 2, 1);
+    job.sources = vec![SourceSpec {
+        url: "http://lists.test/a".into(),
+        protocols: vec![],
+        content: None,
+        trusted: false,
+    }];
+    s.submit(job, c.now, c.wall());
+    s.cancel("j", c.now, c.wall()).unwrap();
+    s.scraped("j", candidates(4), BTreeMap::new(), c.now, c.wall());
+    let snap = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(
+        (snap.state, snap.progress.proxies_total),
+        (JobState::Cancelled, 0)
+    );
+}
+
+#[test]
+fn a_job_whose_judges_are_all_down_fails_at_once() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    let mut job = new_job("j", 4, 4, 1);
+    job.settings.judge_urls = vec!["http://a.test/".into(), "http://b.test/".into()];
+    s.submit(job, c.now, c.wall());
+    let (w, _) = s.hello(hello("w", 1), c.now);
+    let down = |url: &str| JudgeStatus {
+        url: url.into(),
+        ok: false,
+        own_ip: String::new(),
+        error: "refused".into(),
+    };
+    s.judge_status(w, down("http://a.test/"), c.now, c.wall());
+    assert_eq!(state(&s, "j", c.now), JobState::Checking, "one judge left");
+    s.judge_status(w, down("http://b.test/"), c.now, c.wall());
+    let snap = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(snap.state, JobState::Failed);
+    assert!(
+        snap.reason.contains("unreachable from worker w"),
+        "{}",
+        snap.reason
+    );
+    assert_eq!(s.workers(c.now)[0].judges.len(), 2);
+}
+
+#[test]
+fn followers_see_each_candidate_once_as_it_is_recorded() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 6, 3, 0), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    let first = s.results_since("j", 0, 100, false).unwrap();
+    assert_eq!((first.rows.len(), first.cursor, first.done), (0, 0, false));
+    let mut v = verdicts_for(&a, |i| i == 1);
+    v.truncate(2);
+    s.verdicts(w, a.lease_id, v, c.now, c.wall());
+    let second = s.results_since("j", first.cursor, 100, false).unwrap();
+    assert_eq!(second.rows.len(), 2);
+    assert_eq!(
+        s.results_since("j", first.cursor, 100, true)
+            .unwrap()
+            .rows
+            .len(),
+        1
+    );
+    let one = s.results_since("j", first.cursor, 1, false).unwrap();
+    assert_eq!((one.rows.len(), one.cursor), (1, 1), "at most `limit` rows");
+    s.cancel("j", c.now, c.wall()).unwrap();
+    let last = s.results_since("j", second.cursor, 100, false).unwrap();
+    assert!(last.done);
+    assert!(last.rows.is_empty());
+    let (rest, next) = s.results_page("j", 0, 100, RowFilter::Unchecked).unwrap();
+    assert_eq!((rest.len(), next), (4, None), "the unchecked rest, once");
+    let mut all: Vec<String> = second
+        .rows
+        .iter()
+        .chain(&rest)
+        .map(|r| r.candidate.url())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 6);
+}
+
+/// What a store replaying `records` would give back.
+fn replay(records: &[Record]) -> Vec<StoredJob> {
+    let mut jobs: BTreeMap<String, StoredJob> = BTreeMap::new();
+    let mut candidates: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+    let mut verdicts: BTreeMap<String, Vec<Verdict>> = BTreeMap::new();
+    let mut chunks: BTreeMap<String, BTreeMap<ChunkId, ChunkRecord>> = BTreeMap::new();
+    for r in records {
+        match r {
+            Record::Job(j) => {
+                let stored = StoredJob {
+                    record: (**j).clone(),
+                    candidates: vec![],
+                    verdicts: vec![],
+                    chunks: vec![],
+                };
+                jobs.insert(j.id.clone(), stored);
+            }
+            Record::Candidates {
+                job_id,
+                candidates: c,
+            } => {
+                candidates.insert(job_id.clone(), c.to_vec());
+                verdicts.remove(job_id);
+            }
+            Record::Verdicts {
+                job_id,
+                verdicts: v,
+                ..
+            } => verdicts
+                .entry(job_id.clone())
+                .or_default()
+                .extend(v.clone()),
+            Record::Chunk { job_id, chunk } => {
+                let of_job = chunks.entry(job_id.clone()).or_default();
+                of_job.insert(chunk.chunk_id, chunk.clone());
+            }
+        }
+    }
+    jobs.into_values()
+        .map(|mut j| {
+            let id = j.record.id.clone();
+            j.candidates = candidates.remove(&id).unwrap_or_default();
+            j.verdicts = verdicts.remove(&id).unwrap_or_default();
+            j.chunks = chunks
+                .remove(&id)
+                .map(|c| c.into_values().collect())
+                .unwrap_or_default();
+            j
+        })
+        .collect()
+}
+
+#[test]
+fn a_restored_job_keeps_its_verdicts_and_checks_only_the_rest() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 8, 4, 1), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 2), c.now);
+    let leases = assignments(&out);
+    // Chunk 0 finished, chunk 1 half done, then the coordinator dies.
+    let first = &leases[0].1;
+    s.verdicts(
+        w,
+        first.lease_id,
+        verdicts_for(first, |i| i == 2),
+        c.now,
+        c.wall(),
+    );
+    let mut half = verdicts_for(&leases[1].1, |_| false);
+    half.truncate(2);
+    s.verdicts(w, leases[1].1.lease_id, half, c.now, c.wall());
+    let journal = s.take_journal();
+    assert!(s.take_journal().is_empty(), "taken once");
+
+    let mut restarted = Scheduler::new(
+        LeaseConfig {
+            lease_ttl: TTL,
+            default_judges: vec!["http://judge.test/judge".into()],
+        },
+        s.next_lease_id(),
+    );
+    for job in replay(&journal) {
+        restarted.restore(job, c.now, c.wall());
+    }
+    let snap = restarted.snapshot("j", true, c.now).unwrap();
+    assert_eq!(snap.state, JobState::Checking);
+    assert_eq!(
+        (snap.progress.proxies_checked, snap.progress.proxies_usable),
+        (6, 1)
+    );
+    assert_eq!(snap.chunks[0].state, ChunkState::Done);
+    assert_eq!(snap.chunks[1].state, ChunkState::Queued);
+    let (w2, out) = restarted.hello(hello("w", 2), c.now);
+    let again = assignments(&out);
+    assert_eq!(again.len(), 1);
+    let indices: Vec<u32> = again[0].1.candidates.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indices, [6, 7], "only the unchecked proxies");
+    assert!(
+        again[0].1.lease_id >= s.next_lease_id(),
+        "lease ids stay unique across restarts"
+    );
+    // A verdict for a lease from before the restart is refused.
+    let old = &leases[1].1;
+    let late = verdicts_for(old, |_| true);
+    restarted.verdicts_of_job(w2, old.lease_id, "j", late, c.now, c.wall());
+    let refused = restarted
+        .snapshot("j", false, c.now)
+        .unwrap()
+        .progress
+        .stale_verdicts_refused;
+    assert_eq!(refused, 4);
+    let new = &again[0].1;
+    restarted.verdicts(
+        w2,
+        new.lease_id,
+        verdicts_for(new, |_| false),
+        c.now,
+        c.wall(),
+    );
+    let snap = restarted.snapshot("j", false, c.now).unwrap();
+    assert_eq!(snap.state, JobState::Succeeded);
+    assert_eq!(
+        (snap.progress.proxies_checked, snap.progress.proxies_usable),
+        (8, 1)
+    );
+}
+
+#[test]
+fn restored_failed_chunks_and_ended_jobs_stay_as_they_were() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("done", 2, 2, 0), c.now, c.wall());
+    let mut poison = new_job("poison", 4, 2, 0);
+    poison.settings.pool = "p".into();
+    s.submit(poison, c.now, c.wall());
+    s.cancel("done", c.now, c.wall()).unwrap();
+    for attempt in 1..=3 {
+        let (v, _) = s.hello(hello(&format!("v{attempt}"), 1), c.now);
+        s.disconnect(v, c.now);
+    }
+    let before = s.snapshot("poison", true, c.now).unwrap();
+    let mut restarted = Scheduler::new(
+        LeaseConfig {
+            lease_ttl: TTL,
+            default_judges: vec!["http://judge.test/judge".into()],
+        },
+        1,
+    );
+    for job in replay(&s.take_journal()) {
+        restarted.restore(job, c.now, c.wall());
+    }
+    let done = restarted.snapshot("done", false, c.now).unwrap();
+    assert_eq!(done.state, JobState::Cancelled);
+    let after = restarted.snapshot("poison", true, c.now).unwrap();
+    assert_eq!(after.chunks[0].state, before.chunks[0].state);
+    assert_eq!(after.chunks[0].attempts, 3);
+    assert_eq!(after.progress.reassignments, before.progress.reassignments);
+}
+
+#[test]
+fn chunks_spread_over_sessions_least_loaded_first() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    let (w1, _) = s.hello(hello("w1", 4), c.now);
+    let (w2, _) = s.hello(hello("w2", 4), c.now);
+    let out = s.submit(new_job("j", 40, 10, 0), c.now, c.wall());
+    let a = assignments(&out);
+    assert_eq!(a.iter().filter(|(s, _)| *s == w1).count(), 2);
+    assert_eq!(a.iter().filter(|(s, _)| *s == w2).count(), 2);
+    let leases: BTreeSet<_> = a.iter().map(|(_, a)| a.lease_id).collect();
+    assert_eq!(leases.len(), 4, "lease ids are unique");
+}
+
+#[test]
+fn lease_ids_start_where_told() {
+    let c = Clock::new();
+    let mut s = Scheduler::new(
+        LeaseConfig {
+            lease_ttl: TTL,
+            default_judges: vec!["http://judge.test/judge".into()],
+        },
+        1_000,
+    );
+    s.submit(new_job("j", 1, 1, 0), c.now, c.wall());
+    let (_, out) = s.hello(hello("w", 1), c.now);
+    assert_eq!(assignments(&out)[0].1.lease_id, 1_000);
+}
+
+#[test]
+fn progress_reports_a_rate_and_an_eta() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 20, 10, 0), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    s.tick(c.now, c.wall());
+    let t = c.advance(Duration::from_secs(2));
+    s.verdicts(w, a.lease_id, verdicts_for(&a, |_| false), t, c.wall());
+    s.tick(t, c.wall());
+    let p = s.snapshot("j", false, t).unwrap().progress;
+    assert!(
+        (p.checks_per_second - 5.0).abs() < 1e-9,
+        "{}",
+        p.checks_per_second
+    );
+    assert_eq!(p.eta, Some(Duration::from_secs(2)));
+    assert_eq!(p.workers, 1);
+}
+
+#[test]
+fn a_job_that_ends_during_restore_journals_its_end_and_nothing_more() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("checked", 4, 2, 1), c.now, c.wall());
+    let mut ended = new_job("ended", 2, 2, 0);
+    ended.settings.pool = "p".into();
+    s.submit(ended, c.now, c.wall());
+    s.cancel("ended", c.now, c.wall()).unwrap();
+    let (w, out) = s.hello(hello("w", 2), c.now);
+    for (_, a) in assignments(&out) {
+        s.verdicts(w, a.lease_id, verdicts_for(&a, |i| i == 0), c.now, c.wall());
+    }
+    let checked = s.snapshot("checked", false, c.now).unwrap();
+    assert_eq!(checked.state, JobState::Succeeded);
+    let mut stored = replay(&s.take_journal());
+    // Every verdict of the job stored, its end not.
+    for job in &mut stored {
+        if job.record.id == "checked" {
+            job.record.state = JobState::Checking;
+            job.record.ended_wall_ms = 0;
+        }
+    }
+    let mut restarted = scheduler();
+    for job in stored {
+        restarted.restore(job, c.now, c.wall());
+    }
+    let snap = restarted.snapshot("checked", false, c.now).unwrap();
+    assert_eq!(snap.state, JobState::Succeeded, "{}", snap.reason);
+    let journal = restarted.take_journal();
+    let rows: Vec<(&str, JobState)> = journal
+        .iter()
+        .filter_map(|r| match r {
+            Record::Job(j) => Some((j.id.as_str(), j.state)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [("checked", JobState::Succeeded)],
+        "the end made by restoring is saved; what was read back is not saved again"
+    );
+    assert_eq!(journal.len(), 1, "{journal:?}");
+}
+
+#[test]
+fn an_ended_job_kept_in_the_store_shows_the_same_and_holds_no_rows() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 10, 4, 0), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    assert!(!s.keep_in_store("j"), "a running job keeps its rows");
+    let mut v = verdicts_for(&a, |i| i == 0);
+    let late = v.split_off(2);
+    s.verdicts(w, a.lease_id, v, c.now, c.wall());
+    s.cancel("j", c.now, c.wall()).unwrap();
+    s.take_journal();
+    let before = s.snapshot("j", false, c.now).unwrap();
+    let metrics = s.metrics();
+    assert_eq!(s.stored_rows("j"), Ok(None));
+    assert!(s.keep_in_store("j"));
+    assert!(s.keep_in_store("j"), "once is enough");
+    assert_eq!(s.snapshot("j", false, c.now).unwrap(), before);
+    assert_eq!(s.metrics(), metrics);
+    assert_eq!(
+        s.stored_rows("j"),
+        Ok(Some(StoredRows {
+            chunk_size: 4,
+            total: 10
+        }))
+    );
+    let job = &s.jobs["j"];
+    assert!(job.candidates.is_empty() && job.verdicts.is_empty() && job.recorded.is_empty());
+    // Late verdicts are still refused and counted; the job's row keeps its candidate count.
+    let stale = s.stale_refused_total();
+    s.verdicts(w, a.lease_id, late, c.now, c.wall());
+    assert_eq!(s.stale_refused_total(), stale + 2);
+    s.mark_dirty("j");
+    s.changed.save.insert("j".into());
+    let records = s.take_journal();
+    assert!(matches!(&records[..], [Record::Job(r)] if r.candidate_count == 10));
+    assert_eq!(
+        s.stored_rows("nope"),
+        Err(JobError::NotFound("nope".into()))
+    );
+}
+
+#[test]
+fn a_pools_files_come_from_its_job_that_completed_last() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    assert_eq!(s.newest_completed("default"), None);
+    // A job of no candidate completes when submitted.
+    s.submit(new_job("a", 0, 1, 0), c.now, c.wall());
+    let t = c.advance(Duration::from_secs(1));
+    s.submit(new_job("b", 0, 1, 1), t, c.wall());
+    assert_eq!(
+        s.snapshot("b", false, t).unwrap().state,
+        JobState::Insufficient
+    );
+    assert_eq!(s.newest_completed("default"), Some("b"));
+    // Ended at the same time: the one submitted last.
+    s.submit(new_job("d", 0, 1, 0), t, c.wall());
+    assert_eq!(s.newest_completed("default"), Some("d"));
+    // A cancelled job, or one of another pool, feeds no file of the pool.
+    let t = c.advance(Duration::from_secs(1));
+    s.submit(new_job("e", 4, 2, 0), t, c.wall());
+    s.cancel("e", t, c.wall()).unwrap();
+    let mut other = new_job("f", 0, 1, 0);
+    other.settings.pool = "p".into();
+    s.submit(other, t, c.wall());
+    assert_eq!(s.newest_completed("default"), Some("d"));
+    assert_eq!(s.newest_completed("p"), Some("f"));
+    // Restored, the end times decide, not the order the jobs come back in.
+    let mut stored = replay(&s.take_journal());
+    for job in &mut stored {
+        if job.record.id == "a" {
+            job.record.ended_wall_ms = 60_000;
+        }
+    }
+    let mut restarted = scheduler();
+    for job in stored {
+        restarted.restore(job, t, c.wall());
+    }
+    assert_eq!(restarted.newest_completed("default"), Some("a"));
+    restarted.forget("a");
+    assert_eq!(restarted.newest_completed("default"), Some("d"));
+}

@@ -1,0 +1,91 @@
+//! What a worker found about one candidate, and a job's conditions on a usable proxy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::candidate::Candidate;
+
+/// What a judge learned about the client through a proxy; ordered from worst to best.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Anonymity {
+    Unknown,
+    Transparent,
+    Anonymous,
+    Elite,
+}
+
+/// A job's conditions on a working proxy, beyond working.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UsableFilter {
+    pub max_latency: Option<Duration>,
+    pub min_anonymity: Option<Anonymity>,
+    /// The proxy must have carried a tunnel: an HTTPS or SOCKS proxy, or any proxy checked against
+    /// an https judge.
+    pub require_https: bool,
+}
+
+impl UsableFilter {
+    /// Why a working proxy does not count as usable, if it does not.
+    pub fn refuse(
+        &self,
+        verdict: &Verdict,
+        candidate: &Candidate,
+        judge_is_https: bool,
+    ) -> Option<String> {
+        if let Some(max) = self.max_latency
+            && u128::from(verdict.latency_ms) > max.as_millis()
+        {
+            return Some(format!(
+                "latency {}ms over the job's maximum of {}ms",
+                verdict.latency_ms,
+                max.as_millis()
+            ));
+        }
+        if let Some(min) = self.min_anonymity
+            && verdict.anonymity < min
+        {
+            return Some(format!(
+                "anonymity {:?} below the job's minimum of {min:?}",
+                verdict.anonymity
+            ));
+        }
+        let tunnels = judge_is_https || candidate.protocol != crate::candidate::Protocol::Http;
+        if self.require_https && !tunnels {
+            return Some(
+                "not shown to carry HTTPS: an HTTP proxy checked against a plain http judge".into(),
+            );
+        }
+        None
+    }
+}
+
+/// Why a proxy is not usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    None,
+    Refused,
+    Timeout,
+    Handshake,
+    BadStatus,
+    TokenMissing,
+    Tls,
+    Network,
+    /// Works, but outside the job's filter.
+    Filtered,
+    /// Not checked: its address is private and the coordinator does not allow that.
+    Forbidden,
+}
+
+/// A worker's verdict on one candidate of its lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Candidate index in the job.
+    pub index: u32,
+    pub usable: bool,
+    pub reason: Reason,
+    pub latency_ms: u32,
+    pub exit_ip: Arc<str>,
+    pub detail: Arc<str>,
+    pub anonymity: Anonymity,
+    pub connect_ms: u32,
+}

@@ -1,0 +1,402 @@
+//! What clients see of the scheduler: job snapshots, worker lists, result pages and metrics.
+//! Reads only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// Where an ended job's rows are read once they left memory: the store, given these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredRows {
+    pub chunk_size: u32,
+    pub total: u64,
+}
+
+/// Which rows of a job's results a page holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowFilter {
+    All,
+    /// Candidates with a usable verdict.
+    Usable,
+    /// Candidates without a verdict (left when the job ended).
+    Unchecked,
+}
+
+impl RowFilter {
+    pub fn usable_only(usable_only: bool) -> Self {
+        if usable_only {
+            RowFilter::Usable
+        } else {
+            RowFilter::All
+        }
+    }
+
+    pub fn keeps(self, verdict: Option<&Verdict>) -> bool {
+        match self {
+            RowFilter::All => true,
+            RowFilter::Usable => verdict.is_some_and(|v| v.usable),
+            RowFilter::Unchecked => verdict.is_none(),
+        }
+    }
+}
+
+/// Counts of a job as clients see them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobProgress {
+    pub chunks_total: u64,
+    pub chunks_queued: u64,
+    pub chunks_leased: u64,
+    pub chunks_done: u64,
+    pub chunks_failed: u64,
+    pub proxies_total: u64,
+    pub proxies_checked: u64,
+    pub proxies_usable: u64,
+    pub workers: u64,
+    pub checks_per_second: f64,
+    pub eta: Option<Duration>,
+    pub reassignments: u64,
+    pub stale_verdicts_refused: u64,
+    pub handed_back: u64,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkInfo {
+    pub id: ChunkId,
+    pub state: ChunkState,
+    pub size: u32,
+    pub checked: u32,
+    pub attempts: u32,
+    pub leases: u32,
+    pub holder: String,
+}
+
+/// A job as clients see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSnapshot {
+    pub id: String,
+    pub name: String,
+    pub state: JobState,
+    pub reason: String,
+    pub settings: JobSettings,
+    pub progress: JobProgress,
+    pub created_wall_ms: u64,
+    pub ended_wall_ms: u64,
+    pub chunks: Vec<ChunkInfo>,
+    pub sources: Vec<SourceStatus>,
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// A worker session as clients see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSnapshot {
+    pub session_id: SessionId,
+    pub worker_id: String,
+    pub name: String,
+    pub version: String,
+    pub peer: String,
+    pub status: &'static str,
+    pub leases: Vec<LeaseId>,
+    pub capacity: u32,
+    pub max_checks: u32,
+    pub connected_for: Duration,
+    pub last_seen_ago: Duration,
+    pub verdicts_accepted: u64,
+    pub judges: Vec<JudgeStatus>,
+}
+
+/// One candidate of a job with its verdict, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultRow {
+    pub candidate: Candidate,
+    pub chunk_id: ChunkId,
+    pub verdict: Option<Verdict>,
+}
+
+/// A page of followed results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Followed {
+    pub rows: Vec<ResultRow>,
+    pub cursor: usize,
+    /// The job has ended and these were its last recorded verdicts.
+    pub done: bool,
+}
+
+/// What the metrics endpoint shows of the scheduler.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metrics {
+    pub counters: Counters,
+    pub jobs_by_state: BTreeMap<&'static str, u64>,
+    pub chunks_by_state: BTreeMap<&'static str, u64>,
+    pub workers_by_status: BTreeMap<&'static str, u64>,
+    pub leases_live: u64,
+}
+
+impl Scheduler {
+    pub fn job_ids(&self) -> Vec<String> {
+        self.job_order.iter().rev().cloned().collect()
+    }
+
+    pub fn snapshot(
+        &self,
+        job_id: &str,
+        include_chunks: bool,
+        now: Instant,
+    ) -> Result<JobSnapshot, JobError> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
+        let mut progress = JobProgress {
+            chunks_total: job.chunks.len() as u64,
+            proxies_total: job.candidates.len() as u64,
+            proxies_checked: job.checked,
+            proxies_usable: job.usable,
+            reassignments: job.reassignments,
+            stale_verdicts_refused: job.stale_refused,
+            handed_back: job.handed_back,
+            elapsed: job
+                .ended
+                .unwrap_or(now)
+                .saturating_duration_since(job.created),
+            ..JobProgress::default()
+        };
+        let mut holders = BTreeSet::new();
+        for chunk in &job.chunks {
+            match chunk.state {
+                ChunkState::Queued => progress.chunks_queued += 1,
+                ChunkState::Leased(lease) => {
+                    progress.chunks_leased += 1;
+                    if let Some(l) = self.leases.get(&lease) {
+                        holders.insert(l.session);
+                    }
+                }
+                ChunkState::Done => progress.chunks_done += 1,
+                ChunkState::Failed => progress.chunks_failed += 1,
+            }
+        }
+        progress.workers = holders.len() as u64;
+        if let Some(counts) = job.stored {
+            progress.proxies_total = counts.proxies_total;
+            progress.chunks_total = counts.chunks_total;
+            progress.chunks_queued = counts.chunks_queued;
+            progress.chunks_done = counts.chunks_done;
+            progress.chunks_failed = counts.chunks_failed;
+        }
+        if !job.state.is_terminal() {
+            if let (Some(first), Some(last)) = (job.rate_samples.front(), job.rate_samples.back()) {
+                let secs = last.0.saturating_duration_since(first.0).as_secs_f64();
+                if secs > 0.0 {
+                    progress.checks_per_second = (last.1 - first.1) as f64 / secs;
+                }
+            }
+            let left = job.candidates.len() as u64 - job.checked;
+            if progress.checks_per_second > 0.0 {
+                progress.eta = Some(Duration::from_secs_f64(
+                    left as f64 / progress.checks_per_second,
+                ));
+            }
+        }
+        let chunks = if include_chunks {
+            job.chunks
+                .iter()
+                .map(|c| ChunkInfo {
+                    id: c.id,
+                    state: c.state,
+                    size: c.range.len() as u32,
+                    checked: c.range.len() as u32 - c.unchecked,
+                    attempts: c.attempts,
+                    leases: c.leases,
+                    holder: match c.state {
+                        ChunkState::Leased(lease) => self
+                            .leases
+                            .get(&lease)
+                            .and_then(|l| self.sessions.get(&l.session))
+                            .map(|s| s.worker_id.clone())
+                            .unwrap_or_default(),
+                        _ => String::new(),
+                    },
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(JobSnapshot {
+            id: job.id.clone(),
+            name: job.name.clone(),
+            state: job.state,
+            reason: job.reason.clone(),
+            settings: JobSettings {
+                judge_urls: self.judges_of(job).to_vec(),
+                ..job.settings.clone()
+            },
+            progress,
+            created_wall_ms: job.created_wall_ms,
+            ended_wall_ms: job.ended_wall_ms,
+            chunks,
+            sources: job.sources.clone(),
+            dropped: job.dropped.clone(),
+        })
+    }
+
+    pub fn workers(&self, now: Instant) -> Vec<WorkerSnapshot> {
+        self.sessions
+            .iter()
+            .map(|(id, s)| WorkerSnapshot {
+                session_id: *id,
+                worker_id: s.worker_id.clone(),
+                name: s.name.clone(),
+                version: s.version.clone(),
+                peer: s.peer.clone(),
+                status: if s.silent {
+                    "silent"
+                } else if s.draining {
+                    "draining"
+                } else {
+                    "active"
+                },
+                leases: s.leases.iter().copied().collect(),
+                capacity: s.capacity,
+                max_checks: s.max_checks,
+                connected_for: now.saturating_duration_since(s.connected),
+                last_seen_ago: now.saturating_duration_since(s.last_seen),
+                verdicts_accepted: s.verdicts_accepted,
+                judges: s.judges.values().cloned().collect(),
+            })
+            .collect()
+    }
+
+    /// Every candidate of the job once, in candidate order (a job whose rows are in memory).
+    pub fn results(&self, job_id: &str, filter: RowFilter) -> Result<Vec<ResultRow>, JobError> {
+        Ok(self.results_page(job_id, 0, usize::MAX, filter)?.0)
+    }
+
+    /// A page of a job's results: candidates from index `start` on, at most `limit` rows (and at
+    /// most `limit` * 64 candidates looked at); returns the rows and where the next page starts,
+    /// or `None` after the last candidate. A job kept in the store has no rows here: see
+    /// [`Scheduler::stored_rows`].
+    pub fn results_page(
+        &self,
+        job_id: &str,
+        start: usize,
+        limit: usize,
+        filter: RowFilter,
+    ) -> Result<(Vec<ResultRow>, Option<usize>), JobError> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
+        let chunk_size = job.settings.chunk_size.max(1);
+        let total = job.candidates.len();
+        let end = start.saturating_add(limit.saturating_mul(64)).min(total);
+        let mut rows = Vec::new();
+        let mut next = start;
+        while next < end && rows.len() < limit {
+            let verdict = &job.verdicts[next];
+            if filter.keeps(verdict.as_ref()) {
+                rows.push(ResultRow {
+                    candidate: job.candidates[next].clone(),
+                    chunk_id: next as u32 / chunk_size,
+                    verdict: verdict.clone(),
+                });
+            }
+            next += 1;
+        }
+        Ok((rows, (next < total).then_some(next)))
+    }
+
+    /// At most `limit` results from position `cursor` on in the order the job recorded them, and
+    /// the new cursor; `done` says the job has ended and every recorded verdict was read. A
+    /// follower then reads the candidates never checked with [`RowFilter::Unchecked`] pages, and
+    /// so sees every candidate exactly once. A job kept in the store has no rows here.
+    pub fn results_since(
+        &self,
+        job_id: &str,
+        cursor: usize,
+        limit: usize,
+        usable_only: bool,
+    ) -> Result<Followed, JobError> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
+        let chunk_size = job.settings.chunk_size.max(1);
+        let cursor = cursor.min(job.recorded.len());
+        let end = cursor.saturating_add(limit).min(job.recorded.len());
+        let rows: Vec<ResultRow> = job.recorded[cursor..end]
+            .iter()
+            .map(|&i| ResultRow {
+                candidate: job.candidates[i as usize].clone(),
+                chunk_id: i / chunk_size,
+                verdict: job.verdicts[i as usize].clone(),
+            })
+            .filter(|r| !usable_only || r.verdict.as_ref().is_some_and(|v| v.usable))
+            .collect();
+        Ok(Followed {
+            rows,
+            cursor: end,
+            done: job.state.is_terminal() && end == job.recorded.len(),
+        })
+    }
+
+    /// Where a job's rows are when they are no longer in memory; `None` while they are.
+    pub fn stored_rows(&self, job_id: &str) -> Result<Option<StoredRows>, JobError> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
+        Ok(job.stored.map(|counts| StoredRows {
+            chunk_size: job.settings.chunk_size.max(1),
+            total: counts.proxies_total,
+        }))
+    }
+
+    /// Counts for the metrics endpoint.
+    pub fn metrics(&self) -> Metrics {
+        let mut m = Metrics {
+            counters: self.counters.clone(),
+            leases_live: self.leases.len() as u64,
+            ..Metrics::default()
+        };
+        for state in JobState::ALL {
+            m.jobs_by_state.insert(state.name(), 0);
+        }
+        for name in ["queued", "leased", "done", "failed"] {
+            m.chunks_by_state.insert(name, 0);
+        }
+        for job in self.jobs.values() {
+            *m.jobs_by_state.entry(job.state.name()).or_default() += 1;
+            if let Some(counts) = job.stored {
+                for (name, n) in [
+                    ("queued", counts.chunks_queued),
+                    ("done", counts.chunks_done),
+                    ("failed", counts.chunks_failed),
+                ] {
+                    *m.chunks_by_state.entry(name).or_default() += n;
+                }
+            }
+            for chunk in &job.chunks {
+                let name = match chunk.state {
+                    ChunkState::Queued => "queued",
+                    ChunkState::Leased(_) => "leased",
+                    ChunkState::Done => "done",
+                    ChunkState::Failed => "failed",
+                };
+                *m.chunks_by_state.entry(name).or_default() += 1;
+            }
+        }
+        for name in ["active", "draining", "silent"] {
+            m.workers_by_status.insert(name, 0);
+        }
+        for w in self.workers(Instant::now()) {
+            *m.workers_by_status.entry(w.status).or_default() += 1;
+        }
+        m
+    }
+
+    /// Refused stale verdicts over every job.
+    pub fn stale_refused_total(&self) -> u64 {
+        self.counters.stale_verdicts_refused
+    }
+}
