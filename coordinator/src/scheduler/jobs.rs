@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::verdict::{UsableFilter, Verdict};
+use super::verdict::{Reason, UsableFilter, Verdict};
 use super::{ChunkId, LeaseId};
 use crate::candidate::Candidate;
 
@@ -222,4 +222,92 @@ pub(super) fn make_chunks(total: u32, chunk_size: u32) -> Vec<Chunk> {
             }
         })
         .collect()
+}
+
+/// What recording a batch of verdicts for one chunk did.
+#[derive(Debug)]
+pub(super) struct Recorded {
+    /// The verdicts kept, in the order recorded (for the store).
+    pub(super) verdicts: Vec<Verdict>,
+    /// Position of the first of them in the order the job records verdicts.
+    pub(super) first_position: u64,
+    /// How many of them are usable.
+    pub(super) usable: u64,
+    /// Every candidate of the chunk has its verdict now.
+    pub(super) chunk_done: bool,
+}
+
+impl Job {
+    /// The candidates of a chunk still without a verdict, with their indices.
+    pub(super) fn unchecked_of(&self, chunk_id: ChunkId) -> Vec<(u32, Candidate)> {
+        self.chunks[chunk_id as usize]
+            .range
+            .clone()
+            .filter(|&i| self.verdicts[i as usize].is_none())
+            .map(|i| (i, self.candidates[i as usize].clone()))
+            .collect()
+    }
+
+    /// The chunk is leased as `lease_id`; returns how many times it has been leased.
+    pub(super) fn lease_chunk(&mut self, chunk_id: ChunkId, lease_id: LeaseId) -> u32 {
+        let chunk = &mut self.chunks[chunk_id as usize];
+        chunk.state = ChunkState::Leased(lease_id);
+        chunk.leases += 1;
+        chunk.leases
+    }
+
+    /// Records verdicts for candidates of chunk `chunk_id`: each candidate of the chunk once, the
+    /// first verdict kept; others are ignored. A working proxy outside the job's filter is
+    /// recorded as filtered. `texts` shares repeated verdict texts among verdicts.
+    pub(super) fn record(
+        &mut self,
+        chunk_id: ChunkId,
+        verdicts: Vec<Verdict>,
+        judge_is_https: bool,
+        texts: &mut std::collections::HashSet<Arc<str>>,
+    ) -> Recorded {
+        let chunk = &mut self.chunks[chunk_id as usize];
+        let mut recorded = Recorded {
+            verdicts: Vec::new(),
+            first_position: self.recorded.len() as u64,
+            usable: 0,
+            chunk_done: false,
+        };
+        for mut verdict in verdicts {
+            if !chunk.range.contains(&verdict.index) {
+                continue;
+            }
+            let slot = &mut self.verdicts[verdict.index as usize];
+            if slot.is_some() {
+                continue;
+            }
+            if verdict.usable
+                && let Some(why) = self.settings.filter.refuse(
+                    &verdict,
+                    &self.candidates[verdict.index as usize],
+                    judge_is_https,
+                )
+            {
+                verdict.usable = false;
+                verdict.reason = Reason::Filtered;
+                verdict.detail = why.into();
+            }
+            verdict.detail = intern(texts, verdict.detail);
+            verdict.exit_ip = intern(texts, verdict.exit_ip);
+            self.checked += 1;
+            if verdict.usable {
+                self.usable += 1;
+                recorded.usable += 1;
+            }
+            chunk.unchecked -= 1;
+            self.recorded.push(verdict.index);
+            recorded.verdicts.push(verdict.clone());
+            *slot = Some(verdict);
+        }
+        if chunk.unchecked == 0 {
+            chunk.state = ChunkState::Done;
+            recorded.chunk_done = true;
+        }
+        recorded
+    }
 }

@@ -1,11 +1,261 @@
 //! Worker sessions and the leases they hold: grant, renew, expire, hand back. Knows no job: a
 //! lease names the chunk it covers by ids only.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
-use super::{ChunkId, JudgeStatus, LeaseId, SessionId};
+use super::{ChunkId, Hello, JudgeStatus, LeaseId, SessionId};
 
+/// Judges whose status one session may report; jobs name a few each.
+const MAX_JUDGES_PER_SESSION: usize = 1024;
+
+/// The worker sessions and the leases they hold. Changed only through its methods, by the
+/// scheduler.
+#[derive(Debug)]
+pub(super) struct Fleet {
+    /// Open sessions, by id.
+    sessions: BTreeMap<SessionId, Session>,
+    /// Live leases, by id.
+    leases: HashMap<LeaseId, Lease>,
+    /// Ended leases and the job each was for, so late verdicts count against the right job;
+    /// dropped once the job leaves memory.
+    retired: HashMap<LeaseId, String>,
+    /// The id the next lease gets; ids stay unique across restarts (see [`Fleet::new`]).
+    next_lease: LeaseId,
+    next_session: SessionId,
+}
+
+impl Fleet {
+    /// `first_lease_id` lets lease ids stay unique across coordinator restarts.
+    pub(super) fn new(first_lease_id: LeaseId) -> Fleet {
+        Fleet {
+            sessions: BTreeMap::new(),
+            leases: HashMap::new(),
+            retired: HashMap::new(),
+            next_lease: first_lease_id.max(1),
+            next_session: 1,
+        }
+    }
+
+    pub(super) fn next_lease_id(&self) -> LeaseId {
+        self.next_lease
+    }
+
+    /// Opens a session for `hello`.
+    pub(super) fn open(&mut self, hello: Hello, now: Instant) -> SessionId {
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                worker_id: hello.worker_id,
+                name: hello.name,
+                version: hello.version,
+                peer: hello.peer,
+                capacity: hello.capacity.max(1),
+                max_checks: hello.max_checks,
+                leases: BTreeSet::new(),
+                unchecked: 0,
+                connected: now,
+                last_seen: now,
+                draining: false,
+                silent: false,
+                verdicts_accepted: 0,
+                judges: BTreeMap::new(),
+            },
+        );
+        id
+    }
+
+    /// Sessions of the worker named `worker_id`.
+    pub(super) fn sessions_of(&self, worker_id: &str) -> Vec<SessionId> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.worker_id == worker_id)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Closes a session; its leases are still live, for the caller to lose.
+    pub(super) fn close(&mut self, session: SessionId) -> Option<Session> {
+        self.sessions.remove(&session)
+    }
+
+    /// Any message renews the sender's leases; a silent session that speaks again may get work.
+    /// False for a session that is not open.
+    pub(super) fn touch(&mut self, session: SessionId, now: Instant) -> bool {
+        match self.sessions.get_mut(&session) {
+            Some(s) => {
+                s.last_seen = now;
+                s.silent = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn session(&self, session: SessionId) -> Option<&Session> {
+        self.sessions.get(&session)
+    }
+
+    pub(super) fn sessions(&self) -> impl Iterator<Item = (&SessionId, &Session)> {
+        self.sessions.iter()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// The worker is shutting down: no new leases for it.
+    pub(super) fn set_draining(&mut self, session: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.draining = true;
+        }
+    }
+
+    /// Records what a judge answered a session's worker directly; returns the worker's id and
+    /// every judge down for it (URL and error), or `None` past the most a session may report.
+    pub(super) fn judge_report(
+        &mut self,
+        session: SessionId,
+        status: JudgeStatus,
+    ) -> Option<(String, BTreeMap<String, String>)> {
+        let s = self.sessions.get_mut(&session)?;
+        // A worker reports the judges it was given; past so many, it reports nonsense.
+        if s.judges.len() >= MAX_JUDGES_PER_SESSION && !s.judges.contains_key(&status.url) {
+            return None;
+        }
+        s.judges.insert(status.url.clone(), status);
+        let down = s
+            .judges
+            .values()
+            .filter(|j| !j.ok)
+            .map(|j| (j.url.clone(), j.error.clone()))
+            .collect();
+        Some((s.worker_id.clone(), down))
+    }
+
+    /// Marks sessions silent for `ttl` or longer as silent and takes their leases (still live,
+    /// for the caller to lose).
+    pub(super) fn silence(
+        &mut self,
+        now: Instant,
+        ttl: Duration,
+    ) -> Vec<(SessionId, BTreeSet<LeaseId>)> {
+        self.sessions
+            .iter_mut()
+            .filter(|(_, s)| !s.silent && now.saturating_duration_since(s.last_seen) >= ttl)
+            .map(|(id, s)| {
+                s.silent = true;
+                (*id, std::mem::take(&mut s.leases))
+            })
+            .collect()
+    }
+
+    /// Check slots over every session.
+    pub(super) fn slots(&self) -> u64 {
+        self.sessions
+            .values()
+            .map(|s| u64::from(s.max_checks))
+            .sum()
+    }
+
+    /// The least loaded session that wants another lease (see [`Session::wants_work`]).
+    pub(super) fn pick(&self, ahead: bool) -> Option<SessionId> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.wants_work(ahead))
+            .min_by_key(|(id, s)| (s.load(), **id))
+            .map(|(id, _)| *id)
+    }
+
+    /// Grants `session` a lease on chunk `chunk` of job `job_id`, with `unchecked` candidates.
+    pub(super) fn grant(
+        &mut self,
+        session: SessionId,
+        job_id: &str,
+        chunk: ChunkId,
+        unchecked: u32,
+    ) -> LeaseId {
+        let lease_id = self.next_lease;
+        self.next_lease += 1;
+        self.leases.insert(
+            lease_id,
+            Lease {
+                job_id: job_id.to_string(),
+                chunk,
+                session,
+                unchecked,
+            },
+        );
+        let holder = self
+            .sessions
+            .get_mut(&session)
+            .expect("a lease goes to an open session");
+        holder.leases.insert(lease_id);
+        holder.unchecked += u64::from(unchecked);
+        lease_id
+    }
+
+    pub(super) fn lease(&self, lease_id: LeaseId) -> Option<&Lease> {
+        self.leases.get(&lease_id)
+    }
+
+    /// The session holding a live lease.
+    pub(super) fn holder(&self, lease_id: LeaseId) -> Option<SessionId> {
+        self.leases.get(&lease_id).map(|l| l.session)
+    }
+
+    /// The job a lease, live or ended, was for.
+    pub(super) fn job_of(&self, lease_id: LeaseId) -> Option<&str> {
+        self.leases
+            .get(&lease_id)
+            .map(|l| l.job_id.as_str())
+            .or_else(|| self.retired.get(&lease_id).map(String::as_str))
+    }
+
+    /// Live leases of a job, with their holders.
+    pub(super) fn leases_of(&self, job_id: &str) -> Vec<(LeaseId, SessionId)> {
+        self.leases
+            .iter()
+            .filter(|(_, l)| l.job_id == job_id)
+            .map(|(id, l)| (*id, l.session))
+            .collect()
+    }
+
+    pub(super) fn live_leases(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// `accepted` candidates of a lease got their verdicts from its holder `session`.
+    pub(super) fn checked(&mut self, lease_id: LeaseId, session: SessionId, accepted: u64) {
+        if let Some(lease) = self.leases.get_mut(&lease_id) {
+            lease.unchecked = lease.unchecked.saturating_sub(accepted as u32);
+        }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.verdicts_accepted += accepted;
+            s.unchecked = s.unchecked.saturating_sub(accepted);
+        }
+    }
+
+    /// Ends a live lease: its holder no longer has it, and late verdicts for it are refused.
+    pub(super) fn retire(&mut self, lease_id: LeaseId) -> Option<Lease> {
+        let lease = self.leases.remove(&lease_id)?;
+        if let Some(s) = self.sessions.get_mut(&lease.session) {
+            s.leases.remove(&lease_id);
+            s.unchecked = s.unchecked.saturating_sub(u64::from(lease.unchecked));
+        }
+        self.retired.insert(lease_id, lease.job_id.clone());
+        Some(lease)
+    }
+
+    /// Forgets the ended leases of a job that left memory.
+    pub(super) fn forget_job(&mut self, job_id: &str) {
+        self.retired.retain(|_, id| id != job_id);
+    }
+}
+
+/// A chunk leased to a session.
 #[derive(Debug)]
 pub(super) struct Lease {
     pub(super) job_id: String,
@@ -15,6 +265,7 @@ pub(super) struct Lease {
     pub(super) unchecked: u32,
 }
 
+/// A worker's open stream, and what it holds.
 #[derive(Debug)]
 pub(super) struct Session {
     pub(super) worker_id: String,

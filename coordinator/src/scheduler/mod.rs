@@ -25,9 +25,9 @@ pub use view::{
     WorkerSnapshot,
 };
 
-use jobs::{Job, StoredCounts, intern, make_chunks};
+use jobs::{Job, StoredCounts, make_chunks};
 use journal::Changed;
-use leases::{Lease, Session};
+use leases::Fleet;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -38,9 +38,6 @@ use crate::candidate::Candidate;
 pub type LeaseId = u64;
 pub type SessionId = u64;
 pub type ChunkId = u32;
-
-/// Judges whose status one session may report; jobs name a few each.
-const MAX_JUDGES_PER_SESSION: usize = 1024;
 
 /// Settings of the lease protocol, fixed for the coordinator's life.
 #[derive(Debug, Clone)]
@@ -128,13 +125,8 @@ pub struct Scheduler {
     job_order: Vec<String>,
     /// Chunks waiting for a worker, oldest first; entries whose chunk is no longer queued are skipped.
     queue: VecDeque<(String, ChunkId)>,
-    /// Live leases.
-    leases: HashMap<LeaseId, Lease>,
-    /// Ended leases and their job, so late verdicts are refused and counted against the right job.
-    retired: HashMap<LeaseId, String>,
-    sessions: BTreeMap<SessionId, Session>,
-    next_lease: LeaseId,
-    next_session: SessionId,
+    /// Worker sessions and the leases they hold.
+    fleet: Fleet,
     /// Jobs whose snapshot changed, for watchers and for the store.
     changed: Changed,
     /// Verdict texts seen (details, exit addresses), shared by every verdict that repeats one.
@@ -169,11 +161,7 @@ impl Scheduler {
             jobs: HashMap::new(),
             job_order: Vec::new(),
             queue: VecDeque::new(),
-            leases: HashMap::new(),
-            retired: HashMap::new(),
-            sessions: BTreeMap::new(),
-            next_lease: first_lease_id.max(1),
-            next_session: 1,
+            fleet: Fleet::new(first_lease_id),
             changed: Changed::default(),
             texts: Default::default(),
             journal: Vec::new(),
@@ -360,22 +348,12 @@ impl Scheduler {
         wall_ms: u64,
     ) -> Vec<Outbound> {
         let mut out = Vec::new();
-        if !self.touch(session, now) {
+        if !self.fleet.touch(session, now) {
             return out;
         }
-        let s = self.sessions.get_mut(&session).expect("touched above");
-        // A worker reports the judges it was given; past so many, it reports nonsense.
-        if s.judges.len() >= MAX_JUDGES_PER_SESSION && !s.judges.contains_key(&status.url) {
+        let Some((worker_id, down)) = self.fleet.judge_report(session, status) else {
             return out;
-        }
-        let worker_id = s.worker_id.clone();
-        s.judges.insert(status.url.clone(), status);
-        let down: BTreeMap<String, String> = s
-            .judges
-            .values()
-            .filter(|j| !j.ok)
-            .map(|j| (j.url.clone(), j.error.clone()))
-            .collect();
+        };
         let doomed: Vec<(String, String)> = self
             .jobs
             .values()
@@ -406,51 +384,13 @@ impl Scheduler {
     /// A worker opened a session. A previous session with the same worker id is replaced.
     pub fn hello(&mut self, hello: Hello, now: Instant) -> (SessionId, Vec<Outbound>) {
         let mut out = Vec::new();
-        let replaced: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.worker_id == hello.worker_id)
-            .map(|(id, _)| *id)
-            .collect();
-        for old in replaced {
+        for old in self.fleet.sessions_of(&hello.worker_id) {
             self.end_session(old, now, &mut out);
             out.push(Outbound::Close(old));
         }
-        let id = self.next_session;
-        self.next_session += 1;
-        self.sessions.insert(
-            id,
-            Session {
-                worker_id: hello.worker_id,
-                name: hello.name,
-                version: hello.version,
-                peer: hello.peer,
-                capacity: hello.capacity.max(1),
-                max_checks: hello.max_checks,
-                leases: BTreeSet::new(),
-                unchecked: 0,
-                connected: now,
-                last_seen: now,
-                draining: false,
-                silent: false,
-                verdicts_accepted: 0,
-                judges: BTreeMap::new(),
-            },
-        );
+        let id = self.fleet.open(hello, now);
         out.extend(self.assign(now));
         (id, out)
-    }
-
-    /// Any message renews the sender's leases; a silent session that speaks again may get work.
-    fn touch(&mut self, session: SessionId, now: Instant) -> bool {
-        match self.sessions.get_mut(&session) {
-            Some(s) => {
-                s.last_seen = now;
-                s.silent = false;
-                true
-            }
-            None => false,
-        }
     }
 
     /// Verdicts for a lease. Accepted only from the live lease's holder; otherwise refused and counted.
@@ -478,14 +418,17 @@ impl Scheduler {
     ) -> Vec<Outbound> {
         let mut out = Vec::new();
         // An ended session's verdicts are refused and counted like any other stale ones.
-        let live_session = self.touch(session, now);
-        let holder = self.leases.get(&lease_id).map(|l| l.session);
-        if !live_session || holder != Some(session) {
+        let live_session = self.fleet.touch(session, now);
+        let Some((job_id, chunk_id)) = self
+            .fleet
+            .lease(lease_id)
+            .filter(|l| live_session && l.session == session)
+            .map(|l| (l.job_id.clone(), l.chunk))
+        else {
             let job_id = self
-                .leases
-                .get(&lease_id)
-                .map(|l| l.job_id.clone())
-                .or_else(|| self.retired.get(&lease_id).cloned())
+                .fleet
+                .job_of(lease_id)
+                .map(str::to_string)
                 .or_else(|| (!job_hint.is_empty()).then(|| job_hint.to_string()));
             let count = verdicts.len() as u64;
             self.counters.stale_verdicts_refused += count;
@@ -497,75 +440,28 @@ impl Scheduler {
                 out.push(Outbound::Revoke(session, lease_id, "stale lease"));
             }
             return out;
-        }
-        let lease = &self.leases[&lease_id];
-        let job_id = lease.job_id.clone();
-        let chunk_id = lease.chunk;
+        };
         let judge_is_https = self
             .judges_of(&self.jobs[&job_id])
             .iter()
             .all(|u| u.starts_with("https://"));
         let job = self.jobs.get_mut(&job_id).expect("a live lease has a job");
-        let chunk = &mut job.chunks[chunk_id as usize];
-        let first_position = job.recorded.len() as u64;
-        let mut accepted = 0;
-        let mut recorded = Vec::new();
-        for mut verdict in verdicts {
-            if !chunk.range.contains(&verdict.index) {
-                continue;
-            }
-            let slot = &mut job.verdicts[verdict.index as usize];
-            if slot.is_some() {
-                continue;
-            }
-            if verdict.usable
-                && let Some(why) = job.settings.filter.refuse(
-                    &verdict,
-                    &job.candidates[verdict.index as usize],
-                    judge_is_https,
-                )
-            {
-                verdict.usable = false;
-                verdict.reason = Reason::Filtered;
-                verdict.detail = why.into();
-            }
-            verdict.detail = intern(&mut self.texts, verdict.detail);
-            verdict.exit_ip = intern(&mut self.texts, verdict.exit_ip);
-            job.checked += 1;
-            if verdict.usable {
-                job.usable += 1;
-                self.counters.verdicts_usable += 1;
-            } else {
-                self.counters.verdicts_unusable += 1;
-            }
-            chunk.unchecked -= 1;
-            accepted += 1;
-            job.recorded.push(verdict.index);
-            recorded.push(verdict.clone());
-            *slot = Some(verdict);
-        }
-        if !recorded.is_empty() {
+        let recorded = job.record(chunk_id, verdicts, judge_is_https, &mut self.texts);
+        let accepted = recorded.verdicts.len() as u64;
+        self.counters.verdicts_usable += recorded.usable;
+        self.counters.verdicts_unusable += accepted - recorded.usable;
+        if accepted > 0 {
             self.journal.push(Record::Verdicts {
                 job_id: job_id.clone(),
-                first_position,
-                verdicts: recorded,
+                first_position: recorded.first_position,
+                verdicts: recorded.verdicts,
             });
         }
-        let chunk_finished = chunk.unchecked == 0;
-        if chunk_finished {
-            chunk.state = ChunkState::Done;
-        }
         self.changed.insert(job_id.clone());
-        if let Some(lease) = self.leases.get_mut(&lease_id) {
-            lease.unchecked = lease.unchecked.saturating_sub(accepted as u32);
-        }
-        if let Some(s) = self.sessions.get_mut(&session) {
-            s.verdicts_accepted += accepted;
-            s.unchecked = s.unchecked.saturating_sub(accepted);
-        }
-        if chunk_finished {
+        self.fleet.checked(lease_id, session, accepted);
+        if recorded.chunk_done {
             self.counters.leases_completed += 1;
-            self.retire_lease(lease_id);
+            self.fleet.retire(lease_id);
             out.push(Outbound::LeaseDone(session, lease_id));
             self.finish_if_complete(&job_id, now, wall_ms, &mut out);
         }
@@ -584,11 +480,11 @@ impl Scheduler {
         now: Instant,
     ) -> Vec<Outbound> {
         let mut out = Vec::new();
-        if !self.touch(session, now) {
+        if !self.fleet.touch(session, now) {
             return out;
         }
         for &lease_id in claimed {
-            if self.leases.get(&lease_id).map(|l| l.session) != Some(session) {
+            if self.fleet.holder(lease_id) != Some(session) {
                 out.push(Outbound::Revoke(session, lease_id, "stale lease"));
             }
         }
@@ -598,10 +494,8 @@ impl Scheduler {
 
     /// The worker is shutting down: no new leases for it.
     pub fn draining(&mut self, session: SessionId, now: Instant) {
-        if self.touch(session, now)
-            && let Some(s) = self.sessions.get_mut(&session)
-        {
-            s.draining = true;
+        if self.fleet.touch(session, now) {
+            self.fleet.set_draining(session);
         }
     }
 
@@ -613,12 +507,12 @@ impl Scheduler {
         now: Instant,
     ) -> Vec<Outbound> {
         let mut out = Vec::new();
-        if !self.touch(session, now) {
+        if !self.fleet.touch(session, now) {
             return out;
         }
         // Only a draining worker may give work back for free; others must finish or vanish.
-        let draining = self.sessions.get(&session).is_some_and(|s| s.draining);
-        if draining && self.leases.get(&lease_id).map(|l| l.session) == Some(session) {
+        let draining = self.fleet.session(session).is_some_and(|s| s.draining);
+        if draining && self.fleet.holder(lease_id) == Some(session) {
             self.lose_lease(lease_id, LeaseLoss::HandedBack, now, &mut out);
         }
         out.extend(self.assign(now));
@@ -634,7 +528,7 @@ impl Scheduler {
     }
 
     fn end_session(&mut self, session: SessionId, now: Instant, out: &mut Vec<Outbound>) {
-        if let Some(s) = self.sessions.remove(&session) {
+        if let Some(s) = self.fleet.close(session) {
             // A draining worker's leases come back at no cost, however its session ends.
             let loss = if s.draining {
                 LeaseLoss::HandedBack
@@ -651,16 +545,7 @@ impl Scheduler {
     pub fn tick(&mut self, now: Instant, wall_ms: u64) -> Vec<Outbound> {
         let mut out = Vec::new();
         let ttl = self.config.lease_ttl;
-        let silent: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| !s.silent && now.saturating_duration_since(s.last_seen) >= ttl)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in silent {
-            let session = self.sessions.get_mut(&id).expect("listed above");
-            session.silent = true;
-            let leases = std::mem::take(&mut session.leases);
+        for (id, leases) in self.fleet.silence(now, ttl) {
             self.counters.leases_expired += leases.len() as u64;
             for lease_id in leases {
                 out.push(Outbound::Revoke(
@@ -688,7 +573,7 @@ impl Scheduler {
                 job.checked,
                 job.candidates.len()
             );
-            if self.sessions.is_empty() {
+            if self.fleet.is_empty() {
                 reason.push_str(
                     "; no worker is connected (start proxyfleet-worker --coordinator URL)",
                 );
@@ -748,19 +633,10 @@ impl Scheduler {
             // more than its slots, so no candidate waits in a busy worker while another has free
             // slots.
             let queued = self.queued_candidates();
-            let slots: u64 = self
-                .sessions
-                .values()
-                .map(|s| u64::from(s.max_checks))
-                .sum();
-            let deep = queued >= slots;
-            let target = self
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.wants_work(deep))
-                .min_by_key(|(id, s)| (s.load(), **id))
-                .map(|(id, _)| *id);
-            let Some(session) = target else { break };
+            let deep = queued >= self.fleet.slots();
+            let Some(session) = self.fleet.pick(deep) else {
+                break;
+            };
             let Some((job_id, chunk_id)) = self.next_queued_chunk() else {
                 break;
             };
@@ -799,58 +675,28 @@ impl Scheduler {
         chunk_id: ChunkId,
         _now: Instant,
     ) -> Outbound {
-        let lease_id = self.next_lease;
-        self.next_lease += 1;
         self.counters.leases_granted += 1;
         let judges = self.judges_of(&self.jobs[job_id]).to_vec();
         let job = self.jobs.get_mut(job_id).expect("queued chunk has a job");
-        let chunk = &mut job.chunks[chunk_id as usize];
-        chunk.state = ChunkState::Leased(lease_id);
-        chunk.leases += 1;
-        let candidates: Vec<_> = chunk
-            .range
-            .clone()
-            .filter(|&i| job.verdicts[i as usize].is_none())
-            .map(|i| (i, job.candidates[i as usize].clone()))
-            .collect();
-        let unchecked = candidates.len() as u32;
-        let assignment = Assignment {
-            lease_id,
-            job_id: job_id.to_string(),
-            chunk_id,
-            attempt: chunk.leases,
-            candidates,
-            judge_urls: judges,
-            timeout: job.settings.timeout,
-            connect_timeout: job.settings.connect_timeout,
-        };
+        let candidates = job.unchecked_of(chunk_id);
+        let lease_id = self
+            .fleet
+            .grant(session, job_id, chunk_id, candidates.len() as u32);
+        let attempt = job.lease_chunk(chunk_id, lease_id);
         self.changed.insert(job_id.to_string());
-        self.leases.insert(
-            lease_id,
-            Lease {
+        Outbound::Assign(
+            session,
+            Assignment {
+                lease_id,
                 job_id: job_id.to_string(),
-                chunk: chunk_id,
-                session,
-                unchecked,
+                chunk_id,
+                attempt,
+                candidates,
+                judge_urls: judges,
+                timeout: job.settings.timeout,
+                connect_timeout: job.settings.connect_timeout,
             },
-        );
-        let holder = self
-            .sessions
-            .get_mut(&session)
-            .expect("assign picks a live session");
-        holder.leases.insert(lease_id);
-        holder.unchecked += u64::from(unchecked);
-        Outbound::Assign(session, assignment)
-    }
-
-    fn retire_lease(&mut self, lease_id: LeaseId) -> Option<Lease> {
-        let lease = self.leases.remove(&lease_id)?;
-        if let Some(s) = self.sessions.get_mut(&lease.session) {
-            s.leases.remove(&lease_id);
-            s.unchecked = s.unchecked.saturating_sub(u64::from(lease.unchecked));
-        }
-        self.retired.insert(lease_id, lease.job_id.clone());
-        Some(lease)
+        )
     }
 
     fn lose_lease(
@@ -860,7 +706,7 @@ impl Scheduler {
         now: Instant,
         out: &mut Vec<Outbound>,
     ) {
-        let Some(lease) = self.retire_lease(lease_id) else {
+        let Some(lease) = self.fleet.retire(lease_id) else {
             return;
         };
         let job = self.jobs.get_mut(&lease.job_id).expect("a lease has a job");
@@ -983,13 +829,7 @@ impl Scheduler {
         wall_ms: u64,
         out: &mut Vec<Outbound>,
     ) {
-        let live: Vec<(LeaseId, SessionId)> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| l.job_id == job_id)
-            .map(|(id, l)| (*id, l.session))
-            .collect();
-        for (lease_id, session) in live {
+        for (lease_id, session) in self.fleet.leases_of(job_id) {
             out.push(Outbound::Revoke(session, lease_id, "job ended"));
             self.lose_lease(lease_id, LeaseLoss::JobEnded, now, out);
         }
@@ -1066,7 +906,7 @@ impl Scheduler {
         job.recorded = Vec::new();
         job.rate_samples = VecDeque::new();
         // Late verdicts of its leases are still refused and counted, without naming the job.
-        self.retired.retain(|_, id| id != job_id);
+        self.fleet.forget_job(job_id);
         true
     }
 
@@ -1077,7 +917,7 @@ impl Scheduler {
         }
         self.jobs.remove(job_id);
         self.job_order.retain(|id| id != job_id);
-        self.retired.retain(|_, id| id != job_id);
+        self.fleet.forget_job(job_id);
     }
 
     /// The job whose results a pool's output files hold: of the pool's jobs that completed
@@ -1098,6 +938,6 @@ impl Scheduler {
 
     /// Lease ids this scheduler will hand out next; the store keeps the high-water mark.
     pub fn next_lease_id(&self) -> LeaseId {
-        self.next_lease
+        self.fleet.next_lease_id()
     }
 }

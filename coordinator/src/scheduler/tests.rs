@@ -176,10 +176,18 @@ fn workers_are_leased_by_free_check_slots() {
     let (w2, out) = s.hello(slots("w2"), c.now);
     assert_eq!(assignments(&out).len(), 3);
     // Verdicts free slots: a partial batch frees no whole chunk's room yet...
-    let held = |s: &Scheduler, w| s.sessions[&w].unchecked;
+    let held = |s: &Scheduler, w| s.fleet.session(w).unwrap().unchecked;
     assert_eq!((held(&s, w1), held(&s, w2)), (45, 45));
-    let lease = s.sessions[&w1].leases.iter().next().copied().unwrap();
-    let chunk = s.leases[&lease].chunk;
+    let lease = s
+        .fleet
+        .session(w1)
+        .unwrap()
+        .leases
+        .iter()
+        .next()
+        .copied()
+        .unwrap();
+    let chunk = s.fleet.lease(lease).unwrap().chunk;
     let range = s.jobs["j"].chunks[chunk as usize].range.clone();
     let refused = |index| Verdict {
         index,

@@ -168,7 +168,7 @@ impl Scheduler {
                 ChunkState::Queued => progress.chunks_queued += 1,
                 ChunkState::Leased(lease) => {
                     progress.chunks_leased += 1;
-                    if let Some(l) = self.leases.get(&lease) {
+                    if let Some(l) = self.fleet.lease(lease) {
                         holders.insert(l.session);
                     }
                 }
@@ -210,9 +210,9 @@ impl Scheduler {
                     leases: c.leases,
                     holder: match c.state {
                         ChunkState::Leased(lease) => self
-                            .leases
-                            .get(&lease)
-                            .and_then(|l| self.sessions.get(&l.session))
+                            .fleet
+                            .lease(lease)
+                            .and_then(|l| self.fleet.session(l.session))
                             .map(|s| s.worker_id.clone())
                             .unwrap_or_default(),
                         _ => String::new(),
@@ -241,8 +241,8 @@ impl Scheduler {
     }
 
     pub fn workers(&self, now: Instant) -> Vec<WorkerSnapshot> {
-        self.sessions
-            .iter()
+        self.fleet
+            .sessions()
             .map(|(id, s)| WorkerSnapshot {
                 session_id: *id,
                 worker_id: s.worker_id.clone(),
@@ -356,7 +356,7 @@ impl Scheduler {
     pub fn metrics(&self) -> Metrics {
         let mut m = Metrics {
             counters: self.counters.clone(),
-            leases_live: self.leases.len() as u64,
+            leases_live: self.fleet.live_leases() as u64,
             ..Metrics::default()
         };
         for state in JobState::ALL {
