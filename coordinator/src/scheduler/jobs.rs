@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::journal::ChunkRecord;
 use super::verdict::{Reason, UsableFilter, Verdict};
 use super::{ChunkId, LeaseId};
 use crate::candidate::Candidate;
@@ -224,6 +225,28 @@ pub(super) fn make_chunks(total: u32, chunk_size: u32) -> Vec<Chunk> {
         .collect()
 }
 
+/// Why a lease ended without its chunk being finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LeaseLoss {
+    /// The holder vanished (stream broke, went silent, replaced): costs an attempt.
+    Vanished,
+    /// A draining holder gave it back: costs nothing.
+    HandedBack,
+    /// The job ended: the chunk will not be checked further.
+    JobEnded,
+}
+
+/// What losing a chunk's lease did to the chunk.
+#[derive(Debug)]
+pub(super) struct Lost {
+    /// Queue it again, at the front.
+    pub(super) requeue: bool,
+    /// An attempt was charged: what the store keeps of the chunk now.
+    pub(super) record: Option<ChunkRecord>,
+    /// Its attempts ran out: it failed, and the job may be complete.
+    pub(super) failed: bool,
+}
+
 /// What recording a batch of verdicts for one chunk did.
 #[derive(Debug)]
 pub(super) struct Recorded {
@@ -238,6 +261,48 @@ pub(super) struct Recorded {
 }
 
 impl Job {
+    /// A job queued now, from a submission.
+    pub(super) fn new(new: NewJob, now: Instant, wall_ms: u64) -> Job {
+        let chunks = make_chunks(new.candidates.len() as u32, new.settings.chunk_size);
+        let sources = new
+            .sources
+            .iter()
+            .map(|spec| SourceStatus {
+                url: spec.url.clone(),
+                state: SourceState::Pending,
+                candidates: 0,
+                rejected: 0,
+                bytes: 0,
+                error: String::new(),
+            })
+            .collect();
+        Job {
+            id: new.id.clone(),
+            name: new.name,
+            settings: new.settings,
+            state: JobState::Queued,
+            reason: String::new(),
+            verdicts: vec![None; new.candidates.len()],
+            candidates: new.candidates.into(),
+            chunks,
+            created: now,
+            created_wall_ms: wall_ms,
+            ended_wall_ms: 0,
+            ended: None,
+            checked: 0,
+            usable: 0,
+            reassignments: 0,
+            stale_refused: 0,
+            handed_back: 0,
+            rate_samples: VecDeque::new(),
+            source_specs: new.sources,
+            sources,
+            dropped: new.dropped,
+            recorded: Vec::new(),
+            stored: None,
+        }
+    }
+
     /// The candidates of a chunk still without a verdict, with their indices.
     pub(super) fn unchecked_of(&self, chunk_id: ChunkId) -> Vec<(u32, Candidate)> {
         self.chunks[chunk_id as usize]
@@ -254,6 +319,167 @@ impl Job {
         chunk.state = ChunkState::Leased(lease_id);
         chunk.leases += 1;
         chunk.leases
+    }
+
+    /// The chunk's lease `lease_id` ended unfinished, for `loss`; `None` if the chunk was no
+    /// longer leased as that.
+    pub(super) fn lose_chunk(
+        &mut self,
+        chunk_id: ChunkId,
+        lease_id: LeaseId,
+        loss: LeaseLoss,
+    ) -> Option<Lost> {
+        let max_attempts = self.settings.max_attempts;
+        let chunk = &mut self.chunks[chunk_id as usize];
+        if chunk.state != ChunkState::Leased(lease_id) {
+            return None;
+        }
+        chunk.state = ChunkState::Queued;
+        let mut lost = Lost {
+            requeue: false,
+            record: None,
+            failed: false,
+        };
+        match loss {
+            // Left unchecked: the job will not check it further.
+            LeaseLoss::JobEnded => {}
+            LeaseLoss::HandedBack => {
+                self.handed_back += 1;
+                lost.requeue = true;
+            }
+            LeaseLoss::Vanished => {
+                chunk.attempts += 1;
+                self.reassignments += 1;
+                lost.failed = chunk.attempts >= max_attempts;
+                lost.record = Some(ChunkRecord {
+                    chunk_id: chunk.id,
+                    attempts: chunk.attempts,
+                    leases: chunk.leases,
+                    failed: lost.failed,
+                });
+                if lost.failed {
+                    chunk.state = ChunkState::Failed;
+                } else {
+                    lost.requeue = true;
+                }
+            }
+        }
+        Some(lost)
+    }
+
+    /// How a checking job whose every chunk is done or failed ends, and why; `None` while it is
+    /// not checking or has chunks left.
+    pub(super) fn completion(&self) -> Option<(JobState, String)> {
+        if self.state != JobState::Checking
+            || self
+                .chunks
+                .iter()
+                .any(|c| !matches!(c.state, ChunkState::Done | ChunkState::Failed))
+        {
+            return None;
+        }
+        let failed = self
+            .chunks
+            .iter()
+            .filter(|c| c.state == ChunkState::Failed)
+            .count();
+        let total = self.chunks.len();
+        let settings = &self.settings;
+        let failed_note = if failed > 0 {
+            format!(
+                "; {failed} of {total} chunks failed after {} attempts each (their proxies are unchecked)",
+                settings.max_attempts
+            )
+        } else {
+            String::new()
+        };
+        Some(
+            if total > 0 && failed as f64 / total as f64 > settings.max_failed_chunk_ratio {
+                (
+                    JobState::Failed,
+                    format!(
+                        "{failed} of {total} chunks failed: every worker that took them vanished {} times",
+                        settings.max_attempts
+                    ),
+                )
+            } else if self.usable >= settings.min_usable {
+                (
+                    JobState::Succeeded,
+                    format!(
+                        "{} usable of {} proxies (at least {} wanted){failed_note}",
+                        self.usable,
+                        self.candidates.len(),
+                        settings.min_usable
+                    ),
+                )
+            } else {
+                (
+                    JobState::Insufficient,
+                    format!(
+                        "only {} usable of {} proxies, {} wanted{failed_note}",
+                        self.usable,
+                        self.candidates.len(),
+                        settings.min_usable
+                    ),
+                )
+            },
+        )
+    }
+
+    /// Ends the job in `state`; false if it had ended already (its first end stays).
+    pub(super) fn end(
+        &mut self,
+        state: JobState,
+        reason: String,
+        now: Instant,
+        wall_ms: u64,
+    ) -> bool {
+        if self.state.is_terminal() {
+            return false;
+        }
+        self.state = state;
+        self.reason = reason;
+        self.ended = Some(now);
+        self.ended_wall_ms = wall_ms;
+        true
+    }
+
+    /// Drops an ended job's candidates, verdicts and chunks, keeping the counts its snapshot
+    /// shows; they are read from the store from then on. False for a job not ended.
+    pub(super) fn keep_in_store(&mut self) -> bool {
+        if !self.state.is_terminal() {
+            return false;
+        }
+        if self.stored.is_some() {
+            return true;
+        }
+        let mut counts = StoredCounts {
+            proxies_total: self.candidates.len() as u64,
+            chunks_total: self.chunks.len() as u64,
+            chunks_queued: 0,
+            chunks_done: 0,
+            chunks_failed: 0,
+        };
+        for chunk in &self.chunks {
+            match chunk.state {
+                // An ended job holds no lease: a chunk that was leased is queued for no one.
+                ChunkState::Queued | ChunkState::Leased(_) => counts.chunks_queued += 1,
+                ChunkState::Done => counts.chunks_done += 1,
+                ChunkState::Failed => counts.chunks_failed += 1,
+            }
+        }
+        self.stored = Some(counts);
+        self.candidates = Arc::new(Vec::new());
+        self.verdicts = Vec::new();
+        self.chunks = Vec::new();
+        self.recorded = Vec::new();
+        self.rate_samples = VecDeque::new();
+        true
+    }
+
+    /// The wall-clock time at `now`, in ms, as the job's clock reads it.
+    pub(super) fn wall_ms_at(&self, now: Instant) -> u64 {
+        self.created_wall_ms + now.saturating_duration_since(self.created).as_millis() as u64
     }
 
     /// Records verdicts for candidates of chunk `chunk_id`: each candidate of the chunk once, the

@@ -25,7 +25,7 @@ pub use view::{
     WorkerSnapshot,
 };
 
-use jobs::{Job, StoredCounts, make_chunks};
+use jobs::{Job, LeaseLoss, make_chunks};
 use journal::Changed;
 use leases::Fleet;
 
@@ -73,17 +73,6 @@ pub enum Outbound {
     Close(SessionId),
     /// Not for a worker: the job entered SCRAPING; fetch its sources, then call `scraped`.
     Scrape(String, Vec<SourceSpec>),
-}
-
-/// Why a lease ended without its chunk being finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LeaseLoss {
-    /// The holder vanished (stream broke, went silent, replaced): costs an attempt.
-    Vanished,
-    /// A draining holder gave it back: costs nothing.
-    HandedBack,
-    /// The job ended: the chunk will not be checked further.
-    JobEnded,
 }
 
 /// What a client may get wrong.
@@ -175,51 +164,15 @@ impl Scheduler {
 
     /// Queues a job; it starts checking at once unless another job of its pool is running.
     pub fn submit(&mut self, new: NewJob, now: Instant, wall_ms: u64) -> Vec<Outbound> {
-        let chunks = make_chunks(new.candidates.len() as u32, new.settings.chunk_size);
-        let sources = new
-            .sources
-            .iter()
-            .map(|spec| SourceStatus {
-                url: spec.url.clone(),
-                state: SourceState::Pending,
-                candidates: 0,
-                rejected: 0,
-                bytes: 0,
-                error: String::new(),
-            })
-            .collect();
-        let job = Job {
-            id: new.id.clone(),
-            name: new.name,
-            settings: new.settings,
-            state: JobState::Queued,
-            reason: String::new(),
-            verdicts: vec![None; new.candidates.len()],
-            candidates: new.candidates.into(),
-            chunks,
-            created: now,
-            created_wall_ms: wall_ms,
-            ended_wall_ms: 0,
-            ended: None,
-            checked: 0,
-            usable: 0,
-            reassignments: 0,
-            stale_refused: 0,
-            handed_back: 0,
-            rate_samples: VecDeque::new(),
-            source_specs: new.sources,
-            sources,
-            dropped: new.dropped,
-            recorded: Vec::new(),
-            stored: None,
-        };
+        let job = Job::new(new, now, wall_ms);
+        let id = job.id.clone();
         self.journal.push(Record::Candidates {
-            job_id: new.id.clone(),
+            job_id: id.clone(),
             candidates: Arc::clone(&job.candidates),
         });
-        self.job_order.push(new.id.clone());
-        self.jobs.insert(new.id.clone(), job);
-        self.changed.insert(new.id);
+        self.job_order.push(id.clone());
+        self.jobs.insert(id.clone(), job);
+        self.changed.insert(id);
         let mut out = Vec::new();
         self.start_queued_jobs(now, wall_ms, &mut out);
         out.extend(self.assign(now));
@@ -710,48 +663,29 @@ impl Scheduler {
             return;
         };
         let job = self.jobs.get_mut(&lease.job_id).expect("a lease has a job");
-        let chunk = &mut job.chunks[lease.chunk as usize];
-        if chunk.state != ChunkState::Leased(lease_id) {
-            return;
-        }
-        self.changed.insert(job.id.clone());
+        let Some(lost) = job.lose_chunk(lease.chunk, lease_id, loss) else {
+            return; // the chunk moved on meanwhile
+        };
+        self.changed.insert(lease.job_id.clone());
         match loss {
-            // Left unchecked: the job will not check it further.
-            LeaseLoss::JobEnded => chunk.state = ChunkState::Queued,
-            LeaseLoss::HandedBack => {
-                chunk.state = ChunkState::Queued;
-                job.handed_back += 1;
-                self.counters.leases_handed_back += 1;
-                self.queue.push_front((job.id.clone(), chunk.id));
-            }
-            LeaseLoss::Vanished => {
-                chunk.attempts += 1;
-                job.reassignments += 1;
-                self.counters.leases_requeued += 1;
-                if chunk.attempts >= job.settings.max_attempts {
-                    self.counters.chunks_failed += 1;
-                }
-                self.journal.push(Record::Chunk {
-                    job_id: job.id.clone(),
-                    chunk: ChunkRecord {
-                        chunk_id: chunk.id,
-                        attempts: chunk.attempts,
-                        leases: chunk.leases,
-                        failed: chunk.attempts >= job.settings.max_attempts,
-                    },
-                });
-                if chunk.attempts >= job.settings.max_attempts {
-                    chunk.state = ChunkState::Failed;
-                    let job_id = job.id.clone();
-                    // Wall time only matters for the end stamp; `now` orders everything else.
-                    let wall_ms = job.created_wall_ms
-                        + now.saturating_duration_since(job.created).as_millis() as u64;
-                    self.finish_if_complete(&job_id, now, wall_ms, out);
-                } else {
-                    chunk.state = ChunkState::Queued;
-                    self.queue.push_front((job.id.clone(), chunk.id));
-                }
-            }
+            LeaseLoss::JobEnded => {}
+            LeaseLoss::HandedBack => self.counters.leases_handed_back += 1,
+            LeaseLoss::Vanished => self.counters.leases_requeued += 1,
+        }
+        if let Some(record) = lost.record {
+            self.counters.chunks_failed += u64::from(record.failed);
+            self.journal.push(Record::Chunk {
+                job_id: lease.job_id.clone(),
+                chunk: record,
+            });
+        }
+        if lost.requeue {
+            self.queue.push_front((lease.job_id.clone(), lease.chunk));
+        }
+        if lost.failed {
+            // Wall time only matters for the end stamp; `now` orders everything else.
+            let wall_ms = job.wall_ms_at(now);
+            self.finish_if_complete(&lease.job_id, now, wall_ms, out);
         }
     }
 
@@ -763,61 +697,9 @@ impl Scheduler {
         wall_ms: u64,
         out: &mut Vec<Outbound>,
     ) {
-        let job = &self.jobs[job_id];
-        if job.state != JobState::Checking
-            || job
-                .chunks
-                .iter()
-                .any(|c| !matches!(c.state, ChunkState::Done | ChunkState::Failed))
-        {
-            return;
+        if let Some((state, reason)) = self.jobs[job_id].completion() {
+            self.end_job(job_id, state, reason, now, wall_ms, out);
         }
-        let failed = job
-            .chunks
-            .iter()
-            .filter(|c| c.state == ChunkState::Failed)
-            .count();
-        let total = job.chunks.len();
-        let failed_note = if failed > 0 {
-            format!(
-                "; {failed} of {total} chunks failed after {} attempts each (their proxies are unchecked)",
-                job.settings.max_attempts
-            )
-        } else {
-            String::new()
-        };
-        let (state, reason) = if total > 0
-            && failed as f64 / total as f64 > job.settings.max_failed_chunk_ratio
-        {
-            (
-                JobState::Failed,
-                format!(
-                    "{failed} of {total} chunks failed: every worker that took them vanished {} times",
-                    job.settings.max_attempts
-                ),
-            )
-        } else if job.usable >= job.settings.min_usable {
-            (
-                JobState::Succeeded,
-                format!(
-                    "{} usable of {} proxies (at least {} wanted){failed_note}",
-                    job.usable,
-                    job.candidates.len(),
-                    job.settings.min_usable
-                ),
-            )
-        } else {
-            (
-                JobState::Insufficient,
-                format!(
-                    "only {} usable of {} proxies, {} wanted{failed_note}",
-                    job.usable,
-                    job.candidates.len(),
-                    job.settings.min_usable
-                ),
-            )
-        };
-        self.end_job(job_id, state, reason, now, wall_ms, out);
     }
 
     fn end_job(
@@ -834,13 +716,9 @@ impl Scheduler {
             self.lose_lease(lease_id, LeaseLoss::JobEnded, now, out);
         }
         let job = self.jobs.get_mut(job_id).expect("ending a known job");
-        if job.state.is_terminal() {
+        if !job.end(state, reason, now, wall_ms) {
             return;
         }
-        job.state = state;
-        job.reason = reason;
-        job.ended = Some(now);
-        job.ended_wall_ms = wall_ms;
         self.changed.insert(job_id.to_string());
         self.start_queued_jobs(now, wall_ms, out);
     }
@@ -878,33 +756,9 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return false;
         };
-        if !job.state.is_terminal() {
+        if !job.keep_in_store() {
             return false;
         }
-        if job.stored.is_some() {
-            return true;
-        }
-        let mut counts = StoredCounts {
-            proxies_total: job.candidates.len() as u64,
-            chunks_total: job.chunks.len() as u64,
-            chunks_queued: 0,
-            chunks_done: 0,
-            chunks_failed: 0,
-        };
-        for chunk in &job.chunks {
-            match chunk.state {
-                // An ended job holds no lease: a chunk that was leased is queued for no one.
-                ChunkState::Queued | ChunkState::Leased(_) => counts.chunks_queued += 1,
-                ChunkState::Done => counts.chunks_done += 1,
-                ChunkState::Failed => counts.chunks_failed += 1,
-            }
-        }
-        job.stored = Some(counts);
-        job.candidates = Arc::new(Vec::new());
-        job.verdicts = Vec::new();
-        job.chunks = Vec::new();
-        job.recorded = Vec::new();
-        job.rate_samples = VecDeque::new();
         // Late verdicts of its leases are still refused and counted, without naming the job.
         self.fleet.forget_job(job_id);
         true
