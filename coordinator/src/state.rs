@@ -29,10 +29,18 @@ pub type Outbox = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, tonic::St
 /// Coordinator state shared by every task; cheap to clone.
 #[derive(Clone)]
 pub struct State {
+    /// Everything, shared by every task and handler.
     inner: Arc<Inner>,
 }
 
+/// The shared state. Locks are never held across an await. Where two are held at once, the
+/// scheduler's is taken first: `scheduler` → `progress` (snapshots reach watchers in the
+/// scheduler's order), `scheduler` → `outboxes` (a session's messages keep the scheduler's
+/// order), `scheduler` → `end_seqs`, `scheduler` → `store_tx` (writes reach the store in the
+/// scheduler's order). `reader` is never taken with `scheduler` held: reads of the store wait
+/// for no one but each other. Every other lock is taken alone.
 struct Inner {
+    /// The validated configuration, fixed for the process's life.
     config: CoordinatorConfig,
     /// Lease table and jobs; every change goes through this one lock (never held across an await).
     scheduler: Mutex<Scheduler>,
@@ -59,6 +67,7 @@ struct Inner {
     /// them are committed (set by the writer): a job's end is shown to watchers, and a submission
     /// or cancel answered, only once every record before it is durable.
     journal_seq: AtomicU64,
+    /// The journal position the store writer committed last (set by the writer).
     durable_seq: Arc<watch::Sender<u64>>,
     /// The write that carried each ended job's last record, until its end is published.
     end_seqs: Mutex<HashMap<String, u64>>,
@@ -117,11 +126,13 @@ enum StoreOp {
 /// The store writer thread's part: it owns the store, and reports what it committed to the
 /// publisher; it never calls back into the state.
 struct StoreWriter {
+    /// The database, written by this thread only.
     store: Store,
     /// Set if the store fails; the coordinator stops on it.
     failure: Arc<watch::Sender<Option<String>>>,
     /// The journal position committed last (see `Inner::journal_seq`).
     durable_seq: Arc<watch::Sender<u64>>,
+    /// Where what was committed goes: the publisher.
     events: mpsc::UnboundedSender<Event>,
 }
 

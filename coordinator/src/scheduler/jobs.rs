@@ -81,10 +81,13 @@ pub enum ChunkState {
 
 #[derive(Debug)]
 pub(super) struct Chunk {
+    /// Its index in the job; its candidates are `range`.
     pub(super) id: ChunkId,
+    /// Indices of the job's candidates it covers; fixed once the job's candidates are in.
     pub(super) range: Range<u32>,
     /// Candidates of the chunk still without a verdict.
     pub(super) unchecked: u32,
+    /// Queued, leased (by which lease), done or failed; changed by the job's methods only.
     pub(super) state: ChunkState,
     /// Times a holder vanished with it.
     pub(super) attempts: u32,
@@ -94,28 +97,47 @@ pub(super) struct Chunk {
 
 #[derive(Debug)]
 pub(super) struct Job {
+    /// Given at submit; names the job everywhere (store, files, logs).
     pub(super) id: String,
+    /// The client's label, shown in listings.
     pub(super) name: String,
+    /// Validated at submit; never changed.
     pub(super) settings: JobSettings,
+    /// Where the job is in QUEUED → SCRAPING → CHECKING → an end; changed by the scheduler's
+    /// transitions and [`Job::end`].
     pub(super) state: JobState,
+    /// Why it ended (empty until then).
     pub(super) reason: String,
+    /// Its candidates, each once; set at submit and extended once when its sources are scraped;
+    /// shared with the store writer. Emptied by [`Job::keep_in_store`].
     pub(super) candidates: Arc<Vec<Candidate>>,
     /// Verdict per candidate index; `None` until recorded, never overwritten.
     pub(super) verdicts: Vec<Option<Verdict>>,
+    /// Its chunks, cut from `candidates`; changed by leasing, verdicts and lost leases.
     pub(super) chunks: Vec<Chunk>,
+    /// When it was submitted (or, restored, when it would have been by this clock).
     pub(super) created: Instant,
+    /// Submission time, wall clock, for clients and the store.
     pub(super) created_wall_ms: u64,
+    /// End time, wall clock; 0 until it ends.
     pub(super) ended_wall_ms: u64,
+    /// When it ended, by this process's clock.
     pub(super) ended: Option<Instant>,
+    /// Candidates with a verdict; raised by [`Job::record`].
     pub(super) checked: u64,
+    /// Of those, the usable ones.
     pub(super) usable: u64,
+    /// Leases of its chunks lost to a holder that vanished.
     pub(super) reassignments: u64,
+    /// Verdicts for it refused because their lease was no longer held.
     pub(super) stale_refused: u64,
+    /// Leases given back by draining workers.
     pub(super) handed_back: u64,
     /// (time, checked) samples for the check rate, oldest first.
     pub(super) rate_samples: VecDeque<(Instant, u64)>,
     /// Sources still to fetch (taken when scraping starts) and how each went.
     pub(super) source_specs: Vec<SourceSpec>,
+    /// How fetching each of its sources went; updated while it scrapes.
     pub(super) sources: Vec<SourceStatus>,
     /// Entries dropped from the job's lists, by why.
     pub(super) dropped: BTreeMap<String, u64>,
@@ -129,10 +151,15 @@ pub(super) struct Job {
 /// What an ended job still shows once its rows live only in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct StoredCounts {
+    /// Candidates the job held.
     pub(super) proxies_total: u64,
+    /// Chunks it was cut into.
     pub(super) chunks_total: u64,
+    /// Chunks left unchecked when it ended.
     pub(super) chunks_queued: u64,
+    /// Chunks with every verdict.
     pub(super) chunks_done: u64,
+    /// Chunks whose attempts ran out.
     pub(super) chunks_failed: u64,
 }
 

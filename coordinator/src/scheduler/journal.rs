@@ -10,7 +10,9 @@ use super::*;
 /// Jobs changed since their watchers and the store last looked.
 #[derive(Debug, Default)]
 pub(super) struct Changed {
+    /// Jobs whose snapshot watchers have not seen yet; taken by `take_dirty`.
     pub(super) watch: BTreeSet<String>,
+    /// Jobs whose row the store has not had yet; taken by `take_journal`.
     pub(super) save: BTreeSet<String>,
 }
 

@@ -22,6 +22,7 @@ pub(super) struct Fleet {
     retired: HashMap<LeaseId, String>,
     /// The id the next lease gets; ids stay unique across restarts (see [`Fleet::new`]).
     next_lease: LeaseId,
+    /// The id the next session gets.
     next_session: SessionId,
 }
 
@@ -258,8 +259,11 @@ impl Fleet {
 /// A chunk leased to a session.
 #[derive(Debug)]
 pub(super) struct Lease {
+    /// The job of the chunk it covers (an id only: this room knows no job).
     pub(super) job_id: String,
+    /// The chunk it covers.
     pub(super) chunk: ChunkId,
+    /// The session holding it.
     pub(super) session: SessionId,
     /// Candidates of the lease without a verdict yet.
     pub(super) unchecked: u32,
@@ -268,22 +272,32 @@ pub(super) struct Lease {
 /// A worker's open stream, and what it holds.
 #[derive(Debug)]
 pub(super) struct Session {
+    /// The worker's own id; a second session with the same id replaces this one.
     pub(super) worker_id: String,
+    /// The worker's display name.
     pub(super) name: String,
+    /// The worker's version, as it said hello.
     pub(super) version: String,
+    /// The worker's address, as the coordinator saw it.
     pub(super) peer: String,
+    /// Most leases it takes at once.
     pub(super) capacity: u32,
+    /// Checks it runs at once (its check slots); 0 if it did not say.
     pub(super) max_checks: u32,
+    /// Live leases it holds; changed by grant, retire and silence.
     pub(super) leases: BTreeSet<LeaseId>,
     /// Candidates of its leases without a verdict yet: a worker is leased more only while this is
     /// below its `max_checks`, so no candidate waits in one worker while another has free slots.
     pub(super) unchecked: u64,
+    /// When it said hello.
     pub(super) connected: Instant,
+    /// When it last sent anything; renewed by every message.
     pub(super) last_seen: Instant,
     /// Said `Draining`: gets no new lease.
     pub(super) draining: bool,
     /// Silent past the lease TTL: lost its leases, gets none until it speaks again.
     pub(super) silent: bool,
+    /// Verdicts of its that were recorded.
     pub(super) verdicts_accepted: u64,
     /// Judges this worker asked directly, by URL.
     pub(super) judges: BTreeMap<String, JudgeStatus>,

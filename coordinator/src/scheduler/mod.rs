@@ -108,9 +108,11 @@ pub struct JudgeStatus {
 /// The whole scheduling state of a coordinator.
 #[derive(Debug)]
 pub struct Scheduler {
+    /// The lease protocol's settings, fixed for the coordinator's life.
     config: LeaseConfig,
     /// Every job, by id; the order of ids in `job_order` is submission order.
     jobs: HashMap<String, Job>,
+    /// Job ids in submission order: pools start their oldest queued job first.
     job_order: Vec<String>,
     /// Chunks waiting for a worker, oldest first; entries whose chunk is no longer queued are skipped.
     queue: VecDeque<(String, ChunkId)>,
