@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::candidate::TargetPolicy;
+
 /// Runs the proxyfleet coordinator: takes refresh jobs, leases their chunks to workers,
 /// streams progress to clients and serves a judge endpoint for the checks.
 #[derive(Debug, Clone, Parser)]
@@ -327,6 +329,14 @@ impl CoordinatorConfig {
         self.tick =
             (self.lease_ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(200));
         Ok(self)
+    }
+
+    /// Which targets jobs may name, as every part of the coordinator applies it: candidates,
+    /// sources, judges, and the checks it asks of workers.
+    pub fn target_policy(&self) -> TargetPolicy {
+        TargetPolicy {
+            allow_private: self.allow_private_targets,
+        }
     }
 
     /// Descriptors the ports may need when both are full, with room for everything else: an

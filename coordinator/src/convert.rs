@@ -7,6 +7,7 @@ use crate::scheduler::{
     Anonymity, Assignment, ChunkInfo, ChunkState, JobProgress, JobSettings, JobSnapshot, JobState,
     JudgeStatus, Reason, ResultRow, Verdict, WorkerSnapshot,
 };
+use crate::state::Submitted;
 
 pub fn protocol_to_proto(p: Protocol) -> pb::Protocol {
     match p {
@@ -292,6 +293,23 @@ pub fn assignment_to_proto(a: &Assignment) -> pb::Assign {
             // Set by the runtime, which knows the coordinator's policy.
             allow_private_targets: false,
         }),
+    }
+}
+
+pub fn submitted_to_proto(s: Submitted) -> pb::SubmitJobResponse {
+    pb::SubmitJobResponse {
+        job_id: s.snapshot.id.clone(),
+        job: Some(job_to_proto(&s.snapshot)),
+        rejected: s
+            .rejected
+            .into_iter()
+            .map(|r| pb::RejectedLine {
+                line: r.line,
+                text: r.text,
+                reason: r.reason,
+            })
+            .collect(),
+        duplicates: s.duplicates,
     }
 }
 
