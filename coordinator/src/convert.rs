@@ -2,7 +2,7 @@
 
 use proxyfleet_proto::v1 as pb;
 
-use crate::candidate::{Candidate, Protocol};
+use crate::candidate::{Candidate, Protocol, TargetPolicy};
 use crate::scheduler::{
     Anonymity, Assignment, ChunkInfo, ChunkState, JobProgress, JobSettings, JobSnapshot, JobState,
     JudgeStatus, Reason, ResultRow, Verdict, WorkerSnapshot,
@@ -275,7 +275,8 @@ fn candidate_to_proto(index: u32, c: &Candidate) -> pb::Candidate {
     }
 }
 
-pub fn assignment_to_proto(a: &Assignment) -> pb::Assign {
+/// A lease's assignment, with the coordinator's policy on the targets its checks may dial.
+pub fn assignment_to_proto(a: &Assignment, targets: TargetPolicy) -> pb::Assign {
     pb::Assign {
         lease_id: a.lease_id,
         job_id: a.job_id.clone(),
@@ -290,8 +291,7 @@ pub fn assignment_to_proto(a: &Assignment) -> pb::Assign {
             judge_urls: a.judge_urls.clone(),
             timeout_ms: a.timeout.as_millis() as u64,
             connect_timeout_ms: a.connect_timeout.as_millis() as u64,
-            // Set by the runtime, which knows the coordinator's policy.
-            allow_private_targets: false,
+            allow_private_targets: targets.allow_private,
         }),
     }
 }
@@ -340,6 +340,27 @@ pub fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_assignment_carries_the_coordinators_target_policy() {
+        let assignment = Assignment {
+            lease_id: 7,
+            job_id: "j".into(),
+            chunk_id: 0,
+            attempt: 1,
+            candidates: vec![],
+            judge_urls: vec![],
+            timeout: std::time::Duration::from_secs(1),
+            connect_timeout: std::time::Duration::from_secs(1),
+        };
+        for allow_private in [false, true] {
+            let assign = assignment_to_proto(&assignment, TargetPolicy { allow_private });
+            assert_eq!(
+                assign.settings.unwrap().allow_private_targets,
+                allow_private
+            );
+        }
+    }
 
     #[test]
     fn a_workers_oversized_texts_are_cut() {

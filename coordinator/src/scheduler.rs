@@ -2,7 +2,8 @@
 //!
 //! Every input (a worker's hello, verdicts, heartbeat, hand-back, drain, a broken stream, a clock
 //! tick, a client's submit or cancel) is a method taking `now`; every output to a worker is an
-//! [`Outbound`] message the caller delivers. The caller serializes access (one lock).
+//! [`Outbound`] message the caller delivers, and sources to fetch are a [`Scrape`] the caller
+//! takes with [`Scheduler::take_scrapes`]. The caller serializes access (one lock).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
@@ -203,8 +204,14 @@ pub enum Outbound {
     Revoke(SessionId, LeaseId, &'static str),
     /// End this session's stream: it was replaced by a newer session of the same worker.
     Close(SessionId),
-    /// Not for a worker: the job entered SCRAPING; fetch its sources, then call `scraped`.
-    Scrape(String, Vec<SourceSpec>),
+}
+
+/// A job entered SCRAPING: fetch its sources, then hand their candidates to
+/// [`Scheduler::scraped`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scrape {
+    pub job_id: String,
+    pub sources: Vec<SourceSpec>,
 }
 
 /// Why a lease ended without its chunk being finished.
@@ -576,6 +583,8 @@ pub struct Scheduler {
     texts: std::collections::HashSet<Arc<str>>,
     /// Changes for the store, in order, since `take_journal`.
     journal: Vec<Record>,
+    /// Jobs whose sources are to be fetched, since `take_scrapes`.
+    scrapes: Vec<Scrape>,
     /// Totals since start, for metrics.
     counters: Counters,
 }
@@ -622,6 +631,7 @@ impl Scheduler {
             changed: Changed::default(),
             texts: Default::default(),
             journal: Vec::new(),
+            scrapes: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -704,7 +714,10 @@ impl Scheduler {
             } else {
                 job.state = JobState::Scraping;
                 // The specs stay until the candidates are in, so a restart can scrape again.
-                out.push(Outbound::Scrape(id.clone(), job.source_specs.clone()));
+                self.scrapes.push(Scrape {
+                    job_id: id.clone(),
+                    sources: job.source_specs.clone(),
+                });
             }
         }
     }
@@ -1604,6 +1617,11 @@ impl Scheduler {
         self.start_queued_jobs(now, wall_now, &mut out);
         out.extend(self.assign(now));
         out
+    }
+
+    /// Jobs whose sources are to be fetched since the last call, in the order they started.
+    pub fn take_scrapes(&mut self) -> Vec<Scrape> {
+        std::mem::take(&mut self.scrapes)
     }
 
     /// Ids of jobs whose snapshot changed since the last call.
@@ -2674,7 +2692,11 @@ mod tests {
             trusted: false,
         }];
         let out = s.submit(job, c.now, c.wall());
-        assert!(matches!(&out[..], [Outbound::Scrape(id, specs)] if id == "j" && specs.len() == 1));
+        assert!(out.is_empty(), "nothing for a worker yet: {out:?}");
+        assert!(
+            matches!(&s.take_scrapes()[..], [Scrape { job_id, sources }] if job_id == "j" && sources.len() == 1)
+        );
+        assert!(s.take_scrapes().is_empty(), "each scrape is taken once");
         let snap = s.snapshot("j", false, c.now).unwrap();
         assert_eq!(
             (snap.state, snap.sources[0].state),

@@ -17,8 +17,8 @@ use crate::convert;
 use crate::fetch::{FetchPolicy, Fetcher};
 use crate::output;
 use crate::scheduler::{
-    Hello, JobError, JobSnapshot, LeaseConfig, NewJob, Outbound, Record, Scheduler, SessionId,
-    SourceSpec, SourceState, SourceStatus,
+    Hello, JobError, JobSnapshot, LeaseConfig, NewJob, Outbound, Record, Scheduler, Scrape,
+    SessionId, SourceSpec, SourceState, SourceStatus,
 };
 use crate::store::Store;
 use crate::submit::{self, SubmitError, SubmitPolicy, ValidSubmission};
@@ -166,6 +166,7 @@ impl State {
         // because nothing was left to check. Written before anything is served, so such an end
         // is durable before anyone is shown it.
         let changed = scheduler.take_journal();
+        let scrapes = scheduler.take_scrapes();
         if !changed.is_empty() {
             store.write(&changed, scheduler.next_lease_id())?;
         }
@@ -205,6 +206,9 @@ impl State {
         };
         *lock(&state.inner.store_thread) = Some(writer);
         state.deliver(out);
+        for scrape in scrapes {
+            state.scrape(scrape);
+        }
         Ok(state)
     }
 
@@ -362,6 +366,7 @@ impl State {
         let mut scheduler = lock(&self.inner.scheduler);
         let (r, out) = f(&mut scheduler);
         let records = scheduler.take_journal();
+        let scrapes = scheduler.take_scrapes();
         let (acks, out): (Vec<Outbound>, Vec<Outbound>) = out
             .into_iter()
             .partition(|o| matches!(o, Outbound::LeaseDone(..)));
@@ -390,6 +395,9 @@ impl State {
         let commit = Commit(self.inner.journal_seq.load(Ordering::Acquire));
         // Delivered under the scheduler lock so a session's messages keep the scheduler's order.
         self.deliver(out);
+        for scrape in scrapes {
+            self.scrape(scrape);
+        }
         (r, commit)
     }
 
@@ -409,10 +417,8 @@ impl State {
                     );
                     ids.leases
                         .insert(a.lease_id, (a.job_id.clone(), a.chunk_id, s));
-                    let mut assign = convert::assignment_to_proto(&a);
-                    if let Some(settings) = assign.settings.as_mut() {
-                        settings.allow_private_targets = self.inner.config.allow_private_targets;
-                    }
+                    let assign =
+                        convert::assignment_to_proto(&a, self.inner.config.target_policy());
                     (s, pb::coordinator_message::Kind::Assign(assign))
                 }
                 Outbound::LeaseDone(s, lease_id) => {
@@ -435,10 +441,6 @@ impl State {
                             reason: reason.to_string(),
                         }),
                     )
-                }
-                Outbound::Scrape(job_id, specs) => {
-                    self.scrape(job_id, specs);
-                    continue;
                 }
                 Outbound::Close(s) => {
                     info!(
@@ -579,7 +581,11 @@ impl State {
     }
 
     /// Fetches a scraping job's sources, then hands their candidates to the scheduler.
-    fn scrape(&self, job_id: String, specs: Vec<SourceSpec>) {
+    fn scrape(&self, scrape: Scrape) {
+        let Scrape {
+            job_id,
+            sources: specs,
+        } = scrape;
         let state = self.clone();
         // Bounded by the fetch policy's timeouts and attempts; the scheduler ignores its result
         // if the job ended meanwhile.
