@@ -44,6 +44,20 @@ pub fn job_state_to_proto(s: JobState) -> pb::JobState {
     }
 }
 
+/// A job state of the wire; none for an unspecified or unknown value.
+pub fn job_state_from_proto(value: i32) -> Option<JobState> {
+    match pb::JobState::try_from(value).ok()? {
+        pb::JobState::Unspecified => None,
+        pb::JobState::Queued => Some(JobState::Queued),
+        pb::JobState::Scraping => Some(JobState::Scraping),
+        pb::JobState::Checking => Some(JobState::Checking),
+        pb::JobState::Succeeded => Some(JobState::Succeeded),
+        pb::JobState::Insufficient => Some(JobState::Insufficient),
+        pb::JobState::Failed => Some(JobState::Failed),
+        pb::JobState::Cancelled => Some(JobState::Cancelled),
+    }
+}
+
 pub fn anonymity_to_proto(a: Anonymity) -> pb::Anonymity {
     match a {
         Anonymity::Unknown => pb::Anonymity::Unknown,
@@ -77,18 +91,20 @@ fn reason_to_proto(r: Reason) -> pb::Reason {
     }
 }
 
-fn reason_from_proto(value: i32) -> Reason {
-    match pb::Reason::try_from(value).unwrap_or(pb::Reason::Network) {
-        pb::Reason::None => Reason::None,
-        pb::Reason::Refused => Reason::Refused,
-        pb::Reason::Timeout => Reason::Timeout,
-        pb::Reason::Handshake => Reason::Handshake,
-        pb::Reason::BadStatus => Reason::BadStatus,
-        pb::Reason::TokenMissing => Reason::TokenMissing,
-        pb::Reason::Tls => Reason::Tls,
-        // Only the coordinator filters; a worker claiming so is treated as a network failure.
-        pb::Reason::Network | pb::Reason::Unchecked | pb::Reason::Filtered => Reason::Network,
-        pb::Reason::Forbidden => Reason::Forbidden,
+/// A reason of the wire; none for `REASON_UNCHECKED` (no verdict) or an unknown value.
+pub fn reason_from_proto(value: i32) -> Option<Reason> {
+    match pb::Reason::try_from(value).ok()? {
+        pb::Reason::None => Some(Reason::None),
+        pb::Reason::Refused => Some(Reason::Refused),
+        pb::Reason::Timeout => Some(Reason::Timeout),
+        pb::Reason::Handshake => Some(Reason::Handshake),
+        pb::Reason::BadStatus => Some(Reason::BadStatus),
+        pb::Reason::TokenMissing => Some(Reason::TokenMissing),
+        pb::Reason::Tls => Some(Reason::Tls),
+        pb::Reason::Network => Some(Reason::Network),
+        pb::Reason::Unchecked => None,
+        pb::Reason::Filtered => Some(Reason::Filtered),
+        pb::Reason::Forbidden => Some(Reason::Forbidden),
     }
 }
 
@@ -114,7 +130,12 @@ pub fn clip(mut text: String, max: usize) -> String {
 }
 
 pub fn verdict_from_proto(v: pb::Verdict) -> Verdict {
-    let reason = reason_from_proto(v.reason);
+    let reason = match reason_from_proto(v.reason) {
+        // Only the coordinator filters, and a verdict is never unchecked: a worker saying either,
+        // or something unknown, is taken as a network failure.
+        Some(Reason::Filtered) | None => Reason::Network,
+        Some(reason) => reason,
+    };
     // A verdict is usable only if it says so and names no failure.
     let usable = v.usable && reason == Reason::None;
     Verdict {
@@ -340,6 +361,42 @@ pub fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_value_round_trips_through_its_name_and_the_wire() {
+        for p in Protocol::ALL {
+            assert_eq!(p.scheme().parse::<Protocol>(), Ok(p));
+            assert_eq!(protocol_from_proto(protocol_to_proto(p) as i32), Some(p));
+        }
+        for s in JobState::ALL {
+            assert_eq!(JobState::from_name(s.name()), Some(s));
+            assert_eq!(job_state_from_proto(job_state_to_proto(s) as i32), Some(s));
+        }
+        for a in Anonymity::ALL {
+            assert_eq!(Anonymity::from_name(a.name()), Some(a));
+            assert_eq!(anonymity_from_proto(anonymity_to_proto(a) as i32), a);
+        }
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_name(r.name()), Some(r));
+            assert_eq!(reason_from_proto(reason_to_proto(r) as i32), Some(r));
+        }
+        assert_eq!(reason_from_proto(pb::Reason::Unchecked as i32), None);
+    }
+
+    #[test]
+    fn a_workers_filtered_unchecked_or_unknown_reason_is_a_network_failure() {
+        for reason in [
+            pb::Reason::Filtered as i32,
+            pb::Reason::Unchecked as i32,
+            99,
+        ] {
+            let verdict = verdict_from_proto(pb::Verdict {
+                reason,
+                ..pb::Verdict::default()
+            });
+            assert_eq!((verdict.usable, verdict.reason), (false, Reason::Network));
+        }
+    }
 
     #[test]
     fn an_assignment_carries_the_coordinators_target_policy() {
