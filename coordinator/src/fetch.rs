@@ -127,24 +127,37 @@ pub fn locate(url: &str) -> Result<Location, LocationError> {
     }
 }
 
+/// Why a URL a client named may not be contacted.
+#[derive(Debug, thiserror::Error)]
+pub enum PublicUrlError {
+    #[error("{0}")]
+    Url(#[from] UrlError),
+    #[error(
+        "{0} points to a loopback, private or link-local address; start the coordinator with --allow-private-targets to use it"
+    )]
+    Inside(String),
+    #[error("cannot resolve the host of {url}: {error}")]
+    Unresolved { url: String, error: std::io::Error },
+    #[error("resolving the host of {0} took more than 5s")]
+    SlowLookup(String),
+}
+
 /// Whether an http(s) URL a client named may be contacted: it parses as strictly as it is fetched,
 /// and its host, resolved now, has no address inside (a name with one public and one loopback
 /// address is refused too). Where it is dialled later, the guard checks again.
-pub async fn check_public_url(url: &str, allow_private: bool) -> Result<(), String> {
-    let parsed = HttpUrl::parse(url).map_err(|e| e.to_string())?;
+pub async fn check_public_url(url: &str, allow_private: bool) -> Result<(), PublicUrlError> {
+    let parsed = HttpUrl::parse(url)?;
     if allow_private {
         return Ok(());
     }
-    let inside = format!(
-        "{url} points to a loopback, private or link-local address; start the coordinator with --allow-private-targets to use it"
-    );
+    let inside = || PublicUrlError::Inside(url.to_string());
     // The guard's rule, which also counts the machine's own addresses as inside.
     let guard = Guard::new(false);
     if let Some(ip) = parsed.ip() {
         return if guard.permits(ip) {
             Ok(())
         } else {
-            Err(inside)
+            Err(inside())
         };
     }
     let lookup = tokio::time::timeout(
@@ -154,11 +167,16 @@ pub async fn check_public_url(url: &str, allow_private: bool) -> Result<(), Stri
     .await;
     let addrs: Vec<SocketAddr> = match lookup {
         Ok(Ok(addrs)) => addrs.collect(),
-        Ok(Err(e)) => return Err(format!("cannot resolve the host of {url}: {e}")),
-        Err(_) => return Err(format!("resolving the host of {url} took more than 5s")),
+        Ok(Err(error)) => {
+            return Err(PublicUrlError::Unresolved {
+                url: url.to_string(),
+                error,
+            });
+        }
+        Err(_) => return Err(PublicUrlError::SlowLookup(url.to_string())),
     };
     if addrs.iter().any(|a| !guard.permits(a.ip())) {
-        return Err(inside);
+        return Err(inside());
     }
     Ok(())
 }
@@ -194,7 +212,7 @@ impl Drop for Driver {
 }
 
 impl Fetcher {
-    pub fn new(policy: FetchPolicy) -> anyhow::Result<Fetcher> {
+    pub fn new(policy: FetchPolicy) -> Result<Fetcher, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -489,7 +507,7 @@ mod tests {
         let err = check_public_url("http://localhost:8080/judge", false)
             .await
             .unwrap_err();
-        assert!(err.contains("--allow-private-targets"), "{err}");
+        assert!(err.to_string().contains("--allow-private-targets"), "{err}");
         assert!(
             check_public_url("http://localhost:8080/judge", true)
                 .await
@@ -501,7 +519,10 @@ mod tests {
             "http://[::127.0.0.1]/judge",
         ] {
             let err = check_public_url(inside, false).await.unwrap_err();
-            assert!(err.contains("--allow-private-targets"), "{inside}: {err}");
+            assert!(
+                err.to_string().contains("--allow-private-targets"),
+                "{inside}: {err}"
+            );
         }
         assert!(
             check_public_url("http://0x7f000001/judge", true)
@@ -520,7 +541,7 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--allow-private-targets"), "{err}");
+        assert!(err.to_string().contains("--allow-private-targets"), "{err}");
     }
 
     #[tokio::test]

@@ -49,7 +49,8 @@ impl From<SubmitError> for Status {
             SubmitError::Empty
             | SubmitError::AllRejected(_)
             | SubmitError::Strict(_)
-            | SubmitError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            | SubmitError::Invalid { .. }
+            | SubmitError::Judge(_) => Status::invalid_argument(e.to_string()),
         }
     }
 }

@@ -13,7 +13,7 @@ use proxyfleet_proto::v1 as pb;
 
 use crate::candidate::{self, Candidate, Protocol, Rejected, TargetPolicy};
 use crate::convert;
-use crate::fetch::{self, Location};
+use crate::fetch::{self, Location, PublicUrlError};
 use crate::scheduler::{Anonymity, JobSettings, SourceSpec, UsableFilter};
 
 /// Time one check may take when the request names none.
@@ -94,6 +94,9 @@ pub enum SubmitError {
     /// The operator's sources file cannot be read or parsed; the message names it.
     #[error("invalid sources: {0}")]
     SourcesFile(String),
+    /// A judge the client named may not be contacted.
+    #[error("invalid judge_urls: {0}")]
+    Judge(PublicUrlError),
 }
 
 /// The first few rejected lines, for an error message.
@@ -339,7 +342,7 @@ pub async fn check_judges(judge_urls: &[String], targets: TargetPolicy) -> Resul
     for url in judge_urls {
         fetch::check_public_url(url, targets.allow_private)
             .await
-            .map_err(|message| invalid("judge_urls", message))?;
+            .map_err(SubmitError::Judge)?;
     }
     Ok(())
 }
@@ -747,9 +750,16 @@ mod tests {
         )
         .await
         .unwrap_err();
-        let (field, message) = invalid_field(e);
-        assert_eq!(field, "judge_urls");
-        assert!(message.contains("--allow-private-targets"), "{message}");
+        assert!(
+            matches!(e, SubmitError::Judge(PublicUrlError::Inside(_))),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("invalid judge_urls: http://127.0.0.1:9/judge points to a loopback")
+                && text.contains("--allow-private-targets"),
+            "{text}"
+        );
         check_judges(
             &inside,
             TargetPolicy {

@@ -7,19 +7,24 @@ use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+/// A token that cannot go in an HTTP header.
+#[derive(Debug, thiserror::Error)]
+#[error("the token must be printable ASCII text")]
+pub struct NotHeaderText;
+
 /// Adds `authorization: Bearer TOKEN` to every request (nothing without a token).
 #[derive(Clone, Default)]
 pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl BearerToken {
     /// A token that is not valid header text is refused here, with a message.
-    pub fn new(token: Option<&str>) -> Result<BearerToken, String> {
+    pub fn new(token: Option<&str>) -> Result<BearerToken, NotHeaderText> {
         match token.map(str::trim).filter(|t| !t.is_empty()) {
             None => Ok(BearerToken(None)),
             Some(t) => format!("Bearer {t}")
                 .parse()
                 .map(|v| BearerToken(Some(v)))
-                .map_err(|_| "the token must be printable ASCII text".to_string()),
+                .map_err(|_| NotHeaderText),
         }
     }
 }
