@@ -3,6 +3,8 @@
 use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
 
+use proxyfleet_coordinator::candidate::Protocol;
+use proxyfleet_coordinator::convert;
 use proxyfleet_proto::auth::BearerToken;
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_proto::v1::coordinator_client::CoordinatorClient;
@@ -221,7 +223,7 @@ pub fn read_sources_file(path: &Path) -> Result<Vec<pb::SourceSpec>, Failure> {
         let protocols = source
             .protocols
             .iter()
-            .map(|p| proxyfleet_coordinator::convert::protocol_to_proto(*p) as i32)
+            .map(|p| convert::protocol_to_proto(*p) as i32)
             .collect();
         let local = match proxyfleet_coordinator::fetch::locate(&source.url) {
             Ok(proxyfleet_coordinator::fetch::Location::File(file)) => Some(base.join(file)),
@@ -274,23 +276,11 @@ fn bytes_line(bytes: &[u8], offset: usize) -> usize {
 }
 
 fn protocol_value(name: &str) -> Result<i32, Failure> {
-    let p = match name.trim().to_ascii_lowercase().as_str() {
-        "http" => pb::Protocol::Http,
-        "https" => pb::Protocol::Https,
-        "socks4" => pb::Protocol::Socks4,
-        "socks4a" => pb::Protocol::Socks4a,
-        "socks5" => pb::Protocol::Socks5,
-        "socks5h" => pb::Protocol::Socks5h,
-        other => {
-            return Err(Failure::new(
-                EXIT_BAD_INPUT,
-                format!(
-                    "error: --protocols: unknown protocol {other:?}; expected http, https, socks4, socks4a, socks5 or socks5h"
-                ),
-            ));
-        }
-    };
-    Ok(p as i32)
+    let protocol: Protocol = name
+        .trim()
+        .parse()
+        .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: --protocols: {e}")))?;
+    Ok(convert::protocol_to_proto(protocol) as i32)
 }
 
 fn protocols(names: &[String]) -> Result<Vec<i32>, Failure> {

@@ -310,7 +310,7 @@ async fn usable_proxies(
     url: &str,
     job_id: &str,
 ) -> Result<Vec<String>, Failure> {
-    let mut stream = client
+    let pages = client
         .get_results(pb::GetResultsRequest {
             job_id: job_id.to_string(),
             usable_only: true,
@@ -319,10 +319,9 @@ async fn usable_proxies(
         .await
         .map_err(|s| failure(format!("reading results from {url}: {}", s.message())))?
         .into_inner();
-    let mut rows = Vec::new();
-    while let Some(page) = stream.message().await.map_err(|s| failure(s.message()))? {
-        rows.extend(page.results);
-    }
+    let mut rows = proxyfleet_proto::results::read_all(pages)
+        .await
+        .map_err(|s| failure(s.message()))?;
     rows.sort_by_key(|r| r.latency_ms);
     Ok(rows.into_iter().map(|r| r.proxy).collect())
 }

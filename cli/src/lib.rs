@@ -14,12 +14,8 @@ impl Cli {
     pub fn remote(&self) -> Result<client::Remote, Failure> {
         let bad = |what: String| Failure::new(client::EXIT_BAD_INPUT, format!("error: {what}"));
         let token =
-            match &self.token_file {
-                Some(path) => Some(proxyfleet_proto::auth::read_token_file(path).map_err(|e| {
-                    bad(format!("cannot read --token-file {}: {e}", path.display()))
-                })?),
-                None => self.token.clone(),
-            };
+            proxyfleet_proto::auth::token_from(self.token.as_deref(), self.token_file.as_deref())
+                .map_err(|e| bad(format!("--token-file: {e}")))?;
         let token = proxyfleet_proto::auth::BearerToken::new(token.as_deref())
             .map_err(|e| bad(format!("--token: {e}")))?;
         let tls = proxyfleet_proto::tls::client_config(

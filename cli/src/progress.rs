@@ -3,66 +3,37 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use proxyfleet_coordinator::candidate::Protocol;
+use proxyfleet_coordinator::convert;
+use proxyfleet_coordinator::scheduler::{JobState, Reason};
 use proxyfleet_proto::v1 as pb;
 
+// Names come from the coordinator's own types, through the one conversion from the wire; only
+// the wire's "none given" values are named here.
+
 pub fn state_name(state: i32) -> &'static str {
-    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
-        pb::JobState::Unspecified => "UNKNOWN",
-        pb::JobState::Queued => "QUEUED",
-        pb::JobState::Scraping => "SCRAPING",
-        pb::JobState::Checking => "CHECKING",
-        pb::JobState::Succeeded => "SUCCEEDED",
-        pb::JobState::Insufficient => "INSUFFICIENT",
-        pb::JobState::Failed => "FAILED",
-        pb::JobState::Cancelled => "CANCELLED",
-    }
+    convert::job_state_from_proto(state).map_or("UNKNOWN", JobState::name)
 }
 
 pub fn is_terminal(state: i32) -> bool {
-    matches!(
-        pb::JobState::try_from(state),
-        Ok(pb::JobState::Succeeded
-            | pb::JobState::Insufficient
-            | pb::JobState::Failed
-            | pb::JobState::Cancelled)
-    )
+    convert::job_state_from_proto(state).is_some_and(JobState::is_terminal)
 }
 
 pub fn protocol_name(p: i32) -> &'static str {
-    match pb::Protocol::try_from(p).unwrap_or(pb::Protocol::Unspecified) {
-        pb::Protocol::Unspecified => "unknown",
-        pb::Protocol::Http => "http",
-        pb::Protocol::Https => "https",
-        pb::Protocol::Socks4 => "socks4",
-        pb::Protocol::Socks4a => "socks4a",
-        pb::Protocol::Socks5 => "socks5",
-        pb::Protocol::Socks5h => "socks5h",
-    }
+    convert::protocol_from_proto(p).map_or("unknown", Protocol::scheme)
 }
 
 pub fn anonymity_name(a: i32) -> &'static str {
-    match pb::Anonymity::try_from(a).unwrap_or(pb::Anonymity::Unknown) {
-        pb::Anonymity::Unknown => "unknown",
-        pb::Anonymity::Transparent => "transparent",
-        pb::Anonymity::Anonymous => "anonymous",
-        pb::Anonymity::Elite => "elite",
-    }
+    convert::anonymity_from_proto(a).name()
 }
 
 pub fn reason_name(r: i32) -> &'static str {
-    match pb::Reason::try_from(r).unwrap_or(pb::Reason::Network) {
-        pb::Reason::None => "none",
-        pb::Reason::Refused => "refused",
-        pb::Reason::Timeout => "timeout",
-        pb::Reason::Handshake => "handshake",
-        pb::Reason::BadStatus => "bad_status",
-        pb::Reason::TokenMissing => "token_missing",
-        pb::Reason::Tls => "tls",
-        pb::Reason::Network => "network",
-        pb::Reason::Unchecked => "unchecked",
-        pb::Reason::Filtered => "filtered",
-        pb::Reason::Forbidden => "forbidden",
+    if r == pb::Reason::Unchecked as i32 {
+        return "unchecked";
     }
+    convert::reason_from_proto(r)
+        .unwrap_or(Reason::Network)
+        .name()
 }
 
 /// One line of progress: counts, rate, ETA.
@@ -265,6 +236,39 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names printed are the wire's value names, without their prefix: what grpcurl shows
+    /// and what the worker's metrics are labelled with.
+    #[test]
+    fn names_are_the_wire_names() {
+        let wire = |name: &str, prefix: &str| name.trim_start_matches(prefix).to_string();
+        for value in -1..16 {
+            if let Ok(s) = pb::JobState::try_from(value)
+                && s != pb::JobState::Unspecified
+            {
+                assert_eq!(state_name(value), wire(s.as_str_name(), "JOB_STATE_"));
+            }
+            if let Ok(p) = pb::Protocol::try_from(value)
+                && p != pb::Protocol::Unspecified
+            {
+                let name = wire(p.as_str_name(), "PROTOCOL_").to_ascii_lowercase();
+                assert_eq!(protocol_name(value), name);
+            }
+            if let Ok(a) = pb::Anonymity::try_from(value) {
+                let name = wire(a.as_str_name(), "ANONYMITY_").to_ascii_lowercase();
+                assert_eq!(anonymity_name(value), name);
+            }
+            if let Ok(r) = pb::Reason::try_from(value) {
+                let name = wire(r.as_str_name(), "REASON_").to_ascii_lowercase();
+                assert_eq!(reason_name(value), name);
+            }
+        }
+        assert_eq!(state_name(0), "UNKNOWN");
+        assert_eq!(protocol_name(0), "unknown");
+        assert_eq!(protocol_name(99), "unknown");
+        assert_eq!(reason_name(99), "network");
+        assert!(is_terminal(pb::JobState::Cancelled as i32) && !is_terminal(0));
+    }
 
     #[test]
     fn bar_fills_with_progress() {

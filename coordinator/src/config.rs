@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use proxyfleet_proto::auth::{TokenFileError, token_from};
+
+use crate::candidate::TargetPolicy;
 
 /// Runs the proxyfleet coordinator: takes refresh jobs, leases their chunks to workers,
 /// streams progress to clients and serves a judge endpoint for the checks.
@@ -239,18 +242,15 @@ pub enum ConfigError {
     JudgeUrl(String),
     #[error("--refresh-every must be at least 1s")]
     RefreshEvery,
-    #[error("cannot read {flag} {path}: {error}")]
+    #[error("{flag}: {error}")]
     TokenFile {
         flag: &'static str,
-        path: String,
-        error: String,
+        error: TokenFileError,
     },
     #[error(
         "refusing to listen on {0} without --worker-token and --client-token: anyone who reaches it could submit jobs or pose as a worker. Set both tokens, listen on 127.0.0.1, or pass --allow-insecure-listen"
     )]
     InsecureListen(SocketAddr),
-    #[error("{0} is empty")]
-    EmptyToken(&'static str),
     #[error("{0} must be at least 1")]
     MaxConnections(&'static str),
     #[error("--first-request-timeout must be between 1s and 1h, got {0:?}")]
@@ -327,6 +327,14 @@ impl CoordinatorConfig {
         self.tick =
             (self.lease_ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(200));
         Ok(self)
+    }
+
+    /// Which targets jobs may name, as every part of the coordinator applies it: candidates,
+    /// sources, judges, and the checks it asks of workers.
+    pub fn target_policy(&self) -> TargetPolicy {
+        TargetPolicy {
+            allow_private: self.allow_private_targets,
+        }
     }
 
     /// Descriptors the ports may need when both are full, with room for everything else: an
@@ -413,28 +421,14 @@ pub fn tokens_given(cli: &Cli) -> bool {
         && (cli.client_token.is_some() || cli.client_token_file.is_some())
 }
 
-/// A token from its flag or its file (first line, trimmed).
+/// A token from its flag or its file; `flag` names the file's flag in errors.
 fn read_token(
     token: &Option<String>,
     file: &Option<PathBuf>,
     flag: &'static str,
 ) -> Result<Option<String>, ConfigError> {
-    if let Some(path) = file {
-        let token =
-            proxyfleet_proto::auth::read_token_file(path).map_err(|e| ConfigError::TokenFile {
-                flag,
-                path: path.display().to_string(),
-                error: e.to_string(),
-            })?;
-        if token.is_empty() {
-            return Err(ConfigError::EmptyToken(flag));
-        }
-        return Ok(Some(token));
-    }
-    Ok(token
-        .as_ref()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty()))
+    token_from(token.as_deref(), file.as_deref())
+        .map_err(|error| ConfigError::TokenFile { flag, error })
 }
 
 /// `http://ADDR/judge`, naming this host when the judge listens on every interface.
@@ -533,6 +527,28 @@ mod tests {
                 c.first_request_timeout
             ),
             (10, 20, Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn an_empty_token_file_is_refused_naming_flag_and_file() {
+        let path = std::env::temp_dir().join(format!(
+            "proxyfleet-config-empty-{}.token",
+            std::process::id()
+        ));
+        std::fs::write(&path, "\n").unwrap();
+        let cli = Cli::parse_from([
+            "proxyfleet-coordinator",
+            "--worker-token-file",
+            path.to_str().unwrap(),
+        ]);
+        let e = CoordinatorConfig::from_cli(&cli, "127.0.0.1:1".parse().unwrap()).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("--worker-token-file: ")
+                && text.contains(&format!("{} is empty", path.display())),
+            "{text}"
         );
     }
 

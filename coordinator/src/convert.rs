@@ -2,11 +2,12 @@
 
 use proxyfleet_proto::v1 as pb;
 
-use crate::candidate::{Candidate, Protocol};
+use crate::candidate::{Candidate, Protocol, TargetPolicy};
 use crate::scheduler::{
     Anonymity, Assignment, ChunkInfo, ChunkState, JobProgress, JobSettings, JobSnapshot, JobState,
     JudgeStatus, Reason, ResultRow, Verdict, WorkerSnapshot,
 };
+use crate::state::Submitted;
 
 pub fn protocol_to_proto(p: Protocol) -> pb::Protocol {
     match p {
@@ -43,6 +44,20 @@ pub fn job_state_to_proto(s: JobState) -> pb::JobState {
     }
 }
 
+/// A job state of the wire; none for an unspecified or unknown value.
+pub fn job_state_from_proto(value: i32) -> Option<JobState> {
+    match pb::JobState::try_from(value).ok()? {
+        pb::JobState::Unspecified => None,
+        pb::JobState::Queued => Some(JobState::Queued),
+        pb::JobState::Scraping => Some(JobState::Scraping),
+        pb::JobState::Checking => Some(JobState::Checking),
+        pb::JobState::Succeeded => Some(JobState::Succeeded),
+        pb::JobState::Insufficient => Some(JobState::Insufficient),
+        pb::JobState::Failed => Some(JobState::Failed),
+        pb::JobState::Cancelled => Some(JobState::Cancelled),
+    }
+}
+
 pub fn anonymity_to_proto(a: Anonymity) -> pb::Anonymity {
     match a {
         Anonymity::Unknown => pb::Anonymity::Unknown,
@@ -76,18 +91,20 @@ fn reason_to_proto(r: Reason) -> pb::Reason {
     }
 }
 
-fn reason_from_proto(value: i32) -> Reason {
-    match pb::Reason::try_from(value).unwrap_or(pb::Reason::Network) {
-        pb::Reason::None => Reason::None,
-        pb::Reason::Refused => Reason::Refused,
-        pb::Reason::Timeout => Reason::Timeout,
-        pb::Reason::Handshake => Reason::Handshake,
-        pb::Reason::BadStatus => Reason::BadStatus,
-        pb::Reason::TokenMissing => Reason::TokenMissing,
-        pb::Reason::Tls => Reason::Tls,
-        // Only the coordinator filters; a worker claiming so is treated as a network failure.
-        pb::Reason::Network | pb::Reason::Unchecked | pb::Reason::Filtered => Reason::Network,
-        pb::Reason::Forbidden => Reason::Forbidden,
+/// A reason of the wire; none for `REASON_UNCHECKED` (no verdict) or an unknown value.
+pub fn reason_from_proto(value: i32) -> Option<Reason> {
+    match pb::Reason::try_from(value).ok()? {
+        pb::Reason::None => Some(Reason::None),
+        pb::Reason::Refused => Some(Reason::Refused),
+        pb::Reason::Timeout => Some(Reason::Timeout),
+        pb::Reason::Handshake => Some(Reason::Handshake),
+        pb::Reason::BadStatus => Some(Reason::BadStatus),
+        pb::Reason::TokenMissing => Some(Reason::TokenMissing),
+        pb::Reason::Tls => Some(Reason::Tls),
+        pb::Reason::Network => Some(Reason::Network),
+        pb::Reason::Unchecked => None,
+        pb::Reason::Filtered => Some(Reason::Filtered),
+        pb::Reason::Forbidden => Some(Reason::Forbidden),
     }
 }
 
@@ -113,7 +130,12 @@ pub fn clip(mut text: String, max: usize) -> String {
 }
 
 pub fn verdict_from_proto(v: pb::Verdict) -> Verdict {
-    let reason = reason_from_proto(v.reason);
+    let reason = match reason_from_proto(v.reason) {
+        // Only the coordinator filters, and a verdict is never unchecked: a worker saying either,
+        // or something unknown, is taken as a network failure.
+        Some(Reason::Filtered) | None => Reason::Network,
+        Some(reason) => reason,
+    };
     // A verdict is usable only if it says so and names no failure.
     let usable = v.usable && reason == Reason::None;
     Verdict {
@@ -274,7 +296,8 @@ fn candidate_to_proto(index: u32, c: &Candidate) -> pb::Candidate {
     }
 }
 
-pub fn assignment_to_proto(a: &Assignment) -> pb::Assign {
+/// A lease's assignment, with the coordinator's policy on the targets its checks may dial.
+pub fn assignment_to_proto(a: &Assignment, targets: TargetPolicy) -> pb::Assign {
     pb::Assign {
         lease_id: a.lease_id,
         job_id: a.job_id.clone(),
@@ -289,9 +312,25 @@ pub fn assignment_to_proto(a: &Assignment) -> pb::Assign {
             judge_urls: a.judge_urls.clone(),
             timeout_ms: a.timeout.as_millis() as u64,
             connect_timeout_ms: a.connect_timeout.as_millis() as u64,
-            // Set by the runtime, which knows the coordinator's policy.
-            allow_private_targets: false,
+            allow_private_targets: targets.allow_private,
         }),
+    }
+}
+
+pub fn submitted_to_proto(s: Submitted) -> pb::SubmitJobResponse {
+    pb::SubmitJobResponse {
+        job_id: s.snapshot.id.clone(),
+        job: Some(job_to_proto(&s.snapshot)),
+        rejected: s
+            .rejected
+            .into_iter()
+            .map(|r| pb::RejectedLine {
+                line: r.line,
+                text: r.text,
+                reason: r.reason,
+            })
+            .collect(),
+        duplicates: s.duplicates,
     }
 }
 
@@ -322,6 +361,63 @@ pub fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_value_round_trips_through_its_name_and_the_wire() {
+        for p in Protocol::ALL {
+            assert_eq!(p.scheme().parse::<Protocol>(), Ok(p));
+            assert_eq!(protocol_from_proto(protocol_to_proto(p) as i32), Some(p));
+        }
+        for s in JobState::ALL {
+            assert_eq!(JobState::from_name(s.name()), Some(s));
+            assert_eq!(job_state_from_proto(job_state_to_proto(s) as i32), Some(s));
+        }
+        for a in Anonymity::ALL {
+            assert_eq!(Anonymity::from_name(a.name()), Some(a));
+            assert_eq!(anonymity_from_proto(anonymity_to_proto(a) as i32), a);
+        }
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_name(r.name()), Some(r));
+            assert_eq!(reason_from_proto(reason_to_proto(r) as i32), Some(r));
+        }
+        assert_eq!(reason_from_proto(pb::Reason::Unchecked as i32), None);
+    }
+
+    #[test]
+    fn a_workers_filtered_unchecked_or_unknown_reason_is_a_network_failure() {
+        for reason in [
+            pb::Reason::Filtered as i32,
+            pb::Reason::Unchecked as i32,
+            99,
+        ] {
+            let verdict = verdict_from_proto(pb::Verdict {
+                reason,
+                ..pb::Verdict::default()
+            });
+            assert_eq!((verdict.usable, verdict.reason), (false, Reason::Network));
+        }
+    }
+
+    #[test]
+    fn an_assignment_carries_the_coordinators_target_policy() {
+        let assignment = Assignment {
+            lease_id: 7,
+            job_id: "j".into(),
+            chunk_id: 0,
+            attempt: 1,
+            candidates: vec![],
+            judge_urls: vec![],
+            timeout: std::time::Duration::from_secs(1),
+            connect_timeout: std::time::Duration::from_secs(1),
+        };
+        for allow_private in [false, true] {
+            let assign = assignment_to_proto(&assignment, TargetPolicy { allow_private });
+            assert_eq!(
+                assign.settings.unwrap().allow_private_targets,
+                allow_private
+            );
+        }
+    }
 
     #[test]
     fn a_workers_oversized_texts_are_cut() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use proxyfleet_proto::guard::{DialError, Guard};
-use proxyfleet_proto::url::HttpUrl;
+use proxyfleet_proto::url::{HttpUrl, UrlError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Semaphore;
 
@@ -57,6 +57,32 @@ pub enum FetchError {
     Network(String),
     #[error("cannot read {path}: {error}")]
     File { path: String, error: String },
+    #[error("{0}")]
+    Location(#[from] LocationError),
+}
+
+/// What a source location may be, for messages.
+pub const LOCATIONS: &str = "expected an http://, https:// or file:/// URL, or a local path";
+
+/// Why a text is no source location.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    /// An http(s) URL the strict parser refuses; its text names the URL and what is wrong.
+    #[error("source {0}")]
+    Url(#[from] UrlError),
+    /// Neither an http(s) URL, a local file URL nor a path.
+    #[error("{0:?} is not a list location; {LOCATIONS}")]
+    NotALocation(String),
+}
+
+impl LocationError {
+    /// What is wrong, without the location itself.
+    pub fn why(&self) -> String {
+        match self {
+            LocationError::Url(e) => e.to_string(),
+            LocationError::NotALocation(_) => LOCATIONS.to_string(),
+        }
+    }
 }
 
 /// Where a source lives.
@@ -66,40 +92,72 @@ pub enum Location {
     File(PathBuf),
 }
 
-/// Reads a source URL: `http(s)://...` (parsed as strictly as it is fetched), `file:///path`, or a
-/// plain path.
-pub fn locate(url: &str) -> Result<Location, FetchError> {
-    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-    match scheme.as_deref() {
-        Some("http" | "https") => HttpUrl::parse(url)
-            .map(Location::Http)
-            .map_err(|e| FetchError::Refused(format!("source {e}"))),
-        Some("file") => Ok(Location::File(PathBuf::from(&url["file://".len()..]))),
-        Some(_) => Err(FetchError::Refused(format!(
-            "unsupported source scheme in {url:?}: use http://, https://, file:// or a path"
-        ))),
+/// Where a source lives, read the one way every part of proxyfleet reads it (a sources file, a
+/// client's sources, the fetcher): an `http(s)://` URL, parsed as strictly as it is fetched; a
+/// local file URL, `file:///path` or `file://localhost/path`; or a plain path. Other schemes, file
+/// URLs of other hosts, and near-misses such as `http:/host`, which would otherwise be taken for
+/// a relative path, are refused.
+pub fn locate(url: &str) -> Result<Location, LocationError> {
+    let refused = || LocationError::NotALocation(url.to_string());
+    if url.is_empty() || url.chars().any(char::is_control) {
+        return Err(refused());
+    }
+    match url.split_once("://") {
+        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+            "http" | "https" => Ok(Location::Http(HttpUrl::parse(url)?)),
+            "file" => {
+                let path = rest.strip_prefix("localhost").unwrap_or(rest);
+                if path.starts_with('/') && path.len() > 1 {
+                    Ok(Location::File(PathBuf::from(path)))
+                } else {
+                    Err(refused())
+                }
+            }
+            _ => Err(refused()),
+        },
+        // A scheme of two letters or more before ':' is a URL gone wrong; one letter is a
+        // Windows drive (`C:\lists\http.txt`).
+        None if url.split_once(':').is_some_and(|(scheme, _)| {
+            scheme.len() > 1 && scheme.bytes().all(|b| b.is_ascii_alphabetic())
+        }) =>
+        {
+            Err(refused())
+        }
         None => Ok(Location::File(PathBuf::from(url))),
     }
+}
+
+/// Why a URL a client named may not be contacted.
+#[derive(Debug, thiserror::Error)]
+pub enum PublicUrlError {
+    #[error("{0}")]
+    Url(#[from] UrlError),
+    #[error(
+        "{0} points to a loopback, private or link-local address; start the coordinator with --allow-private-targets to use it"
+    )]
+    Inside(String),
+    #[error("cannot resolve the host of {url}: {error}")]
+    Unresolved { url: String, error: std::io::Error },
+    #[error("resolving the host of {0} took more than 5s")]
+    SlowLookup(String),
 }
 
 /// Whether an http(s) URL a client named may be contacted: it parses as strictly as it is fetched,
 /// and its host, resolved now, has no address inside (a name with one public and one loopback
 /// address is refused too). Where it is dialled later, the guard checks again.
-pub async fn check_public_url(url: &str, allow_private: bool) -> Result<(), String> {
-    let parsed = HttpUrl::parse(url).map_err(|e| e.to_string())?;
+pub async fn check_public_url(url: &str, allow_private: bool) -> Result<(), PublicUrlError> {
+    let parsed = HttpUrl::parse(url)?;
     if allow_private {
         return Ok(());
     }
-    let inside = format!(
-        "{url} points to a loopback, private or link-local address; start the coordinator with --allow-private-targets to use it"
-    );
+    let inside = || PublicUrlError::Inside(url.to_string());
     // The guard's rule, which also counts the machine's own addresses as inside.
     let guard = Guard::new(false);
     if let Some(ip) = parsed.ip() {
         return if guard.permits(ip) {
             Ok(())
         } else {
-            Err(inside)
+            Err(inside())
         };
     }
     let lookup = tokio::time::timeout(
@@ -109,11 +167,16 @@ pub async fn check_public_url(url: &str, allow_private: bool) -> Result<(), Stri
     .await;
     let addrs: Vec<SocketAddr> = match lookup {
         Ok(Ok(addrs)) => addrs.collect(),
-        Ok(Err(e)) => return Err(format!("cannot resolve the host of {url}: {e}")),
-        Err(_) => return Err(format!("resolving the host of {url} took more than 5s")),
+        Ok(Err(error)) => {
+            return Err(PublicUrlError::Unresolved {
+                url: url.to_string(),
+                error,
+            });
+        }
+        Err(_) => return Err(PublicUrlError::SlowLookup(url.to_string())),
     };
     if addrs.iter().any(|a| !guard.permits(a.ip())) {
-        return Err(inside);
+        return Err(inside());
     }
     Ok(())
 }
@@ -149,7 +212,7 @@ impl Drop for Driver {
 }
 
 impl Fetcher {
-    pub fn new(policy: FetchPolicy) -> anyhow::Result<Fetcher> {
+    pub fn new(policy: FetchPolicy) -> Result<Fetcher, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -397,7 +460,28 @@ mod tests {
             locate("lists/a.txt").unwrap(),
             Location::File("lists/a.txt".into())
         );
-        assert!(locate("ftp://x/a").is_err());
+        assert_eq!(
+            locate("file://localhost/tmp/a.txt").unwrap(),
+            Location::File("/tmp/a.txt".into())
+        );
+        assert_eq!(
+            locate("C:\\lists\\a.txt").unwrap(),
+            Location::File("C:\\lists\\a.txt".into())
+        );
+        for elsewhere in [
+            "ftp://x/a",
+            "file://server/share/a.txt",
+            "file://lists/a.txt",
+            "file:///",
+            "http:/x.test/a",
+            "mailto:lists@x.test",
+            "",
+            "lists/a\n.txt",
+        ] {
+            let err = locate(elsewhere).unwrap_err();
+            assert_eq!(err, LocationError::NotALocation(elsewhere.into()));
+            assert!(err.to_string().ends_with(LOCATIONS), "{err}");
+        }
         for trick in [
             "http://2130706433:80/",
             "http://127.0.0.1:80\\@192.0.2.1/",
@@ -423,7 +507,7 @@ mod tests {
         let err = check_public_url("http://localhost:8080/judge", false)
             .await
             .unwrap_err();
-        assert!(err.contains("--allow-private-targets"), "{err}");
+        assert!(err.to_string().contains("--allow-private-targets"), "{err}");
         assert!(
             check_public_url("http://localhost:8080/judge", true)
                 .await
@@ -435,7 +519,10 @@ mod tests {
             "http://[::127.0.0.1]/judge",
         ] {
             let err = check_public_url(inside, false).await.unwrap_err();
-            assert!(err.contains("--allow-private-targets"), "{inside}: {err}");
+            assert!(
+                err.to_string().contains("--allow-private-targets"),
+                "{inside}: {err}"
+            );
         }
         assert!(
             check_public_url("http://0x7f000001/judge", true)
@@ -454,7 +541,7 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--allow-private-targets"), "{err}");
+        assert!(err.to_string().contains("--allow-private-targets"), "{err}");
     }
 
     #[tokio::test]

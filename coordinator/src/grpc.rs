@@ -13,8 +13,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use crate::convert;
-use crate::scheduler::{Hello, JobError, RowFilter, SourceSpec, UsableFilter};
-use crate::state::{CommitError, FollowCursor, State, SubmitError, SubmitRequest};
+use crate::scheduler::{Hello, JobError, RowFilter};
+use crate::state::{CommitError, FollowCursor, State};
+use crate::submit::{self, SubmitError};
 
 /// Longest worker id, name or version a worker may give: they are shown and logged everywhere.
 const MAX_WORKER_ID: usize = 128;
@@ -42,7 +43,15 @@ impl From<SubmitError> for Status {
             SubmitError::TooMany { .. } | SubmitError::Busy { .. } => {
                 Status::resource_exhausted(e.to_string())
             }
-            _ => Status::invalid_argument(e.to_string()),
+            // The request is fine; the coordinator's own sources file is not.
+            SubmitError::NoSourcesFile | SubmitError::SourcesFile(_) => {
+                Status::failed_precondition(e.to_string())
+            }
+            SubmitError::Empty
+            | SubmitError::AllRejected(_)
+            | SubmitError::Strict(_)
+            | SubmitError::Invalid { .. }
+            | SubmitError::Judge(_) => Status::invalid_argument(e.to_string()),
         }
     }
 }
@@ -68,6 +77,17 @@ fn cancel_not_kept(e: CommitError) -> Status {
             "the cancel is not confirmed: {e}; it may still take effect: look at the job before you cancel again"
         ),
     })
+}
+
+/// Runs a step of a submission on a blocking thread: reading the operator's sources file, and
+/// parsing, shuffling and chunking a big list take a while, and the threads that serve the
+/// streams must not wait for them.
+async fn off_the_streams<T: Send + 'static>(
+    step: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(step)
+        .await
+        .map_err(|e| Status::internal(format!("the submission failed: {e}")))
 }
 
 fn require_job_id(job_id: &str) -> Result<&str, Status> {
@@ -131,107 +151,22 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let r = request.into_inner();
-        let lines: Vec<(u64, String)> = r
-            .candidates
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| (i as u64 + 1, l))
-            .collect();
-        let mut default_protocols = Vec::new();
-        for p in r.default_protocols {
-            default_protocols.push(convert::protocol_from_proto(p).ok_or_else(|| {
-                Status::invalid_argument(format!("default_protocols: unknown protocol value {p}"))
-            })?);
-        }
-        let mut sources = Vec::new();
-        for source in r.sources {
-            let mut protocols = Vec::new();
-            for p in source.protocols {
-                protocols.push(convert::protocol_from_proto(p).ok_or_else(|| {
-                    Status::invalid_argument(format!("sources: unknown protocol value {p}"))
-                })?);
-            }
-            let content = (!source.content.is_empty()).then_some(source.content);
-            sources.push(SourceSpec {
-                url: source.url,
-                protocols,
-                content,
-                trusted: false,
-            });
-        }
-        if r.use_coordinator_sources {
-            sources.extend(
-                self.state
-                    .coordinator_sources()
-                    .map_err(|e| Status::failed_precondition(e.to_string()))?,
-            );
-        }
-        let min_anonymity = match pb::Anonymity::try_from(r.min_anonymity) {
-            Ok(pb::Anonymity::Unknown) => None,
-            Ok(_) => Some(convert::anonymity_from_proto(r.min_anonymity)),
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "min_anonymity: unknown value {}",
-                    r.min_anonymity
-                )));
-            }
-        };
-        // A client's judges are contacted through every proxy: none may point inside.
-        for url in r.judge_urls.iter().filter(|u| !u.trim().is_empty()) {
-            crate::fetch::check_public_url(url.trim(), self.state.config().allow_private_targets)
-                .await
-                .map_err(|e| Status::invalid_argument(format!("judge_urls: {e}")))?;
-        }
-        let positive = |v: u64| (v > 0).then_some(v);
-        let request = SubmitRequest {
-            lines,
-            text: r.candidates_text,
-            default_protocols,
-            sources,
-            judge_urls: r.judge_urls,
-            timeout: positive(r.timeout_ms).map(Duration::from_millis),
-            connect_timeout: positive(r.connect_timeout_ms).map(Duration::from_millis),
-            filter: UsableFilter {
-                max_latency: positive(r.max_latency_ms).map(Duration::from_millis),
-                min_anonymity,
-                require_https: r.require_https,
-            },
-            chunk_size: (r.chunk_size > 0).then_some(r.chunk_size),
-            min_usable: r.min_usable,
-            deadline: positive(r.deadline_ms).map(Duration::from_millis),
-            max_attempts: (r.max_attempts > 0).then_some(r.max_attempts),
-            pool: Some(r.pool),
-            name: r.name,
-            strict: r.strict,
-            keep_order: r.keep_order,
-            max_failed_chunk_ratio: (r.max_failed_chunk_ratio > 0.0)
-                .then_some(r.max_failed_chunk_ratio),
-        };
-        // Parsing a big list takes a while: off the threads that serve the streams.
+        let request = request.into_inner();
         let state = self.state.clone();
-        let submitted = tokio::task::spawn_blocking(move || state.submit(request))
-            .await
-            .map_err(|e| Status::internal(format!("the submission failed: {e}")))??;
+        let valid = off_the_streams(move || state.validate(request)).await??;
+        submit::check_judges(
+            &valid.settings.judge_urls,
+            self.state.config().target_policy(),
+        )
+        .await?;
+        let state = self.state.clone();
+        let submitted = off_the_streams(move || state.submit(valid)).await?;
         // No id is given out for a job the store may not have.
         self.state
             .committed(submitted.commit)
             .await
             .map_err(submission_not_kept)?;
-        Ok(Response::new(pb::SubmitJobResponse {
-            job_id: submitted.snapshot.id.clone(),
-            job: Some(convert::job_to_proto(&submitted.snapshot)),
-            rejected: submitted
-                .rejected
-                .into_iter()
-                .map(|r| pb::RejectedLine {
-                    line: r.line,
-                    text: r.text,
-                    reason: r.reason,
-                })
-                .collect(),
-            duplicates: submitted.duplicates,
-        }))
+        Ok(Response::new(convert::submitted_to_proto(submitted)))
     }
 
     async fn get_job(

@@ -15,6 +15,7 @@ pub mod scheduler;
 pub mod sources;
 pub mod state;
 pub mod store;
+pub mod submit;
 
 use std::future::Future;
 

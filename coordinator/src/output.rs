@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::candidate::Protocol;
-use crate::scheduler::{Anonymity, ResultRow};
+use crate::scheduler::ResultRow;
 
 /// File name and contents of every output file.
 pub fn render(job_id: &str, ended_ms: u64, results: &[ResultRow]) -> Vec<(String, String)> {
@@ -26,7 +26,7 @@ pub fn render(job_id: &str, ended_ms: u64, results: &[ResultRow]) -> Vec<(String
                 "latency_ms": v.latency_ms,
                 "connect_ms": v.connect_ms,
                 "exit_ip": &*v.exit_ip,
-                "anonymity": anonymity_name(v.anonymity),
+                "anonymity": v.anonymity.name(),
                 "job_id": job_id,
                 "checked_at_ms": ended_ms,
             })
@@ -61,15 +61,6 @@ fn lines<'a>(rows: impl Iterator<Item = &'a ResultRow>) -> String {
         .collect()
 }
 
-pub fn anonymity_name(a: Anonymity) -> &'static str {
-    match a {
-        Anonymity::Unknown => "unknown",
-        Anonymity::Transparent => "transparent",
-        Anonymity::Anonymous => "anonymous",
-        Anonymity::Elite => "elite",
-    }
-}
-
 /// Writes `contents` to `path` atomically: a temporary file in the same directory, then a rename.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let name = path
@@ -100,7 +91,7 @@ pub fn write_all(dir: &Path, files: &[(String, String)]) -> std::io::Result<()> 
 mod tests {
     use super::*;
     use crate::candidate::Candidate;
-    use crate::scheduler::{Reason, Verdict};
+    use crate::scheduler::{Anonymity, Reason, Verdict};
 
     fn row(protocol: Protocol, port: u16, latency: Option<u32>) -> ResultRow {
         ResultRow {

@@ -35,10 +35,9 @@ pub enum SourcesError {
         "sources file line {line}: unknown protocol {name:?}; expected http, https, socks4, socks4a, socks5 or socks5h"
     )]
     UnknownProtocol { line: u64, name: String },
-    #[error(
-        "sources file line {line}: {url:?} is not a list location; expected an http://, https:// or file:/// URL, or a local path"
-    )]
-    BadUrl { line: u64, url: String },
+    /// Not a location [`crate::fetch::locate`] reads; `why` says what is wrong with it.
+    #[error("sources file line {line}: {url:?} is not a list location; {why}")]
+    BadUrl { line: u64, url: String, why: String },
     /// A field missing, misspelt or of the wrong type; the message names it.
     #[error("sources file line {line}: {message}")]
     BadField { line: u64, message: String },
@@ -204,38 +203,16 @@ fn explicit_source(
     Ok(Source { url, protocols })
 }
 
-/// Accepts `http(s)://host...`, `file:///path` and local paths; refuses other schemes and
-/// near-misses such as `http:/host`, which would otherwise be taken for a relative path.
+/// A location as the fetcher reads it (see [`crate::fetch::locate`]), trimmed.
 fn checked_url(text: &str, line: u64) -> Result<String, SourcesError> {
     let url = text.trim();
-    let bad = || SourcesError::BadUrl {
-        line,
-        url: text.to_string(),
-    };
-    if url.is_empty() || url.chars().any(char::is_control) {
-        return Err(bad());
-    }
-    let valid = match url.split_once("://") {
-        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
-            "http" | "https" => {
-                !rest.is_empty() && !rest.starts_with('/') && !rest.contains(char::is_whitespace)
-            }
-            "file" => {
-                let path = rest.strip_prefix("localhost").unwrap_or(rest);
-                path.starts_with('/') && path.len() > 1
-            }
-            _ => false,
-        },
-        // A scheme of two letters or more before ':' is a URL gone wrong; one letter is a
-        // Windows drive (`C:\lists\http.txt`).
-        None => !url.split_once(':').is_some_and(|(scheme, _)| {
-            scheme.len() > 1 && scheme.bytes().all(|b| b.is_ascii_alphabetic())
+    match crate::fetch::locate(url) {
+        Ok(_) => Ok(url.to_string()),
+        Err(e) => Err(SourcesError::BadUrl {
+            line,
+            url: text.to_string(),
+            why: e.why(),
         }),
-    };
-    if valid {
-        Ok(url.to_string())
-    } else {
-        Err(bad())
     }
 }
 

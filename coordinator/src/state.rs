@@ -11,17 +11,17 @@ use proxyfleet_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::candidate::{self, Protocol, Rejected, TargetPolicy};
+use crate::candidate::{self, Rejected};
 use crate::config::CoordinatorConfig;
 use crate::convert;
 use crate::fetch::{FetchPolicy, Fetcher};
 use crate::output;
 use crate::scheduler::{
-    Followed, Hello, JobError, JobSettings, JobSnapshot, LeaseConfig, NewJob, Outbound, Record,
-    ResultRow, RowFilter, Scheduler, SessionId, SourceSpec, SourceState, SourceStatus, StoredRows,
-    UsableFilter,
+    Followed, Hello, JobError, JobSnapshot, LeaseConfig, NewJob, Outbound, Record, ResultRow,
+    RowFilter, Scheduler, Scrape, SessionId, SourceSpec, SourceState, SourceStatus, StoredRows,
 };
 use crate::store::{Reader, Store};
+use crate::submit::{self, SubmitError, SubmitPolicy, ValidSubmission};
 
 /// Messages for one worker session's response stream.
 pub type Outbox = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, tonic::Status>>;
@@ -196,33 +196,6 @@ impl StoreWriter {
     }
 }
 
-/// A job request from a client, before parsing.
-#[derive(Debug, Clone, Default)]
-pub struct SubmitRequest {
-    /// Candidate lines with their line numbers.
-    pub lines: Vec<(u64, String)>,
-    /// The text of a list file, read line by line after `lines` (numbered on from them); kept
-    /// whole so a million-line list is not a million strings.
-    pub text: String,
-    pub default_protocols: Vec<Protocol>,
-    /// Sources to fetch; the job's candidates are the inline ones plus theirs.
-    pub sources: Vec<SourceSpec>,
-    pub judge_urls: Vec<String>,
-    pub timeout: Option<Duration>,
-    pub connect_timeout: Option<Duration>,
-    pub filter: UsableFilter,
-    pub chunk_size: Option<u32>,
-    pub min_usable: Option<u64>,
-    pub deadline: Option<Duration>,
-    pub max_attempts: Option<u32>,
-    pub pool: Option<String>,
-    pub name: String,
-    pub strict: bool,
-    /// Check the listed candidates in the order given rather than shuffled.
-    pub keep_order: bool,
-    pub max_failed_chunk_ratio: Option<f64>,
-}
-
 /// A queued job and what was left out of its list.
 #[derive(Debug)]
 pub struct Submitted {
@@ -269,44 +242,6 @@ pub(crate) enum CommitError {
     TimedOut(Duration),
 }
 
-/// Why a submission was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    #[error(
-        "the candidate list is empty: give one proxy per line as host:port or scheme://[user:pass@]host:port"
-    )]
-    Empty,
-    #[error("no usable candidate in the list; {}", describe(.0))]
-    AllRejected(Vec<Rejected>),
-    #[error("{} malformed line(s) and strict mode is on; {}", .0.len(), describe(.0))]
-    Strict(Vec<Rejected>),
-    #[error(
-        "{count} candidates is more than the {max} a job may hold; split the list into several jobs"
-    )]
-    TooMany { count: usize, max: usize },
-    #[error(
-        "{active} jobs have not ended yet, the most the coordinator holds (--max-active-jobs {max}); wait for some to end or cancel them"
-    )]
-    Busy { active: usize, max: usize },
-    #[error("invalid {field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
-}
-
-fn describe(rejected: &[Rejected]) -> String {
-    let mut text: Vec<String> = rejected
-        .iter()
-        .take(5)
-        .map(|r| format!("line {}: {:?}: {}", r.line, r.text, r.reason))
-        .collect();
-    if rejected.len() > 5 {
-        text.push(format!("and {} more", rejected.len() - 5));
-    }
-    text.join("; ")
-}
-
 fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -347,6 +282,7 @@ impl State {
         );
         let now = Instant::now();
         let mut out = Vec::new();
+        let mut scrapes = Vec::new();
         // One job at a time: an ended job's rows stay in the store, so memory holds only the
         // jobs still at work, however long the history.
         for id in &ids {
@@ -359,6 +295,7 @@ impl State {
             if !changed.is_empty() {
                 store.write(&changed, scheduler.next_lease_id())?;
             }
+            scrapes.extend(scheduler.take_scrapes());
             scheduler.keep_in_store(id);
         }
         // A job that a later one's restore ended is durable now too.
@@ -411,6 +348,9 @@ impl State {
             }),
         };
         state.deliver(out);
+        for scrape in scrapes {
+            state.scrape(scrape);
+        }
         Ok(state)
     }
 
@@ -555,6 +495,7 @@ impl State {
         let mut scheduler = lock(&self.inner.scheduler);
         let (r, out) = f(&mut scheduler);
         let records = scheduler.take_journal();
+        let scrapes = scheduler.take_scrapes();
         let (acks, out): (Vec<Outbound>, Vec<Outbound>) = out
             .into_iter()
             .partition(|o| matches!(o, Outbound::LeaseDone(..)));
@@ -583,6 +524,9 @@ impl State {
         let commit = Commit(self.inner.journal_seq.load(Ordering::Acquire));
         // Delivered under the scheduler lock so a session's messages keep the scheduler's order.
         self.deliver(out);
+        for scrape in scrapes {
+            self.scrape(scrape);
+        }
         (r, commit)
     }
 
@@ -602,10 +546,8 @@ impl State {
                     );
                     ids.leases
                         .insert(a.lease_id, (a.job_id.clone(), a.chunk_id, s));
-                    let mut assign = convert::assignment_to_proto(&a);
-                    if let Some(settings) = assign.settings.as_mut() {
-                        settings.allow_private_targets = self.inner.config.allow_private_targets;
-                    }
+                    let assign =
+                        convert::assignment_to_proto(&a, self.inner.config.target_policy());
                     (s, pb::coordinator_message::Kind::Assign(assign))
                 }
                 Outbound::LeaseDone(s, lease_id) => {
@@ -629,10 +571,6 @@ impl State {
                         }),
                     )
                 }
-                Outbound::Scrape(job_id, specs) => {
-                    self.scrape(job_id, specs);
-                    continue;
-                }
                 Outbound::Close(s) => {
                     info!(
                         session_id = s,
@@ -649,88 +587,47 @@ impl State {
         }
     }
 
-    pub fn submit(&self, request: SubmitRequest) -> Result<Submitted, SubmitError> {
+    /// What the coordinator allows a submission now: its configuration and its jobs not ended.
+    fn submit_policy(&self) -> SubmitPolicy {
         let config = &self.inner.config;
-        let no_lines = request.lines.iter().all(|(_, l)| l.trim().is_empty())
-            && request.text.trim().is_empty();
-        if no_lines && request.sources.is_empty() {
-            return Err(SubmitError::Empty);
+        SubmitPolicy {
+            targets: config.target_policy(),
+            max_candidates: config.max_candidates,
+            max_attempts: config.max_attempts,
+            max_active_jobs: config.max_active_jobs,
+            active_jobs: lock(&self.inner.scheduler).active_jobs(),
         }
-        let settings = self.job_settings(&request)?;
-        let active = lock(&self.inner.scheduler).active_jobs();
-        if active >= config.max_active_jobs {
-            return Err(SubmitError::Busy {
-                active,
-                max: config.max_active_jobs,
-            });
-        }
-        let parsed = candidate::parse_list(
-            request.lines.iter().map(|(n, l)| (*n, l.as_str())).chain(
-                request
-                    .text
-                    .lines()
-                    .zip(request.lines.len() as u64 + 1..)
-                    .map(|(l, n)| (n, l)),
-            ),
-            &settings.protocols,
-            TargetPolicy {
-                allow_private: config.allow_private_targets,
-            },
-        );
-        if parsed.candidates.is_empty() && request.sources.is_empty() {
-            if parsed.rejected.is_empty() {
-                return Err(SubmitError::Empty);
-            }
-            return Err(SubmitError::AllRejected(parsed.rejected));
-        }
-        if request.strict && !parsed.rejected.is_empty() {
-            return Err(SubmitError::Strict(parsed.rejected));
-        }
-        if parsed.candidates.len() > config.max_candidates {
-            return Err(SubmitError::TooMany {
-                count: parsed.candidates.len(),
-                max: config.max_candidates,
-            });
-        }
-        for source in request.sources.iter().filter(|s| s.content.is_none()) {
-            match crate::fetch::locate(&source.url) {
-                Ok(crate::fetch::Location::Http(_)) => {}
-                Ok(crate::fetch::Location::File(_)) if source.trusted => {}
-                Ok(crate::fetch::Location::File(_)) => {
-                    return Err(SubmitError::Invalid {
-                        field: "sources",
-                        message: format!(
-                            "{:?} is a path on the coordinator's machine; send the file's content, or list it in the coordinator's --sources file",
-                            source.url
-                        ),
-                    });
-                }
-                Err(e) => {
-                    return Err(SubmitError::Invalid {
-                        field: "sources",
-                        message: e.to_string(),
-                    });
-                }
-            }
-        }
+    }
+
+    /// Checks a submission against the coordinator's policy (see [`submit::validate`]), with the
+    /// operator's sources file read first when the request asks for it. Reads a file and parses
+    /// the whole list: not for the threads that serve the streams.
+    pub fn validate(&self, request: pb::SubmitJobRequest) -> Result<ValidSubmission, SubmitError> {
+        let own_sources = if request.use_coordinator_sources {
+            self.coordinator_sources()?
+        } else {
+            Vec::new()
+        };
+        submit::validate(request, own_sources, &self.submit_policy())
+    }
+
+    /// Queues a checked submission as a new job; its id may be given out once the returned
+    /// commit is durable.
+    pub fn submit(&self, valid: ValidSubmission) -> Submitted {
         let id = new_job_id();
-        let proxies = parsed.candidates.len();
+        let proxies = valid.candidates.len();
         let now = Instant::now();
-        let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
-        for (why, n) in &parsed.dropped {
-            *dropped.entry(why.to_string()).or_default() += n;
-        }
-        let mut candidates = parsed.candidates;
-        if !request.keep_order {
+        let mut candidates = valid.candidates;
+        if !valid.keep_order {
             spread(&mut candidates);
         }
         let new = NewJob {
             id: id.clone(),
-            name: request.name,
-            settings,
+            name: valid.name,
+            settings: valid.settings,
             candidates,
-            sources: request.sources,
-            dropped,
+            sources: valid.sources,
+            dropped: valid.dropped,
         };
         let (snapshot, commit) = self.with_scheduler_journaled(|s| {
             let out = s.submit(new, now, wall_ms());
@@ -740,104 +637,27 @@ impl State {
             (snapshot, out)
         });
         info!(
-            job_id = %id, proxies, sources = snapshot.sources.len(), rejected = parsed.rejected.len(),
-            duplicates = parsed.duplicates, chunks = snapshot.progress.chunks_total, "job submitted"
+            job_id = %id, proxies, sources = snapshot.sources.len(), rejected = valid.rejected.len(),
+            duplicates = valid.duplicates, chunks = snapshot.progress.chunks_total, "job submitted"
         );
-        Ok(Submitted {
+        Submitted {
             snapshot,
-            rejected: parsed.rejected,
-            duplicates: parsed.duplicates,
+            rejected: valid.rejected,
+            duplicates: valid.duplicates,
             commit,
-        })
-    }
-
-    fn job_settings(&self, r: &SubmitRequest) -> Result<JobSettings, SubmitError> {
-        let config = &self.inner.config;
-        let invalid = |field, message: &str| SubmitError::Invalid {
-            field,
-            message: message.to_string(),
-        };
-        // No judge named: the coordinator's, whatever they are when the checks run.
-        let judge_urls: Vec<String> = if r.judge_urls.iter().all(|u| u.trim().is_empty()) {
-            Vec::new()
-        } else {
-            r.judge_urls
-                .iter()
-                .map(|u| u.trim().to_string())
-                .filter(|u| !u.is_empty())
-                .collect()
-        };
-        if let Some(Err(bad)) = judge_urls
-            .iter()
-            .map(|u| proxyfleet_proto::url::HttpUrl::parse(u))
-            .find(Result::is_err)
-        {
-            return Err(invalid("judge_urls", &bad.to_string()));
         }
-        let timeout = r.timeout.unwrap_or(Duration::from_secs(10));
-        if timeout < Duration::from_millis(10) || timeout > Duration::from_secs(300) {
-            return Err(invalid("timeout", "must be between 10ms and 5m"));
-        }
-        let connect_timeout = r.connect_timeout.unwrap_or(timeout).min(timeout);
-        if connect_timeout < Duration::from_millis(10) {
-            return Err(invalid("connect_timeout", "must be at least 10ms"));
-        }
-        let chunk_size = r.chunk_size.unwrap_or(100);
-        if chunk_size == 0 || chunk_size > 100_000 {
-            return Err(invalid("chunk_size", "must be between 1 and 100000"));
-        }
-        let deadline = r.deadline.unwrap_or(Duration::from_secs(3600));
-        if deadline < Duration::from_millis(100) {
-            return Err(invalid("deadline", "must be at least 100ms"));
-        }
-        let max_attempts = r.max_attempts.unwrap_or(config.max_attempts);
-        if max_attempts == 0 {
-            return Err(invalid("max_attempts", "must be at least 1"));
-        }
-        let ratio = r.max_failed_chunk_ratio.unwrap_or(0.5);
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(invalid("max_failed_chunk_ratio", "must be between 0 and 1"));
-        }
-        Ok(JobSettings {
-            judge_urls,
-            protocols: if r.default_protocols.is_empty() {
-                vec![Protocol::Http]
-            } else {
-                r.default_protocols.clone()
-            },
-            timeout,
-            connect_timeout,
-            filter: r.filter.clone(),
-            chunk_size,
-            min_usable: r.min_usable.unwrap_or(1),
-            deadline,
-            max_attempts,
-            pool: r
-                .pool
-                .clone()
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| "default".into()),
-            max_failed_chunk_ratio: ratio,
-        })
     }
 
     /// The sources of the operator's --sources file, trusted to name local files.
     pub fn coordinator_sources(&self) -> Result<Vec<SourceSpec>, SubmitError> {
         let Some(path) = &self.inner.config.sources_file else {
-            return Err(SubmitError::Invalid {
-                field: "use_coordinator_sources",
-                message: "the coordinator has no --sources file; pass the sources with the request"
-                    .into(),
-            });
+            return Err(SubmitError::NoSourcesFile);
         };
-        let invalid = |message: String| SubmitError::Invalid {
-            field: "sources",
-            message,
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SubmitError::SourcesFile(format!("cannot read {}: {e}", path.display()))
+        })?;
         let sources = crate::sources::parse_sources_file(&text)
-            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+            .map_err(|e| SubmitError::SourcesFile(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(sources
             .into_iter()
@@ -867,45 +687,44 @@ impl State {
             info!(job_id = %job_id, "scheduled refresh skipped: a refresh of the pool is still running");
             return;
         }
-        let sources = match self.coordinator_sources() {
-            Ok(sources) => sources,
-            Err(e) => {
-                warn!(error = %e, "scheduled refresh skipped: the sources file is unusable");
-                return;
-            }
-        };
-        let request = SubmitRequest {
-            sources,
-            timeout: Some(schedule.check_timeout),
+        // The request `proxyfleet refresh` sends without a sources file, with the schedule's settings.
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        let request = pb::SubmitJobRequest {
+            use_coordinator_sources: true,
+            timeout_ms: millis(schedule.check_timeout),
             min_usable: Some(schedule.min_usable),
-            deadline: Some(schedule.every.max(Duration::from_secs(60))),
+            deadline_ms: millis(schedule.every.max(Duration::from_secs(60))),
             name: "scheduled refresh".into(),
-            ..SubmitRequest::default()
+            ..pb::SubmitJobRequest::default()
         };
-        match self.submit(request) {
-            Ok(job) => info!(job_id = %job.snapshot.id, "scheduled refresh started"),
+        match self.validate(request) {
+            Ok(valid) => {
+                let job = self.submit(valid);
+                info!(job_id = %job.snapshot.id, "scheduled refresh started");
+            }
+            Err(e @ (SubmitError::NoSourcesFile | SubmitError::SourcesFile(_))) => {
+                warn!(error = %e, "scheduled refresh skipped: the sources file is unusable")
+            }
             Err(e) => warn!(error = %e, "scheduled refresh could not start"),
         }
     }
 
     /// Fetches a scraping job's sources, then hands their candidates to the scheduler.
-    fn scrape(&self, job_id: String, specs: Vec<SourceSpec>) {
+    fn scrape(&self, scrape: Scrape) {
+        let Scrape {
+            job_id,
+            sources: specs,
+        } = scrape;
         let state = self.clone();
         // Bounded by the fetch policy's timeouts and attempts; the scheduler ignores its result
         // if the job ended meanwhile.
         tokio::spawn(async move {
-            let (protocols, policy) = {
-                let scheduler = lock(&state.inner.scheduler);
-                match scheduler.snapshot(&job_id, false, Instant::now()) {
-                    Ok(s) => (
-                        s.settings.protocols.clone(),
-                        TargetPolicy {
-                            allow_private: state.inner.config.allow_private_targets,
-                        },
-                    ),
+            let protocols =
+                match lock(&state.inner.scheduler).snapshot(&job_id, false, Instant::now()) {
+                    Ok(s) => s.settings.protocols.clone(),
                     Err(_) => return,
-                }
-            };
+                };
+            let policy = state.inner.config.target_policy();
             // Sources read at once hold together no more candidates than the job may check.
             let budget = candidate::CandidateBudget::new(state.inner.config.max_candidates);
             let mut fetches = tokio::task::JoinSet::new();
@@ -1517,14 +1336,13 @@ mod tests {
         mpsc::UnboundedReceiver<Result<pb::CoordinatorMessage, tonic::Status>>,
     ) {
         let state = fresh_state();
-        let lines = (1..=20).map(|i| (i, format!("127.0.0.{i}:80"))).collect();
-        state
-            .submit(SubmitRequest {
-                lines,
-                chunk_size: Some(5),
-                ..SubmitRequest::default()
-            })
-            .unwrap();
+        let candidates = (1..=20).map(|i| format!("127.0.0.{i}:80")).collect();
+        let valid = state.validate(pb::SubmitJobRequest {
+            candidates,
+            chunk_size: 5,
+            ..pb::SubmitJobRequest::default()
+        });
+        state.submit(valid.unwrap());
         let (tx, rx) = mpsc::unbounded_channel();
         let hello = Hello {
             worker_id: "w".into(),
@@ -1553,15 +1371,14 @@ mod tests {
     #[tokio::test]
     async fn a_submission_and_a_cancel_are_answered_once_the_store_has_them() {
         let state = fresh_state();
-        let lines = (0..5_000u64)
-            .map(|i| (i + 1, format!("127.0.{}.{}:80", i / 250, i % 250 + 1)))
+        let candidates = (0..5_000u64)
+            .map(|i| format!("127.0.{}.{}:80", i / 250, i % 250 + 1))
             .collect();
-        let submitted = state
-            .submit(SubmitRequest {
-                lines,
-                ..SubmitRequest::default()
-            })
-            .unwrap();
+        let valid = state.validate(pb::SubmitJobRequest {
+            candidates,
+            ..pb::SubmitJobRequest::default()
+        });
+        let submitted = state.submit(valid.unwrap());
         let id = submitted.snapshot.id.clone();
         state.committed(submitted.commit).await.unwrap();
         // Another reader of the data dir, as a restart after kill -9 would be, has the job whole.

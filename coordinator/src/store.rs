@@ -211,7 +211,7 @@ impl Store {
         };
         let mut record = JobRecord {
             settings: settings_from_json(&settings).ok_or_else(|| bad("settings"))?,
-            state: state_from_name(&state).ok_or_else(|| bad("state"))?,
+            state: JobState::from_name(&state).ok_or_else(|| bad("state"))?,
             name,
             reason,
             created_wall_ms: created as u64,
@@ -743,11 +743,11 @@ fn write_records(
                         job_id,
                         v.index as i64,
                         v.usable as i64,
-                        reason_name(v.reason),
+                        v.reason.name(),
                         v.latency_ms as i64,
                         v.connect_ms as i64,
                         v.exit_ip,
-                        crate::output::anonymity_name(v.anonymity),
+                        v.anonymity.name(),
                         v.detail,
                         position as i64,
                     ])?;
@@ -776,48 +776,14 @@ fn write_records(
     Ok(())
 }
 
-fn state_from_name(name: &str) -> Option<JobState> {
-    JobState::ALL.into_iter().find(|s| s.name() == name)
-}
-
-const REASONS: [(Reason, &str); 10] = [
-    (Reason::None, "none"),
-    (Reason::Refused, "refused"),
-    (Reason::Timeout, "timeout"),
-    (Reason::Handshake, "handshake"),
-    (Reason::BadStatus, "bad_status"),
-    (Reason::TokenMissing, "token_missing"),
-    (Reason::Tls, "tls"),
-    (Reason::Network, "network"),
-    (Reason::Filtered, "filtered"),
-    (Reason::Forbidden, "forbidden"),
-];
-
-fn reason_name(r: Reason) -> &'static str {
-    REASONS
-        .iter()
-        .find(|(x, _)| *x == r)
-        .map(|(_, n)| *n)
-        .unwrap_or("network")
-}
-
+/// A stored reason; a name this version does not know reads as a network failure.
 fn reason_from_name(name: &str) -> Reason {
-    REASONS
-        .iter()
-        .find(|(_, n)| *n == name)
-        .map(|(r, _)| *r)
-        .unwrap_or(Reason::Network)
+    Reason::from_name(name).unwrap_or(Reason::Network)
 }
 
+/// A stored grade; a name this version does not know reads as unknown.
 fn anonymity_from_name(name: &str) -> Anonymity {
-    [
-        Anonymity::Transparent,
-        Anonymity::Anonymous,
-        Anonymity::Elite,
-    ]
-    .into_iter()
-    .find(|a| crate::output::anonymity_name(*a) == name)
-    .unwrap_or(Anonymity::Unknown)
+    Anonymity::from_name(name).unwrap_or(Anonymity::Unknown)
 }
 
 fn protocols_to_json(protocols: &[Protocol]) -> serde_json::Value {
@@ -842,7 +808,7 @@ fn settings_to_json(s: &JobSettings) -> String {
         "timeout_ms": s.timeout.as_millis() as u64,
         "connect_timeout_ms": s.connect_timeout.as_millis() as u64,
         "max_latency_ms": s.filter.max_latency.map(|d| d.as_millis() as u64),
-        "min_anonymity": s.filter.min_anonymity.map(crate::output::anonymity_name),
+        "min_anonymity": s.filter.min_anonymity.map(Anonymity::name),
         "require_https": s.filter.require_https,
         "chunk_size": s.chunk_size,
         "min_usable": s.min_usable,

@@ -8,6 +8,7 @@ pub mod guard;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod results;
 pub mod tls;
 pub mod url;
 

@@ -504,7 +504,7 @@ pub async fn results(
     client: &mut CoordinatorClient<Channel>,
     job_id: &str,
 ) -> Vec<pb::ProxyResult> {
-    let mut stream = client
+    let pages = client
         .get_results(pb::GetResultsRequest {
             job_id: job_id.to_string(),
             usable_only: false,
@@ -513,11 +513,9 @@ pub async fn results(
         .await
         .expect("GetResults")
         .into_inner();
-    let mut all = Vec::new();
-    while let Some(page) = stream.message().await.expect("results page") {
-        all.extend(page.results);
-    }
-    all
+    proxyfleet_proto::results::read_all(pages)
+        .await
+        .expect("results pages")
 }
 
 /// Waits until the worker named `name` holds at least one lease.

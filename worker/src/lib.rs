@@ -171,15 +171,9 @@ impl TryFrom<Cli> for WorkerConfig {
             Some(path) => read_ca(path)?,
             None => Vec::new(),
         };
-        let token = match &cli.token_file {
-            Some(path) => Some(proxyfleet_proto::auth::read_token_file(path).map_err(|e| {
-                ConfigError::Credentials(format!(
-                    "cannot read --token-file {}: {e}",
-                    path.display()
-                ))
-            })?),
-            None => cli.token.clone(),
-        };
+        let token =
+            proxyfleet_proto::auth::token_from(cli.token.as_deref(), cli.token_file.as_deref())
+                .map_err(|e| ConfigError::Credentials(format!("--token-file: {e}")))?;
         let token = proxyfleet_proto::auth::BearerToken::new(token.as_deref())
             .map_err(|e| ConfigError::Credentials(format!("--token: {e}")))?;
         let tls = proxyfleet_proto::tls::client_config(

@@ -58,6 +58,7 @@ impl JobState {
         )
     }
 
+    /// The name the store, the job files, logs and the CLI show.
     pub fn name(self) -> &'static str {
         match self {
             JobState::Queued => "QUEUED",
@@ -68,6 +69,10 @@ impl JobState {
             JobState::Failed => "FAILED",
             JobState::Cancelled => "CANCELLED",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|s| s.name() == name)
     }
 }
 

@@ -210,6 +210,11 @@ impl Scheduler {
         out
     }
 
+    /// Jobs whose sources are to be fetched since the last call, in the order they started.
+    pub fn take_scrapes(&mut self) -> Vec<Scrape> {
+        std::mem::take(&mut self.scrapes)
+    }
+
     /// Ids of jobs whose snapshot changed since the last call.
     pub fn take_dirty(&mut self) -> BTreeSet<String> {
         std::mem::take(&mut self.changed.watch)

@@ -2,7 +2,8 @@
 //!
 //! Every input (a worker's hello, verdicts, heartbeat, hand-back, drain, a broken stream, a clock
 //! tick, a client's submit or cancel) is a method taking `now`; every output to a worker is an
-//! [`Outbound`] message the caller delivers. The caller serializes access (one lock).
+//! [`Outbound`] message the caller delivers, and sources to fetch are a [`Scrape`] the caller
+//! takes with [`Scheduler::take_scrapes`]. The caller serializes access (one lock).
 //!
 //! The rooms: [`leases`] holds sessions and the leases they hold and knows no job; [`jobs`]
 //! holds jobs, their chunks and verdicts and knows no lease; [`view`] is what clients read;
@@ -71,8 +72,14 @@ pub enum Outbound {
     Revoke(SessionId, LeaseId, &'static str),
     /// End this session's stream: it was replaced by a newer session of the same worker.
     Close(SessionId),
-    /// Not for a worker: the job entered SCRAPING; fetch its sources, then call `scraped`.
-    Scrape(String, Vec<SourceSpec>),
+}
+
+/// A job entered SCRAPING: fetch its sources, then hand their candidates to
+/// [`Scheduler::scraped`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scrape {
+    pub job_id: String,
+    pub sources: Vec<SourceSpec>,
 }
 
 /// What a client may get wrong.
@@ -124,6 +131,8 @@ pub struct Scheduler {
     texts: std::collections::HashSet<Arc<str>>,
     /// Changes for the store, in order, since `take_journal`.
     journal: Vec<Record>,
+    /// Jobs whose sources are to be fetched, since `take_scrapes`.
+    scrapes: Vec<Scrape>,
     /// Totals since start, for metrics.
     counters: Counters,
 }
@@ -156,6 +165,7 @@ impl Scheduler {
             changed: Changed::default(),
             texts: Default::default(),
             journal: Vec::new(),
+            scrapes: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -203,7 +213,10 @@ impl Scheduler {
             } else {
                 job.state = JobState::Scraping;
                 // The specs stay until the candidates are in, so a restart can scrape again.
-                out.push(Outbound::Scrape(id.clone(), job.source_specs.clone()));
+                self.scrapes.push(Scrape {
+                    job_id: id.clone(),
+                    sources: job.source_specs.clone(),
+                });
             }
         }
     }

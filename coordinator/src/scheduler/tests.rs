@@ -767,7 +767,11 @@ fn a_job_with_sources_scrapes_then_checks_its_merged_candidates() {
         trusted: false,
     }];
     let out = s.submit(job, c.now, c.wall());
-    assert!(matches!(&out[..], [Outbound::Scrape(id, specs)] if id == "j" && specs.len() == 1));
+    assert!(out.is_empty(), "nothing for a worker yet: {out:?}");
+    assert!(
+        matches!(&s.take_scrapes()[..], [Scrape { job_id, sources }] if job_id == "j" && sources.len() == 1)
+    );
+    assert!(s.take_scrapes().is_empty(), "each scrape is taken once");
     let snap = s.snapshot("j", false, c.now).unwrap();
     assert_eq!(
         (snap.state, snap.sources[0].state),

@@ -14,6 +14,29 @@ pub enum Anonymity {
     Elite,
 }
 
+impl Anonymity {
+    pub const ALL: [Anonymity; 4] = [
+        Anonymity::Unknown,
+        Anonymity::Transparent,
+        Anonymity::Anonymous,
+        Anonymity::Elite,
+    ];
+
+    /// The name output files, the store and the CLI show.
+    pub fn name(self) -> &'static str {
+        match self {
+            Anonymity::Unknown => "unknown",
+            Anonymity::Transparent => "transparent",
+            Anonymity::Anonymous => "anonymous",
+            Anonymity::Elite => "elite",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Anonymity> {
+        Anonymity::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
 /// A job's conditions on a working proxy, beyond working.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct UsableFilter {
@@ -74,6 +97,41 @@ pub enum Reason {
     Filtered,
     /// Not checked: its address is private and the coordinator does not allow that.
     Forbidden,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::None,
+        Reason::Refused,
+        Reason::Timeout,
+        Reason::Handshake,
+        Reason::BadStatus,
+        Reason::TokenMissing,
+        Reason::Tls,
+        Reason::Network,
+        Reason::Filtered,
+        Reason::Forbidden,
+    ];
+
+    /// The name the store and the CLI show.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::None => "none",
+            Reason::Refused => "refused",
+            Reason::Timeout => "timeout",
+            Reason::Handshake => "handshake",
+            Reason::BadStatus => "bad_status",
+            Reason::TokenMissing => "token_missing",
+            Reason::Tls => "tls",
+            Reason::Network => "network",
+            Reason::Filtered => "filtered",
+            Reason::Forbidden => "forbidden",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.name() == name)
+    }
 }
 
 /// A worker's verdict on one candidate of its lease.
