@@ -3,8 +3,8 @@
 use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
 
-use proxyfleet_coordinator::candidate::Protocol;
-use proxyfleet_coordinator::convert;
+use proxyfleet_coordinator::Protocol;
+use proxyfleet_coordinator::wire as convert;
 use proxyfleet_proto::auth::BearerToken;
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_proto::v1::coordinator_client::CoordinatorClient;
@@ -215,7 +215,7 @@ fn read_text(path: &Path) -> Result<String, Failure> {
 /// Reads a sources file; local paths in it are read here (the coordinator may be elsewhere).
 pub fn read_sources_file(path: &Path) -> Result<Vec<pb::SourceSpec>, Failure> {
     let text = read_text(path)?;
-    let sources = proxyfleet_coordinator::sources::parse_sources_file(&text)
+    let sources = proxyfleet_coordinator::parse_sources_file(&text)
         .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: {}: {e}", path.display())))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut specs = Vec::new();
@@ -225,8 +225,8 @@ pub fn read_sources_file(path: &Path) -> Result<Vec<pb::SourceSpec>, Failure> {
             .iter()
             .map(|p| convert::protocol_to_proto(*p) as i32)
             .collect();
-        let local = match proxyfleet_coordinator::fetch::locate(&source.url) {
-            Ok(proxyfleet_coordinator::fetch::Location::File(file)) => Some(base.join(file)),
+        let local = match proxyfleet_coordinator::locate(&source.url) {
+            Ok(proxyfleet_coordinator::Location::File(file)) => Some(base.join(file)),
             _ => None,
         };
         let content = match &local {

@@ -205,9 +205,7 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
     })?;
     let grpc_addr = grpc.local_addr().map_err(failure)?;
     let judge_url = e.judge_url.clone().unwrap_or_else(|| {
-        proxyfleet_coordinator::config::default_judge_url(
-            judge.local_addr().expect("bound listener"),
-        )
+        proxyfleet_coordinator::default_judge_url(judge.local_addr().expect("bound listener"))
     });
     let mut config = CoordinatorConfig::new(e.data_dir.clone(), vec![judge_url]);
     config.allow_private_targets = e.allow_private_targets;

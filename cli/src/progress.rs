@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use proxyfleet_coordinator::candidate::Protocol;
-use proxyfleet_coordinator::convert;
-use proxyfleet_coordinator::scheduler::{JobState, Reason};
+use proxyfleet_coordinator::Protocol;
+use proxyfleet_coordinator::wire as convert;
+use proxyfleet_coordinator::{JobState, Reason};
 use proxyfleet_proto::v1 as pb;
 
 // Names come from the coordinator's own types, through the one conversion from the wire; only

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{Map, Value};
 
 /// Longest line accepted in a candidate list; a longer one is rejected on its own.
-pub const MAX_LINE_LEN: usize = 2048;
+pub(crate) const MAX_LINE_LEN: usize = 2048;
 
 /// Most rejected entries a [`ParsedList`] keeps. Past it they are only counted, so a source
 /// that is all garbage cannot make the report larger than a screenful per thousand lines.
-pub const MAX_REJECTED_KEPT: usize = 1000;
+pub(crate) const MAX_REJECTED_KEPT: usize = 1000;
 
 /// How a worker talks to a proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,7 +30,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 6] = [
+    pub(crate) const ALL: [Protocol; 6] = [
         Protocol::Http,
         Protocol::Https,
         Protocol::Socks4,
@@ -73,21 +73,21 @@ impl fmt::Display for Protocol {
 
 /// One proxy to check, normalized (lowercase scheme and host, IPv6 without brackets).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Candidate {
-    pub protocol: Protocol,
-    pub host: String,
-    pub port: u16,
+pub(crate) struct Candidate {
+    pub(crate) protocol: Protocol,
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// Username and password; boxed, as most candidates have none and a job may hold millions.
-    pub auth: Option<Box<(String, String)>>,
+    pub(crate) auth: Option<Box<(String, String)>>,
 }
 
 impl Candidate {
     /// `scheme://host:port`, without credentials: what users see in results.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("{}://{}", self.protocol, self.host_port())
     }
 
-    pub fn host_port(&self) -> String {
+    pub(crate) fn host_port(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -97,7 +97,7 @@ impl Candidate {
 
     /// The URL a client uses, credentials included; also the identity for deduplication (the
     /// same proxy with other credentials is another candidate).
-    pub fn full_url(&self) -> String {
+    pub(crate) fn full_url(&self) -> String {
         match self.auth.as_deref() {
             Some((user, pass)) => format!("{}://{user}:{pass}@{}", self.protocol, self.host_port()),
             None => self.url(),
@@ -107,34 +107,34 @@ impl Candidate {
 
 /// An entry of the list that was not used.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
+pub(crate) struct Rejected {
     /// Line number, from 1; 0 when the source has no lines to speak of (a JSON document).
-    pub line: u64,
-    pub text: String,
-    pub reason: String,
+    pub(crate) line: u64,
+    pub(crate) text: String,
+    pub(crate) reason: String,
 }
 
 /// What came out of a list.
 #[derive(Debug, Default)]
-pub struct ParsedList {
+pub(crate) struct ParsedList {
     /// Every usable candidate once, in the order the source gives them.
-    pub candidates: Vec<Candidate>,
+    pub(crate) candidates: Vec<Candidate>,
     /// The first [`MAX_REJECTED_KEPT`] entries that were not usable, in source order.
-    pub rejected: Vec<Rejected>,
-    pub duplicates: u64,
+    pub(crate) rejected: Vec<Rejected>,
+    pub(crate) duplicates: u64,
     /// Every entry dropped, by why: "duplicate", "private address", "malformed", "bad port",
     /// "bad address", "unknown protocol", "cidr range" or "too long". Counts rejections past
     /// [`MAX_REJECTED_KEPT`] too.
-    pub dropped: BTreeMap<&'static str, u64>,
+    pub(crate) dropped: BTreeMap<&'static str, u64>,
     /// How many entries were rejected: `rejected.len()` plus those past [`MAX_REJECTED_KEPT`].
-    pub rejected_total: u64,
+    pub(crate) rejected_total: u64,
 }
 
 /// Which targets a list may name.
 #[derive(Debug, Clone, Copy)]
-pub struct TargetPolicy {
+pub(crate) struct TargetPolicy {
     /// Loopback, private, link-local, multicast and unspecified addresses are allowed.
-    pub allow_private: bool,
+    pub(crate) allow_private: bool,
 }
 
 /// Why an entry was not used: the bucket it is counted in and a sentence for the user.
@@ -184,7 +184,7 @@ impl Fault {
 /// Tells the candidates a list already holds from new ones, by value (the same proxy with other
 /// credentials is another candidate), without building their URLs.
 #[derive(Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// Hash of each candidate of the list, with the index of the first that had it.
     by_hash: HashMap<u64, u32>,
     /// Candidates of the list whose hash another, different candidate had first (rare).
@@ -194,7 +194,7 @@ pub struct Seen {
 
 impl Seen {
     /// What `list`, already free of repeats, holds.
-    pub fn of(list: &[Candidate]) -> Seen {
+    pub(crate) fn of(list: &[Candidate]) -> Seen {
         let mut seen = Seen::default();
         for (i, candidate) in list.iter().enumerate() {
             seen.first_time(&list[..i], candidate);
@@ -203,7 +203,7 @@ impl Seen {
     }
 
     /// Whether `candidate`, about to be pushed at the end of `list`, is not in it yet.
-    pub fn first_time(&mut self, list: &[Candidate], candidate: &Candidate) -> bool {
+    pub(crate) fn first_time(&mut self, list: &[Candidate], candidate: &Candidate) -> bool {
         use std::collections::hash_map::Entry;
         use std::hash::BuildHasher;
         match self.by_hash.entry(self.hasher.hash_one(candidate)) {
@@ -259,7 +259,7 @@ impl Collector {
 }
 
 /// Parses every line; blank lines and comments (`#`, `//`) are skipped. Numbers come with the lines.
-pub fn parse_list<'a>(
+pub(crate) fn parse_list<'a>(
     lines: impl IntoIterator<Item = (u64, &'a str)>,
     default_protocols: &[Protocol],
     policy: TargetPolicy,
@@ -276,7 +276,7 @@ pub fn parse_list<'a>(
 /// (ip and port cells of table rows, `ip:port` in the text), or plain lines as [`parse_list`]
 /// takes them. In a page or a document only what looks like a proxy and is invalid is
 /// rejected; prose and markup are not reported.
-pub fn parse_source(
+pub(crate) fn parse_source(
     text: &str,
     default_protocols: &[Protocol],
     policy: TargetPolicy,
@@ -307,10 +307,10 @@ pub fn parse_source(
 /// How many candidates the sources of one job may still add. Shared by their readers, so sources
 /// read at once hold together no more candidates than the job may check.
 #[derive(Debug, Clone)]
-pub struct CandidateBudget(Arc<AtomicUsize>);
+pub(crate) struct CandidateBudget(Arc<AtomicUsize>);
 
 impl CandidateBudget {
-    pub fn new(candidates: usize) -> CandidateBudget {
+    pub(crate) fn new(candidates: usize) -> CandidateBudget {
         CandidateBudget(Arc::new(AtomicUsize::new(candidates)))
     }
 
@@ -336,7 +336,7 @@ const SHAPE_WINDOW: usize = 64 * 1024;
 /// and one line, not for its text. A JSON document or an HTML page (told by its first
 /// [`SHAPE_WINDOW`] bytes) is kept whole and read by [`parse_source`] at the end; the fetcher's
 /// size limit bounds it.
-pub struct SourceReader {
+pub(crate) struct SourceReader {
     protocols: Vec<Protocol>,
     policy: TargetPolicy,
     /// What the job's sources may still add, shared with its other sources' readers.
@@ -375,11 +375,11 @@ impl Drop for SourceReader {
 }
 
 /// Largest HTML page read: proxy list pages are far smaller, and a page is read whole.
-pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Why a source was not read to its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// The sources of a job hold more candidates than it may check (`--max-candidates`).
     #[error("the job's sources hold more candidates than it may check (--max-candidates)")]
     OverBudget,
@@ -388,7 +388,7 @@ pub enum Stop {
 }
 
 impl SourceReader {
-    pub fn new(default_protocols: &[Protocol], policy: TargetPolicy) -> SourceReader {
+    pub(crate) fn new(default_protocols: &[Protocol], policy: TargetPolicy) -> SourceReader {
         SourceReader {
             protocols: default_protocols.to_vec(),
             policy,
@@ -404,13 +404,13 @@ impl SourceReader {
     }
 
     /// Counts what this reader finds against `budget`.
-    pub fn within(mut self, budget: CandidateBudget) -> SourceReader {
+    pub(crate) fn within(mut self, budget: CandidateBudget) -> SourceReader {
         self.budget = Some(budget);
         self
     }
 
     /// Forgets what was read: the source is read again from its start.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let budget = self.budget.take();
         if let Some(budget) = &budget {
             budget.give_back(std::mem::take(&mut self.taken));
@@ -420,7 +420,7 @@ impl SourceReader {
     }
 
     /// Why reading more is pointless, once it is.
-    pub fn stopped(&self) -> Option<Stop> {
+    pub(crate) fn stopped(&self) -> Option<Stop> {
         self.stopped
     }
 
@@ -441,7 +441,7 @@ impl SourceReader {
     }
 
     /// Takes the next bytes of the source.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         match &mut self.shape {
             Shape::Lines => self.lines(bytes),
             Shape::Json(walk) => walk.feed(bytes, &mut self.found, &self.protocols, self.policy),
@@ -464,7 +464,7 @@ impl SourceReader {
 
     /// The candidates of the whole source, or why it was not read to its end. Only a source read
     /// to its end keeps its share of the budget; a reader dropped otherwise gives it back.
-    pub fn finish(mut self) -> Result<ParsedList, Stop> {
+    pub(crate) fn finish(mut self) -> Result<ParsedList, Stop> {
         if let Some(stop) = self.stopped {
             return Err(stop);
         }
@@ -586,7 +586,7 @@ fn shorten(text: &str) -> String {
 /// Parses one line: `host:port` (one candidate per default protocol),
 /// `scheme://[user:pass@]host:port`, or `host port`. What follows the entry after whitespace
 /// (country, anonymity, a comment) is ignored. Blank lines and comments give no candidate.
-pub fn parse_line(
+pub(crate) fn parse_line(
     text: &str,
     default_protocols: &[Protocol],
     policy: TargetPolicy,
@@ -845,7 +845,7 @@ fn check_target(host: &str, policy: TargetPolicy) -> Result<(), Fault> {
     Ok(())
 }
 
-pub use proxyfleet_proto::addr::is_private;
+pub(crate) use proxyfleet_proto::addr::is_private;
 
 fn all_digits(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_digit())

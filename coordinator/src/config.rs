@@ -175,19 +175,19 @@ pub struct Cli {
 
 /// PEM files of the gRPC port's TLS.
 #[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+pub(crate) struct TlsFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
     /// Workers must present a certificate signed by this CA.
-    pub client_ca: Option<PathBuf>,
+    pub(crate) client_ca: Option<PathBuf>,
 }
 
 /// Scheduled refreshes of the default pool.
 #[derive(Debug, Clone)]
-pub struct RefreshSchedule {
-    pub every: Duration,
-    pub min_usable: u64,
-    pub check_timeout: Duration,
+pub(crate) struct RefreshSchedule {
+    pub(crate) every: Duration,
+    pub(crate) min_usable: u64,
+    pub(crate) check_timeout: Duration,
 }
 
 /// What the coordinator runs with; only ever built through `validate`.
@@ -215,7 +215,7 @@ pub struct CoordinatorConfig {
     /// Token clients must present; none: no check.
     pub client_token: Option<String>,
     /// TLS for the gRPC port.
-    pub tls: Option<TlsFiles>,
+    pub(crate) tls: Option<TlsFiles>,
     pub max_message_bytes: usize,
     pub max_active_jobs: usize,
     pub max_watchers: usize,
@@ -228,7 +228,7 @@ pub struct CoordinatorConfig {
     pub first_request_timeout: Duration,
     /// The operator's sources file.
     pub sources_file: Option<PathBuf>,
-    pub refresh: Option<RefreshSchedule>,
+    pub(crate) refresh: Option<RefreshSchedule>,
 }
 
 /// What is wrong with a configuration.
@@ -331,7 +331,7 @@ impl CoordinatorConfig {
 
     /// Which targets jobs may name, as every part of the coordinator applies it: candidates,
     /// sources, judges, and the checks it asks of workers.
-    pub fn target_policy(&self) -> TargetPolicy {
+    pub(crate) fn target_policy(&self) -> TargetPolicy {
         TargetPolicy {
             allow_private: self.allow_private_targets,
         }

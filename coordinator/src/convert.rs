@@ -32,7 +32,7 @@ pub fn protocol_from_proto(value: i32) -> Option<Protocol> {
     }
 }
 
-pub fn job_state_to_proto(s: JobState) -> pb::JobState {
+pub(crate) fn job_state_to_proto(s: JobState) -> pb::JobState {
     match s {
         JobState::Queued => pb::JobState::Queued,
         JobState::Scraping => pb::JobState::Scraping,
@@ -58,7 +58,7 @@ pub fn job_state_from_proto(value: i32) -> Option<JobState> {
     }
 }
 
-pub fn anonymity_to_proto(a: Anonymity) -> pb::Anonymity {
+pub(crate) fn anonymity_to_proto(a: Anonymity) -> pb::Anonymity {
     match a {
         Anonymity::Unknown => pb::Anonymity::Unknown,
         Anonymity::Transparent => pb::Anonymity::Transparent,
@@ -110,14 +110,14 @@ pub fn reason_from_proto(value: i32) -> Option<Reason> {
 
 /// Longest verdict detail or judge error kept from a worker; the rest is cut. A worker's texts
 /// are stored and served to every client, so their size is the coordinator's to bound.
-pub const MAX_WORKER_TEXT: usize = 512;
+pub(crate) const MAX_WORKER_TEXT: usize = 512;
 /// Longest exit address or own address kept from a worker (an IPv6 address takes 45).
 const MAX_ADDRESS_TEXT: usize = 64;
 /// Longest judge URL kept from a worker's report.
 const MAX_URL_TEXT: usize = 2048;
 
 /// `text` cut to at most `max` bytes at a character boundary, marked with '…' where it was cut.
-pub fn clip(mut text: String, max: usize) -> String {
+pub(crate) fn clip(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut end = max.saturating_sub('…'.len_utf8());
         while !text.is_char_boundary(end) {
@@ -129,7 +129,7 @@ pub fn clip(mut text: String, max: usize) -> String {
     text
 }
 
-pub fn verdict_from_proto(v: pb::Verdict) -> Verdict {
+pub(crate) fn verdict_from_proto(v: pb::Verdict) -> Verdict {
     let reason = match reason_from_proto(v.reason) {
         // Only the coordinator filters, and a verdict is never unchecked: a worker saying either,
         // or something unknown, is taken as a network failure.
@@ -221,7 +221,7 @@ fn chunk_to_proto(c: &ChunkInfo) -> pb::ChunkInfo {
     }
 }
 
-pub fn job_to_proto(s: &JobSnapshot) -> pb::Job {
+pub(crate) fn job_to_proto(s: &JobSnapshot) -> pb::Job {
     pb::Job {
         job_id: s.id.clone(),
         name: s.name.clone(),
@@ -248,7 +248,7 @@ pub fn job_to_proto(s: &JobSnapshot) -> pb::Job {
     }
 }
 
-pub fn worker_to_proto(w: &WorkerSnapshot) -> pb::WorkerInfo {
+pub(crate) fn worker_to_proto(w: &WorkerSnapshot) -> pb::WorkerInfo {
     pb::WorkerInfo {
         worker_id: w.worker_id.clone(),
         name: w.name.clone(),
@@ -275,7 +275,7 @@ fn judge_status_to_proto(j: &JudgeStatus) -> pb::JudgeStatus {
     }
 }
 
-pub fn judge_status_from_proto(j: pb::JudgeStatus) -> JudgeStatus {
+pub(crate) fn judge_status_from_proto(j: pb::JudgeStatus) -> JudgeStatus {
     JudgeStatus {
         url: clip(j.url, MAX_URL_TEXT),
         ok: j.ok,
@@ -297,7 +297,7 @@ fn candidate_to_proto(index: u32, c: &Candidate) -> pb::Candidate {
 }
 
 /// A lease's assignment, with the coordinator's policy on the targets its checks may dial.
-pub fn assignment_to_proto(a: &Assignment, targets: TargetPolicy) -> pb::Assign {
+pub(crate) fn assignment_to_proto(a: &Assignment, targets: TargetPolicy) -> pb::Assign {
     pb::Assign {
         lease_id: a.lease_id,
         job_id: a.job_id.clone(),
@@ -317,7 +317,7 @@ pub fn assignment_to_proto(a: &Assignment, targets: TargetPolicy) -> pb::Assign 
     }
 }
 
-pub fn submitted_to_proto(s: Submitted) -> pb::SubmitJobResponse {
+pub(crate) fn submitted_to_proto(s: Submitted) -> pb::SubmitJobResponse {
     pb::SubmitJobResponse {
         job_id: s.snapshot.id.clone(),
         job: Some(job_to_proto(&s.snapshot)),
@@ -334,7 +334,7 @@ pub fn submitted_to_proto(s: Submitted) -> pb::SubmitJobResponse {
     }
 }
 
-pub fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
+pub(crate) fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
     let c = &r.candidate;
     let mut out = pb::ProxyResult {
         proxy: c.full_url(),

@@ -17,17 +17,17 @@ use crate::candidate::{SourceReader, Stop};
 
 /// How sources are fetched.
 #[derive(Debug, Clone)]
-pub struct FetchPolicy {
+pub(crate) struct FetchPolicy {
     /// Sources fetched at once, over every job.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Time one attempt may take, body included.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Attempts per source for transient failures (connect errors, 408, 429, 5xx).
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// Largest body read from one source.
-    pub max_bytes: u64,
+    pub(crate) max_bytes: u64,
     /// Source URLs on loopback and private addresses are allowed (labs, tests).
-    pub allow_private: bool,
+    pub(crate) allow_private: bool,
 }
 
 impl Default for FetchPolicy {
@@ -44,7 +44,7 @@ impl Default for FetchPolicy {
 
 /// Why a source could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     #[error("{0}")]
     Refused(String),
     #[error("answered status {0}")]
@@ -62,7 +62,7 @@ pub enum FetchError {
 }
 
 /// What a source location may be, for messages.
-pub const LOCATIONS: &str = "expected an http://, https:// or file:/// URL, or a local path";
+pub(crate) const LOCATIONS: &str = "expected an http://, https:// or file:/// URL, or a local path";
 
 /// Why a text is no source location.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,7 +77,7 @@ pub enum LocationError {
 
 impl LocationError {
     /// What is wrong, without the location itself.
-    pub fn why(&self) -> String {
+    pub(crate) fn why(&self) -> String {
         match self {
             LocationError::Url(e) => e.to_string(),
             LocationError::NotALocation(_) => LOCATIONS.to_string(),
@@ -129,7 +129,7 @@ pub fn locate(url: &str) -> Result<Location, LocationError> {
 
 /// Why a URL a client named may not be contacted.
 #[derive(Debug, thiserror::Error)]
-pub enum PublicUrlError {
+pub(crate) enum PublicUrlError {
     #[error("{0}")]
     Url(#[from] UrlError),
     #[error(
@@ -145,7 +145,7 @@ pub enum PublicUrlError {
 /// Whether an http(s) URL a client named may be contacted: it parses as strictly as it is fetched,
 /// and its host, resolved now, has no address inside (a name with one public and one loopback
 /// address is refused too). Where it is dialled later, the guard checks again.
-pub async fn check_public_url(url: &str, allow_private: bool) -> Result<(), PublicUrlError> {
+pub(crate) async fn check_public_url(url: &str, allow_private: bool) -> Result<(), PublicUrlError> {
     let parsed = HttpUrl::parse(url)?;
     if allow_private {
         return Ok(());
@@ -182,7 +182,7 @@ pub async fn check_public_url(url: &str, allow_private: bool) -> Result<(), Publ
 }
 
 /// True for statuses worth another attempt.
-pub fn transient(status: u16) -> bool {
+pub(crate) fn transient(status: u16) -> bool {
     matches!(status, 408 | 429) || (500..600).contains(&status)
 }
 
@@ -191,7 +191,7 @@ const MAX_REDIRECTS: usize = 5;
 
 /// Fetches sources; shared by every job of a coordinator.
 #[derive(Clone)]
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     tls: tokio_rustls::TlsConnector,
     guard: Guard,
     permits: Arc<Semaphore>,
@@ -212,7 +212,7 @@ impl Drop for Driver {
 }
 
 impl Fetcher {
-    pub fn new(policy: FetchPolicy) -> Result<Fetcher, rustls::Error> {
+    pub(crate) fn new(policy: FetchPolicy) -> Result<Fetcher, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -231,7 +231,7 @@ impl Fetcher {
     /// Reads a source into `reader` as it arrives; returns how many bytes it had. `trusted`
     /// sources (the operator's own sources file) may be local files; a client's may not. A failed
     /// attempt that is retried starts `reader` afresh.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         url: &str,
         trusted: bool,

@@ -99,23 +99,23 @@ fn require_job_id(job_id: &str) -> Result<&str, Status> {
 }
 
 /// The client-facing service.
-pub struct CoordinatorService {
-    pub state: State,
+pub(crate) struct CoordinatorService {
+    pub(crate) state: State,
     /// Flips to true on shutdown so open watch streams end.
-    pub shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
     /// Open progress and results streams, bounded.
-    pub watchers: WatcherLimit,
+    pub(crate) watchers: WatcherLimit,
 }
 
 /// Counts open streams; a slot is held by a guard that the stream's task drops when it ends.
 #[derive(Clone)]
-pub struct WatcherLimit {
+pub(crate) struct WatcherLimit {
     open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     max: usize,
 }
 
 /// One open stream.
-pub struct WatcherSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+pub(crate) struct WatcherSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
 impl Drop for WatcherSlot {
     fn drop(&mut self) {
@@ -124,14 +124,14 @@ impl Drop for WatcherSlot {
 }
 
 impl WatcherLimit {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         WatcherLimit {
             open: Default::default(),
             max,
         }
     }
 
-    pub fn acquire(&self) -> Result<WatcherSlot, Status> {
+    pub(crate) fn acquire(&self) -> Result<WatcherSlot, Status> {
         use std::sync::atomic::Ordering;
         let taken = self.open.fetch_add(1, Ordering::SeqCst);
         let slot = WatcherSlot(self.open.clone());
@@ -368,11 +368,11 @@ impl Coordinator for CoordinatorService {
 }
 
 /// The worker-facing service.
-pub struct WorkersService {
-    pub state: State,
-    pub shutdown: watch::Receiver<bool>,
+pub(crate) struct WorkersService {
+    pub(crate) state: State,
+    pub(crate) shutdown: watch::Receiver<bool>,
     /// mTLS: a worker must have presented a certificate signed by the configured CA.
-    pub require_client_cert: bool,
+    pub(crate) require_client_cert: bool,
 }
 
 #[tonic::async_trait]

@@ -1,21 +1,21 @@
 //! proxyfleet coordinator: takes refresh jobs, leases their chunks to workers over bidirectional
 //! streams, takes chunks back from workers that vanish, and streams progress to clients.
 
-pub mod candidate;
-pub mod config;
-pub mod convert;
-pub mod fetch;
+mod candidate;
+mod config;
+mod convert;
+mod fetch;
 mod first_request;
-pub mod grpc;
-pub mod judge;
+mod grpc;
+mod judge;
 mod listener;
-pub mod metrics;
-pub mod output;
-pub mod scheduler;
-pub mod sources;
-pub mod state;
-pub mod store;
-pub mod submit;
+mod metrics;
+mod output;
+mod scheduler;
+mod sources;
+mod state;
+mod store;
+mod submit;
 
 use std::future::Future;
 
@@ -27,8 +27,23 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
-pub use config::{Cli, CoordinatorConfig};
-pub use state::State;
+pub use candidate::Protocol;
+pub use config::{
+    Cli, ConfigError, CoordinatorConfig, check_exposure, default_judge_url, tokens_given,
+};
+pub use fetch::{Location, locate};
+pub use judge::tls_acceptor;
+pub use scheduler::{Anonymity, JobState, Reason};
+pub use sources::{Source, SourcesError, parse_sources_file};
+use state::State;
+
+/// Conversions between the wire's enums and the coordinator's, for clients that show them.
+pub mod wire {
+    pub use crate::convert::{
+        anonymity_from_proto, job_state_from_proto, protocol_from_proto, protocol_to_proto,
+        reason_from_proto,
+    };
+}
 
 /// Runs the coordinator on `grpc` (clients and workers) and `judge` (the built-in judge) until
 /// `shutdown` completes, then closes every session and stream and returns.

@@ -32,10 +32,7 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
-    proxyfleet_coordinator::config::check_exposure(
-        &cli,
-        proxyfleet_coordinator::config::tokens_given(&cli),
-    )?;
+    proxyfleet_coordinator::check_exposure(&cli, proxyfleet_coordinator::tokens_given(&cli))?;
     let grpc = listen(cli.listen).with_context(|| {
         format!(
             "cannot listen on {} (--listen); is another coordinator running?",
@@ -66,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let judge_tls = match (&cli.judge_tls_cert, &cli.judge_tls_key) {
-        (Some(cert), Some(key)) => Some(proxyfleet_coordinator::judge::tls_acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(proxyfleet_coordinator::tls_acceptor(cert, key)?),
         _ => None,
     };
     let metrics =

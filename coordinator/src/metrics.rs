@@ -5,7 +5,7 @@ use proxyfleet_proto::metrics::Exposition;
 use crate::scheduler::Metrics;
 
 /// The page served at `/metrics`.
-pub fn render(m: &Metrics) -> String {
+pub(crate) fn render(m: &Metrics) -> String {
     let mut e = Exposition::new();
     e.family(
         "proxyfleet_jobs",

@@ -8,7 +8,7 @@ use crate::candidate::Protocol;
 use crate::scheduler::ResultRow;
 
 /// File name and contents of every output file.
-pub fn render(job_id: &str, ended_ms: u64, results: &[ResultRow]) -> Vec<(String, String)> {
+pub(crate) fn render(job_id: &str, ended_ms: u64, results: &[ResultRow]) -> Vec<(String, String)> {
     let mut usable: Vec<&ResultRow> = results
         .iter()
         .filter(|r| r.verdict.as_ref().is_some_and(|v| v.usable))
@@ -62,7 +62,7 @@ fn lines<'a>(rows: impl Iterator<Item = &'a ResultRow>) -> String {
 }
 
 /// Writes `contents` to `path` atomically: a temporary file in the same directory, then a rename.
-pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -75,7 +75,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// Writes every output file into `dir` (created if missing). A file that already holds its
 /// contents is left as it is: writing it again would tell readers watching its time that it
 /// changed.
-pub fn write_all(dir: &Path, files: &[(String, String)]) -> std::io::Result<()> {
+pub(crate) fn write_all(dir: &Path, files: &[(String, String)]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for (name, contents) in files {
         let path = dir.join(name);

@@ -24,11 +24,11 @@ use crate::store::{Reader, Store};
 use crate::submit::{self, SubmitError, SubmitPolicy, ValidSubmission};
 
 /// Messages for one worker session's response stream.
-pub type Outbox = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, tonic::Status>>;
+pub(crate) type Outbox = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, tonic::Status>>;
 
 /// Coordinator state shared by every task; cheap to clone.
 #[derive(Clone)]
-pub struct State {
+pub(crate) struct State {
     /// Everything, shared by every task and handler.
     inner: Arc<Inner>,
 }
@@ -198,10 +198,10 @@ impl StoreWriter {
 
 /// A queued job and what was left out of its list.
 #[derive(Debug)]
-pub struct Submitted {
-    pub snapshot: JobSnapshot,
-    pub rejected: Vec<Rejected>,
-    pub duplicates: u64,
+pub(crate) struct Submitted {
+    pub(crate) snapshot: JobSnapshot,
+    pub(crate) rejected: Vec<Rejected>,
+    pub(crate) duplicates: u64,
     /// The write that carries the job; its id may be given out once this is committed.
     pub(crate) commit: Commit,
 }
@@ -213,7 +213,7 @@ pub(crate) struct Commit(u64);
 
 /// Where a follower of a job's results is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FollowCursor {
+pub(crate) enum FollowCursor {
     /// Has read this many verdicts, in the order they were recorded.
     Recorded(usize),
     /// The job has ended and the follower read the first `position` verdicts it recorded; what
@@ -264,7 +264,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl State {
     /// Opens the store in the data dir, brings back every job it holds, and starts its writer.
-    pub fn new(config: CoordinatorConfig) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: CoordinatorConfig) -> anyhow::Result<Self> {
         let fetcher = Fetcher::new(FetchPolicy {
             allow_private: config.allow_private_targets,
             max_bytes: config.max_source_bytes,
@@ -357,7 +357,7 @@ impl State {
     /// The publisher: the one task that delivers what waited for the store, writes output files
     /// and removes pruned jobs' directories, in the order it is told. `run` supervises it; it
     /// ends at [`State::stop_publisher`]. Only the first call gets the work; a second returns.
-    pub async fn publisher(self) {
+    pub(crate) async fn publisher(self) {
         let Some(mut events) = lock(&self.inner.events_rx).take() else {
             return;
         };
@@ -393,12 +393,12 @@ impl State {
     }
 
     /// Tells the publisher to stop once it has done everything sent to it before.
-    pub fn stop_publisher(&self) {
+    pub(crate) fn stop_publisher(&self) {
         let _ = self.inner.events.send(Event::Stop);
     }
 
     /// Flushes and closes the store (shutdown): nothing acknowledged is lost.
-    pub fn close_store(&self) {
+    pub(crate) fn close_store(&self) {
         lock(&self.inner.store_tx).take();
         let writer = lock(&self.inner.store_thread).take();
         if let Some(writer) = writer {
@@ -407,7 +407,7 @@ impl State {
     }
 
     /// What the metrics endpoint shows.
-    pub fn metrics(&self) -> crate::scheduler::Metrics {
+    pub(crate) fn metrics(&self) -> crate::scheduler::Metrics {
         lock(&self.inner.scheduler).metrics()
     }
 
@@ -441,7 +441,9 @@ impl State {
     }
 
     /// Completes with the store's error, if it ever fails.
-    pub fn store_failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+    pub(crate) fn store_failed(
+        &self,
+    ) -> impl std::future::Future<Output = String> + Send + 'static {
         let mut failure = self.inner.store_failure.subscribe();
         async move {
             let failed = match failure.wait_for(|f| f.is_some()).await {
@@ -476,7 +478,7 @@ impl State {
         }
     }
 
-    pub fn config(&self) -> &CoordinatorConfig {
+    pub(crate) fn config(&self) -> &CoordinatorConfig {
         &self.inner.config
     }
 
@@ -602,7 +604,10 @@ impl State {
     /// Checks a submission against the coordinator's policy (see [`submit::validate`]), with the
     /// operator's sources file read first when the request asks for it. Reads a file and parses
     /// the whole list: not for the threads that serve the streams.
-    pub fn validate(&self, request: pb::SubmitJobRequest) -> Result<ValidSubmission, SubmitError> {
+    pub(crate) fn validate(
+        &self,
+        request: pb::SubmitJobRequest,
+    ) -> Result<ValidSubmission, SubmitError> {
         let own_sources = if request.use_coordinator_sources {
             self.coordinator_sources()?
         } else {
@@ -613,7 +618,7 @@ impl State {
 
     /// Queues a checked submission as a new job; its id may be given out once the returned
     /// commit is durable.
-    pub fn submit(&self, valid: ValidSubmission) -> Submitted {
+    pub(crate) fn submit(&self, valid: ValidSubmission) -> Submitted {
         let id = new_job_id();
         let proxies = valid.candidates.len();
         let now = Instant::now();
@@ -649,7 +654,7 @@ impl State {
     }
 
     /// The sources of the operator's --sources file, trusted to name local files.
-    pub fn coordinator_sources(&self) -> Result<Vec<SourceSpec>, SubmitError> {
+    pub(crate) fn coordinator_sources(&self) -> Result<Vec<SourceSpec>, SubmitError> {
         let Some(path) = &self.inner.config.sources_file else {
             return Err(SubmitError::NoSourcesFile);
         };
@@ -678,7 +683,7 @@ impl State {
     }
 
     /// A scheduled refresh of the default pool, unless one is still running.
-    pub fn scheduled_refresh(&self) {
+    pub(crate) fn scheduled_refresh(&self) {
         let Some(schedule) = self.inner.config.refresh.clone() else {
             return;
         };
@@ -822,7 +827,7 @@ impl State {
         });
     }
 
-    pub fn job(&self, job_id: &str, include_chunks: bool) -> Result<JobSnapshot, JobError> {
+    pub(crate) fn job(&self, job_id: &str, include_chunks: bool) -> Result<JobSnapshot, JobError> {
         let (mut snapshot, stored) = {
             let scheduler = lock(&self.inner.scheduler);
             let snapshot = scheduler.snapshot(job_id, include_chunks, Instant::now())?;
@@ -836,7 +841,7 @@ impl State {
         Ok(snapshot)
     }
 
-    pub fn jobs(&self) -> Vec<JobSnapshot> {
+    pub(crate) fn jobs(&self) -> Vec<JobSnapshot> {
         let scheduler = lock(&self.inner.scheduler);
         let now = Instant::now();
         scheduler
@@ -859,7 +864,7 @@ impl State {
         Ok((snapshot, commit))
     }
 
-    pub fn workers(&self) -> Vec<crate::scheduler::WorkerSnapshot> {
+    pub(crate) fn workers(&self) -> Vec<crate::scheduler::WorkerSnapshot> {
         lock(&self.inner.scheduler).workers(Instant::now())
     }
 
@@ -869,7 +874,11 @@ impl State {
     }
 
     /// Every row of a job that `filter` keeps, in candidate order, read page by page.
-    pub fn results(&self, job_id: &str, filter: RowFilter) -> Result<Vec<ResultRow>, JobError> {
+    pub(crate) fn results(
+        &self,
+        job_id: &str,
+        filter: RowFilter,
+    ) -> Result<Vec<ResultRow>, JobError> {
         let mut rows = Vec::new();
         let mut next = Some(0);
         while let Some(start) = next {
@@ -881,7 +890,7 @@ impl State {
     }
 
     /// A page of results; see [`Scheduler::results_page`]. An ended job's come from the store.
-    pub fn results_page(
+    pub(crate) fn results_page(
         &self,
         job_id: &str,
         start: usize,
@@ -906,7 +915,7 @@ impl State {
     /// The next rows a follower of a job has not seen, at most `limit`: verdicts as they are
     /// recorded, then, once the job has ended, the candidates never checked. Every candidate is
     /// followed exactly once, even when the job's rows leave memory for the store meanwhile.
-    pub fn follow(
+    pub(crate) fn follow(
         &self,
         job_id: &str,
         at: FollowCursor,
@@ -978,7 +987,7 @@ impl State {
     }
 
     /// Progress of a job from now on; ends (sender dropped) never, so watchers stop at a terminal state.
-    pub fn watch(&self, job_id: &str) -> Result<watch::Receiver<JobSnapshot>, JobError> {
+    pub(crate) fn watch(&self, job_id: &str) -> Result<watch::Receiver<JobSnapshot>, JobError> {
         lock(&self.inner.progress)
             .get(job_id)
             .map(|tx| tx.subscribe())
@@ -986,7 +995,7 @@ impl State {
     }
 
     /// Registers a new worker session; its first outbound message is the Welcome.
-    pub fn open_session(&self, hello: Hello, outbox: Outbox) -> SessionId {
+    pub(crate) fn open_session(&self, hello: Hello, outbox: Outbox) -> SessionId {
         let worker_id = hello.worker_id.clone();
         let welcome = |session_id| pb::CoordinatorMessage {
             kind: Some(pb::coordinator_message::Kind::Welcome(pb::Welcome {
@@ -1011,7 +1020,7 @@ impl State {
     }
 
     /// Handles one message of a worker's session after its hello.
-    pub fn on_message(&self, session: SessionId, kind: Option<pb::worker_message::Kind>) {
+    pub(crate) fn on_message(&self, session: SessionId, kind: Option<pb::worker_message::Kind>) {
         use pb::worker_message::Kind;
         match kind {
             Some(Kind::Verdicts(v)) => self.on_verdicts(session, v),
@@ -1026,7 +1035,7 @@ impl State {
         }
     }
 
-    pub fn on_verdicts(&self, session: SessionId, batch: pb::Verdicts) {
+    pub(crate) fn on_verdicts(&self, session: SessionId, batch: pb::Verdicts) {
         let lease_id = batch.lease_id;
         let job_id = batch.job_id;
         let verdicts = batch
@@ -1049,7 +1058,7 @@ impl State {
         });
     }
 
-    pub fn on_heartbeat(&self, session: SessionId, heartbeat: pb::Heartbeat) {
+    pub(crate) fn on_heartbeat(&self, session: SessionId, heartbeat: pb::Heartbeat) {
         self.with_scheduler(|s| {
             (
                 (),
@@ -1058,7 +1067,7 @@ impl State {
         });
     }
 
-    pub fn on_draining(&self, session: SessionId) {
+    pub(crate) fn on_draining(&self, session: SessionId) {
         info!(session_id = session, "worker draining");
         self.with_scheduler(|s| {
             s.draining(session, Instant::now());
@@ -1066,7 +1075,7 @@ impl State {
         });
     }
 
-    pub fn on_judge_status(&self, session: SessionId, status: pb::JudgeStatus) {
+    pub(crate) fn on_judge_status(&self, session: SessionId, status: pb::JudgeStatus) {
         if status.ok {
             info!(session_id = session, judge = %status.url, own_ip = %status.own_ip, "judge reachable from worker");
         } else {
@@ -1081,13 +1090,13 @@ impl State {
         });
     }
 
-    pub fn on_hand_back(&self, session: SessionId, lease_id: u64) {
+    pub(crate) fn on_hand_back(&self, session: SessionId, lease_id: u64) {
         info!(session_id = session, lease_id, "lease handed back");
         self.with_scheduler(|s| ((), s.hand_back(session, lease_id, Instant::now())));
     }
 
     /// The session's stream ended; its leases go back to the queue at once.
-    pub fn close_session(&self, session: SessionId, why: &str) {
+    pub(crate) fn close_session(&self, session: SessionId, why: &str) {
         {
             let mut ids = lock(&self.inner.log_ids);
             let worker_id = ids.workers.remove(&session).unwrap_or_default();
@@ -1114,12 +1123,12 @@ impl State {
     }
 
     /// Ends every session's response stream (shutdown).
-    pub fn close_all_sessions(&self) {
+    pub(crate) fn close_all_sessions(&self) {
         lock(&self.inner.outboxes).clear();
     }
 
     /// Expires silent leases and overdue jobs, prunes old jobs, then publishes progress.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         if let Some(retain) = self.inner.config.retain {
             let mut last = lock(&self.inner.last_prune);
             if last.elapsed() >= Duration::from_secs(60).min(retain) {

@@ -14,11 +14,11 @@ use crate::scheduler::{
 };
 
 /// File name of the database inside the data dir.
-pub const DB_FILE: &str = "proxyfleet.db";
+pub(crate) const DB_FILE: &str = "proxyfleet.db";
 
 /// What can go wrong with the store; every message names the file.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error(
         "the database {path} is unreadable or corrupt ({error}); the coordinator will not start over it: move it away to start empty, or restore a backup"
     )]
@@ -43,7 +43,7 @@ pub enum StoreError {
     Open { path: String, error: String },
 }
 
-pub struct Store {
+pub(crate) struct Store {
     conn: Connection,
     path: PathBuf,
 }
@@ -85,7 +85,7 @@ CREATE TABLE IF NOT EXISTS chunks (
 
 impl Store {
     /// Opens (or creates) the database in `data_dir`; refuses a file it cannot read as one.
-    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+    pub(crate) fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let path = data_dir.join(DB_FILE);
         let cannot_open = |error: String| StoreError::Open {
             path: path.display().to_string(),
@@ -126,7 +126,8 @@ impl Store {
     }
 
     /// Every job, oldest first, and the lease-id high-water mark.
-    pub fn load(&self) -> Result<(Vec<StoredJob>, u64), StoreError> {
+    #[cfg(test)]
+    pub(crate) fn load(&self) -> Result<(Vec<StoredJob>, u64), StoreError> {
         let (ids, lease_floor) = self.job_ids()?;
         let jobs = ids
             .iter()
@@ -137,7 +138,7 @@ impl Store {
 
     /// The id of every job, oldest first, and the lease-id high-water mark: a coordinator
     /// starting brings its jobs back one at a time with [`Store::load_job`].
-    pub fn job_ids(&self) -> Result<(Vec<String>, u64), StoreError> {
+    pub(crate) fn job_ids(&self) -> Result<(Vec<String>, u64), StoreError> {
         let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
             path: self.path.display().to_string(),
             error: e.to_string(),
@@ -159,7 +160,7 @@ impl Store {
     }
 
     /// One job whole: its row, candidates, verdicts (in the order they were recorded) and chunks.
-    pub fn load_job(&self, id: &str) -> Result<StoredJob, StoreError> {
+    pub(crate) fn load_job(&self, id: &str) -> Result<StoredJob, StoreError> {
         let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
             path: self.path.display().to_string(),
             error: e.to_string(),
@@ -328,7 +329,7 @@ impl Store {
     }
 
     /// Writes `records` in one transaction, with the lease-id high-water mark.
-    pub fn write(&mut self, records: &[Record], next_lease: u64) -> Result<(), StoreError> {
+    pub(crate) fn write(&mut self, records: &[Record], next_lease: u64) -> Result<(), StoreError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| write_error(&path, e))?;
         write_records(&tx, records, next_lease).map_err(|e| write_error(&path, e))?;
@@ -336,7 +337,7 @@ impl Store {
     }
 
     /// Deletes every job that ended before `before_ms`; returns their ids.
-    pub fn prune(&mut self, before_ms: u64) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn prune(&mut self, before_ms: u64) -> Result<Vec<String>, StoreError> {
         let ids: Vec<String> = {
             let mut statement = self
                 .conn
@@ -364,7 +365,7 @@ impl Store {
 
 /// Reads ended jobs' rows while the writer writes (WAL readers do not block it): the rows of a
 /// job kept only in the store, page by page.
-pub struct Reader {
+pub(crate) struct Reader {
     conn: Connection,
     path: PathBuf,
 }
@@ -375,7 +376,7 @@ const RESULT_COLUMNS: &str = "c.idx, c.url, v.usable, v.reason, v.latency_ms, v.
 
 impl Reader {
     /// A read-only connection to the database in `data_dir` (opened by [`Store::open`] first).
-    pub fn open(data_dir: &Path) -> Result<Reader, StoreError> {
+    pub(crate) fn open(data_dir: &Path) -> Result<Reader, StoreError> {
         let path = data_dir.join(DB_FILE);
         let conn = Connection::open_with_flags(
             &path,
@@ -457,7 +458,7 @@ impl Reader {
     /// A page of a stored job's results; see [`Scheduler::results_page`].
     ///
     /// [`Scheduler::results_page`]: crate::scheduler::Scheduler::results_page
-    pub fn results_page(
+    pub(crate) fn results_page(
         &self,
         job_id: &str,
         stored: StoredRows,
@@ -476,7 +477,7 @@ impl Reader {
     /// What a follower that read the first `position` recorded verdicts has yet to see of a
     /// stored job, by candidate index from `start`: the verdicts recorded after them and, unless
     /// `usable_only`, the candidates never checked.
-    pub fn rest_page(
+    pub(crate) fn rest_page(
         &self,
         job_id: &str,
         stored: StoredRows,
@@ -495,7 +496,11 @@ impl Reader {
     }
 
     /// The chunks of a stored job as clients see them: none is leased any more.
-    pub fn chunks(&self, job_id: &str, stored: StoredRows) -> Result<Vec<ChunkInfo>, StoreError> {
+    pub(crate) fn chunks(
+        &self,
+        job_id: &str,
+        stored: StoredRows,
+    ) -> Result<Vec<ChunkInfo>, StoreError> {
         let size = stored.chunk_size.max(1);
         let chunk_count = stored.total.div_ceil(u64::from(size)) as usize;
         let mut chunks: Vec<ChunkInfo> = (0..chunk_count)

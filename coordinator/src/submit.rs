@@ -17,54 +17,54 @@ use crate::fetch::{self, Location, PublicUrlError};
 use crate::scheduler::{Anonymity, JobSettings, SourceSpec, UsableFilter};
 
 /// Time one check may take when the request names none.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Candidates per chunk when the request names none.
-pub const DEFAULT_CHUNK_SIZE: u32 = 100;
+pub(crate) const DEFAULT_CHUNK_SIZE: u32 = 100;
 /// Time a job may take when the request names none.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(3600);
 /// Share of failed chunks that fails a job when the request names none.
-pub const DEFAULT_MAX_FAILED_CHUNK_RATIO: f64 = 0.5;
+pub(crate) const DEFAULT_MAX_FAILED_CHUNK_RATIO: f64 = 0.5;
 /// The pool of a job that names none.
-pub const DEFAULT_POOL: &str = "default";
+pub(crate) const DEFAULT_POOL: &str = "default";
 
 /// What the coordinator allows a submission: its configuration, and how busy it was when the
 /// request arrived.
 #[derive(Debug, Clone, Copy)]
-pub struct SubmitPolicy {
+pub(crate) struct SubmitPolicy {
     /// Which candidates a list may name (--allow-private-targets).
-    pub targets: TargetPolicy,
+    pub(crate) targets: TargetPolicy,
     /// Most candidates one job may hold (--max-candidates).
-    pub max_candidates: usize,
+    pub(crate) max_candidates: usize,
     /// Attempts per chunk of a job that names none (--max-attempts).
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// Most jobs not ended at once (--max-active-jobs).
-    pub max_active_jobs: usize,
+    pub(crate) max_active_jobs: usize,
     /// Jobs not ended when the request arrived.
-    pub active_jobs: usize,
+    pub(crate) active_jobs: usize,
 }
 
 /// A submission that passed every check: a job but for its id.
 #[derive(Debug)]
-pub struct ValidSubmission {
-    pub name: String,
-    pub settings: JobSettings,
+pub(crate) struct ValidSubmission {
+    pub(crate) name: String,
+    pub(crate) settings: JobSettings,
     /// The inline candidates, parsed, each once, in the order given.
-    pub candidates: Vec<Candidate>,
+    pub(crate) candidates: Vec<Candidate>,
     /// Check the inline candidates in the order given rather than shuffled.
-    pub keep_order: bool,
+    pub(crate) keep_order: bool,
     /// Sources to fetch: the client's, then the operator's when asked for.
-    pub sources: Vec<SourceSpec>,
+    pub(crate) sources: Vec<SourceSpec>,
     /// Inline lines left out, with why (the first [`candidate::MAX_REJECTED_KEPT`]).
-    pub rejected: Vec<Rejected>,
+    pub(crate) rejected: Vec<Rejected>,
     /// Inline candidates dropped as repeats of an earlier one.
-    pub duplicates: u64,
+    pub(crate) duplicates: u64,
     /// Inline entries dropped, by why.
-    pub dropped: BTreeMap<String, u64>,
+    pub(crate) dropped: BTreeMap<String, u64>,
 }
 
 /// Why a submission was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
+pub(crate) enum SubmitError {
     #[error(
         "the candidate list is empty: give one proxy per line as host:port or scheme://[user:pass@]host:port"
     )]
@@ -123,7 +123,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> SubmitError {
 /// (from its --sources file, trusted to name local files), read by the caller when the request
 /// sets `use_coordinator_sources`; empty otherwise. Refusals come cheapest first: a busy
 /// coordinator refuses before it parses a list.
-pub fn validate(
+pub(crate) fn validate(
     request: pb::SubmitJobRequest,
     own_sources: Vec<SourceSpec>,
     policy: &SubmitPolicy,
@@ -338,7 +338,10 @@ fn check_location(source: &SourceSpec) -> Result<(), SubmitError> {
 /// Resolves the judges a client named, once [`validate`] passed them: checks contact a judge
 /// through every proxy, so none may point inside unless the policy allows it. Where a judge is
 /// dialled later, the guard checks again.
-pub async fn check_judges(judge_urls: &[String], targets: TargetPolicy) -> Result<(), SubmitError> {
+pub(crate) async fn check_judges(
+    judge_urls: &[String],
+    targets: TargetPolicy,
+) -> Result<(), SubmitError> {
     for url in judge_urls {
         fetch::check_public_url(url, targets.allow_private)
             .await

@@ -13,20 +13,20 @@ use crate::candidate::Candidate;
 
 /// Settings of one job, validated.
 #[derive(Debug, Clone, PartialEq)]
-pub struct JobSettings {
+pub(crate) struct JobSettings {
     /// Judges the checks request, spread across checks; empty for the coordinator's own.
-    pub judge_urls: Vec<String>,
+    pub(crate) judge_urls: Vec<String>,
     /// Protocols a bare `host:port` of the job's sources stands for.
-    pub protocols: Vec<crate::candidate::Protocol>,
-    pub timeout: Duration,
-    pub connect_timeout: Duration,
-    pub filter: UsableFilter,
-    pub chunk_size: u32,
-    pub min_usable: u64,
-    pub deadline: Duration,
-    pub max_attempts: u32,
-    pub pool: String,
-    pub max_failed_chunk_ratio: f64,
+    pub(crate) protocols: Vec<crate::candidate::Protocol>,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) filter: UsableFilter,
+    pub(crate) chunk_size: u32,
+    pub(crate) min_usable: u64,
+    pub(crate) deadline: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) pool: String,
+    pub(crate) max_failed_chunk_ratio: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 7] = [
+    pub(crate) const ALL: [JobState; 7] = [
         JobState::Queued,
         JobState::Scraping,
         JobState::Checking,
@@ -77,7 +77,7 @@ impl JobState {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChunkState {
+pub(crate) enum ChunkState {
     Queued,
     Leased(LeaseId),
     Done,
@@ -170,31 +170,31 @@ pub(super) struct StoredCounts {
 
 /// A job to queue: validated settings and parsed candidates.
 #[derive(Debug, Clone)]
-pub struct NewJob {
-    pub id: String,
-    pub name: String,
-    pub settings: JobSettings,
+pub(crate) struct NewJob {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) settings: JobSettings,
     /// Inline candidates, parsed and deduplicated.
-    pub candidates: Vec<Candidate>,
+    pub(crate) candidates: Vec<Candidate>,
     /// Sources to fetch in the SCRAPING state; their candidates join the inline ones.
-    pub sources: Vec<SourceSpec>,
+    pub(crate) sources: Vec<SourceSpec>,
     /// Entries dropped while parsing the inline candidates, by why.
-    pub dropped: BTreeMap<String, u64>,
+    pub(crate) dropped: BTreeMap<String, u64>,
 }
 
 /// A source of candidates: a URL or local path, and the protocols its bare `host:port` stand for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceSpec {
-    pub url: String,
-    pub protocols: Vec<crate::candidate::Protocol>,
+pub(crate) struct SourceSpec {
+    pub(crate) url: String,
+    pub(crate) protocols: Vec<crate::candidate::Protocol>,
     /// The source's text when the client sent it (the url only names it).
-    pub content: Option<String>,
+    pub(crate) content: Option<String>,
     /// From the operator's own sources file: local paths may be read.
-    pub trusted: bool,
+    pub(crate) trusted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceState {
+pub(crate) enum SourceState {
     Pending,
     Fetching,
     Fetched,
@@ -202,7 +202,7 @@ pub enum SourceState {
 }
 
 impl SourceState {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             SourceState::Pending => "pending",
             SourceState::Fetching => "fetching",
@@ -214,13 +214,13 @@ impl SourceState {
 
 /// How fetching one source went.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceStatus {
-    pub url: String,
-    pub state: SourceState,
-    pub candidates: u64,
-    pub rejected: u64,
-    pub bytes: u64,
-    pub error: String,
+pub(crate) struct SourceStatus {
+    pub(crate) url: String,
+    pub(crate) state: SourceState,
+    pub(crate) candidates: u64,
+    pub(crate) rejected: u64,
+    pub(crate) bytes: u64,
+    pub(crate) error: String,
 }
 
 /// Verdict texts kept for sharing, at most: a million verdicts mostly repeat a few details.

@@ -25,37 +25,37 @@ impl Changed {
 
 /// What the store keeps of a job besides its candidates, verdicts and chunks.
 #[derive(Debug, Clone, PartialEq)]
-pub struct JobRecord {
-    pub id: String,
-    pub name: String,
-    pub settings: JobSettings,
-    pub state: JobState,
-    pub reason: String,
-    pub created_wall_ms: u64,
-    pub ended_wall_ms: u64,
-    pub reassignments: u64,
-    pub stale_refused: u64,
-    pub handed_back: u64,
-    pub sources: Vec<SourceStatus>,
+pub(crate) struct JobRecord {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) settings: JobSettings,
+    pub(crate) state: JobState,
+    pub(crate) reason: String,
+    pub(crate) created_wall_ms: u64,
+    pub(crate) ended_wall_ms: u64,
+    pub(crate) reassignments: u64,
+    pub(crate) stale_refused: u64,
+    pub(crate) handed_back: u64,
+    pub(crate) sources: Vec<SourceStatus>,
     /// Sources not fetched yet (a job still queued or scraping).
-    pub source_specs: Vec<SourceSpec>,
-    pub dropped: BTreeMap<String, u64>,
+    pub(crate) source_specs: Vec<SourceSpec>,
+    pub(crate) dropped: BTreeMap<String, u64>,
     /// How many candidates the job holds; the store checks its candidate rows against it.
-    pub candidate_count: u64,
+    pub(crate) candidate_count: u64,
 }
 
 /// What the store keeps of a chunk: its range follows from the job's chunk size.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChunkRecord {
-    pub chunk_id: ChunkId,
-    pub attempts: u32,
-    pub leases: u32,
-    pub failed: bool,
+pub(crate) struct ChunkRecord {
+    pub(crate) chunk_id: ChunkId,
+    pub(crate) attempts: u32,
+    pub(crate) leases: u32,
+    pub(crate) failed: bool,
 }
 
 /// A change the store must persist, in the order it happened.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Record {
+pub(crate) enum Record {
     Job(Box<JobRecord>),
     /// The job's whole candidate list (at submit, and again once its sources are scraped).
     Candidates {
@@ -77,11 +77,11 @@ pub enum Record {
 
 /// A job as the store had it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StoredJob {
-    pub record: JobRecord,
-    pub candidates: Vec<Candidate>,
-    pub verdicts: Vec<Verdict>,
-    pub chunks: Vec<ChunkRecord>,
+pub(crate) struct StoredJob {
+    pub(crate) record: JobRecord,
+    pub(crate) candidates: Vec<Candidate>,
+    pub(crate) verdicts: Vec<Verdict>,
+    pub(crate) chunks: Vec<ChunkRecord>,
 }
 
 pub(super) fn job_record(job: &Job) -> JobRecord {
@@ -107,7 +107,7 @@ pub(super) fn job_record(job: &Job) -> JobRecord {
 
 impl Scheduler {
     /// Changes to persist since the last call, in order; each changed job's row comes last.
-    pub fn take_journal(&mut self) -> Vec<Record> {
+    pub(crate) fn take_journal(&mut self) -> Vec<Record> {
         let mut records = std::mem::take(&mut self.journal);
         for id in std::mem::take(&mut self.changed.save) {
             if let Some(job) = self.jobs.get(&id) {
@@ -119,7 +119,12 @@ impl Scheduler {
 
     /// Brings back a job from the store after a restart. Recorded verdicts stay; chunks not
     /// finished are queued again (leases are not persisted); a job that was scraping scrapes again.
-    pub fn restore(&mut self, stored: StoredJob, now: Instant, wall_now: u64) -> Vec<Outbound> {
+    pub(crate) fn restore(
+        &mut self,
+        stored: StoredJob,
+        now: Instant,
+        wall_now: u64,
+    ) -> Vec<Outbound> {
         let StoredJob {
             record,
             candidates,
@@ -211,17 +216,17 @@ impl Scheduler {
     }
 
     /// Jobs whose sources are to be fetched since the last call, in the order they started.
-    pub fn take_scrapes(&mut self) -> Vec<Scrape> {
+    pub(crate) fn take_scrapes(&mut self) -> Vec<Scrape> {
         std::mem::take(&mut self.scrapes)
     }
 
     /// Ids of jobs whose snapshot changed since the last call.
-    pub fn take_dirty(&mut self) -> BTreeSet<String> {
+    pub(crate) fn take_dirty(&mut self) -> BTreeSet<String> {
         std::mem::take(&mut self.changed.watch)
     }
 
     /// Marks a job's snapshot as changed again, for a later `take_dirty`.
-    pub fn mark_dirty(&mut self, job_id: &str) {
+    pub(crate) fn mark_dirty(&mut self, job_id: &str) {
         self.changed.watch.insert(job_id.to_string());
     }
 }

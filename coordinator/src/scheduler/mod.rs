@@ -18,10 +18,12 @@ mod tests;
 mod verdict;
 mod view;
 
-pub use jobs::{ChunkState, JobSettings, JobState, NewJob, SourceSpec, SourceState, SourceStatus};
-pub use journal::{ChunkRecord, JobRecord, Record, StoredJob};
-pub use verdict::{Anonymity, Reason, UsableFilter, Verdict};
-pub use view::{
+pub use jobs::JobState;
+pub(crate) use jobs::{ChunkState, JobSettings, NewJob, SourceSpec, SourceState, SourceStatus};
+pub(crate) use journal::{ChunkRecord, JobRecord, Record, StoredJob};
+pub use verdict::{Anonymity, Reason};
+pub(crate) use verdict::{UsableFilter, Verdict};
+pub(crate) use view::{
     ChunkInfo, Followed, JobProgress, JobSnapshot, Metrics, ResultRow, RowFilter, StoredRows,
     WorkerSnapshot,
 };
@@ -36,37 +38,37 @@ use std::time::{Duration, Instant};
 
 use crate::candidate::Candidate;
 
-pub type LeaseId = u64;
-pub type SessionId = u64;
-pub type ChunkId = u32;
+pub(crate) type LeaseId = u64;
+pub(crate) type SessionId = u64;
+pub(crate) type ChunkId = u32;
 
 /// Settings of the lease protocol, fixed for the coordinator's life.
 #[derive(Debug, Clone)]
-pub struct LeaseConfig {
+pub(crate) struct LeaseConfig {
     /// A session silent this long loses its leases.
-    pub lease_ttl: Duration,
+    pub(crate) lease_ttl: Duration,
     /// Judges of jobs that name none: the coordinator's, as configured now (they may move
     /// between restarts, so jobs do not keep them).
-    pub default_judges: Vec<String>,
+    pub(crate) default_judges: Vec<String>,
 }
 
 /// A chunk as leased to a worker.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Assignment {
-    pub lease_id: LeaseId,
-    pub job_id: String,
-    pub chunk_id: ChunkId,
-    pub attempt: u32,
+pub(crate) struct Assignment {
+    pub(crate) lease_id: LeaseId,
+    pub(crate) job_id: String,
+    pub(crate) chunk_id: ChunkId,
+    pub(crate) attempt: u32,
     /// Unchecked candidates of the chunk, with their job indices.
-    pub candidates: Vec<(u32, Candidate)>,
-    pub judge_urls: Vec<String>,
-    pub timeout: Duration,
-    pub connect_timeout: Duration,
+    pub(crate) candidates: Vec<(u32, Candidate)>,
+    pub(crate) judge_urls: Vec<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
 }
 
 /// A message for one worker session.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     Assign(SessionId, Assignment),
     LeaseDone(SessionId, LeaseId),
     Revoke(SessionId, LeaseId, &'static str),
@@ -77,14 +79,14 @@ pub enum Outbound {
 /// A job entered SCRAPING: fetch its sources, then hand their candidates to
 /// [`Scheduler::scraped`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct Scrape {
-    pub job_id: String,
-    pub sources: Vec<SourceSpec>,
+pub(crate) struct Scrape {
+    pub(crate) job_id: String,
+    pub(crate) sources: Vec<SourceSpec>,
 }
 
 /// What a client may get wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum JobError {
+pub(crate) enum JobError {
     #[error("no job with id {0:?}; `proxyfleet jobs` lists the known jobs")]
     NotFound(String),
     /// An ended job's rows live in the store, and reading them failed.
@@ -94,27 +96,27 @@ pub enum JobError {
 
 /// What a worker said hello with.
 #[derive(Debug, Clone)]
-pub struct Hello {
-    pub worker_id: String,
-    pub name: String,
-    pub version: String,
-    pub peer: String,
-    pub capacity: u32,
-    pub max_checks: u32,
+pub(crate) struct Hello {
+    pub(crate) worker_id: String,
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) peer: String,
+    pub(crate) capacity: u32,
+    pub(crate) max_checks: u32,
 }
 
 /// What a worker found when it asked a judge directly.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JudgeStatus {
-    pub url: String,
-    pub ok: bool,
-    pub own_ip: String,
-    pub error: String,
+pub(crate) struct JudgeStatus {
+    pub(crate) url: String,
+    pub(crate) ok: bool,
+    pub(crate) own_ip: String,
+    pub(crate) error: String,
 }
 
 /// The whole scheduling state of a coordinator.
 #[derive(Debug)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     /// The lease protocol's settings, fixed for the coordinator's life.
     config: LeaseConfig,
     /// Every job, by id; the order of ids in `job_order` is submission order.
@@ -139,23 +141,23 @@ pub struct Scheduler {
 
 /// Event totals since the coordinator started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub leases_granted: u64,
-    pub leases_completed: u64,
+pub(crate) struct Counters {
+    pub(crate) leases_granted: u64,
+    pub(crate) leases_completed: u64,
     /// Taken back from a worker that went silent past the lease TTL.
-    pub leases_expired: u64,
+    pub(crate) leases_expired: u64,
     /// Taken back from a worker that vanished (stream broken, silent or replaced) and queued again.
-    pub leases_requeued: u64,
-    pub leases_handed_back: u64,
-    pub verdicts_usable: u64,
-    pub verdicts_unusable: u64,
-    pub stale_verdicts_refused: u64,
-    pub chunks_failed: u64,
+    pub(crate) leases_requeued: u64,
+    pub(crate) leases_handed_back: u64,
+    pub(crate) verdicts_usable: u64,
+    pub(crate) verdicts_unusable: u64,
+    pub(crate) stale_verdicts_refused: u64,
+    pub(crate) chunks_failed: u64,
 }
 
 impl Scheduler {
     /// `first_lease_id` lets lease ids stay unique across coordinator restarts.
-    pub fn new(config: LeaseConfig, first_lease_id: LeaseId) -> Self {
+    pub(crate) fn new(config: LeaseConfig, first_lease_id: LeaseId) -> Self {
         Scheduler {
             config,
             jobs: HashMap::new(),
@@ -170,12 +172,8 @@ impl Scheduler {
         }
     }
 
-    pub fn lease_ttl(&self) -> Duration {
-        self.config.lease_ttl
-    }
-
     /// Queues a job; it starts checking at once unless another job of its pool is running.
-    pub fn submit(&mut self, new: NewJob, now: Instant, wall_ms: u64) -> Vec<Outbound> {
+    pub(crate) fn submit(&mut self, new: NewJob, now: Instant, wall_ms: u64) -> Vec<Outbound> {
         let job = Job::new(new, now, wall_ms);
         let id = job.id.clone();
         self.journal.push(Record::Candidates {
@@ -238,7 +236,7 @@ impl Scheduler {
     }
 
     /// A source of a scraping job started, progressed or ended.
-    pub fn source_progress(&mut self, job_id: &str, status: SourceStatus) {
+    pub(crate) fn source_progress(&mut self, job_id: &str, status: SourceStatus) {
         if let Some(job) = self.jobs.get_mut(job_id)
             && let Some(slot) = job.sources.iter_mut().find(|s| s.url == status.url)
         {
@@ -249,7 +247,7 @@ impl Scheduler {
 
     /// The job's sources are fetched: their candidates join the job (each proxy once) and checking
     /// starts. A job left with no candidate fails, saying why.
-    pub fn scraped(
+    pub(crate) fn scraped(
         &mut self,
         job_id: &str,
         candidates: Vec<Candidate>,
@@ -308,7 +306,7 @@ impl Scheduler {
 
     /// A worker reports what a judge answered it directly. A job whose every judge is down for
     /// that worker fails at once, saying so, rather than recording every proxy as dead.
-    pub fn judge_status(
+    pub(crate) fn judge_status(
         &mut self,
         session: SessionId,
         status: JudgeStatus,
@@ -350,7 +348,7 @@ impl Scheduler {
     }
 
     /// A worker opened a session. A previous session with the same worker id is replaced.
-    pub fn hello(&mut self, hello: Hello, now: Instant) -> (SessionId, Vec<Outbound>) {
+    pub(crate) fn hello(&mut self, hello: Hello, now: Instant) -> (SessionId, Vec<Outbound>) {
         let mut out = Vec::new();
         for old in self.fleet.sessions_of(&hello.worker_id) {
             self.end_session(old, now, &mut out);
@@ -362,7 +360,8 @@ impl Scheduler {
     }
 
     /// Verdicts for a lease. Accepted only from the live lease's holder; otherwise refused and counted.
-    pub fn verdicts(
+    #[cfg(test)]
+    pub(crate) fn verdicts(
         &mut self,
         session: SessionId,
         lease_id: LeaseId,
@@ -375,7 +374,7 @@ impl Scheduler {
 
     /// Verdicts naming the job they are for, so that refused ones for a lease this scheduler never
     /// knew (granted before a restart) still count against their job.
-    pub fn verdicts_of_job(
+    pub(crate) fn verdicts_of_job(
         &mut self,
         session: SessionId,
         lease_id: LeaseId,
@@ -441,7 +440,7 @@ impl Scheduler {
     }
 
     /// A heartbeat names the leases the worker believes it holds; any it does not hold is revoked.
-    pub fn heartbeat(
+    pub(crate) fn heartbeat(
         &mut self,
         session: SessionId,
         claimed: &[LeaseId],
@@ -461,14 +460,14 @@ impl Scheduler {
     }
 
     /// The worker is shutting down: no new leases for it.
-    pub fn draining(&mut self, session: SessionId, now: Instant) {
+    pub(crate) fn draining(&mut self, session: SessionId, now: Instant) {
         if self.fleet.touch(session, now) {
             self.fleet.set_draining(session);
         }
     }
 
     /// A draining worker gives a lease back unfinished; the chunk is queued again at no attempt.
-    pub fn hand_back(
+    pub(crate) fn hand_back(
         &mut self,
         session: SessionId,
         lease_id: LeaseId,
@@ -488,7 +487,7 @@ impl Scheduler {
     }
 
     /// The session's stream ended (broke or closed): its leases go back to the queue at once.
-    pub fn disconnect(&mut self, session: SessionId, now: Instant) -> Vec<Outbound> {
+    pub(crate) fn disconnect(&mut self, session: SessionId, now: Instant) -> Vec<Outbound> {
         let mut out = Vec::new();
         self.end_session(session, now, &mut out);
         out.extend(self.assign(now));
@@ -510,7 +509,7 @@ impl Scheduler {
     }
 
     /// Expires silent sessions' leases and overdue jobs; call often (a few times a second).
-    pub fn tick(&mut self, now: Instant, wall_ms: u64) -> Vec<Outbound> {
+    pub(crate) fn tick(&mut self, now: Instant, wall_ms: u64) -> Vec<Outbound> {
         let mut out = Vec::new();
         let ttl = self.config.lease_ttl;
         for (id, leases) in self.fleet.silence(now, ttl) {
@@ -566,7 +565,7 @@ impl Scheduler {
     }
 
     /// Cancels a job that has not ended; returns its snapshot either way.
-    pub fn cancel(
+    pub(crate) fn cancel(
         &mut self,
         job_id: &str,
         now: Instant,
@@ -593,7 +592,7 @@ impl Scheduler {
     }
 
     /// Pushes queued chunks to sessions with free capacity, least loaded first.
-    pub fn assign(&mut self, now: Instant) -> Vec<Outbound> {
+    pub(crate) fn assign(&mut self, now: Instant) -> Vec<Outbound> {
         let mut out = Vec::new();
         loop {
             // While more work is queued than every worker's slots can take, each may hold twice its
@@ -748,7 +747,7 @@ impl Scheduler {
     }
 
     /// Jobs not ended yet.
-    pub fn active_jobs(&self) -> usize {
+    pub(crate) fn active_jobs(&self) -> usize {
         self.jobs
             .values()
             .filter(|j| !j.state.is_terminal())
@@ -756,7 +755,7 @@ impl Scheduler {
     }
 
     /// The job of `pool` not ended yet, if any.
-    pub fn running_in(&self, pool: &str) -> Option<String> {
+    pub(crate) fn running_in(&self, pool: &str) -> Option<String> {
         self.jobs
             .values()
             .find(|j| j.settings.pool == pool && !j.state.is_terminal())
@@ -767,7 +766,7 @@ impl Scheduler {
     /// read from the store (see [`Scheduler::stored_rows`]). Called once the job's end and every
     /// verdict before it are durable, so memory follows the jobs at work, not history. Returns
     /// whether the job is (now) kept in the store only.
-    pub fn keep_in_store(&mut self, job_id: &str) -> bool {
+    pub(crate) fn keep_in_store(&mut self, job_id: &str) -> bool {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return false;
         };
@@ -780,7 +779,7 @@ impl Scheduler {
     }
 
     /// Forgets an ended job (pruned from the store). A job still running is kept.
-    pub fn forget(&mut self, job_id: &str) {
+    pub(crate) fn forget(&mut self, job_id: &str) {
         if !self.jobs.get(job_id).is_some_and(|j| j.state.is_terminal()) {
             return;
         }
@@ -806,7 +805,7 @@ impl Scheduler {
     }
 
     /// Lease ids this scheduler will hand out next; the store keeps the high-water mark.
-    pub fn next_lease_id(&self) -> LeaseId {
+    pub(crate) fn next_lease_id(&self) -> LeaseId {
         self.fleet.next_lease_id()
     }
 }

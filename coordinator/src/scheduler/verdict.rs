@@ -15,7 +15,7 @@ pub enum Anonymity {
 }
 
 impl Anonymity {
-    pub const ALL: [Anonymity; 4] = [
+    pub(crate) const ALL: [Anonymity; 4] = [
         Anonymity::Unknown,
         Anonymity::Transparent,
         Anonymity::Anonymous,
@@ -39,17 +39,17 @@ impl Anonymity {
 
 /// A job's conditions on a working proxy, beyond working.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct UsableFilter {
-    pub max_latency: Option<Duration>,
-    pub min_anonymity: Option<Anonymity>,
+pub(crate) struct UsableFilter {
+    pub(crate) max_latency: Option<Duration>,
+    pub(crate) min_anonymity: Option<Anonymity>,
     /// The proxy must have carried a tunnel: an HTTPS or SOCKS proxy, or any proxy checked against
     /// an https judge.
-    pub require_https: bool,
+    pub(crate) require_https: bool,
 }
 
 impl UsableFilter {
     /// Why a working proxy does not count as usable, if it does not.
-    pub fn refuse(
+    pub(crate) fn refuse(
         &self,
         verdict: &Verdict,
         candidate: &Candidate,
@@ -100,7 +100,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub(crate) const ALL: [Reason; 10] = [
         Reason::None,
         Reason::Refused,
         Reason::Timeout,
@@ -136,14 +136,14 @@ impl Reason {
 
 /// A worker's verdict on one candidate of its lease.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// Candidate index in the job.
-    pub index: u32,
-    pub usable: bool,
-    pub reason: Reason,
-    pub latency_ms: u32,
-    pub exit_ip: Arc<str>,
-    pub detail: Arc<str>,
-    pub anonymity: Anonymity,
-    pub connect_ms: u32,
+    pub(crate) index: u32,
+    pub(crate) usable: bool,
+    pub(crate) reason: Reason,
+    pub(crate) latency_ms: u32,
+    pub(crate) exit_ip: Arc<str>,
+    pub(crate) detail: Arc<str>,
+    pub(crate) anonymity: Anonymity,
+    pub(crate) connect_ms: u32,
 }

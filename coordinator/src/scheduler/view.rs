@@ -8,14 +8,14 @@ use super::*;
 
 /// Where an ended job's rows are read once they left memory: the store, given these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredRows {
-    pub chunk_size: u32,
-    pub total: u64,
+pub(crate) struct StoredRows {
+    pub(crate) chunk_size: u32,
+    pub(crate) total: u64,
 }
 
 /// Which rows of a job's results a page holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RowFilter {
+pub(crate) enum RowFilter {
     All,
     /// Candidates with a usable verdict.
     Usable,
@@ -24,7 +24,7 @@ pub enum RowFilter {
 }
 
 impl RowFilter {
-    pub fn usable_only(usable_only: bool) -> Self {
+    pub(crate) fn usable_only(usable_only: bool) -> Self {
         if usable_only {
             RowFilter::Usable
         } else {
@@ -32,7 +32,7 @@ impl RowFilter {
         }
     }
 
-    pub fn keeps(self, verdict: Option<&Verdict>) -> bool {
+    pub(crate) fn keeps(self, verdict: Option<&Verdict>) -> bool {
         match self {
             RowFilter::All => true,
             RowFilter::Usable => verdict.is_some_and(|v| v.usable),
@@ -43,102 +43,102 @@ impl RowFilter {
 
 /// Counts of a job as clients see them.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct JobProgress {
-    pub chunks_total: u64,
-    pub chunks_queued: u64,
-    pub chunks_leased: u64,
-    pub chunks_done: u64,
-    pub chunks_failed: u64,
-    pub proxies_total: u64,
-    pub proxies_checked: u64,
-    pub proxies_usable: u64,
-    pub workers: u64,
-    pub checks_per_second: f64,
-    pub eta: Option<Duration>,
-    pub reassignments: u64,
-    pub stale_verdicts_refused: u64,
-    pub handed_back: u64,
-    pub elapsed: Duration,
+pub(crate) struct JobProgress {
+    pub(crate) chunks_total: u64,
+    pub(crate) chunks_queued: u64,
+    pub(crate) chunks_leased: u64,
+    pub(crate) chunks_done: u64,
+    pub(crate) chunks_failed: u64,
+    pub(crate) proxies_total: u64,
+    pub(crate) proxies_checked: u64,
+    pub(crate) proxies_usable: u64,
+    pub(crate) workers: u64,
+    pub(crate) checks_per_second: f64,
+    pub(crate) eta: Option<Duration>,
+    pub(crate) reassignments: u64,
+    pub(crate) stale_verdicts_refused: u64,
+    pub(crate) handed_back: u64,
+    pub(crate) elapsed: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChunkInfo {
-    pub id: ChunkId,
-    pub state: ChunkState,
-    pub size: u32,
-    pub checked: u32,
-    pub attempts: u32,
-    pub leases: u32,
-    pub holder: String,
+pub(crate) struct ChunkInfo {
+    pub(crate) id: ChunkId,
+    pub(crate) state: ChunkState,
+    pub(crate) size: u32,
+    pub(crate) checked: u32,
+    pub(crate) attempts: u32,
+    pub(crate) leases: u32,
+    pub(crate) holder: String,
 }
 
 /// A job as clients see it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct JobSnapshot {
-    pub id: String,
-    pub name: String,
-    pub state: JobState,
-    pub reason: String,
-    pub settings: JobSettings,
-    pub progress: JobProgress,
-    pub created_wall_ms: u64,
-    pub ended_wall_ms: u64,
-    pub chunks: Vec<ChunkInfo>,
-    pub sources: Vec<SourceStatus>,
-    pub dropped: BTreeMap<String, u64>,
+pub(crate) struct JobSnapshot {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) state: JobState,
+    pub(crate) reason: String,
+    pub(crate) settings: JobSettings,
+    pub(crate) progress: JobProgress,
+    pub(crate) created_wall_ms: u64,
+    pub(crate) ended_wall_ms: u64,
+    pub(crate) chunks: Vec<ChunkInfo>,
+    pub(crate) sources: Vec<SourceStatus>,
+    pub(crate) dropped: BTreeMap<String, u64>,
 }
 
 /// A worker session as clients see it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WorkerSnapshot {
-    pub session_id: SessionId,
-    pub worker_id: String,
-    pub name: String,
-    pub version: String,
-    pub peer: String,
-    pub status: &'static str,
-    pub leases: Vec<LeaseId>,
-    pub capacity: u32,
-    pub max_checks: u32,
-    pub connected_for: Duration,
-    pub last_seen_ago: Duration,
-    pub verdicts_accepted: u64,
-    pub judges: Vec<JudgeStatus>,
+pub(crate) struct WorkerSnapshot {
+    pub(crate) session_id: SessionId,
+    pub(crate) worker_id: String,
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) peer: String,
+    pub(crate) status: &'static str,
+    pub(crate) leases: Vec<LeaseId>,
+    pub(crate) capacity: u32,
+    pub(crate) max_checks: u32,
+    pub(crate) connected_for: Duration,
+    pub(crate) last_seen_ago: Duration,
+    pub(crate) verdicts_accepted: u64,
+    pub(crate) judges: Vec<JudgeStatus>,
 }
 
 /// One candidate of a job with its verdict, if any.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ResultRow {
-    pub candidate: Candidate,
-    pub chunk_id: ChunkId,
-    pub verdict: Option<Verdict>,
+pub(crate) struct ResultRow {
+    pub(crate) candidate: Candidate,
+    pub(crate) chunk_id: ChunkId,
+    pub(crate) verdict: Option<Verdict>,
 }
 
 /// A page of followed results.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Followed {
-    pub rows: Vec<ResultRow>,
-    pub cursor: usize,
+pub(crate) struct Followed {
+    pub(crate) rows: Vec<ResultRow>,
+    pub(crate) cursor: usize,
     /// The job has ended and these were its last recorded verdicts.
-    pub done: bool,
+    pub(crate) done: bool,
 }
 
 /// What the metrics endpoint shows of the scheduler.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Metrics {
-    pub counters: Counters,
-    pub jobs_by_state: BTreeMap<&'static str, u64>,
-    pub chunks_by_state: BTreeMap<&'static str, u64>,
-    pub workers_by_status: BTreeMap<&'static str, u64>,
-    pub leases_live: u64,
+pub(crate) struct Metrics {
+    pub(crate) counters: Counters,
+    pub(crate) jobs_by_state: BTreeMap<&'static str, u64>,
+    pub(crate) chunks_by_state: BTreeMap<&'static str, u64>,
+    pub(crate) workers_by_status: BTreeMap<&'static str, u64>,
+    pub(crate) leases_live: u64,
 }
 
 impl Scheduler {
-    pub fn job_ids(&self) -> Vec<String> {
+    pub(crate) fn job_ids(&self) -> Vec<String> {
         self.job_order.iter().rev().cloned().collect()
     }
 
-    pub fn snapshot(
+    pub(crate) fn snapshot(
         &self,
         job_id: &str,
         include_chunks: bool,
@@ -240,7 +240,7 @@ impl Scheduler {
         })
     }
 
-    pub fn workers(&self, now: Instant) -> Vec<WorkerSnapshot> {
+    pub(crate) fn workers(&self, now: Instant) -> Vec<WorkerSnapshot> {
         self.fleet
             .sessions()
             .map(|(id, s)| WorkerSnapshot {
@@ -268,7 +268,12 @@ impl Scheduler {
     }
 
     /// Every candidate of the job once, in candidate order (a job whose rows are in memory).
-    pub fn results(&self, job_id: &str, filter: RowFilter) -> Result<Vec<ResultRow>, JobError> {
+    #[cfg(test)]
+    pub(crate) fn results(
+        &self,
+        job_id: &str,
+        filter: RowFilter,
+    ) -> Result<Vec<ResultRow>, JobError> {
         Ok(self.results_page(job_id, 0, usize::MAX, filter)?.0)
     }
 
@@ -276,7 +281,7 @@ impl Scheduler {
     /// most `limit` * 64 candidates looked at); returns the rows and where the next page starts,
     /// or `None` after the last candidate. A job kept in the store has no rows here: see
     /// [`Scheduler::stored_rows`].
-    pub fn results_page(
+    pub(crate) fn results_page(
         &self,
         job_id: &str,
         start: usize,
@@ -310,7 +315,7 @@ impl Scheduler {
     /// the new cursor; `done` says the job has ended and every recorded verdict was read. A
     /// follower then reads the candidates never checked with [`RowFilter::Unchecked`] pages, and
     /// so sees every candidate exactly once. A job kept in the store has no rows here.
-    pub fn results_since(
+    pub(crate) fn results_since(
         &self,
         job_id: &str,
         cursor: usize,
@@ -341,7 +346,7 @@ impl Scheduler {
     }
 
     /// Where a job's rows are when they are no longer in memory; `None` while they are.
-    pub fn stored_rows(&self, job_id: &str) -> Result<Option<StoredRows>, JobError> {
+    pub(crate) fn stored_rows(&self, job_id: &str) -> Result<Option<StoredRows>, JobError> {
         let job = self
             .jobs
             .get(job_id)
@@ -353,7 +358,7 @@ impl Scheduler {
     }
 
     /// Counts for the metrics endpoint.
-    pub fn metrics(&self) -> Metrics {
+    pub(crate) fn metrics(&self) -> Metrics {
         let mut m = Metrics {
             counters: self.counters.clone(),
             leases_live: self.fleet.live_leases() as u64,
@@ -396,7 +401,8 @@ impl Scheduler {
     }
 
     /// Refused stale verdicts over every job.
-    pub fn stale_refused_total(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn stale_refused_total(&self) -> u64 {
         self.counters.stale_verdicts_refused
     }
 }
