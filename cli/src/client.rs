@@ -3,9 +3,9 @@
 use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
 
+use proxyfleet_common::auth::BearerToken;
 use proxyfleet_coordinator::Protocol;
 use proxyfleet_coordinator::wire as convert;
-use proxyfleet_proto::auth::BearerToken;
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_proto::v1::coordinator_client::CoordinatorClient;
 use tonic::service::interceptor::InterceptedService;

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use proxyfleet_common::net::listen;
 use proxyfleet_coordinator::CoordinatorConfig;
 use proxyfleet_farm::lists::{Answer, ListServer};
 use proxyfleet_farm::sim::Farm;
-use proxyfleet_proto::net::listen;
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_worker::WorkerConfig;
 use tokio::sync::watch;
@@ -317,7 +317,7 @@ async fn usable_proxies(
         .await
         .map_err(|s| failure(format!("reading results from {url}: {}", s.message())))?
         .into_inner();
-    let mut rows = proxyfleet_proto::results::read_all(pages)
+    let mut rows = proxyfleet_common::results::read_all(pages)
         .await
         .map_err(|s| failure(s.message()))?;
     rows.sort_by_key(|r| r.latency_ms);

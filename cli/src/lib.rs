@@ -14,11 +14,11 @@ impl Cli {
     pub fn remote(&self) -> Result<client::Remote, Failure> {
         let bad = |what: String| Failure::new(client::EXIT_BAD_INPUT, format!("error: {what}"));
         let token =
-            proxyfleet_proto::auth::token_from(self.token.as_deref(), self.token_file.as_deref())
+            proxyfleet_common::auth::token_from(self.token.as_deref(), self.token_file.as_deref())
                 .map_err(|e| bad(format!("--token-file: {e}")))?;
-        let token = proxyfleet_proto::auth::BearerToken::new(token.as_deref())
+        let token = proxyfleet_common::auth::BearerToken::new(token.as_deref())
             .map_err(|e| bad(format!("--token: {e}")))?;
-        let tls = proxyfleet_proto::tls::client_config(
+        let tls = proxyfleet_common::tls::client_config(
             self.ca.as_deref(),
             self.client_cert.as_deref().zip(self.client_key.as_deref()),
         )

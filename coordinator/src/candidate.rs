@@ -806,7 +806,7 @@ fn normalize_host(host: &str) -> Result<String, Fault> {
     }
     // `0x7f000001`, `0177.0.0.1` or `127.1` is an address to some readers and a name to others:
     // only the dotted quad is taken.
-    if proxyfleet_proto::url::ends_in_a_number(host) {
+    if proxyfleet_common::url::ends_in_a_number(host) {
         return Err(bad(format!(
             "{host:?} is not a valid IPv4 address (write it as a plain dotted quad a.b.c.d)"
         )));
@@ -845,7 +845,7 @@ fn check_target(host: &str, policy: TargetPolicy) -> Result<(), Fault> {
     Ok(())
 }
 
-pub(crate) use proxyfleet_proto::addr::is_private;
+pub(crate) use proxyfleet_common::addr::is_private;
 
 fn all_digits(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_digit())

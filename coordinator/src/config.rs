@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use proxyfleet_proto::auth::{TokenFileError, token_from};
+use proxyfleet_common::auth::{TokenFileError, token_from};
 
 use crate::candidate::TargetPolicy;
 
@@ -301,7 +301,7 @@ impl CoordinatorConfig {
         if let Some(bad) = self
             .judge_urls
             .iter()
-            .find(|u| proxyfleet_proto::url::HttpUrl::parse(u).is_err())
+            .find(|u| proxyfleet_common::url::HttpUrl::parse(u).is_err())
         {
             return Err(ConfigError::JudgeUrl(bad.clone()));
         }
@@ -441,7 +441,7 @@ pub fn default_judge_url(addr: SocketAddr) -> String {
             .unwrap_or_else(|| "localhost".into());
         let url = format!("http://{host}:{}/judge", addr.port());
         // A host name the URL parser refuses (all digits, say) is no name workers can use.
-        if proxyfleet_proto::url::HttpUrl::parse(&url).is_ok() {
+        if proxyfleet_common::url::HttpUrl::parse(&url).is_ok() {
             url
         } else {
             format!("http://localhost:{}/judge", addr.port())

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use proxyfleet_proto::guard::{DialError, Guard};
-use proxyfleet_proto::url::{HttpUrl, UrlError};
+use proxyfleet_common::guard::{DialError, Guard};
+use proxyfleet_common::url::{HttpUrl, UrlError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Semaphore;
 

@@ -20,7 +20,7 @@ mod submit;
 use std::future::Future;
 
 use listener::{GuardedListener, Plain, PortLimits};
-use proxyfleet_proto::auth::TokenCheck;
+use proxyfleet_common::auth::TokenCheck;
 use proxyfleet_proto::v1::coordinator_server::CoordinatorServer;
 use proxyfleet_proto::v1::workers_server::WorkersServer;
 use tokio::net::TcpListener;
@@ -164,7 +164,7 @@ pub async fn run(
             match listener {
                 Some(listener) => {
                     let page = move || metrics::render(&state.metrics());
-                    proxyfleet_proto::metrics::serve(listener, page, async move {
+                    proxyfleet_common::metrics::serve(listener, page, async move {
                         let _ = stop.changed().await;
                     })
                     .await

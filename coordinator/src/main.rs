@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 use clap::Parser;
+use proxyfleet_common::net::listen;
 use proxyfleet_coordinator::{Cli, CoordinatorConfig};
-use proxyfleet_proto::net::listen;
 use tokio::net::TcpListener;
 
 /// Many small allocations (candidates, verdicts, messages) come and go: mimalloc serves them with
@@ -16,8 +16,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    proxyfleet_proto::logging::init(&cli.log_format, "info");
-    let open_files = match proxyfleet_proto::net::raise_open_files_limit() {
+    proxyfleet_common::logging::init(&cli.log_format, "info");
+    let open_files = match proxyfleet_common::net::raise_open_files_limit() {
         Ok(limit) => {
             tracing::info!(
                 open_files = limit.soft,

@@ -1,6 +1,6 @@
 //! The coordinator's metrics, as Prometheus text.
 
-use proxyfleet_proto::metrics::Exposition;
+use proxyfleet_common::metrics::Exposition;
 
 use crate::scheduler::Metrics;
 

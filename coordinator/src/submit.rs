@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use proxyfleet_proto::url::HttpUrl;
+use proxyfleet_common::url::HttpUrl;
 use proxyfleet_proto::v1 as pb;
 
 use crate::candidate::{self, Candidate, Protocol, Rejected, TargetPolicy};

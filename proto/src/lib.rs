@@ -1,16 +1,8 @@
-//! The proxyfleet wire protocol, generated from `proto/proxyfleet/v1/proxyfleet.proto`.
+//! The proxyfleet wire protocol, generated from `proto/proxyfleet/v1/proxyfleet.proto`, and its
+//! descriptor set for reflection. Nothing else: what the parts share besides the wire is in
+//! `proxyfleet-common`.
 
 #![allow(clippy::large_enum_variant, clippy::derive_partial_eq_without_eq)]
-
-pub mod addr;
-pub mod auth;
-pub mod guard;
-pub mod logging;
-pub mod metrics;
-pub mod net;
-pub mod results;
-pub mod tls;
-pub mod url;
 
 pub mod v1 {
     tonic::include_proto!("proxyfleet.v1");

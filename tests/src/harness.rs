@@ -513,7 +513,7 @@ pub async fn results(
         .await
         .expect("GetResults")
         .into_inner();
-    proxyfleet_proto::results::read_all(pages)
+    proxyfleet_common::results::read_all(pages)
         .await
         .expect("results pages")
 }

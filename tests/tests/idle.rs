@@ -101,7 +101,7 @@ fn open_descriptors(pid: i32) -> u64 {
 async fn idle_connections_past_the_descriptor_limit_are_closed_without_spinning_or_locking_out_clients()
  {
     // This test holds 1,200 sockets itself.
-    proxyfleet_proto::net::raise_open_files_limit().expect("raising the open files limit");
+    proxyfleet_common::net::raise_open_files_limit().expect("raising the open files limit");
     let coordinator =
         CoordinatorProc::start_with_open_files(&["--first-request-timeout", "8s"], OPEN_FILES)
             .await;

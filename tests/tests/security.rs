@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use proxyfleet_proto::auth::BearerToken;
+use proxyfleet_common::auth::BearerToken;
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_proto::v1::coordinator_client::CoordinatorClient;
 use proxyfleet_proto::v1::workers_client::WorkersClient;

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::dial::{self, HandshakeError, JudgeUrl, Socks4Dest, Socks5Dest};
-use proxyfleet_proto::guard::{DialError, Guard};
+use proxyfleet_common::guard::{DialError, Guard};
 
 /// A proxy to check, as leased.
 #[derive(Debug, Clone, PartialEq, Eq)]

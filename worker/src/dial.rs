@@ -12,7 +12,7 @@ const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// Where a request goes: the judge, parsed by the one URL parser the coordinator validates with.
-pub use proxyfleet_proto::url::HttpUrl as JudgeUrl;
+pub use proxyfleet_common::url::HttpUrl as JudgeUrl;
 
 /// What went wrong in a handshake, with the proxy's own words where it gave some.
 #[derive(Debug, Clone, PartialEq, Eq)]

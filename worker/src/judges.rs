@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proxyfleet_proto::guard::Guard;
+use proxyfleet_common::guard::Guard;
 use proxyfleet_proto::v1 as pb;
 use tokio::sync::{OnceCell, mpsc};
 use tracing::{info, warn};

@@ -107,7 +107,7 @@ pub struct WorkerConfig {
     /// Addresses known to be this worker's, besides those the judges report.
     pub public_ips: Vec<std::net::IpAddr>,
     /// Sent with every message to the coordinator.
-    pub token: proxyfleet_proto::auth::BearerToken,
+    pub token: proxyfleet_common::auth::BearerToken,
     /// TLS to the coordinator.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// Where to serve metrics, if anywhere.
@@ -172,11 +172,11 @@ impl TryFrom<Cli> for WorkerConfig {
             None => Vec::new(),
         };
         let token =
-            proxyfleet_proto::auth::token_from(cli.token.as_deref(), cli.token_file.as_deref())
+            proxyfleet_common::auth::token_from(cli.token.as_deref(), cli.token_file.as_deref())
                 .map_err(|e| ConfigError::Credentials(format!("--token-file: {e}")))?;
-        let token = proxyfleet_proto::auth::BearerToken::new(token.as_deref())
+        let token = proxyfleet_common::auth::BearerToken::new(token.as_deref())
             .map_err(|e| ConfigError::Credentials(format!("--token: {e}")))?;
-        let tls = proxyfleet_proto::tls::client_config(
+        let tls = proxyfleet_common::tls::client_config(
             cli.ca.as_deref(),
             cli.client_cert.as_deref().zip(cli.client_key.as_deref()),
         )

@@ -13,9 +13,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    proxyfleet_proto::logging::init(&cli.log_format, "info");
+    proxyfleet_common::logging::init(&cli.log_format, "info");
     // Every check in flight holds a descriptor or two.
-    match proxyfleet_proto::net::raise_open_files_limit() {
+    match proxyfleet_common::net::raise_open_files_limit() {
         Ok(limit) => tracing::info!(
             open_files = limit.soft,
             hard = limit.hard,

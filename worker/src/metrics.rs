@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use proxyfleet_proto::metrics::Exposition;
+use proxyfleet_common::metrics::Exposition;
 use proxyfleet_proto::v1 as pb;
 
 /// Upper bounds of the check latency histogram, in seconds.

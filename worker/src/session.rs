@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
-use proxyfleet_proto::guard::Guard;
+use proxyfleet_common::guard::Guard;
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_proto::v1::workers_client::WorkersClient;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -111,7 +111,7 @@ pub async fn run(config: WorkerConfig, mut drain: watch::Receiver<bool>) -> anyh
             let page = move || metrics.render(max - checks.available_permits(), max);
             Some(AbortOnDrop(tokio::spawn(async move {
                 if let Err(e) =
-                    proxyfleet_proto::metrics::serve(listener, page, std::future::pending()).await
+                    proxyfleet_common::metrics::serve(listener, page, std::future::pending()).await
                 {
                     warn!(error = %e, "the metrics endpoint stopped");
                 }

@@ -1,6 +1,6 @@
 //! Reading a job's results as a client does: a GetResults stream, page after page.
 
-use crate::v1;
+use proxyfleet_proto::v1;
 
 /// Every result a GetResults stream carries, in its order, once the stream ends; the first error
 /// ends the read (the job pruned meanwhile, the coordinator lost).
