@@ -29,19 +29,23 @@ impl<H: Handshake> Connected<IncomingStream<'_, GuardedListener<H, Http1Scan>>> 
 }
 
 /// Reads a PEM certificate chain and private key into a TLS acceptor for the judge.
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<TlsAcceptor, crate::Error> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect())
-        .map_err(|e| anyhow::anyhow!("--judge-tls-cert {}: {e}", cert.display()))?;
+        .map_err(|e| crate::Error::tls("--judge-tls-cert", cert, e))?;
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| anyhow::anyhow!("--judge-tls-key {}: {e}", key.display()))?;
+        .map_err(|e| crate::Error::tls("--judge-tls-key", key, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_single_cert(chain, key)
+        .map_err(|e| crate::Error::tls("--judge-tls-cert and --judge-tls-key", cert, e))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -4,6 +4,7 @@
 mod candidate;
 mod config;
 mod convert;
+mod error;
 mod fetch;
 mod first_request;
 mod grpc;
@@ -31,6 +32,7 @@ pub use candidate::Protocol;
 pub use config::{
     Cli, ConfigError, CoordinatorConfig, check_exposure, default_judge_url, tokens_given,
 };
+pub use error::Error;
 pub use fetch::{Location, locate};
 pub use judge::tls_acceptor;
 pub use scheduler::{Anonymity, JobState, Reason};
@@ -54,12 +56,10 @@ pub async fn run(
     metrics: Option<TcpListener>,
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create the data dir {}: {e}; pass a writable --data-dir",
-            config.data_dir.display()
-        )
+) -> Result<(), Error> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+        dir: config.data_dir.display().to_string(),
+        source,
     })?;
     let state = State::new(config.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -245,7 +245,8 @@ pub async fn run(
     // Supervise: a shutdown request stops everything; any long-lived task ending on its own is a
     // failure that stops the others too, loudly.
     let mut server_done = false;
-    let outcome: anyhow::Result<()> = tokio::select! {
+    let stopped = |task: &'static str, detail: String| Err(Error::Stopped { task, detail });
+    let outcome: Result<(), Error> = tokio::select! {
         _ = shutdown => {
             info!("coordinator shutting down");
             Ok(())
@@ -253,17 +254,17 @@ pub async fn run(
         served = &mut server => {
             server_done = true;
             match served {
-                Ok(Ok(())) => Err(anyhow::anyhow!("the gRPC server stopped unexpectedly")),
-                Ok(Err(e)) => Err(anyhow::anyhow!("the gRPC server failed: {e}")),
-                Err(e) => Err(anyhow::anyhow!("the gRPC server task failed: {e}")),
+                Ok(Ok(())) => stopped("the gRPC server", "unexpectedly".into()),
+                Ok(Err(e)) => stopped("the gRPC server", format!("it failed: {e}")),
+                Err(e) => stopped("the gRPC server", format!("its task failed: {e}")),
             }
         }
-        judged = &mut judge_task => Err(anyhow::anyhow!("the judge endpoint stopped: {judged:?}")),
-        ticked = &mut ticker => Err(anyhow::anyhow!("the lease ticker stopped: {ticked:?}")),
-        published = &mut publisher => Err(anyhow::anyhow!("the publisher stopped: {published:?}")),
-        refreshed = &mut refresher => Err(anyhow::anyhow!("the refresh scheduler stopped: {refreshed:?}")),
-        served = &mut metrics_task => Err(anyhow::anyhow!("the metrics endpoint stopped: {served:?}")),
-        failure = state.store_failed() => Err(anyhow::anyhow!("the store failed: {failure}")),
+        judged = &mut judge_task => stopped("the judge endpoint", format!("{judged:?}")),
+        ticked = &mut ticker => stopped("the lease ticker", format!("{ticked:?}")),
+        published = &mut publisher => stopped("the publisher", format!("{published:?}")),
+        refreshed = &mut refresher => stopped("the refresh scheduler", format!("{refreshed:?}")),
+        served = &mut metrics_task => stopped("the metrics endpoint", format!("{served:?}")),
+        failure = state.store_failed() => Err(Error::StoreFailed(failure)),
     };
     let _ = stop_tx.send(true);
     state.close_all_sessions();

@@ -86,14 +86,14 @@ pub(crate) fn grpc_tls(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> anyhow::Result<TlsAcceptor> {
+) -> Result<TlsAcceptor, crate::Error> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect())
-        .map_err(|e| anyhow::anyhow!("cannot read --tls-cert {}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| anyhow::anyhow!("cannot read --tls-key {}: {e}", key.display()))?;
+        .map_err(|e| crate::Error::tls("--tls-cert", cert, e))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| crate::Error::tls("--tls-key", key, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -102,29 +102,24 @@ pub(crate) fn grpc_tls(
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for found in CertificateDer::pem_file_iter(ca)
-                .map_err(|e| anyhow::anyhow!("cannot read --tls-client-ca {}: {e}", ca.display()))?
+                .map_err(|e| crate::Error::tls("--tls-client-ca", ca, e))?
             {
-                let found = found.map_err(|e| {
-                    anyhow::anyhow!("cannot read --tls-client-ca {}: {e}", ca.display())
-                })?;
+                let found = found.map_err(|e| crate::Error::tls("--tls-client-ca", ca, e))?;
                 roots.add(found).map_err(|e| {
-                    anyhow::anyhow!(
-                        "--tls-client-ca {}: not a CA certificate: {e}",
-                        ca.display()
-                    )
+                    crate::Error::tls("--tls-client-ca", ca, format!("not a CA certificate: {e}"))
                 })?;
             }
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
                     .allow_unauthenticated()
                     .build()
-                    .map_err(|e| anyhow::anyhow!("--tls-client-ca {}: {e}", ca.display()))?;
+                    .map_err(|e| crate::Error::tls("--tls-client-ca", ca, e))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder
         .with_single_cert(chain, key)
-        .map_err(|e| anyhow::anyhow!("--tls-cert and --tls-key: {e}"))?;
+        .map_err(|e| crate::Error::tls("--tls-cert and --tls-key", cert, e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         judge.local_addr()?,
         config.judge_urls.join(",")
     );
-    proxyfleet_coordinator::run(grpc, judge, judge_tls, metrics, config, shutdown).await
+    Ok(proxyfleet_coordinator::run(grpc, judge, judge_tls, metrics, config, shutdown).await?)
 }
 
 /// Completes on SIGTERM or SIGINT; the handlers are installed when this is called, not when the

@@ -264,7 +264,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl State {
     /// Opens the store in the data dir, brings back every job it holds, and starts its writer.
-    pub(crate) fn new(config: CoordinatorConfig) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: CoordinatorConfig) -> Result<Self, crate::Error> {
         let fetcher = Fetcher::new(FetchPolicy {
             allow_private: config.allow_private_targets,
             max_bytes: config.max_source_bytes,
