@@ -9,5 +9,6 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod results;
+pub mod signals;
 pub mod tls;
 pub mod url;

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use proxyfleet_common::net::listen;
+use proxyfleet_common::signals::StopSignals;
 use proxyfleet_coordinator::{Cli, CoordinatorConfig};
 use tokio::net::TcpListener;
 
@@ -93,13 +94,6 @@ async fn main() -> anyhow::Result<()> {
 /// Completes on SIGTERM or SIGINT; the handlers are installed when this is called, not when the
 /// future is first polled.
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
+    let mut signals = StopSignals::install().context("installing SIGTERM and SIGINT handlers")?;
+    Ok(async move { signals.recv().await })
 }

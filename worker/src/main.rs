@@ -33,21 +33,14 @@ async fn main() -> anyhow::Result<()> {
 /// handlers are installed when this is called, so a signal during startup drains too.
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use anyhow::Context;
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut signals = proxyfleet_common::signals::StopSignals::install()
+        .context("installing SIGTERM and SIGINT handlers")?;
     Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        signals.recv().await;
         tracing::info!("shutdown requested: draining (send the signal again to exit at once)");
         // Whoever awaited this future has started the drain; a second signal ends the process.
         tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+            signals.recv().await;
             std::process::exit(130);
         });
     })
