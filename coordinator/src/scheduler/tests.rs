@@ -87,6 +87,23 @@ fn verdicts_for(a: &Assignment, usable: impl Fn(u32) -> bool) -> Vec<Verdict> {
         .collect()
 }
 
+/// How messages name a live lease.
+fn live(a: &Assignment) -> LeaseRef {
+    LeaseRef {
+        lease_id: a.lease_id,
+        job_id: a.job_id.clone(),
+        chunk_id: Some(a.chunk_id),
+    }
+}
+
+/// How messages name a lease that ended: by its job alone.
+fn ended(a: &Assignment) -> LeaseRef {
+    LeaseRef {
+        chunk_id: None,
+        ..live(a)
+    }
+}
+
 struct Clock {
     start: Instant,
     now: Instant,
@@ -138,7 +155,7 @@ fn a_job_with_workers_runs_to_success() {
         c.now,
         c.wall(),
     );
-    assert!(out.contains(&Outbound::LeaseDone(w, first[0].1.lease_id)));
+    assert!(out.contains(&Outbound::LeaseDone(w, live(&first[0].1))));
     let third = assignments(&out);
     assert_eq!(third.len(), 1, "the freed credit gets the last chunk");
     assert_eq!(third[0].1.candidates.len(), 2);
@@ -312,7 +329,7 @@ fn silence_past_the_ttl_expires_leases_and_late_verdicts_are_refused() {
     let out = s.tick(t, c.wall());
     assert!(out.contains(&Outbound::Revoke(
         frozen,
-        a.lease_id,
+        live(&a),
         "lease expired: no message within the lease ttl"
     )));
     let b = assignments(&out);
@@ -320,7 +337,7 @@ fn silence_past_the_ttl_expires_leases_and_late_verdicts_are_refused() {
     assert_eq!(b[0].0, other, "the silent session gets nothing");
     // The frozen worker wakes up and sends its verdicts: refused, counted, nothing recorded.
     let out = s.verdicts(frozen, a.lease_id, verdicts_for(&a, |_| true), t, c.wall());
-    assert_eq!(out, [Outbound::Revoke(frozen, a.lease_id, "stale lease")]);
+    assert_eq!(out, [Outbound::Revoke(frozen, ended(&a), "stale lease")]);
     let snap = s.snapshot("j", false, t).unwrap();
     assert_eq!(snap.progress.stale_verdicts_refused, 4);
     assert_eq!(snap.progress.proxies_checked, 0);
@@ -352,7 +369,12 @@ fn a_heartbeat_renews_and_revokes_leases_not_held() {
     for _ in 0..5 {
         let t = c.advance(TTL / 2);
         let out = s.heartbeat(w, &[a.lease_id, 999], t);
-        assert_eq!(out, [Outbound::Revoke(w, 999, "stale lease")]);
+        let unknown = LeaseRef {
+            lease_id: 999,
+            job_id: String::new(),
+            chunk_id: None,
+        };
+        assert_eq!(out, [Outbound::Revoke(w, unknown, "stale lease")]);
         assert!(
             s.tick(t, c.wall()).is_empty(),
             "heartbeats keep the lease alive"
@@ -510,7 +532,7 @@ fn a_deadline_revokes_live_leases_and_refuses_their_verdicts() {
     let t = c.advance(Duration::from_secs(5));
     s.heartbeat(w, &[a.lease_id], t);
     let out = s.tick(t, c.wall());
-    assert!(out.contains(&Outbound::Revoke(w, a.lease_id, "job ended")));
+    assert!(out.contains(&Outbound::Revoke(w, live(&a), "job ended")));
     s.verdicts(w, a.lease_id, verdicts_for(&a, |_| true), t, c.wall());
     let snap = s.snapshot("j", false, t).unwrap();
     assert_eq!(snap.state, JobState::Failed);
@@ -527,7 +549,7 @@ fn cancel_ends_a_job_and_is_idempotent() {
     let a = assignments(&out).remove(0).1;
     let (snap, out) = s.cancel("j", c.now, c.wall()).unwrap();
     assert_eq!(snap.state, JobState::Cancelled);
-    assert!(out.contains(&Outbound::Revoke(w, a.lease_id, "job ended")));
+    assert!(out.contains(&Outbound::Revoke(w, live(&a), "job ended")));
     let (snap, out) = s.cancel("j", c.now, c.wall()).unwrap();
     assert_eq!(snap.state, JobState::Cancelled);
     assert!(out.is_empty());
