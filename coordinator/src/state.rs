@@ -112,7 +112,7 @@ fn worker_of(outboxes: &HashMap<SessionId, Outlet>, session: SessionId) -> &str 
 enum StoreOp {
     Write {
         records: Vec<crate::scheduler::Record>,
-        /// LeaseDone messages, sent once the records are committed.
+        /// LeaseDone and VerdictsHandled messages, sent once the records are committed.
         acks: Vec<Outbound>,
         next_lease: u64,
         /// Position in the journal (see `Inner::journal_seq`).
@@ -499,7 +499,7 @@ impl State {
         let scrapes = scheduler.take_scrapes();
         let (acks, out): (Vec<Outbound>, Vec<Outbound>) = out
             .into_iter()
-            .partition(|o| matches!(o, Outbound::LeaseDone(..)));
+            .partition(|o| matches!(o, Outbound::LeaseDone(..) | Outbound::VerdictsHandled(..)));
         if !records.is_empty() || !acks.is_empty() {
             // Closed only at shutdown, when acks no longer matter.
             if let Some(tx) = lock(&self.inner.store_tx).as_ref() {
@@ -576,6 +576,13 @@ impl State {
                         }),
                     )
                 }
+                Outbound::VerdictsHandled(s, lease_id, through) => (
+                    s,
+                    pb::coordinator_message::Kind::VerdictsHandled(pb::VerdictsHandled {
+                        lease_id,
+                        through,
+                    }),
+                ),
                 Outbound::Close(s) => {
                     info!(
                         session_id = s,
@@ -1045,6 +1052,7 @@ impl State {
     pub(crate) fn on_verdicts(&self, session: SessionId, batch: pb::Verdicts) {
         let lease_id = batch.lease_id;
         let job_id = batch.job_id;
+        let first = batch.first;
         let verdicts = batch
             .verdicts
             .into_iter()
@@ -1057,6 +1065,7 @@ impl State {
                     session,
                     lease_id,
                     &job_id,
+                    first,
                     verdicts,
                     Instant::now(),
                     wall_ms(),
@@ -1465,6 +1474,7 @@ mod tests {
         #[test]
         fn any_verdicts_count_at_most_once(
             lease_pick in 0usize..4,
+            first in any::<Option<u32>>(),
             verdicts in proptest::collection::vec((any::<u32>(), any::<bool>(), any::<i32>(), any::<i32>()), 0..40),
         ) {
             let (state, session, mut rx) = state_with_a_session();
@@ -1478,6 +1488,7 @@ mod tests {
             let batch = pb::Verdicts {
                 lease_id,
                 job_id: String::new(),
+                first,
                 verdicts: verdicts
                     .iter()
                     .map(|&(index, usable, reason, anonymity)| pb::Verdict {

@@ -398,7 +398,9 @@ async fn session(
                             work.revoked.store(true, Ordering::SeqCst);
                         }
                     }
-                    Some(pb::coordinator_message::Kind::Welcome(_)) | None => {}
+                    Some(pb::coordinator_message::Kind::VerdictsHandled(_))
+                    | Some(pb::coordinator_message::Kind::Welcome(_))
+                    | None => {}
                 }
             }
             Some(Checked { lease_id, verdicts, ended }) = verdict_rx.recv() => {
@@ -592,6 +594,7 @@ fn verdicts_message(
         lease_id,
         verdicts,
         job_id: lease_jobs.get(&lease_id).cloned().unwrap_or_default(),
+        first: None,
     })
 }
 

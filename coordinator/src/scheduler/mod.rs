@@ -82,6 +82,10 @@ pub(crate) enum Outbound {
     Assign(SessionId, Assignment),
     LeaseDone(SessionId, LeaseRef),
     Revoke(SessionId, LeaseRef, &'static str),
+    /// The worker's verdicts of a lease before this position are handled (recorded, or refused
+    /// and counted): it need not send them again. Like `LeaseDone`, sent once what it reports is
+    /// durable.
+    VerdictsHandled(SessionId, LeaseId, u32),
     /// End this session's stream: it was replaced by a newer session of the same worker.
     Close(SessionId),
 }
@@ -379,23 +383,47 @@ impl Scheduler {
         now: Instant,
         wall_ms: u64,
     ) -> Vec<Outbound> {
-        self.verdicts_of_job(session, lease_id, "", verdicts, now, wall_ms)
+        self.verdicts_of_job(session, lease_id, "", None, verdicts, now, wall_ms)
     }
 
     /// Verdicts naming the job they are for, so that refused ones for a lease this scheduler never
-    /// knew (granted before a restart) still count against their job.
+    /// knew (granted before a restart) still count against their job; `first` is the position the
+    /// worker gave the first of them among its verdicts for the lease, if it gives positions.
+    ///
+    /// A worker sends a batch again when the stream it went out on broke before the batch was
+    /// acknowledged ([`Outbound::VerdictsHandled`]); the positions this scheduler has handled of
+    /// the lease are skipped, so no verdict is recorded or counted twice. Of a lease it does not
+    /// know (granted before a restart), a verdict for a candidate it holds a verdict for is not
+    /// counted: it may be that very verdict, recorded before the restart.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn verdicts_of_job(
         &mut self,
         session: SessionId,
         lease_id: LeaseId,
         job_hint: &str,
-        verdicts: Vec<Verdict>,
+        first: Option<u32>,
+        mut verdicts: Vec<Verdict>,
         now: Instant,
         wall_ms: u64,
     ) -> Vec<Outbound> {
         let mut out = Vec::new();
         // An ended session's verdicts are refused and counted like any other stale ones.
         let live_session = self.fleet.touch(session, now);
+        let mut known = true;
+        if let Some(first) = first {
+            let mut through = first.saturating_add(verdicts.len() as u32);
+            match self.fleet.handle(lease_id, through) {
+                Some(handled) => {
+                    let seen = (handled.saturating_sub(first) as usize).min(verdicts.len());
+                    verdicts.drain(..seen);
+                    through = through.max(handled);
+                }
+                None => known = false,
+            }
+            if live_session {
+                out.push(Outbound::VerdictsHandled(session, lease_id, through));
+            }
+        }
         let Some((job_id, chunk_id)) = self
             .fleet
             .lease(lease_id)
@@ -403,12 +431,18 @@ impl Scheduler {
             .map(|l| (l.job_id.clone(), l.chunk))
         else {
             let lease = self.lease_ref(lease_id, job_hint);
-            let count = verdicts.len() as u64;
-            self.counters.stale_verdicts_refused += count;
             if let Some(job) = self.jobs.get_mut(&lease.job_id) {
-                job.stale_refused += count;
+                if !known {
+                    verdicts.retain(|v| {
+                        !job.verdicts
+                            .get(v.index as usize)
+                            .is_some_and(Option::is_some)
+                    });
+                }
+                job.stale_refused += verdicts.len() as u64;
                 self.changed.insert(job.id.clone());
             }
+            self.counters.stale_verdicts_refused += verdicts.len() as u64;
             if live_session {
                 out.push(Outbound::Revoke(session, lease, "stale lease"));
             }
