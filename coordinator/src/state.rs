@@ -48,7 +48,7 @@ struct Inner {
     /// scheduler lock is held.
     reader: Mutex<Reader>,
     /// Outbox per live worker session; inserted by `open_session`, removed when the session ends.
-    outboxes: Mutex<HashMap<SessionId, Outbox>>,
+    outboxes: Mutex<HashMap<SessionId, Outlet>>,
     /// Latest snapshot per job, for watchers; created at submit, updated by `publish`.
     progress: Mutex<HashMap<String, watch::Sender<JobSnapshot>>>,
     /// Reads the sources of scraping jobs.
@@ -61,8 +61,6 @@ struct Inner {
     store_failure: Arc<watch::Sender<Option<String>>>,
     /// When ended jobs were last pruned (`--retain`).
     last_prune: Mutex<Instant>,
-    /// Ids that lease events are logged with; kept by `deliver` and the session calls.
-    log_ids: Mutex<LogIds>,
     /// Writes handed to the store writer so far (taken under the scheduler lock), and how many of
     /// them are committed (set by the writer): a job's end is shown to watchers, and a submission
     /// or cancel answered, only once every record before it is durable.
@@ -99,20 +97,22 @@ enum Event {
     Stop,
 }
 
-/// What a lease event's log line names: its job, chunk and worker.
-#[derive(Default)]
-struct LogIds {
-    /// Worker id of each open session.
-    workers: HashMap<SessionId, String>,
-    /// Job, chunk and session of each lease granted and not ended.
-    leases: HashMap<u64, (String, u32, SessionId)>,
+/// A live worker session's response stream, and the worker it serves (named in log lines).
+struct Outlet {
+    worker_id: String,
+    outbox: Outbox,
+}
+
+/// The worker a live session serves, for log lines; empty once the session is gone.
+fn worker_of(outboxes: &HashMap<SessionId, Outlet>, session: SessionId) -> &str {
+    outboxes.get(&session).map_or("", |o| o.worker_id.as_str())
 }
 
 /// Work for the store writer thread.
 enum StoreOp {
     Write {
         records: Vec<crate::scheduler::Record>,
-        /// LeaseDone messages, sent once the records are committed.
+        /// LeaseDone and VerdictsHandled messages, sent once the records are committed.
         acks: Vec<Outbound>,
         next_lease: u64,
         /// Position in the journal (see `Inner::journal_seq`).
@@ -339,7 +339,6 @@ impl State {
                 store_thread: Mutex::new(Some(writer)),
                 store_failure,
                 last_prune: Mutex::new(now),
-                log_ids: Mutex::new(LogIds::default()),
                 journal_seq: AtomicU64::new(0),
                 durable_seq,
                 end_seqs: Mutex::new(HashMap::new()),
@@ -500,7 +499,7 @@ impl State {
         let scrapes = scheduler.take_scrapes();
         let (acks, out): (Vec<Outbound>, Vec<Outbound>) = out
             .into_iter()
-            .partition(|o| matches!(o, Outbound::LeaseDone(..)));
+            .partition(|o| matches!(o, Outbound::LeaseDone(..) | Outbound::VerdictsHandled(..)));
         if !records.is_empty() || !acks.is_empty() {
             // Closed only at shutdown, when acks no longer matter.
             if let Some(tx) = lock(&self.inner.store_tx).as_ref() {
@@ -537,54 +536,68 @@ impl State {
             return;
         }
         let mut outboxes = lock(&self.inner.outboxes);
-        let mut ids = lock(&self.inner.log_ids);
         for message in out {
             let (session, kind) = match message {
                 Outbound::Assign(s, a) => {
-                    let worker_id = ids.workers.get(&s).cloned().unwrap_or_default();
                     info!(
-                        job_id = %a.job_id, chunk_id = a.chunk_id, lease_id = a.lease_id, worker_id = %worker_id,
+                        job_id = %a.job_id, chunk_id = a.chunk_id, lease_id = a.lease_id, worker_id = worker_of(&outboxes, s),
                         session_id = s, attempt = a.attempt, proxies = a.candidates.len(), "lease granted"
                     );
-                    ids.leases
-                        .insert(a.lease_id, (a.job_id.clone(), a.chunk_id, s));
                     let assign =
                         convert::assignment_to_proto(&a, self.inner.config.target_policy());
                     (s, pb::coordinator_message::Kind::Assign(assign))
                 }
-                Outbound::LeaseDone(s, lease_id) => {
-                    let (job_id, chunk_id, _) = ids.leases.remove(&lease_id).unwrap_or_default();
-                    let worker_id = ids.workers.get(&s).cloned().unwrap_or_default();
-                    info!(job_id = %job_id, chunk_id, lease_id, worker_id = %worker_id, session_id = s, "lease done");
+                Outbound::LeaseDone(s, lease) => {
+                    info!(
+                        job_id = %lease.job_id, chunk_id = lease.chunk_id, lease_id = lease.lease_id,
+                        worker_id = worker_of(&outboxes, s), session_id = s, "lease done"
+                    );
                     (
                         s,
-                        pb::coordinator_message::Kind::LeaseDone(pb::LeaseDone { lease_id }),
-                    )
-                }
-                Outbound::Revoke(s, lease_id, reason) => {
-                    let (job_id, chunk_id, _) = ids.leases.remove(&lease_id).unwrap_or_default();
-                    let worker_id = ids.workers.get(&s).cloned().unwrap_or_default();
-                    info!(job_id = %job_id, chunk_id, lease_id, worker_id = %worker_id, session_id = s, reason, "lease revoked");
-                    (
-                        s,
-                        pb::coordinator_message::Kind::Revoke(pb::Revoke {
-                            lease_id,
-                            reason: reason.to_string(),
+                        pb::coordinator_message::Kind::LeaseDone(pb::LeaseDone {
+                            lease_id: lease.lease_id,
+                            job_id: lease.job_id,
+                            chunk_id: lease.chunk_id.unwrap_or_default(),
                         }),
                     )
                 }
+                Outbound::Revoke(s, lease, reason) => {
+                    info!(
+                        job_id = %lease.job_id, chunk_id = lease.chunk_id, lease_id = lease.lease_id,
+                        worker_id = worker_of(&outboxes, s), session_id = s, reason, "lease revoked"
+                    );
+                    (
+                        s,
+                        pb::coordinator_message::Kind::Revoke(pb::Revoke {
+                            lease_id: lease.lease_id,
+                            reason: reason.to_string(),
+                            job_id: lease.job_id,
+                            chunk_id: lease.chunk_id,
+                        }),
+                    )
+                }
+                Outbound::VerdictsHandled(s, lease_id, through) => (
+                    s,
+                    pb::coordinator_message::Kind::VerdictsHandled(pb::VerdictsHandled {
+                        lease_id,
+                        through,
+                    }),
+                ),
                 Outbound::Close(s) => {
                     info!(
                         session_id = s,
+                        worker_id = worker_of(&outboxes, s),
                         "session replaced by a newer one of the same worker"
                     );
                     outboxes.remove(&s);
                     continue;
                 }
             };
-            if let Some(outbox) = outboxes.get(&session) {
+            if let Some(outlet) = outboxes.get(&session) {
                 // A send fails only when the session is going away; its leases are handled on disconnect.
-                let _ = outbox.send(Ok(pb::CoordinatorMessage { kind: Some(kind) }));
+                let _ = outlet
+                    .outbox
+                    .send(Ok(pb::CoordinatorMessage { kind: Some(kind) }));
             }
         }
     }
@@ -1009,10 +1022,11 @@ impl State {
             let (id, out) = s.hello(hello, Instant::now());
             // Welcome and the outbox go in before any Assign is delivered.
             let _ = outbox.send(Ok(welcome(id)));
-            lock(&self.inner.outboxes).insert(id, outbox);
-            lock(&self.inner.log_ids)
-                .workers
-                .insert(id, worker_id.clone());
+            let outlet = Outlet {
+                worker_id: worker_id.clone(),
+                outbox,
+            };
+            lock(&self.inner.outboxes).insert(id, outlet);
             (id, out)
         });
         info!(session_id = id, worker_id = %worker_id, "worker session opened");
@@ -1038,6 +1052,7 @@ impl State {
     pub(crate) fn on_verdicts(&self, session: SessionId, batch: pb::Verdicts) {
         let lease_id = batch.lease_id;
         let job_id = batch.job_id;
+        let first = batch.first;
         let verdicts = batch
             .verdicts
             .into_iter()
@@ -1050,6 +1065,7 @@ impl State {
                     session,
                     lease_id,
                     &job_id,
+                    first,
                     verdicts,
                     Instant::now(),
                     wall_ms(),
@@ -1097,23 +1113,16 @@ impl State {
 
     /// The session's stream ended; its leases go back to the queue at once.
     pub(crate) fn close_session(&self, session: SessionId, why: &str) {
-        {
-            let mut ids = lock(&self.inner.log_ids);
-            let worker_id = ids.workers.remove(&session).unwrap_or_default();
-            info!(session_id = session, worker_id = %worker_id, why, "worker session closed");
-            let lost: Vec<u64> = ids
-                .leases
-                .iter()
-                .filter(|(_, l)| l.2 == session)
-                .map(|(id, _)| *id)
-                .collect();
-            for lease_id in lost {
-                if let Some((job_id, chunk_id, _)) = ids.leases.remove(&lease_id) {
-                    info!(job_id = %job_id, chunk_id, lease_id, worker_id = %worker_id, session_id = session, "lease taken back: its worker's session ended");
-                }
-            }
-        }
         self.with_scheduler(|s| {
+            // The worker and leases as the scheduler held them, for the log lines.
+            let (worker_id, leases) = s.session_leases(session).unwrap_or_default();
+            info!(session_id = session, worker_id = %worker_id, why, "worker session closed");
+            for lease in leases {
+                info!(
+                    job_id = %lease.job_id, chunk_id = lease.chunk_id, lease_id = lease.lease_id,
+                    worker_id = %worker_id, session_id = session, "lease taken back: its worker's session ended"
+                );
+            }
             let out = s.disconnect(session, Instant::now());
             // Removed under the scheduler lock, after the session left the scheduler: no lease can
             // be granted to it in between and then lost undelivered.
@@ -1465,6 +1474,7 @@ mod tests {
         #[test]
         fn any_verdicts_count_at_most_once(
             lease_pick in 0usize..4,
+            first in any::<Option<u32>>(),
             verdicts in proptest::collection::vec((any::<u32>(), any::<bool>(), any::<i32>(), any::<i32>()), 0..40),
         ) {
             let (state, session, mut rx) = state_with_a_session();
@@ -1478,6 +1488,7 @@ mod tests {
             let batch = pb::Verdicts {
                 lease_id,
                 job_id: String::new(),
+                first,
                 verdicts: verdicts
                     .iter()
                     .map(|&(index, usable, reason, anonymity)| pb::Verdict {

@@ -1,7 +1,8 @@
-//! proxyfleet test kit: simulated proxies, process harness.
+//! proxyfleet test kit: simulated proxies, process harness, a relay that partitions on demand.
 
 pub mod certs;
 pub mod harness;
+pub mod relay;
 pub mod third_party;
 
 // The simulated proxy farm and its list server live in `proxyfleet-farm`, which the CLI links

@@ -166,6 +166,7 @@ async fn an_oversized_verdict_detail_is_cut_before_it_is_stored() {
                 lease_id: assign.lease_id,
                 job_id: assign.job_id.clone(),
                 verdicts,
+                first: None,
             })),
         })
         .await

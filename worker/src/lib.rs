@@ -4,6 +4,7 @@
 pub mod check;
 pub mod dial;
 pub mod judges;
+mod ledger;
 pub mod metrics;
 pub mod session;
 

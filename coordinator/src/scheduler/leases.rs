@@ -17,9 +17,9 @@ pub(super) struct Fleet {
     sessions: BTreeMap<SessionId, Session>,
     /// Live leases, by id.
     leases: HashMap<LeaseId, Lease>,
-    /// Ended leases and the job each was for, so late verdicts count against the right job;
-    /// dropped once the job leaves memory.
-    retired: HashMap<LeaseId, String>,
+    /// Ended leases, so late verdicts count against the right job, each once; dropped once the
+    /// job leaves memory.
+    retired: HashMap<LeaseId, Retired>,
     /// The id the next lease gets; ids stay unique across restarts (see [`Fleet::new`]).
     next_lease: LeaseId,
     /// The id the next session gets.
@@ -187,6 +187,7 @@ impl Fleet {
                 chunk,
                 session,
                 unchecked,
+                handled: 0,
             },
         );
         let holder = self
@@ -212,7 +213,19 @@ impl Fleet {
         self.leases
             .get(&lease_id)
             .map(|l| l.job_id.as_str())
-            .or_else(|| self.retired.get(&lease_id).map(String::as_str))
+            .or_else(|| self.retired.get(&lease_id).map(|r| r.job_id.as_str()))
+    }
+
+    /// Marks a lease's verdicts before position `through` handled; returns the mark it had, or
+    /// `None` for a lease neither live nor retired (granted before a restart, or never).
+    pub(super) fn handle(&mut self, lease_id: LeaseId, through: u32) -> Option<u32> {
+        let mark = match self.leases.get_mut(&lease_id) {
+            Some(lease) => &mut lease.handled,
+            None => &mut self.retired.get_mut(&lease_id)?.handled,
+        };
+        let before = *mark;
+        *mark = before.max(through);
+        Some(before)
     }
 
     /// Live leases of a job, with their holders.
@@ -246,13 +259,17 @@ impl Fleet {
             s.leases.remove(&lease_id);
             s.unchecked = s.unchecked.saturating_sub(u64::from(lease.unchecked));
         }
-        self.retired.insert(lease_id, lease.job_id.clone());
+        let retired = Retired {
+            job_id: lease.job_id.clone(),
+            handled: lease.handled,
+        };
+        self.retired.insert(lease_id, retired);
         Some(lease)
     }
 
     /// Forgets the ended leases of a job that left memory.
     pub(super) fn forget_job(&mut self, job_id: &str) {
-        self.retired.retain(|_, id| id != job_id);
+        self.retired.retain(|_, r| r.job_id != job_id);
     }
 }
 
@@ -267,6 +284,18 @@ pub(super) struct Lease {
     pub(super) session: SessionId,
     /// Candidates of the lease without a verdict yet.
     pub(super) unchecked: u32,
+    /// Its worker's verdicts handled so far, by the positions the worker gave them (raised by
+    /// [`Fleet::handle`]): a batch sent again after its stream broke is not handled twice.
+    pub(super) handled: u32,
+}
+
+/// What is kept of an ended lease.
+#[derive(Debug)]
+struct Retired {
+    /// The job it was for.
+    job_id: String,
+    /// As [`Lease::handled`], kept on after the lease ended.
+    handled: u32,
 }
 
 /// A worker's open stream, and what it holds.

@@ -66,12 +66,26 @@ pub(crate) struct Assignment {
     pub(crate) connect_timeout: Duration,
 }
 
+/// A lease as the messages about it name it, for the worker and for log lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LeaseRef {
+    pub(crate) lease_id: LeaseId,
+    /// Empty when the scheduler cannot tell: a lease it never granted, named by nothing else.
+    pub(crate) job_id: String,
+    /// Known while the lease is live.
+    pub(crate) chunk_id: Option<ChunkId>,
+}
+
 /// A message for one worker session.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Outbound {
     Assign(SessionId, Assignment),
-    LeaseDone(SessionId, LeaseId),
-    Revoke(SessionId, LeaseId, &'static str),
+    LeaseDone(SessionId, LeaseRef),
+    Revoke(SessionId, LeaseRef, &'static str),
+    /// The worker's verdicts of a lease before this position are handled (recorded, or refused
+    /// and counted): it need not send them again. Like `LeaseDone`, sent once what it reports is
+    /// durable.
+    VerdictsHandled(SessionId, LeaseId, u32),
     /// End this session's stream: it was replaced by a newer session of the same worker.
     Close(SessionId),
 }
@@ -369,42 +383,68 @@ impl Scheduler {
         now: Instant,
         wall_ms: u64,
     ) -> Vec<Outbound> {
-        self.verdicts_of_job(session, lease_id, "", verdicts, now, wall_ms)
+        self.verdicts_of_job(session, lease_id, "", None, verdicts, now, wall_ms)
     }
 
     /// Verdicts naming the job they are for, so that refused ones for a lease this scheduler never
-    /// knew (granted before a restart) still count against their job.
+    /// knew (granted before a restart) still count against their job; `first` is the position the
+    /// worker gave the first of them among its verdicts for the lease, if it gives positions.
+    ///
+    /// A worker sends a batch again when the stream it went out on broke before the batch was
+    /// acknowledged ([`Outbound::VerdictsHandled`]); the positions this scheduler has handled of
+    /// the lease are skipped, so no verdict is recorded or counted twice. Of a lease it does not
+    /// know (granted before a restart), a verdict for a candidate it holds a verdict for is not
+    /// counted: it may be that very verdict, recorded before the restart.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn verdicts_of_job(
         &mut self,
         session: SessionId,
         lease_id: LeaseId,
         job_hint: &str,
-        verdicts: Vec<Verdict>,
+        first: Option<u32>,
+        mut verdicts: Vec<Verdict>,
         now: Instant,
         wall_ms: u64,
     ) -> Vec<Outbound> {
         let mut out = Vec::new();
         // An ended session's verdicts are refused and counted like any other stale ones.
         let live_session = self.fleet.touch(session, now);
+        let mut known = true;
+        if let Some(first) = first {
+            let mut through = first.saturating_add(verdicts.len() as u32);
+            match self.fleet.handle(lease_id, through) {
+                Some(handled) => {
+                    let seen = (handled.saturating_sub(first) as usize).min(verdicts.len());
+                    verdicts.drain(..seen);
+                    through = through.max(handled);
+                }
+                None => known = false,
+            }
+            if live_session {
+                out.push(Outbound::VerdictsHandled(session, lease_id, through));
+            }
+        }
         let Some((job_id, chunk_id)) = self
             .fleet
             .lease(lease_id)
             .filter(|l| live_session && l.session == session)
             .map(|l| (l.job_id.clone(), l.chunk))
         else {
-            let job_id = self
-                .fleet
-                .job_of(lease_id)
-                .map(str::to_string)
-                .or_else(|| (!job_hint.is_empty()).then(|| job_hint.to_string()));
-            let count = verdicts.len() as u64;
-            self.counters.stale_verdicts_refused += count;
-            if let Some(job) = job_id.and_then(|id| self.jobs.get_mut(&id)) {
-                job.stale_refused += count;
+            let lease = self.lease_ref(lease_id, job_hint);
+            if let Some(job) = self.jobs.get_mut(&lease.job_id) {
+                if !known {
+                    verdicts.retain(|v| {
+                        !job.verdicts
+                            .get(v.index as usize)
+                            .is_some_and(Option::is_some)
+                    });
+                }
+                job.stale_refused += verdicts.len() as u64;
                 self.changed.insert(job.id.clone());
             }
+            self.counters.stale_verdicts_refused += verdicts.len() as u64;
             if live_session {
-                out.push(Outbound::Revoke(session, lease_id, "stale lease"));
+                out.push(Outbound::Revoke(session, lease, "stale lease"));
             }
             return out;
         };
@@ -429,7 +469,12 @@ impl Scheduler {
         if recorded.chunk_done {
             self.counters.leases_completed += 1;
             self.fleet.retire(lease_id);
-            out.push(Outbound::LeaseDone(session, lease_id));
+            let lease = LeaseRef {
+                lease_id,
+                job_id: job_id.clone(),
+                chunk_id: Some(chunk_id),
+            };
+            out.push(Outbound::LeaseDone(session, lease));
             self.finish_if_complete(&job_id, now, wall_ms, &mut out);
         }
         // Every verdict frees a check slot: the worker may have room for the next chunk.
@@ -452,7 +497,8 @@ impl Scheduler {
         }
         for &lease_id in claimed {
             if self.fleet.holder(lease_id) != Some(session) {
-                out.push(Outbound::Revoke(session, lease_id, "stale lease"));
+                let lease = self.lease_ref(lease_id, "");
+                out.push(Outbound::Revoke(session, lease, "stale lease"));
             }
         }
         out.extend(self.assign(now));
@@ -517,7 +563,7 @@ impl Scheduler {
             for lease_id in leases {
                 out.push(Outbound::Revoke(
                     id,
-                    lease_id,
+                    self.lease_ref(lease_id, ""),
                     "lease expired: no message within the lease ttl",
                 ));
                 self.lose_lease(lease_id, LeaseLoss::Vanished, now, &mut out);
@@ -666,6 +712,30 @@ impl Scheduler {
         )
     }
 
+    /// How messages name `lease_id`: by its job and chunk while it is live, by its job once it
+    /// ended, and by `job_hint` (the job a worker named) if this scheduler never granted it.
+    fn lease_ref(&self, lease_id: LeaseId, job_hint: &str) -> LeaseRef {
+        let (job_id, chunk_id) = match self.fleet.lease(lease_id) {
+            Some(lease) => (lease.job_id.clone(), Some(lease.chunk)),
+            None => (
+                self.fleet.job_of(lease_id).unwrap_or(job_hint).to_string(),
+                None,
+            ),
+        };
+        LeaseRef {
+            lease_id,
+            job_id,
+            chunk_id,
+        }
+    }
+
+    /// The worker of an open session and the leases it holds, as log lines name them.
+    pub(crate) fn session_leases(&self, session: SessionId) -> Option<(String, Vec<LeaseRef>)> {
+        let s = self.fleet.session(session)?;
+        let leases = s.leases.iter().map(|&id| self.lease_ref(id, "")).collect();
+        Some((s.worker_id.clone(), leases))
+    }
+
     fn lose_lease(
         &mut self,
         lease_id: LeaseId,
@@ -726,7 +796,11 @@ impl Scheduler {
         out: &mut Vec<Outbound>,
     ) {
         for (lease_id, session) in self.fleet.leases_of(job_id) {
-            out.push(Outbound::Revoke(session, lease_id, "job ended"));
+            out.push(Outbound::Revoke(
+                session,
+                self.lease_ref(lease_id, job_id),
+                "job ended",
+            ));
             self.lose_lease(lease_id, LeaseLoss::JobEnded, now, out);
         }
         let job = self.jobs.get_mut(job_id).expect("ending a known job");

@@ -87,6 +87,33 @@ fn verdicts_for(a: &Assignment, usable: impl Fn(u32) -> bool) -> Vec<Verdict> {
         .collect()
 }
 
+/// How messages name a live lease.
+fn live(a: &Assignment) -> LeaseRef {
+    LeaseRef {
+        lease_id: a.lease_id,
+        job_id: a.job_id.clone(),
+        chunk_id: Some(a.chunk_id),
+    }
+}
+
+/// How messages name a lease that ended: by its job alone.
+fn ended(a: &Assignment) -> LeaseRef {
+    LeaseRef {
+        chunk_id: None,
+        ..live(a)
+    }
+}
+
+/// The positions acknowledged in `out`, by lease.
+fn handled(out: &[Outbound]) -> Vec<(SessionId, LeaseId, u32)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Outbound::VerdictsHandled(s, l, through) => Some((*s, *l, *through)),
+            _ => None,
+        })
+        .collect()
+}
+
 struct Clock {
     start: Instant,
     now: Instant,
@@ -138,7 +165,7 @@ fn a_job_with_workers_runs_to_success() {
         c.now,
         c.wall(),
     );
-    assert!(out.contains(&Outbound::LeaseDone(w, first[0].1.lease_id)));
+    assert!(out.contains(&Outbound::LeaseDone(w, live(&first[0].1))));
     let third = assignments(&out);
     assert_eq!(third.len(), 1, "the freed credit gets the last chunk");
     assert_eq!(third[0].1.candidates.len(), 2);
@@ -312,7 +339,7 @@ fn silence_past_the_ttl_expires_leases_and_late_verdicts_are_refused() {
     let out = s.tick(t, c.wall());
     assert!(out.contains(&Outbound::Revoke(
         frozen,
-        a.lease_id,
+        live(&a),
         "lease expired: no message within the lease ttl"
     )));
     let b = assignments(&out);
@@ -320,7 +347,7 @@ fn silence_past_the_ttl_expires_leases_and_late_verdicts_are_refused() {
     assert_eq!(b[0].0, other, "the silent session gets nothing");
     // The frozen worker wakes up and sends its verdicts: refused, counted, nothing recorded.
     let out = s.verdicts(frozen, a.lease_id, verdicts_for(&a, |_| true), t, c.wall());
-    assert_eq!(out, [Outbound::Revoke(frozen, a.lease_id, "stale lease")]);
+    assert_eq!(out, [Outbound::Revoke(frozen, ended(&a), "stale lease")]);
     let snap = s.snapshot("j", false, t).unwrap();
     assert_eq!(snap.progress.stale_verdicts_refused, 4);
     assert_eq!(snap.progress.proxies_checked, 0);
@@ -343,6 +370,159 @@ fn silence_past_the_ttl_expires_leases_and_late_verdicts_are_refused() {
 }
 
 #[test]
+fn a_batch_is_acknowledged_and_handled_once_by_position() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    let all = verdicts_for(&a, |i| i == 0);
+    let out = s.verdicts_of_job(
+        w,
+        a.lease_id,
+        "j",
+        Some(0),
+        all[..2].to_vec(),
+        c.now,
+        c.wall(),
+    );
+    assert_eq!(handled(&out), [(w, a.lease_id, 2)]);
+    // The same batch again, and one more verdict: only the new one is recorded.
+    let out = s.verdicts_of_job(
+        w,
+        a.lease_id,
+        "j",
+        Some(0),
+        all[..3].to_vec(),
+        c.now,
+        c.wall(),
+    );
+    assert_eq!(handled(&out), [(w, a.lease_id, 3)]);
+    let p = s.snapshot("j", false, c.now).unwrap().progress;
+    assert_eq!((p.proxies_checked, p.proxies_usable), (3, 1));
+    // A batch from before what was handled changes nothing.
+    let out = s.verdicts_of_job(
+        w,
+        a.lease_id,
+        "j",
+        Some(1),
+        all[1..2].to_vec(),
+        c.now,
+        c.wall(),
+    );
+    assert_eq!(
+        handled(&out),
+        [(w, a.lease_id, 3)],
+        "the mark does not go back"
+    );
+    let out = s.verdicts_of_job(
+        w,
+        a.lease_id,
+        "j",
+        Some(3),
+        all[3..].to_vec(),
+        c.now,
+        c.wall(),
+    );
+    assert_eq!(handled(&out), [(w, a.lease_id, 4)]);
+    assert!(out.contains(&Outbound::LeaseDone(w, live(&a))));
+    let p = s.snapshot("j", false, c.now).unwrap().progress;
+    assert_eq!((p.proxies_checked, p.stale_verdicts_refused), (4, 0));
+}
+
+#[test]
+fn verdicts_sent_again_after_a_broken_stream_are_counted_once() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
+    let (w1, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    let all = verdicts_for(&a, |_| false);
+    // Two verdicts recorded; the stream breaks before the worker hears so, and before a third
+    // one arrives.
+    s.verdicts_of_job(
+        w1,
+        a.lease_id,
+        "j",
+        Some(0),
+        all[..2].to_vec(),
+        c.now,
+        c.wall(),
+    );
+    s.disconnect(w1, c.now);
+    let (w2, _) = s.hello(hello("w", 1), c.now);
+    // Sent again on the next stream: the two recorded ones are skipped, the third is late.
+    let out = s.verdicts_of_job(
+        w2,
+        a.lease_id,
+        "j",
+        Some(0),
+        all[..3].to_vec(),
+        c.now,
+        c.wall(),
+    );
+    assert!(out.contains(&Outbound::Revoke(w2, ended(&a), "stale lease")));
+    assert_eq!(handled(&out), [(w2, a.lease_id, 3)]);
+    let p = s.snapshot("j", false, c.now).unwrap().progress;
+    assert_eq!((p.proxies_checked, p.stale_verdicts_refused), (2, 1));
+    // That stream breaks too before the acknowledgement: sent once more, counted no more.
+    s.disconnect(w2, c.now);
+    let (w3, _) = s.hello(hello("w", 1), c.now);
+    let out = s.verdicts_of_job(
+        w3,
+        a.lease_id,
+        "j",
+        Some(0),
+        all[..3].to_vec(),
+        c.now,
+        c.wall(),
+    );
+    assert_eq!(handled(&out), [(w3, a.lease_id, 3)]);
+    let p = s.snapshot("j", false, c.now).unwrap().progress;
+    assert_eq!((p.proxies_checked, p.stale_verdicts_refused), (2, 1));
+    assert_eq!(s.stale_refused_total(), 1);
+    // Verdicts without positions (an older worker) are counted as they come.
+    s.verdicts_of_job(
+        w3,
+        a.lease_id,
+        "j",
+        None,
+        all[..1].to_vec(),
+        c.now,
+        c.wall(),
+    );
+    assert_eq!(s.stale_refused_total(), 2);
+}
+
+#[test]
+fn of_a_lease_granted_before_a_restart_only_verdicts_not_recorded_count() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    let all = verdicts_for(&a, |_| false);
+    s.verdicts_of_job(
+        w,
+        a.lease_id,
+        "j",
+        Some(0),
+        all[..2].to_vec(),
+        c.now,
+        c.wall(),
+    );
+    // Lease 999 is none of this scheduler's: of its batch, the two verdicts for candidates
+    // recorded may be these very ones, recorded before a restart; they are not counted again.
+    let out = s.verdicts_of_job(w, 999, "j", Some(0), all.clone(), c.now, c.wall());
+    assert_eq!(handled(&out), [(w, 999, 4)]);
+    let p = s.snapshot("j", false, c.now).unwrap().progress;
+    assert_eq!((p.proxies_checked, p.stale_verdicts_refused), (2, 2));
+    // Without positions, every one of them counts.
+    s.verdicts_of_job(w, 999, "j", None, all, c.now, c.wall());
+    assert_eq!(s.stale_refused_total(), 6);
+}
+
+#[test]
 fn a_heartbeat_renews_and_revokes_leases_not_held() {
     let mut c = Clock::new();
     let mut s = scheduler();
@@ -352,7 +532,12 @@ fn a_heartbeat_renews_and_revokes_leases_not_held() {
     for _ in 0..5 {
         let t = c.advance(TTL / 2);
         let out = s.heartbeat(w, &[a.lease_id, 999], t);
-        assert_eq!(out, [Outbound::Revoke(w, 999, "stale lease")]);
+        let unknown = LeaseRef {
+            lease_id: 999,
+            job_id: String::new(),
+            chunk_id: None,
+        };
+        assert_eq!(out, [Outbound::Revoke(w, unknown, "stale lease")]);
         assert!(
             s.tick(t, c.wall()).is_empty(),
             "heartbeats keep the lease alive"
@@ -510,7 +695,7 @@ fn a_deadline_revokes_live_leases_and_refuses_their_verdicts() {
     let t = c.advance(Duration::from_secs(5));
     s.heartbeat(w, &[a.lease_id], t);
     let out = s.tick(t, c.wall());
-    assert!(out.contains(&Outbound::Revoke(w, a.lease_id, "job ended")));
+    assert!(out.contains(&Outbound::Revoke(w, live(&a), "job ended")));
     s.verdicts(w, a.lease_id, verdicts_for(&a, |_| true), t, c.wall());
     let snap = s.snapshot("j", false, t).unwrap();
     assert_eq!(snap.state, JobState::Failed);
@@ -527,7 +712,7 @@ fn cancel_ends_a_job_and_is_idempotent() {
     let a = assignments(&out).remove(0).1;
     let (snap, out) = s.cancel("j", c.now, c.wall()).unwrap();
     assert_eq!(snap.state, JobState::Cancelled);
-    assert!(out.contains(&Outbound::Revoke(w, a.lease_id, "job ended")));
+    assert!(out.contains(&Outbound::Revoke(w, live(&a), "job ended")));
     let (snap, out) = s.cancel("j", c.now, c.wall()).unwrap();
     assert_eq!(snap.state, JobState::Cancelled);
     assert!(out.is_empty());
@@ -1036,7 +1221,7 @@ fn a_restored_job_keeps_its_verdicts_and_checks_only_the_rest() {
     // A verdict for a lease from before the restart is refused.
     let old = &leases[1].1;
     let late = verdicts_for(old, |_| true);
-    restarted.verdicts_of_job(w2, old.lease_id, "j", late, c.now, c.wall());
+    restarted.verdicts_of_job(w2, old.lease_id, "j", None, late, c.now, c.wall());
     let refused = restarted
         .snapshot("j", false, c.now)
         .unwrap()
