@@ -232,7 +232,7 @@ impl Checker {
     pub fn new(
         extra_roots: &[rustls::pki_types::CertificateDer<'static>],
         own: &[IpAddr],
-    ) -> anyhow::Result<Checker> {
+    ) -> Result<Checker, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());

@@ -215,11 +215,23 @@ fn default_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// Why the worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot set up TLS for https judges: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot listen on {addr} for metrics (--metrics-listen): {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 /// Runs the worker until `shutdown` completes and the drain is over.
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let (drain_tx, drain_rx) = watch::channel(false);
     let signal = tokio::spawn(async move {
         shutdown.await;

@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = WorkerConfig::try_from(cli)?;
     let shutdown = shutdown_signal()?;
-    proxyfleet_worker::run(config, shutdown).await
+    Ok(proxyfleet_worker::run(config, shutdown).await?)
 }
 
 /// Completes on the first SIGTERM or SIGINT; a second one ends the process with status 130. The

@@ -120,16 +120,22 @@ enum SessionEnd {
 }
 
 /// Runs sessions with the coordinator until `drain` turns true and the last session drained.
-pub async fn run(config: WorkerConfig, mut drain: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    config: WorkerConfig,
+    mut drain: watch::Receiver<bool>,
+) -> Result<(), crate::RunError> {
     let checker = Checker::new(&config.extra_roots, &config.public_ips)?;
     let checks = Arc::new(Semaphore::new(config.max_checks));
     let metrics = Arc::new(WorkerMetrics::default());
     let _metrics_server = match config.metrics_listen {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                anyhow::anyhow!("cannot listen on {addr} for metrics (--metrics-listen): {e}")
-            })?;
-            info!(metrics = %listener.local_addr()?, "metrics served at /metrics");
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| crate::RunError::Metrics { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| crate::RunError::Metrics { addr, source })?;
+            info!(metrics = %local, "metrics served at /metrics");
             let (metrics, checks, max) = (metrics.clone(), checks.clone(), config.max_checks);
             let page = move || metrics.render(max - checks.available_permits(), max);
             Some(AbortOnDrop(tokio::spawn(async move {
