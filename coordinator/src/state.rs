@@ -1133,6 +1133,12 @@ impl State {
 
     /// Ends every session's response stream (shutdown).
     pub(crate) fn close_all_sessions(&self) {
+        // Ended in the scheduler first, at no cost to their chunks: the streams closing below
+        // must not read as workers vanishing.
+        self.with_scheduler(|s| {
+            s.stop(Instant::now());
+            ((), Vec::new())
+        });
         lock(&self.inner.outboxes).clear();
     }
 

@@ -266,6 +266,8 @@ pub(super) enum LeaseLoss {
     HandedBack,
     /// The job ended: the chunk will not be checked further.
     JobEnded,
+    /// The coordinator is stopping: the chunk is checked again after it restarts, at no cost.
+    CoordinatorStopped,
 }
 
 /// What losing a chunk's lease did to the chunk.
@@ -373,8 +375,8 @@ impl Job {
             failed: false,
         };
         match loss {
-            // Left unchecked: the job will not check it further.
-            LeaseLoss::JobEnded => {}
+            // Left unchecked: the job will not check it further, or not in this process.
+            LeaseLoss::JobEnded | LeaseLoss::CoordinatorStopped => {}
             LeaseLoss::HandedBack => {
                 self.handed_back += 1;
                 lost.requeue = true;

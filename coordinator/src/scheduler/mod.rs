@@ -151,6 +151,8 @@ pub(crate) struct Scheduler {
     scrapes: Vec<Scrape>,
     /// Totals since start, for metrics.
     counters: Counters,
+    /// Set by [`Scheduler::stop`]: no lease is granted any more.
+    stopped: bool,
 }
 
 /// Event totals since the coordinator started.
@@ -183,6 +185,7 @@ impl Scheduler {
             journal: Vec::new(),
             scrapes: Vec::new(),
             counters: Counters::default(),
+            stopped: false,
         }
     }
 
@@ -540,6 +543,22 @@ impl Scheduler {
         out
     }
 
+    /// The coordinator is stopping: every session ends and its leases with it, at no cost to
+    /// their chunks (a restart is routine, not a worker's failure), and no lease is granted any
+    /// more. What is left of those chunks is checked again after the restart.
+    pub(crate) fn stop(&mut self, now: Instant) {
+        self.stopped = true;
+        let sessions: Vec<SessionId> = self.fleet.sessions().map(|(id, _)| *id).collect();
+        let mut out = Vec::new();
+        for session in sessions {
+            if let Some(s) = self.fleet.close(session) {
+                for lease_id in s.leases {
+                    self.lose_lease(lease_id, LeaseLoss::CoordinatorStopped, now, &mut out);
+                }
+            }
+        }
+    }
+
     fn end_session(&mut self, session: SessionId, now: Instant, out: &mut Vec<Outbound>) {
         if let Some(s) = self.fleet.close(session) {
             // A draining worker's leases come back at no cost, however its session ends.
@@ -640,6 +659,9 @@ impl Scheduler {
     /// Pushes queued chunks to sessions with free capacity, least loaded first.
     pub(crate) fn assign(&mut self, now: Instant) -> Vec<Outbound> {
         let mut out = Vec::new();
+        if self.stopped {
+            return out;
+        }
         loop {
             // While more work is queued than every worker's slots can take, each may hold twice its
             // slots, so no slot idles while verdicts travel; near the end of the queue none holds
@@ -752,7 +774,7 @@ impl Scheduler {
         };
         self.changed.insert(lease.job_id.clone());
         match loss {
-            LeaseLoss::JobEnded => {}
+            LeaseLoss::JobEnded | LeaseLoss::CoordinatorStopped => {}
             LeaseLoss::HandedBack => self.counters.leases_handed_back += 1,
             LeaseLoss::Vanished => self.counters.leases_requeued += 1,
         }

@@ -662,6 +662,33 @@ fn drain_and_hand_back_cost_no_attempt() {
 }
 
 #[test]
+fn a_coordinator_stopping_costs_no_attempt_and_grants_nothing() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 8, 4, 1), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 2), c.now);
+    assert_eq!(assignments(&out).len(), 2);
+    s.take_journal();
+    s.stop(c.now);
+    let snap = s.snapshot("j", true, c.now).unwrap();
+    assert_eq!(
+        (snap.progress.reassignments, snap.progress.chunks_leased),
+        (0, 0)
+    );
+    assert!(snap.chunks.iter().all(|chunk| chunk.attempts == 0));
+    assert!(
+        !s.take_journal()
+            .iter()
+            .any(|r| matches!(r, Record::Chunk { .. })),
+        "no attempt is stored"
+    );
+    // The streams closing afterwards change nothing, and nobody is leased anything.
+    assert!(s.disconnect(w, c.now).is_empty());
+    let (_, out) = s.hello(hello("late", 2), c.now);
+    assert!(assignments(&out).is_empty());
+}
+
+#[test]
 fn a_job_without_workers_fails_at_its_deadline() {
     let mut c = Clock::new();
     let mut s = scheduler();
