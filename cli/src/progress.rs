@@ -102,8 +102,12 @@ pub fn bar(checked: u64, total: u64) -> String {
 /// The final line of a job.
 pub fn summary(job: &pb::Job) -> String {
     let p = job.progress.unwrap_or_default();
+    let unchecked = match p.proxies_unchecked {
+        0 => String::new(),
+        n => format!(", {n} left unchecked"),
+    };
     format!(
-        "job {} {}: {} usable of {} ({} checked) in {}; {}",
+        "job {} {}: {} usable of {} ({} checked{unchecked}) in {}; {}",
         job.job_id,
         state_name(job.state),
         p.proxies_usable,
@@ -330,9 +334,21 @@ mod tests {
             "{line}"
         );
         assert!(
-            summary(&job).starts_with("job job-x SUCCEEDED: 3 usable of 10"),
+            summary(&job).starts_with("job job-x SUCCEEDED: 3 usable of 10 (10 checked) in"),
             "{}",
             summary(&job)
+        );
+        let mut partial = job.clone();
+        if let Some(p) = partial.progress.as_mut() {
+            p.proxies_checked = 7;
+            p.proxies_unchecked = 3;
+        }
+        assert!(
+            summary(&partial).starts_with(
+                "job job-x SUCCEEDED: 3 usable of 10 (7 checked, 3 left unchecked) in"
+            ),
+            "a job that succeeded with candidates left says so: {}",
+            summary(&partial)
         );
     }
 }

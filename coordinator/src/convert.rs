@@ -192,6 +192,7 @@ fn progress_to_proto(p: &JobProgress) -> pb::JobProgress {
         chunks_failed: p.chunks_failed,
         proxies_total: p.proxies_total,
         proxies_checked: p.proxies_checked,
+        proxies_unchecked: p.proxies_unchecked,
         proxies_usable: p.proxies_usable,
         workers: p.workers,
         checks_per_second: p.checks_per_second,

@@ -689,6 +689,32 @@ fn a_coordinator_stopping_costs_no_attempt_and_grants_nothing() {
 }
 
 #[test]
+fn an_ended_job_says_how_many_candidates_it_left_unchecked() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 8, 4, 0), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out).remove(0).1;
+    s.verdicts(w, a.lease_id, verdicts_for(&a, |_| true), c.now, c.wall());
+    let running = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(running.progress.proxies_unchecked, 0, "not while it runs");
+    s.cancel("j", c.now, c.wall()).unwrap();
+    let ended = s.snapshot("j", false, c.now).unwrap();
+    assert_eq!(
+        (
+            ended.progress.proxies_checked,
+            ended.progress.proxies_unchecked
+        ),
+        (4, 4)
+    );
+    s.keep_in_store("j");
+    assert_eq!(
+        s.snapshot("j", false, c.now).unwrap().progress,
+        ended.progress
+    );
+}
+
+#[test]
 fn a_job_without_workers_fails_at_its_deadline() {
     let mut c = Clock::new();
     let mut s = scheduler();

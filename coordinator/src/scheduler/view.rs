@@ -59,6 +59,8 @@ pub(crate) struct JobProgress {
     pub(crate) stale_verdicts_refused: u64,
     pub(crate) handed_back: u64,
     pub(crate) elapsed: Duration,
+    /// Candidates the job ended without a verdict for; 0 while it runs.
+    pub(crate) proxies_unchecked: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -184,7 +186,9 @@ impl Scheduler {
             progress.chunks_done = counts.chunks_done;
             progress.chunks_failed = counts.chunks_failed;
         }
-        if !job.state.is_terminal() {
+        if job.state.is_terminal() {
+            progress.proxies_unchecked = progress.proxies_total.saturating_sub(job.checked);
+        } else {
             if let (Some(first), Some(last)) = (job.rate_samples.front(), job.rate_samples.back()) {
                 let secs = last.0.saturating_duration_since(first.0).as_secs_f64();
                 if secs > 0.0 {
