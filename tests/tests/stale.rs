@@ -14,6 +14,18 @@ use proxyfleet_tests::relay::{Direction, Relay};
 use proxyfleet_tests::sim::{Behavior, Farm, SimProxy};
 use tonic::transport::Channel;
 
+/// Jobs here: checks that never time out on their own, small chunks in the list's order, and no
+/// usable proxy needed.
+const JOB_OPTIONS: &[&str] = &[
+    "--timeout",
+    "5m",
+    "--chunk-size",
+    "5",
+    "--keep-order",
+    "--min-usable",
+    "0",
+];
+
 /// A job's progress now.
 async fn progress(client: &mut CoordinatorClient<Channel>, job_id: &str) -> pb::JobProgress {
     harness::job(client, job_id)
@@ -77,20 +89,7 @@ async fn reconnecting_with_recorded_verdicts_adds_no_stale_ones() {
     let options = ["--lease-ttl", "3s"];
     let mut coordinator = CoordinatorProc::start_over(&listen, &data, &options).await;
     let _worker = harness::worker(&coordinator.url, "w1", &["--max-checks", "64"], dir.path());
-    let job_id = coordinator
-        .submit(
-            &lines,
-            &[
-                "--timeout",
-                "5m",
-                "--chunk-size",
-                "5",
-                "--keep-order",
-                "--min-usable",
-                "0",
-            ],
-        )
-        .await;
+    let job_id = coordinator.submit(&lines, JOB_OPTIONS).await;
     let mut client = coordinator.client().await;
     harness::wait_for("the refused addresses' verdicts", WAIT_LIMIT, || {
         let mut client = client.clone();
@@ -244,20 +243,7 @@ async fn verdicts_whose_confirmation_was_lost_are_not_counted_twice() {
     let coordinator = CoordinatorProc::start(&["--lease-ttl", "3s"]).await;
     let relay = Relay::spawn(coordinator.grpc).await.unwrap();
     let (_worker, metrics) = worker_through(&relay, &coordinator);
-    let job_id = coordinator
-        .submit(
-            &lines,
-            &[
-                "--timeout",
-                "5m",
-                "--chunk-size",
-                "5",
-                "--keep-order",
-                "--min-usable",
-                "0",
-            ],
-        )
-        .await;
+    let job_id = coordinator.submit(&lines, JOB_OPTIONS).await;
     let mut client = coordinator.client().await;
 
     // The worker has its lease; from now on nothing the coordinator says reaches it.
