@@ -266,8 +266,10 @@ pub async fn run(
         served = &mut metrics_task => stopped("the metrics endpoint", format!("{served:?}")),
         failure = state.store_failed() => Err(Error::StoreFailed(failure)),
     };
-    let _ = stop_tx.send(true);
+    // Sessions end in the scheduler before any task hears of the stop: a session handler that
+    // ended first would read as its worker vanishing and charge its chunks an attempt.
     state.close_all_sessions();
+    let _ = stop_tx.send(true);
     if !server_done
         && tokio::time::timeout(std::time::Duration::from_secs(10), &mut server)
             .await
