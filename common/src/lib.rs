@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod net;
 pub mod results;
 pub mod signals;
+pub mod text;
 pub mod tls;
 pub mod url;

@@ -285,15 +285,7 @@ fn port_of(after: &str, default: u16) -> Result<u16, &'static str> {
 }
 
 fn shorten(text: &str) -> String {
-    const MAX: usize = 200;
-    if text.len() <= MAX {
-        return text.to_string();
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    crate::text::shorten(text, 200)
 }
 
 #[cfg(test)]

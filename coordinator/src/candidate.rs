@@ -572,15 +572,7 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
 }
 
 fn shorten(text: &str) -> String {
-    const MAX: usize = 120;
-    if text.len() <= MAX {
-        return text.to_string();
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    proxyfleet_common::text::shorten(text, 120)
 }
 
 /// Parses one line: `host:port` (one candidate per default protocol),

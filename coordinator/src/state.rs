@@ -18,7 +18,7 @@ use crate::fetch::{FetchPolicy, Fetcher};
 use crate::output;
 use crate::scheduler::{
     Followed, Hello, JobError, JobSnapshot, LeaseConfig, NewJob, Outbound, Record, ResultRow,
-    RowFilter, Scheduler, Scrape, SessionId, SourceSpec, SourceState, SourceStatus, StoredRows,
+    RowFilter, Scheduler, Scrape, SessionId, SourceSpec, SourceState, SourceStatus,
 };
 use crate::store::{Reader, Store};
 use crate::submit::{self, SubmitError, SubmitPolicy, ValidSubmission};
@@ -221,6 +221,17 @@ pub(crate) enum FollowCursor {
     Rest { position: usize, start: usize },
     /// Has seen every candidate.
     Done,
+}
+
+impl FollowCursor {
+    /// Where a follower reading the rest after `position` recorded verdicts goes next: from
+    /// candidate `next`, or nowhere after the last.
+    fn rest(position: usize, next: Option<usize>) -> FollowCursor {
+        match next {
+            Some(start) => FollowCursor::Rest { position, start },
+            None => FollowCursor::Done,
+        }
+    }
 }
 
 /// Rows read at once when a job's results are read whole.
@@ -881,11 +892,6 @@ impl State {
         lock(&self.inner.scheduler).workers(Instant::now())
     }
 
-    /// Where an ended job's rows are read, once they are kept in the store only.
-    fn stored_rows(&self, job_id: &str) -> Result<Option<StoredRows>, JobError> {
-        lock(&self.inner.scheduler).stored_rows(job_id)
-    }
-
     /// Every row of a job that `filter` keeps, in candidate order, read page by page.
     pub(crate) fn results(
         &self,
@@ -910,16 +916,14 @@ impl State {
         limit: usize,
         filter: RowFilter,
     ) -> Result<(Vec<ResultRow>, Option<usize>), JobError> {
-        {
+        let stored = {
             let scheduler = lock(&self.inner.scheduler);
-            if scheduler.stored_rows(job_id)?.is_none() {
-                return scheduler.results_page(job_id, start, limit, filter);
+            match scheduler.stored_rows(job_id)? {
+                None => return scheduler.results_page(job_id, start, limit, filter),
+                Some(stored) => stored,
             }
-        }
-        // Kept in the store for good: read without the scheduler lock.
-        let Some(stored) = self.stored_rows(job_id)? else {
-            unreachable!("a job's rows never come back from the store");
         };
+        // Kept in the store for good: read without the scheduler lock.
         lock(&self.inner.reader)
             .results_page(job_id, stored, start, limit, filter)
             .map_err(|e| JobError::Unreadable(e.to_string()))
@@ -962,38 +966,27 @@ impl State {
                 })
             }
             FollowCursor::Rest { position, start } => {
-                let page = {
+                let stored = {
                     let scheduler = lock(&self.inner.scheduler);
                     match scheduler.stored_rows(job_id)? {
+                        Some(stored) => stored,
                         // Ended, still in memory: every recorded verdict was read.
-                        None if usable_only => Some((Vec::new(), None)),
-                        None => Some(scheduler.results_page(
-                            job_id,
-                            start,
-                            limit,
-                            RowFilter::Unchecked,
-                        )?),
-                        Some(_) => None,
+                        None if usable_only => return Ok((Vec::new(), FollowCursor::Done)),
+                        None => {
+                            let (rows, next) = scheduler.results_page(
+                                job_id,
+                                start,
+                                limit,
+                                RowFilter::Unchecked,
+                            )?;
+                            return Ok((rows, FollowCursor::rest(position, next)));
+                        }
                     }
                 };
-                let (rows, next) = match page {
-                    Some(page) => page,
-                    None => {
-                        let Some(stored) = self.stored_rows(job_id)? else {
-                            unreachable!("a job's rows never come back from the store");
-                        };
-                        lock(&self.inner.reader)
-                            .rest_page(job_id, stored, position, start, limit, usable_only)
-                            .map_err(|e| JobError::Unreadable(e.to_string()))?
-                    }
-                };
-                Ok((
-                    rows,
-                    match next {
-                        Some(start) => FollowCursor::Rest { position, start },
-                        None => FollowCursor::Done,
-                    },
-                ))
+                let (rows, next) = lock(&self.inner.reader)
+                    .rest_page(job_id, stored, position, start, limit, usable_only)
+                    .map_err(|e| JobError::Unreadable(e.to_string()))?;
+                Ok((rows, FollowCursor::rest(position, next)))
             }
             FollowCursor::Done => Ok((Vec::new(), FollowCursor::Done)),
         }

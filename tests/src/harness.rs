@@ -532,6 +532,11 @@ pub async fn wait_working(client: &CoordinatorClient<Channel>, name: &str) {
     .await
 }
 
+/// Waits until the coordinator sees the worker named `name` as silent (past its lease TTL).
+pub async fn wait_silent(client: &CoordinatorClient<Channel>, name: &str) {
+    wait_worker(client, name, "be seen silent", |w| w.status == "silent").await
+}
+
 async fn wait_worker(
     client: &CoordinatorClient<Channel>,
     name: &str,

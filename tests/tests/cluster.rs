@@ -39,17 +39,7 @@ async fn a_job_survives_a_killed_and_a_frozen_worker() {
     // Frozen while its checks are in flight, so it wakes up with verdicts for expired leases.
     harness::wait_working(&client, "w2").await;
     w2.signal(libc::SIGSTOP);
-    harness::wait_for("the frozen worker to be seen silent", WAIT_LIMIT, || {
-        let mut client = client.clone();
-        async move {
-            harness::workers(&mut client)
-                .await
-                .iter()
-                .any(|w| w.worker_id == "w2" && w.status == "silent")
-                .then_some(())
-        }
-    })
-    .await;
+    harness::wait_silent(&client, "w2").await;
     // Leave it frozen a little past the expiry, then let it send its late verdicts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     w2.signal(libc::SIGCONT);

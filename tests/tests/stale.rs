@@ -163,17 +163,7 @@ async fn verdicts_checked_past_the_lease_ttl_are_refused_and_counted() {
     })
     .await;
     worker.signal(libc::SIGSTOP);
-    harness::wait_for("the frozen worker to be seen silent", WAIT_LIMIT, || {
-        let mut client = client.clone();
-        async move {
-            harness::workers(&mut client)
-                .await
-                .iter()
-                .any(|w| w.worker_id == "w1" && w.status == "silent")
-                .then_some(())
-        }
-    })
-    .await;
+    harness::wait_silent(&client, "w1").await;
     assert_eq!(progress(&mut client, &job_id).await.proxies_checked, 2);
     // Past the checks' timeout too: resumed, the worker ends them at once, for a lease it lost.
     tokio::time::sleep(Duration::from_secs(2)).await;
