@@ -88,6 +88,7 @@ fn reason_to_proto(r: Reason) -> pb::Reason {
         Reason::Network => pb::Reason::Network,
         Reason::Filtered => pb::Reason::Filtered,
         Reason::Forbidden => pb::Reason::Forbidden,
+        Reason::Poison => pb::Reason::Poison,
     }
 }
 
@@ -105,6 +106,7 @@ pub fn reason_from_proto(value: i32) -> Option<Reason> {
         pb::Reason::Unchecked => None,
         pb::Reason::Filtered => Some(Reason::Filtered),
         pb::Reason::Forbidden => Some(Reason::Forbidden),
+        pb::Reason::Poison => Some(Reason::Poison),
     }
 }
 
@@ -131,9 +133,9 @@ pub(crate) fn clip(mut text: String, max: usize) -> String {
 
 pub(crate) fn verdict_from_proto(v: pb::Verdict) -> Verdict {
     let reason = match reason_from_proto(v.reason) {
-        // Only the coordinator filters, and a verdict is never unchecked: a worker saying either,
-        // or something unknown, is taken as a network failure.
-        Some(Reason::Filtered) | None => Reason::Network,
+        // Only the coordinator filters or marks poison, and a verdict is never unchecked: a
+        // worker saying any of these, or something unknown, is taken as a network failure.
+        Some(Reason::Filtered | Reason::Poison) | None => Reason::Network,
         Some(reason) => reason,
     };
     // A verdict is usable only if it says so and names no failure.
@@ -193,6 +195,9 @@ fn progress_to_proto(p: &JobProgress) -> pb::JobProgress {
         proxies_total: p.proxies_total,
         proxies_checked: p.proxies_checked,
         proxies_unchecked: p.proxies_unchecked,
+        proxies_poison: p.proxies_poison,
+        duplicate_verdicts_refused: p.duplicate_verdicts_refused,
+        speculative_leases: p.speculative_leases,
         proxies_usable: p.proxies_usable,
         workers: p.workers,
         checks_per_second: p.checks_per_second,
@@ -210,6 +215,7 @@ fn chunk_to_proto(c: &ChunkInfo) -> pb::ChunkInfo {
         ChunkState::Leased(_) => pb::ChunkState::Leased,
         ChunkState::Done => pb::ChunkState::Done,
         ChunkState::Failed => pb::ChunkState::Failed,
+        ChunkState::Split => pb::ChunkState::Split,
     };
     pb::ChunkInfo {
         chunk_id: c.id,

@@ -44,7 +44,7 @@ pub(crate) fn render(m: &Metrics) -> String {
     e.family("proxyfleet_leases", "gauge", "Leases held by workers now.")
         .sample("proxyfleet_leases", &[], m.leases_live as f64);
     let c = &m.counters;
-    let counters: [(&str, &str, u64); 7] = [
+    let counters: [(&str, &str, u64); 10] = [
         (
             "proxyfleet_leases_granted_total",
             "Leases granted to workers.",
@@ -76,8 +76,23 @@ pub(crate) fn render(m: &Metrics) -> String {
             c.stale_verdicts_refused,
         ),
         (
+            "proxyfleet_duplicate_verdicts_refused_total",
+            "Verdicts refused because another lease of their chunk recorded the proxy first.",
+            c.duplicate_verdicts_refused,
+        ),
+        (
+            "proxyfleet_speculative_leases_total",
+            "Backup leases granted at a job's tail for the unchecked proxies of a slow lease.",
+            c.speculative_leases,
+        ),
+        (
+            "proxyfleet_chunks_cut_total",
+            "Chunks whose attempts ran out, cut in halves to find a poison proxy.",
+            c.chunks_cut,
+        ),
+        (
             "proxyfleet_chunks_failed_total",
-            "Chunks failed after their maximum attempts.",
+            "Pieces of one proxy whose attempts ran out: that proxy is poison.",
             c.chunks_failed,
         ),
     ];

@@ -37,8 +37,9 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_MAX_CHECKS", default_value_t = 256)]
     pub max_checks: usize,
 
-    /// Chunks held at once, at most. Default: max-checks / 8, at least 2. The coordinator leases a
-    /// worker another chunk only while it has a free check slot for every candidate it holds.
+    /// Chunks held at once, at most. Default: one per check slot (max-checks), 2 to 1024, so that
+    /// chunks whose last candidates are slow never leave check slots idle. The coordinator leases
+    /// a worker another chunk only while it has a free check slot for every candidate it holds.
     #[arg(long, env = "PROXYFLEET_MAX_LEASES")]
     pub max_leases: Option<u32>,
 
@@ -201,9 +202,11 @@ impl TryFrom<Cli> for WorkerConfig {
     }
 }
 
-/// Chunks a worker with `max_checks` check slots holds at most, unless told otherwise.
+/// Chunks a worker with `max_checks` check slots holds at most, unless told otherwise: one a
+/// slot, since a chunk may hold a single slow candidate at its end, and the coordinator bounds
+/// what a worker holds by its slots anyway.
 pub fn default_capacity(max_checks: usize) -> u32 {
-    (max_checks / 8).clamp(2, 1024) as u32
+    max_checks.clamp(2, 1024) as u32
 }
 
 fn default_name() -> String {
@@ -255,8 +258,10 @@ mod tests {
     #[test]
     fn config_derives_capacity_and_refuses_bad_urls() {
         let c = WorkerConfig::try_from(cli(&["--max-checks", "1024", "--name", "w1"])).unwrap();
-        assert_eq!((c.capacity, c.worker_id.as_str()), (128, "w1"));
-        let c = WorkerConfig::try_from(cli(&["--max-checks", "10"])).unwrap();
+        assert_eq!((c.capacity, c.worker_id.as_str()), (1024, "w1"));
+        let c = WorkerConfig::try_from(cli(&["--max-checks", "16"])).unwrap();
+        assert_eq!(c.capacity, 16, "a lease a check slot");
+        let c = WorkerConfig::try_from(cli(&["--max-checks", "1"])).unwrap();
         assert_eq!(c.capacity, 2);
         let e = WorkerConfig::try_from(cli(&["--coordinator", "127.0.0.1:1"])).unwrap_err();
         assert!(e.to_string().contains("http://"));

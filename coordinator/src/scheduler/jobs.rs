@@ -79,9 +79,13 @@ impl JobState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ChunkState {
     Queued,
+    /// Leased, by this lease (a backup lease, if any, is [`Chunk::backup`]).
     Leased(LeaseId),
     Done,
+    /// Its one candidate is poison; or, restored from an older store, its attempts ran out.
     Failed,
+    /// Its attempts ran out and it was cut into pieces, which are checked in its place.
+    Split,
 }
 
 #[derive(Debug)]
@@ -98,6 +102,14 @@ pub(super) struct Chunk {
     pub(super) attempts: u32,
     /// Times it was leased.
     pub(super) leases: u32,
+    /// Cut from a chunk whose attempts ran out (see [`Job::bisect`]). Pieces live in memory
+    /// only: after a restart their first chunk is leased whole again.
+    pub(super) piece: bool,
+    /// A piece of one candidate: when its attempts run out, that candidate is poison.
+    pub(super) single: bool,
+    /// A second lease on it, granted at the job's tail while its first holder is slow
+    /// (speculative execution): each candidate's first verdict wins.
+    pub(super) backup: Option<LeaseId>,
 }
 
 #[derive(Debug)]
@@ -118,8 +130,11 @@ pub(super) struct Job {
     pub(super) candidates: Arc<Vec<Candidate>>,
     /// Verdict per candidate index; `None` until recorded, never overwritten.
     pub(super) verdicts: Vec<Option<Verdict>>,
-    /// Its chunks, cut from `candidates`; changed by leasing, verdicts and lost leases.
+    /// Its chunks, cut from `candidates`, then pieces cut from chunks whose attempts ran out;
+    /// changed by leasing, verdicts and lost leases.
     pub(super) chunks: Vec<Chunk>,
+    /// How many chunks it was cut into at first: the store keeps these, not the pieces.
+    pub(super) base_chunks: u32,
     /// When it was submitted (or, restored, when it would have been by this clock).
     pub(super) created: Instant,
     /// Submission time, wall clock, for clients and the store.
@@ -138,6 +153,12 @@ pub(super) struct Job {
     pub(super) stale_refused: u64,
     /// Leases given back by draining workers.
     pub(super) handed_back: u64,
+    /// Candidates marked poison (each also has a verdict row, with [`Reason::Poison`]).
+    pub(super) poisoned: u64,
+    /// Verdicts refused because another lease of the chunk recorded the candidate first.
+    pub(super) duplicates: u64,
+    /// Backup leases granted for its chunks at its tail.
+    pub(super) speculated: u64,
     /// (time, checked) samples for the check rate, oldest first.
     pub(super) rate_samples: VecDeque<(Instant, u64)>,
     /// Sources still to fetch (taken when scraping starts) and how each went.
@@ -252,6 +273,9 @@ pub(super) fn make_chunks(total: u32, chunk_size: u32) -> Vec<Chunk> {
                 state: ChunkState::Queued,
                 attempts: 0,
                 leases: 0,
+                piece: false,
+                single: false,
+                backup: None,
             }
         })
         .collect()
@@ -275,10 +299,19 @@ pub(super) enum LeaseLoss {
 pub(super) struct Lost {
     /// Queue it again, at the front.
     pub(super) requeue: bool,
-    /// An attempt was charged: what the store keeps of the chunk now.
+    /// An attempt was charged to one of the job's first chunks: what the store keeps of it now.
     pub(super) record: Option<ChunkRecord>,
-    /// Its attempts ran out: it failed, and the job may be complete.
-    pub(super) failed: bool,
+    /// Its attempts ran out.
+    pub(super) exhausted: Option<Exhausted>,
+}
+
+/// What became of a chunk whose attempts ran out.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Exhausted {
+    /// Cut into these pieces, to be queued in its place.
+    Cut(Vec<ChunkId>),
+    /// A piece of one candidate, this one: it is poison (see [`Job::poison`]).
+    Poison(u32),
 }
 
 /// What recording a batch of verdicts for one chunk did.
@@ -292,12 +325,15 @@ pub(super) struct Recorded {
     pub(super) usable: u64,
     /// Every candidate of the chunk has its verdict now.
     pub(super) chunk_done: bool,
+    /// Verdicts for candidates another lease of the chunk recorded first: refused.
+    pub(super) duplicates: u64,
 }
 
 impl Job {
     /// A job queued now, from a submission.
     pub(super) fn new(new: NewJob, now: Instant, wall_ms: u64) -> Job {
         let chunks = make_chunks(new.candidates.len() as u32, new.settings.chunk_size);
+        let base_chunks = chunks.len() as u32;
         let sources = new
             .sources
             .iter()
@@ -319,6 +355,7 @@ impl Job {
             verdicts: vec![None; new.candidates.len()],
             candidates: new.candidates.into(),
             chunks,
+            base_chunks,
             created: now,
             created_wall_ms: wall_ms,
             ended_wall_ms: 0,
@@ -328,6 +365,9 @@ impl Job {
             reassignments: 0,
             stale_refused: 0,
             handed_back: 0,
+            poisoned: 0,
+            duplicates: 0,
+            speculated: 0,
             rate_samples: VecDeque::new(),
             source_specs: new.sources,
             sources,
@@ -347,16 +387,41 @@ impl Job {
             .collect()
     }
 
-    /// The chunk is leased as `lease_id`; returns how many times it has been leased.
-    pub(super) fn lease_chunk(&mut self, chunk_id: ChunkId, lease_id: LeaseId) -> u32 {
+    /// The live leases of a chunk: its lease and its backup lease, if any.
+    pub(super) fn leases_on(&self, chunk_id: ChunkId) -> Vec<LeaseId> {
+        let chunk = &self.chunks[chunk_id as usize];
+        let primary = match chunk.state {
+            ChunkState::Leased(lease) => Some(lease),
+            _ => None,
+        };
+        primary.into_iter().chain(chunk.backup).collect()
+    }
+
+    /// The chunk is leased as `lease_id`, as its backup lease when `backup`; returns how many
+    /// times it has been leased.
+    pub(super) fn lease_chunk(
+        &mut self,
+        chunk_id: ChunkId,
+        lease_id: LeaseId,
+        backup: bool,
+    ) -> u32 {
         let chunk = &mut self.chunks[chunk_id as usize];
-        chunk.state = ChunkState::Leased(lease_id);
+        if backup {
+            chunk.backup = Some(lease_id);
+            self.speculated += 1;
+        } else {
+            chunk.state = ChunkState::Leased(lease_id);
+        }
         chunk.leases += 1;
         chunk.leases
     }
 
     /// The chunk's lease `lease_id` ended unfinished, for `loss`; `None` if the chunk was no
     /// longer leased as that.
+    ///
+    /// A holder that vanished charges the chunk an attempt. While another lease of the chunk
+    /// lives, that one goes on with it; otherwise it is queued again, or, once its attempts ran
+    /// out, cut in halves ([`Job::bisect`]), and a piece of one candidate is poison.
     pub(super) fn lose_chunk(
         &mut self,
         chunk_id: ChunkId,
@@ -364,83 +429,184 @@ impl Job {
         loss: LeaseLoss,
     ) -> Option<Lost> {
         let max_attempts = self.settings.max_attempts;
+        let journaled = chunk_id < self.base_chunks;
         let chunk = &mut self.chunks[chunk_id as usize];
-        if chunk.state != ChunkState::Leased(lease_id) {
+        let other = if chunk.backup == Some(lease_id) {
+            chunk.backup = None;
+            match chunk.state {
+                ChunkState::Leased(primary) => Some(primary),
+                _ => None,
+            }
+        } else if chunk.state == ChunkState::Leased(lease_id) {
+            let backup = chunk.backup.take();
+            chunk.state = backup.map_or(ChunkState::Queued, ChunkState::Leased);
+            backup
+        } else {
             return None;
-        }
-        chunk.state = ChunkState::Queued;
+        };
         let mut lost = Lost {
             requeue: false,
             record: None,
-            failed: false,
+            exhausted: None,
         };
         match loss {
             // Left unchecked: the job will not check it further, or not in this process.
             LeaseLoss::JobEnded | LeaseLoss::CoordinatorStopped => {}
             LeaseLoss::HandedBack => {
                 self.handed_back += 1;
-                lost.requeue = true;
+                lost.requeue = other.is_none();
             }
             LeaseLoss::Vanished => {
                 chunk.attempts += 1;
                 self.reassignments += 1;
-                lost.failed = chunk.attempts >= max_attempts;
-                lost.record = Some(ChunkRecord {
-                    chunk_id: chunk.id,
-                    attempts: chunk.attempts,
-                    leases: chunk.leases,
-                    failed: lost.failed,
-                });
-                if lost.failed {
-                    chunk.state = ChunkState::Failed;
-                } else {
+                if journaled {
+                    lost.record = Some(ChunkRecord {
+                        chunk_id: chunk.id,
+                        attempts: chunk.attempts,
+                        leases: chunk.leases,
+                        failed: false,
+                    });
+                }
+                if other.is_some() {
+                    // Its other holder goes on with it.
+                } else if chunk.attempts < max_attempts {
                     lost.requeue = true;
+                } else if chunk.single {
+                    let index = chunk
+                        .range
+                        .clone()
+                        .find(|&i| self.verdicts[i as usize].is_none())
+                        .expect("a chunk with a live lease has an unchecked candidate");
+                    lost.exhausted = Some(Exhausted::Poison(index));
+                } else {
+                    lost.exhausted = Some(Exhausted::Cut(self.bisect(chunk_id)));
                 }
             }
         }
         Some(lost)
     }
 
-    /// How a checking job whose every chunk is done or failed ends, and why; `None` while it is
-    /// not checking or has chunks left.
+    /// Cuts a chunk whose attempts ran out into two pieces holding half of its unchecked
+    /// candidates each (one piece if it has one left), as MapReduce's skipping mode narrows down
+    /// a bad record. A piece of several candidates has one attempt left, so the next holder that
+    /// vanishes with it halves it again; a piece of one has every attempt, so only a candidate
+    /// that keeps killing the workers that check it alone ends poison. Returns the pieces' ids.
+    pub(super) fn bisect(&mut self, chunk_id: ChunkId) -> Vec<ChunkId> {
+        let max_attempts = self.settings.max_attempts;
+        let unchecked: Vec<u32> = self.chunks[chunk_id as usize]
+            .range
+            .clone()
+            .filter(|&i| self.verdicts[i as usize].is_none())
+            .collect();
+        self.chunks[chunk_id as usize].state = ChunkState::Split;
+        let (first, second) = unchecked.split_at(unchecked.len() / 2);
+        let mut pieces = Vec::new();
+        for half in [first, second] {
+            let (Some(&start), Some(&last)) = (half.first(), half.last()) else {
+                continue;
+            };
+            let id = self.chunks.len() as ChunkId;
+            let single = half.len() == 1;
+            self.chunks.push(Chunk {
+                id,
+                range: start..last + 1,
+                unchecked: half.len() as u32,
+                state: ChunkState::Queued,
+                attempts: if single { 0 } else { max_attempts - 1 },
+                leases: 0,
+                piece: true,
+                single,
+                backup: None,
+            });
+            pieces.push(id);
+        }
+        pieces
+    }
+
+    /// The verdict that marks candidate `index` of piece `chunk_id` poison: it was never
+    /// checked, because every worker that checked it alone vanished.
+    pub(super) fn poison_verdict(&self, chunk_id: ChunkId, index: u32) -> Verdict {
+        let attempts = self.chunks[chunk_id as usize].attempts;
+        Verdict {
+            index,
+            usable: false,
+            reason: Reason::Poison,
+            latency_ms: 0,
+            exit_ip: "".into(),
+            detail: format!(
+                "not checked: every worker that checked it alone vanished ({attempts} times)"
+            )
+            .into(),
+            anonymity: super::Anonymity::Unknown,
+            connect_ms: 0,
+        }
+    }
+
+    /// Marks candidate `index` of piece `chunk_id` poison: its verdict says it was never checked,
+    /// and the piece is failed.
+    pub(super) fn poison(
+        &mut self,
+        chunk_id: ChunkId,
+        index: u32,
+        texts: &mut std::collections::HashSet<Arc<str>>,
+    ) -> Recorded {
+        let verdict = self.poison_verdict(chunk_id, index);
+        let mut recorded = self.record(chunk_id, vec![verdict], false, texts);
+        self.chunks[chunk_id as usize].state = ChunkState::Failed;
+        recorded.chunk_done = false;
+        recorded
+    }
+
+    /// Candidates the job has no checked verdict for: none yet, or poison.
+    pub(super) fn unchecked(&self) -> u64 {
+        (self.candidates.len() as u64).saturating_sub(self.checked) + self.poisoned
+    }
+
+    /// How a checking job whose every chunk is done, failed or cut into pieces ends, and why;
+    /// `None` while it is not checking or has chunks left.
     pub(super) fn completion(&self) -> Option<(JobState, String)> {
         if self.state != JobState::Checking
-            || self
-                .chunks
-                .iter()
-                .any(|c| !matches!(c.state, ChunkState::Done | ChunkState::Failed))
+            || self.chunks.iter().any(|c| {
+                !matches!(
+                    c.state,
+                    ChunkState::Done | ChunkState::Failed | ChunkState::Split
+                )
+            })
         {
             return None;
         }
-        let failed = self
-            .chunks
-            .iter()
-            .filter(|c| c.state == ChunkState::Failed)
-            .count();
-        let total = self.chunks.len();
+        // Poison candidates, and those of chunks that failed whole (restored from a store of an
+        // older version, whose chunks failed when their attempts ran out).
+        let lost = self.poisoned
+            + self
+                .chunks
+                .iter()
+                .filter(|c| c.state == ChunkState::Failed && !c.single)
+                .map(|c| u64::from(c.unchecked))
+                .sum::<u64>();
+        let total = self.candidates.len() as u64;
         let settings = &self.settings;
-        let failed_note = if failed > 0 {
-            format!(
-                "; {failed} of {total} chunks failed after {} attempts each (their proxies are unchecked)",
-                settings.max_attempts
-            )
-        } else {
-            String::new()
+        let unchecked = self.unchecked();
+        let note = match (self.poisoned, unchecked) {
+            (0, 0) => String::new(),
+            (0, n) => format!("; {n} proxies left unchecked"),
+            (p, n) => format!(
+                "; {n} proxies left unchecked, {p} of them poison (every worker that checked it alone vanished)"
+            ),
         };
         Some(
-            if total > 0 && failed as f64 / total as f64 > settings.max_failed_chunk_ratio {
+            if total > 0 && lost as f64 / total as f64 > settings.max_failed_chunk_ratio {
                 (
                     JobState::Failed,
                     format!(
-                        "{failed} of {total} chunks failed: every worker that took them vanished {} times",
-                        settings.max_attempts
+                        "{lost} of {total} proxies could not be checked: each killed every worker that checked it{note}"
                     ),
                 )
             } else if self.usable >= settings.min_usable {
                 (
                     JobState::Succeeded,
                     format!(
-                        "{} usable of {} proxies (at least {} wanted){failed_note}",
+                        "{} usable of {} proxies (at least {} wanted){note}",
                         self.usable,
                         self.candidates.len(),
                         settings.min_usable
@@ -450,7 +616,7 @@ impl Job {
                 (
                     JobState::Insufficient,
                     format!(
-                        "only {} usable of {} proxies, {} wanted{failed_note}",
+                        "only {} usable of {} proxies, {} wanted{note}",
                         self.usable,
                         self.candidates.len(),
                         settings.min_usable
@@ -489,7 +655,7 @@ impl Job {
         }
         let mut counts = StoredCounts {
             proxies_total: self.candidates.len() as u64,
-            chunks_total: self.chunks.len() as u64,
+            chunks_total: 0,
             chunks_queued: 0,
             chunks_done: 0,
             chunks_failed: 0,
@@ -500,7 +666,10 @@ impl Job {
                 ChunkState::Queued | ChunkState::Leased(_) => counts.chunks_queued += 1,
                 ChunkState::Done => counts.chunks_done += 1,
                 ChunkState::Failed => counts.chunks_failed += 1,
+                // Its pieces are counted in its place.
+                ChunkState::Split => continue,
             }
+            counts.chunks_total += 1;
         }
         self.stored = Some(counts);
         self.candidates = Arc::new(Vec::new());
@@ -532,6 +701,7 @@ impl Job {
             first_position: self.recorded.len() as u64,
             usable: 0,
             chunk_done: false,
+            duplicates: 0,
         };
         for mut verdict in verdicts {
             if !chunk.range.contains(&verdict.index) {
@@ -539,6 +709,7 @@ impl Job {
             }
             let slot = &mut self.verdicts[verdict.index as usize];
             if slot.is_some() {
+                recorded.duplicates += 1;
                 continue;
             }
             if verdict.usable
@@ -559,11 +730,15 @@ impl Job {
                 self.usable += 1;
                 recorded.usable += 1;
             }
+            if verdict.reason == Reason::Poison {
+                self.poisoned += 1;
+            }
             chunk.unchecked -= 1;
             self.recorded.push(verdict.index);
             recorded.verdicts.push(verdict.clone());
             *slot = Some(verdict);
         }
+        self.duplicates += recorded.duplicates;
         if chunk.unchecked == 0 {
             chunk.state = ChunkState::Done;
             recorded.chunk_done = true;

@@ -143,7 +143,7 @@ impl Scheduler {
             }
         }
         let mut slots: Vec<Option<Verdict>> = vec![None; candidates.len()];
-        let (mut checked, mut usable, mut recorded) = (0, 0, Vec::new());
+        let (mut checked, mut usable, mut poisoned, mut recorded) = (0, 0, 0, Vec::new());
         for v in verdicts {
             let Some(slot) = slots.get_mut(v.index as usize) else {
                 continue;
@@ -153,6 +153,7 @@ impl Scheduler {
             }
             checked += 1;
             usable += u64::from(v.usable);
+            poisoned += u64::from(v.reason == Reason::Poison);
             recorded.push(v.index);
             *slot = Some(v);
         }
@@ -182,6 +183,7 @@ impl Scheduler {
             reason: record.reason,
             verdicts: slots,
             candidates: candidates.into(),
+            base_chunks: chunks.len() as u32,
             chunks,
             created,
             created_wall_ms: record.created_wall_ms,
@@ -192,6 +194,10 @@ impl Scheduler {
             reassignments: record.reassignments,
             stale_refused: record.stale_refused,
             handed_back: record.handed_back,
+            poisoned,
+            // Not kept by the store: counted again from the restart on.
+            duplicates: 0,
+            speculated: 0,
             rate_samples: VecDeque::new(),
             source_specs: if terminal {
                 Vec::new()

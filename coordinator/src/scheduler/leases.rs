@@ -56,6 +56,8 @@ impl Fleet {
                 capacity: hello.capacity.max(1),
                 max_checks: hello.max_checks,
                 leases: BTreeSet::new(),
+                retries: 0,
+                pieces: 0,
                 unchecked: 0,
                 connected: now,
                 last_seen: now,
@@ -161,13 +163,24 @@ impl Fleet {
             .sum()
     }
 
-    /// The least loaded session that wants another lease (see [`Session::wants_work`]).
-    pub(super) fn pick(&self, ahead: bool) -> Option<SessionId> {
+    /// The least loaded session that wants another lease (see [`Session::wants_work`]), of
+    /// those not in `skip`.
+    pub(super) fn pick(&self, ahead: bool, skip: &BTreeSet<SessionId>) -> Option<SessionId> {
         self.sessions
             .iter()
-            .filter(|(_, s)| s.wants_work(ahead))
+            .filter(|(id, s)| s.wants_work(ahead) && !skip.contains(id))
             .min_by_key(|(id, s)| (s.load(), **id))
             .map(|(id, _)| *id)
+    }
+
+    /// Sessions that may be leased work now or later: not draining.
+    pub(super) fn serving(&self) -> usize {
+        self.sessions.values().filter(|s| !s.draining).count()
+    }
+
+    /// Live leases of chunks charged an attempt (not pieces), over every session.
+    pub(super) fn retries(&self) -> u64 {
+        self.sessions.values().map(|s| u64::from(s.retries)).sum()
     }
 
     /// Grants `session` a lease on chunk `chunk` of job `job_id`, with `unchecked` candidates.
@@ -177,6 +190,8 @@ impl Fleet {
         job_id: &str,
         chunk: ChunkId,
         unchecked: u32,
+        kind: LeaseKind,
+        now: Instant,
     ) -> LeaseId {
         let lease_id = self.next_lease;
         self.next_lease += 1;
@@ -188,6 +203,8 @@ impl Fleet {
                 session,
                 unchecked,
                 handled: 0,
+                kind,
+                progressed: now,
             },
         );
         let holder = self
@@ -196,7 +213,17 @@ impl Fleet {
             .expect("a lease goes to an open session");
         holder.leases.insert(lease_id);
         holder.unchecked += u64::from(unchecked);
+        match kind {
+            LeaseKind::Retry => holder.retries += 1,
+            LeaseKind::Piece => holder.pieces += 1,
+            LeaseKind::Fresh | LeaseKind::Backup => {}
+        }
         lease_id
+    }
+
+    /// Live leases, by id.
+    pub(super) fn leases(&self) -> impl Iterator<Item = (&LeaseId, &Lease)> {
+        self.leases.iter()
     }
 
     pub(super) fn lease(&self, lease_id: LeaseId) -> Option<&Lease> {
@@ -241,14 +268,26 @@ impl Fleet {
         self.leases.len()
     }
 
-    /// `accepted` candidates of a lease got their verdicts from its holder `session`.
-    pub(super) fn checked(&mut self, lease_id: LeaseId, session: SessionId, accepted: u64) {
+    /// `accepted` candidates of a lease got their verdicts from its holder `session`, and
+    /// `duplicates` more were checked by it after another lease had recorded them.
+    pub(super) fn checked(
+        &mut self,
+        lease_id: LeaseId,
+        session: SessionId,
+        accepted: u64,
+        duplicates: u64,
+        now: Instant,
+    ) {
+        let done = accepted + duplicates;
         if let Some(lease) = self.leases.get_mut(&lease_id) {
-            lease.unchecked = lease.unchecked.saturating_sub(accepted as u32);
+            lease.unchecked = lease.unchecked.saturating_sub(done as u32);
+            if done > 0 {
+                lease.progressed = now;
+            }
         }
         if let Some(s) = self.sessions.get_mut(&session) {
             s.verdicts_accepted += accepted;
-            s.unchecked = s.unchecked.saturating_sub(accepted);
+            s.unchecked = s.unchecked.saturating_sub(done);
         }
     }
 
@@ -258,6 +297,11 @@ impl Fleet {
         if let Some(s) = self.sessions.get_mut(&lease.session) {
             s.leases.remove(&lease_id);
             s.unchecked = s.unchecked.saturating_sub(u64::from(lease.unchecked));
+            match lease.kind {
+                LeaseKind::Retry => s.retries -= 1,
+                LeaseKind::Piece => s.pieces -= 1,
+                LeaseKind::Fresh | LeaseKind::Backup => {}
+            }
         }
         let retired = Retired {
             job_id: lease.job_id.clone(),
@@ -287,6 +331,23 @@ pub(super) struct Lease {
     /// Its worker's verdicts handled so far, by the positions the worker gave them (raised by
     /// [`Fleet::handle`]): a batch sent again after its stream broke is not handled twice.
     pub(super) handled: u32,
+    /// What the chunk was when leased: how leases of suspect chunks are spread over sessions.
+    pub(super) kind: LeaseKind,
+    /// When it was granted or last brought a verdict: the slowest lease is the quietest.
+    pub(super) progressed: Instant,
+}
+
+/// What a lease's chunk was when it was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LeaseKind {
+    /// Never charged an attempt.
+    Fresh,
+    /// Charged an attempt: its last holder vanished with it.
+    Retry,
+    /// A piece of a chunk whose attempts ran out.
+    Piece,
+    /// A backup lease on a slow lease's chunk, at the job's tail.
+    Backup,
 }
 
 /// What is kept of an ended lease.
@@ -315,6 +376,10 @@ pub(super) struct Session {
     pub(super) max_checks: u32,
     /// Live leases it holds; changed by grant, retire and silence.
     pub(super) leases: BTreeSet<LeaseId>,
+    /// Of those, leases of chunks charged an attempt ([`LeaseKind::Retry`]).
+    pub(super) retries: u32,
+    /// Of those, leases of pieces ([`LeaseKind::Piece`]).
+    pub(super) pieces: u32,
     /// Candidates of its leases without a verdict yet: a worker is leased more only while this is
     /// below its `max_checks`, so no candidate waits in one worker while another has free slots.
     pub(super) unchecked: u64,

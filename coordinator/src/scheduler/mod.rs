@@ -28,9 +28,9 @@ pub(crate) use view::{
     WorkerSnapshot,
 };
 
-use jobs::{Job, LeaseLoss, make_chunks};
+use jobs::{Exhausted, Job, LeaseLoss, make_chunks};
 use journal::Changed;
-use leases::Fleet;
+use leases::{Fleet, LeaseKind};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -41,6 +41,12 @@ use crate::candidate::Candidate;
 pub(crate) type LeaseId = u64;
 pub(crate) type SessionId = u64;
 pub(crate) type ChunkId = u32;
+
+/// How long a lease may bring no verdict before, at its job's tail, its unchecked candidates are
+/// leased again to an idle session: longer than one check may take, with room to spare.
+fn speculate_after(settings: &JobSettings) -> Duration {
+    (settings.timeout + settings.timeout / 2).max(Duration::from_secs(1))
+}
 
 /// Settings of the lease protocol, fixed for the coordinator's life.
 #[derive(Debug, Clone)]
@@ -168,6 +174,13 @@ pub(crate) struct Counters {
     pub(crate) verdicts_usable: u64,
     pub(crate) verdicts_unusable: u64,
     pub(crate) stale_verdicts_refused: u64,
+    /// Verdicts refused because another lease of the chunk recorded the candidate first.
+    pub(crate) duplicate_verdicts_refused: u64,
+    /// Backup leases granted at a job's tail.
+    pub(crate) speculative_leases: u64,
+    /// Chunks whose attempts ran out, cut in halves.
+    pub(crate) chunks_cut: u64,
+    /// Pieces of one candidate whose attempts ran out: their candidate is poison.
     pub(crate) chunks_failed: u64,
 }
 
@@ -297,6 +310,7 @@ impl Scheduler {
         }
         job.verdicts = vec![None; job.candidates.len()];
         job.chunks = make_chunks(job.candidates.len() as u32, job.settings.chunk_size);
+        job.base_chunks = job.chunks.len() as u32;
         self.journal.push(Record::Candidates {
             job_id: job_id.to_string(),
             candidates: Arc::clone(&job.candidates),
@@ -456,8 +470,10 @@ impl Scheduler {
             .iter()
             .all(|u| u.starts_with("https://"));
         let job = self.jobs.get_mut(&job_id).expect("a live lease has a job");
+        let holders = job.leases_on(chunk_id);
         let recorded = job.record(chunk_id, verdicts, judge_is_https, &mut self.texts);
         let accepted = recorded.verdicts.len() as u64;
+        self.counters.duplicate_verdicts_refused += recorded.duplicates;
         self.counters.verdicts_usable += recorded.usable;
         self.counters.verdicts_unusable += accepted - recorded.usable;
         if accepted > 0 {
@@ -468,9 +484,22 @@ impl Scheduler {
             });
         }
         self.changed.insert(job_id.clone());
-        self.fleet.checked(lease_id, session, accepted);
+        self.fleet
+            .checked(lease_id, session, accepted, recorded.duplicates, now);
         if recorded.chunk_done {
             self.counters.leases_completed += 1;
+            // The chunk's other lease, if any (a backup, or the lease a backup was for), has
+            // nothing left to check.
+            for other in holders.into_iter().filter(|&other| other != lease_id) {
+                if let Some(holder) = self.fleet.holder(other) {
+                    out.push(Outbound::Revoke(
+                        holder,
+                        self.lease_ref(other, ""),
+                        "checked by another worker",
+                    ));
+                }
+                self.fleet.retire(other);
+            }
             self.fleet.retire(lease_id);
             let lease = LeaseRef {
                 lease_id,
@@ -481,7 +510,7 @@ impl Scheduler {
             self.finish_if_complete(&job_id, now, wall_ms, &mut out);
         }
         // Every verdict frees a check slot: the worker may have room for the next chunk.
-        if accepted > 0 {
+        if accepted + recorded.duplicates > 0 {
             out.extend(self.assign(now));
         }
         out
@@ -656,12 +685,16 @@ impl Scheduler {
         Ok((self.snapshot(job_id, false, now)?, out))
     }
 
-    /// Pushes queued chunks to sessions with free capacity, least loaded first.
+    /// Pushes queued chunks to sessions with free check slots, least loaded first; once nothing
+    /// is queued, leases the unchecked candidates of slow leases again to sessions with idle
+    /// slots ([`Scheduler::speculate`]).
     pub(crate) fn assign(&mut self, now: Instant) -> Vec<Outbound> {
         let mut out = Vec::new();
         if self.stopped {
             return out;
         }
+        // Sessions none of the queued chunks may go to now (see [`Scheduler::may_take`]).
+        let mut passed = BTreeSet::new();
         loop {
             // While more work is queued than every worker's slots can take, each may hold twice its
             // slots, so no slot idles while verdicts travel; near the end of the queue none holds
@@ -669,13 +702,17 @@ impl Scheduler {
             // slots.
             let queued = self.queued_candidates();
             let deep = queued >= self.fleet.slots();
-            let Some(session) = self.fleet.pick(deep) else {
+            let Some(session) = self.fleet.pick(deep, &passed) else {
                 break;
             };
-            let Some((job_id, chunk_id)) = self.next_queued_chunk() else {
-                break;
+            let Some((job_id, chunk_id, kind)) = self.next_queued_chunk(session) else {
+                passed.insert(session);
+                continue;
             };
-            out.push(self.grant(session, &job_id, chunk_id, now));
+            out.push(self.grant(session, &job_id, chunk_id, kind, now));
+        }
+        if self.queue.is_empty() {
+            self.speculate(now, &mut out);
         }
         out
     }
@@ -690,17 +727,92 @@ impl Scheduler {
         self.queue.len() as u64 * u64::from(chunk_size)
     }
 
-    fn next_queued_chunk(&mut self) -> Option<(String, ChunkId)> {
-        while let Some((job_id, chunk_id)) = self.queue.pop_front() {
-            let live = self.jobs.get(&job_id).is_some_and(|j| {
-                j.state == JobState::Checking
-                    && j.chunks[chunk_id as usize].state == ChunkState::Queued
-            });
-            if live {
-                return Some((job_id, chunk_id));
+    /// The first queued chunk `session` may take, taken off the queue, with the kind of lease it
+    /// makes; entries whose chunk is no longer queued are dropped on the way.
+    fn next_queued_chunk(&mut self, session: SessionId) -> Option<(String, ChunkId, LeaseKind)> {
+        // Chunks charged an attempt are spread evenly: one worker that freezes then costs each
+        // of them at most its share, not all of them an attempt at once. They sit at the head of
+        // the queue (lost chunks go back to the front).
+        let queued_retries = self
+            .queue
+            .iter()
+            .take_while(|(job_id, chunk_id)| {
+                self.queued_chunk(job_id, *chunk_id)
+                    .is_none_or(|c| c.attempts > 0 || c.piece)
+            })
+            .filter(|(job_id, chunk_id)| {
+                self.queued_chunk(job_id, *chunk_id)
+                    .is_some_and(|c| c.attempts > 0 && !c.piece)
+            })
+            .count() as u64;
+        let sessions = self.fleet.serving().max(1) as u64;
+        let share = (queued_retries + self.fleet.retries()).div_ceil(sessions);
+        let holder = self.fleet.session(session)?;
+        let (retries, pieces) = (u64::from(holder.retries), holder.pieces);
+        let mut i = 0;
+        while i < self.queue.len() {
+            let (job_id, chunk_id) = &self.queue[i];
+            let Some(chunk) = self.queued_chunk(job_id, *chunk_id) else {
+                self.queue.remove(i);
+                continue;
+            };
+            // A piece is suspected of killing its holder: a session holds one at a time, so a
+            // worker that dies with it takes no other piece down with it.
+            let kind = if chunk.piece {
+                (pieces == 0).then_some(LeaseKind::Piece)
+            } else if chunk.attempts > 0 {
+                (retries < share).then_some(LeaseKind::Retry)
+            } else {
+                Some(LeaseKind::Fresh)
+            };
+            if let Some(kind) = kind {
+                let (job_id, chunk_id) = self.queue.remove(i).expect("index within the queue");
+                return Some((job_id, chunk_id, kind));
             }
+            i += 1;
         }
         None
+    }
+
+    /// A chunk of a checking job that waits for a lease.
+    fn queued_chunk(&self, job_id: &str, chunk_id: ChunkId) -> Option<&jobs::Chunk> {
+        let job = self.jobs.get(job_id)?;
+        let chunk = job.chunks.get(chunk_id as usize)?;
+        (job.state == JobState::Checking && chunk.state == ChunkState::Queued).then_some(chunk)
+    }
+
+    /// Speculative execution at a job's tail: nothing is queued, yet sessions have idle check
+    /// slots while another session's lease has brought no verdict for longer than a check may
+    /// take (its worker is frozen, cut off or slow). Its unchecked candidates are leased again to
+    /// the least loaded idle session, as MapReduce's backup tasks are; each candidate's first
+    /// verdict wins and a later one is refused and counted. A chunk gets one backup at a time.
+    fn speculate(&mut self, now: Instant, out: &mut Vec<Outbound>) {
+        let mut passed = BTreeSet::new();
+        while let Some(session) = self.fleet.pick(false, &passed) {
+            let slowest = self
+                .fleet
+                .leases()
+                .filter(|(_, l)| l.session != session && l.kind != LeaseKind::Backup)
+                .filter(|(_, l)| l.unchecked > 0)
+                .filter_map(|(_, l)| {
+                    let job = self.jobs.get(&l.job_id)?;
+                    let chunk = job.chunks.get(l.chunk as usize)?;
+                    let quiet = now.saturating_duration_since(l.progressed);
+                    (job.state == JobState::Checking
+                        && chunk.backup.is_none()
+                        && quiet >= speculate_after(&job.settings))
+                    .then_some((quiet, l.job_id.clone(), l.chunk))
+                })
+                .max_by_key(|(quiet, _, _)| *quiet);
+            match slowest {
+                Some((_, job_id, chunk_id)) => {
+                    out.push(self.grant(session, &job_id, chunk_id, LeaseKind::Backup, now));
+                }
+                None => {
+                    passed.insert(session);
+                }
+            }
+        }
     }
 
     fn grant(
@@ -708,16 +820,26 @@ impl Scheduler {
         session: SessionId,
         job_id: &str,
         chunk_id: ChunkId,
-        _now: Instant,
+        kind: LeaseKind,
+        now: Instant,
     ) -> Outbound {
         self.counters.leases_granted += 1;
         let judges = self.judges_of(&self.jobs[job_id]).to_vec();
         let job = self.jobs.get_mut(job_id).expect("queued chunk has a job");
         let candidates = job.unchecked_of(chunk_id);
-        let lease_id = self
-            .fleet
-            .grant(session, job_id, chunk_id, candidates.len() as u32);
-        let attempt = job.lease_chunk(chunk_id, lease_id);
+        let lease_id = self.fleet.grant(
+            session,
+            job_id,
+            chunk_id,
+            candidates.len() as u32,
+            kind,
+            now,
+        );
+        let backup = kind == LeaseKind::Backup;
+        if backup {
+            self.counters.speculative_leases += 1;
+        }
+        let attempt = job.lease_chunk(chunk_id, lease_id, backup);
         self.changed.insert(job_id.to_string());
         Outbound::Assign(
             session,
@@ -779,7 +901,6 @@ impl Scheduler {
             LeaseLoss::Vanished => self.counters.leases_requeued += 1,
         }
         if let Some(record) = lost.record {
-            self.counters.chunks_failed += u64::from(record.failed);
             self.journal.push(Record::Chunk {
                 job_id: lease.job_id.clone(),
                 chunk: record,
@@ -788,10 +909,39 @@ impl Scheduler {
         if lost.requeue {
             self.queue.push_front((lease.job_id.clone(), lease.chunk));
         }
-        if lost.failed {
-            // Wall time only matters for the end stamp; `now` orders everything else.
-            let wall_ms = job.wall_ms_at(now);
-            self.finish_if_complete(&lease.job_id, now, wall_ms, out);
+        match lost.exhausted {
+            None => {}
+            Some(Exhausted::Cut(pieces)) => {
+                self.counters.chunks_cut += 1;
+                tracing::info!(
+                    job_id = %lease.job_id,
+                    chunk_id = lease.chunk,
+                    pieces = ?pieces,
+                    "chunk attempts ran out: cut in halves to find what kills its workers"
+                );
+                for piece in pieces.into_iter().rev() {
+                    self.queue.push_front((lease.job_id.clone(), piece));
+                }
+            }
+            Some(Exhausted::Poison(index)) => {
+                let recorded = job.poison(lease.chunk, index, &mut self.texts);
+                self.counters.chunks_failed += 1;
+                self.counters.verdicts_unusable += recorded.verdicts.len() as u64;
+                tracing::warn!(
+                    job_id = %lease.job_id,
+                    chunk_id = lease.chunk,
+                    proxy = %job.candidates[index as usize].full_url(),
+                    "proxy is poison: every worker that checked it alone vanished"
+                );
+                self.journal.push(Record::Verdicts {
+                    job_id: lease.job_id.clone(),
+                    first_position: recorded.first_position,
+                    verdicts: recorded.verdicts,
+                });
+                // Wall time only matters for the end stamp; `now` orders everything else.
+                let wall_ms = job.wall_ms_at(now);
+                self.finish_if_complete(&lease.job_id, now, wall_ms, out);
+            }
         }
     }
 

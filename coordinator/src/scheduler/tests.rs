@@ -326,7 +326,10 @@ fn a_broken_stream_requeues_at_once_and_keeps_recorded_verdicts() {
 fn silence_past_the_ttl_expires_leases_and_late_verdicts_are_refused() {
     let mut c = Clock::new();
     let mut s = scheduler();
-    s.submit(new_job("j", 4, 4, 1), c.now, c.wall());
+    let mut job = new_job("j", 4, 4, 1);
+    // Checks may take longer than the TTL: no backup lease comes before it.
+    job.settings.timeout = TTL;
+    s.submit(job, c.now, c.wall());
     let (frozen, out) = s.hello(hello("frozen", 1), c.now);
     let a = assignments(&out).remove(0).1;
     let (other, _) = s.hello(hello("other", 1), c.now);
@@ -566,60 +569,309 @@ fn a_second_hello_replaces_the_session_and_ends_its_leases() {
     assert_eq!(s.workers(c.now).len(), 1);
 }
 
+/// Runs job `job` with `workers` workers of `slots` check slots until it ends, in which every
+/// worker that is leased candidate `poison` dies with all its leases (and another starts in its
+/// place), and every other lease is checked whole. Returns how many workers died.
+fn run_with_poison(
+    s: &mut Scheduler,
+    c: &Clock,
+    job: &str,
+    poison: u32,
+    workers: u32,
+    slots: u32,
+) -> u32 {
+    let mut pending: VecDeque<(SessionId, Assignment)> = VecDeque::new();
+    let mut dead = BTreeSet::new();
+    let mut started = 0;
+    let mut start = |s: &mut Scheduler, pending: &mut VecDeque<_>| {
+        started += 1;
+        let mut h = hello(&format!("w{started}"), slots);
+        h.max_checks = slots;
+        let (_, out) = s.hello(h, c.now);
+        pending.extend(assignments(&out));
+    };
+    for _ in 0..workers {
+        start(s, &mut pending);
+    }
+    let mut deaths = 0;
+    for _ in 0..10_000 {
+        if state(s, job, c.now).is_terminal() {
+            return deaths;
+        }
+        let (session, a) = pending.pop_front().expect("a live job has leases out");
+        if dead.contains(&session) {
+            continue;
+        }
+        if a.candidates.iter().any(|(i, _)| *i == poison) {
+            deaths += 1;
+            dead.insert(session);
+            let out = s.disconnect(session, c.now);
+            pending.extend(assignments(&out));
+            start(s, &mut pending);
+        } else {
+            let out = s.verdicts(
+                session,
+                a.lease_id,
+                verdicts_for(&a, |_| true),
+                c.now,
+                c.wall(),
+            );
+            pending.extend(assignments(&out));
+        }
+    }
+    panic!("job {job} did not end");
+}
+
 #[test]
-fn a_poison_chunk_fails_after_max_attempts_and_the_job_goes_on() {
+fn a_chunk_whose_attempts_run_out_is_cut_until_only_its_poison_candidate_is_left() {
     let c = Clock::new();
     let mut s = scheduler();
-    s.submit(new_job("j", 8, 4, 1), c.now, c.wall());
-    let (good, out) = s.hello(hello("good", 1), c.now);
-    let g = assignments(&out).remove(0).1;
-    assert_eq!(g.chunk_id, 0);
-    // Chunk 1 kills every worker that takes it.
-    for attempt in 1..=3 {
-        let (victim, out) = s.hello(hello(&format!("victim{attempt}"), 1), c.now);
-        let v = assignments(&out).remove(0).1;
-        assert_eq!((v.chunk_id, v.attempt), (1, attempt));
-        s.disconnect(victim, c.now);
-    }
+    s.submit(new_job("j", 100, 100, 1), c.now, c.wall());
+    let deaths = run_with_poison(&mut s, &c, "j", 37, 2, 100);
     let snap = s.snapshot("j", true, c.now).unwrap();
-    assert_eq!(snap.chunks[1].state, ChunkState::Failed);
-    assert_eq!(snap.chunks[1].attempts, 3);
-    assert_eq!(snap.state, JobState::Checking);
+    assert_eq!(snap.state, JobState::Succeeded, "{}", snap.reason);
+    let results = s.results("j", RowFilter::All).unwrap();
+    let poison: Vec<_> = results
+        .iter()
+        .filter_map(|r| r.verdict.as_ref())
+        .filter(|v| v.reason == Reason::Poison)
+        .map(|v| v.index)
+        .collect();
+    assert_eq!(poison, [37], "exactly the poison candidate");
+    assert_eq!(
+        results
+            .iter()
+            .filter(|r| r.verdict.as_ref().is_some_and(|v| v.usable))
+            .count(),
+        99,
+        "every other candidate was checked"
+    );
+    assert_eq!(
+        (
+            snap.progress.proxies_poison,
+            snap.progress.proxies_unchecked,
+            snap.progress.proxies_checked
+        ),
+        (1, 1, 99)
+    );
+    assert!(snap.reason.contains("1 of them poison"), "{}", snap.reason);
+    // 3 attempts whole, one per halving down to a piece of one (100 → 50 → … → 2 → 1: 7), and
+    // 3 attempts alone.
+    assert!(deaths <= 3 + 7 + 3, "{deaths} workers died");
+    assert!(snap.chunks.iter().any(|c| c.state == ChunkState::Split));
+    assert_eq!(
+        snap.chunks
+            .iter()
+            .filter(|c| c.state == ChunkState::Failed)
+            .count(),
+        1,
+        "the piece of one holding the poison candidate"
+    );
+}
+
+#[test]
+fn a_piece_is_held_by_one_session_at_a_time_so_the_innocent_half_is_not_charged() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 8, 8, 0), c.now, c.wall());
+    let mut h = hello("w0", 100);
+    h.max_checks = 100;
+    let (w, _) = s.hello(h, c.now);
+    for attempt in 1..=2 {
+        let out = s.disconnect(w + attempt - 1, c.now);
+        assert!(assignments(&out).is_empty());
+        let mut h = hello(&format!("w{attempt}"), 100);
+        h.max_checks = 100;
+        s.hello(h, c.now);
+    }
+    // The third loss cuts the chunk in halves; the one session open takes one piece only.
+    let (w3, out) = {
+        let out = s.disconnect(w + 2, c.now);
+        assert!(assignments(&out).is_empty());
+        let mut h = hello("w3", 100);
+        h.max_checks = 100;
+        s.hello(h, c.now)
+    };
+    let a = assignments(&out);
+    assert_eq!(a.len(), 1, "one piece per session");
+    assert_eq!(a[0].1.candidates.len(), 4);
+    let snap = s.snapshot("j", true, c.now).unwrap();
+    assert_eq!(snap.chunks[0].state, ChunkState::Split);
+    assert_eq!(snap.chunks.len(), 3);
+    // A second session takes the other piece.
+    let mut h = hello("w4", 100);
+    h.max_checks = 100;
+    let (w4, out) = s.hello(h, c.now);
+    let b = assignments(&out);
+    assert_eq!(b.len(), 1);
+    assert_ne!(a[0].1.chunk_id, b[0].1.chunk_id);
     s.verdicts(
-        good,
-        g.lease_id,
-        verdicts_for(&g, |_| true),
+        w3,
+        a[0].1.lease_id,
+        verdicts_for(&a[0].1, |_| true),
+        c.now,
+        c.wall(),
+    );
+    s.verdicts(
+        w4,
+        b[0].1.lease_id,
+        verdicts_for(&b[0].1, |_| true),
         c.now,
         c.wall(),
     );
     let snap = s.snapshot("j", false, c.now).unwrap();
     assert_eq!(snap.state, JobState::Succeeded);
-    assert!(
-        snap.reason.contains("1 of 2 chunks failed"),
-        "{}",
-        snap.reason
-    );
-    let results = s.results("j", RowFilter::All).unwrap();
-    assert_eq!(results.len(), 8);
-    assert_eq!(results.iter().filter(|r| r.verdict.is_none()).count(), 4);
+    assert_eq!(snap.progress.proxies_unchecked, 0);
+    assert!(!snap.reason.contains("unchecked"), "{}", snap.reason);
 }
 
 #[test]
-fn too_many_failed_chunks_fail_the_job() {
+fn too_many_poison_chunks_fail_the_job() {
     let c = Clock::new();
     let mut s = scheduler();
-    s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
-    for attempt in 1..=3 {
-        let (victim, _) = s.hello(hello(&format!("v{attempt}"), 1), c.now);
-        s.disconnect(victim, c.now);
-    }
+    let mut job = new_job("j", 1, 4, 0);
+    job.settings.max_failed_chunk_ratio = 0.5;
+    s.submit(job, c.now, c.wall());
+    run_with_poison(&mut s, &c, "j", 0, 1, 10);
     let snap = s.snapshot("j", false, c.now).unwrap();
     assert_eq!(snap.state, JobState::Failed);
     assert!(
-        snap.reason.contains("1 of 1 chunks failed"),
+        snap.reason.contains("1 of 1 proxies could not be checked"),
         "{}",
         snap.reason
     );
+    assert_eq!(snap.progress.proxies_poison, 1);
+}
+
+#[test]
+fn lost_chunks_are_spread_over_sessions_not_handed_to_one() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 40, 4, 0), c.now, c.wall());
+    let slots = |name: &str| {
+        let mut h = hello(name, 100);
+        h.max_checks = 8;
+        h
+    };
+    // Two workers take chunks up to twice their slots while the queue is deep.
+    let (doomed, out) = s.hello(slots("doomed"), c.now);
+    assert_eq!(assignments(&out).len(), 4);
+    let (busy, out) = s.hello(slots("busy"), c.now);
+    let held = assignments(&out);
+    assert!(!held.is_empty());
+    // One dies; the other has room for one lost chunk; a worker that reconnects then has the
+    // most room, yet takes only its share of the lost chunks (and fresh ones besides), so one
+    // freeze of it cannot charge them all.
+    let mut granted = assignments(&s.disconnect(doomed, c.now));
+    let (fresh, out) = s.hello(slots("fresh"), c.now);
+    granted.extend(assignments(&out));
+    // The busy worker takes the rest once it has room.
+    for (_, a) in &held {
+        let out = s.verdicts(busy, a.lease_id, verdicts_for(a, |_| true), c.now, c.wall());
+        granted.extend(assignments(&out));
+    }
+    let retried_to = |session| {
+        granted
+            .iter()
+            .filter(|(s, a)| *s == session && a.attempt > 1)
+            .count()
+    };
+    assert_eq!((retried_to(busy), retried_to(fresh)), (2, 2), "{granted:?}");
+}
+
+#[test]
+fn a_worker_fills_its_check_slots_whatever_the_chunk_shapes() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4000, 40, 0), c.now, c.wall());
+    // A worker that may hold a lease per check slot (what workers ask for by default).
+    let mut h = hello("w", 16);
+    h.max_checks = 16;
+    let (w, out) = s.hello(h, c.now);
+    let mut new = assignments(&out);
+    // Each chunk keeps one slow candidate in flight; the rest answer at once.
+    for _ in 0..100 {
+        let Some((_, a)) = new.pop() else { break };
+        let mut v = verdicts_for(&a, |_| true);
+        v.pop();
+        let out = s.verdicts(w, a.lease_id, v, c.now, c.wall());
+        new.extend(assignments(&out));
+    }
+    // A slow candidate a lease: the worker holds at least a lease per check slot.
+    let leases = s.workers(c.now)[0].leases.len();
+    assert!(leases >= 16, "{leases} leases for 16 slots");
+}
+
+#[test]
+fn at_the_tail_a_quiet_lease_is_leased_again_to_an_idle_worker_and_the_first_verdict_wins() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
+    let (slow, out) = s.hello(hello("slow", 4), c.now);
+    let a = assignments(&out).remove(0).1;
+    let (idle, out) = s.hello(hello("idle", 4), c.now);
+    assert!(assignments(&out).is_empty(), "nothing is queued");
+    // The slow worker answers one candidate, then nothing for longer than a check may take.
+    let first = verdicts_for(&a, |_| true);
+    s.verdicts(slow, a.lease_id, first[..1].to_vec(), c.now, c.wall());
+    let t = c.advance(Duration::from_secs(5));
+    let mut out = s.heartbeat(slow, &[a.lease_id], t);
+    out.extend(s.tick(t, c.wall()));
+    assert!(
+        assignments(&out).is_empty(),
+        "not quiet for long enough yet"
+    );
+    let t = c.advance(Duration::from_secs(3));
+    let mut out = s.heartbeat(slow, &[a.lease_id], t);
+    out.extend(s.tick(t, c.wall()));
+    let backup = assignments(&out);
+    assert_eq!(backup.len(), 1);
+    let (to, b) = &backup[0];
+    assert_eq!((*to, b.chunk_id), (idle, a.chunk_id));
+    assert_eq!(b.candidates.len(), 3, "only what is still unchecked");
+    assert!(
+        assignments(&s.tick(t, c.wall())).is_empty(),
+        "one backup a chunk"
+    );
+    // The slow worker wakes and answers one more; then the backup answers everything.
+    s.verdicts(slow, a.lease_id, first[1..2].to_vec(), t, c.wall());
+    let out = s.verdicts(idle, b.lease_id, verdicts_for(b, |_| true), t, c.wall());
+    assert!(out.contains(&Outbound::LeaseDone(idle, live(b))));
+    assert!(out.contains(&Outbound::Revoke(
+        slow,
+        live(&a),
+        "checked by another worker"
+    )));
+    // The slow worker's last verdicts come too late: refused and counted.
+    s.verdicts(slow, a.lease_id, first[2..].to_vec(), t, c.wall());
+    let snap = s.snapshot("j", false, t).unwrap();
+    assert_eq!(snap.state, JobState::Succeeded);
+    assert_eq!(snap.progress.proxies_checked, 4);
+    assert_eq!(snap.progress.speculative_leases, 1);
+    assert_eq!(snap.progress.duplicate_verdicts_refused, 1);
+    assert_eq!(snap.progress.stale_verdicts_refused, 2);
+}
+
+#[test]
+fn a_backup_lease_goes_on_when_the_lease_it_backs_is_lost() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
+    let (slow, out) = s.hello(hello("slow", 4), c.now);
+    let a = assignments(&out).remove(0).1;
+    let (idle, _) = s.hello(hello("idle", 4), c.now);
+    let t = c.advance(Duration::from_secs(8));
+    let mut out = s.heartbeat(slow, &[a.lease_id], t);
+    out.extend(s.tick(t, c.wall()));
+    let b = assignments(&out).remove(0).1;
+    // The slow worker dies: its lease costs an attempt, but the chunk stays with the backup.
+    let out = s.disconnect(slow, t);
+    assert!(assignments(&out).is_empty());
+    let snap = s.snapshot("j", true, t).unwrap();
+    assert_eq!(snap.chunks[0].state, ChunkState::Leased(b.lease_id));
+    assert_eq!(snap.chunks[0].attempts, 1);
+    s.verdicts(idle, b.lease_id, verdicts_for(&b, |_| true), t, c.wall());
+    assert_eq!(state(&s, "j", t), JobState::Succeeded);
 }
 
 #[test]
@@ -1323,10 +1575,17 @@ fn restored_failed_chunks_and_ended_jobs_stay_as_they_were() {
     }
     let done = restarted.snapshot("done", false, c.now).unwrap();
     assert_eq!(done.state, JobState::Cancelled);
+    // Its attempts ran out and it was cut in halves; the pieces live in memory only, so after a
+    // restart the chunk is leased whole again, and cut at its next loss.
+    assert_eq!(before.chunks[0].state, ChunkState::Split);
     let after = restarted.snapshot("poison", true, c.now).unwrap();
-    assert_eq!(after.chunks[0].state, before.chunks[0].state);
+    assert_eq!(after.chunks[0].state, ChunkState::Queued);
     assert_eq!(after.chunks[0].attempts, 3);
     assert_eq!(after.progress.reassignments, before.progress.reassignments);
+    let (v, _) = restarted.hello(hello("v4", 1), c.now);
+    restarted.disconnect(v, c.now);
+    let cut = restarted.snapshot("poison", true, c.now).unwrap();
+    assert_eq!(cut.chunks[0].state, ChunkState::Split);
 }
 
 #[test]

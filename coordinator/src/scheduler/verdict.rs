@@ -97,10 +97,13 @@ pub enum Reason {
     Filtered,
     /// Not checked: its address is private and the coordinator does not allow that.
     Forbidden,
+    /// Not checked: every worker that checked it alone vanished, as many times as a chunk may be
+    /// attempted.
+    Poison,
 }
 
 impl Reason {
-    pub(crate) const ALL: [Reason; 10] = [
+    pub(crate) const ALL: [Reason; 11] = [
         Reason::None,
         Reason::Refused,
         Reason::Timeout,
@@ -111,6 +114,7 @@ impl Reason {
         Reason::Network,
         Reason::Filtered,
         Reason::Forbidden,
+        Reason::Poison,
     ];
 
     /// The name the store and the CLI show.
@@ -126,6 +130,7 @@ impl Reason {
             Reason::Network => "network",
             Reason::Filtered => "filtered",
             Reason::Forbidden => "forbidden",
+            Reason::Poison => "poison",
         }
     }
 

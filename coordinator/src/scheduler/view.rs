@@ -61,6 +61,12 @@ pub(crate) struct JobProgress {
     pub(crate) elapsed: Duration,
     /// Candidates the job ended without a verdict for; 0 while it runs.
     pub(crate) proxies_unchecked: u64,
+    /// Of those left unchecked, the poison ones.
+    pub(crate) proxies_poison: u64,
+    /// Verdicts refused because another lease of the chunk recorded the candidate first.
+    pub(crate) duplicate_verdicts_refused: u64,
+    /// Backup leases granted at the job's tail.
+    pub(crate) speculative_leases: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -151,13 +157,16 @@ impl Scheduler {
             .get(job_id)
             .ok_or_else(|| JobError::NotFound(job_id.to_string()))?;
         let mut progress = JobProgress {
-            chunks_total: job.chunks.len() as u64,
             proxies_total: job.candidates.len() as u64,
-            proxies_checked: job.checked,
+            // A poison candidate has a row, but was never checked.
+            proxies_checked: job.checked - job.poisoned,
             proxies_usable: job.usable,
             reassignments: job.reassignments,
             stale_verdicts_refused: job.stale_refused,
             handed_back: job.handed_back,
+            proxies_poison: job.poisoned,
+            duplicate_verdicts_refused: job.duplicates,
+            speculative_leases: job.speculated,
             elapsed: job
                 .ended
                 .unwrap_or(now)
@@ -176,7 +185,10 @@ impl Scheduler {
                 }
                 ChunkState::Done => progress.chunks_done += 1,
                 ChunkState::Failed => progress.chunks_failed += 1,
+                // Its pieces are counted in its place.
+                ChunkState::Split => continue,
             }
+            progress.chunks_total += 1;
         }
         progress.workers = holders.len() as u64;
         if let Some(counts) = job.stored {
@@ -187,7 +199,9 @@ impl Scheduler {
             progress.chunks_failed = counts.chunks_failed;
         }
         if job.state.is_terminal() {
-            progress.proxies_unchecked = progress.proxies_total.saturating_sub(job.checked);
+            progress.proxies_unchecked = progress
+                .proxies_total
+                .saturating_sub(progress.proxies_checked);
         } else {
             if let (Some(first), Some(last)) = (job.rate_samples.front(), job.rate_samples.back()) {
                 let secs = last.0.saturating_duration_since(first.0).as_secs_f64();
@@ -371,7 +385,7 @@ impl Scheduler {
         for state in JobState::ALL {
             m.jobs_by_state.insert(state.name(), 0);
         }
-        for name in ["queued", "leased", "done", "failed"] {
+        for name in ["queued", "leased", "done", "failed", "split"] {
             m.chunks_by_state.insert(name, 0);
         }
         for job in self.jobs.values() {
@@ -391,6 +405,7 @@ impl Scheduler {
                     ChunkState::Leased(_) => "leased",
                     ChunkState::Done => "done",
                     ChunkState::Failed => "failed",
+                    ChunkState::Split => "split",
                 };
                 *m.chunks_by_state.entry(name).or_default() += 1;
             }
