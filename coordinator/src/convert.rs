@@ -353,7 +353,8 @@ pub(crate) fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
         ..Default::default()
     };
     if let Some(v) = &r.verdict {
-        out.checked = true;
+        // A poison proxy has a row saying so, but was never checked.
+        out.checked = v.reason != Reason::Poison;
         out.usable = v.usable;
         out.reason = reason_to_proto(v.reason) as i32;
         out.latency_ms = v.latency_ms;

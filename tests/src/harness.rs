@@ -571,3 +571,46 @@ pub async fn wait_terminal(
     })
     .await
 }
+
+/// Worker processes kept at work: one that exits (killed, crashed) is started again under its
+/// name, as a supervisor (systemd, compose's `restart:`) would.
+#[derive(Debug)]
+pub struct Crew {
+    url: String,
+    extra: Vec<String>,
+    log_dir: PathBuf,
+    /// The workers, by index; each keeps its name across restarts.
+    pub workers: Vec<Proc>,
+    /// Workers started again so far.
+    pub restarts: u64,
+}
+
+impl Crew {
+    /// Starts `count` workers named `{prefix}{i}` against `url`.
+    pub fn start(url: &str, prefix: &str, count: usize, extra: &[&str], log_dir: &Path) -> Crew {
+        let workers = (0..count)
+            .map(|i| worker(url, &format!("{prefix}{i}"), extra, log_dir))
+            .collect();
+        Crew {
+            url: url.to_string(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+            log_dir: log_dir.to_path_buf(),
+            workers,
+            restarts: 0,
+        }
+    }
+
+    /// Starts again every worker that has exited; returns how many.
+    pub async fn tend(&mut self) -> usize {
+        let mut started = 0;
+        for slot in &mut self.workers {
+            if slot.wait(Duration::from_millis(1)).await.is_some() {
+                let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+                *slot = worker(&self.url, &slot.name.clone(), &extra, &self.log_dir);
+                started += 1;
+            }
+        }
+        self.restarts += started as u64;
+        started
+    }
+}

@@ -1,7 +1,9 @@
-//! proxyfleet test kit: simulated proxies, process harness, a relay that partitions on demand.
+//! proxyfleet test kit: simulated proxies, process harness, a relay that partitions on demand, a
+//! poison proxy that kills the worker that connects to it.
 
 pub mod certs;
 pub mod harness;
+pub mod poison;
 pub mod relay;
 pub mod third_party;
 

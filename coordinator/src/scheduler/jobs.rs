@@ -159,6 +159,11 @@ pub(super) struct Job {
     pub(super) duplicates: u64,
     /// Backup leases granted for its chunks at its tail.
     pub(super) speculated: u64,
+    /// Chunks (not pieces) charged an attempt and not done or cut yet: leases of these are
+    /// spread evenly over the workers.
+    pub(super) retries_open: u64,
+    /// Pieces not done, failed or cut yet: spread evenly over the workers too.
+    pub(super) pieces_open: u64,
     /// (time, checked) samples for the check rate, oldest first.
     pub(super) rate_samples: VecDeque<(Instant, u64)>,
     /// Sources still to fetch (taken when scraping starts) and how each went.
@@ -292,6 +297,9 @@ pub(super) enum LeaseLoss {
     JobEnded,
     /// The coordinator is stopping: the chunk is checked again after it restarts, at no cost.
     CoordinatorStopped,
+    /// The holder of this piece vanished while holding other pieces too: which of them killed
+    /// it is unknown, so none is charged, and each is queued again.
+    Unattributed,
 }
 
 /// What losing a chunk's lease did to the chunk.
@@ -368,6 +376,8 @@ impl Job {
             poisoned: 0,
             duplicates: 0,
             speculated: 0,
+            retries_open: 0,
+            pieces_open: 0,
             rate_samples: VecDeque::new(),
             source_specs: new.sources,
             sources,
@@ -456,9 +466,16 @@ impl Job {
                 self.handed_back += 1;
                 lost.requeue = other.is_none();
             }
+            LeaseLoss::Unattributed => {
+                self.reassignments += 1;
+                lost.requeue = other.is_none();
+            }
             LeaseLoss::Vanished => {
                 chunk.attempts += 1;
                 self.reassignments += 1;
+                if chunk.attempts == 1 && !chunk.piece {
+                    self.retries_open += 1;
+                }
                 if journaled {
                     lost.record = Some(ChunkRecord {
                         chunk_id: chunk.id,
@@ -498,7 +515,13 @@ impl Job {
             .clone()
             .filter(|&i| self.verdicts[i as usize].is_none())
             .collect();
-        self.chunks[chunk_id as usize].state = ChunkState::Split;
+        let chunk = &mut self.chunks[chunk_id as usize];
+        chunk.state = ChunkState::Split;
+        if chunk.piece {
+            self.pieces_open -= 1;
+        } else if chunk.attempts > 0 {
+            self.retries_open -= 1;
+        }
         let (first, second) = unchecked.split_at(unchecked.len() / 2);
         let mut pieces = Vec::new();
         for half in [first, second] {
@@ -520,6 +543,7 @@ impl Job {
             });
             pieces.push(id);
         }
+        self.pieces_open += pieces.len() as u64;
         pieces
     }
 
@@ -742,6 +766,11 @@ impl Job {
         if chunk.unchecked == 0 {
             chunk.state = ChunkState::Done;
             recorded.chunk_done = true;
+            if chunk.piece {
+                self.pieces_open -= 1;
+            } else if chunk.attempts > 0 {
+                self.retries_open -= 1;
+            }
         }
         recorded
     }

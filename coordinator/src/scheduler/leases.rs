@@ -178,11 +178,6 @@ impl Fleet {
         self.sessions.values().filter(|s| !s.draining).count()
     }
 
-    /// Live leases of chunks charged an attempt (not pieces), over every session.
-    pub(super) fn retries(&self) -> u64 {
-        self.sessions.values().map(|s| u64::from(s.retries)).sum()
-    }
-
     /// Grants `session` a lease on chunk `chunk` of job `job_id`, with `unchecked` candidates.
     pub(super) fn grant(
         &mut self,

@@ -588,15 +588,30 @@ impl Scheduler {
         }
     }
 
+    /// What losing `lease_id` to a holder that vanished holding `pieces` pieces costs: an
+    /// attempt, unless the lease is a piece and its holder held others, when the blame is
+    /// unknown.
+    fn vanished(&self, lease_id: LeaseId, pieces: u32) -> LeaseLoss {
+        let piece = self
+            .fleet
+            .lease(lease_id)
+            .is_some_and(|l| l.kind == LeaseKind::Piece);
+        if piece && pieces > 1 {
+            LeaseLoss::Unattributed
+        } else {
+            LeaseLoss::Vanished
+        }
+    }
+
     fn end_session(&mut self, session: SessionId, now: Instant, out: &mut Vec<Outbound>) {
         if let Some(s) = self.fleet.close(session) {
-            // A draining worker's leases come back at no cost, however its session ends.
-            let loss = if s.draining {
-                LeaseLoss::HandedBack
-            } else {
-                LeaseLoss::Vanished
-            };
             for lease_id in s.leases {
+                // A draining worker's leases come back at no cost, however its session ends.
+                let loss = if s.draining {
+                    LeaseLoss::HandedBack
+                } else {
+                    self.vanished(lease_id, s.pieces)
+                };
                 self.lose_lease(lease_id, loss, now, out);
             }
         }
@@ -608,13 +623,15 @@ impl Scheduler {
         let ttl = self.config.lease_ttl;
         for (id, leases) in self.fleet.silence(now, ttl) {
             self.counters.leases_expired += leases.len() as u64;
+            let pieces = self.fleet.session(id).map_or(0, |s| s.pieces);
             for lease_id in leases {
+                let loss = self.vanished(lease_id, pieces);
                 out.push(Outbound::Revoke(
                     id,
                     self.lease_ref(lease_id, ""),
                     "lease expired: no message within the lease ttl",
                 ));
-                self.lose_lease(lease_id, LeaseLoss::Vanished, now, &mut out);
+                self.lose_lease(lease_id, loss, now, &mut out);
             }
         }
         let overdue: Vec<String> = self
@@ -731,24 +748,24 @@ impl Scheduler {
     /// makes; entries whose chunk is no longer queued are dropped on the way.
     fn next_queued_chunk(&mut self, session: SessionId) -> Option<(String, ChunkId, LeaseKind)> {
         // Chunks charged an attempt are spread evenly: one worker that freezes then costs each
-        // of them at most its share, not all of them an attempt at once. They sit at the head of
-        // the queue (lost chunks go back to the front).
-        let queued_retries = self
-            .queue
-            .iter()
-            .take_while(|(job_id, chunk_id)| {
-                self.queued_chunk(job_id, *chunk_id)
-                    .is_none_or(|c| c.attempts > 0 || c.piece)
-            })
-            .filter(|(job_id, chunk_id)| {
-                self.queued_chunk(job_id, *chunk_id)
-                    .is_some_and(|c| c.attempts > 0 && !c.piece)
-            })
-            .count() as u64;
+        // of them at most its share, not all of them an attempt at once.
+        let open_retries: u64 = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Checking)
+            .map(|j| j.retries_open)
+            .sum();
+        let open_pieces: u64 = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Checking)
+            .map(|j| j.pieces_open)
+            .sum();
         let sessions = self.fleet.serving().max(1) as u64;
-        let share = (queued_retries + self.fleet.retries()).div_ceil(sessions);
+        let share = open_retries.div_ceil(sessions).max(1);
+        let piece_share = open_pieces.div_ceil(sessions).max(1);
         let holder = self.fleet.session(session)?;
-        let (retries, pieces) = (u64::from(holder.retries), holder.pieces);
+        let (retries, pieces) = (u64::from(holder.retries), u64::from(holder.pieces));
         let mut i = 0;
         while i < self.queue.len() {
             let (job_id, chunk_id) = &self.queue[i];
@@ -756,10 +773,11 @@ impl Scheduler {
                 self.queue.remove(i);
                 continue;
             };
-            // A piece is suspected of killing its holder: a session holds one at a time, so a
-            // worker that dies with it takes no other piece down with it.
+            // A piece is suspected of killing its holder: pieces are spread evenly too, so that
+            // a worker that dies holds one alone, as often as can be, and it alone is charged
+            // (see [`LeaseLoss::Unattributed`]).
             let kind = if chunk.piece {
-                (pieces == 0).then_some(LeaseKind::Piece)
+                (pieces < piece_share).then_some(LeaseKind::Piece)
             } else if chunk.attempts > 0 {
                 (retries < share).then_some(LeaseKind::Retry)
             } else {
@@ -898,7 +916,7 @@ impl Scheduler {
         match loss {
             LeaseLoss::JobEnded | LeaseLoss::CoordinatorStopped => {}
             LeaseLoss::HandedBack => self.counters.leases_handed_back += 1,
-            LeaseLoss::Vanished => self.counters.leases_requeued += 1,
+            LeaseLoss::Vanished | LeaseLoss::Unattributed => self.counters.leases_requeued += 1,
         }
         if let Some(record) = lost.record {
             self.journal.push(Record::Chunk {
