@@ -420,7 +420,7 @@ async fn until_enough(
     min_usable: u64,
 ) -> Result<i32, Failure> {
     follow(client, url, job_id, |job| {
-        let usable = job.progress.map(|p| p.proxies_usable).unwrap_or(0);
+        let usable = job.progress.as_ref().map(|p| p.proxies_usable).unwrap_or(0);
         (min_usable > 0 && usable >= min_usable).then(|| {
             let state = progress::state_name(job.state);
             (
