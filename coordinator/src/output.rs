@@ -95,11 +95,14 @@ pub(crate) const REWRITE_EVERY: Duration = Duration::from_secs(2);
 /// Whether a running job's pool files are to be written now from its `usable` proxies that the
 /// store holds: never before they reach the job's `min_usable` (at least one: the files keep the
 /// last job's proxies until then), at once when they first do (`last_write` is `None`), then
-/// when they `changed` since the last write, at most every [`REWRITE_EVERY`].
+/// when they `changed` since the last write, every [`REWRITE_EVERY`] at most; or less often when
+/// the last write `took` long (a pool of a million proxies), so that writing them takes a tenth
+/// of the publisher's time at most.
 pub(crate) fn rewrite_due(
     usable: u64,
     min_usable: u64,
     last_write: Option<Instant>,
+    took: Duration,
     now: Instant,
     changed: bool,
 ) -> bool {
@@ -108,7 +111,10 @@ pub(crate) fn rewrite_due(
     }
     match last_write {
         None => true,
-        Some(at) => changed && now.saturating_duration_since(at) >= REWRITE_EVERY,
+        Some(at) => {
+            let every = REWRITE_EVERY.max(took.saturating_mul(10));
+            changed && now.saturating_duration_since(at) >= every
+        }
     }
 }
 
@@ -204,28 +210,64 @@ mod tests {
     fn a_running_job_writes_its_pool_at_min_usable_then_at_most_every_interval() {
         let t0 = Instant::now();
         let later = |d: Duration| t0 + d;
+        let quick = Duration::from_millis(5);
         // Below min_usable: never, whatever changed.
-        assert!(!rewrite_due(4, 5, None, t0, true));
+        assert!(!rewrite_due(4, 5, None, quick, t0, true));
         assert!(
-            !rewrite_due(0, 0, None, t0, true),
+            !rewrite_due(0, 0, None, quick, t0, true),
             "an empty list never replaces the files"
         );
         // Reaching it: at once.
-        assert!(rewrite_due(5, 5, None, t0, true));
-        assert!(rewrite_due(1, 0, None, t0, false));
+        assert!(rewrite_due(5, 5, None, quick, t0, true));
+        assert!(rewrite_due(1, 0, None, quick, t0, false));
         // Then only what changed, and not sooner than the interval.
+        let soon = later(Duration::from_millis(100));
+        assert!(!rewrite_due(6, 5, Some(t0), quick, soon, true));
         assert!(!rewrite_due(
             6,
             5,
             Some(t0),
-            later(Duration::from_millis(100)),
+            quick,
+            later(REWRITE_EVERY),
+            false
+        ));
+        assert!(rewrite_due(
+            6,
+            5,
+            Some(t0),
+            quick,
+            later(REWRITE_EVERY),
             true
         ));
-        assert!(!rewrite_due(6, 5, Some(t0), later(REWRITE_EVERY), false));
-        assert!(rewrite_due(6, 5, Some(t0), later(REWRITE_EVERY), true));
-        assert!(rewrite_due(9, 5, Some(t0), later(REWRITE_EVERY * 10), true));
+        assert!(rewrite_due(
+            9,
+            5,
+            Some(t0),
+            quick,
+            later(REWRITE_EVERY * 10),
+            true
+        ));
+        // A write that took a second waits ten before the next.
+        let slow = Duration::from_secs(1);
+        assert!(!rewrite_due(
+            9,
+            5,
+            Some(t0),
+            slow,
+            later(REWRITE_EVERY),
+            true
+        ));
+        assert!(!rewrite_due(9, 5, Some(t0), slow, later(slow * 9), true));
+        assert!(rewrite_due(9, 5, Some(t0), slow, later(slow * 10), true));
         // A clock that went backwards waits rather than writes.
-        assert!(!rewrite_due(9, 5, Some(later(REWRITE_EVERY)), t0, true));
+        assert!(!rewrite_due(
+            9,
+            5,
+            Some(later(REWRITE_EVERY)),
+            quick,
+            t0,
+            true
+        ));
     }
 
     #[test]

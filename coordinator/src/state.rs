@@ -121,6 +121,8 @@ struct Fresh {
     read: u64,
     /// When the pool's files were last written (or tried) from this job.
     last_write: Option<Instant>,
+    /// How long that took: a slow write makes the next wait longer.
+    took: Duration,
     /// How many usable proxies the last successful write put in them.
     written: Option<u64>,
 }
@@ -532,11 +534,13 @@ impl State {
 
     /// Counts verdicts the store now holds into their running jobs' [`Fresh`].
     fn note_durable(&self, fresh: &mut HashMap<String, Fresh>, verdicts: Vec<DurableVerdicts>) {
-        let scheduler = lock(&self.inner.scheduler);
+        // Taken only for a job met the first time: most writes carry verdicts of jobs known.
+        let mut scheduler = None;
         for durable in verdicts {
             let entry = match fresh.entry(durable.job_id) {
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
+                    let scheduler = scheduler.get_or_insert_with(|| lock(&self.inner.scheduler));
                     let Ok(job) = scheduler.snapshot(entry.key(), false, Instant::now()) else {
                         continue;
                     };
@@ -566,7 +570,7 @@ impl State {
             .filter(|(id, _)| only.is_none_or(|only| only.contains(id)))
             .filter(|(_, f)| {
                 let changed = f.written != Some(f.usable);
-                output::rewrite_due(f.usable, f.min_usable, f.last_write, now, changed)
+                output::rewrite_due(f.usable, f.min_usable, f.last_write, f.took, now, changed)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -574,7 +578,8 @@ impl State {
             let Some(f) = fresh.get_mut(&id) else {
                 continue;
             };
-            f.last_write = Some(now);
+            let started = Instant::now();
+            f.last_write = Some(started);
             let running = lock(&self.inner.scheduler)
                 .snapshot(&id, false, now)
                 .is_ok_and(|job| !job.state.is_terminal());
@@ -600,7 +605,9 @@ impl State {
             }
             let dir = pool_dir(&self.inner.config, &f.pool);
             let files = output::render(&id, wall_ms(), &f.rows);
-            match output::write_all(&dir, &files) {
+            let written = output::write_all(&dir, &files);
+            f.took = started.elapsed();
+            match written {
                 Ok(()) => {
                     let usable = f.rows.len() as u64;
                     f.written = Some(f.usable);
