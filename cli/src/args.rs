@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///
 /// Exit codes: 0 success (job SUCCEEDED), 1 coordinator unreachable or other error,
 /// 2 bad input or unknown job, 3 job INSUFFICIENT, 4 job FAILED, 5 job CANCELLED, 6 `refresh --wait`
-/// timed out.
+/// timed out. `watch`, `submit --wait`, `refresh --wait` and `results --follow` reconnect when
+/// the coordinator restarts, until the job's deadline (or --timeout) passes.
 #[derive(Debug, Parser)]
 #[command(name = "proxyfleet", version)]
 pub struct Cli {
@@ -65,7 +66,8 @@ pub struct Cli {
 pub enum Command {
     /// Submit a refresh job; prints the job id alone on its line.
     Submit(SubmitArgs),
-    /// Follow a job's progress until it ends; exits with the job's exit code.
+    /// Follow a job's progress until it ends, across coordinator restarts; exits with the job's
+    /// exit code.
     Watch {
         /// The job id, as printed by `submit`.
         job: String,
@@ -74,7 +76,8 @@ pub enum Command {
     Results {
         /// The job id.
         job: String,
-        /// Stream verdicts as they are recorded until the job ends.
+        /// Stream verdicts as they are recorded until the job ends, across coordinator restarts,
+        /// each candidate once.
         #[arg(long, env = "PROXYFLEET_FOLLOW")]
         follow: bool,
         /// Output format.
@@ -104,9 +107,10 @@ pub enum Command {
     /// deployment (the proxies are real servers; nothing leaves the hosts they run on).
     Farm(FarmArgs),
     /// The preflight before a service needs proxies: refresh the pool from its sources and, with
-    /// --wait, exit 0 as soon as enough usable proxies are fresh. Exit codes: 0 enough usable,
-    /// 3 the refresh ended with fewer, 4 it failed, 5 cancelled, 6 --timeout passed first,
-    /// 1 coordinator unreachable, 2 bad input.
+    /// --wait, exit 0 as soon as the pool's live_proxies files hold enough usable proxies of it
+    /// (possibly before it ends). Exit codes: 0 enough usable in the files, 3 the refresh ended
+    /// with fewer, 4 it failed, 5 cancelled, 6 --timeout passed first, 1 coordinator unreachable
+    /// (or a refresh that succeeded whose files it could not write), 2 bad input.
     Refresh(RefreshArgs),
 }
 
@@ -118,7 +122,8 @@ pub struct RefreshArgs {
     /// Usable proxies needed.
     #[arg(long, env = "PROXYFLEET_MIN_USABLE", default_value_t = 1)]
     pub min_usable: u64,
-    /// Wait until enough usable proxies are fresh, the refresh ends, or --timeout passes.
+    /// Wait until the pool's live_proxies files hold --min-usable usable proxies of the refresh,
+    /// the refresh ends, or --timeout passes.
     #[arg(long, env = "PROXYFLEET_WAIT")]
     pub wait: bool,
     /// Longest time to wait with --wait.
@@ -242,7 +247,8 @@ pub struct JobArgs {
 pub struct SubmitArgs {
     #[command(flatten)]
     pub job: JobArgs,
-    /// Follow the job until it ends and exit with its exit code.
+    /// Follow the job until it ends and exit with its exit code; 0 once it SUCCEEDED and its
+    /// pool's live_proxies files hold its usable proxies.
     #[arg(long, env = "PROXYFLEET_WAIT")]
     pub wait: bool,
 }

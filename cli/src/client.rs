@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::args::{Format, Grade, JobArgs, RefreshArgs, SourceArgs};
 use crate::progress;
+use crate::retry::Reconnect;
 
 /// A failure with the exit code it maps to.
 #[derive(Debug)]
@@ -34,19 +35,21 @@ impl Failure {
 
 pub const EXIT_UNREACHABLE: i32 = 1;
 pub const EXIT_BAD_INPUT: i32 = 2;
+pub const EXIT_INSUFFICIENT: i32 = 3;
 
 /// Exit code of a job's final state.
 pub fn exit_code(state: i32) -> i32 {
     match pb::JobState::try_from(state) {
         Ok(pb::JobState::Succeeded) => 0,
-        Ok(pb::JobState::Insufficient) => 3,
+        Ok(pb::JobState::Insufficient) => EXIT_INSUFFICIENT,
         Ok(pb::JobState::Failed) => 4,
         Ok(pb::JobState::Cancelled) => 5,
         _ => 1,
     }
 }
 
-fn from_status(status: tonic::Status, coordinator: &str) -> Failure {
+/// The failure a call's error status stands for, with what to do next.
+pub(crate) fn from_status(status: tonic::Status, coordinator: &str) -> Failure {
     use tonic::Code;
     match status.code() {
         Code::InvalidArgument
@@ -356,7 +359,7 @@ pub async fn submit(
 pub const EXIT_TIMED_OUT: i32 = 6;
 
 /// The preflight: refreshes a pool (or follows its running refresh) and, with `--wait`, exits 0
-/// as soon as enough usable proxies are fresh.
+/// as soon as the pool's files hold enough usable proxies of it.
 pub async fn refresh(
     client: &mut Client,
     url: &str,
@@ -394,12 +397,9 @@ pub async fn refresh(
     if !args.wait {
         return Ok(0);
     }
-    match tokio::time::timeout(
-        args.timeout,
-        until_enough(client, url, &job_id, args.min_usable),
-    )
-    .await
-    {
+    let min_usable = args.min_usable;
+    let wait = follow(client, url, &job_id, |job| refresh_outcome(job, min_usable));
+    match tokio::time::timeout(args.timeout, wait).await {
         Ok(result) => result,
         Err(_) => Err(Failure::new(
             EXIT_TIMED_OUT,
@@ -412,74 +412,132 @@ pub async fn refresh(
     }
 }
 
-/// Watches a job until it has `min_usable` usable proxies (0) or ends (its exit code).
-async fn until_enough(
-    client: &mut Client,
-    url: &str,
-    job_id: &str,
-    min_usable: u64,
-) -> Result<i32, Failure> {
-    follow(client, url, job_id, |job| {
-        let usable = job.progress.map(|p| p.proxies_usable).unwrap_or(0);
-        (min_usable > 0 && usable >= min_usable).then(|| {
-            let state = progress::state_name(job.state);
-            (
-                0,
-                format!("{usable} usable proxies are fresh (job {job_id}, {state})"),
-            )
-        })
+/// How a wait ends: its exit code and the line it prints, or a failure.
+type Outcome = Result<(i32, String), Failure>;
+
+/// How `refresh --wait` ends on a snapshot of its job: 0 once the pool's files hold
+/// `min_usable` of its usable proxies (while it runs too), naming them; else at its end, with
+/// its exit code, 3 if it SUCCEEDED with fewer than `min_usable` (another client asked for
+/// fewer), or 1 if it had them but they are not in the files.
+fn refresh_outcome(job: &pb::Job, min_usable: u64) -> Option<Outcome> {
+    if min_usable == 0 {
+        return job_outcome(job);
+    }
+    let p = job.progress.clone().unwrap_or_default();
+    if p.pool_files_usable >= min_usable {
+        let state = progress::state_name(job.state);
+        return Some(Ok((
+            0,
+            format!(
+                "{} usable proxies are fresh in {} (job {}, {state})",
+                p.pool_files_usable, p.pool_files, job.job_id
+            ),
+        )));
+    }
+    if !progress::is_terminal(job.state) {
+        return None;
+    }
+    Some(match exit_code(job.state) {
+        0 if p.proxies_usable >= min_usable => Err(not_in_files(job)),
+        0 => Ok((
+            EXIT_INSUFFICIENT,
+            format!(
+                "{}; fewer than the {min_usable} usable proxies wanted",
+                progress::summary(job)
+            ),
+        )),
+        code => Ok((code, progress::summary(job))),
     })
-    .await
 }
 
-/// Follows a job until its terminal snapshot; returns the job's exit code.
+/// How `submit --wait` ends on a snapshot of its job: at its end, with its exit code and
+/// summary; but a job that SUCCEEDED exits 0 only once its pool's files hold its min_usable
+/// usable proxies.
+fn submit_outcome(job: &pb::Job) -> Option<Outcome> {
+    let outcome = job_outcome(job)?;
+    let p = job.progress.clone().unwrap_or_default();
+    let min_usable = job.settings.as_ref().map_or(0, |s| s.min_usable);
+    Some(match outcome {
+        Ok((0, _)) if p.pool_files_usable < min_usable => Err(not_in_files(job)),
+        outcome => outcome,
+    })
+}
+
+/// How `watch` ends on a snapshot of its job: at its end, with its exit code and summary.
+fn job_outcome(job: &pb::Job) -> Option<Outcome> {
+    progress::is_terminal(job.state).then(|| Ok((exit_code(job.state), progress::summary(job))))
+}
+
+/// A job that SUCCEEDED whose usable proxies its pool's files do not hold.
+fn not_in_files(job: &pb::Job) -> Failure {
+    let p = job.progress.clone().unwrap_or_default();
+    Failure::new(
+        EXIT_UNREACHABLE,
+        format!(
+            "{}\nerror: the pool's live_proxies files hold {} of its usable proxies: the coordinator could not write them (see its log; check its --output-dir)",
+            progress::summary(job),
+            p.pool_files_usable
+        ),
+    )
+}
+
+/// Follows a job until it ends; exits with its exit code.
 pub async fn watch(client: &mut Client, url: &str, job_id: &str) -> Result<i32, Failure> {
-    follow(client, url, job_id, |_| None).await
+    follow(client, url, job_id, job_outcome).await
 }
 
-/// Shows a job's progress until `enough` says to stop early (its exit code and final line) or
-/// the job ends (the job's exit code and summary).
+/// Follows a submitted job until it ends (`submit --wait`); exits with its exit code, 0 only
+/// once its pool's files hold its usable proxies.
+pub async fn submit_wait(client: &mut Client, url: &str, job_id: &str) -> Result<i32, Failure> {
+    follow(client, url, job_id, submit_outcome).await
+}
+
+/// Shows a job's progress until `outcome` says how the wait ends; reconnects across coordinator
+/// restarts (see [`Reconnect`]) and goes on following the same job.
 async fn follow(
     client: &mut Client,
     url: &str,
     job_id: &str,
-    enough: impl Fn(&pb::Job) -> Option<(i32, String)>,
+    outcome: impl Fn(&pb::Job) -> Option<Outcome>,
 ) -> Result<i32, Failure> {
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await
-        .map_err(|s| from_status(s, url))?
-        .into_inner();
     let mut view = progress::View::new(std::io::stderr().is_terminal());
+    let mut reconnect = Reconnect::new(url, job_id);
     loop {
-        let job = match stream.message().await {
-            Ok(Some(job)) => job,
-            Ok(None) => break,
-            Err(status) => {
-                view.finish();
-                return Err(from_status(status, url));
+        let request = pb::WatchJobRequest {
+            job_id: job_id.to_string(),
+        };
+        let lost = match client.watch_job(request).await {
+            Err(status) => status,
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    let job = match stream.message().await {
+                        Ok(Some(job)) => job,
+                        Ok(None) => {
+                            break tonic::Status::unavailable(
+                                "the watch stream ended before the job did",
+                            );
+                        }
+                        Err(status) => break status,
+                    };
+                    reconnect.seen(&job);
+                    view.show(&job);
+                    if let Some(outcome) = outcome(&job) {
+                        view.finish();
+                        let (code, line) = outcome?;
+                        println!("{line}");
+                        return Ok(code);
+                    }
+                }
             }
         };
-        view.show(&job);
-        let outcome = enough(&job).or_else(|| {
-            progress::is_terminal(job.state)
-                .then(|| (exit_code(job.state), progress::summary(&job)))
-        });
-        if let Some((code, line)) = outcome {
-            view.finish();
-            println!("{line}");
-            return Ok(code);
-        }
+        view.finish();
+        reconnect.after(lost).await?;
     }
-    view.finish();
-    Err(Failure::new(
-        EXIT_UNREACHABLE,
-        "error: the watch stream ended before the job did; watch it again",
-    ))
 }
 
+/// Prints a job's results; with `follow`, as they are recorded until the job ends, across
+/// coordinator restarts, each candidate once.
 pub async fn results(
     client: &mut Client,
     url: &str,
@@ -488,43 +546,183 @@ pub async fn results(
     usable_only: bool,
     follow: bool,
 ) -> Result<(), Failure> {
+    let stdout = std::io::stdout();
+    let mut printer = Printer::new(stdout.lock(), format, usable_only, follow);
+    if !follow {
+        let mut stream = client
+            .get_results(pb::GetResultsRequest {
+                job_id: job_id.to_string(),
+                usable_only,
+                follow: false,
+            })
+            .await
+            .map_err(|s| from_status(s, url))?
+            .into_inner();
+        while let Some(page) = stream.message().await.map_err(|s| from_status(s, url))? {
+            if !printer.page(page.results) {
+                return Ok(()); // stdout closed (e.g. piped into head): nothing more to do
+            }
+        }
+        printer.finish();
+        return Ok(());
+    }
+    let mut reconnect = Reconnect::new(url, job_id);
+    loop {
+        let lost =
+            match follow_results(client, job_id, usable_only, &mut printer, &mut reconnect).await {
+                Ok(Followed::Done) => {
+                    printer.finish();
+                    return Ok(());
+                }
+                Ok(Followed::Closed) => return Ok(()),
+                Err(status) => status,
+            };
+        reconnect.after(lost).await?;
+    }
+}
+
+/// How one connection of `results --follow` ended.
+enum Followed {
+    /// Every row of the job was printed.
+    Done,
+    /// Stdout closed: nothing more to do.
+    Closed,
+}
+
+/// One connection of `results --follow`: the job (for its deadline), then its rows, printing
+/// those not printed before; a stream that ends before every row came counts as lost.
+async fn follow_results(
+    client: &mut Client,
+    job_id: &str,
+    usable_only: bool,
+    printer: &mut Printer<impl Write>,
+    reconnect: &mut Reconnect,
+) -> Result<Followed, tonic::Status> {
+    let job = get_job(client, job_id).await?;
+    reconnect.seen(&job);
     let mut stream = client
         .get_results(pb::GetResultsRequest {
             job_id: job_id.to_string(),
             usable_only,
-            follow,
+            follow: true,
         })
-        .await
-        .map_err(|s| from_status(s, url))?
+        .await?
         .into_inner();
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut first = true;
-    if format == Format::Json {
-        let _ = writeln!(out, "[");
-    }
-    while let Some(page) = stream.message().await.map_err(|s| from_status(s, url))? {
-        for r in page.results {
-            let line = match format {
-                Format::Json => {
-                    let value = result_json(&r);
-                    let sep = if first { "" } else { ",\n" };
-                    format!("{sep}  {value}")
-                }
-                Format::Txt if usable_only => format!("{}\n", r.proxy),
-                Format::Txt => format!("{}\n", progress::result_line(&r)),
-            };
-            first = false;
-            if out.write_all(line.as_bytes()).is_err() {
-                return Ok(()); // stdout closed (e.g. piped into head): nothing more to do
-            }
+    while let Some(page) = stream.message().await? {
+        reconnect.answered();
+        if !printer.page(page.results) {
+            return Ok(Followed::Closed);
         }
     }
-    if format == Format::Json {
-        let _ = writeln!(out, "{}]", if first { "" } else { "\n" });
+    // A coordinator that stops cleanly ends the stream as if it were complete: the job says
+    // whether it is.
+    let job = get_job(client, job_id).await?;
+    let p = job.progress.clone().unwrap_or_default();
+    let rows = if usable_only {
+        p.proxies_usable
+    } else {
+        p.proxies_total
+    };
+    if progress::is_terminal(job.state) && printer.printed() >= rows {
+        Ok(Followed::Done)
+    } else {
+        Err(tonic::Status::unavailable(
+            "the results stream ended before the job did",
+        ))
     }
-    let _ = out.flush();
-    Ok(())
+}
+
+async fn get_job(client: &mut Client, job_id: &str) -> Result<pb::Job, tonic::Status> {
+    Ok(client
+        .get_job(pb::GetJobRequest {
+            job_id: job_id.to_string(),
+            include_chunks: false,
+        })
+        .await?
+        .into_inner())
+}
+
+/// Writes result rows as `results` prints them; when following, each candidate once, even when
+/// a reconnect sends it again.
+struct Printer<W: Write> {
+    out: std::io::BufWriter<W>,
+    format: Format,
+    usable_only: bool,
+    /// Nothing printed yet (a JSON array's first element has no comma before it).
+    first: bool,
+    /// When following: a 128-bit fingerprint of each candidate printed (its proxy URL, unique in
+    /// its job), so a million rows cost megabytes, not the URLs themselves.
+    seen: Option<std::collections::HashSet<u128>>,
+    /// Rows printed.
+    printed: u64,
+}
+
+impl<W: Write> Printer<W> {
+    fn new(out: W, format: Format, usable_only: bool, follow: bool) -> Self {
+        let mut out = std::io::BufWriter::new(out);
+        if format == Format::Json {
+            let _ = writeln!(out, "[");
+        }
+        Printer {
+            out,
+            format,
+            usable_only,
+            first: true,
+            seen: follow.then(std::collections::HashSet::new),
+            printed: 0,
+        }
+    }
+
+    /// Prints a page's rows not printed before; false once stdout is closed.
+    fn page(&mut self, rows: Vec<pb::ProxyResult>) -> bool {
+        for r in rows {
+            if let Some(seen) = &mut self.seen
+                && !seen.insert(fingerprint(&r.proxy))
+            {
+                continue;
+            }
+            let line = match self.format {
+                Format::Json => {
+                    let value = result_json(&r);
+                    let sep = if self.first { "" } else { ",\n" };
+                    format!("{sep}  {value}")
+                }
+                Format::Txt if self.usable_only => format!("{}\n", r.proxy),
+                Format::Txt => format!("{}\n", progress::result_line(&r)),
+            };
+            self.first = false;
+            self.printed += 1;
+            if self.out.write_all(line.as_bytes()).is_err() {
+                return false;
+            }
+        }
+        // A follower reads rows as they come.
+        self.seen.is_none() || self.out.flush().is_ok()
+    }
+
+    fn printed(&self) -> u64 {
+        self.printed
+    }
+
+    fn finish(mut self) {
+        if self.format == Format::Json {
+            let _ = writeln!(self.out, "{}]", if self.first { "" } else { "\n" });
+        }
+        let _ = self.out.flush();
+    }
+}
+
+/// A 128-bit fingerprint of `text`: two SipHash digests of it under different prefixes. Two
+/// candidates of a job share one with a chance of about n²/2¹²⁹.
+fn fingerprint(text: &str) -> u128 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let half = |prefix: u8| {
+        let mut hasher = DefaultHasher::new();
+        prefix.hash(&mut hasher);
+        text.hash(&mut hasher);
+        hasher.finish()
+    };
+    (u128::from(half(0)) << 64) | u128::from(half(1))
 }
 
 fn result_json(r: &pb::ProxyResult) -> serde_json::Value {
@@ -653,6 +851,132 @@ mod tests {
             "{}",
             lost.message
         );
+    }
+
+    fn job(state: pb::JobState, usable: u64, in_files: u64, min_usable: u64) -> pb::Job {
+        pb::Job {
+            job_id: "job-x".into(),
+            state: state as i32,
+            settings: Some(pb::JobSettings {
+                min_usable,
+                ..Default::default()
+            }),
+            progress: Some(pb::JobProgress {
+                proxies_total: 100,
+                proxies_checked: 50,
+                proxies_usable: usable,
+                pool_files_usable: in_files,
+                pool_files: if in_files > 0 {
+                    "/data/output/live_proxies.txt".into()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn code(outcome: Option<Outcome>) -> Option<i32> {
+        outcome.map(|o| match o {
+            Ok((code, _)) => code,
+            Err(failure) => failure.code,
+        })
+    }
+
+    #[test]
+    fn a_refresh_wait_says_yes_only_when_the_pools_files_hold_enough() {
+        use pb::JobState::*;
+        // Usable proxies the files do not hold yet are not enough, whatever the job counts.
+        assert_eq!(code(refresh_outcome(&job(Checking, 40, 0, 10), 10)), None);
+        assert_eq!(code(refresh_outcome(&job(Checking, 40, 9, 10), 10)), None);
+        // Files that hold enough are, while the job runs too, and the line names them.
+        let Some(Ok((0, line))) = refresh_outcome(&job(Checking, 40, 12, 10), 10) else {
+            panic!("enough in the files");
+        };
+        assert_eq!(
+            line,
+            "12 usable proxies are fresh in /data/output/live_proxies.txt (job job-x, CHECKING)"
+        );
+        assert_eq!(
+            code(refresh_outcome(&job(Succeeded, 40, 40, 10), 10)),
+            Some(0)
+        );
+        // Ended with fewer in the files than wanted: the job's own code...
+        assert_eq!(
+            code(refresh_outcome(&job(Insufficient, 4, 4, 10), 10)),
+            Some(3)
+        );
+        assert_eq!(code(refresh_outcome(&job(Failed, 40, 0, 10), 10)), Some(4));
+        assert_eq!(
+            code(refresh_outcome(&job(Cancelled, 40, 12, 50), 50)),
+            Some(5)
+        );
+        // ...3 when the job wanted fewer than this wait, 1 when the files lack what it had.
+        assert_eq!(
+            code(refresh_outcome(&job(Succeeded, 12, 12, 5), 50)),
+            Some(3)
+        );
+        let Some(Err(failure)) = refresh_outcome(&job(Succeeded, 40, 0, 10), 10) else {
+            panic!("a success the files do not show is a failure");
+        };
+        assert_eq!(failure.code, EXIT_UNREACHABLE);
+        assert!(
+            failure.message.contains("could not write them"),
+            "{}",
+            failure.message
+        );
+        // --min-usable 0 waits for the end.
+        assert_eq!(code(refresh_outcome(&job(Checking, 0, 0, 0), 0)), None);
+        assert_eq!(code(refresh_outcome(&job(Succeeded, 0, 0, 0), 0)), Some(0));
+    }
+
+    #[test]
+    fn a_submit_wait_follows_the_job_to_its_end() {
+        use pb::JobState::*;
+        // Enough in the files while it runs: it goes on (results read after it are whole).
+        assert_eq!(code(submit_outcome(&job(Checking, 40, 40, 10))), None);
+        assert_eq!(code(submit_outcome(&job(Succeeded, 40, 40, 10))), Some(0));
+        assert_eq!(code(submit_outcome(&job(Succeeded, 0, 0, 0))), Some(0));
+        assert_eq!(code(submit_outcome(&job(Succeeded, 40, 0, 10))), Some(1));
+        assert_eq!(code(submit_outcome(&job(Insufficient, 4, 4, 10))), Some(3));
+        assert_eq!(code(submit_outcome(&job(Failed, 0, 0, 10))), Some(4));
+        // `watch` only follows the job's state.
+        assert_eq!(code(job_outcome(&job(Succeeded, 40, 0, 10))), Some(0));
+        assert_eq!(code(job_outcome(&job(Checking, 40, 40, 10))), None);
+    }
+
+    #[test]
+    fn a_follower_prints_each_candidate_once_across_reconnects() {
+        let row = |proxy: &str| pb::ProxyResult {
+            proxy: proxy.into(),
+            checked: true,
+            usable: true,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut printer = Printer::new(&mut out, Format::Txt, true, true);
+        assert!(printer.page(vec![row("http://a:1"), row("http://b:1")]));
+        // The stream is followed again from its start after a reconnect.
+        assert!(printer.page(vec![
+            row("http://a:1"),
+            row("http://b:1"),
+            row("http://c:1")
+        ]));
+        assert_eq!(printer.printed(), 3);
+        printer.finish();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "http://a:1\nhttp://b:1\nhttp://c:1\n"
+        );
+        // Without --follow, rows are printed as they come.
+        let mut out = Vec::new();
+        let mut printer = Printer::new(&mut out, Format::Json, true, false);
+        assert!(printer.page(vec![row("http://a:1"), row("http://a:1")]));
+        printer.finish();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json.as_array().unwrap().len(), 2);
+        assert_ne!(fingerprint("http://a:1"), fingerprint("http://a:2"));
     }
 
     #[test]

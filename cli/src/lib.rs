@@ -5,6 +5,7 @@ pub mod args;
 pub mod client;
 pub mod embedded;
 pub mod progress;
+pub mod retry;
 
 use args::{Cli, Command};
 use client::Failure;
@@ -71,7 +72,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
             let request = client::submit_request(&args.job, inputs)?;
             let job_id = client::submit(&mut c, &url, request, &label).await?;
             if args.wait {
-                return client::watch(&mut c, &url, &job_id).await;
+                return client::submit_wait(&mut c, &url, &job_id).await;
             }
             Ok(0)
         }

@@ -38,7 +38,7 @@ pub fn reason_name(r: i32) -> &'static str {
 
 /// One line of progress: counts, rate, ETA.
 pub fn progress_line(job: &pb::Job) -> String {
-    let p = job.progress.unwrap_or_default();
+    let p = job.progress.clone().unwrap_or_default();
     if job.state == pb::JobState::Scraping as i32 {
         let done = job
             .sources
@@ -101,10 +101,11 @@ pub fn bar(checked: u64, total: u64) -> String {
 
 /// The final line of a job.
 pub fn summary(job: &pb::Job) -> String {
-    let p = job.progress.unwrap_or_default();
-    let unchecked = match p.proxies_unchecked {
-        0 => String::new(),
-        n => format!(", {n} left unchecked"),
+    let p = job.progress.clone().unwrap_or_default();
+    let unchecked = match (p.proxies_unchecked, p.proxies_poison) {
+        (0, _) => String::new(),
+        (n, 0) => format!(", {n} left unchecked"),
+        (n, poison) => format!(", {n} left unchecked, {poison} of them poison"),
     };
     format!(
         "job {} {}: {} usable of {} ({} checked{unchecked}) in {}; {}",
@@ -144,7 +145,7 @@ pub fn jobs_table(jobs: &[pb::Job]) -> String {
         "JOB", "STATE", "CHECKED", "USABLE", "TOTAL", "NAME / REASON"
     );
     for j in jobs {
-        let p = j.progress.unwrap_or_default();
+        let p = j.progress.clone().unwrap_or_default();
         let label = [j.name.as_str(), j.reason.as_str()]
             .iter()
             .filter(|s| !s.is_empty())
@@ -204,7 +205,7 @@ impl View {
     pub fn show(&mut self, job: &pb::Job) {
         let mut err = std::io::stderr();
         if self.terminal {
-            let p = job.progress.unwrap_or_default();
+            let p = job.progress.clone().unwrap_or_default();
             let _ = write!(
                 err,
                 "\r\x1b[2K{} {}",
@@ -348,6 +349,14 @@ mod tests {
                 "job job-x SUCCEEDED: 3 usable of 10 (7 checked, 3 left unchecked) in"
             ),
             "a job that succeeded with candidates left says so: {}",
+            summary(&partial)
+        );
+        if let Some(p) = partial.progress.as_mut() {
+            p.proxies_poison = 1;
+        }
+        assert!(
+            summary(&partial).contains("(7 checked, 3 left unchecked, 1 of them poison)"),
+            "{}",
             summary(&partial)
         );
     }

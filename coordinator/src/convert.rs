@@ -206,6 +206,8 @@ fn progress_to_proto(p: &JobProgress) -> pb::JobProgress {
         stale_verdicts_refused: p.stale_verdicts_refused,
         handed_back: p.handed_back,
         elapsed_ms: p.elapsed.as_millis() as u64,
+        pool_files_usable: p.pool_files_usable,
+        pool_files: p.pool_files.clone(),
     }
 }
 

@@ -37,8 +37,10 @@ pub(crate) struct State {
 /// scheduler's is taken first: `scheduler` → `progress` (snapshots reach watchers in the
 /// scheduler's order), `scheduler` → `outboxes` (a session's messages keep the scheduler's
 /// order), `scheduler` → `end_seqs`, `scheduler` → `store_tx` (writes reach the store in the
-/// scheduler's order). `reader` is never taken with `scheduler` held: reads of the store wait
-/// for no one but each other. Every other lock is taken alone.
+/// scheduler's order), `scheduler` → `pool_files` (snapshots say what the files held when they
+/// were made; nothing is taken while `pool_files` is held). `reader` is never taken with
+/// `scheduler` held: reads of the store wait for no one but each other. Every other lock is
+/// taken alone.
 struct Inner {
     /// The validated configuration, fixed for the process's life.
     config: CoordinatorConfig,
@@ -74,16 +76,66 @@ struct Inner {
     events: mpsc::UnboundedSender<Event>,
     /// The publisher's end of `events`, until [`State::publisher`] takes it.
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    /// What each pool's output files hold, by pool: set by the publisher right after it renamed
+    /// them into place, read into every snapshot clients get.
+    pool_files: Mutex<HashMap<String, PoolFiles>>,
+}
+
+/// What a pool's output files hold, as the publisher last wrote them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PoolFiles {
+    /// The job whose usable proxies they hold.
+    job_id: String,
+    /// How many of them.
+    usable: u64,
+    /// The pool's `live_proxies.txt`, as written.
+    path: String,
+}
+
+/// Verdicts of one job that a write made durable: what the publisher may write out while the
+/// job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DurableVerdicts {
+    job_id: String,
+    /// The position after the last of them in the order the job recorded its verdicts.
+    through: u64,
+    /// How many of them are usable.
+    usable: u64,
+}
+
+/// A running job's usable proxies as far as the store holds them, and what its pool's files got
+/// of them: the publisher's own.
+#[derive(Debug, Default)]
+struct Fresh {
+    /// The job's min_usable (fixed for its life).
+    min_usable: u64,
+    /// The job's pool (fixed for its life).
+    pool: String,
+    /// Durable verdicts so far, as a position in the job's recorded order.
+    through: u64,
+    /// Usable among them.
+    usable: u64,
+    /// The usable rows read so far, up to position `read`.
+    rows: Vec<ResultRow>,
+    /// The position in the job's recorded order that `rows` were read through.
+    read: u64,
+    /// When the pool's files were last written (or tried) from this job.
+    last_write: Option<Instant>,
+    /// How long that took: a slow write makes the next wait longer.
+    took: Duration,
+    /// How many usable proxies the last successful write put in them.
+    written: Option<u64>,
 }
 
 /// Work for the publisher, the one task that writes output files and delivers what waited for
 /// the store.
 enum Event {
-    /// A write is durable: the lease completions that waited for it, and whether a job ended in
-    /// it (its end may be shown now).
+    /// A write is durable: the lease completions that waited for it, whether a job ended in it
+    /// (its end may be shown now), and the verdicts it holds, by job.
     Committed {
         acks: Vec<Outbound>,
         job_ended: bool,
+        verdicts: Vec<DurableVerdicts>,
     },
     /// Jobs pruned from the store (`--retain`): forget them and remove their directories.
     Pruned(Vec<String>),
@@ -147,6 +199,7 @@ impl StoreWriter {
             let mut prunes = Vec::new();
             let mut committed_seq = None;
             let mut job_ended = false;
+            let mut durable: BTreeMap<String, (u64, u64)> = BTreeMap::new();
             for op in std::iter::once(first).chain(rx.try_iter()) {
                 match op {
                     StoreOp::Write {
@@ -159,6 +212,18 @@ impl StoreWriter {
                         job_ended |= r.iter().any(
                             |record| matches!(record, Record::Job(job) if job.state.is_terminal()),
                         );
+                        for record in &r {
+                            if let Record::Verdicts {
+                                job_id,
+                                first_position,
+                                verdicts,
+                            } = record
+                            {
+                                let (through, usable) = durable.entry(job_id.clone()).or_default();
+                                *through = (*through).max(first_position + verdicts.len() as u64);
+                                *usable += verdicts.iter().filter(|v| v.usable).count() as u64;
+                            }
+                        }
                         records.extend(r);
                         acks.extend(a);
                         next_lease = next_lease.max(n);
@@ -175,7 +240,19 @@ impl StoreWriter {
                 self.durable_seq.send_replace(seq);
             }
             // Fails only once the publisher has stopped, at shutdown, when acks no longer matter.
-            let _ = self.events.send(Event::Committed { acks, job_ended });
+            let verdicts = durable
+                .into_iter()
+                .map(|(job_id, (through, usable))| DurableVerdicts {
+                    job_id,
+                    through,
+                    usable,
+                })
+                .collect();
+            let _ = self.events.send(Event::Committed {
+                acks,
+                job_ended,
+                verdicts,
+            });
             for before_ms in prunes {
                 match self.store.prune(before_ms) {
                     Ok(ids) => {
@@ -236,6 +313,10 @@ impl FollowCursor {
 
 /// Rows read at once when a job's results are read whole.
 const RESULTS_PAGE: usize = 1_000;
+
+/// How often the publisher looks for running jobs' fresh proxies that no write brought to their
+/// pool's files yet (see [`output::rewrite_due`]).
+const FRESH_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The most an answer waits for the store to commit what it reports.
 const COMMIT_WAIT: Duration = Duration::from_secs(60);
@@ -315,8 +396,17 @@ impl State {
         }
         let restored = ids.len();
         let mut progress = HashMap::new();
+        // Every verdict of a restored job is durable: the publisher may write them out.
+        let mut durable = Vec::new();
         for id in scheduler.job_ids() {
             if let Ok(snapshot) = scheduler.snapshot(&id, false, now) {
+                if !snapshot.state.is_terminal() {
+                    durable.push(DurableVerdicts {
+                        job_id: id.clone(),
+                        through: snapshot.progress.proxies_checked,
+                        usable: snapshot.progress.proxies_usable,
+                    });
+                }
                 progress.insert(id, watch::channel(snapshot).0);
             }
         }
@@ -325,6 +415,13 @@ impl State {
         }
         let (store_tx, store_rx) = std::sync::mpsc::channel();
         let (events, events_rx) = mpsc::unbounded_channel();
+        // Sent before the store writer starts: the publisher learns of them before any later
+        // verdict of theirs.
+        let _ = events.send(Event::Committed {
+            acks: Vec::new(),
+            job_ended: false,
+            verdicts: durable,
+        });
         let store_failure = Arc::new(watch::channel(None).0);
         let durable_seq = Arc::new(watch::channel(0).0);
         let writer = {
@@ -355,6 +452,7 @@ impl State {
                 end_seqs: Mutex::new(HashMap::new()),
                 events,
                 events_rx: Mutex::new(Some(events_rx)),
+                pool_files: Mutex::new(HashMap::new()),
             }),
         };
         state.deliver(out);
@@ -371,35 +469,180 @@ impl State {
         let Some(mut events) = lock(&self.inner.events_rx).take() else {
             return;
         };
-        while let Some(event) = events.recv().await {
-            if let Event::Stop = event {
-                // What the events before the stop sent meanwhile (a job ended in the last
-                // write) is done too; nothing else comes.
-                while let Ok(event) = events.try_recv() {
-                    self.handle(event);
+        // Running jobs' fresh proxies, by job.
+        let mut fresh: HashMap<String, Fresh> = HashMap::new();
+        // Fresh proxies that came with no write after them still reach the files in time.
+        let mut ticks = tokio::time::interval(FRESH_CHECK_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                _ = ticks.tick() => {
+                    self.write_fresh(&mut fresh, None);
+                    continue;
                 }
-                return;
+            };
+            match event {
+                None => return,
+                Some(Event::Stop) => {
+                    // What the events before the stop sent meanwhile (a job ended in the last
+                    // write) is done too; nothing else comes.
+                    while let Ok(event) = events.try_recv() {
+                        self.handle(event, &mut fresh);
+                    }
+                    return;
+                }
+                Some(event) => self.handle(event, &mut fresh),
             }
-            self.handle(event);
         }
     }
 
     /// Does one piece of the publisher's work.
-    fn handle(&self, event: Event) {
+    fn handle(&self, event: Event, fresh: &mut HashMap<String, Fresh>) {
         match event {
-            Event::Committed { acks, job_ended } => {
+            Event::Committed {
+                acks,
+                job_ended,
+                verdicts,
+            } => {
                 self.deliver(acks);
                 if job_ended {
                     self.publish();
                 }
+                if !verdicts.is_empty() {
+                    let changed: Vec<String> = verdicts.iter().map(|v| v.job_id.clone()).collect();
+                    self.note_durable(fresh, verdicts);
+                    self.write_fresh(fresh, Some(&changed));
+                }
             }
-            Event::Pruned(ids) => self.forget(ids),
+            Event::Pruned(ids) => {
+                for id in &ids {
+                    fresh.remove(id);
+                }
+                self.forget(ids)
+            }
             Event::Ended {
                 snapshot,
                 is_newest,
-            } => self.show_end(*snapshot, is_newest),
+            } => {
+                fresh.remove(&snapshot.id);
+                self.show_end(*snapshot, is_newest)
+            }
             Event::Stop => {}
         }
+    }
+
+    /// Counts verdicts the store now holds into their running jobs' [`Fresh`].
+    fn note_durable(&self, fresh: &mut HashMap<String, Fresh>, verdicts: Vec<DurableVerdicts>) {
+        // Taken only for a job met the first time: most writes carry verdicts of jobs known.
+        let mut scheduler = None;
+        for durable in verdicts {
+            let entry = match fresh.entry(durable.job_id) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let scheduler = scheduler.get_or_insert_with(|| lock(&self.inner.scheduler));
+                    let Ok(job) = scheduler.snapshot(entry.key(), false, Instant::now()) else {
+                        continue;
+                    };
+                    // An ended job's files are written at its end.
+                    if job.state.is_terminal() {
+                        continue;
+                    }
+                    entry.insert(Fresh {
+                        min_usable: job.settings.min_usable,
+                        pool: job.settings.pool.clone(),
+                        ..Fresh::default()
+                    })
+                }
+            };
+            entry.through = entry.through.max(durable.through);
+            entry.usable += durable.usable;
+        }
+    }
+
+    /// Writes the pool files of the running jobs (of `only` those, when given) that are due (see
+    /// [`output::rewrite_due`]) from their durable usable proxies, then shows watchers what the
+    /// files hold.
+    fn write_fresh(&self, fresh: &mut HashMap<String, Fresh>, only: Option<&[String]>) {
+        let now = Instant::now();
+        let due: Vec<String> = fresh
+            .iter()
+            .filter(|(id, _)| only.is_none_or(|only| only.contains(id)))
+            .filter(|(_, f)| {
+                let changed = f.written != Some(f.usable);
+                output::rewrite_due(f.usable, f.min_usable, f.last_write, f.took, now, changed)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let Some(f) = fresh.get_mut(&id) else {
+                continue;
+            };
+            let started = Instant::now();
+            f.last_write = Some(started);
+            let running = lock(&self.inner.scheduler)
+                .snapshot(&id, false, now)
+                .is_ok_and(|job| !job.state.is_terminal());
+            if !running {
+                // Its end writes its files.
+                fresh.remove(&id);
+                continue;
+            }
+            // Only what the store holds, page by page under the lock. The recorded order only
+            // grows, and a job's rows leave memory only when the publisher shows its end: a
+            // page read now is what the store has.
+            while f.read < f.through {
+                let limit = (f.through - f.read).min(RESULTS_PAGE as u64) as usize;
+                let page =
+                    lock(&self.inner.scheduler).results_since(&id, f.read as usize, limit, true);
+                match page {
+                    Ok(page) if page.cursor as u64 > f.read => {
+                        f.read = page.cursor as u64;
+                        f.rows.extend(page.rows);
+                    }
+                    _ => break,
+                }
+            }
+            let dir = pool_dir(&self.inner.config, &f.pool);
+            let files = output::render(&id, wall_ms(), &f.rows);
+            let written = output::write_all(&dir, &files);
+            f.took = started.elapsed();
+            match written {
+                Ok(()) => {
+                    let usable = f.rows.len() as u64;
+                    f.written = Some(f.usable);
+                    info!(job_id = %id, pool = %f.pool, usable, "pool files hold the running job's fresh proxies");
+                    self.pool_files_written(&f.pool, &id, usable);
+                    // Watchers learn what the files hold only now that they hold it.
+                    lock(&self.inner.scheduler).mark_dirty(&id);
+                    self.publish();
+                }
+                Err(e) => {
+                    warn!(job_id = %id, pool = %f.pool, dir = %dir.display(), error = %e, "could not write the running job's fresh proxies to the pool's files; trying again")
+                }
+            }
+        }
+    }
+
+    /// Notes that `pool`'s files hold `usable` proxies of `job_id` (they were renamed into place).
+    fn pool_files_written(&self, pool: &str, job_id: &str, usable: u64) {
+        let path = pool_dir(&self.inner.config, pool).join(output::LIVE_TXT);
+        let path = std::path::absolute(&path).unwrap_or(path);
+        lock(&self.inner.pool_files).insert(
+            pool.to_string(),
+            PoolFiles {
+                job_id: job_id.to_string(),
+                usable,
+                path: path.display().to_string(),
+            },
+        );
+    }
+
+    /// Sets what a snapshot says of its pool's files: how many of its usable proxies they hold.
+    fn with_pool_files(&self, mut snapshot: JobSnapshot) -> JobSnapshot {
+        let pool_files = lock(&self.inner.pool_files);
+        set_pool_files(&pool_files, &mut snapshot);
+        snapshot
     }
 
     /// Tells the publisher to stop once it has done everything sent to it before.
@@ -862,16 +1105,21 @@ impl State {
                 .chunks(job_id, stored)
                 .map_err(|e| JobError::Unreadable(e.to_string()))?;
         }
-        Ok(snapshot)
+        Ok(self.with_pool_files(snapshot))
     }
 
     pub(crate) fn jobs(&self) -> Vec<JobSnapshot> {
         let scheduler = lock(&self.inner.scheduler);
+        let pool_files = lock(&self.inner.pool_files);
         let now = Instant::now();
         scheduler
             .job_ids()
             .iter()
             .filter_map(|id| scheduler.snapshot(id, false, now).ok())
+            .map(|mut snapshot| {
+                set_pool_files(&pool_files, &mut snapshot);
+                snapshot
+            })
             .collect()
     }
 
@@ -882,7 +1130,7 @@ impl State {
                 Ok((snap, out)) => (Ok(snap), out),
                 Err(e) => (Err(e), Vec::new()),
             });
-        let snapshot = snapshot?;
+        let snapshot = self.with_pool_files(snapshot?);
         info!(job_id, "job cancel requested");
         self.publish();
         Ok((snapshot, commit))
@@ -1165,8 +1413,9 @@ impl State {
             let mut newest: HashMap<String, Option<String>> = HashMap::new();
             let durable_seq = *self.inner.durable_seq.borrow();
             let mut end_seqs = lock(&self.inner.end_seqs);
+            let pool_files = lock(&self.inner.pool_files);
             for id in scheduler.take_dirty() {
-                let Ok(snapshot) = scheduler.snapshot(&id, false, now) else {
+                let Ok(mut snapshot) = scheduler.snapshot(&id, false, now) else {
                     continue;
                 };
                 if snapshot.state.is_terminal() {
@@ -1194,6 +1443,7 @@ impl State {
                 if tx.borrow().state.is_terminal() {
                     continue;
                 }
+                set_pool_files(&pool_files, &mut snapshot);
                 tx.send_replace(snapshot);
             }
             ended
@@ -1214,6 +1464,8 @@ impl State {
         if let Err(e) = self.write_outputs(&snapshot, is_newest) {
             warn!(job_id = %snapshot.id, error = %e, "could not write the job's results to the data dir");
         }
+        // What its pool's files hold now that they are written.
+        let snapshot = self.with_pool_files(snapshot);
         let id = snapshot.id.clone();
         {
             let progress = lock(&self.inner.progress);
@@ -1230,37 +1482,84 @@ impl State {
     }
 
     /// Writes an ended job's files under `DATA_DIR/jobs/<id>/` unless they are there already (a
-    /// restart rewrites none), and its pool's files if it is the pool's newest completed job (see
-    /// [`Scheduler::newest_completed`]; `is_newest` says whether it was when published); a pool
-    /// file already holding the same bytes is left alone.
+    /// restart rewrites none), and its pool's files as [`output::pool_at_end`] decides: the
+    /// job's own if it is the pool's newest completed job (see
+    /// [`Scheduler::newest_completed`]; `is_newest` says whether it was when published), the
+    /// newest completed job's again if this one wrote its fresh proxies there and then failed;
+    /// a pool file already holding the same bytes is left alone.
     fn write_outputs(&self, job: &JobSnapshot, is_newest: bool) -> std::io::Result<()> {
         let config = &self.inner.config;
         let job_dir = config.data_dir.join("jobs").join(&job.id);
         // `summary.json` is written last: there, the job's files are whole.
         let job_files = !job_dir.join(SUMMARY).exists();
-        let pool_files = is_newest && {
-            // Asked again now: a job that ended meanwhile is newer, and the publisher writes the
-            // pool for it after this one.
+        let pool = &job.settings.pool;
+        // Only the publisher changes what the pool's files hold, and this is the publisher.
+        let holder = lock(&self.inner.pool_files)
+            .get(pool)
+            .map(|files| files.job_id.clone());
+        let (at_end, newest_ended_ms) = {
             let scheduler = lock(&self.inner.scheduler);
-            scheduler.newest_completed(&job.settings.pool) == Some(job.id.as_str())
+            let now = Instant::now();
+            // Asked again now: a job that ended meanwhile is newer, and the publisher writes
+            // the pool for it after this one.
+            let newest = scheduler
+                .newest_completed(pool)
+                .filter(|newest| *newest != job.id || is_newest);
+            let newest_ended_ms = newest
+                .and_then(|id| scheduler.snapshot(id, false, now).ok())
+                .map_or(0, |s| s.ended_wall_ms);
+            let holder = holder.as_deref().map(|id| {
+                let running = scheduler
+                    .snapshot(id, false, now)
+                    .is_ok_and(|s| !s.state.is_terminal());
+                (id, running)
+            });
+            (
+                output::pool_at_end(&job.id, newest, holder),
+                newest_ended_ms,
+            )
         };
-        if !job_files && !pool_files {
-            return Ok(());
+        if job_files || at_end == output::PoolAtEnd::Ended {
+            // The output files list the usable proxies only.
+            let results = match self.results(&job.id, RowFilter::Usable) {
+                Ok(results) => results,
+                Err(JobError::NotFound(_)) => return Ok(()), // pruned meanwhile
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            };
+            let files = output::render(&job.id, job.ended_wall_ms, &results);
+            if job_files {
+                write_job_files(&job_dir, job, &files)?;
+            }
+            if at_end == output::PoolAtEnd::Ended {
+                output::write_all(&pool_dir(config, pool), &files)?;
+                self.pool_files_written(pool, &job.id, results.len() as u64);
+            }
         }
-        // The output files list the usable proxies only.
-        let results = match self.results(&job.id, RowFilter::Usable) {
-            Ok(results) => results,
-            Err(JobError::NotFound(_)) => return Ok(()), // pruned meanwhile
-            Err(e) => return Err(std::io::Error::other(e.to_string())),
-        };
-        let files = output::render(&job.id, job.ended_wall_ms, &results);
-        if job_files {
-            write_job_files(&job_dir, job, &files)?;
-        }
-        if pool_files {
-            output::write_all(&pool_dir(config, &job.settings.pool), &files)?;
+        if let output::PoolAtEnd::Completed(newest) = at_end {
+            let results = match self.results(&newest, RowFilter::Usable) {
+                Ok(results) => results,
+                Err(JobError::NotFound(_)) => return Ok(()), // pruned meanwhile
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            };
+            let files = output::render(&newest, newest_ended_ms, &results);
+            output::write_all(&pool_dir(config, pool), &files)?;
+            self.pool_files_written(pool, &newest, results.len() as u64);
+            info!(
+                job_id = %job.id, pool = %pool, newest_completed = %newest, state = job.state.name(),
+                "the pool's files hold its newest completed job's proxies again"
+            );
         }
         Ok(())
+    }
+}
+
+/// Sets what `snapshot` says of its pool's files from what they hold (see [`PoolFiles`]).
+fn set_pool_files(pool_files: &HashMap<String, PoolFiles>, snapshot: &mut JobSnapshot) {
+    if let Some(files) = pool_files.get(&snapshot.settings.pool)
+        && files.job_id == snapshot.id
+    {
+        snapshot.progress.pool_files_usable = files.usable;
+        snapshot.progress.pool_files = files.path.clone();
     }
 }
 
@@ -1416,6 +1715,114 @@ mod tests {
         // A second cancel reports the same end, which is already durable.
         let (_, again) = state.cancel(&id).unwrap();
         state.committed(again).await.unwrap();
+        state.close_store();
+        let _ = std::fs::remove_dir_all(&state.config().data_dir);
+    }
+
+    /// The next LeaseDone or VerdictsHandled of the session: what it sent before is durable.
+    async fn next_ack(
+        rx: &mut mpsc::UnboundedReceiver<Result<pb::CoordinatorMessage, tonic::Status>>,
+    ) {
+        use pb::coordinator_message::Kind;
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .expect("an acknowledgement comes")
+                .expect("the session is open")
+                .unwrap();
+            if matches!(
+                message.kind,
+                Some(Kind::VerdictsHandled(_) | Kind::LeaseDone(_))
+            ) {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_running_job_fills_its_pools_files_once_it_has_enough_and_says_so_after() {
+        let state = fresh_state();
+        let publisher = tokio::spawn(state.clone().publisher());
+        let candidates = (1..=20).map(|i| format!("127.0.0.{i}:80")).collect();
+        let valid = state.validate(pb::SubmitJobRequest {
+            candidates,
+            chunk_size: 5,
+            min_usable: Some(2),
+            ..pb::SubmitJobRequest::default()
+        });
+        let id = state.submit(valid.unwrap()).snapshot.id;
+        let mut watcher = state.watch(&id).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let hello = Hello {
+            worker_id: "w".into(),
+            name: "w".into(),
+            version: "t".into(),
+            peer: String::new(),
+            capacity: 1,
+            max_checks: 8,
+        };
+        let session = state.open_session(hello, tx);
+        let assign = loop {
+            let message = rx.recv().await.unwrap().unwrap();
+            if let Some(pb::coordinator_message::Kind::Assign(a)) = message.kind {
+                break a;
+            }
+        };
+        let usable = |position: u32| pb::Verdicts {
+            lease_id: assign.lease_id,
+            job_id: id.clone(),
+            first: Some(position),
+            verdicts: vec![pb::Verdict {
+                index: assign.candidates[position as usize].index,
+                usable: true,
+                latency_ms: 10,
+                ..Default::default()
+            }],
+        };
+        let txt = state.config().output_dir.join(output::LIVE_TXT);
+
+        // One usable proxy of the two wanted: the pool's files are not touched.
+        state.on_message(session, Some(pb::worker_message::Kind::Verdicts(usable(0))));
+        next_ack(&mut rx).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!txt.exists(), "written before the job had min_usable");
+        assert_eq!(state.job(&id, false).unwrap().progress.pool_files_usable, 0);
+
+        // The second: written at once, and watchers are told only once it is there.
+        state.on_message(session, Some(pb::worker_message::Kind::Verdicts(usable(1))));
+        let seen = tokio::time::timeout(
+            Duration::from_secs(30),
+            watcher.wait_for(|s| s.progress.pool_files_usable >= 2),
+        )
+        .await
+        .expect("watchers learn the pool's files hold the fresh proxies")
+        .unwrap()
+        .clone();
+        assert_eq!(seen.state, JobState::Checking);
+        let lines = std::fs::read_to_string(&txt).unwrap();
+        assert_eq!(lines.lines().count(), 2, "{lines:?}");
+        assert_eq!(
+            seen.progress.pool_files,
+            std::path::absolute(&txt).unwrap().display().to_string()
+        );
+
+        // Cancelled with no completed job before it: its fresh proxies stay.
+        let (_, commit) = state.cancel(&id).unwrap();
+        state.committed(commit).await.unwrap();
+        state.tick();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(30),
+            watcher.wait_for(|s| s.state.is_terminal()),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+        assert_eq!(ended.state, JobState::Cancelled);
+        assert_eq!(ended.progress.pool_files_usable, 2);
+        assert_eq!(std::fs::read_to_string(&txt).unwrap(), lines);
+        state.stop_publisher();
+        publisher.await.unwrap();
         state.close_store();
         let _ = std::fs::remove_dir_all(&state.config().data_dir);
     }

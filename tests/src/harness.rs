@@ -614,3 +614,80 @@ impl Crew {
         started
     }
 }
+
+/// A `proxyfleet` command running in the background: its stdout read line by line as it comes,
+/// its stderr in a log file; killed on drop, even when the test panics.
+#[derive(Debug)]
+pub struct CliProc {
+    proc: Proc,
+    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// Every stdout line read so far.
+    pub lines: Vec<String>,
+}
+
+/// Starts `proxyfleet --coordinator URL ARGS...` in the background; its stderr goes to
+/// `log_dir/NAME.log`.
+pub fn spawn_cli(url: &str, name: &str, args: &[&str], log_dir: &Path) -> CliProc {
+    let mut command = Command::new(bin("proxyfleet"));
+    command.args(["--coordinator", url]).args(args);
+    let mut proc = Proc::spawn(
+        name,
+        command,
+        log_dir.join(format!("{name}.log")),
+        Stdio::piped(),
+    );
+    let stdout = proc.child.stdout.take().expect("piped stdout");
+    CliProc {
+        proc,
+        stdout: BufReader::new(stdout).lines(),
+        lines: Vec::new(),
+    }
+}
+
+impl CliProc {
+    /// The next line it prints on stdout, or None once it closed stdout; at most `WAIT_LIMIT`.
+    pub async fn next_line(&mut self) -> Option<String> {
+        let line = tokio::time::timeout(WAIT_LIMIT, self.stdout.next_line())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} printed nothing within {WAIT_LIMIT:?}; stderr:\n{}",
+                    self.proc.name,
+                    self.stderr()
+                )
+            })
+            .expect("reading its stdout");
+        self.lines.extend(line.clone());
+        line
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.proc.log_text()
+    }
+
+    /// Waits until it exits, at most `limit`; returns everything it printed.
+    pub async fn finish(mut self, limit: Duration) -> CliOutput {
+        let name = self.proc.name.clone();
+        let ended = tokio::time::timeout(limit, async {
+            while let Ok(Some(line)) = self.stdout.next_line().await {
+                self.lines.push(line);
+            }
+            self.proc.child.wait().await
+        })
+        .await;
+        let status = match ended {
+            Ok(status) => status.expect("waiting for the CLI"),
+            Err(_) => panic!(
+                "{name} did not end within {limit:?}; stdout:\n{}\nstderr:\n{}",
+                self.lines.join("\n"),
+                self.stderr()
+            ),
+        };
+        CliOutput {
+            code: status.code().unwrap_or(-1),
+            stdout: self.lines.iter().map(|l| format!("{l}\n")).collect(),
+            stderr: self.stderr(),
+        }
+    }
+}

@@ -109,7 +109,7 @@ async fn chaos_run(run: u32, lines: &[String]) {
             break job;
         }
         if now >= next_report {
-            let p = job.progress.unwrap_or_default();
+            let p = job.progress.clone().unwrap_or_default();
             eprintln!(
                 "run {run}: {:?}: {} of {} checked, chunks {} queued {} leased {} done",
                 started.elapsed(),
@@ -158,7 +158,7 @@ async fn chaos_run(run: u32, lines: &[String]) {
         crew.workers[*i].signal(libc::SIGCONT);
     }
 
-    let progress = job.progress.unwrap_or_default();
+    let progress = job.progress.clone().unwrap_or_default();
     assert_eq!(
         job.state,
         pb::JobState::Succeeded as i32,

@@ -49,7 +49,7 @@ async fn a_job_survives_a_killed_and_a_frozen_worker() {
     assert!(watched.stdout.contains("SUCCEEDED"), "{watched:?}");
 
     let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
-    let progress = job.progress.unwrap();
+    let progress = job.progress.clone().unwrap();
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
     assert_eq!(progress.proxies_total, lines.len() as u64);
     assert_eq!(progress.proxies_checked, lines.len() as u64);

@@ -150,7 +150,10 @@ async fn finished(url: &str, job_id: &str) -> pb::Job {
     let results = harness::results(&mut client, job_id).await;
     let unique: BTreeSet<&str> = results.iter().map(|r| r.proxy.as_str()).collect();
     assert_eq!(unique.len(), results.len(), "each candidate once");
-    assert_eq!(results.len() as u64, job.progress.unwrap().proxies_total);
+    assert_eq!(
+        results.len() as u64,
+        job.progress.as_ref().unwrap().proxies_total
+    );
     assert_eq!(results.iter().filter(|r| r.usable).count(), WORKING);
     job
 }

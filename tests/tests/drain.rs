@@ -75,7 +75,7 @@ async fn sigterm_mid_chunk_drains_without_charging_an_attempt() {
     assert_eq!(status.code(), Some(0), "log:\n{}", w2.log_text());
 
     let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
-    let p = job.progress.unwrap();
+    let p = job.progress.clone().unwrap();
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
     assert_eq!((p.proxies_checked, p.proxies_total), (100, 100));
     assert_eq!((p.handed_back, p.reassignments), (1, 0), "{p:?}");

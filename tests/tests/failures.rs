@@ -67,7 +67,7 @@ async fn a_poison_chunk_fails_after_max_attempts_and_the_job_still_ends() {
     }
 
     let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
-    let p = job.progress.unwrap();
+    let p = job.progress.clone().unwrap();
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
     assert!(
         job.reason.contains("1 of 2 chunks failed after 3 attempts"),

@@ -94,7 +94,7 @@ async fn sixty_ended_jobs_restart_small_and_the_oldest_still_reads_whole() {
     let mut client = coordinator.client().await;
     for job_id in &jobs {
         let job = harness::wait_terminal(&mut client, job_id, WAIT_LIMIT * 4).await;
-        let progress = job.progress.expect("progress");
+        let progress = job.progress.clone().expect("progress");
         assert_eq!(
             (progress.proxies_total, progress.proxies_checked),
             (CANDIDATES as u64, CANDIDATES as u64),

@@ -44,7 +44,7 @@ async fn a_proxy_that_kills_its_checkers_ends_poison_and_the_job_goes_on() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let progress = job.progress.unwrap_or_default();
+    let progress = job.progress.clone().unwrap_or_default();
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
     let results = harness::results(&mut client, &job_id).await;
     assert_eq!(results.len(), 100);

@@ -67,7 +67,7 @@ async fn a_job_survives_two_coordinator_crashes() {
         let mut client = coordinator.client().await;
         let after = harness::job(&mut client, &job_id).await;
         assert!(
-            after.progress.unwrap().proxies_checked >= before.proxies_checked,
+            after.progress.as_ref().unwrap().proxies_checked >= before.proxies_checked,
             "crash {crash}: recorded verdicts survive ({before:?} then {after:?})"
         );
     }

@@ -423,7 +423,10 @@ async fn scheduled_refreshes_never_overlap() {
         .filter(|j| j.state == pb::JobState::Succeeded as i32)
         .collect();
     assert!(!done.is_empty());
-    assert!(done.iter().all(|j| j.progress.unwrap().proxies_usable == 1));
+    assert!(
+        done.iter()
+            .all(|j| j.progress.as_ref().unwrap().proxies_usable == 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

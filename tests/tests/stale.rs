@@ -170,7 +170,7 @@ async fn verdicts_checked_past_the_lease_ttl_are_refused_and_counted() {
     worker.signal(libc::SIGCONT);
 
     let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
-    let p = job.progress.expect("a job has progress");
+    let p = job.progress.clone().expect("a job has progress");
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
     assert_eq!(
         (p.proxies_checked, p.stale_verdicts_refused, p.reassignments),
@@ -302,7 +302,7 @@ async fn verdicts_lost_in_a_partition_are_sent_again_and_counted_once() {
     relay.cut();
 
     let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
-    let p = job.progress.expect("a job has progress");
+    let p = job.progress.clone().expect("a job has progress");
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
     assert_eq!(
         (

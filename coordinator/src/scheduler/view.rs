@@ -61,6 +61,11 @@ pub(crate) struct JobProgress {
     pub(crate) elapsed: Duration,
     /// Candidates the job ended without a verdict for; 0 while it runs.
     pub(crate) proxies_unchecked: u64,
+    /// How many of the job's usable proxies its pool's live_proxies files hold now: 0 from the
+    /// scheduler; the state sets it from what the publisher last renamed into place.
+    pub(crate) pool_files_usable: u64,
+    /// The pool's live_proxies.txt as the publisher wrote it, with `pool_files_usable`.
+    pub(crate) pool_files: String,
     /// Of those left unchecked, the poison ones.
     pub(crate) proxies_poison: u64,
     /// Verdicts refused because another lease of the chunk recorded the candidate first.
@@ -349,12 +354,14 @@ impl Scheduler {
         let end = cursor.saturating_add(limit).min(job.recorded.len());
         let rows: Vec<ResultRow> = job.recorded[cursor..end]
             .iter()
+            .filter(|&&i| {
+                !usable_only || job.verdicts[i as usize].as_ref().is_some_and(|v| v.usable)
+            })
             .map(|&i| ResultRow {
                 candidate: job.candidates[i as usize].clone(),
                 chunk_id: i / chunk_size,
                 verdict: job.verdicts[i as usize].clone(),
             })
-            .filter(|r| !usable_only || r.verdict.as_ref().is_some_and(|v| v.usable))
             .collect();
         Ok(Followed {
             rows,

@@ -382,7 +382,7 @@ async fn watch_to_end(
     let mut first = None;
     while let Some(job) = stream.message().await? {
         if std::env::var_os("BENCH_TRACE").is_some() {
-            let p = job.progress.unwrap_or_default();
+            let p = job.progress.clone().unwrap_or_default();
             eprintln!(
                 "  {:?} checked {} leased {}",
                 started.elapsed(),
