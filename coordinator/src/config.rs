@@ -45,9 +45,15 @@ pub struct Cli {
     )]
     pub judge_urls: Vec<String>,
 
-    /// A chunk whose worker vanished this many times is marked failed.
+    /// A chunk whose worker vanished this many times is cut in halves and checked again, until
+    /// a proxy that kills every worker that checks it alone is marked poison.
     #[arg(long, env = "PROXYFLEET_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
+
+    /// Never lease a slow lease's unchecked proxies again to an idle worker at a job's tail
+    /// (speculative leases are on by default: the first verdict of each proxy wins).
+    #[arg(long, env = "PROXYFLEET_NO_SPECULATION")]
+    pub no_speculation: bool,
 
     /// PEM certificate chain for serving the built-in judge over HTTPS (with --judge-tls-key).
     #[arg(long, env = "PROXYFLEET_JUDGE_TLS_CERT", requires = "judge_tls_key")]
@@ -201,6 +207,8 @@ pub struct CoordinatorConfig {
     /// Judge URLs for jobs that name none.
     pub judge_urls: Vec<String>,
     pub max_attempts: u32,
+    /// At a job's tail, lease a slow lease's unchecked candidates again to an idle worker.
+    pub speculation: bool,
     pub max_candidates: usize,
     /// How often leases and deadlines are checked and progress published.
     pub tick: Duration,
@@ -268,6 +276,7 @@ impl CoordinatorConfig {
             allow_private_targets: false,
             judge_urls,
             max_attempts: 3,
+            speculation: true,
             max_candidates: 2_000_000,
             tick: Duration::from_millis(200),
             output_dir: data_dir.join("output"),
@@ -362,6 +371,7 @@ impl CoordinatorConfig {
         config.lease_ttl = cli.lease_ttl;
         config.allow_private_targets = cli.allow_private_targets;
         config.max_attempts = cli.max_attempts;
+        config.speculation = !cli.no_speculation;
         config.max_candidates = cli.max_candidates;
         if let Some(dir) = &cli.output_dir {
             config.output_dir = dir.clone();

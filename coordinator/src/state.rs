@@ -369,6 +369,7 @@ impl State {
             LeaseConfig {
                 lease_ttl: config.lease_ttl,
                 default_judges: config.judge_urls.clone(),
+                speculation: config.speculation,
             },
             first_lease_id().max(lease_floor),
         );

@@ -110,6 +110,9 @@ pub(super) struct Chunk {
     /// A second lease on it, granted at the job's tail while its first holder is slow
     /// (speculative execution): each candidate's first verdict wins.
     pub(super) backup: Option<LeaseId>,
+    /// Times a holder vanished with it while holding other pieces too (not charged, see
+    /// [`LeaseLoss::Unattributed`]); every `max_attempts` of them count as one attempt.
+    pub(super) unattributed: u32,
 }
 
 #[derive(Debug)]
@@ -281,6 +284,7 @@ pub(super) fn make_chunks(total: u32, chunk_size: u32) -> Vec<Chunk> {
                 piece: false,
                 single: false,
                 backup: None,
+                unattributed: 0,
             }
         })
         .collect()
@@ -298,7 +302,9 @@ pub(super) enum LeaseLoss {
     /// The coordinator is stopping: the chunk is checked again after it restarts, at no cost.
     CoordinatorStopped,
     /// The holder of this piece vanished while holding other pieces too: which of them killed
-    /// it is unknown, so none is charged, and each is queued again.
+    /// it is unknown, so none is charged, and each is queued again; a piece lost so
+    /// `max_attempts` times is charged an attempt (a fleet too small to hold each piece alone
+    /// still narrows a poison proxy down, and no job waits on it forever).
     Unattributed,
 }
 
@@ -454,6 +460,17 @@ impl Job {
         } else {
             return None;
         };
+        let loss = match loss {
+            LeaseLoss::Unattributed if chunk.unattributed + 1 >= max_attempts => {
+                chunk.unattributed = 0;
+                LeaseLoss::Vanished
+            }
+            LeaseLoss::Unattributed => {
+                chunk.unattributed += 1;
+                loss
+            }
+            charged => charged,
+        };
         let mut lost = Lost {
             requeue: false,
             record: None,
@@ -540,6 +557,7 @@ impl Job {
                 piece: true,
                 single,
                 backup: None,
+                unattributed: 0,
             });
             pieces.push(id);
         }
@@ -765,6 +783,7 @@ impl Job {
         self.duplicates += recorded.duplicates;
         if chunk.unchecked == 0 {
             chunk.state = ChunkState::Done;
+            chunk.backup = None;
             recorded.chunk_done = true;
             if chunk.piece {
                 self.pieces_open -= 1;

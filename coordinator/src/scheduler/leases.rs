@@ -173,9 +173,12 @@ impl Fleet {
             .map(|(id, _)| *id)
     }
 
-    /// Sessions that may be leased work now or later: not draining.
+    /// Sessions that may be leased work: not draining, not silent.
     pub(super) fn serving(&self) -> usize {
-        self.sessions.values().filter(|s| !s.draining).count()
+        self.sessions
+            .values()
+            .filter(|s| !s.draining && !s.silent)
+            .count()
     }
 
     /// Grants `session` a lease on chunk `chunk` of job `job_id`, with `unchecked` candidates.

@@ -56,6 +56,8 @@ pub(crate) struct LeaseConfig {
     /// Judges of jobs that name none: the coordinator's, as configured now (they may move
     /// between restarts, so jobs do not keep them).
     pub(crate) default_judges: Vec<String>,
+    /// At a job's tail, lease a slow lease's unchecked candidates again to an idle session.
+    pub(crate) speculation: bool,
 }
 
 /// A chunk as leased to a worker.
@@ -672,6 +674,7 @@ impl Scheduler {
             }
         }
         out.extend(self.assign(now));
+        self.speculate(now, &mut out);
         out
     }
 
@@ -710,7 +713,7 @@ impl Scheduler {
         if self.stopped {
             return out;
         }
-        // Sessions none of the queued chunks may go to now (see [`Scheduler::may_take`]).
+        // Sessions none of the queued chunks may go to now (see [`Scheduler::next_queued_chunk`]).
         let mut passed = BTreeSet::new();
         loop {
             // While more work is queued than every worker's slots can take, each may hold twice its
@@ -727,9 +730,6 @@ impl Scheduler {
                 continue;
             };
             out.push(self.grant(session, &job_id, chunk_id, kind, now));
-        }
-        if self.queue.is_empty() {
-            self.speculate(now, &mut out);
         }
         out
     }
@@ -800,36 +800,54 @@ impl Scheduler {
     }
 
     /// Speculative execution at a job's tail: nothing is queued, yet sessions have idle check
-    /// slots while another session's lease has brought no verdict for longer than a check may
-    /// take (its worker is frozen, cut off or slow). Its unchecked candidates are leased again to
-    /// the least loaded idle session, as MapReduce's backup tasks are; each candidate's first
-    /// verdict wins and a later one is refused and counted. A chunk gets one backup at a time.
+    /// slots while another session's lease has brought no verdict for longer than its holder
+    /// could need (its worker is frozen, cut off or slow). Its unchecked candidates are leased
+    /// again to the least loaded idle session, as MapReduce's backup tasks are; each candidate's
+    /// first verdict wins and a later one is refused and counted. A chunk gets one backup at a
+    /// time, and only a fresh one: a chunk charged an attempt, or a piece, is suspected of
+    /// killing its holders, and goes to one holder at a time under the spreading rules. Called
+    /// from [`Scheduler::tick`]: it looks at every lease.
     fn speculate(&mut self, now: Instant, out: &mut Vec<Outbound>) {
+        if !self.config.speculation || !self.queue.is_empty() {
+            return;
+        }
+        if self.fleet.pick(false, &BTreeSet::new()).is_none() {
+            return; // no idle slot anywhere
+        }
+        // The quiet leases, quietest last.
+        let mut quiet: Vec<(Duration, SessionId, String, ChunkId)> = self
+            .fleet
+            .leases()
+            .filter(|(_, l)| l.kind == LeaseKind::Fresh && l.unchecked > 0)
+            .filter_map(|(_, l)| {
+                let job = self.jobs.get(&l.job_id)?;
+                let chunk = job.chunks.get(l.chunk as usize)?;
+                let holder = self.fleet.session(l.session)?;
+                // A holder with more candidates than check slots works through them in rounds.
+                let rounds = holder
+                    .unchecked
+                    .div_ceil(u64::from(holder.max_checks.max(1)))
+                    .clamp(1, 16) as u32;
+                let silence = now.saturating_duration_since(l.progressed);
+                (job.state == JobState::Checking
+                    && chunk.backup.is_none()
+                    && chunk.attempts == 0
+                    && silence >= speculate_after(&job.settings) * rounds)
+                    .then(|| (silence, l.session, l.job_id.clone(), l.chunk))
+            })
+            .collect();
+        quiet.sort();
         let mut passed = BTreeSet::new();
         while let Some(session) = self.fleet.pick(false, &passed) {
-            let slowest = self
-                .fleet
-                .leases()
-                .filter(|(_, l)| l.session != session && l.kind != LeaseKind::Backup)
-                .filter(|(_, l)| l.unchecked > 0)
-                .filter_map(|(_, l)| {
-                    let job = self.jobs.get(&l.job_id)?;
-                    let chunk = job.chunks.get(l.chunk as usize)?;
-                    let quiet = now.saturating_duration_since(l.progressed);
-                    (job.state == JobState::Checking
-                        && chunk.backup.is_none()
-                        && quiet >= speculate_after(&job.settings))
-                    .then_some((quiet, l.job_id.clone(), l.chunk))
-                })
-                .max_by_key(|(quiet, _, _)| *quiet);
-            match slowest {
-                Some((_, job_id, chunk_id)) => {
-                    out.push(self.grant(session, &job_id, chunk_id, LeaseKind::Backup, now));
-                }
-                None => {
-                    passed.insert(session);
-                }
-            }
+            let Some(i) = quiet
+                .iter()
+                .rposition(|(_, holder, _, _)| *holder != session)
+            else {
+                passed.insert(session);
+                continue;
+            };
+            let (_, _, job_id, chunk_id) = quiet.remove(i);
+            out.push(self.grant(session, &job_id, chunk_id, LeaseKind::Backup, now));
         }
     }
 

@@ -138,6 +138,7 @@ fn scheduler() -> Scheduler {
         LeaseConfig {
             lease_ttl: TTL,
             default_judges: vec!["http://judge.test/judge".into()],
+            speculation: true,
         },
         1,
     )
@@ -671,6 +672,45 @@ fn a_chunk_whose_attempts_run_out_is_cut_until_only_its_poison_candidate_is_left
 }
 
 #[test]
+fn a_fleet_of_one_still_narrows_a_poison_proxy_down_and_ends() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 16, 16, 1), c.now, c.wall());
+    // One worker at a time: it holds every piece, and dies with them.
+    let deaths = run_with_poison(&mut s, &c, "j", 5, 1, 100);
+    let snap = s.snapshot("j", false, c.now).unwrap();
+    assert!(snap.state.is_terminal(), "{snap:?}");
+    let results = s.results("j", RowFilter::All).unwrap();
+    let poison: Vec<u32> = results
+        .iter()
+        .filter_map(|r| r.verdict.as_ref())
+        .filter(|v| v.reason == Reason::Poison)
+        .map(|v| v.index)
+        .collect();
+    assert_eq!(poison, [5], "after {deaths} deaths");
+}
+
+#[test]
+fn a_chunk_charged_an_attempt_gets_no_backup_lease() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
+    let (v, _) = s.hello(hello("v", 4), c.now);
+    s.disconnect(v, c.now);
+    let (slow, out) = s.hello(hello("slow", 4), c.now);
+    let a = assignments(&out).remove(0).1;
+    assert_eq!(a.attempt, 2);
+    s.hello(hello("idle", 4), c.now);
+    let t = c.advance(Duration::from_secs(9));
+    let mut out = s.heartbeat(slow, &[a.lease_id], t);
+    out.extend(s.tick(t, c.wall()));
+    assert!(
+        assignments(&out).is_empty(),
+        "a suspect goes to one holder at a time"
+    );
+}
+
+#[test]
 fn pieces_are_spread_and_a_worker_dying_with_two_charges_neither() {
     let c = Clock::new();
     let mut s = scheduler();
@@ -861,6 +901,27 @@ fn at_the_tail_a_quiet_lease_is_leased_again_to_an_idle_worker_and_the_first_ver
     assert_eq!(snap.progress.speculative_leases, 1);
     assert_eq!(snap.progress.duplicate_verdicts_refused, 1);
     assert_eq!(snap.progress.stale_verdicts_refused, 2);
+}
+
+#[test]
+fn without_speculation_a_quiet_lease_waits_for_its_ttl() {
+    let mut c = Clock::new();
+    let mut s = Scheduler::new(
+        LeaseConfig {
+            lease_ttl: TTL,
+            default_judges: vec!["http://judge.test/judge".into()],
+            speculation: false,
+        },
+        1,
+    );
+    s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
+    let (slow, out) = s.hello(hello("slow", 4), c.now);
+    let a = assignments(&out).remove(0).1;
+    s.hello(hello("idle", 4), c.now);
+    let t = c.advance(Duration::from_secs(9));
+    let mut out = s.heartbeat(slow, &[a.lease_id], t);
+    out.extend(s.tick(t, c.wall()));
+    assert!(assignments(&out).is_empty());
 }
 
 #[test]
@@ -1511,6 +1572,7 @@ fn a_restored_job_keeps_its_verdicts_and_checks_only_the_rest() {
         LeaseConfig {
             lease_ttl: TTL,
             default_judges: vec!["http://judge.test/judge".into()],
+            speculation: true,
         },
         s.next_lease_id(),
     );
@@ -1578,6 +1640,7 @@ fn restored_failed_chunks_and_ended_jobs_stay_as_they_were() {
         LeaseConfig {
             lease_ttl: TTL,
             default_judges: vec!["http://judge.test/judge".into()],
+            speculation: true,
         },
         1,
     );
@@ -1620,6 +1683,7 @@ fn lease_ids_start_where_told() {
         LeaseConfig {
             lease_ttl: TTL,
             default_judges: vec!["http://judge.test/judge".into()],
+            speculation: true,
         },
         1_000,
     );

@@ -5,6 +5,7 @@
 //! cargo build --release --workspace --bins
 //! cargo run --release -p proxyfleet-tests --bin bench              # every run
 //! cargo run --release -p proxyfleet-tests --bin bench -- overhead  # runs whose name has "overhead"
+//! cargo run --release -p proxyfleet-tests --bin bench -- tail      # the tail table only
 //! ```
 //!
 //! Every run starts a fresh coordinator (with its own data dir) and fresh workers, waits until the
@@ -161,7 +162,13 @@ async fn bench(filters: Vec<String>) -> anyhow::Result<()> {
         .into_iter()
         .filter(|r| filters.is_empty() || filters.iter().any(|f| r.name.contains(f.as_str())))
         .collect();
-    print_header();
+    let tails: Vec<Tail> = tails()
+        .into_iter()
+        .filter(|t| filters.is_empty() || filters.iter().any(|f| t.name.contains(f.as_str())))
+        .collect();
+    if !selected.is_empty() {
+        print_header();
+    }
     for (n, run) in selected.iter().enumerate() {
         // A farm of its own for every run, on an address of its own: what it serves fits the
         // descriptor limit, and ports left in TIME_WAIT by one run are not in the next one's way.
@@ -196,7 +203,167 @@ async fn bench(filters: Vec<String>) -> anyhow::Result<()> {
         let row = measure(run, lines).await?;
         print_row(&row);
     }
+    if !tails.is_empty() {
+        bench_tails(&tails).await?;
+    }
     Ok(())
+}
+
+/// A job's tail, measured with a setting and without it (the peer), three times each.
+struct Tail {
+    name: &'static str,
+    /// What the run changes, and the arguments that change it (coordinator's, workers').
+    settings: [(
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+    ); 2],
+    /// Freeze the worker holding the leases (SIGSTOP) once it holds them, and start another.
+    freeze: bool,
+}
+
+fn tails() -> Vec<Tail> {
+    vec![
+        // 2,653 candidates in chunks of 40, each chunk holding one black hole, on 2 workers of 16
+        // check slots: a worker that may hold only 2 leases idles 14 slots behind the black holes.
+        Tail {
+            name: "tail-slow-chunks",
+            settings: [
+                (
+                    "2 leases a worker (--max-leases 2)",
+                    &[],
+                    &["--max-leases", "2"],
+                ),
+                ("a lease a check slot (default)", &[], &[]),
+            ],
+            freeze: false,
+        },
+        // 1,000 candidates in chunks of 100, a slow proxy in every chunk; the worker holding them
+        // is frozen for good and an idle one joins; the lease TTL is 30 s.
+        Tail {
+            name: "tail-frozen-worker",
+            settings: [
+                ("no speculative leases", &["--no-speculation"], &[]),
+                ("speculative leases (default)", &[], &[]),
+            ],
+            freeze: true,
+        },
+    ]
+}
+
+async fn bench_tails(tails: &[Tail]) -> anyhow::Result<()> {
+    println!();
+    println!("| tail | setting | min s | median s | runs s |");
+    println!("|---|---|---:|---:|---|");
+    for (n, tail) in tails.iter().enumerate() {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 60 + n as u8, 1));
+        let (lines, _farm) = tail_farm(ip, tail.freeze).await?;
+        for (label, coordinator_args, worker_args) in tail.settings {
+            let mut walls = Vec::new();
+            for _ in 0..3 {
+                walls.push(measure_tail(tail, coordinator_args, worker_args, &lines).await?);
+            }
+            let runs: Vec<String> = walls.iter().map(|w| format!("{w:.1}")).collect();
+            walls.sort_by(f64::total_cmp);
+            println!(
+                "| {} | {label} | {:.1} | {:.1} | {} |",
+                tail.name,
+                walls[0],
+                walls[1],
+                runs.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The candidates of a tail run and the proxies behind them.
+async fn tail_farm(ip: IpAddr, freeze: bool) -> anyhow::Result<(Vec<String>, Vec<SimProxy>)> {
+    let (total, chunk, odd) = if freeze {
+        (1_000, 100, Behavior::slow(Duration::from_millis(1500)))
+    } else {
+        (2_653, 40, Behavior::BlackHole)
+    };
+    let mut proxies = Vec::with_capacity(total);
+    let mut lines = Vec::with_capacity(total);
+    for i in 0..total {
+        let behavior = if i % chunk == chunk / 2 {
+            odd.clone()
+        } else {
+            Behavior::Http
+        };
+        let proxy = SimProxy::spawn(ip, behavior).await?;
+        lines.push(proxy.candidate_line());
+        proxies.push(proxy);
+    }
+    Ok((lines, proxies))
+}
+
+/// Seconds from submission to the job's end (from the freeze, for a frozen worker's tail).
+async fn measure_tail(
+    tail: &Tail,
+    coordinator_args: &[&str],
+    worker_args: &[&str],
+    lines: &[String],
+) -> anyhow::Result<f64> {
+    let coordinator = CoordinatorProc::start(coordinator_args).await;
+    let mut client = coordinator.client().await;
+    let mut args = vec!["--max-checks", if tail.freeze { "256" } else { "16" }];
+    args.extend_from_slice(worker_args);
+    let first = coordinator.worker("tail-0", &args);
+    let mut workers = vec![];
+    if !tail.freeze {
+        workers.push(coordinator.worker("tail-1", &args));
+    }
+    let expected = if tail.freeze { 1 } else { 2 };
+    harness::wait_for("the workers to connect", RUN_LIMIT, || {
+        let mut client = client.clone();
+        async move { (harness::workers(&mut client).await.len() == expected).then_some(()) }
+    })
+    .await;
+    let started = Instant::now();
+    let job_id = client
+        .submit_job(pb::SubmitJobRequest {
+            candidates_text: lines.join("\n"),
+            timeout_ms: 3_000,
+            chunk_size: if tail.freeze { 100 } else { 40 },
+            min_usable: Some(0),
+            name: format!("bench {}", tail.name),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .job_id;
+    let mut from = started;
+    if tail.freeze {
+        harness::wait_holding(&client, "tail-0").await;
+        first.signal(libc::SIGSTOP);
+        from = Instant::now();
+        workers.push(coordinator.worker("tail-1", &args));
+    }
+    let job = tokio::time::timeout(RUN_LIMIT, watch_to_end(&mut client, &job_id))
+        .await
+        .map_err(|_| anyhow::anyhow!("{} did not end within {RUN_LIMIT:?}", tail.name))??;
+    let wall = from.elapsed().as_secs_f64();
+    if tail.freeze {
+        first.signal(libc::SIGCONT);
+    }
+    let progress = job.progress.clone().unwrap_or_default();
+    anyhow::ensure!(
+        job.state == pb::JobState::Succeeded as i32
+            && progress.proxies_checked == lines.len() as u64,
+        "{}: the job ended {:?} with {} of {} checked: {}",
+        tail.name,
+        pb::JobState::try_from(job.state),
+        progress.proxies_checked,
+        lines.len(),
+        job.reason
+    );
+    eprintln!(
+        "  {}: {wall:.1} s, {} backup leases, {} duplicate verdicts refused",
+        tail.name, progress.speculative_leases, progress.duplicate_verdicts_refused
+    );
+    Ok(wall)
 }
 
 /// `n` distinct loopback candidates for instant checks (never dialled).
