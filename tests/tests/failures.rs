@@ -1,5 +1,5 @@
-//! Jobs that cannot finish normally still end: a chunk that kills every worker that takes it
-//! fails after max attempts, and a job with no worker fails at its deadline.
+//! Jobs that cannot finish normally still end: a chunk whose every worker dies is cut in halves
+//! after max attempts rather than failed, and a job with no worker fails at its deadline.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use proxyfleet_tests::harness::{self, CoordinatorProc, WAIT_LIMIT};
 use proxyfleet_tests::sim::Farm;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_chunk_fails_after_max_attempts_and_the_job_still_ends() {
+async fn a_chunk_whose_holders_all_die_is_cut_in_halves_after_max_attempts() {
     let farm = Farm::spawn([127, 0, 0, 1].into(), 1, 50, 49).await.unwrap();
     // Chunk 0: the working proxy and the refused ones (quick). Chunk 1: black holes (slow).
     let mut lines = farm.working_lines();
@@ -57,7 +57,7 @@ async fn a_poison_chunk_fails_after_max_attempts_and_the_job_still_ends() {
         let expected = if attempt < 3 {
             pb::ChunkState::Queued
         } else {
-            pb::ChunkState::Failed
+            pb::ChunkState::Split
         };
         assert_eq!(
             job.chunks[1].state, expected as i32,
@@ -66,19 +66,28 @@ async fn a_poison_chunk_fails_after_max_attempts_and_the_job_still_ends() {
         );
     }
 
-    let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
-    let p = job.progress.clone().unwrap();
-    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
-    assert!(
-        job.reason.contains("1 of 2 chunks failed after 3 attempts"),
-        "{}",
-        job.reason
-    );
-    assert_eq!((p.chunks_done, p.chunks_failed), (1, 1));
+    // Its unchecked proxies are queued again in two pieces of 25, each with one attempt left.
+    let job = harness::job(&mut client, &job_id).await;
+    let pieces: Vec<(i32, u32, u32)> = job.chunks[2..]
+        .iter()
+        .map(|c| (c.state, c.size, c.attempts))
+        .collect();
     assert_eq!(
-        (p.proxies_checked, p.proxies_usable, p.proxies_total),
-        (50, 1, 100)
+        pieces,
+        [(pb::ChunkState::Queued as i32, 25, 2); 2],
+        "{:?}",
+        job.chunks
     );
+    let p = job.progress.clone().unwrap();
+    assert_eq!(job.state, pb::JobState::Checking as i32, "{job:?}");
+    assert_eq!((p.chunks_done, p.chunks_failed, p.chunks_queued), (1, 0, 2));
+    assert_eq!((p.proxies_checked, p.proxies_total), (50, 100));
+
+    // A cancel ends it, with the pieces' proxies unchecked.
+    let out = coordinator.cli(&["cancel", &job_id]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
+    assert_eq!(job.state, pb::JobState::Cancelled as i32, "{job:?}");
     let results = harness::results(&mut client, &job_id).await;
     assert_eq!(results.len(), 100);
     let unchecked: Vec<_> = results.iter().filter(|r| !r.checked).collect();
@@ -86,7 +95,7 @@ async fn a_poison_chunk_fails_after_max_attempts_and_the_job_still_ends() {
     assert!(
         unchecked
             .iter()
-            .all(|r| r.chunk_id == 1 && r.reason == pb::Reason::Unchecked as i32)
+            .all(|r| r.reason == pb::Reason::Unchecked as i32)
     );
 }
 
