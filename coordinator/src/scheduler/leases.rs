@@ -61,6 +61,7 @@ impl Fleet {
                 unchecked: 0,
                 connected: now,
                 last_seen: now,
+                progressed: now,
                 draining: false,
                 silent: false,
                 verdicts_accepted: 0,
@@ -286,6 +287,9 @@ impl Fleet {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.verdicts_accepted += accepted;
             s.unchecked = s.unchecked.saturating_sub(done);
+            if done > 0 {
+                s.progressed = now;
+            }
         }
     }
 
@@ -385,6 +389,9 @@ pub(super) struct Session {
     pub(super) connected: Instant,
     /// When it last sent anything; renewed by every message.
     pub(super) last_seen: Instant,
+    /// When it said hello or last brought a verdict: a worker quiet this long while it holds
+    /// work is frozen, cut off or stuck, not merely busy.
+    pub(super) progressed: Instant,
     /// Said `Draining`: gets no new lease.
     pub(super) draining: bool,
     /// Silent past the lease TTL: lost its leases, gets none until it speaks again.

@@ -823,16 +823,21 @@ impl Scheduler {
                 let job = self.jobs.get(&l.job_id)?;
                 let chunk = job.chunks.get(l.chunk as usize)?;
                 let holder = self.fleet.session(l.session)?;
-                // A holder with more candidates than check slots works through them in rounds.
+                // A holder that brings verdicts but holds more candidates than check slots works
+                // through them in rounds: a lease waiting its turn there is not slow. A holder
+                // that brings none at all is frozen, cut off or stuck.
+                let after = speculate_after(&job.settings);
                 let rounds = holder
                     .unchecked
                     .div_ceil(u64::from(holder.max_checks.max(1)))
                     .clamp(1, 16) as u32;
                 let silence = now.saturating_duration_since(l.progressed);
+                let holder_silent = now.saturating_duration_since(holder.progressed) >= after;
                 (job.state == JobState::Checking
                     && chunk.backup.is_none()
                     && chunk.attempts == 0
-                    && silence >= speculate_after(&job.settings) * rounds)
+                    && silence >= after
+                    && (holder_silent || silence >= after * rounds))
                     .then(|| (silence, l.session, l.job_id.clone(), l.chunk))
             })
             .collect();

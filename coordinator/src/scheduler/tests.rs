@@ -691,6 +691,43 @@ fn a_fleet_of_one_still_narrows_a_poison_proxy_down_and_ends() {
 }
 
 #[test]
+fn a_lease_waiting_its_turn_in_a_busy_worker_gets_a_backup_only_later() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 20, 10, 0), c.now, c.wall());
+    // A worker of 4 slots holding 20 candidates: it works through them in rounds.
+    let mut h = hello("busy", 100);
+    h.max_checks = 4;
+    let (busy, out) = s.hello(h, c.now);
+    let held = assignments(&out);
+    assert_eq!(held.len(), 2);
+    let (idle, out) = s.hello(hello("idle", 4), c.now);
+    assert!(assignments(&out).is_empty(), "nothing is queued");
+    // It keeps bringing verdicts, one a second, from its first lease only.
+    let first = verdicts_for(&held[0].1, |_| true);
+    let mut backups = Vec::new();
+    for second in 1..=9u64 {
+        let t = c.advance(Duration::from_secs(1));
+        let one = first[(second as usize - 1) % first.len()..][..1].to_vec();
+        s.verdicts(busy, held[0].1.lease_id, one, t, c.wall());
+        s.heartbeat(idle, &[], t);
+        backups.extend(assignments(&s.tick(t, c.wall())));
+    }
+    assert!(
+        backups.is_empty(),
+        "a busy worker's queued lease is not slow: {backups:?}"
+    );
+    // Then the worker brings nothing more: it is frozen, and its leases go to the idle one.
+    let t = c.advance(Duration::from_secs(8));
+    s.heartbeat(idle, &[], t);
+    s.heartbeat(busy, &[held[0].1.lease_id, held[1].1.lease_id], t);
+    let backups = assignments(&s.tick(t, c.wall()));
+    assert!(backups.iter().all(|(to, _)| *to == idle), "{backups:?}");
+    let chunks: BTreeSet<ChunkId> = backups.iter().map(|(_, a)| a.chunk_id).collect();
+    assert_eq!(chunks, BTreeSet::from([0, 1]), "both of its leases");
+}
+
+#[test]
 fn a_chunk_charged_an_attempt_gets_no_backup_lease() {
     let mut c = Clock::new();
     let mut s = scheduler();
