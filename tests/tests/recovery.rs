@@ -60,15 +60,24 @@ async fn a_job_survives_two_coordinator_crashes() {
     for crash in 0..2 {
         // A random point of the job: some chunks done, others leased or queued.
         tokio::time::sleep(Duration::from_millis(fastrand::u64(300..1500))).await;
-        let mut client = coordinator.client().await;
-        let before = harness::job(&mut client, &job_id).await.progress.unwrap();
         coordinator.crash().await;
+        // What was durable when it died: the verdict rows in its store. Verdicts it had
+        // recorded but not committed were never acknowledged, and their workers send them again.
+        let durable: u64 = {
+            let db = rusqlite::Connection::open(data.join("proxyfleet.db")).unwrap();
+            db.query_row(
+                "SELECT count(*) FROM verdicts WHERE job_id = ?1",
+                [&job_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap() as u64
+        };
         coordinator = CoordinatorProc::start_over(&listen, &data, &[]).await;
         let mut client = coordinator.client().await;
         let after = harness::job(&mut client, &job_id).await;
         assert!(
-            after.progress.as_ref().unwrap().proxies_checked >= before.proxies_checked,
-            "crash {crash}: recorded verdicts survive ({before:?} then {after:?})"
+            after.progress.as_ref().unwrap().proxies_checked >= durable,
+            "crash {crash}: the {durable} durable verdicts survive ({after:?})"
         );
     }
     let recovered = verdicts(&coordinator, &job_id).await;
