@@ -691,3 +691,16 @@ impl CliProc {
         }
     }
 }
+
+/// Raises this process's soft limit on open descriptors to its hard limit (children inherit it):
+/// farms of black holes, their connections and the workers' sockets need thousands.
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a struct this function owns.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

@@ -48,7 +48,7 @@ const FAULTS: [Fault; 15] = {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_candidate_is_checked_once_through_fifteen_faults_three_times() {
-    raise_fd_limit();
+    harness::raise_fd_limit();
     let farm = Farm::spawn(
         [127, 0, 0, 1].into(),
         WORKING,
@@ -203,16 +203,4 @@ async fn chaos_run(run: u32, lines: &[String]) {
         progress.speculative_leases,
         crew.restarts
     );
-}
-
-/// Black holes, their connections and the workers' make thousands of descriptors.
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a struct this function owns.
-    unsafe {
-        let mut limit = std::mem::zeroed::<libc::rlimit>();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }

@@ -162,11 +162,9 @@ pub(super) struct Job {
     pub(super) duplicates: u64,
     /// Backup leases granted for its chunks at its tail.
     pub(super) speculated: u64,
-    /// Chunks (not pieces) charged an attempt and not done or cut yet: leases of these are
-    /// spread evenly over the workers.
-    pub(super) retries_open: u64,
-    /// Pieces not done, failed or cut yet: spread evenly over the workers too.
-    pub(super) pieces_open: u64,
+    /// Its suspect chunks not done or cut yet: leases of these are spread evenly over the
+    /// workers.
+    pub(super) suspects: Suspects,
     /// (time, checked) samples for the check rate, oldest first.
     pub(super) rate_samples: VecDeque<(Instant, u64)>,
     /// Sources still to fetch (taken when scraping starts) and how each went.
@@ -195,6 +193,26 @@ pub(super) struct StoredCounts {
     pub(super) chunks_done: u64,
     /// Chunks whose attempts ran out.
     pub(super) chunks_failed: u64,
+}
+
+/// How many of a job's chunks are suspected of killing their holders, and not done or cut yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Suspects {
+    /// Chunks (not pieces) charged an attempt.
+    pub(super) retries: u64,
+    /// Pieces.
+    pub(super) pieces: u64,
+}
+
+impl Suspects {
+    /// `chunk` was done or cut: it is no longer open.
+    fn settled(&mut self, chunk: &Chunk) {
+        if chunk.piece {
+            self.pieces -= 1;
+        } else if chunk.attempts > 0 {
+            self.retries -= 1;
+        }
+    }
 }
 
 /// A job to queue: validated settings and parsed candidates.
@@ -382,8 +400,7 @@ impl Job {
             poisoned: 0,
             duplicates: 0,
             speculated: 0,
-            retries_open: 0,
-            pieces_open: 0,
+            suspects: Suspects::default(),
             rate_samples: VecDeque::new(),
             source_specs: new.sources,
             sources,
@@ -491,7 +508,7 @@ impl Job {
                 chunk.attempts += 1;
                 self.reassignments += 1;
                 if chunk.attempts == 1 && !chunk.piece {
-                    self.retries_open += 1;
+                    self.suspects.retries += 1;
                 }
                 if journaled {
                     lost.record = Some(ChunkRecord {
@@ -534,11 +551,7 @@ impl Job {
             .collect();
         let chunk = &mut self.chunks[chunk_id as usize];
         chunk.state = ChunkState::Split;
-        if chunk.piece {
-            self.pieces_open -= 1;
-        } else if chunk.attempts > 0 {
-            self.retries_open -= 1;
-        }
+        self.suspects.settled(chunk);
         let (first, second) = unchecked.split_at(unchecked.len() / 2);
         let mut pieces = Vec::new();
         for half in [first, second] {
@@ -561,7 +574,7 @@ impl Job {
             });
             pieces.push(id);
         }
-        self.pieces_open += pieces.len() as u64;
+        self.suspects.pieces += pieces.len() as u64;
         pieces
     }
 
@@ -785,11 +798,7 @@ impl Job {
             chunk.state = ChunkState::Done;
             chunk.backup = None;
             recorded.chunk_done = true;
-            if chunk.piece {
-                self.pieces_open -= 1;
-            } else if chunk.attempts > 0 {
-                self.retries_open -= 1;
-            }
+            self.suspects.settled(chunk);
         }
         recorded
     }

@@ -167,10 +167,14 @@ impl Scheduler {
                 chunk.state = ChunkState::Done;
             }
         }
-        let retries_open = chunks
-            .iter()
-            .filter(|c| c.attempts > 0 && c.state == ChunkState::Queued)
-            .count() as u64;
+        let suspects = jobs::Suspects {
+            retries: chunks
+                .iter()
+                .filter(|c| c.attempts > 0 && c.state == ChunkState::Queued)
+                .count() as u64,
+            // Pieces live in memory only: a restart leases their chunk whole again.
+            pieces: 0,
+        };
         let age = Duration::from_millis(wall_now.saturating_sub(record.created_wall_ms));
         let created = now.checked_sub(age).unwrap_or(now);
         let terminal = record.state.is_terminal();
@@ -202,9 +206,7 @@ impl Scheduler {
             // Not kept by the store: counted again from the restart on.
             duplicates: 0,
             speculated: 0,
-            retries_open,
-            // Pieces live in memory only: a restart leases their chunk whole again.
-            pieces_open: 0,
+            suspects,
             rate_samples: VecDeque::new(),
             source_specs: if terminal {
                 Vec::new()

@@ -28,7 +28,7 @@ pub(crate) use view::{
     WorkerSnapshot,
 };
 
-use jobs::{Exhausted, Job, LeaseLoss, make_chunks};
+use jobs::{Exhausted, Job, LeaseLoss, Suspects, make_chunks};
 use journal::Changed;
 use leases::{Fleet, LeaseKind};
 
@@ -715,6 +715,8 @@ impl Scheduler {
         }
         // Sessions none of the queued chunks may go to now (see [`Scheduler::next_queued_chunk`]).
         let mut passed = BTreeSet::new();
+        // Granting moves no chunk in or out of suspicion: the shares hold for the whole call.
+        let shares = self.suspect_shares();
         loop {
             // While more work is queued than every worker's slots can take, each may hold twice its
             // slots, so no slot idles while verdicts travel; near the end of the queue none holds
@@ -725,7 +727,7 @@ impl Scheduler {
             let Some(session) = self.fleet.pick(deep, &passed) else {
                 break;
             };
-            let Some((job_id, chunk_id, kind)) = self.next_queued_chunk(session) else {
+            let Some((job_id, chunk_id, kind)) = self.next_queued_chunk(session, shares) else {
                 passed.insert(session);
                 continue;
             };
@@ -744,26 +746,33 @@ impl Scheduler {
         self.queue.len() as u64 * u64::from(chunk_size)
     }
 
-    /// The first queued chunk `session` may take, taken off the queue, with the kind of lease it
-    /// makes; entries whose chunk is no longer queued are dropped on the way.
-    fn next_queued_chunk(&mut self, session: SessionId) -> Option<(String, ChunkId, LeaseKind)> {
-        // Chunks charged an attempt are spread evenly: one worker that freezes then costs each
-        // of them at most its share, not all of them an attempt at once.
-        let open_retries: u64 = self
+    /// How many leases of suspect chunks each serving session may hold: of chunks charged an
+    /// attempt, and of pieces. Suspects are spread evenly: one worker that freezes or dies then
+    /// costs each of them at most its share, not all of them an attempt at once.
+    fn suspect_shares(&self) -> Suspects {
+        let open = self
             .jobs
             .values()
             .filter(|j| j.state == JobState::Checking)
-            .map(|j| j.retries_open)
-            .sum();
-        let open_pieces: u64 = self
-            .jobs
-            .values()
-            .filter(|j| j.state == JobState::Checking)
-            .map(|j| j.pieces_open)
-            .sum();
+            .fold(Suspects::default(), |sum, j| Suspects {
+                retries: sum.retries + j.suspects.retries,
+                pieces: sum.pieces + j.suspects.pieces,
+            });
         let sessions = self.fleet.serving().max(1) as u64;
-        let share = open_retries.div_ceil(sessions).max(1);
-        let piece_share = open_pieces.div_ceil(sessions).max(1);
+        Suspects {
+            retries: open.retries.div_ceil(sessions).max(1),
+            pieces: open.pieces.div_ceil(sessions).max(1),
+        }
+    }
+
+    /// The first queued chunk `session` may take, taken off the queue, with the kind of lease it
+    /// makes; entries whose chunk is no longer queued are dropped on the way. `shares` are from
+    /// [`Scheduler::suspect_shares`].
+    fn next_queued_chunk(
+        &mut self,
+        session: SessionId,
+        shares: Suspects,
+    ) -> Option<(String, ChunkId, LeaseKind)> {
         let holder = self.fleet.session(session)?;
         let (retries, pieces) = (u64::from(holder.retries), u64::from(holder.pieces));
         let mut i = 0;
@@ -777,9 +786,9 @@ impl Scheduler {
             // a worker that dies holds one alone, as often as can be, and it alone is charged
             // (see [`LeaseLoss::Unattributed`]).
             let kind = if chunk.piece {
-                (pieces < piece_share).then_some(LeaseKind::Piece)
+                (pieces < shares.pieces).then_some(LeaseKind::Piece)
             } else if chunk.attempts > 0 {
-                (retries < share).then_some(LeaseKind::Retry)
+                (retries < shares.retries).then_some(LeaseKind::Retry)
             } else {
                 Some(LeaseKind::Fresh)
             };

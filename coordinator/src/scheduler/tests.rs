@@ -54,6 +54,14 @@ fn hello(worker: &str, capacity: u32) -> Hello {
     }
 }
 
+/// A worker with `slots` check slots that may hold a lease per slot, as workers do by default.
+fn with_slots(worker: &str, slots: u32) -> Hello {
+    Hello {
+        max_checks: slots,
+        ..hello(worker, slots)
+    }
+}
+
 fn assignments(out: &[Outbound]) -> Vec<(SessionId, Assignment)> {
     out.iter()
         .filter_map(|o| match o {
@@ -586,9 +594,7 @@ fn run_with_poison(
     let mut started = 0;
     let mut start = |s: &mut Scheduler, pending: &mut VecDeque<_>| {
         started += 1;
-        let mut h = hello(&format!("w{started}"), slots);
-        h.max_checks = slots;
-        let (_, out) = s.hello(h, c.now);
+        let (_, out) = s.hello(with_slots(&format!("w{started}"), slots), c.now);
         pending.extend(assignments(&out));
     };
     for _ in 0..workers {
@@ -752,14 +758,9 @@ fn pieces_are_spread_and_a_worker_dying_with_two_charges_neither() {
     let c = Clock::new();
     let mut s = scheduler();
     s.submit(new_job("j", 8, 8, 0), c.now, c.wall());
-    let wide = |name: &str| {
-        let mut h = hello(name, 100);
-        h.max_checks = 100;
-        h
-    };
     // Three workers vanish with the chunk: its attempts run out and it is cut in halves.
     for attempt in 0..3 {
-        let (w, out) = s.hello(wide(&format!("v{attempt}")), c.now);
+        let (w, out) = s.hello(with_slots(&format!("v{attempt}"), 100), c.now);
         assert_eq!(assignments(&out).len(), 1);
         s.disconnect(w, c.now);
     }
@@ -768,7 +769,7 @@ fn pieces_are_spread_and_a_worker_dying_with_two_charges_neither() {
     assert_eq!(snap.chunks.len(), 3);
     // The one worker there takes both pieces and dies with them: which killed it is unknown, so
     // neither is charged.
-    let (lone, out) = s.hello(wide("lone"), c.now);
+    let (lone, out) = s.hello(with_slots("lone", 100), c.now);
     assert_eq!(assignments(&out).len(), 2);
     let attempts = |s: &Scheduler| -> Vec<u32> {
         let snap = s.snapshot("j", true, c.now).unwrap();
@@ -776,9 +777,9 @@ fn pieces_are_spread_and_a_worker_dying_with_two_charges_neither() {
     };
     let before = attempts(&s);
     // Two more workers come, with nothing queued for them.
-    let (a, out) = s.hello(wide("a"), c.now);
+    let (a, out) = s.hello(with_slots("a", 100), c.now);
     assert!(assignments(&out).is_empty());
-    let (b, out) = s.hello(wide("b"), c.now);
+    let (b, out) = s.hello(with_slots("b", 100), c.now);
     assert!(assignments(&out).is_empty());
     let requeued = assignments(&s.disconnect(lone, c.now));
     assert_eq!(attempts(&s), before, "neither piece is charged");
@@ -873,9 +874,7 @@ fn a_worker_fills_its_check_slots_whatever_the_chunk_shapes() {
     let mut s = scheduler();
     s.submit(new_job("j", 4000, 40, 0), c.now, c.wall());
     // A worker that may hold a lease per check slot (what workers ask for by default).
-    let mut h = hello("w", 16);
-    h.max_checks = 16;
-    let (w, out) = s.hello(h, c.now);
+    let (w, out) = s.hello(with_slots("w", 16), c.now);
     let mut new = assignments(&out);
     // Each chunk keeps one slow candidate in flight; the rest answer at once.
     for _ in 0..100 {

@@ -150,7 +150,9 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    raise_fd_limit();
+    // The farm's largest need, 4,000 working proxies and 10,000 black holes listening plus a
+    // connection per check in flight, fits under 20,000 descriptors.
+    harness::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -648,18 +650,4 @@ fn own_cpu_seconds() -> f64 {
     };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
-/// Black holes, their connections and the workers' sockets need many descriptors: raise the soft
-/// limit to the hard one (children inherit it). The farm's largest need, 4,000 working proxies and
-/// 10,000 black holes listening plus a connection per check in flight, fits under 20,000.
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        let mut limit = std::mem::zeroed::<libc::rlimit>();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
