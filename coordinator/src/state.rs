@@ -404,7 +404,9 @@ impl State {
                 if !snapshot.state.is_terminal() {
                     durable.push(DurableVerdicts {
                         job_id: id.clone(),
-                        through: snapshot.progress.proxies_checked,
+                        // Positions count every row, a poison proxy's too.
+                        through: snapshot.progress.proxies_checked
+                            + snapshot.progress.proxies_poison,
                         usable: snapshot.progress.proxies_usable,
                     });
                 }
