@@ -322,6 +322,9 @@ pub fn submit_request(job: &JobArgs, inputs: Inputs) -> Result<pb::SubmitJobRequ
         require_https: check.require_https,
         sources: inputs.sources,
         use_coordinator_sources: false,
+        targets: Vec::new(),
+        targets_only: false,
+        revalidate_every_ms: 0,
     })
 }
 

@@ -89,6 +89,8 @@ fn reason_to_proto(r: Reason) -> pb::Reason {
         Reason::Filtered => pb::Reason::Filtered,
         Reason::Forbidden => pb::Reason::Forbidden,
         Reason::Poison => pb::Reason::Poison,
+        Reason::BodyMismatch => pb::Reason::BodyMismatch,
+        Reason::Slow => pb::Reason::Slow,
     }
 }
 
@@ -107,6 +109,8 @@ pub fn reason_from_proto(value: i32) -> Option<Reason> {
         pb::Reason::Filtered => Some(Reason::Filtered),
         pb::Reason::Forbidden => Some(Reason::Forbidden),
         pb::Reason::Poison => Some(Reason::Poison),
+        pb::Reason::BodyMismatch => Some(Reason::BodyMismatch),
+        pb::Reason::Slow => Some(Reason::Slow),
     }
 }
 
@@ -182,6 +186,8 @@ fn settings_to_proto(s: &JobSettings) -> pb::JobSettings {
             .map(|a| anonymity_to_proto(a) as i32)
             .unwrap_or(0),
         require_https: s.filter.require_https,
+        targets: Vec::new(),
+        targets_only: false,
     }
 }
 
@@ -322,6 +328,8 @@ pub(crate) fn assignment_to_proto(a: &Assignment, targets: TargetPolicy) -> pb::
             timeout_ms: a.timeout.as_millis() as u64,
             connect_timeout_ms: a.connect_timeout.as_millis() as u64,
             allow_private_targets: targets.allow_private,
+            targets: Vec::new(),
+            targets_only: false,
         }),
     }
 }

@@ -180,6 +180,29 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(convert::job_to_proto(&snapshot)))
     }
 
+    async fn get_pool(
+        &self,
+        _request: Request<pb::GetPoolRequest>,
+    ) -> Result<Response<pb::Pool>, Status> {
+        Err(Status::unimplemented("pools are not served yet"))
+    }
+
+    type WatchPoolStream = BoxStream<pb::PoolEvent>;
+
+    async fn watch_pool(
+        &self,
+        _request: Request<pb::WatchPoolRequest>,
+    ) -> Result<Response<Self::WatchPoolStream>, Status> {
+        Err(Status::unimplemented("pools are not served yet"))
+    }
+
+    async fn list_pools(
+        &self,
+        _request: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        Err(Status::unimplemented("pools are not served yet"))
+    }
+
     type WatchJobStream = BoxStream<pb::Job>;
 
     async fn watch_job(

@@ -150,7 +150,16 @@ pub(crate) fn validate(
         sources,
         use_coordinator_sources: _,
         keep_order,
+        targets,
+        targets_only,
+        revalidate_every_ms: _,
     } = request;
+    if !targets.is_empty() || targets_only {
+        return Err(SubmitError::Invalid {
+            field: "targets",
+            message: "check targets are not supported by this coordinator yet".into(),
+        });
+    }
     let default_protocols = protocols("default_protocols", &default_protocols)?;
     let mut all_sources = Vec::with_capacity(sources.len() + own_sources.len());
     for source in sources {

@@ -708,6 +708,7 @@ async fn run_lease(
                         detail: c.detail,
                         anonymity: c.anonymity as i32,
                         connect_ms: millis(checked.connect),
+                        targets: Vec::new(),
                     }
                 }
                 None => pb::Verdict {

@@ -100,10 +100,14 @@ pub enum Reason {
     /// Not checked: every worker that checked it alone vanished, as many times as a chunk may be
     /// attempted.
     Poison,
+    /// A check target's body lacked the expected text.
+    BodyMismatch,
+    /// A check target answered slower than its maximum latency.
+    Slow,
 }
 
 impl Reason {
-    pub(crate) const ALL: [Reason; 11] = [
+    pub(crate) const ALL: [Reason; 13] = [
         Reason::None,
         Reason::Refused,
         Reason::Timeout,
@@ -115,6 +119,8 @@ impl Reason {
         Reason::Filtered,
         Reason::Forbidden,
         Reason::Poison,
+        Reason::BodyMismatch,
+        Reason::Slow,
     ];
 
     /// The name the store and the CLI show.
@@ -131,6 +137,8 @@ impl Reason {
             Reason::Filtered => "filtered",
             Reason::Forbidden => "forbidden",
             Reason::Poison => "poison",
+            Reason::BodyMismatch => "body_mismatch",
+            Reason::Slow => "slow",
         }
     }
 
