@@ -55,6 +55,22 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_NO_SPECULATION")]
     pub no_speculation: bool,
 
+    /// Check each pool's live proxies again this often (e.g. 5m), as leased work that goes
+    /// before new candidates; 0 turns it off. A refresh may set its pool's own interval
+    /// (`refresh --revalidate-every`).
+    #[arg(
+        long,
+        env = "PROXYFLEET_REVALIDATE_EVERY",
+        default_value = "10m",
+        value_parser = humantime::parse_duration
+    )]
+    pub revalidate_every: Duration,
+
+    /// A pool's proxy leaves its live set after this many failed checks in a row; a later
+    /// refresh that finds it usable brings it back.
+    #[arg(long, env = "PROXYFLEET_MAX_FAILURES", default_value_t = 3)]
+    pub max_failures: u32,
+
     /// PEM certificate chain for serving the built-in judge over HTTPS (with --judge-tls-key).
     #[arg(long, env = "PROXYFLEET_JUDGE_TLS_CERT", requires = "judge_tls_key")]
     pub judge_tls_cert: Option<PathBuf>,
@@ -209,6 +225,10 @@ pub struct CoordinatorConfig {
     pub max_attempts: u32,
     /// At a job's tail, lease a slow lease's unchecked candidates again to an idle worker.
     pub speculation: bool,
+    /// Default interval of pools' revalidation rounds; zero: none.
+    pub revalidate_every: Duration,
+    /// Failed checks in a row that take a proxy out of its pool's live set.
+    pub pool_max_failures: u32,
     pub max_candidates: usize,
     /// How often leases and deadlines are checked and progress published.
     pub tick: Duration,
@@ -277,6 +297,8 @@ impl CoordinatorConfig {
             judge_urls,
             max_attempts: 3,
             speculation: true,
+            revalidate_every: crate::scheduler::DEFAULT_REVALIDATE_EVERY,
+            pool_max_failures: crate::scheduler::DEFAULT_MAX_FAILURES,
             max_candidates: 2_000_000,
             tick: Duration::from_millis(200),
             output_dir: data_dir.join("output"),
@@ -372,6 +394,8 @@ impl CoordinatorConfig {
         config.allow_private_targets = cli.allow_private_targets;
         config.max_attempts = cli.max_attempts;
         config.speculation = !cli.no_speculation;
+        config.revalidate_every = cli.revalidate_every;
+        config.pool_max_failures = cli.max_failures;
         config.max_candidates = cli.max_candidates;
         if let Some(dir) = &cli.output_dir {
             config.output_dir = dir.clone();

@@ -376,6 +376,99 @@ pub(crate) fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
     out
 }
 
+pub(crate) fn member_to_proto(m: &crate::scheduler::Member) -> pb::PoolMember {
+    pb::PoolMember {
+        proxy: m.candidate.full_url(),
+        protocol: protocol_to_proto(m.candidate.protocol) as i32,
+        host: m.candidate.host.clone(),
+        port: u32::from(m.candidate.port),
+        live: m.live,
+        first_seen_ms: m.first_seen_ms,
+        last_seen_ms: m.last_seen_ms,
+        last_checked_ms: m.last_checked_ms,
+        successes: m.successes,
+        failures: m.failures,
+        checks: m.checks,
+        checks_usable: m.checks_usable,
+        uptime: m.uptime(),
+        latency_ms: m.latency_ms,
+        latency_avg_ms: m.latency_avg_ms,
+        anonymity: anonymity_to_proto(m.anonymity) as i32,
+        exit_ip: m.exit_ip.clone(),
+        score: m.score(),
+        country: m.country.clone(),
+        last_reason: reason_to_proto(m.last_reason) as i32,
+        last_detail: m.last_detail.clone(),
+        last_job_id: m.last_job_id.clone(),
+    }
+}
+
+pub(crate) fn pool_to_proto(view: &crate::pools::PoolView, max_failures: u32) -> pb::Pool {
+    let s = &view.summary;
+    pb::Pool {
+        pool: s.meta.name.clone(),
+        members: view.members.iter().map(member_to_proto).collect(),
+        live: s.live,
+        total: s.total,
+        version: s.meta.version,
+        revalidate_every_ms: s.meta.revalidate_every.as_millis() as u64,
+        max_failures,
+        last_revalidation_ms: s.meta.last_round_ms,
+        files: s.files.clone(),
+        revalidation_job_id: s.meta.round_job.clone().unwrap_or_default(),
+    }
+}
+
+/// A reader's filter; a protocol of the wire this version does not know is refused.
+pub(crate) fn pool_filter_from_proto(
+    f: Option<pb::PoolFilter>,
+) -> Result<crate::pools::PoolFilter, String> {
+    let f = f.unwrap_or_default();
+    let protocols = f
+        .protocols
+        .iter()
+        .map(|&p| protocol_from_proto(p).ok_or_else(|| format!("unknown protocol {p}")))
+        .collect::<Result<_, _>>()?;
+    if !(f.min_score.is_finite() && (0.0..=100.0).contains(&f.min_score)) {
+        return Err("min_score must be between 0 and 100".into());
+    }
+    Ok(crate::pools::PoolFilter {
+        protocols,
+        min_anonymity: match anonymity_from_proto(f.min_anonymity) {
+            Anonymity::Unknown => None,
+            a => Some(a),
+        },
+        max_latency_ms: (f.max_latency_ms > 0).then_some(f.max_latency_ms),
+        min_score: (f.min_score > 0.0).then_some(f.min_score),
+        country: (!f.country.trim().is_empty()).then(|| f.country.trim().to_ascii_uppercase()),
+        include_dead: f.include_dead,
+    })
+}
+
+pub(crate) fn pool_order_from_proto(value: i32) -> crate::pools::PoolOrder {
+    use crate::pools::PoolOrder;
+    match pb::PoolOrder::try_from(value).unwrap_or(pb::PoolOrder::Score) {
+        pb::PoolOrder::Score => PoolOrder::Score,
+        pb::PoolOrder::Latency => PoolOrder::Latency,
+        pb::PoolOrder::Recent => PoolOrder::Recent,
+        pb::PoolOrder::Random => PoolOrder::Random,
+    }
+}
+
+pub(crate) fn pool_event(
+    kind: pb::PoolEventKind,
+    version: u64,
+    member: Option<&crate::scheduler::Member>,
+    pool: Option<pb::Pool>,
+) -> pb::PoolEvent {
+    pb::PoolEvent {
+        kind: kind as i32,
+        member: member.map(member_to_proto),
+        version,
+        pool,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

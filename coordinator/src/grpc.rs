@@ -14,7 +14,7 @@ use tracing::debug;
 
 use crate::convert;
 use crate::scheduler::{Hello, JobError, RowFilter};
-use crate::state::{CommitError, FollowCursor, State};
+use crate::state::{CommitError, FollowCursor, PoolError, State};
 use crate::submit::{self, SubmitError};
 
 /// Longest worker id, name or version a worker may give: they are shown and logged everywhere.
@@ -33,6 +33,15 @@ impl From<JobError> for Status {
         match e {
             JobError::NotFound(_) => Status::not_found(e.to_string()),
             JobError::Unreadable(_) => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<PoolError> for Status {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::BadName { .. } => Status::invalid_argument(e.to_string()),
+            PoolError::NotFound { .. } => Status::not_found(e.to_string()),
         }
     }
 }
@@ -182,25 +191,126 @@ impl Coordinator for CoordinatorService {
 
     async fn get_pool(
         &self,
-        _request: Request<pb::GetPoolRequest>,
+        request: Request<pb::GetPoolRequest>,
     ) -> Result<Response<pb::Pool>, Status> {
-        Err(Status::unimplemented("pools are not served yet"))
+        let r = request.into_inner();
+        let filter = convert::pool_filter_from_proto(r.filter).map_err(Status::invalid_argument)?;
+        let order = convert::pool_order_from_proto(r.order);
+        let view = self
+            .state
+            .pool(r.pool.trim(), &filter, order, r.limit as usize)?;
+        Ok(Response::new(convert::pool_to_proto(
+            &view,
+            self.state.pool_max_failures(),
+        )))
     }
 
     type WatchPoolStream = BoxStream<pb::PoolEvent>;
 
     async fn watch_pool(
         &self,
-        _request: Request<pb::WatchPoolRequest>,
+        request: Request<pb::WatchPoolRequest>,
     ) -> Result<Response<Self::WatchPoolStream>, Status> {
-        Err(Status::unimplemented("pools are not served yet"))
+        let r = request.into_inner();
+        let name = r.pool.trim().to_string();
+        let filter = convert::pool_filter_from_proto(r.filter).map_err(Status::invalid_argument)?;
+        let following = self.state.follow_pool(&name, &filter)?;
+        let slot = self.watchers.acquire()?;
+        let mut shutdown = self.shutdown.clone();
+        let state = self.state.clone();
+        let max_failures = self.state.pool_max_failures();
+        let (tx, rx) = mpsc::channel(64);
+        // Ends when the client goes away or at shutdown.
+        tokio::spawn(async move {
+            let _slot = slot;
+            let snapshot = |view: &crate::pools::PoolView| {
+                convert::pool_event(
+                    pb::PoolEventKind::Snapshot,
+                    view.summary.meta.version,
+                    None,
+                    Some(convert::pool_to_proto(view, max_failures)),
+                )
+            };
+            let mut version = following.view.summary.meta.version;
+            let mut changes = following.changes;
+            if tx.send(Ok(snapshot(&following.view))).await.is_err() {
+                return;
+            }
+            loop {
+                let event = tokio::select! {
+                    change = changes.recv() => change,
+                    _ = shutdown.changed() => {
+                        let _ = tx.try_send(Err(Status::unavailable(
+                            "the coordinator is shutting down; watch again after it restarts",
+                        )));
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                };
+                let message = match event {
+                    Ok(applied) => {
+                        // Already in the snapshot this stream started from.
+                        if applied.version <= version {
+                            continue;
+                        }
+                        version = applied.version;
+                        let Some(kind) = crate::pools::change_kind(
+                            &filter,
+                            applied.before.as_ref(),
+                            &applied.after,
+                        ) else {
+                            continue;
+                        };
+                        let kind = match kind {
+                            crate::pools::ChangeKind::Added => pb::PoolEventKind::Added,
+                            crate::pools::ChangeKind::Removed => pb::PoolEventKind::Removed,
+                            crate::pools::ChangeKind::Changed => pb::PoolEventKind::Changed,
+                        };
+                        convert::pool_event(kind, applied.version, Some(&applied.after), None)
+                    }
+                    // Fell behind: a fresh snapshot says where things are now.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        debug!(pool = %name, missed, "pool follower fell behind; sending a new snapshot");
+                        let Ok(again) = state.follow_pool(&name, &filter) else {
+                            return;
+                        };
+                        changes = again.changes;
+                        version = again.view.summary.meta.version;
+                        snapshot(&again.view)
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                tokio::select! {
+                    sent = tx.send(Ok(message)) => if sent.is_err() { return },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn list_pools(
         &self,
         _request: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
-        Err(Status::unimplemented("pools are not served yet"))
+        let max_failures = self.state.pool_max_failures();
+        let pools = self
+            .state
+            .pools()
+            .into_iter()
+            .map(|summary| {
+                convert::pool_to_proto(
+                    &crate::pools::PoolView {
+                        summary,
+                        members: Vec::new(),
+                    },
+                    max_failures,
+                )
+            })
+            .collect();
+        Ok(Response::new(pb::ListPoolsResponse { pools }))
     }
 
     type WatchJobStream = BoxStream<pb::Job>;

@@ -12,6 +12,7 @@ mod judge;
 mod listener;
 mod metrics;
 mod output;
+mod pools;
 mod scheduler;
 mod sources;
 mod state;

@@ -1,10 +1,8 @@
 //! The output files of a refresh: `live_proxies.json` (full verdicts of the usable proxies,
 //! fastest first), `live_proxies.txt` and one txt per protocol (`scheme://host:port` a line),
-//! each written atomically so a reader never sees half a file; and when a pool's files are
-//! written, while its job runs and when it ends.
+//! each written atomically so a reader never sees half a file.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use crate::candidate::Protocol;
 use crate::scheduler::ResultRow;
@@ -89,68 +87,6 @@ pub(crate) fn write_all(dir: &Path, files: &[(String, String)]) -> std::io::Resu
     Ok(())
 }
 
-/// How long a running job's fresh proxies may wait before its pool's files get them.
-pub(crate) const REWRITE_EVERY: Duration = Duration::from_secs(2);
-
-/// Whether a running job's pool files are to be written now from its `usable` proxies that the
-/// store holds: never before they reach the job's `min_usable` (at least one: the files keep the
-/// last job's proxies until then), at once when they first do (`last_write` is `None`), then
-/// when they `changed` since the last write, every [`REWRITE_EVERY`] at most; or less often when
-/// the last write `took` long (a pool of a million proxies), so that writing them takes a tenth
-/// of the publisher's time at most.
-pub(crate) fn rewrite_due(
-    usable: u64,
-    min_usable: u64,
-    last_write: Option<Instant>,
-    took: Duration,
-    now: Instant,
-    changed: bool,
-) -> bool {
-    if usable < min_usable.max(1) {
-        return false;
-    }
-    match last_write {
-        None => true,
-        Some(at) => {
-            let every = REWRITE_EVERY.max(took.saturating_mul(10));
-            changed && now.saturating_duration_since(at) >= every
-        }
-    }
-}
-
-/// Whose usable proxies a pool's files get when a job's end is shown.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum PoolAtEnd {
-    /// Leave them as they are.
-    Keep,
-    /// The ended job's: it is the pool's newest completed job.
-    Ended,
-    /// The pool's newest completed job's (named): the ended job's fresh proxies went in while it
-    /// ran, and it did not complete (failed or cancelled).
-    Completed(String),
-}
-
-/// Whose proxies a pool's files get when `job_id` ends. `newest_completed` is the pool's newest
-/// SUCCEEDED or INSUFFICIENT job, and `holder` the job whose proxies the files hold now and
-/// whether it is still running. A running job's fresh proxies are never replaced by an older
-/// job's end (after a restart, every ended job's end is shown again).
-pub(crate) fn pool_at_end(
-    job_id: &str,
-    newest_completed: Option<&str>,
-    holder: Option<(&str, bool)>,
-) -> PoolAtEnd {
-    match holder {
-        Some((holder, true)) if holder != job_id => PoolAtEnd::Keep,
-        _ if newest_completed == Some(job_id) => PoolAtEnd::Ended,
-        Some((holder, _)) if holder == job_id => match newest_completed {
-            Some(newest) => PoolAtEnd::Completed(newest.to_string()),
-            // No job of the pool completed: its fresh proxies are the best the pool has.
-            None => PoolAtEnd::Keep,
-        },
-        _ => PoolAtEnd::Keep,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,93 +140,6 @@ mod tests {
         assert_eq!(json[0]["proxy"], "socks5://192.0.2.1:2");
         assert_eq!(json[0]["anonymity"], "elite");
         assert_eq!(json.as_array().unwrap().len(), 2);
-    }
-
-    #[test]
-    fn a_running_job_writes_its_pool_at_min_usable_then_at_most_every_interval() {
-        let t0 = Instant::now();
-        let later = |d: Duration| t0 + d;
-        let quick = Duration::from_millis(5);
-        // Below min_usable: never, whatever changed.
-        assert!(!rewrite_due(4, 5, None, quick, t0, true));
-        assert!(
-            !rewrite_due(0, 0, None, quick, t0, true),
-            "an empty list never replaces the files"
-        );
-        // Reaching it: at once.
-        assert!(rewrite_due(5, 5, None, quick, t0, true));
-        assert!(rewrite_due(1, 0, None, quick, t0, false));
-        // Then only what changed, and not sooner than the interval.
-        let soon = later(Duration::from_millis(100));
-        assert!(!rewrite_due(6, 5, Some(t0), quick, soon, true));
-        assert!(!rewrite_due(
-            6,
-            5,
-            Some(t0),
-            quick,
-            later(REWRITE_EVERY),
-            false
-        ));
-        assert!(rewrite_due(
-            6,
-            5,
-            Some(t0),
-            quick,
-            later(REWRITE_EVERY),
-            true
-        ));
-        assert!(rewrite_due(
-            9,
-            5,
-            Some(t0),
-            quick,
-            later(REWRITE_EVERY * 10),
-            true
-        ));
-        // A write that took a second waits ten before the next.
-        let slow = Duration::from_secs(1);
-        assert!(!rewrite_due(
-            9,
-            5,
-            Some(t0),
-            slow,
-            later(REWRITE_EVERY),
-            true
-        ));
-        assert!(!rewrite_due(9, 5, Some(t0), slow, later(slow * 9), true));
-        assert!(rewrite_due(9, 5, Some(t0), slow, later(slow * 10), true));
-        // A clock that went backwards waits rather than writes.
-        assert!(!rewrite_due(
-            9,
-            5,
-            Some(later(REWRITE_EVERY)),
-            quick,
-            t0,
-            true
-        ));
-    }
-
-    #[test]
-    fn an_ended_job_leaves_the_pool_files_to_the_newest_completed_job() {
-        use PoolAtEnd::*;
-        // The newest completed job writes its proxies, whoever held the files.
-        assert_eq!(pool_at_end("b", Some("b"), None), Ended);
-        assert_eq!(pool_at_end("b", Some("b"), Some(("b", false))), Ended);
-        assert_eq!(pool_at_end("b", Some("b"), Some(("a", false))), Ended);
-        // An older job's end shown again (a restart) leaves the files alone.
-        assert_eq!(pool_at_end("a", Some("b"), Some(("b", false))), Keep);
-        assert_eq!(pool_at_end("a", Some("b"), None), Keep);
-        // A running job's fresh proxies are not replaced by an ended job's.
-        assert_eq!(pool_at_end("a", Some("a"), Some(("c", true))), Keep);
-        // A job that wrote fresh proxies and then failed or was cancelled gives the files back
-        // to the newest completed job, or keeps them if none completed.
-        assert_eq!(
-            pool_at_end("c", Some("b"), Some(("c", false))),
-            Completed("b".into())
-        );
-        assert_eq!(pool_at_end("c", None, Some(("c", false))), Keep);
-        // A failed job that never wrote them changes nothing.
-        assert_eq!(pool_at_end("c", Some("b"), Some(("b", false))), Keep);
     }
 
     #[test]

@@ -9,16 +9,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proxyfleet_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::candidate::{self, Rejected};
 use crate::config::CoordinatorConfig;
 use crate::convert;
 use crate::fetch::{FetchPolicy, Fetcher};
 use crate::output;
+use crate::pools::{self, ServedPools};
 use crate::scheduler::{
-    Followed, Hello, JobError, JobSnapshot, LeaseConfig, NewJob, Outbound, Record, ResultRow,
-    RowFilter, Scheduler, Scrape, SessionId, SourceSpec, SourceState, SourceStatus,
+    Followed, Hello, JobError, JobKind, JobSnapshot, LeaseConfig, NewJob, Outbound, PoolChange,
+    Record, ResultRow, RowFilter, Scheduler, Scrape, SessionId, SourceSpec, SourceState,
+    SourceStatus,
 };
 use crate::store::{Reader, Store};
 use crate::submit::{self, SubmitError, SubmitPolicy, ValidSubmission};
@@ -37,8 +39,8 @@ pub(crate) struct State {
 /// scheduler's is taken first: `scheduler` → `progress` (snapshots reach watchers in the
 /// scheduler's order), `scheduler` → `outboxes` (a session's messages keep the scheduler's
 /// order), `scheduler` → `end_seqs`, `scheduler` → `store_tx` (writes reach the store in the
-/// scheduler's order), `scheduler` → `pool_files` (snapshots say what the files held when they
-/// were made; nothing is taken while `pool_files` is held). `reader` is never taken with
+/// scheduler's order), `scheduler` → `pools` (snapshots say what the pool's files held when
+/// they were made; nothing is taken while `pools` is held). `reader` is never taken with
 /// `scheduler` held: reads of the store wait for no one but each other. Every other lock is
 /// taken alone.
 struct Inner {
@@ -76,75 +78,25 @@ struct Inner {
     events: mpsc::UnboundedSender<Event>,
     /// The publisher's end of `events`, until [`State::publisher`] takes it.
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
-    /// What each pool's output files hold, by pool: set by the publisher right after it renamed
-    /// them into place, read into every snapshot clients get.
-    pool_files: Mutex<HashMap<String, PoolFiles>>,
-}
-
-/// What a pool's output files hold, as the publisher last wrote them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PoolFiles {
-    /// The job whose usable proxies they hold.
-    job_id: String,
-    /// How many of them.
-    usable: u64,
-    /// The pool's `live_proxies.txt`, as written.
-    path: String,
-}
-
-/// Verdicts of one job that a write made durable: what the publisher may write out while the
-/// job runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct DurableVerdicts {
-    job_id: String,
-    /// The position after the last of them in the order the job recorded its verdicts.
-    through: u64,
-    /// How many of them are usable.
-    usable: u64,
-}
-
-/// A running job's usable proxies as far as the store holds them, and what its pool's files got
-/// of them: the publisher's own.
-#[derive(Debug, Default)]
-struct Fresh {
-    /// The job's min_usable (fixed for its life).
-    min_usable: u64,
-    /// The job's pool (fixed for its life).
-    pool: String,
-    /// Durable verdicts so far, as a position in the job's recorded order.
-    through: u64,
-    /// Usable among them.
-    usable: u64,
-    /// The usable rows read so far, up to position `read`.
-    rows: Vec<ResultRow>,
-    /// The position in the job's recorded order that `rows` were read through.
-    read: u64,
-    /// When the pool's files were last written (or tried) from this job.
-    last_write: Option<Instant>,
-    /// How long that took: a slow write makes the next wait longer.
-    took: Duration,
-    /// How many usable proxies the last successful write put in them.
-    written: Option<u64>,
+    /// Every pool as the store holds it, for clients and followers, and what its files hold:
+    /// changed by the publisher only, with what the store committed.
+    pools: Mutex<ServedPools>,
 }
 
 /// Work for the publisher, the one task that writes output files and delivers what waited for
 /// the store.
 enum Event {
     /// A write is durable: the lease completions that waited for it, whether a job ended in it
-    /// (its end may be shown now), and the verdicts it holds, by job.
+    /// (its end may be shown now), and the pool changes it holds, in order.
     Committed {
         acks: Vec<Outbound>,
         job_ended: bool,
-        verdicts: Vec<DurableVerdicts>,
+        pools: Vec<PoolChange>,
     },
     /// Jobs pruned from the store (`--retain`): forget them and remove their directories.
     Pruned(Vec<String>),
-    /// A job ended and its end is durable: write its files, then show its end; `is_newest`
-    /// says whether it was its pool's newest completed job when found.
-    Ended {
-        snapshot: Box<JobSnapshot>,
-        is_newest: bool,
-    },
+    /// A job ended and its end is durable: write its files, then show its end.
+    Ended(Box<JobSnapshot>),
     /// Shutdown: everything sent before is done; stop.
     Stop,
 }
@@ -199,7 +151,7 @@ impl StoreWriter {
             let mut prunes = Vec::new();
             let mut committed_seq = None;
             let mut job_ended = false;
-            let mut durable: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            let mut pools = Vec::new();
             for op in std::iter::once(first).chain(rx.try_iter()) {
                 match op {
                     StoreOp::Write {
@@ -212,18 +164,10 @@ impl StoreWriter {
                         job_ended |= r.iter().any(
                             |record| matches!(record, Record::Job(job) if job.state.is_terminal()),
                         );
-                        for record in &r {
-                            if let Record::Verdicts {
-                                job_id,
-                                first_position,
-                                verdicts,
-                            } = record
-                            {
-                                let (through, usable) = durable.entry(job_id.clone()).or_default();
-                                *through = (*through).max(first_position + verdicts.len() as u64);
-                                *usable += verdicts.iter().filter(|v| v.usable).count() as u64;
-                            }
-                        }
+                        pools.extend(r.iter().filter_map(|record| match record {
+                            Record::Pool(change) => Some(change.clone()),
+                            _ => None,
+                        }));
                         records.extend(r);
                         acks.extend(a);
                         next_lease = next_lease.max(n);
@@ -240,18 +184,10 @@ impl StoreWriter {
                 self.durable_seq.send_replace(seq);
             }
             // Fails only once the publisher has stopped, at shutdown, when acks no longer matter.
-            let verdicts = durable
-                .into_iter()
-                .map(|(job_id, (through, usable))| DurableVerdicts {
-                    job_id,
-                    through,
-                    usable,
-                })
-                .collect();
             let _ = self.events.send(Event::Committed {
                 acks,
                 job_ended,
-                verdicts,
+                pools,
             });
             for before_ms in prunes {
                 match self.store.prune(before_ms) {
@@ -314,12 +250,34 @@ impl FollowCursor {
 /// Rows read at once when a job's results are read whole.
 const RESULTS_PAGE: usize = 1_000;
 
-/// How often the publisher looks for running jobs' fresh proxies that no write brought to their
-/// pool's files yet (see [`output::rewrite_due`]).
-const FRESH_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often, at most, a pool's files are written while its live set keeps changing: a pool of
+/// a million proxies is not rewritten for every check.
+const POOL_FILES_EVERY: Duration = Duration::from_secs(1);
 
 /// The most an answer waits for the store to commit what it reports.
 const COMMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// What a client may get wrong about a pool.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum PoolError {
+    #[error("invalid pool name {name:?}: {problem}")]
+    BadName { name: String, problem: String },
+    #[error(
+        "no pool named {name:?}; known pools: {}; a refresh with --pool NAME makes one",
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    )]
+    NotFound { name: String, known: Vec<String> },
+}
+
+fn check_pool_name(name: &str) -> Result<(), PoolError> {
+    match submit::pool_name_problem(name) {
+        Some(problem) => Err(PoolError::BadName {
+            name: name.to_string(),
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
 
 /// Why what a request did is not known to be durable; nothing may be acknowledged then.
 #[derive(Debug, thiserror::Error)]
@@ -373,6 +331,24 @@ impl State {
             },
             first_lease_id().max(lease_floor),
         );
+        scheduler.configure_pools(config.pool_max_failures, config.revalidate_every);
+        // Pools first: a refresh restored below feeds its pool as it checks.
+        let stored_pools = store.pools()?;
+        if !stored_pools.is_empty() {
+            info!(
+                pools = stored_pools.len(),
+                members = stored_pools.iter().map(|p| p.members.len()).sum::<usize>(),
+                "pools restored from the data dir"
+            );
+        }
+        let served = ServedPools::new(
+            stored_pools
+                .iter()
+                .map(|p| (p.meta.clone(), p.members.clone())),
+        );
+        for pool in stored_pools {
+            scheduler.restore_pool(pool.meta, pool.members);
+        }
         let now = Instant::now();
         let mut out = Vec::new();
         let mut scrapes = Vec::new();
@@ -397,19 +373,8 @@ impl State {
         }
         let restored = ids.len();
         let mut progress = HashMap::new();
-        // Every verdict of a restored job is durable: the publisher may write them out.
-        let mut durable = Vec::new();
         for id in scheduler.job_ids() {
             if let Ok(snapshot) = scheduler.snapshot(&id, false, now) {
-                if !snapshot.state.is_terminal() {
-                    durable.push(DurableVerdicts {
-                        job_id: id.clone(),
-                        // Positions count every row, a poison proxy's too.
-                        through: snapshot.progress.proxies_checked
-                            + snapshot.progress.proxies_poison,
-                        usable: snapshot.progress.proxies_usable,
-                    });
-                }
                 progress.insert(id, watch::channel(snapshot).0);
             }
         }
@@ -418,13 +383,6 @@ impl State {
         }
         let (store_tx, store_rx) = std::sync::mpsc::channel();
         let (events, events_rx) = mpsc::unbounded_channel();
-        // Sent before the store writer starts: the publisher learns of them before any later
-        // verdict of theirs.
-        let _ = events.send(Event::Committed {
-            acks: Vec::new(),
-            job_ended: false,
-            verdicts: durable,
-        });
         let store_failure = Arc::new(watch::channel(None).0);
         let durable_seq = Arc::new(watch::channel(0).0);
         let writer = {
@@ -455,7 +413,7 @@ impl State {
                 end_seqs: Mutex::new(HashMap::new()),
                 events,
                 events_rx: Mutex::new(Some(events_rx)),
-                pool_files: Mutex::new(HashMap::new()),
+                pools: Mutex::new(served),
             }),
         };
         state.deliver(out);
@@ -472,16 +430,15 @@ impl State {
         let Some(mut events) = lock(&self.inner.events_rx).take() else {
             return;
         };
-        // Running jobs' fresh proxies, by job.
-        let mut fresh: HashMap<String, Fresh> = HashMap::new();
-        // Fresh proxies that came with no write after them still reach the files in time.
-        let mut ticks = tokio::time::interval(FRESH_CHECK_EVERY);
+        // When pool files were last written: changes that come faster wait for the next tick.
+        let mut last_files: Option<Instant> = None;
+        let mut ticks = tokio::time::interval(POOL_FILES_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
                 _ = ticks.tick() => {
-                    self.write_fresh(&mut fresh, None);
+                    self.write_pool_files(&mut last_files, true);
                     continue;
                 }
             };
@@ -491,160 +448,87 @@ impl State {
                     // What the events before the stop sent meanwhile (a job ended in the last
                     // write) is done too; nothing else comes.
                     while let Ok(event) = events.try_recv() {
-                        self.handle(event, &mut fresh);
+                        self.handle(event, &mut last_files);
                     }
+                    self.write_pool_files(&mut last_files, true);
                     return;
                 }
-                Some(event) => self.handle(event, &mut fresh),
+                Some(event) => self.handle(event, &mut last_files),
             }
         }
     }
 
     /// Does one piece of the publisher's work.
-    fn handle(&self, event: Event, fresh: &mut HashMap<String, Fresh>) {
+    fn handle(&self, event: Event, last_files: &mut Option<Instant>) {
         match event {
             Event::Committed {
                 acks,
                 job_ended,
-                verdicts,
+                pools,
             } => {
                 self.deliver(acks);
+                if !pools.is_empty() {
+                    let mut served = lock(&self.inner.pools);
+                    for change in pools {
+                        match change {
+                            PoolChange::Member {
+                                pool,
+                                version,
+                                member,
+                            } => served.apply_member(&pool, version, *member),
+                            PoolChange::Meta(meta) => served.apply_meta(*meta),
+                            PoolChange::Forget { pool, proxy } => served.forget(&pool, &proxy),
+                        }
+                    }
+                }
+                self.write_pool_files(last_files, false);
                 if job_ended {
                     self.publish();
                 }
-                if !verdicts.is_empty() {
-                    let changed: Vec<String> = verdicts.iter().map(|v| v.job_id.clone()).collect();
-                    self.note_durable(fresh, verdicts);
-                    self.write_fresh(fresh, Some(&changed));
-                }
             }
-            Event::Pruned(ids) => {
-                for id in &ids {
-                    fresh.remove(id);
-                }
-                self.forget(ids)
-            }
-            Event::Ended {
-                snapshot,
-                is_newest,
-            } => {
-                fresh.remove(&snapshot.id);
-                self.show_end(*snapshot, is_newest)
-            }
+            Event::Pruned(ids) => self.forget(ids),
+            Event::Ended(snapshot) => self.show_end(*snapshot),
             Event::Stop => {}
         }
     }
 
-    /// Counts verdicts the store now holds into their running jobs' [`Fresh`].
-    fn note_durable(&self, fresh: &mut HashMap<String, Fresh>, verdicts: Vec<DurableVerdicts>) {
-        // Taken only for a job met the first time: most writes carry verdicts of jobs known.
-        let mut scheduler = None;
-        for durable in verdicts {
-            let entry = match fresh.entry(durable.job_id) {
-                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                std::collections::hash_map::Entry::Vacant(entry) => {
-                    let scheduler = scheduler.get_or_insert_with(|| lock(&self.inner.scheduler));
-                    let Ok(job) = scheduler.snapshot(entry.key(), false, Instant::now()) else {
-                        continue;
-                    };
-                    // An ended job's files are written at its end.
-                    if job.state.is_terminal() {
-                        continue;
-                    }
-                    entry.insert(Fresh {
-                        min_usable: job.settings.min_usable,
-                        pool: job.settings.pool.clone(),
-                        ..Fresh::default()
-                    })
-                }
-            };
-            entry.through = entry.through.max(durable.through);
-            entry.usable += durable.usable;
+    /// Writes the files of every pool whose live set changed since they were written (unless
+    /// they were written less than [`POOL_FILES_EVERY`] ago and `due` is not set), then shows the
+    /// pools' refreshes what the files hold.
+    fn write_pool_files(&self, last: &mut Option<Instant>, due: bool) {
+        if !due && last.is_some_and(|at| at.elapsed() < POOL_FILES_EVERY) {
+            return;
         }
-    }
-
-    /// Writes the pool files of the running jobs (of `only` those, when given) that are due (see
-    /// [`output::rewrite_due`]) from their durable usable proxies, then shows watchers what the
-    /// files hold.
-    fn write_fresh(&self, fresh: &mut HashMap<String, Fresh>, only: Option<&[String]>) {
-        let now = Instant::now();
-        let due: Vec<String> = fresh
-            .iter()
-            .filter(|(id, _)| only.is_none_or(|only| only.contains(id)))
-            .filter(|(_, f)| {
-                let changed = f.written != Some(f.usable);
-                output::rewrite_due(f.usable, f.min_usable, f.last_write, f.took, now, changed)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in due {
-            let Some(f) = fresh.get_mut(&id) else {
-                continue;
-            };
-            let started = Instant::now();
-            f.last_write = Some(started);
-            let running = lock(&self.inner.scheduler)
-                .snapshot(&id, false, now)
-                .is_ok_and(|job| !job.state.is_terminal());
-            if !running {
-                // Its end writes its files.
-                fresh.remove(&id);
-                continue;
-            }
-            // Only what the store holds, page by page under the lock. The recorded order only
-            // grows, and a job's rows leave memory only when the publisher shows its end: a
-            // page read now is what the store has.
-            while f.read < f.through {
-                let limit = (f.through - f.read).min(RESULTS_PAGE as u64) as usize;
-                let page =
-                    lock(&self.inner.scheduler).results_since(&id, f.read as usize, limit, true);
-                match page {
-                    Ok(page) if page.cursor as u64 > f.read => {
-                        f.read = page.cursor as u64;
-                        f.rows.extend(page.rows);
-                    }
-                    _ => break,
-                }
-            }
-            let dir = pool_dir(&self.inner.config, &f.pool);
-            let files = output::render(&id, wall_ms(), &f.rows);
-            let written = output::write_all(&dir, &files);
-            f.took = started.elapsed();
-            match written {
+        let stale = lock(&self.inner.pools).stale_files();
+        if stale.is_empty() {
+            return;
+        }
+        *last = Some(Instant::now());
+        for (pool, live) in stale {
+            let dir = pool_dir(&self.inner.config, &pool);
+            match output::write_all(&dir, &pools::render(&live)) {
                 Ok(()) => {
-                    let usable = f.rows.len() as u64;
-                    f.written = Some(f.usable);
-                    info!(job_id = %id, pool = %f.pool, usable, "pool files hold the running job's fresh proxies");
-                    self.pool_files_written(&f.pool, &id, usable);
-                    // Watchers learn what the files hold only now that they hold it.
-                    lock(&self.inner.scheduler).mark_dirty(&id);
-                    self.publish();
+                    let path = dir.join(output::LIVE_TXT);
+                    let path = std::path::absolute(&path).unwrap_or(path);
+                    debug!(pool = %pool, live = live.len(), "pool files hold the live set");
+                    lock(&self.inner.pools).files_written(&pool, path.display().to_string(), &live);
+                    // Its refresh's watchers learn what the files hold only now that they do.
+                    let mut scheduler = lock(&self.inner.scheduler);
+                    if let Some(job_id) = scheduler.running_in(&pool) {
+                        scheduler.mark_dirty(&job_id);
+                    }
                 }
                 Err(e) => {
-                    warn!(job_id = %id, pool = %f.pool, dir = %dir.display(), error = %e, "could not write the running job's fresh proxies to the pool's files; trying again")
+                    warn!(pool = %pool, dir = %dir.display(), error = %e, "could not write the pool's live set to its files; trying again")
                 }
             }
         }
+        self.publish();
     }
 
-    /// Notes that `pool`'s files hold `usable` proxies of `job_id` (they were renamed into place).
-    fn pool_files_written(&self, pool: &str, job_id: &str, usable: u64) {
-        let path = pool_dir(&self.inner.config, pool).join(output::LIVE_TXT);
-        let path = std::path::absolute(&path).unwrap_or(path);
-        lock(&self.inner.pool_files).insert(
-            pool.to_string(),
-            PoolFiles {
-                job_id: job_id.to_string(),
-                usable,
-                path: path.display().to_string(),
-            },
-        );
-    }
-
-    /// Sets what a snapshot says of its pool's files: how many of its usable proxies they hold.
+    /// Sets what a snapshot says of its pool's files: how many live proxies they hold.
     fn with_pool_files(&self, mut snapshot: JobSnapshot) -> JobSnapshot {
-        let pool_files = lock(&self.inner.pool_files);
-        set_pool_files(&pool_files, &mut snapshot);
+        set_pool_files(&lock(&self.inner.pools), &mut snapshot);
         snapshot
     }
 
@@ -1113,14 +997,14 @@ impl State {
 
     pub(crate) fn jobs(&self) -> Vec<JobSnapshot> {
         let scheduler = lock(&self.inner.scheduler);
-        let pool_files = lock(&self.inner.pool_files);
+        let pools = lock(&self.inner.pools);
         let now = Instant::now();
         scheduler
             .job_ids()
             .iter()
             .filter_map(|id| scheduler.snapshot(id, false, now).ok())
             .map(|mut snapshot| {
-                set_pool_files(&pool_files, &mut snapshot);
+                set_pool_files(&pools, &mut snapshot);
                 snapshot
             })
             .collect()
@@ -1137,6 +1021,50 @@ impl State {
         info!(job_id, "job cancel requested");
         self.publish();
         Ok((snapshot, commit))
+    }
+
+    /// `name`'s members that pass `filter`, in `order`, at most `limit` (0: all).
+    pub(crate) fn pool(
+        &self,
+        name: &str,
+        filter: &pools::PoolFilter,
+        order: pools::PoolOrder,
+        limit: usize,
+    ) -> Result<pools::PoolView, PoolError> {
+        check_pool_name(name)?;
+        let served = lock(&self.inner.pools);
+        served
+            .view(name, filter, order, limit)
+            .ok_or_else(|| PoolError::NotFound {
+                name: name.to_string(),
+                known: served.names(),
+            })
+    }
+
+    /// A member leaves its pool's live set after this many failed checks in a row.
+    pub(crate) fn pool_max_failures(&self) -> u32 {
+        self.inner.config.pool_max_failures
+    }
+
+    /// Every pool's head.
+    pub(crate) fn pools(&self) -> Vec<pools::PoolSummary> {
+        let served = lock(&self.inner.pools);
+        served
+            .names()
+            .iter()
+            .filter_map(|n| served.summary(n))
+            .collect()
+    }
+
+    /// A snapshot of `name`'s members that pass `filter`, and every committed change after it.
+    /// A pool that does not exist yet is followed from empty: a gateway may start first.
+    pub(crate) fn follow_pool(
+        &self,
+        name: &str,
+        filter: &pools::PoolFilter,
+    ) -> Result<pools::Following, PoolError> {
+        check_pool_name(name)?;
+        Ok(lock(&self.inner.pools).follow(name, filter))
     }
 
     pub(crate) fn workers(&self) -> Vec<crate::scheduler::WorkerSnapshot> {
@@ -1405,18 +1333,15 @@ impl State {
     /// Sends fresh snapshots of changed jobs to their watchers; writes ended jobs' results, then
     /// shows their end.
     fn publish(&self) {
-        let ended: Vec<(JobSnapshot, bool)> = {
+        let ended: Vec<JobSnapshot> = {
             let mut scheduler = lock(&self.inner.scheduler);
             // Progress is locked under the scheduler lock so snapshots reach watchers in order.
             let progress = lock(&self.inner.progress);
             let now = Instant::now();
-            // Each ended job, and whether it is its pool's newest completed job (asked once a
-            // pool: after a restart every restored job is here).
-            let mut ended: Vec<(JobSnapshot, bool)> = Vec::new();
-            let mut newest: HashMap<String, Option<String>> = HashMap::new();
+            let mut ended: Vec<JobSnapshot> = Vec::new();
             let durable_seq = *self.inner.durable_seq.borrow();
             let mut end_seqs = lock(&self.inner.end_seqs);
-            let pool_files = lock(&self.inner.pool_files);
+            let pools = lock(&self.inner.pools);
             for id in scheduler.take_dirty() {
                 let Ok(mut snapshot) = scheduler.snapshot(&id, false, now) else {
                     continue;
@@ -1429,15 +1354,10 @@ impl State {
                         continue;
                     }
                     end_seqs.remove(&id);
-                    let pool = &snapshot.settings.pool;
-                    let newest = newest
-                        .entry(pool.clone())
-                        .or_insert_with(|| scheduler.newest_completed(pool).map(str::to_string));
-                    let is_newest = newest.as_deref() == Some(id.as_str());
                     // Shown once its files are written (by the publisher), so that a client
                     // that saw the end reads them. Every earlier snapshot was sent under the
                     // scheduler lock before the job ended: none can come after this one.
-                    ended.push((snapshot, is_newest));
+                    ended.push(snapshot);
                     continue;
                 }
                 let Some(tx) = progress.get(&id) else {
@@ -1446,28 +1366,24 @@ impl State {
                 if tx.borrow().state.is_terminal() {
                     continue;
                 }
-                set_pool_files(&pool_files, &mut snapshot);
+                set_pool_files(&pools, &mut snapshot);
                 tx.send_replace(snapshot);
             }
             ended
         };
-        for (snapshot, is_newest) in ended {
-            let snapshot = Box::new(snapshot);
+        for snapshot in ended {
             // Fails only once the publisher has stopped, at shutdown.
-            let _ = self.inner.events.send(Event::Ended {
-                snapshot,
-                is_newest,
-            });
+            let _ = self.inner.events.send(Event::Ended(Box::new(snapshot)));
         }
     }
 
     /// Writes an ended job's files, then shows its end to its watchers, then lets its rows leave
     /// memory (the publisher's part of [`State::publish`]).
-    fn show_end(&self, snapshot: JobSnapshot, is_newest: bool) {
-        if let Err(e) = self.write_outputs(&snapshot, is_newest) {
+    fn show_end(&self, snapshot: JobSnapshot) {
+        if let Err(e) = self.write_outputs(&snapshot) {
             warn!(job_id = %snapshot.id, error = %e, "could not write the job's results to the data dir");
         }
-        // What its pool's files hold now that they are written.
+        // What its pool's files hold now, with every verdict it brought.
         let snapshot = self.with_pool_files(snapshot);
         let id = snapshot.id.clone();
         {
@@ -1484,85 +1400,43 @@ impl State {
         lock(&self.inner.scheduler).keep_in_store(&id);
     }
 
-    /// Writes an ended job's files under `DATA_DIR/jobs/<id>/` unless they are there already (a
-    /// restart rewrites none), and its pool's files as [`output::pool_at_end`] decides: the
-    /// job's own if it is the pool's newest completed job (see
-    /// [`Scheduler::newest_completed`]; `is_newest` says whether it was when published), the
-    /// newest completed job's again if this one wrote its fresh proxies there and then failed;
-    /// a pool file already holding the same bytes is left alone.
-    fn write_outputs(&self, job: &JobSnapshot, is_newest: bool) -> std::io::Result<()> {
-        let config = &self.inner.config;
-        let job_dir = config.data_dir.join("jobs").join(&job.id);
+    /// Writes an ended refresh's files under `DATA_DIR/jobs/<id>/` unless they are there already
+    /// (a restart rewrites none). A revalidation round writes none: its checks live in its
+    /// pool's members, and its rows in the store. The pool's own files are its live set, written
+    /// as it changes (see [`State::write_pool_files`]); they are brought up to date here first,
+    /// so a client shown the end reads every proxy the job brought.
+    fn write_outputs(&self, job: &JobSnapshot) -> std::io::Result<()> {
+        let mut at = None;
+        self.write_pool_files(&mut at, true);
+        if job.settings.kind == JobKind::Revalidation {
+            return Ok(());
+        }
+        let job_dir = self.inner.config.data_dir.join("jobs").join(&job.id);
         // `summary.json` is written last: there, the job's files are whole.
-        let job_files = !job_dir.join(SUMMARY).exists();
-        let pool = &job.settings.pool;
-        // Only the publisher changes what the pool's files hold, and this is the publisher.
-        let holder = lock(&self.inner.pool_files)
-            .get(pool)
-            .map(|files| files.job_id.clone());
-        let (at_end, newest_ended_ms) = {
-            let scheduler = lock(&self.inner.scheduler);
-            let now = Instant::now();
-            // Asked again now: a job that ended meanwhile is newer, and the publisher writes
-            // the pool for it after this one.
-            let newest = scheduler
-                .newest_completed(pool)
-                .filter(|newest| *newest != job.id || is_newest);
-            let newest_ended_ms = newest
-                .and_then(|id| scheduler.snapshot(id, false, now).ok())
-                .map_or(0, |s| s.ended_wall_ms);
-            let holder = holder.as_deref().map(|id| {
-                let running = scheduler
-                    .snapshot(id, false, now)
-                    .is_ok_and(|s| !s.state.is_terminal());
-                (id, running)
-            });
-            (
-                output::pool_at_end(&job.id, newest, holder),
-                newest_ended_ms,
-            )
+        if job_dir.join(SUMMARY).exists() {
+            return Ok(());
+        }
+        // The output files list the usable proxies only.
+        let results = match self.results(&job.id, RowFilter::Usable) {
+            Ok(results) => results,
+            Err(JobError::NotFound(_)) => return Ok(()), // pruned meanwhile
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
         };
-        if job_files || at_end == output::PoolAtEnd::Ended {
-            // The output files list the usable proxies only.
-            let results = match self.results(&job.id, RowFilter::Usable) {
-                Ok(results) => results,
-                Err(JobError::NotFound(_)) => return Ok(()), // pruned meanwhile
-                Err(e) => return Err(std::io::Error::other(e.to_string())),
-            };
-            let files = output::render(&job.id, job.ended_wall_ms, &results);
-            if job_files {
-                write_job_files(&job_dir, job, &files)?;
-            }
-            if at_end == output::PoolAtEnd::Ended {
-                output::write_all(&pool_dir(config, pool), &files)?;
-                self.pool_files_written(pool, &job.id, results.len() as u64);
-            }
-        }
-        if let output::PoolAtEnd::Completed(newest) = at_end {
-            let results = match self.results(&newest, RowFilter::Usable) {
-                Ok(results) => results,
-                Err(JobError::NotFound(_)) => return Ok(()), // pruned meanwhile
-                Err(e) => return Err(std::io::Error::other(e.to_string())),
-            };
-            let files = output::render(&newest, newest_ended_ms, &results);
-            output::write_all(&pool_dir(config, pool), &files)?;
-            self.pool_files_written(pool, &newest, results.len() as u64);
-            info!(
-                job_id = %job.id, pool = %pool, newest_completed = %newest, state = job.state.name(),
-                "the pool's files hold its newest completed job's proxies again"
-            );
-        }
-        Ok(())
+        let files = output::render(&job.id, job.ended_wall_ms, &results);
+        write_job_files(&job_dir, job, &files)
     }
 }
 
-/// Sets what `snapshot` says of its pool's files from what they hold (see [`PoolFiles`]).
-fn set_pool_files(pool_files: &HashMap<String, PoolFiles>, snapshot: &mut JobSnapshot) {
-    if let Some(files) = pool_files.get(&snapshot.settings.pool)
-        && files.job_id == snapshot.id
+/// Sets what a refresh's snapshot says of its pool's files: how many of the live proxies in them
+/// were seen usable since the refresh started, by it or by a revalidation round (a round's own
+/// snapshot says nothing: it is the pool's).
+fn set_pool_files(pools: &ServedPools, snapshot: &mut JobSnapshot) {
+    if snapshot.settings.kind == JobKind::Refresh
+        && let Some((path, fresh)) =
+            pools.files_fresh_since(&snapshot.settings.pool, snapshot.created_wall_ms)
     {
-        snapshot.progress.pool_files_usable = files.usable;
-        snapshot.progress.pool_files = files.path.clone();
+        snapshot.progress.pool_files_usable = fresh;
+        snapshot.progress.pool_files = path;
     }
 }
 
@@ -1743,7 +1617,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_running_job_fills_its_pools_files_once_it_has_enough_and_says_so_after() {
+    async fn a_running_jobs_usable_proxies_join_the_pools_files_and_watchers_are_told_after() {
         let state = fresh_state();
         let publisher = tokio::spawn(state.clone().publisher());
         let candidates = (1..=20).map(|i| format!("127.0.0.{i}:80")).collect();
@@ -1784,14 +1658,20 @@ mod tests {
         };
         let txt = state.config().output_dir.join(output::LIVE_TXT);
 
-        // One usable proxy of the two wanted: the pool's files are not touched.
+        // Each usable proxy joins the pool's live set, and its files, once the store holds it;
+        // watchers are told only once the files hold it.
         state.on_message(session, Some(pb::worker_message::Kind::Verdicts(usable(0))));
         next_ack(&mut rx).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!txt.exists(), "written before the job had min_usable");
-        assert_eq!(state.job(&id, false).unwrap().progress.pool_files_usable, 0);
-
-        // The second: written at once, and watchers are told only once it is there.
+        let seen = tokio::time::timeout(
+            Duration::from_secs(30),
+            watcher.wait_for(|s| s.progress.pool_files_usable >= 1),
+        )
+        .await
+        .expect("watchers learn the pool's files hold the first proxy")
+        .unwrap()
+        .clone();
+        assert_eq!(std::fs::read_to_string(&txt).unwrap().lines().count(), 1);
+        assert_eq!(seen.progress.pool_files_usable, 1);
         state.on_message(session, Some(pb::worker_message::Kind::Verdicts(usable(1))));
         let seen = tokio::time::timeout(
             Duration::from_secs(30),
@@ -1809,7 +1689,7 @@ mod tests {
             std::path::absolute(&txt).unwrap().display().to_string()
         );
 
-        // Cancelled with no completed job before it: its fresh proxies stay.
+        // Cancelled: the proxies it found stay in the pool's live set.
         let (_, commit) = state.cancel(&id).unwrap();
         state.committed(commit).await.unwrap();
         state.tick();

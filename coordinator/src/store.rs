@@ -8,9 +8,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::candidate::{self, Protocol, TargetPolicy};
 use crate::scheduler::{
-    Anonymity, ChunkId, ChunkInfo, ChunkRecord, ChunkState, JobRecord, JobSettings, JobState,
-    Reason, Record, ResultRow, RowFilter, SourceSpec, SourceState, SourceStatus, StoredJob,
-    StoredRows, UsableFilter, Verdict,
+    Anonymity, ChunkId, ChunkInfo, ChunkRecord, ChunkState, JobKind, JobRecord, JobSettings,
+    JobState, Member, PoolChange, PoolMeta, Reason, Record, ResultRow, RowFilter, SourceSpec,
+    SourceState, SourceStatus, StoredJob, StoredRows, UsableFilter, Verdict,
 };
 
 /// File name of the database inside the data dir.
@@ -81,7 +81,22 @@ CREATE TABLE IF NOT EXISTS chunks (
     leases INTEGER NOT NULL, failed INTEGER NOT NULL,
     PRIMARY KEY (job_id, chunk_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pools (
+    name TEXT PRIMARY KEY, settings TEXT, revalidate_every_ms INTEGER NOT NULL,
+    last_round_ms INTEGER NOT NULL, round_job TEXT, version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pool_members (
+    pool TEXT NOT NULL, proxy TEXT NOT NULL, live INTEGER NOT NULL, history TEXT NOT NULL,
+    PRIMARY KEY (pool, proxy)
+) WITHOUT ROWID;
 ";
+
+/// A pool as the store had it: its meta and every member it keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StoredPool {
+    pub(crate) meta: PoolMeta,
+    pub(crate) members: Vec<Member>,
+}
 
 impl Store {
     /// Opens (or creates) the database in `data_dir`; refuses a file it cannot read as one.
@@ -334,6 +349,59 @@ impl Store {
         let tx = self.conn.transaction().map_err(|e| write_error(&path, e))?;
         write_records(&tx, records, next_lease).map_err(|e| write_error(&path, e))?;
         tx.commit().map_err(|e| write_error(&path, e))
+    }
+
+    /// Every pool with its members.
+    pub(crate) fn pools(&self) -> Result<Vec<StoredPool>, StoreError> {
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            error: e.to_string(),
+        };
+        let metas: Vec<PoolMeta> = self
+            .conn
+            .prepare(
+                "SELECT name, settings, revalidate_every_ms, last_round_ms, round_job, version
+                 FROM pools ORDER BY name",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    let settings: Option<String> = r.get(1)?;
+                    Ok(PoolMeta {
+                        name: r.get(0)?,
+                        settings: settings.as_deref().and_then(settings_from_json),
+                        revalidate_every: Duration::from_millis(r.get::<_, i64>(2)? as u64),
+                        last_round_ms: r.get::<_, i64>(3)? as u64,
+                        round_job: r.get(4)?,
+                        version: r.get::<_, i64>(5)? as u64,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(corrupt)?;
+        let mut pools = Vec::with_capacity(metas.len());
+        for meta in metas {
+            let rows: Vec<(String, String)> = self
+                .conn
+                .prepare("SELECT proxy, history FROM pool_members WHERE pool = ?1")
+                .and_then(|mut s| {
+                    s.query_map([&meta.name], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect()
+                })
+                .map_err(corrupt)?;
+            let mut members = Vec::with_capacity(rows.len());
+            for (proxy, history) in rows {
+                let member = stored_candidate(&proxy)
+                    .ok()
+                    .and_then(|candidate| member_from_json(candidate, &history))
+                    .ok_or_else(|| StoreError::Corrupt {
+                        path: self.path.display().to_string(),
+                        error: format!("pool {:?} holds an unreadable member {proxy:?}", meta.name),
+                    })?;
+                members.push(member);
+            }
+            pools.push(StoredPool { meta, members });
+        }
+        Ok(pools)
     }
 
     /// Deletes every job that ended before `before_ms`; returns their ids.
@@ -758,6 +826,47 @@ fn write_records(
                     ])?;
                 }
             }
+            Record::Pool(PoolChange::Member {
+                pool,
+                version,
+                member,
+            }) => {
+                tx.prepare_cached(
+                    "INSERT INTO pool_members (pool, proxy, live, history) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(pool, proxy) DO UPDATE SET live = ?3, history = ?4",
+                )?
+                .execute(params![
+                    pool,
+                    member.candidate.full_url(),
+                    member.live as i64,
+                    member_to_json(member),
+                ])?;
+                tx.prepare_cached("UPDATE pools SET version = max(version, ?2) WHERE name = ?1")?
+                    .execute(params![pool, *version as i64])?;
+            }
+            Record::Pool(PoolChange::Forget { pool, proxy }) => {
+                tx.execute(
+                    "DELETE FROM pool_members WHERE pool = ?1 AND proxy = ?2",
+                    params![pool, proxy],
+                )?;
+            }
+            Record::Pool(PoolChange::Meta(meta)) => {
+                tx.execute(
+                    "INSERT INTO pools (name, settings, revalidate_every_ms, last_round_ms,
+                        round_job, version)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(name) DO UPDATE SET settings = ?2, revalidate_every_ms = ?3,
+                        last_round_ms = ?4, round_job = ?5, version = max(version, ?6)",
+                    params![
+                        meta.name,
+                        meta.settings.as_ref().map(settings_to_json),
+                        meta.revalidate_every.as_millis() as i64,
+                        meta.last_round_ms as i64,
+                        meta.round_job,
+                        meta.version as i64,
+                    ],
+                )?;
+            }
             Record::Chunk { job_id, chunk } => {
                 tx.execute(
                     "INSERT OR REPLACE INTO chunks (job_id, chunk_id, attempts, leases, failed)
@@ -821,6 +930,8 @@ fn settings_to_json(s: &JobSettings) -> String {
         "max_attempts": s.max_attempts,
         "pool": s.pool,
         "max_failed_chunk_ratio": s.max_failed_chunk_ratio,
+        "kind": s.kind.name(),
+        "revalidate_every_ms": s.revalidate_every.map(|d| d.as_millis() as u64),
     })
     .to_string()
 }
@@ -856,6 +967,65 @@ fn settings_from_json(text: &str) -> Option<JobSettings> {
         max_attempts: v.get("max_attempts")?.as_u64()? as u32,
         pool: v.get("pool")?.as_str()?.to_string(),
         max_failed_chunk_ratio: v.get("max_failed_chunk_ratio")?.as_f64()?,
+        // Stores from before pools hold refreshes only.
+        kind: match v.get("kind").and_then(|k| k.as_str()) {
+            Some("revalidation") => JobKind::Revalidation,
+            _ => JobKind::Refresh,
+        },
+        revalidate_every: ms("revalidate_every_ms"),
+    })
+}
+
+/// A member's history, as the store keeps it beside its proxy.
+fn member_to_json(m: &Member) -> String {
+    serde_json::json!({
+        "live": m.live,
+        "first_seen_ms": m.first_seen_ms,
+        "last_seen_ms": m.last_seen_ms,
+        "last_checked_ms": m.last_checked_ms,
+        "successes": m.successes,
+        "failures": m.failures,
+        "checks": m.checks,
+        "checks_usable": m.checks_usable,
+        "latency_ms": m.latency_ms,
+        "latency_avg_ms": m.latency_avg_ms,
+        "anonymity": m.anonymity.name(),
+        "exit_ip": m.exit_ip,
+        "country": m.country,
+        "last_reason": m.last_reason.name(),
+        "last_detail": m.last_detail,
+        "last_job_id": m.last_job_id,
+    })
+    .to_string()
+}
+
+fn member_from_json(candidate: crate::candidate::Candidate, text: &str) -> Option<Member> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let n = |key: &str| v.get(key).and_then(|x| x.as_u64());
+    let s = |key: &str| {
+        v.get(key)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    Some(Member {
+        candidate,
+        live: v.get("live")?.as_bool()?,
+        first_seen_ms: n("first_seen_ms")?,
+        last_seen_ms: n("last_seen_ms")?,
+        last_checked_ms: n("last_checked_ms")?,
+        successes: n("successes")? as u32,
+        failures: n("failures")? as u32,
+        checks: n("checks")?,
+        checks_usable: n("checks_usable")?,
+        latency_ms: n("latency_ms")? as u32,
+        latency_avg_ms: n("latency_avg_ms")? as u32,
+        anonymity: anonymity_from_name(&s("anonymity")),
+        exit_ip: s("exit_ip"),
+        country: s("country"),
+        last_reason: reason_from_name(&s("last_reason")),
+        last_detail: s("last_detail"),
+        last_job_id: s("last_job_id"),
     })
 }
 
@@ -957,6 +1127,8 @@ mod tests {
             max_attempts: 3,
             pool: "default".into(),
             max_failed_chunk_ratio: 0.5,
+            kind: JobKind::Revalidation,
+            revalidate_every: Some(Duration::from_secs(90)),
         }
     }
 

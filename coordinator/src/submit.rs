@@ -14,7 +14,7 @@ use proxyfleet_proto::v1 as pb;
 use crate::candidate::{self, Candidate, Protocol, Rejected, TargetPolicy};
 use crate::convert;
 use crate::fetch::{self, Location, PublicUrlError};
-use crate::scheduler::{Anonymity, JobSettings, SourceSpec, UsableFilter};
+use crate::scheduler::{Anonymity, JobKind, JobSettings, SourceSpec, UsableFilter};
 
 /// Time one check may take when the request names none.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,6 +24,19 @@ pub(crate) const DEFAULT_CHUNK_SIZE: u32 = 100;
 pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(3600);
 /// Share of failed chunks that fails a job when the request names none.
 pub(crate) const DEFAULT_MAX_FAILED_CHUNK_RATIO: f64 = 0.5;
+/// Why `name` cannot name a pool, if it cannot: a pool's files go to a directory of that name.
+pub(crate) fn pool_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 64 {
+        return Some("must be 1 to 64 characters".into());
+    }
+    if name.starts_with('.') {
+        return Some("must not start with '.'".into());
+    }
+    name.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .map(|c| format!("{c:?} is not allowed: use letters, digits, '-', '_' and '.'"))
+}
+
 /// The pool of a job that names none.
 pub(crate) const DEFAULT_POOL: &str = "default";
 
@@ -152,7 +165,7 @@ pub(crate) fn validate(
         keep_order,
         targets,
         targets_only,
-        revalidate_every_ms: _,
+        revalidate_every_ms,
     } = request;
     if !targets.is_empty() || targets_only {
         return Err(SubmitError::Invalid {
@@ -223,6 +236,11 @@ pub(crate) fn validate(
     if max_failed_chunk_ratio > 1.0 {
         return Err(invalid("max_failed_chunk_ratio", "must be between 0 and 1"));
     }
+    if !pool.is_empty()
+        && let Some(problem) = pool_name_problem(&pool)
+    {
+        return Err(invalid("pool", format!("{pool:?} {problem}")));
+    }
     let settings = JobSettings {
         judge_urls,
         protocols: if default_protocols.is_empty() {
@@ -243,6 +261,9 @@ pub(crate) fn validate(
             pool
         },
         max_failed_chunk_ratio,
+        kind: JobKind::Refresh,
+        revalidate_every: (revalidate_every_ms > 0)
+            .then(|| Duration::from_millis(revalidate_every_ms)),
     };
 
     if policy.active_jobs >= policy.max_active_jobs {
@@ -436,6 +457,8 @@ mod tests {
                 max_attempts: 3,
                 pool: "default".into(),
                 max_failed_chunk_ratio: 0.5,
+                kind: JobKind::Refresh,
+                revalidate_every: None,
             }
         );
         assert_eq!(v.candidates.len(), 1);
@@ -462,6 +485,7 @@ mod tests {
         r.min_anonymity = pb::Anonymity::Anonymous as i32;
         r.require_https = true;
         r.keep_order = true;
+        r.revalidate_every_ms = 30_000;
         let v = valid(r);
         assert_eq!(
             v.settings,
@@ -481,6 +505,8 @@ mod tests {
                 max_attempts: 9,
                 pool: "eu".into(),
                 max_failed_chunk_ratio: 1.0,
+                kind: JobKind::Refresh,
+                revalidate_every: Some(Duration::from_secs(30)),
             }
         );
         assert_eq!(v.name, "nightly");

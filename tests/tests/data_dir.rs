@@ -1,8 +1,9 @@
 //! What a restart and pruning leave in the data dir: after a stop or a kill -9 a pool's output
-//! files are those of its newest job and no job's files are written again; a job that ends while
-//! the coordinator restores it has its end stored; a job pruned by `--retain` leaves no directory.
+//! files hold its live set, every proxy its refreshes found, and no file is written again; a job
+//! that ends while the coordinator restores it has its end stored; a job pruned by `--retain`
+//! leaves no directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,31 +37,28 @@ fn files_under(dir: &Path) -> BTreeMap<PathBuf, (u64, i64, i64, u64)> {
     files
 }
 
-/// The job ids named by a `live_proxies.json`.
-fn json_job_ids(path: &Path) -> Vec<String> {
+/// The proxies of a `live_proxies.json`, each with the job that checked it last.
+fn json_members(path: &Path) -> BTreeMap<String, String> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let entries: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
     entries
         .iter()
-        .map(|e| e["job_id"].as_str().unwrap_or_default().to_string())
+        .map(|e| {
+            (
+                e["proxy"].as_str().unwrap_or_default().to_string(),
+                e["job_id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect()
 }
 
-/// Whether the pool files in `output` are whole and those of the job whose own files are in
-/// `job_dir`: every output file of the job (all but `summary.json`, which is written before the
-/// pool's) has the same bytes in the pool.
-fn pool_is(output: &Path, job_dir: &Path) -> bool {
-    if !job_dir.join("summary.json").exists() {
-        return false;
-    }
-    let Ok(entries) = std::fs::read_dir(job_dir) else {
-        return false;
-    };
-    entries.flatten().all(|entry| {
-        let name = entry.file_name();
-        name == "summary.json"
-            || std::fs::read(entry.path()).ok() == std::fs::read(output.join(&name)).ok()
-    })
+/// The lines of a text file, as a set; empty when it is missing.
+fn lines_of(path: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Stops the coordinator with SIGTERM and waits until it has exited cleanly.
@@ -89,7 +87,7 @@ async fn settle(coordinator: &CoordinatorProc, data: &Path, candidate: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_restart_a_pool_holds_its_newest_job_and_no_file_is_written_again() {
+async fn after_a_restart_a_pool_holds_its_live_set_and_no_file_is_written_again() {
     const JOBS: usize = 6;
     let farm = Farm::spawn([127, 0, 0, 1].into(), JOBS, 1, 0)
         .await
@@ -103,8 +101,9 @@ async fn after_a_restart_a_pool_holds_its_newest_job_and_no_file_is_written_agai
     let mut coordinator = CoordinatorProc::start_over(&listen, &data, &[]).await;
     let _worker = harness::worker(&coordinator.url, "w", &[], dir.path());
 
-    // Jobs one after another in the default pool, each finding a different proxy.
-    let mut jobs = Vec::new();
+    // Jobs one after another in the default pool, each finding a different proxy: each joins
+    // the pool's live set, and its files.
+    let mut jobs = BTreeMap::new();
     for line in working.iter().take(JOBS) {
         let job_id = coordinator
             .submit(std::slice::from_ref(line), &["--timeout", "2s"])
@@ -112,42 +111,51 @@ async fn after_a_restart_a_pool_holds_its_newest_job_and_no_file_is_written_agai
         let mut client = coordinator.client().await;
         let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
         assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+        // Its own files are written last, after the pool's.
         let own = data.join("jobs").join(&job_id);
-        harness::wait_for("the pool's files of the job", WAIT_LIMIT, || {
-            let written = pool_is(&output, &own);
+        harness::wait_for("the job's files", WAIT_LIMIT, || {
+            let written = own.join("summary.json").exists();
             async move { written.then_some(()) }
         })
         .await;
-        jobs.push(job_id);
-    }
-    let newest = jobs.last().unwrap().clone();
-    let pool_holds_newest = |when: &str| {
         assert_eq!(
-            json_job_ids(&output.join("live_proxies.json")),
-            std::slice::from_ref(&newest),
-            "{when}: live_proxies.json is the newest job's (jobs in order: {jobs:?})"
-        );
-        let own = std::fs::read_to_string(data.join("jobs").join(&newest).join("live_proxies.txt"))
-            .unwrap();
-        assert_eq!(own.lines().count(), 1, "{own:?}");
-        assert_eq!(
-            std::fs::read_to_string(output.join("live_proxies.txt")).unwrap(),
-            own,
-            "{when}: live_proxies.txt names the newest job's proxy"
+            lines_of(&own.join("live_proxies.txt")),
+            BTreeSet::from([line.clone()])
         );
         assert!(
-            pool_is(&output, &data.join("jobs").join(&newest)),
-            "{when}: every file of the pool is the newest job's"
+            lines_of(&output.join("live_proxies.txt")).contains(line),
+            "the pool's files hold the job's proxy once its own are written"
+        );
+        jobs.insert(line.clone(), job_id);
+    }
+    let pool_holds_live_set = |when: &str| {
+        assert_eq!(
+            json_members(&output.join("live_proxies.json")),
+            jobs,
+            "{when}: live_proxies.json holds every proxy found, each with its job"
+        );
+        assert_eq!(
+            lines_of(&output.join("live_proxies.txt")),
+            jobs.keys().cloned().collect::<BTreeSet<_>>(),
+            "{when}: live_proxies.txt holds the live set"
+        );
+        assert_eq!(
+            lines_of(&output.join("http.txt")),
+            jobs.keys()
+                .filter(|p| p.starts_with("http://"))
+                .cloned()
+                .collect::<BTreeSet<_>>(),
+            "{when}: http.txt holds its http proxies"
         );
     };
-    pool_holds_newest("before any restart");
+    pool_holds_live_set("before any restart");
 
     for (round, how) in ["SIGTERM", "kill -9", "SIGTERM, pool files removed"]
         .into_iter()
         .enumerate()
     {
         if round == 2 {
-            // Files missing at a restart are written again, from the newest job.
+            // Files missing at a restart are written again, from the pool's members.
             for name in ["live_proxies.json", "live_proxies.txt", "http.txt"] {
                 std::fs::remove_file(output.join(name)).unwrap();
             }
@@ -163,7 +171,7 @@ async fn after_a_restart_a_pool_holds_its_newest_job_and_no_file_is_written_agai
         }
         coordinator = CoordinatorProc::start_over(&listen, &data, &[]).await;
         settle(&coordinator, &data, &black_hole).await;
-        pool_holds_newest(how);
+        pool_holds_live_set(how);
         let after = files_under(&data.join("jobs"))
             .into_iter()
             .chain(files_under(&output))

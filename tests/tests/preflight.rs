@@ -1,7 +1,7 @@
 //! The preflight's yes means yes: `proxyfleet refresh --wait --min-usable N` exits 0 while the
 //! refresh is still checking, and a reader opening the pool's live_proxies files the instant it
-//! does finds at least N usable proxies there; a refresh that never has enough leaves the last
-//! refresh's files as they were until it ends.
+//! does finds at least N usable proxies there; a refresh that never has enough takes nothing out
+//! of the pool's live set while it runs, and its wait says so.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -100,27 +100,27 @@ async fn a_preflight_that_says_yes_leaves_enough_proxies_in_the_pools_files() {
         working
     );
 
-    // A refresh that never has enough: the files keep the last refresh's proxies while it runs,
-    // then get its own at its end. Each read names whose proxies it holds, and when written.
-    let first_job = harness::job(&mut client, &job_id).await;
+    // A refresh that never has enough: the pool's live set, as its files show it, keeps every
+    // proxy the last refresh found (this one finds them again) and never shrinks while it runs.
     let running = Arc::new(AtomicBool::new(true));
     let reader = {
         let running = running.clone();
         let path = output.join("live_proxies.json");
         std::thread::spawn(move || {
-            let mut seen = BTreeSet::new();
+            let mut reads = Vec::new();
             while running.load(Ordering::SeqCst) {
                 let text = std::fs::read_to_string(&path).unwrap();
                 let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-                for entry in json.as_array().unwrap() {
-                    seen.insert((
-                        entry["job_id"].as_str().unwrap().to_string(),
-                        entry["checked_at_ms"].as_u64().unwrap(),
-                    ));
-                }
+                let proxies: BTreeSet<String> = json
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|entry| entry["proxy"].as_str().unwrap().to_string())
+                    .collect();
+                reads.push(proxies);
                 std::thread::sleep(Duration::from_millis(5));
             }
-            seen
+            reads
         })
     };
     let out = coordinator
@@ -140,14 +140,11 @@ async fn a_preflight_that_says_yes_leaves_enough_proxies_in_the_pools_files() {
     let job_id = out.stdout.lines().next().unwrap().trim().to_string();
     let job = harness::job(&mut client, &job_id).await;
     assert_eq!(job.state, pb::JobState::Insufficient as i32, "{job:?}");
-    let seen = reader.join().expect("the reader read whole files");
+    let reads = reader.join().expect("the reader read whole files");
+    assert!(!reads.is_empty());
     assert!(
-        seen.iter().any(|(id, _)| *id == first_job.job_id),
-        "the reader read the last refresh's files: {seen:?}"
+        reads.iter().all(|read| *read == working),
+        "every read held the live set, the six working proxies: {reads:?}"
     );
-    assert!(
-        seen.iter()
-            .all(|(id, at)| *id == first_job.job_id || (*id == job_id && *at == job.ended_at_ms)),
-        "the files held the last refresh's proxies until this one ended: {seen:?}"
-    );
+    assert_eq!(job.progress.unwrap().pool_files_usable, 6);
 }

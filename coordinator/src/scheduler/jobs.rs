@@ -27,6 +27,30 @@ pub(crate) struct JobSettings {
     pub(crate) max_attempts: u32,
     pub(crate) pool: String,
     pub(crate) max_failed_chunk_ratio: f64,
+    /// A refresh, or a pool's revalidation round.
+    pub(crate) kind: JobKind,
+    /// How often the pool's live members are checked again, as the refresh asked (None: the
+    /// pool's own interval, or the coordinator's default).
+    pub(crate) revalidate_every: Option<Duration>,
+}
+
+/// What a job is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum JobKind {
+    /// Checks candidates; its usable proxies join its pool.
+    #[default]
+    Refresh,
+    /// Checks a pool's live members again; made by the coordinator, leased before refreshes.
+    Revalidation,
+}
+
+impl JobKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            JobKind::Refresh => "refresh",
+            JobKind::Revalidation => "revalidation",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

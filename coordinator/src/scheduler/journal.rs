@@ -73,6 +73,8 @@ pub(crate) enum Record {
         job_id: String,
         chunk: ChunkRecord,
     },
+    /// A pool member as it is now, or a pool's meta.
+    Pool(PoolChange),
 }
 
 /// A job as the store had it.

@@ -13,14 +13,18 @@
 mod jobs;
 mod journal;
 mod leases;
+mod pools;
 #[cfg(test)]
 mod tests;
 mod verdict;
 mod view;
 
 pub use jobs::JobState;
-pub(crate) use jobs::{ChunkState, JobSettings, NewJob, SourceSpec, SourceState, SourceStatus};
+pub(crate) use jobs::{
+    ChunkState, JobKind, JobSettings, NewJob, SourceSpec, SourceState, SourceStatus,
+};
 pub(crate) use journal::{ChunkRecord, JobRecord, Record, StoredJob};
+pub(crate) use pools::{Member, PoolChange, PoolMeta};
 pub use verdict::{Anonymity, Reason};
 pub(crate) use verdict::{UsableFilter, Verdict};
 pub(crate) use view::{
@@ -31,6 +35,7 @@ pub(crate) use view::{
 use jobs::{Exhausted, Job, LeaseLoss, Suspects, make_chunks};
 use journal::Changed;
 use leases::{Fleet, LeaseKind};
+use pools::{Feed, Observation, Pools};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -46,6 +51,42 @@ pub(crate) type ChunkId = u32;
 /// leased again to an idle session: longer than one check may take, with room to spare.
 fn speculate_after(settings: &JobSettings) -> Duration {
     (settings.timeout + settings.timeout / 2).max(Duration::from_secs(1))
+}
+
+/// A pool member leaves the live set after this many failed checks in a row, unless configured.
+pub(crate) const DEFAULT_MAX_FAILURES: u32 = 3;
+/// A member out of its pool's live set this long after it was last seen usable is forgotten.
+const FORGET_DEAD_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often members to forget are looked for.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
+
+/// How often a pool's live members are checked again, unless configured.
+pub(crate) const DEFAULT_REVALIDATE_EVERY: Duration = Duration::from_secs(600);
+
+/// A new id for a revalidation round's job.
+fn round_job_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let suffix: String = (0..10)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect();
+    format!("round-{suffix}")
+}
+
+/// What a verdict tells a pool of its candidate; none when it was not checked at all.
+fn observation(job_id: &str, verdict: &Verdict, wall_ms: u64) -> Option<Observation> {
+    if matches!(verdict.reason, Reason::Poison | Reason::Forbidden) {
+        return None;
+    }
+    Some(Observation {
+        wall_ms,
+        usable: verdict.usable,
+        reason: verdict.reason,
+        latency_ms: verdict.latency_ms,
+        anonymity: verdict.anonymity,
+        exit_ip: verdict.exit_ip.to_string(),
+        detail: verdict.detail.to_string(),
+        job_id: job_id.to_string(),
+    })
 }
 
 /// Settings of the lease protocol, fixed for the coordinator's life.
@@ -161,6 +202,10 @@ pub(crate) struct Scheduler {
     counters: Counters,
     /// Set by [`Scheduler::stop`]: no lease is granted any more.
     stopped: bool,
+    /// Every pool's members and when they are checked again; fed by the verdicts of its jobs.
+    pools: Pools,
+    /// When members to forget were last looked for (wall ms).
+    forgot_ms: u64,
 }
 
 /// Event totals since the coordinator started.
@@ -201,6 +246,77 @@ impl Scheduler {
             scrapes: Vec::new(),
             counters: Counters::default(),
             stopped: false,
+            pools: Pools::new(DEFAULT_MAX_FAILURES, DEFAULT_REVALIDATE_EVERY),
+            forgot_ms: 0,
+        }
+    }
+
+    /// Sets how pools keep their members: a member leaves the live set after `max_failures`
+    /// failed checks in a row, and the live members of a pool whose refreshes name no interval
+    /// are checked again every `revalidate_every` (zero: never). Call before restoring pools.
+    pub(crate) fn configure_pools(&mut self, max_failures: u32, revalidate_every: Duration) {
+        self.pools = Pools::new(max_failures, revalidate_every);
+    }
+
+    /// Brings back a pool as the store had it.
+    pub(crate) fn restore_pool(&mut self, meta: PoolMeta, members: Vec<Member>) {
+        self.pools.restore(meta, members);
+    }
+
+    /// Starts a revalidation round of every pool that is due one: a job of the pool's live
+    /// members, checked with the settings of its newest refresh, leased before any refresh.
+    fn start_rounds(&mut self, now: Instant, wall_ms: u64, out: &mut Vec<Outbound>) {
+        if self.stopped {
+            return;
+        }
+        if wall_ms
+            >= self
+                .forgot_ms
+                .saturating_add(FORGET_EVERY.as_millis() as u64)
+        {
+            self.forgot_ms = wall_ms;
+            let before = wall_ms.saturating_sub(FORGET_DEAD_AFTER.as_millis() as u64);
+            let gone = self.pools.forget_dead(before);
+            self.journal.extend(gone.into_iter().map(Record::Pool));
+        }
+        for (pool, settings, candidates) in self.pools.due(wall_ms) {
+            let id = round_job_id();
+            let every = self
+                .pools
+                .revalidate_every(&pool)
+                .unwrap_or(DEFAULT_REVALIDATE_EVERY);
+            let settings = JobSettings {
+                kind: JobKind::Revalidation,
+                min_usable: 0,
+                // A round that cannot finish in its interval (or a minute) gives way to the
+                // next; what it checked counts.
+                deadline: every.max(Duration::from_secs(60)),
+                max_failed_chunk_ratio: 1.0,
+                revalidate_every: None,
+                ..settings
+            };
+            let job = Job::new(
+                NewJob {
+                    id: id.clone(),
+                    name: format!("revalidate {pool}"),
+                    settings,
+                    candidates,
+                    sources: Vec::new(),
+                    dropped: BTreeMap::new(),
+                },
+                now,
+                wall_ms,
+            );
+            self.journal.push(Record::Candidates {
+                job_id: id.clone(),
+                candidates: Arc::clone(&job.candidates),
+            });
+            self.job_order.push(id.clone());
+            self.jobs.insert(id.clone(), job);
+            self.changed.insert(id.clone());
+            let change = self.pools.round_started(&pool, &id, wall_ms);
+            self.journal.push(Record::Pool(change));
+            self.start_checking(&id, now, wall_ms, out);
         }
     }
 
@@ -227,6 +343,7 @@ impl Scheduler {
             .jobs
             .values()
             .filter(|j| matches!(j.state, JobState::Scraping | JobState::Checking))
+            .filter(|j| j.settings.kind == JobKind::Refresh)
             .map(|j| j.settings.pool.clone())
             .collect();
         for id in self.job_order.clone() {
@@ -260,8 +377,26 @@ impl Scheduler {
     ) {
         let job = self.jobs.get_mut(job_id).expect("starting a known job");
         job.state = JobState::Checking;
-        for chunk in &job.chunks {
-            self.queue.push_back((job_id.to_string(), chunk.id));
+        match job.settings.kind {
+            JobKind::Refresh => {
+                for chunk in &job.chunks {
+                    self.queue.push_back((job_id.to_string(), chunk.id));
+                }
+                let change = self.pools.refresh_started(
+                    &job.settings.pool,
+                    &job.settings,
+                    job.settings.revalidate_every,
+                    wall_ms,
+                );
+                self.journal.extend(change.map(Record::Pool));
+            }
+            // A pool's live members are checked before new candidates: a big refresh never
+            // starves its pool's rounds.
+            JobKind::Revalidation => {
+                for chunk in job.chunks.iter().rev() {
+                    self.queue.push_front((job_id.to_string(), chunk.id));
+                }
+            }
         }
         self.changed.insert(job_id.to_string());
         self.finish_if_complete(job_id, now, wall_ms, out);
@@ -475,6 +610,20 @@ impl Scheduler {
         let holders = job.leases_on(chunk_id);
         let recorded = job.record(chunk_id, verdicts, judge_is_https, &mut self.texts);
         let accepted = recorded.verdicts.len() as u64;
+        let feed = match job.settings.kind {
+            JobKind::Refresh => Feed::Refresh,
+            JobKind::Revalidation => Feed::Revalidation,
+        };
+        let pool_changes: Vec<PoolChange> = recorded
+            .verdicts
+            .iter()
+            .filter_map(|v| {
+                let seen = observation(&job_id, v, wall_ms)?;
+                let candidate = job.candidates.get(v.index as usize)?;
+                self.pools
+                    .observe(&job.settings.pool, feed, candidate, &seen)
+            })
+            .collect();
         self.counters.duplicate_verdicts_refused += recorded.duplicates;
         self.counters.verdicts_usable += recorded.usable;
         self.counters.verdicts_unusable += accepted - recorded.usable;
@@ -485,6 +634,9 @@ impl Scheduler {
                 verdicts: recorded.verdicts,
             });
         }
+        // In the same write as the verdicts: a pool never counts a check the store lost.
+        self.journal
+            .extend(pool_changes.into_iter().map(Record::Pool));
         self.changed.insert(job_id.clone());
         self.fleet
             .checked(lease_id, session, accepted, recorded.duplicates, now);
@@ -673,6 +825,7 @@ impl Scheduler {
                 }
             }
         }
+        self.start_rounds(now, wall_ms, &mut out);
         out.extend(self.assign(now));
         self.speculate(now, &mut out);
         out
@@ -1030,6 +1183,9 @@ impl Scheduler {
             return;
         }
         self.changed.insert(job_id.to_string());
+        if let Some(change) = self.pools.job_ended(job_id) {
+            self.journal.push(Record::Pool(change));
+        }
         self.start_queued_jobs(now, wall_ms, out);
     }
 
@@ -1042,19 +1198,23 @@ impl Scheduler {
         }
     }
 
-    /// Jobs not ended yet.
+    /// Refreshes not ended yet (revalidation rounds are the coordinator's own).
     pub(crate) fn active_jobs(&self) -> usize {
         self.jobs
             .values()
-            .filter(|j| !j.state.is_terminal())
+            .filter(|j| !j.state.is_terminal() && j.settings.kind == JobKind::Refresh)
             .count()
     }
 
-    /// The job of `pool` not ended yet, if any.
+    /// The refresh of `pool` not ended yet, if any.
     pub(crate) fn running_in(&self, pool: &str) -> Option<String> {
         self.jobs
             .values()
-            .find(|j| j.settings.pool == pool && !j.state.is_terminal())
+            .find(|j| {
+                j.settings.pool == pool
+                    && !j.state.is_terminal()
+                    && j.settings.kind == JobKind::Refresh
+            })
             .map(|j| j.id.clone())
     }
 
@@ -1082,22 +1242,6 @@ impl Scheduler {
         self.jobs.remove(job_id);
         self.job_order.retain(|id| id != job_id);
         self.fleet.forget_job(job_id);
-    }
-
-    /// The job whose results a pool's output files hold: of the pool's jobs that completed
-    /// (SUCCEEDED or INSUFFICIENT), the one that ended last, by wall-clock end time and, for
-    /// equal end times, the one submitted last.
-    pub(crate) fn newest_completed(&self, pool: &str) -> Option<&str> {
-        self.job_order
-            .iter()
-            .enumerate()
-            .filter_map(|(order, id)| Some((order, self.jobs.get(id)?)))
-            .filter(|(_, job)| {
-                job.settings.pool == pool
-                    && matches!(job.state, JobState::Succeeded | JobState::Insufficient)
-            })
-            .max_by_key(|(order, job)| (job.ended_wall_ms, *order))
-            .map(|(_, job)| job.id.as_str())
     }
 
     /// Lease ids this scheduler will hand out next; the store keeps the high-water mark.

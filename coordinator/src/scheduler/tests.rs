@@ -5,7 +5,7 @@ use crate::candidate::Protocol;
 
 const TTL: Duration = Duration::from_secs(10);
 
-fn settings(chunk_size: u32, min_usable: u64) -> JobSettings {
+pub(super) fn settings(chunk_size: u32, min_usable: u64) -> JobSettings {
     JobSettings {
         judge_urls: vec!["http://judge.test/judge".into()],
         protocols: vec![Protocol::Http],
@@ -18,6 +18,8 @@ fn settings(chunk_size: u32, min_usable: u64) -> JobSettings {
         max_attempts: 3,
         pool: "default".into(),
         max_failed_chunk_ratio: 0.5,
+        kind: JobKind::Refresh,
+        revalidate_every: None,
     }
 }
 
@@ -1566,6 +1568,7 @@ fn replay(records: &[Record]) -> Vec<StoredJob> {
                 let of_job = chunks.entry(job_id.clone()).or_default();
                 of_job.insert(chunk.chunk_id, chunk.clone());
             }
+            Record::Pool(_) => {}
         }
     }
     jobs.into_values()
@@ -1791,7 +1794,12 @@ fn a_job_that_ends_during_restore_journals_its_end_and_nothing_more() {
         [("checked", JobState::Succeeded)],
         "the end made by restoring is saved; what was read back is not saved again"
     );
-    assert_eq!(journal.len(), 1, "{journal:?}");
+    // Its pool (not restored here: the store brings pools back before jobs) is met anew.
+    let not_pools = journal
+        .iter()
+        .filter(|r| !matches!(r, Record::Pool(_)))
+        .count();
+    assert_eq!(not_pools, 1, "{journal:?}");
 }
 
 #[test]
@@ -1837,44 +1845,186 @@ fn an_ended_job_kept_in_the_store_shows_the_same_and_holds_no_rows() {
     );
 }
 
-#[test]
-fn a_pools_files_come_from_its_job_that_completed_last() {
-    let mut c = Clock::new();
-    let mut s = scheduler();
-    assert_eq!(s.newest_completed("default"), None);
-    // A job of no candidate completes when submitted.
-    s.submit(new_job("a", 0, 1, 0), c.now, c.wall());
-    let t = c.advance(Duration::from_secs(1));
-    s.submit(new_job("b", 0, 1, 1), t, c.wall());
-    assert_eq!(
-        s.snapshot("b", false, t).unwrap().state,
-        JobState::Insufficient
-    );
-    assert_eq!(s.newest_completed("default"), Some("b"));
-    // Ended at the same time: the one submitted last.
-    s.submit(new_job("d", 0, 1, 0), t, c.wall());
-    assert_eq!(s.newest_completed("default"), Some("d"));
-    // A cancelled job, or one of another pool, feeds no file of the pool.
-    let t = c.advance(Duration::from_secs(1));
-    s.submit(new_job("e", 4, 2, 0), t, c.wall());
-    s.cancel("e", t, c.wall()).unwrap();
-    let mut other = new_job("f", 0, 1, 0);
-    other.settings.pool = "p".into();
-    s.submit(other, t, c.wall());
-    assert_eq!(s.newest_completed("default"), Some("d"));
-    assert_eq!(s.newest_completed("p"), Some("f"));
-    // Restored, the end times decide, not the order the jobs come back in.
-    let mut stored = replay(&s.take_journal());
-    for job in &mut stored {
-        if job.record.id == "a" {
-            job.record.ended_wall_ms = 60_000;
+/// The first lease `session` holds, as it was assigned (its unchecked candidates).
+fn held(s: &Scheduler, session: SessionId) -> Option<Assignment> {
+    let (_, leases) = s.session_leases(session)?;
+    let lease = leases.first()?.clone();
+    let chunk = lease.chunk_id?;
+    Some(Assignment {
+        lease_id: lease.lease_id,
+        job_id: lease.job_id.clone(),
+        chunk_id: chunk,
+        attempt: 1,
+        candidates: s.jobs[&lease.job_id].unchecked_of(chunk),
+        judge_urls: vec![],
+        timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(1),
+    })
+}
+
+/// `steps` times 5 s pass, the worker `w` beating its heart all along; the time after them.
+fn pass(s: &mut Scheduler, c: &mut Clock, w: SessionId, steps: u32) -> Instant {
+    let mut t = c.now;
+    for _ in 0..steps {
+        t = c.advance(Duration::from_secs(5));
+        let held: Vec<LeaseId> = s
+            .session_leases(w)
+            .map(|(_, leases)| leases.iter().map(|l| l.lease_id).collect())
+            .unwrap_or_default();
+        s.heartbeat(w, &held, t);
+        let out = s.tick(t, c.wall());
+        assert!(
+            out.iter().all(|o| !matches!(o, Outbound::Revoke(..))),
+            "{out:?}"
+        );
+    }
+    t
+}
+
+/// The pool members in `records`, as they are after them, by proxy.
+fn members(records: &[Record]) -> BTreeMap<String, Member> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        if let Record::Pool(PoolChange::Member { member, .. }) = r {
+            out.insert(member.candidate.full_url(), (**member).clone());
         }
     }
-    let mut restarted = scheduler();
-    for job in stored {
-        restarted.restore(job, t, c.wall());
+    out
+}
+
+#[test]
+fn a_refresh_feeds_its_pool_in_the_write_of_its_verdicts() {
+    let c = Clock::new();
+    let mut s = scheduler();
+    s.configure_pools(2, Duration::from_secs(60));
+    s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = &assignments(&out)[0].1;
+    s.take_journal();
+    s.verdicts(w, a.lease_id, verdicts_for(a, |i| i < 2), c.now, c.wall());
+    let records = s.take_journal();
+    let verdicts_at = records
+        .iter()
+        .position(|r| matches!(r, Record::Verdicts { .. }))
+        .expect("the verdicts are journaled");
+    let first_member = records
+        .iter()
+        .position(|r| matches!(r, Record::Pool(PoolChange::Member { .. })))
+        .expect("the pool's members are journaled");
+    assert!(
+        verdicts_at < first_member,
+        "members come after the verdicts, in one write"
+    );
+    let members = members(&records);
+    assert_eq!(
+        members.len(),
+        2,
+        "only the usable proxies join: {members:?}"
+    );
+    assert!(members.values().all(|m| m.live && m.last_job_id == "j"));
+}
+
+#[test]
+fn rounds_check_the_live_members_before_new_candidates_and_failures_take_them_out() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.configure_pools(2, Duration::from_secs(60));
+    s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out)[0].1.clone();
+    s.verdicts(w, a.lease_id, verdicts_for(&a, |_| true), c.now, c.wall());
+    assert_eq!(state(&s, "j", c.now), JobState::Succeeded);
+    // The first round is due at once; a big refresh queued before it waits behind it.
+    let mut big = new_job("big", 100, 4, 0);
+    big.settings.pool = "other".into();
+    s.submit(big, c.now, c.wall());
+    // A minute on, the worker busy all along.
+    let t = pass(&mut s, &mut c, w, 13);
+    let out = s.tick(t, c.wall());
+    let granted = assignments(&out);
+    assert!(
+        granted.is_empty(),
+        "the worker's one lease is a big chunk: {granted:?}"
+    );
+    let round = s
+        .job_ids()
+        .into_iter()
+        .find(|id| id.starts_with("round-"))
+        .expect("a round started");
+    let snapshot = s.snapshot(&round, false, t).unwrap();
+    assert_eq!(snapshot.settings.kind, JobKind::Revalidation);
+    assert_eq!(snapshot.progress.proxies_total, 4);
+    // The big chunk's verdicts free the slot: the round's chunk goes first.
+    let big_a = held(&s, w).expect("the worker holds a big chunk");
+    assert_eq!(big_a.job_id, "big");
+    let out = s.verdicts(
+        w,
+        big_a.lease_id,
+        verdicts_for(&big_a, |_| false),
+        t,
+        c.wall(),
+    );
+    let next = assignments(&out);
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0].1.job_id, round,
+        "the round's chunk before the rest of the big refresh"
+    );
+    // Two rounds that find the members dead take them out of the live set.
+    s.take_journal();
+    let out = s.verdicts(
+        w,
+        next[0].1.lease_id,
+        verdicts_for(&next[0].1, |_| false),
+        t,
+        c.wall(),
+    );
+    assert_eq!(state(&s, &round, t), JobState::Succeeded);
+    let after_one = members(&s.take_journal());
+    assert_eq!(after_one.len(), 4);
+    assert!(after_one.values().all(|m| m.live && m.failures == 1));
+    drop(out);
+    // Not due again before the interval.
+    pass(&mut s, &mut c, w, 6);
+    assert_eq!(
+        s.job_ids()
+            .iter()
+            .filter(|id| id.starts_with("round-"))
+            .count(),
+        1
+    );
+    let t = pass(&mut s, &mut c, w, 7);
+    let rounds: Vec<String> = s
+        .job_ids()
+        .into_iter()
+        .filter(|id| id.starts_with("round-"))
+        .collect();
+    assert_eq!(rounds.len(), 2, "the next round comes at the interval");
+    let second = rounds.into_iter().find(|id| *id != round).unwrap();
+    s.take_journal();
+    // Whatever the worker holds, it gets the round's chunk once a slot frees.
+    for _ in 0..30 {
+        let Some(a) = held(&s, w) else { break };
+        s.verdicts(w, a.lease_id, verdicts_for(&a, |_| false), t, c.wall());
+        if state(&s, &second, t).is_terminal() {
+            break;
+        }
     }
-    assert_eq!(restarted.newest_completed("default"), Some("a"));
-    restarted.forget("a");
-    assert_eq!(restarted.newest_completed("default"), Some("d"));
+    assert_eq!(state(&s, &second, t), JobState::Succeeded);
+    let after_two = members(&s.take_journal());
+    assert_eq!(after_two.len(), 4);
+    assert!(
+        after_two.values().all(|m| !m.live && m.failures == 2),
+        "two failures in a row take them out: {after_two:?}"
+    );
+    // No live member: no round.
+    pass(&mut s, &mut c, w, 30);
+    assert_eq!(
+        s.job_ids()
+            .iter()
+            .filter(|id| id.starts_with("round-"))
+            .count(),
+        2
+    );
+    assert_eq!(s.active_jobs(), 1, "rounds are not the clients' jobs");
 }
