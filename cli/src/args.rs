@@ -112,6 +112,68 @@ pub enum Command {
     /// with fewer, 4 it failed, 5 cancelled, 6 --timeout passed first, 1 coordinator unreachable
     /// (or a refresh that succeeded whose files it could not write), 2 bad input.
     Refresh(RefreshArgs),
+    /// Print a pool's live proxies (by default the best first), filtered: the same set as the
+    /// pool's live_proxies files, GetPool and the HTTP API.
+    Pool(PoolArgs),
+    /// List the pools the coordinator keeps, with their live and total counts.
+    Pools,
+}
+
+/// How `pool` orders what it prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolOrder {
+    /// Best score first.
+    Score,
+    /// Lowest recent latency first.
+    Latency,
+    /// Most recently checked first.
+    Recent,
+    /// Shuffled.
+    Random,
+}
+
+/// How `pool` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolFormat {
+    /// One scheme://[user:pass@]host:port a line.
+    Txt,
+    /// Every member with its history, as JSON lines.
+    Json,
+    /// A table for people.
+    Table,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PoolArgs {
+    /// The pool.
+    #[arg(default_value = "default", env = "PROXYFLEET_POOL")]
+    pub pool: String,
+    /// Only these protocols, comma-separated (http, https, socks4, socks4a, socks5, socks5h).
+    #[arg(long, env = "PROXYFLEET_POOL_PROTOCOL", value_delimiter = ',')]
+    pub protocol: Vec<String>,
+    /// Only proxies graded at least this.
+    #[arg(long, env = "PROXYFLEET_POOL_ANONYMITY", value_enum)]
+    pub anonymity: Option<Grade>,
+    /// Only proxies whose recent average latency is at most this (e.g. 800ms).
+    #[arg(long, env = "PROXYFLEET_POOL_MAX_LATENCY", value_parser = humantime::parse_duration)]
+    pub max_latency: Option<Duration>,
+    /// Only proxies with at least this score (0 to 100).
+    #[arg(long, env = "PROXYFLEET_POOL_MIN_SCORE")]
+    pub min_score: Option<f64>,
+    /// Only proxies whose exit is in this country (ISO 3166 alpha-2; needs a GeoIP database on
+    /// the coordinator).
+    #[arg(long, env = "PROXYFLEET_POOL_COUNTRY")]
+    pub country: Option<String>,
+    /// Members out of the live set too (with their history).
+    #[arg(long, env = "PROXYFLEET_POOL_INCLUDE_DEAD")]
+    pub include_dead: bool,
+    /// At most this many.
+    #[arg(long, env = "PROXYFLEET_POOL_LIMIT", default_value_t = 0)]
+    pub limit: u32,
+    #[arg(long, env = "PROXYFLEET_POOL_ORDER", value_enum, default_value_t = PoolOrder::Score)]
+    pub order: PoolOrder,
+    #[arg(long, env = "PROXYFLEET_FORMAT", value_enum, default_value_t = PoolFormat::Txt)]
+    pub format: PoolFormat,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -146,6 +208,10 @@ pub struct RefreshArgs {
         default_value = "http"
     )]
     pub protocols: Vec<String>,
+    /// Check the pool's live proxies again this often from now on (0s: never). Default: the
+    /// pool's interval, or the coordinator's --revalidate-every for a new pool.
+    #[arg(long, env = "PROXYFLEET_REVALIDATE_EVERY", value_parser = humantime::parse_duration)]
+    pub revalidate_every: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -229,6 +295,10 @@ pub struct CheckArgs {
     /// Only proxies shown to carry HTTPS (a tunnel) count as usable.
     #[arg(long, env = "PROXYFLEET_REQUIRE_HTTPS")]
     pub require_https: bool,
+    /// Check the pool's live proxies again this often from now on (0s: never). Default: the
+    /// pool's interval, or the coordinator's --revalidate-every for a new pool.
+    #[arg(long, env = "PROXYFLEET_REVALIDATE_EVERY", value_parser = humantime::parse_duration)]
+    pub revalidate_every: Option<Duration>,
 }
 
 /// Options of a job.

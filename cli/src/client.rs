@@ -13,7 +13,9 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use std::path::{Path, PathBuf};
 
-use crate::args::{Format, Grade, JobArgs, RefreshArgs, SourceArgs};
+use crate::args::{
+    Format, Grade, JobArgs, PoolArgs, PoolFormat, PoolOrder, RefreshArgs, SourceArgs,
+};
 use crate::progress;
 use crate::retry::Reconnect;
 
@@ -324,7 +326,7 @@ pub fn submit_request(job: &JobArgs, inputs: Inputs) -> Result<pb::SubmitJobRequ
         use_coordinator_sources: false,
         targets: Vec::new(),
         targets_only: false,
-        revalidate_every_ms: 0,
+        revalidate_every_ms: revalidate_ms(check.revalidate_every),
     })
 }
 
@@ -390,6 +392,7 @@ pub async fn refresh(
                 min_usable: Some(args.min_usable),
                 pool: args.pool.clone(),
                 name: "refresh".into(),
+                revalidate_every_ms: revalidate_ms(args.revalidate_every),
                 use_coordinator_sources: inputs.is_none(),
                 sources: inputs.map(|i| i.sources).unwrap_or_default(),
                 ..Default::default()
@@ -777,6 +780,76 @@ async fn list_jobs(client: &mut Client, url: &str) -> Result<Vec<pb::Job>, Failu
 pub async fn jobs(client: &mut Client, url: &str) -> Result<(), Failure> {
     let jobs = list_jobs(client, url).await?;
     println!("{}", progress::jobs_table(&jobs));
+    Ok(())
+}
+
+/// The wire's revalidation interval: 0 when none is given, and "never" (a zero interval) as the
+/// largest value, as the protocol says.
+fn revalidate_ms(every: Option<Duration>) -> u64 {
+    match every {
+        None => 0,
+        Some(d) if d.is_zero() => u64::MAX,
+        Some(d) => (d.as_millis() as u64).max(1),
+    }
+}
+
+/// Prints a pool's members that pass the filters.
+pub async fn pool(client: &mut Client, url: &str, args: &PoolArgs) -> Result<(), Failure> {
+    let filter = pb::PoolFilter {
+        protocols: protocols(&args.protocol)?,
+        min_anonymity: match args.anonymity {
+            None => pb::Anonymity::Unknown,
+            Some(Grade::Transparent) => pb::Anonymity::Transparent,
+            Some(Grade::Anonymous) => pb::Anonymity::Anonymous,
+            Some(Grade::Elite) => pb::Anonymity::Elite,
+        } as i32,
+        max_latency_ms: args.max_latency.map_or(0, |d| {
+            u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+        }),
+        min_score: args.min_score.unwrap_or(0.0),
+        country: args.country.clone().unwrap_or_default(),
+        include_dead: args.include_dead,
+    };
+    let pool = client
+        .get_pool(pb::GetPoolRequest {
+            pool: args.pool.clone(),
+            filter: Some(filter),
+            limit: args.limit,
+            order: match args.order {
+                PoolOrder::Score => pb::PoolOrder::Score,
+                PoolOrder::Latency => pb::PoolOrder::Latency,
+                PoolOrder::Recent => pb::PoolOrder::Recent,
+                PoolOrder::Random => pb::PoolOrder::Random,
+            } as i32,
+        })
+        .await
+        .map_err(|s| from_status(s, url))?
+        .into_inner();
+    match args.format {
+        PoolFormat::Txt => {
+            for m in &pool.members {
+                println!("{}", m.proxy);
+            }
+        }
+        PoolFormat::Json => {
+            for m in &pool.members {
+                println!("{}", progress::member_json(m));
+            }
+        }
+        PoolFormat::Table => println!("{}", progress::pool_table(&pool)),
+    }
+    Ok(())
+}
+
+/// Lists the pools.
+pub async fn pools(client: &mut Client, url: &str) -> Result<(), Failure> {
+    let pools = client
+        .list_pools(pb::ListPoolsRequest {})
+        .await
+        .map_err(|s| from_status(s, url))?
+        .into_inner()
+        .pools;
+    println!("{}", progress::pools_table(&pools));
     Ok(())
 }
 

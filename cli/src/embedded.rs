@@ -172,6 +172,7 @@ pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {
             max_latency: None,
             min_anonymity: None,
             require_https: false,
+            revalidate_every: None,
         },
     };
     let code = embedded(
@@ -219,6 +220,7 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
     let coordinator = tokio::spawn(proxyfleet_coordinator::run(
         grpc,
         judge,
+        None,
         None,
         None,
         config,

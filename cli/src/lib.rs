@@ -87,6 +87,8 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
             .await
             .map(|_| 0),
         Command::Jobs => client::jobs(&mut c, &url).await.map(|_| 0),
+        Command::Pool(args) => client::pool(&mut c, &url, &args).await.map(|_| 0),
+        Command::Pools => client::pools(&mut c, &url).await.map(|_| 0),
         Command::Workers => client::workers(&mut c, &url).await.map(|_| 0),
         Command::Cancel { job } => client::cancel(&mut c, &url, &job).await.map(|_| 0),
         Command::Health => client::health(&remote).await,

@@ -165,6 +165,95 @@ pub fn jobs_table(jobs: &[pb::Job]) -> String {
     out
 }
 
+/// A pool member as one JSON object, for `pool --format json`.
+pub fn member_json(m: &pb::PoolMember) -> serde_json::Value {
+    serde_json::json!({
+        "proxy": m.proxy,
+        "live": m.live,
+        "score": m.score,
+        "uptime": m.uptime,
+        "latency_ms": m.latency_ms,
+        "latency_avg_ms": m.latency_avg_ms,
+        "anonymity": anonymity_name(m.anonymity),
+        "exit_ip": m.exit_ip,
+        "country": m.country,
+        "successes": m.successes,
+        "failures": m.failures,
+        "checks": m.checks,
+        "first_seen_ms": m.first_seen_ms,
+        "last_seen_ms": m.last_seen_ms,
+        "last_checked_ms": m.last_checked_ms,
+        "last_detail": m.last_detail,
+        "job_id": m.last_job_id,
+    })
+}
+
+/// A pool's members as a table for people.
+pub fn pool_table(pool: &pb::Pool) -> String {
+    let mut out = format!(
+        "pool {}: {} live of {} kept, checked again every {}, out after {} failures in a row\n{:<48} {:>5} {:>6} {:>8} {:<11} {:>5} {:>5}  {}",
+        pool.pool,
+        pool.live,
+        pool.total,
+        if pool.revalidate_every_ms == 0 {
+            "never".to_string()
+        } else {
+            humantime::format_duration(Duration::from_millis(pool.revalidate_every_ms)).to_string()
+        },
+        pool.max_failures,
+        "PROXY",
+        "SCORE",
+        "UPTIME",
+        "LATENCY",
+        "ANONYMITY",
+        "OK",
+        "FAIL",
+        "EXIT"
+    );
+    for m in &pool.members {
+        out.push_str(&format!(
+            "\n{:<48} {:>5.1} {:>5.0}% {:>6}ms {:<11} {:>5} {:>5}  {}{}",
+            m.proxy,
+            m.score,
+            m.uptime * 100.0,
+            m.latency_avg_ms,
+            anonymity_name(m.anonymity),
+            m.successes,
+            m.failures,
+            m.exit_ip,
+            if m.live {
+                ""
+            } else {
+                "  (out of the live set)"
+            }
+        ));
+    }
+    out
+}
+
+/// The pools as a table for people.
+pub fn pools_table(pools: &[pb::Pool]) -> String {
+    let mut out = format!(
+        "{:<24} {:>8} {:>8} {:>12}  {}",
+        "POOL", "LIVE", "KEPT", "REVALIDATE", "FILES"
+    );
+    for p in pools {
+        out.push_str(&format!(
+            "\n{:<24} {:>8} {:>8} {:>12}  {}",
+            p.pool,
+            p.live,
+            p.total,
+            if p.revalidate_every_ms == 0 {
+                "never".to_string()
+            } else {
+                humantime::format_duration(Duration::from_millis(p.revalidate_every_ms)).to_string()
+            },
+            p.files
+        ));
+    }
+    out
+}
+
 pub fn workers_table(workers: &[pb::WorkerInfo]) -> String {
     let mut out = format!(
         "{:<24} {:<9} {:>6} {:>8} {:>10} {:>10}  {}",

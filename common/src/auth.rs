@@ -112,27 +112,43 @@ pub struct TokenCheck {
     pub other: Option<String>,
 }
 
+/// Why a caller was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No token, or a wrong one.
+    Unauthenticated(String),
+    /// The other role's token.
+    WrongRole(String),
+}
+
 impl TokenCheck {
-    pub fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    /// Checks an `authorization` header's value (HTTP or gRPC metadata).
+    pub fn check_header(&self, authorization: Option<&str>) -> Result<(), Refusal> {
         let Some(expected) = &self.expected else {
             return Ok(());
         };
         let role = self.role;
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            None => Err(Status::unauthenticated(format!(
+        match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
+            None => Err(Refusal::Unauthenticated(format!(
                 "a {role} token is required: send 'authorization: Bearer TOKEN' (--token or PROXYFLEET_TOKEN)"
             ))),
             Some(token) if same(token, expected) => Ok(()),
             Some(token) if self.other.as_deref().is_some_and(|o| same(token, o)) => Err(
-                Status::permission_denied(format!("this token is not a {role} token")),
+                Refusal::WrongRole(format!("this token is not a {role} token")),
             ),
-            Some(_) => Err(Status::unauthenticated(format!("wrong {role} token"))),
+            Some(_) => Err(Refusal::Unauthenticated(format!("wrong {role} token"))),
         }
+    }
+
+    pub fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.check_header(given).map_err(|refusal| match refusal {
+            Refusal::Unauthenticated(m) => Status::unauthenticated(m),
+            Refusal::WrongRole(m) => Status::permission_denied(m),
+        })
     }
 }
 

@@ -35,6 +35,12 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_JUDGE_LISTEN")]
     pub judge_listen: Option<SocketAddr>,
 
+    /// Address of the HTTP API (GET /pools, /pool/NAME, /pool/NAME/random), behind the client
+    /// token when tokens are set; `off` for none. Default: the --listen address with the port
+    /// after the judge's.
+    #[arg(long, env = "PROXYFLEET_HTTP_LISTEN", value_name = "ADDR|off")]
+    pub http_listen: Option<String>,
+
     /// Judge URLs given to jobs that name none, spread across checks (repeat the flag or separate
     /// with commas). Default: the built-in judge, as `http://ADDR/judge` (with this host's name
     /// when it listens on all interfaces).
@@ -443,8 +449,20 @@ impl CoordinatorConfig {
 
 /// Without both tokens the port must stay on loopback, unless the operator says otherwise.
 pub fn check_exposure(cli: &Cli, tokens_set: bool) -> Result<(), ConfigError> {
-    if !tokens_set && !cli.listen.ip().is_loopback() && !cli.allow_insecure_listen {
+    if tokens_set || cli.allow_insecure_listen {
+        return Ok(());
+    }
+    if !cli.listen.ip().is_loopback() {
         return Err(ConfigError::InsecureListen(cli.listen));
+    }
+    // The HTTP API serves the pools, credentials and all: it is held to the same rule.
+    if let Some(addr) = cli
+        .http_listen
+        .as_deref()
+        .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+        .filter(|a| !a.ip().is_loopback())
+    {
+        return Err(ConfigError::InsecureListen(addr));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod error;
 mod fetch;
 mod first_request;
 mod grpc;
+mod http_api;
 mod judge;
 mod listener;
 mod metrics;
@@ -48,12 +49,14 @@ pub mod wire {
     };
 }
 
-/// Runs the coordinator on `grpc` (clients and workers) and `judge` (the built-in judge) until
-/// `shutdown` completes, then closes every session and stream and returns.
+/// Runs the coordinator on `grpc` (clients and workers), `judge` (the built-in judge) and, when
+/// given, `http` (the pools' HTTP API) and `metrics`, until `shutdown` completes, then closes
+/// every session and stream and returns.
 pub async fn run(
     grpc: TcpListener,
     judge: TcpListener,
     judge_tls: Option<tokio_rustls::TlsAcceptor>,
+    http: Option<TcpListener>,
     metrics: Option<TcpListener>,
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -177,6 +180,31 @@ pub async fn run(
             }
         })
     };
+    let mut http_task = {
+        let mut stop = stop_rx.clone();
+        let limits = PortLimits {
+            max_connections: config.judge_max_connections,
+            first_request_timeout: config.first_request_timeout,
+        };
+        let tokens = TokenCheck {
+            role: "client",
+            expected: config.client_token.clone(),
+            other: config.worker_token.clone(),
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.changed().await;
+            };
+            match http {
+                Some(listener) => http_api::serve(listener, state, tokens, limits, stopped).await,
+                None => {
+                    stopped.await;
+                    Ok(())
+                }
+            }
+        })
+    };
     let mut judge_task = {
         let mut stop = stop_rx.clone();
         let limits = PortLimits {
@@ -261,6 +289,7 @@ pub async fn run(
             }
         }
         judged = &mut judge_task => stopped("the judge endpoint", format!("{judged:?}")),
+        served = &mut http_task => stopped("the HTTP API", format!("{served:?}")),
         ticked = &mut ticker => stopped("the lease ticker", format!("{ticked:?}")),
         published = &mut publisher => stopped("the publisher", format!("{published:?}")),
         refreshed = &mut refresher => stopped("the refresh scheduler", format!("{refreshed:?}")),
@@ -283,6 +312,7 @@ pub async fn run(
     refresher.abort();
     metrics_task.abort();
     judge_task.abort();
+    http_task.abort();
     // Everything acknowledged is already durable; this flushes what is still in flight.
     state.close_store();
     // Then the publisher writes out and shows what those last writes ended.

@@ -52,6 +52,35 @@ async fn main() -> anyhow::Result<()> {
     });
     let judge = listen(judge_addr)
         .with_context(|| format!("cannot listen on {judge_addr} for the judge (--judge-listen)"))?;
+    // The HTTP API: on the port after the judge's unless told, or on none with "off".
+    let http = match cli.http_listen.as_deref().map(str::trim) {
+        Some("off") => None,
+        given => {
+            let addr = match given {
+                Some(addr) => addr
+                    .parse()
+                    .with_context(|| format!("--http-listen {addr:?} is not ADDR:PORT or off"))?,
+                None => {
+                    let mut a = grpc_addr;
+                    a.set_port(if cli.listen.port() == 0 {
+                        0
+                    } else {
+                        grpc_addr.port().wrapping_add(2)
+                    });
+                    a
+                }
+            };
+            Some(listen(addr).with_context(|| {
+                format!(
+                    "cannot listen on {addr} for the HTTP API (--http-listen; off turns it off)"
+                )
+            })?)
+        }
+    };
+    let http_addr = match &http {
+        Some(h) => h.local_addr()?.to_string(),
+        None => "none".to_string(),
+    };
     let config = CoordinatorConfig::from_cli(&cli, judge.local_addr()?)?;
     if let Some(limit) = open_files.filter(|&l| l < config.open_files_wanted()) {
         tracing::warn!(
@@ -83,12 +112,15 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     // The bound addresses on stdout, for scripts and tests that asked for port 0.
     println!(
-        "listening grpc={} judge={} judge_url={} metrics={metrics_addr}",
+        "listening grpc={} judge={} judge_url={} metrics={metrics_addr} http={http_addr}",
         grpc_addr,
         judge.local_addr()?,
         config.judge_urls.join(",")
     );
-    Ok(proxyfleet_coordinator::run(grpc, judge, judge_tls, metrics, config, shutdown).await?)
+    Ok(
+        proxyfleet_coordinator::run(grpc, judge, judge_tls, http, metrics, config, shutdown)
+            .await?,
+    )
 }
 
 /// Completes on SIGTERM or SIGINT; the handlers are installed when this is called, not when the

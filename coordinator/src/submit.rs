@@ -262,8 +262,11 @@ pub(crate) fn validate(
         },
         max_failed_chunk_ratio,
         kind: JobKind::Refresh,
-        revalidate_every: (revalidate_every_ms > 0)
-            .then(|| Duration::from_millis(revalidate_every_ms)),
+        revalidate_every: match revalidate_every_ms {
+            0 => None,
+            u64::MAX => Some(Duration::ZERO),
+            ms => Some(Duration::from_millis(ms)),
+        },
     };
 
     if policy.active_jobs >= policy.max_active_jobs {

