@@ -483,3 +483,110 @@ async fn a_pool_survives_a_kill_9_with_its_members_and_their_history() {
         farm.working_lines().into_iter().collect()
     );
 }
+
+/// Rounds of a pool of 20 proxies every 2 s while a refresh of 100,000 candidates (refused
+/// addresses, and black holes that hold a check for its 3 s timeout) runs in another pool. The
+/// bound: while the big refresh checks, each round starts at most `ROUND_SLACK` after it is due
+/// (its interval after the last one started, or the last one's end if that came later) and ends
+/// within `ROUND_SLACK` of its start: the rounds' chunks go before the refresh's queued ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_keep_their_interval_while_a_big_refresh_runs() {
+    const EVERY_MS: u64 = 2_000;
+    const ROUND_SLACK_MS: u64 = 4_000;
+    harness::raise_fd_limit();
+    let farm = Farm::spawn([127, 0, 0, 1].into(), 20, 2_000, 0)
+        .await
+        .unwrap();
+    let coordinator = CoordinatorProc::start(&[]).await;
+    let _workers = [
+        coordinator.worker("w1", &["--max-checks", "128"]),
+        coordinator.worker("w2", &["--max-checks", "128"]),
+    ];
+    refresh(
+        &coordinator,
+        &farm.working_lines(),
+        &["--pool", "live", "--revalidate-every", "2s"],
+    )
+    .await;
+    // 100,000 candidates: refused addresses in 127.254.0.0/16 (nothing binds there), and the black
+    // holes.
+    let mut big: Vec<String> = (0..100_000 - farm.black_holes.len())
+        .map(|i| {
+            format!(
+                "http://127.254.{}.{}:{}",
+                i / 250 % 250,
+                i % 250 + 1,
+                1 + i / 62_500
+            )
+        })
+        .collect();
+    big.extend(farm.black_holes.iter().map(SimProxy::candidate_line));
+    let big_id = coordinator
+        .submit(
+            &big,
+            &[
+                "--pool",
+                "big",
+                "--timeout",
+                "3s",
+                "--min-usable",
+                "0",
+                "--chunk-size",
+                "100",
+            ],
+        )
+        .await;
+    let mut client = coordinator.client().await;
+    let big_job = harness::wait_terminal(&mut client, &big_id, Duration::from_secs(600)).await;
+    assert_eq!(big_job.state, pb::JobState::Succeeded as i32, "{big_job:?}");
+    let (big_start, big_end) = (big_job.created_at_ms, big_job.ended_at_ms);
+    let jobs = client
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let mut rounds: Vec<(u64, u64)> = jobs
+        .iter()
+        .filter(|j| {
+            j.settings.as_ref().is_some_and(|s| s.pool == "live") && j.name == "revalidate live"
+        })
+        .map(|j| (j.created_at_ms, j.ended_at_ms))
+        .collect();
+    rounds.sort();
+    let during: Vec<(u64, u64)> = rounds
+        .iter()
+        .copied()
+        .filter(|&(start, _)| start >= big_start && start <= big_end)
+        .collect();
+    let checking_s = (big_end - big_start) / 1000;
+    println!(
+        "big refresh {checking_s}s; rounds during it (start offset ms, took ms): {:?}",
+        during
+            .iter()
+            .map(|(s, e)| (s - big_start, e.saturating_sub(*s)))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        during.len() as u64 >= checking_s * 1000 / (EVERY_MS + ROUND_SLACK_MS) / 2,
+        "rounds ran while the refresh checked for {checking_s}s: {during:?}"
+    );
+    for pair in rounds.windows(2) {
+        let ((start, end), (next, _)) = (pair[0], pair[1]);
+        if start < big_start || next > big_end {
+            continue;
+        }
+        assert!(end > start, "{pair:?}");
+        assert!(
+            end - start <= ROUND_SLACK_MS,
+            "a round took {}ms during the big refresh: {pair:?}",
+            end - start
+        );
+        let due = (start + EVERY_MS).max(end);
+        assert!(
+            next <= due + ROUND_SLACK_MS,
+            "a round started {}ms after it was due: {pair:?}",
+            next.saturating_sub(due)
+        );
+    }
+}
