@@ -61,8 +61,9 @@ pub(crate) struct JobProgress {
     pub(crate) elapsed: Duration,
     /// Candidates the job ended without a verdict for; 0 while it runs.
     pub(crate) proxies_unchecked: u64,
-    /// How many of the job's usable proxies its pool's live_proxies files hold now: 0 from the
-    /// scheduler; the state sets it from what the publisher last renamed into place.
+    /// How many proxies its pool's live_proxies files hold now that were seen usable since the
+    /// refresh started: 0 from the scheduler; the state sets it from what the publisher last
+    /// renamed into place.
     pub(crate) pool_files_usable: u64,
     /// The pool's live_proxies.txt as the publisher wrote it, with `pool_files_usable`.
     pub(crate) pool_files: String,
