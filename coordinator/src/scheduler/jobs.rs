@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::journal::ChunkRecord;
-use super::verdict::{Reason, UsableFilter, Verdict};
+use super::verdict::{CheckTargets, Reason, UsableFilter, Verdict};
 use super::{ChunkId, LeaseId};
 use crate::candidate::Candidate;
 
@@ -27,6 +27,8 @@ pub(crate) struct JobSettings {
     pub(crate) max_attempts: u32,
     pub(crate) pool: String,
     pub(crate) max_failed_chunk_ratio: f64,
+    /// The user's sites every proxy is checked against too (or alone).
+    pub(crate) targets: CheckTargets,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -594,6 +596,7 @@ impl Job {
             .into(),
             anonymity: super::Anonymity::Unknown,
             connect_ms: 0,
+            targets: Vec::new(),
         }
     }
 
@@ -780,6 +783,10 @@ impl Job {
             }
             verdict.detail = intern(texts, verdict.detail);
             verdict.exit_ip = intern(texts, verdict.exit_ip);
+            for target in &mut verdict.targets {
+                target.target = intern(texts, target.target.clone());
+                target.detail = intern(texts, target.detail.clone());
+            }
             self.checked += 1;
             if verdict.usable {
                 self.usable += 1;
