@@ -172,6 +172,8 @@ pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {
             max_latency: None,
             min_anonymity: None,
             require_https: false,
+            targets: Vec::new(),
+            targets_only: false,
         },
     };
     let code = embedded(
