@@ -4,7 +4,8 @@
 //! - [`JudgeKind::Proxyfleet`]: proxyfleet's own judge, JSON with `token`, `remote_addr` and
 //!   `headers`. It echoes the check's token, so a proxy that answers by itself is caught.
 //! - [`JudgeKind::Httpbin`]: JSON with `origin` (one address, or the `a, b` chain a proxy's
-//!   `X-Forwarded-For` made) and a `headers` object; `/get` also echoes the query in `args`.
+//!   `X-Forwarded-For` made) and, but for `/ip`, a `headers` object; `/get` also echoes the query
+//!   in `args`.
 //! - [`JudgeKind::Azenv`]: a text or HTML dump of `HTTP_*` header lines and `REMOTE_ADDR = ...`.
 //! - [`JudgeKind::Address`]: the body is the caller's address and nothing else (icanhazip).
 //! - [`JudgeKind::Page`]: anything else a judge URL answers 200 with, e.g. a plain web page. It
@@ -220,7 +221,7 @@ fn ip_tokens(value: &str) -> impl Iterator<Item = IpAddr> + '_ {
 
 /// Grades what the judge saw: transparent when the worker's own address shows anywhere;
 /// anonymous when proxy headers show, or the judge names a chain of callers; elite otherwise.
-/// A judge that shows no headers can only tell transparent: otherwise the grade is unknown.
+/// A judge that shows no headers cannot tell elite: without those signs the grade is unknown.
 pub fn grade(echo: &Echo, own: &BTreeSet<IpAddr>) -> pb::Anonymity {
     let no_headers = Vec::new();
     let headers = echo.headers.as_ref().unwrap_or(&no_headers);
@@ -231,17 +232,15 @@ pub fn grade(echo: &Echo, own: &BTreeSet<IpAddr>) -> pb::Anonymity {
             .filter(|(name, _)| name != "host")
             .any(|(_, v)| ip_tokens(v).any(|ip| own.contains(&ip)));
     if leaks_own {
-        return pb::Anonymity::Transparent;
-    }
-    if echo.headers.is_none() {
-        return pb::Anonymity::Unknown;
-    }
-    if echo.callers.len() > 1
+        pb::Anonymity::Transparent
+    } else if echo.callers.len() > 1
         || headers
             .iter()
             .any(|(name, _)| PROXY_HEADERS.contains(&name.as_str()))
     {
         pb::Anonymity::Anonymous
+    } else if echo.headers.is_none() {
+        pb::Anonymity::Unknown
     } else {
         pb::Anonymity::Elite
     }
@@ -391,6 +390,9 @@ mod tests {
         for (body, expected) in cases {
             assert_eq!(grade_of(body), expected, "{body}");
         }
+        // httpbin's /ip shows the chain of callers but no headers.
+        assert_eq!(grade_of(r#"{"origin":"10.1.1.1, 127.0.0.7"}"#), Anonymous);
+        assert_eq!(grade_of(r#"{"origin":"127.0.0.7"}"#), Unknown);
         // An address alone cannot tell an anonymous proxy from an elite one; a page tells nothing.
         assert_eq!(grade_of("127.0.0.7"), Unknown);
         assert_eq!(grade_of("<html>hi</html>"), Unknown);
