@@ -761,6 +761,16 @@ impl Job {
             chunk_done: false,
             duplicates: 0,
         };
+        // With targets only, the requests a proxy carried are the targets'.
+        let tunnelled = if self.settings.targets.only {
+            self.settings
+                .targets
+                .list
+                .iter()
+                .all(|t| t.url.starts_with("https://"))
+        } else {
+            judge_is_https
+        };
         for mut verdict in verdicts {
             if !chunk.range.contains(&verdict.index) {
                 continue;
@@ -774,7 +784,7 @@ impl Job {
                 && let Some(why) = self.settings.filter.refuse(
                     &verdict,
                     &self.candidates[verdict.index as usize],
-                    judge_is_https,
+                    tunnelled,
                 )
             {
                 verdict.usable = false;
