@@ -299,6 +299,110 @@ pub struct CheckArgs {
     /// pool's interval, or the coordinator's --revalidate-every for a new pool.
     #[arg(long, env = "PROXYFLEET_REVALIDATE_EVERY", value_parser = humantime::parse_duration)]
     pub revalidate_every: Option<Duration>,
+    /// A site of yours every proxy must also reach (repeatable, at most 8): its URL, then
+    /// optional `;key=value` conditions: `status=200,301` (default 200), `contains=TEXT`,
+    /// `regex=PATTERN`, `max-latency=2s`, `name=NAME` (how verdicts name it; default the URL).
+    /// Example: --target 'https://shop.example/item;status=200;contains=Add to cart;max-latency=3s;name=shop'.
+    /// A proxy is usable when it passes the judge and every target; the check's --timeout covers
+    /// them all.
+    #[arg(
+        long = "target",
+        env = "PROXYFLEET_TARGET",
+        value_delimiter = '\n',
+        value_name = "URL[;KEY=VALUE...]"
+    )]
+    pub targets: Vec<TargetArg>,
+    /// Check against the --target sites only, asking no judge: no fake detection, exit address
+    /// or anonymity grade, which need a judge's echo.
+    #[arg(long, env = "PROXYFLEET_TARGETS_ONLY", requires = "targets")]
+    pub targets_only: bool,
+}
+
+/// A `--target` as written: `URL[;status=..][;contains=..][;regex=..][;max-latency=..][;name=..]`.
+/// A `;` followed by anything but one of these keys and `=` is part of the URL or the value
+/// before it, so URLs and texts may hold `;` too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetArg {
+    pub url: String,
+    pub statuses: Vec<u32>,
+    pub contains: String,
+    pub regex: String,
+    pub max_latency: Option<Duration>,
+    pub name: String,
+}
+
+/// The keys a `--target` takes after its URL.
+const TARGET_KEYS: [&str; 5] = ["status", "contains", "regex", "max-latency", "name"];
+
+impl std::str::FromStr for TargetArg {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<TargetArg, String> {
+        // Cut at every `;key=` of a known key.
+        let mut cuts = vec![0];
+        for (at, _) in spec.match_indices(';') {
+            let rest = &spec[at + 1..];
+            if TARGET_KEYS
+                .iter()
+                .any(|key| rest.strip_prefix(key).is_some_and(|r| r.starts_with('=')))
+            {
+                cuts.push(at);
+            }
+        }
+        cuts.push(spec.len());
+        let url = spec[..cuts[1]].trim();
+        if url.is_empty() {
+            return Err("a target starts with its URL, e.g. https://shop.example/".into());
+        }
+        let mut target = TargetArg {
+            url: url.to_string(),
+            statuses: Vec::new(),
+            contains: String::new(),
+            regex: String::new(),
+            max_latency: None,
+            name: String::new(),
+        };
+        for pair in cuts[1..].windows(2) {
+            let part = &spec[pair[0] + 1..pair[1]];
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            match key {
+                "status" => {
+                    target.statuses = value
+                        .split(',')
+                        .map(|s| {
+                            s.trim().parse::<u32>().map_err(|_| {
+                                format!("status={value}: expected status codes such as 200,301")
+                            })
+                        })
+                        .collect::<Result<_, _>>()?;
+                }
+                "contains" => target.contains = value.to_string(),
+                "regex" => target.regex = value.to_string(),
+                "max-latency" => {
+                    target.max_latency =
+                        Some(humantime::parse_duration(value.trim()).map_err(|e| {
+                            format!("max-latency={value}: {e} (write e.g. 1500ms or 2s)")
+                        })?)
+                }
+                "name" => target.name = value.trim().to_string(),
+                other => return Err(format!("unknown target option {other:?}")),
+            }
+        }
+        Ok(target)
+    }
+}
+
+impl TargetArg {
+    pub fn to_proto(&self) -> proxyfleet_proto::v1::CheckTarget {
+        proxyfleet_proto::v1::CheckTarget {
+            url: self.url.clone(),
+            statuses: self.statuses.clone(),
+            body_contains: self.contains.clone(),
+            body_regex: self.regex.clone(),
+            max_latency_ms: self.max_latency.map_or(0, |d| d.as_millis().max(1) as u64),
+            name: self.name.clone(),
+        }
+    }
 }
 
 /// Options of a job.
@@ -396,4 +500,58 @@ pub struct DemoArgs {
     /// Directory for the coordinator's data.
     #[arg(long, env = "PROXYFLEET_DATA_DIR", default_value_os_t = std::env::temp_dir().join("proxyfleet-demo"))]
     pub data_dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_reads_its_url_and_conditions() {
+        let t: TargetArg =
+            "https://shop.test/item;status=200, 301;contains=Add to cart;regex=\\d+ left;max-latency=2s;name=shop"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            t,
+            TargetArg {
+                url: "https://shop.test/item".into(),
+                statuses: vec![200, 301],
+                contains: "Add to cart".into(),
+                regex: "\\d+ left".into(),
+                max_latency: Some(Duration::from_secs(2)),
+                name: "shop".into(),
+            }
+        );
+        let proto = t.to_proto();
+        assert_eq!(
+            (proto.max_latency_ms, proto.body_contains.as_str()),
+            (2000, "Add to cart")
+        );
+        let bare: TargetArg = "http://blog.test/".parse().unwrap();
+        assert_eq!(bare.to_proto().statuses, Vec::<u32>::new());
+    }
+
+    #[test]
+    fn semicolons_not_before_a_key_belong_to_the_text() {
+        let t: TargetArg = "http://shop.test/a;b=c;contains=x;y;name=n"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (t.url.as_str(), t.contains.as_str(), t.name.as_str()),
+            ("http://shop.test/a;b=c", "x;y", "n")
+        );
+    }
+
+    #[test]
+    fn bad_targets_say_what_to_write() {
+        for (spec, why) in [
+            (";name=x", "starts with its URL"),
+            ("http://s.test/;status=ok", "status codes"),
+            ("http://s.test/;max-latency=soon", "1500ms"),
+        ] {
+            let e = spec.parse::<TargetArg>().unwrap_err();
+            assert!(e.contains(why), "{spec}: {e}");
+        }
+    }
 }

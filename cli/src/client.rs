@@ -14,7 +14,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use std::path::{Path, PathBuf};
 
 use crate::args::{
-    Format, Grade, JobArgs, PoolArgs, PoolFormat, PoolOrder, RefreshArgs, SourceArgs,
+    Format, Grade, JobArgs, PoolArgs, PoolFormat, PoolOrder, RefreshArgs, SourceArgs, TargetArg,
 };
 use crate::progress;
 use crate::retry::Reconnect;
@@ -324,8 +324,8 @@ pub fn submit_request(job: &JobArgs, inputs: Inputs) -> Result<pb::SubmitJobRequ
         require_https: check.require_https,
         sources: inputs.sources,
         use_coordinator_sources: false,
-        targets: Vec::new(),
-        targets_only: false,
+        targets: check.targets.iter().map(TargetArg::to_proto).collect(),
+        targets_only: check.targets_only,
         revalidate_every_ms: revalidate_ms(check.revalidate_every),
     })
 }
@@ -745,6 +745,14 @@ fn result_json(r: &pb::ProxyResult) -> serde_json::Value {
         "exit_ip": r.exit_ip,
         "anonymity": progress::anonymity_name(r.anonymity),
         "detail": r.detail,
+        "targets": r.targets.iter().map(|t| serde_json::json!({
+            "target": t.target,
+            "passed": t.passed,
+            "reason": progress::reason_name(t.reason),
+            "status": t.status,
+            "latency_ms": t.latency_ms,
+            "detail": t.detail,
+        })).collect::<Vec<_>>(),
     })
 }
 

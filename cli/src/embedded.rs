@@ -173,6 +173,8 @@ pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {
             min_anonymity: None,
             require_https: false,
             revalidate_every: None,
+            targets: Vec::new(),
+            targets_only: false,
         },
     };
     let code = embedded(

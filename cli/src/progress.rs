@@ -124,7 +124,7 @@ pub fn summary(job: &pb::Job) -> String {
 }
 
 pub fn result_line(r: &pb::ProxyResult) -> String {
-    if r.usable {
+    let mut line = if r.usable {
         format!(
             "{} usable {}ms exit={} {}",
             r.proxy,
@@ -136,7 +136,27 @@ pub fn result_line(r: &pb::ProxyResult) -> String {
         format!("{} {} {}ms", r.proxy, reason_name(r.reason), r.latency_ms)
     } else {
         format!("{} unchecked", r.proxy)
+    };
+    if !r.targets.is_empty() {
+        let targets: Vec<String> = r
+            .targets
+            .iter()
+            .map(|t| {
+                let verdict = if t.passed {
+                    "ok"
+                } else {
+                    reason_name(t.reason)
+                };
+                format!("{}={verdict} {}ms", t.target, t.latency_ms)
+            })
+            .collect();
+        line.push_str(&format!(" targets: {}", targets.join(", ")));
     }
+    // A failed target says which and why; so does a verdict with a caveat (targets only).
+    if !r.detail.is_empty() && (r.usable || !r.targets.is_empty()) {
+        line.push_str(&format!(" ({})", r.detail));
+    }
+    line
 }
 
 pub fn jobs_table(jobs: &[pb::Job]) -> String {

@@ -4,8 +4,8 @@ use proxyfleet_proto::v1 as pb;
 
 use crate::candidate::{Candidate, Protocol, TargetPolicy};
 use crate::scheduler::{
-    Anonymity, Assignment, ChunkInfo, ChunkState, JobProgress, JobSettings, JobSnapshot, JobState,
-    JudgeStatus, Reason, ResultRow, Verdict, WorkerSnapshot,
+    Anonymity, Assignment, CheckTarget, ChunkInfo, ChunkState, JobProgress, JobSettings,
+    JobSnapshot, JobState, JudgeStatus, Reason, ResultRow, TargetVerdict, Verdict, WorkerSnapshot,
 };
 use crate::state::Submitted;
 
@@ -135,13 +135,60 @@ pub(crate) fn clip(mut text: String, max: usize) -> String {
     text
 }
 
-pub(crate) fn verdict_from_proto(v: pb::Verdict) -> Verdict {
-    let reason = match reason_from_proto(v.reason) {
-        // Only the coordinator filters or marks poison, and a verdict is never unchecked: a
-        // worker saying any of these, or something unknown, is taken as a network failure.
+/// A worker's reason: only the coordinator filters or marks poison, and a verdict is never
+/// unchecked, so a worker saying any of these, or something unknown, is taken as a network
+/// failure.
+fn worker_reason(value: i32) -> Reason {
+    match reason_from_proto(value) {
         Some(Reason::Filtered | Reason::Poison) | None => Reason::Network,
         Some(reason) => reason,
-    };
+    }
+}
+
+/// Most target verdicts kept from one verdict of a worker: as many as a job may name targets.
+const MAX_TARGET_VERDICTS: usize = crate::submit::MAX_TARGETS;
+
+fn target_verdict_from_proto(t: pb::TargetVerdict) -> TargetVerdict {
+    let reason = worker_reason(t.reason);
+    let passed = t.passed && reason == Reason::None;
+    TargetVerdict {
+        target: clip(t.target, MAX_WORKER_TEXT).into(),
+        passed,
+        reason: if !passed && reason == Reason::None {
+            Reason::Network
+        } else {
+            reason
+        },
+        status: u16::try_from(t.status).unwrap_or(0),
+        latency_ms: t.latency_ms,
+        detail: clip(t.detail, MAX_WORKER_TEXT).into(),
+    }
+}
+
+fn target_verdict_to_proto(t: &TargetVerdict) -> pb::TargetVerdict {
+    pb::TargetVerdict {
+        target: t.target.to_string(),
+        passed: t.passed,
+        reason: reason_to_proto(t.reason) as i32,
+        status: u32::from(t.status),
+        latency_ms: t.latency_ms,
+        detail: t.detail.to_string(),
+    }
+}
+
+pub(crate) fn target_to_proto(t: &CheckTarget) -> pb::CheckTarget {
+    pb::CheckTarget {
+        url: t.url.clone(),
+        statuses: t.statuses.iter().map(|&s| u32::from(s)).collect(),
+        body_contains: t.body_contains.clone(),
+        body_regex: t.body_regex.clone(),
+        max_latency_ms: t.max_latency.map(|d| d.as_millis() as u64).unwrap_or(0),
+        name: t.name.clone(),
+    }
+}
+
+pub(crate) fn verdict_from_proto(v: pb::Verdict) -> Verdict {
+    let reason = worker_reason(v.reason);
     // A verdict is usable only if it says so and names no failure.
     let usable = v.usable && reason == Reason::None;
     Verdict {
@@ -161,6 +208,12 @@ pub(crate) fn verdict_from_proto(v: pb::Verdict) -> Verdict {
             Anonymity::Unknown
         },
         connect_ms: v.connect_ms,
+        targets: v
+            .targets
+            .into_iter()
+            .take(MAX_TARGET_VERDICTS)
+            .map(target_verdict_from_proto)
+            .collect(),
     }
 }
 
@@ -186,8 +239,8 @@ fn settings_to_proto(s: &JobSettings) -> pb::JobSettings {
             .map(|a| anonymity_to_proto(a) as i32)
             .unwrap_or(0),
         require_https: s.filter.require_https,
-        targets: Vec::new(),
-        targets_only: false,
+        targets: s.targets.list.iter().map(target_to_proto).collect(),
+        targets_only: s.targets.only,
     }
 }
 
@@ -328,8 +381,8 @@ pub(crate) fn assignment_to_proto(a: &Assignment, targets: TargetPolicy) -> pb::
             timeout_ms: a.timeout.as_millis() as u64,
             connect_timeout_ms: a.connect_timeout.as_millis() as u64,
             allow_private_targets: targets.allow_private,
-            targets: Vec::new(),
-            targets_only: false,
+            targets: a.targets.list.iter().map(target_to_proto).collect(),
+            targets_only: a.targets.only,
         }),
     }
 }
@@ -372,6 +425,7 @@ pub(crate) fn result_to_proto(r: &ResultRow) -> pb::ProxyResult {
         out.detail = v.detail.to_string();
         out.anonymity = anonymity_to_proto(v.anonymity) as i32;
         out.connect_ms = v.connect_ms;
+        out.targets = v.targets.iter().map(target_verdict_to_proto).collect();
     }
     out
 }
@@ -520,6 +574,7 @@ mod tests {
             judge_urls: vec![],
             timeout: std::time::Duration::from_secs(1),
             connect_timeout: std::time::Duration::from_secs(1),
+            targets: Default::default(),
         };
         for allow_private in [false, true] {
             let assign = assignment_to_proto(&assignment, TargetPolicy { allow_private });
@@ -528,6 +583,42 @@ mod tests {
                 allow_private
             );
         }
+    }
+
+    #[test]
+    fn a_workers_target_verdict_passes_only_without_a_failure() {
+        let verdict = verdict_from_proto(pb::Verdict {
+            usable: false,
+            reason: pb::Reason::BodyMismatch as i32,
+            targets: vec![
+                pb::TargetVerdict {
+                    target: "shop".into(),
+                    passed: true,
+                    reason: pb::Reason::Slow as i32,
+                    ..pb::TargetVerdict::default()
+                },
+                pb::TargetVerdict {
+                    target: "blog".into(),
+                    passed: false,
+                    reason: pb::Reason::Filtered as i32,
+                    ..pb::TargetVerdict::default()
+                },
+            ],
+            ..pb::Verdict::default()
+        });
+        assert_eq!(verdict.reason, Reason::BodyMismatch);
+        let seen: Vec<(&str, bool, Reason)> = verdict
+            .targets
+            .iter()
+            .map(|t| (&*t.target, t.passed, t.reason))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("shop", false, Reason::Slow),
+                ("blog", false, Reason::Network)
+            ]
+        );
     }
 
     #[test]
@@ -544,6 +635,24 @@ mod tests {
         );
         assert!(verdict.detail.ends_with('…'));
         assert!(verdict.exit_ip.len() <= MAX_ADDRESS_TEXT);
+        let verdict = verdict_from_proto(pb::Verdict {
+            targets: vec![
+                pb::TargetVerdict {
+                    target: "t".repeat(1 << 20),
+                    detail: "d".repeat(1 << 20),
+                    ..pb::TargetVerdict::default()
+                };
+                1000
+            ],
+            ..pb::Verdict::default()
+        });
+        assert_eq!(verdict.targets.len(), MAX_TARGET_VERDICTS);
+        assert!(
+            verdict
+                .targets
+                .iter()
+                .all(|t| t.target.len() <= MAX_WORKER_TEXT && t.detail.len() <= MAX_WORKER_TEXT)
+        );
         let status = judge_status_from_proto(pb::JudgeStatus {
             error: "x".repeat(1 << 20),
             ..pb::JudgeStatus::default()

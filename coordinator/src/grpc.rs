@@ -163,11 +163,7 @@ impl Coordinator for CoordinatorService {
         let request = request.into_inner();
         let state = self.state.clone();
         let valid = off_the_streams(move || state.validate(request)).await??;
-        submit::check_judges(
-            &valid.settings.judge_urls,
-            self.state.config().target_policy(),
-        )
-        .await?;
+        submit::check_urls(&valid.settings, self.state.config().target_policy()).await?;
         let state = self.state.clone();
         let submitted = off_the_streams(move || state.submit(valid)).await?;
         // No id is given out for a job the store may not have.

@@ -115,6 +115,7 @@ mod tests {
                 detail: "".into(),
                 anonymity: Anonymity::Elite,
                 connect_ms: 1,
+                targets: Vec::new(),
             }),
         }
     }

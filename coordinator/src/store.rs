@@ -8,9 +8,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::candidate::{self, Protocol, TargetPolicy};
 use crate::scheduler::{
-    Anonymity, ChunkId, ChunkInfo, ChunkRecord, ChunkState, JobKind, JobRecord, JobSettings,
-    JobState, Member, PoolChange, PoolMeta, Reason, Record, ResultRow, RowFilter, SourceSpec,
-    SourceState, SourceStatus, StoredJob, StoredRows, UsableFilter, Verdict,
+    Anonymity, CheckTarget, CheckTargets, ChunkId, ChunkInfo, ChunkRecord, ChunkState, JobKind,
+    JobRecord, JobSettings, JobState, Member, PoolChange, PoolMeta, Reason, Record, ResultRow,
+    RowFilter, SourceSpec, SourceState, SourceStatus, StoredJob, StoredRows, TargetVerdict,
+    UsableFilter, Verdict,
 };
 
 /// File name of the database inside the data dir.
@@ -133,6 +134,8 @@ impl Store {
         // A store from before verdicts kept the order they were recorded in: NULL there, read
         // first, by candidate index.
         add_column(&conn, "verdicts", "position").map_err(corrupt)?;
+        // A store from before check targets: NULL there, as for a verdict of a job without any.
+        add_typed_column(&conn, "verdicts", "targets", "TEXT").map_err(corrupt)?;
         Ok(Store { conn, path })
     }
 
@@ -304,7 +307,8 @@ impl Store {
         let mut statement = self
             .conn
             .prepare(
-                "SELECT idx, usable, reason, latency_ms, connect_ms, exit_ip, anonymity, detail
+                "SELECT idx, usable, reason, latency_ms, connect_ms, exit_ip, anonymity, detail,
+                        targets
                  FROM verdicts WHERE job_id = ?1 ORDER BY position, idx",
             )
             .map_err(corrupt)?;
@@ -440,7 +444,7 @@ pub(crate) struct Reader {
 
 /// The columns a results row is read from: the candidate, then its verdict if any.
 const RESULT_COLUMNS: &str = "c.idx, c.url, v.usable, v.reason, v.latency_ms, v.connect_ms,
-    v.exit_ip, v.anonymity, v.detail";
+    v.exit_ip, v.anonymity, v.detail, v.targets";
 
 impl Reader {
     /// A read-only connection to the database in `data_dir` (opened by [`Store::open`] first).
@@ -653,7 +657,8 @@ fn stored_candidate(url: &str) -> Result<crate::candidate::Candidate, String> {
 }
 
 /// The verdict in a row's columns from `first` on (usable, reason, latency, connect time, exit
-/// address, anonymity, detail); `None` where they are NULL (a candidate not checked).
+/// address, anonymity, detail, target verdicts); `None` where they are NULL (a candidate not
+/// checked).
 fn stored_verdict(
     r: &rusqlite::Row<'_>,
     index: u32,
@@ -671,16 +676,30 @@ fn stored_verdict(
         exit_ip: r.get::<_, String>(first + 4)?.into(),
         anonymity: anonymity_from_name(&r.get::<_, String>(first + 5)?),
         detail: r.get::<_, String>(first + 6)?.into(),
+        targets: r
+            .get::<_, Option<String>>(first + 7)?
+            .map(|text| target_verdicts_from_json(&text))
+            .unwrap_or_default(),
     }))
 }
 
 /// Adds the INTEGER `column` to `table` of a store written before the column existed.
 fn add_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<()> {
+    add_typed_column(conn, table, column, "INTEGER")
+}
+
+/// Adds `column` of type `kind` to `table` of a store written before the column existed.
+fn add_typed_column(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    kind: &str,
+) -> rusqlite::Result<()> {
     let present = conn
         .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
         .exists([table, column])?;
     if !present {
-        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} INTEGER"))?;
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
     }
     Ok(())
 }
@@ -808,8 +827,8 @@ fn write_records(
                 let mut insert = tx.prepare_cached(
                     "INSERT OR IGNORE INTO verdicts
                         (job_id, idx, usable, reason, latency_ms, connect_ms, exit_ip, anonymity,
-                         detail, position)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                         detail, position, targets)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
                 for (position, v) in (*first_position..).zip(verdicts) {
                     insert.execute(params![
@@ -823,6 +842,7 @@ fn write_records(
                         v.anonymity.name(),
                         v.detail,
                         position as i64,
+                        target_verdicts_to_json(&v.targets),
                     ])?;
                 }
             }
@@ -932,8 +952,87 @@ fn settings_to_json(s: &JobSettings) -> String {
         "max_failed_chunk_ratio": s.max_failed_chunk_ratio,
         "kind": s.kind.name(),
         "revalidate_every_ms": s.revalidate_every.map(|d| d.as_millis() as u64),
+        "targets": s.targets.list.iter().map(target_to_json).collect::<Vec<_>>(),
+        "targets_only": s.targets.only,
     })
     .to_string()
+}
+
+fn target_to_json(t: &CheckTarget) -> serde_json::Value {
+    serde_json::json!({
+        "url": t.url,
+        "statuses": t.statuses,
+        "body_contains": t.body_contains,
+        "body_regex": t.body_regex,
+        "max_latency_ms": t.max_latency.map(|d| d.as_millis() as u64),
+        "name": t.name,
+    })
+}
+
+fn target_from_json(v: &serde_json::Value) -> Option<CheckTarget> {
+    let text = |key: &str| v.get(key).and_then(|x| x.as_str()).map(String::from);
+    Some(CheckTarget {
+        url: text("url")?,
+        statuses: v
+            .get("statuses")?
+            .as_array()?
+            .iter()
+            .map(|s| s.as_u64().and_then(|s| u16::try_from(s).ok()))
+            .collect::<Option<_>>()?,
+        body_contains: text("body_contains")?,
+        body_regex: text("body_regex")?,
+        max_latency: v
+            .get("max_latency_ms")
+            .and_then(|x| x.as_u64())
+            .map(Duration::from_millis),
+        name: text("name")?,
+    })
+}
+
+/// A verdict's target verdicts as one compact JSON array (NULL for none): `[target, passed,
+/// reason, status, latency_ms, detail]` each.
+fn target_verdicts_to_json(targets: &[TargetVerdict]) -> Option<String> {
+    if targets.is_empty() {
+        return None;
+    }
+    let rows: Vec<serde_json::Value> = targets
+        .iter()
+        .map(|t| {
+            serde_json::json!([
+                &*t.target,
+                t.passed,
+                t.reason.name(),
+                t.status,
+                t.latency_ms,
+                &*t.detail
+            ])
+        })
+        .collect();
+    Some(serde_json::Value::from(rows).to_string())
+}
+
+/// Target verdicts as [`target_verdicts_to_json`] wrote them; an entry that does not read is
+/// left out.
+fn target_verdicts_from_json(text: &str) -> Vec<TargetVerdict> {
+    let Ok(serde_json::Value::Array(rows)) = serde_json::from_str(text) else {
+        return Vec::new();
+    };
+    rows.iter()
+        .filter_map(|row| {
+            let [target, passed, reason, status, latency, detail] = row.as_array()?.as_slice()
+            else {
+                return None;
+            };
+            Some(TargetVerdict {
+                target: target.as_str()?.into(),
+                passed: passed.as_bool()?,
+                reason: reason_from_name(reason.as_str()?),
+                status: u16::try_from(status.as_u64()?).ok()?,
+                latency_ms: u32::try_from(latency.as_u64()?).ok()?,
+                detail: detail.as_str()?.into(),
+            })
+        })
+        .collect()
 }
 
 fn settings_from_json(text: &str) -> Option<JobSettings> {
@@ -973,6 +1072,21 @@ fn settings_from_json(text: &str) -> Option<JobSettings> {
             _ => JobKind::Refresh,
         },
         revalidate_every: ms("revalidate_every_ms"),
+        // Absent from a store written before check targets.
+        targets: CheckTargets {
+            list: match v.get("targets") {
+                Some(list) => list
+                    .as_array()?
+                    .iter()
+                    .map(target_from_json)
+                    .collect::<Option<_>>()?,
+                None => Default::default(),
+            },
+            only: v
+                .get("targets_only")
+                .and_then(|o| o.as_bool())
+                .unwrap_or(false),
+        },
     })
 }
 
@@ -1129,6 +1243,18 @@ mod tests {
             max_failed_chunk_ratio: 0.5,
             kind: JobKind::Revalidation,
             revalidate_every: Some(Duration::from_secs(90)),
+            targets: CheckTargets {
+                list: vec![CheckTarget {
+                    url: "http://127.0.0.1:2/shop".into(),
+                    statuses: vec![200, 301],
+                    body_contains: "Add to cart".into(),
+                    body_regex: r"\d+ in stock".into(),
+                    max_latency: Some(Duration::from_millis(1500)),
+                    name: "shop".into(),
+                }]
+                .into(),
+                only: true,
+            },
         }
     }
 
@@ -1200,6 +1326,14 @@ mod tests {
             detail: "".into(),
             anonymity: Anonymity::Elite,
             connect_ms: 3,
+            targets: vec![TargetVerdict {
+                target: "shop".into(),
+                passed: false,
+                reason: Reason::BodyMismatch,
+                status: 200,
+                latency_ms: 9,
+                detail: "target \"shop\": body lacks \"Add to cart\"".into(),
+            }],
         };
         {
             let mut store = Store::open(&d).unwrap();
@@ -1497,6 +1631,7 @@ mod tests {
                 detail: String::new().into(),
                 anonymity: Anonymity::Elite,
                 connect_ms: 1,
+                targets: Vec::new(),
             })
             .collect::<Vec<_>>();
         let mut store = Store::open(d).unwrap();

@@ -2,8 +2,8 @@
 //!
 //! [`validate`] is pure: the request, the operator's sources (already read when the request asks
 //! for them) and the coordinator's policy in; the job's settings and parsed candidates, or why
-//! not, out. The one check that needs the network, resolving the judges a client named, is
-//! [`check_judges`], run on what `validate` passed.
+//! not, out. The one check that needs the network, resolving the judges and check targets a
+//! client named, is [`check_urls`], run on what `validate` passed.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,7 +14,9 @@ use proxyfleet_proto::v1 as pb;
 use crate::candidate::{self, Candidate, Protocol, Rejected, TargetPolicy};
 use crate::convert;
 use crate::fetch::{self, Location, PublicUrlError};
-use crate::scheduler::{Anonymity, JobKind, JobSettings, SourceSpec, UsableFilter};
+use crate::scheduler::{
+    Anonymity, CheckTarget, CheckTargets, JobKind, JobSettings, SourceSpec, UsableFilter,
+};
 
 /// Time one check may take when the request names none.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +41,16 @@ pub(crate) fn pool_name_problem(name: &str) -> Option<String> {
 
 /// The pool of a job that names none.
 pub(crate) const DEFAULT_POOL: &str = "default";
+/// Most check targets one job may name: each is one more request through every proxy.
+pub(crate) const MAX_TARGETS: usize = 8;
+/// Most statuses one target may list.
+const MAX_TARGET_STATUSES: usize = 16;
+/// Longest text or pattern a target's body is checked for.
+const MAX_TARGET_TEXT: usize = 1024;
+/// Longest name of a target.
+const MAX_TARGET_NAME: usize = 128;
+/// Largest compiled body pattern, as the workers compile it too.
+const MAX_PATTERN_SIZE: usize = 1 << 20;
 
 /// What the coordinator allows a submission: its configuration, and how busy it was when the
 /// request arrived.
@@ -167,12 +179,7 @@ pub(crate) fn validate(
         targets_only,
         revalidate_every_ms,
     } = request;
-    if !targets.is_empty() || targets_only {
-        return Err(SubmitError::Invalid {
-            field: "targets",
-            message: "check targets are not supported by this coordinator yet".into(),
-        });
-    }
+    let targets = check_targets(targets, targets_only)?;
     let default_protocols = protocols("default_protocols", &default_protocols)?;
     let mut all_sources = Vec::with_capacity(sources.len() + own_sources.len());
     for source in sources {
@@ -209,6 +216,18 @@ pub(crate) fn validate(
         .find(Result::is_err)
     {
         return Err(invalid("judge_urls", bad.to_string()));
+    }
+    if targets.only && !judge_urls.is_empty() {
+        return Err(invalid(
+            "targets_only",
+            "a job of targets only asks no judge: name no judge_urls, or drop targets_only",
+        ));
+    }
+    if targets.only && filter.min_anonymity.is_some() {
+        return Err(invalid(
+            "min_anonymity",
+            "anonymity is graded by a judge, which a job of targets only does not ask",
+        ));
     }
     let timeout = positive_ms(timeout_ms).unwrap_or(DEFAULT_TIMEOUT);
     if timeout < Duration::from_millis(10) || timeout > Duration::from_secs(300) {
@@ -267,6 +286,7 @@ pub(crate) fn validate(
             u64::MAX => Some(Duration::ZERO),
             ms => Some(Duration::from_millis(ms)),
         },
+        targets,
     };
 
     if policy.active_jobs >= policy.max_active_jobs {
@@ -315,6 +335,92 @@ pub(crate) fn validate(
         rejected: parsed.rejected,
         duplicates: parsed.duplicates,
         dropped,
+    })
+}
+
+/// The request's check targets, each checked: a URL as strict as a judge's, statuses of HTTP,
+/// a pattern that compiles, bounded texts. Refusals name the target by its place (from 1).
+fn check_targets(targets: Vec<pb::CheckTarget>, only: bool) -> Result<CheckTargets, SubmitError> {
+    if targets.len() > MAX_TARGETS {
+        return Err(invalid(
+            "targets",
+            format!(
+                "{} targets is more than the {MAX_TARGETS} a job may name",
+                targets.len()
+            ),
+        ));
+    }
+    if only && targets.is_empty() {
+        return Err(invalid(
+            "targets_only",
+            "a job of targets only needs at least one check target",
+        ));
+    }
+    let mut list = Vec::with_capacity(targets.len());
+    for (place, target) in (1..).zip(targets) {
+        let pb::CheckTarget {
+            url,
+            statuses,
+            body_contains,
+            body_regex,
+            max_latency_ms,
+            name,
+        } = target;
+        let url = url.trim().to_string();
+        let name = name.trim().to_string();
+        let label = if name.is_empty() { &url } else { &name };
+        let at = |why: String| invalid("targets", format!("target {place} ({label:?}) {why}"));
+        HttpUrl::parse(&url).map_err(|e| at(format!("has an invalid URL: {e}")))?;
+        if name.chars().count() > MAX_TARGET_NAME || name.chars().any(char::is_control) {
+            return Err(at(format!(
+                "has a name longer than {MAX_TARGET_NAME} characters or with control characters"
+            )));
+        }
+        if statuses.len() > MAX_TARGET_STATUSES {
+            return Err(at(format!(
+                "lists more than {MAX_TARGET_STATUSES} statuses"
+            )));
+        }
+        let statuses = statuses
+            .iter()
+            .map(|&s| {
+                u16::try_from(s)
+                    .ok()
+                    .filter(|s| (100..=599).contains(s))
+                    .ok_or_else(|| {
+                        at(format!(
+                            "expects status {s}, which is not between 100 and 599"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<u16>, _>>()?;
+        if body_contains.len() > MAX_TARGET_TEXT || body_regex.len() > MAX_TARGET_TEXT {
+            return Err(at(format!(
+                "expects a body text or pattern longer than {MAX_TARGET_TEXT} bytes"
+            )));
+        }
+        if !body_regex.is_empty() {
+            regex::RegexBuilder::new(&body_regex)
+                .size_limit(MAX_PATTERN_SIZE)
+                .build()
+                .map_err(|e| at(format!("has a body pattern that does not compile: {e}")))?;
+        }
+        let max_latency = positive_ms(max_latency_ms);
+        if max_latency.is_some_and(|d| d > Duration::from_secs(300)) {
+            return Err(at("has a maximum latency over 5m".into()));
+        }
+        list.push(CheckTarget {
+            url,
+            statuses,
+            body_contains,
+            body_regex,
+            max_latency,
+            name,
+        });
+    }
+    Ok(CheckTargets {
+        list: list.into(),
+        only,
     })
 }
 
@@ -368,17 +474,27 @@ fn check_location(source: &SourceSpec) -> Result<(), SubmitError> {
 
 // The edge: what cannot be decided from the request alone.
 
-/// Resolves the judges a client named, once [`validate`] passed them: checks contact a judge
-/// through every proxy, so none may point inside unless the policy allows it. Where a judge is
-/// dialled later, the guard checks again.
-pub(crate) async fn check_judges(
-    judge_urls: &[String],
+/// Resolves the judges and check targets a client named, once [`validate`] passed them: checks
+/// contact them through every proxy, so none may point inside unless the policy allows it. Where
+/// a judge is dialled later, the guard checks again.
+pub(crate) async fn check_urls(
+    settings: &JobSettings,
     targets: TargetPolicy,
 ) -> Result<(), SubmitError> {
-    for url in judge_urls {
+    for url in &settings.judge_urls {
         fetch::check_public_url(url, targets.allow_private)
             .await
             .map_err(SubmitError::Judge)?;
+    }
+    for (place, target) in (1..).zip(settings.targets.list.iter()) {
+        fetch::check_public_url(&target.url, targets.allow_private)
+            .await
+            .map_err(|e| {
+                invalid(
+                    "targets",
+                    format!("target {place} ({:?}): {e}", target.label()),
+                )
+            })?;
     }
     Ok(())
 }
@@ -462,6 +578,7 @@ mod tests {
                 max_failed_chunk_ratio: 0.5,
                 kind: JobKind::Refresh,
                 revalidate_every: None,
+                targets: CheckTargets::default(),
             }
         );
         assert_eq!(v.candidates.len(), 1);
@@ -510,6 +627,7 @@ mod tests {
                 max_failed_chunk_ratio: 1.0,
                 kind: JobKind::Refresh,
                 revalidate_every: Some(Duration::from_secs(30)),
+                targets: CheckTargets::default(),
             }
         );
         assert_eq!(v.name, "nightly");
@@ -780,17 +898,133 @@ mod tests {
         assert_eq!(v.sources.len(), 1);
     }
 
+    fn shop(url: &str) -> pb::CheckTarget {
+        pb::CheckTarget {
+            url: url.into(),
+            ..pb::CheckTarget::default()
+        }
+    }
+
+    #[test]
+    fn check_targets_are_kept_with_their_conditions() {
+        let mut r = request(&["203.0.113.1:8080"]);
+        r.targets = vec![
+            pb::CheckTarget {
+                url: " https://shop.test/item ".into(),
+                statuses: vec![200, 301],
+                body_contains: "Add to cart".into(),
+                body_regex: r"\d+ in stock".into(),
+                max_latency_ms: 2_000,
+                name: " shop ".into(),
+            },
+            shop("http://blog.test/"),
+        ];
+        let v = valid(r);
+        assert_eq!(
+            v.settings.targets,
+            CheckTargets {
+                list: vec![
+                    CheckTarget {
+                        url: "https://shop.test/item".into(),
+                        statuses: vec![200, 301],
+                        body_contains: "Add to cart".into(),
+                        body_regex: r"\d+ in stock".into(),
+                        max_latency: Some(Duration::from_secs(2)),
+                        name: "shop".into(),
+                    },
+                    CheckTarget {
+                        url: "http://blog.test/".into(),
+                        statuses: vec![],
+                        body_contains: String::new(),
+                        body_regex: String::new(),
+                        max_latency: None,
+                        name: String::new(),
+                    },
+                ]
+                .into(),
+                only: false,
+            }
+        );
+        let mut r = request(&["203.0.113.1:8080"]);
+        r.targets = vec![shop("http://shop.test/")];
+        r.targets_only = true;
+        assert!(valid(r).settings.targets.only);
+    }
+
+    #[test]
+    fn bad_targets_are_refused_naming_the_target() {
+        type Spoil = fn(&mut pb::CheckTarget);
+        let cases: [(Spoil, &str); 8] = [
+            (|t| t.url = "ftp://shop.test/".into(), "has an invalid URL"),
+            (
+                |t| t.url = "http://u@shop.test/".into(),
+                "has an invalid URL",
+            ),
+            (|t| t.statuses = vec![200, 99], "status 99"),
+            (|t| t.statuses = vec![600], "status 600"),
+            (|t| t.body_regex = "(unclosed".into(), "does not compile"),
+            (
+                |t| t.body_contains = "x".repeat(1025),
+                "longer than 1024 bytes",
+            ),
+            (|t| t.name = "n".repeat(129), "longer than 128"),
+            (|t| t.max_latency_ms = 300_001, "over 5m"),
+        ];
+        for (spoil, why) in cases {
+            let mut r = request(&["203.0.113.1:8080"]);
+            let mut bad = shop("http://shop.test/");
+            bad.name = "shop".into();
+            spoil(&mut bad);
+            r.targets = vec![shop("http://ok.test/"), bad];
+            let (field, message) = invalid_field(refused(r));
+            assert_eq!(field, "targets", "{message}");
+            assert!(message.starts_with("target 2 ("), "{message}");
+            assert!(message.contains(why), "{why}: {message}");
+        }
+        let mut r = request(&["203.0.113.1:8080"]);
+        r.targets = (0..9)
+            .map(|i| shop(&format!("http://s{i}.test/")))
+            .collect();
+        let (field, message) = invalid_field(refused(r));
+        assert_eq!(field, "targets");
+        assert!(message.contains("more than the 8"), "{message}");
+    }
+
+    #[test]
+    fn targets_only_needs_a_target_and_no_judge() {
+        let mut r = request(&["203.0.113.1:8080"]);
+        r.targets_only = true;
+        assert_eq!(invalid_field(refused(r)).0, "targets_only");
+        let mut r = request(&["203.0.113.1:8080"]);
+        r.targets = vec![shop("http://shop.test/")];
+        r.targets_only = true;
+        r.judge_urls = vec!["http://judge.test/".into()];
+        assert_eq!(invalid_field(refused(r)).0, "targets_only");
+        let mut r = request(&["203.0.113.1:8080"]);
+        r.targets = vec![shop("http://shop.test/")];
+        r.targets_only = true;
+        r.min_anonymity = pb::Anonymity::Elite as i32;
+        assert_eq!(invalid_field(refused(r)).0, "min_anonymity");
+    }
+
+    fn closed() -> TargetPolicy {
+        TargetPolicy {
+            allow_private: false,
+        }
+    }
+
+    fn open() -> TargetPolicy {
+        TargetPolicy {
+            allow_private: true,
+        }
+    }
+
     #[tokio::test]
     async fn judges_pointing_inside_are_refused_unless_allowed() {
-        let inside = vec!["http://127.0.0.1:9/judge".to_string()];
-        let e = check_judges(
-            &inside,
-            TargetPolicy {
-                allow_private: false,
-            },
-        )
-        .await
-        .unwrap_err();
+        let mut r = request(&["203.0.113.1:8080"]);
+        r.judge_urls = vec!["http://127.0.0.1:9/judge".into()];
+        let inside = valid(r).settings;
+        let e = check_urls(&inside, closed()).await.unwrap_err();
         assert!(
             matches!(e, SubmitError::Judge(PublicUrlError::Inside(_))),
             "{e:?}"
@@ -801,22 +1035,25 @@ mod tests {
                 && text.contains("--allow-private-targets"),
             "{text}"
         );
-        check_judges(
-            &inside,
-            TargetPolicy {
-                allow_private: true,
-            },
-        )
-        .await
-        .unwrap();
+        check_urls(&inside, open()).await.unwrap();
         // No judge named: nothing to resolve.
-        check_judges(
-            &[],
-            TargetPolicy {
-                allow_private: false,
-            },
-        )
-        .await
-        .unwrap();
+        check_urls(&valid(request(&["203.0.113.1:8080"])).settings, closed())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn targets_pointing_inside_are_refused_unless_allowed() {
+        let mut r = request(&["203.0.113.1:8080"]);
+        r.targets = vec![shop("http://127.0.0.1:9/shop")];
+        let inside = valid(r).settings;
+        let (field, message) = invalid_field(check_urls(&inside, closed()).await.unwrap_err());
+        assert_eq!(field, "targets");
+        assert!(
+            message.starts_with("target 1 (\"http://127.0.0.1:9/shop\"): ")
+                && message.contains("--allow-private-targets"),
+            "{message}"
+        );
+        check_urls(&inside, open()).await.unwrap();
     }
 }

@@ -97,6 +97,11 @@ pub struct ProxySpec {
     /// Local address the upstream connections are bound to, or `None` to let
     /// the system choose.
     pub egress: Option<IpAddr>,
+    /// `(from, to)`: every `from` in the bodies of the answers relayed back
+    /// is replaced by `to` (its `Content-Length` fixed), as a proxy that
+    /// injects or censors content does. Plain HTTP answers only; `None`
+    /// relays bytes untouched.
+    pub rewrite: Option<(String, String)>,
 }
 
 impl ProxySpec {
@@ -107,6 +112,7 @@ impl ProxySpec {
             auth: None,
             headers: HeaderMode::Elite,
             egress: None,
+            rewrite: None,
         }
     }
 
@@ -152,6 +158,13 @@ impl ProxySpec {
     /// Binds every upstream connection to `ip` (port 0) before connecting.
     pub fn with_egress(mut self, ip: IpAddr) -> ProxySpec {
         self.egress = Some(ip);
+        self
+    }
+
+    /// Rewrites the answers it relays: every `from` in a body becomes `to`
+    /// (see [`ProxySpec::rewrite`]).
+    pub fn with_rewrite(mut self, from: impl Into<String>, to: impl Into<String>) -> ProxySpec {
+        self.rewrite = Some((from.into(), to.into()));
         self
     }
 
@@ -760,8 +773,79 @@ async fn serve_proxy(mut client: TcpStream, peer: SocketAddr, spec: &ProxySpec) 
     if !first_bytes.is_empty() {
         upstream.write_all(&first_bytes).await?;
     }
-    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    match &spec.rewrite {
+        None => {
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        }
+        Some((from, to)) => relay_rewritten(client, upstream, from, to).await?,
+    }
     Ok(())
+}
+
+/// Most bytes of an answer a rewriting proxy holds.
+const REWRITE_LIMIT: usize = 1024 * 1024;
+
+/// Relays the client's bytes upstream as they come, and the upstream's
+/// answer back once it ended (the upstream closed), with `from` replaced by
+/// `to` in its body.
+async fn relay_rewritten(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    from: &str,
+    to: &str,
+) -> io::Result<()> {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut upstream_read, mut upstream_write) = upstream.split();
+    let upload = async {
+        let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+        let _ = upstream_write.shutdown().await;
+        // Done sending; the answer decides when the relay ends.
+        std::future::pending::<()>().await;
+    };
+    let download = async {
+        let mut answer = Vec::new();
+        timeout(
+            HANDSHAKE_TIMEOUT,
+            (&mut upstream_read)
+                .take(REWRITE_LIMIT as u64)
+                .read_to_end(&mut answer),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upstream answer timed out"))??;
+        client_write
+            .write_all(&rewrite_answer(&answer, from, to))
+            .await?;
+        client_write.shutdown().await
+    };
+    tokio::select! {
+        result = download => result,
+        () = upload => Ok(()),
+    }
+}
+
+/// An HTTP answer with `from` replaced by `to` in its body and its
+/// `Content-Length` made to match.
+fn rewrite_answer(answer: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let Some(end) = find(answer, b"\r\n\r\n") else {
+        return answer.to_vec();
+    };
+    let head = String::from_utf8_lossy(&answer[..end]);
+    let body = String::from_utf8_lossy(&answer[end + 4..]).replace(from, to);
+    let mut out = String::new();
+    for line in head.split("\r\n") {
+        let is_length = line
+            .split_once(':')
+            .is_some_and(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"));
+        if is_length {
+            let _ = write!(out, "Content-Length: {}\r\n", body.len());
+        } else {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    out.into_bytes()
 }
 
 const BAD_GATEWAY: &[u8] =
@@ -1071,6 +1155,17 @@ mod tests {
 
     const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
     const STEP: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_rewritten_answer_keeps_its_length_right() {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\ncontent-length: 18\r\n\r\n<p>Add to cart</p>";
+        let rewritten = rewrite_answer(answer, "Add to cart", "Blocked");
+        assert_eq!(
+            String::from_utf8(rewritten).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 14\r\n\r\n<p>Blocked</p>"
+        );
+        assert_eq!(rewrite_answer(b"garbage", "a", "b"), b"garbage");
+    }
 
     /// Runs `fut` under the per-step timeout, failing the test on expiry.
     async fn within<T>(fut: impl Future<Output = T>) -> T {

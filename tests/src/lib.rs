@@ -1,10 +1,12 @@
 //! proxyfleet test kit: simulated proxies, process harness, a relay that partitions on demand, a
-//! poison proxy that kills the worker that connects to it.
+//! poison proxy that kills the worker that connects to it, and web sites (public-style judges, a
+//! shop to check proxies against).
 
 pub mod certs;
 pub mod harness;
 pub mod poison;
 pub mod relay;
+pub mod sites;
 pub mod third_party;
 
 // The simulated proxy farm and its list server live in `proxyfleet-farm`, which the CLI links

@@ -254,7 +254,8 @@ async fn a_judge_the_worker_cannot_reach_fails_the_job_loudly() {
     let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
     assert_eq!(job.state, pb::JobState::Failed as i32, "{job:?}");
     assert!(
-        job.reason.contains("judge is unreachable from worker w"),
+        job.reason
+            .contains("no judge of the job works from worker w"),
         "{}",
         job.reason
     );

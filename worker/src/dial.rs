@@ -1,5 +1,5 @@
 //! Talking through a proxy: the handshakes of HTTP forward, CONNECT, SOCKS4/4a and SOCKS5/5h, and
-//! a minimal HTTP/1.1 exchange with the judge. Encoding and decoding are pure functions; the IO
+//! a minimal HTTP/1.1 exchange with the judge or a check target. Encoding and decoding are pure functions; the IO
 //! functions only move their bytes.
 
 use std::net::IpAddr;
@@ -66,19 +66,43 @@ pub fn judge_request(
     absolute: bool,
     proxy_auth: Option<&(String, String)>,
 ) -> Vec<u8> {
-    let path = judge.path_with_token(token);
+    get_request(
+        judge,
+        &judge.path_with_token(token),
+        "application/json",
+        absolute,
+        proxy_auth,
+    )
+}
+
+/// The HTTP request for a check target: its URL as given, asking for any content.
+pub fn target_request(
+    target: &JudgeUrl,
+    absolute: bool,
+    proxy_auth: Option<&(String, String)>,
+) -> Vec<u8> {
+    get_request(target, &target.path, "*/*", absolute, proxy_auth)
+}
+
+fn get_request(
+    url: &JudgeUrl,
+    path: &str,
+    accept: &str,
+    absolute: bool,
+    proxy_auth: Option<&(String, String)>,
+) -> Vec<u8> {
     let target = if absolute {
         format!(
             "{}://{}{path}",
-            if judge.https { "https" } else { "http" },
-            judge.authority()
+            if url.https { "https" } else { "http" },
+            url.authority()
         )
     } else {
-        path
+        path.to_string()
     };
     let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: proxyfleet/{}\r\nAccept: application/json\r\nConnection: close\r\n",
-        judge.authority(),
+        "GET {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: proxyfleet/{}\r\nAccept: {accept}\r\nConnection: close\r\n",
+        url.authority(),
         env!("CARGO_PKG_VERSION")
     );
     finish_request(request, proxy_auth)
@@ -406,15 +430,16 @@ pub async fn socks5_connect<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Sends the request and reads the response: its head and up to `MAX_BODY` bytes of body.
+/// Sends the request and reads the response: its head and up to `max_body` bytes of body.
 pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     request: &[u8],
+    max_body: usize,
 ) -> Result<(ResponseHead, Vec<u8>), HandshakeError> {
     stream.write_all(request).await?;
     stream.flush().await?;
     let (head, mut body) = read_head(stream).await?;
-    let limit = head.content_length().unwrap_or(MAX_BODY).min(MAX_BODY);
+    let limit = head.content_length().unwrap_or(max_body).min(max_body);
     let mut chunk = [0u8; 4096];
     while body.len() < limit {
         match stream.read(&mut chunk).await {
@@ -428,7 +453,7 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             break;
         }
     }
-    body.truncate(MAX_BODY);
+    body.truncate(max_body);
     if head.chunked() {
         body = dechunk(&body);
     }
@@ -502,6 +527,15 @@ mod tests {
             connect,
             "CONNECT j.test:443 HTTP/1.1\r\nHost: j.test:443\r\n\r\n"
         );
+        let shop = JudgeUrl::parse("http://shop.test:8080/item?id=7").unwrap();
+        let target = String::from_utf8(target_request(&shop, true, None)).unwrap();
+        assert!(
+            target.starts_with(
+                "GET http://shop.test:8080/item?id=7 HTTP/1.1\r\nHost: shop.test:8080\r\n"
+            ),
+            "{target}"
+        );
+        assert!(!target.contains("token="), "{target}");
     }
 
     #[test]
@@ -591,7 +625,7 @@ mod tests {
             .write_all(format!("HTTP/1.1 200 OK\r\n\r\n{body}").as_bytes())
             .await
             .unwrap();
-        let (head, got) = exchange(&mut client, b"GET / HTTP/1.1\r\n\r\n")
+        let (head, got) = exchange(&mut client, b"GET / HTTP/1.1\r\n\r\n", MAX_BODY)
             .await
             .unwrap();
         assert_eq!(head.status, 200);

@@ -1,9 +1,9 @@
-//! The judges a worker can reach: each is asked directly once per session (which also tells the
-//! worker its own address, for anonymity grading), and what it answered is reported to the
-//! coordinator, so a dead judge is a loud report rather than every proxy marked dead.
+//! The judges a worker can reach: each is asked directly once per session (which tells what kind
+//! of judge it is, and the worker its own address, for anonymity grading), and what it answered is
+//! reported to the coordinator, so a dead judge is a loud report rather than every proxy marked
+//! dead. A judge that answers 200 is reachable, whatever its kind.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,13 +12,13 @@ use proxyfleet_proto::v1 as pb;
 use tokio::sync::{OnceCell, mpsc};
 use tracing::{info, warn};
 
-use crate::check::Checker;
+use crate::check::{Checker, Judge};
 use crate::dial::JudgeUrl;
 
 /// Time a direct judge probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Probe = Arc<OnceCell<Result<IpAddr, String>>>;
+type Probe = Arc<OnceCell<Result<Judge, String>>>;
 
 /// Probed judges of one session.
 #[derive(Clone)]
@@ -49,19 +49,17 @@ impl Judges {
 
     /// The judges of `urls` that answer this worker directly, probing those not asked yet;
     /// `guard` says where a client's judges may be.
-    pub async fn reachable(&self, urls: &[String], guard: Guard) -> Vec<JudgeUrl> {
+    pub async fn reachable(&self, urls: &[String], guard: Guard) -> Vec<Judge> {
         let mut out = Vec::new();
         for url in urls {
-            if self.probe(url, guard).await.is_ok()
-                && let Ok(judge) = JudgeUrl::parse(url)
-            {
+            if let Ok(judge) = self.probe(url, guard).await {
                 out.push(judge);
             }
         }
         out
     }
 
-    async fn probe(&self, url: &str, guard: Guard) -> Result<IpAddr, String> {
+    async fn probe(&self, url: &str, guard: Guard) -> Result<Judge, String> {
         let guard = if self.trusted.contains(url) {
             Guard::new(true)
         } else {
@@ -73,22 +71,23 @@ impl Judges {
         };
         cell.get_or_init(|| async {
             let result = match JudgeUrl::parse(url) {
-                Ok(judge) => self.checker.learn_own_address(&judge, PROBE_TIMEOUT, guard).await,
+                Ok(judge) => self.checker.probe_judge(&judge, PROBE_TIMEOUT, guard).await,
                 Err(e) => Err(e.to_string()),
             };
             let status = match &result {
-                Ok(ip) => {
-                    info!(judge = %url, own_ip = %ip, "judge reachable");
-                    pb::JudgeStatus { url: url.to_string(), ok: true, own_ip: ip.to_string(), error: String::new() }
+                Ok((judge, own_ip)) => {
+                    let own_ip = own_ip.map(|ip| ip.to_string()).unwrap_or_default();
+                    info!(judge = %url, kind = judge.kind.name(), holds_token = judge.holds_token, own_ip = %own_ip, "judge reachable");
+                    pb::JudgeStatus { url: url.to_string(), ok: true, own_ip, error: String::new() }
                 }
                 Err(e) => {
-                    warn!(judge = %url, error = %e, "judge unreachable: checks against it cannot run");
+                    warn!(judge = %url, error = %e, "judge not usable: checks against it cannot run");
                     pb::JudgeStatus { url: url.to_string(), ok: false, own_ip: String::new(), error: e.clone() }
                 }
             };
             // The session may be gone; the probe result still serves this session's checks.
             let _ = self.reports.send(status);
-            result
+            result.map(|(judge, _)| judge)
         })
         .await
         .clone()

@@ -3,10 +3,12 @@
 
 pub mod check;
 pub mod dial;
+pub mod echo;
 pub mod judges;
 mod ledger;
 pub mod metrics;
 pub mod session;
+pub mod targets;
 
 use std::future::Future;
 use std::time::Duration;

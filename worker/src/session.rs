@@ -19,10 +19,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::WorkerConfig;
-use crate::check::{Checker, Limits, Target};
+use crate::check::{Checker, Limits, Proxy};
 use crate::judges::Judges;
 use crate::ledger::{Batch, Ledger};
 use crate::metrics::WorkerMetrics;
+use crate::targets::{self, LeaseTarget};
 
 /// Verdicts are sent at least this often (or at once when a lease's checks end or a batch is
 /// full, see `ledger::BATCH_MAX`)...
@@ -668,13 +669,23 @@ async fn run_lease(
     let lease_id = assign.lease_id;
     let settings = assign.settings.unwrap_or_default();
     let guard = Guard::new(settings.allow_private_targets);
-    let reachable = Arc::new(judges.reachable(&settings.judge_urls, guard).await);
-    if reachable.is_empty() {
-        // Reported to the coordinator by the probe; it ends the job rather than record every
-        // proxy as dead. Nothing to check here until then.
-        warn!(lease_id, job_id = %assign.job_id, "no judge of this lease is reachable; not checking it");
-        return;
-    }
+    // Targets are compiled once per lease, not per check.
+    let targets: Arc<Vec<LeaseTarget>> =
+        Arc::new(settings.targets.iter().map(targets::compile).collect());
+    // A job of targets only asks no judge; one with no target falls back on its judges.
+    let targets_only = settings.targets_only && !targets.is_empty();
+    let reachable = if targets_only {
+        Arc::new(Vec::new())
+    } else {
+        let reachable = judges.reachable(&settings.judge_urls, guard).await;
+        if reachable.is_empty() {
+            // Reported to the coordinator by the probe; it ends the job rather than record every
+            // proxy as dead. Nothing to check here until then.
+            warn!(lease_id, job_id = %assign.job_id, "no judge of this lease is reachable; not checking it");
+            return;
+        }
+        Arc::new(reachable)
+    };
     let timeout = Duration::from_millis(settings.timeout_ms.max(1));
     let limits = Limits {
         timeout,
@@ -685,10 +696,12 @@ async fn run_lease(
     let check = |candidate: pb::Candidate, permit: tokio::sync::OwnedSemaphorePermit| {
         let checks = checks.clone();
         let reachable = reachable.clone();
+        let targets = targets.clone();
         async move {
             // Checks are spread across the judges by candidate.
-            let judge = &reachable[candidate.index as usize % reachable.len()];
-            let verdict = match Target::from_proto(&candidate) {
+            let judge = (!reachable.is_empty())
+                .then(|| &reachable[candidate.index as usize % reachable.len()]);
+            let verdict = match Proxy::from_proto(&candidate) {
                 Some(_) if checks.instant => pb::Verdict {
                     index: candidate.index,
                     usable: false,
@@ -696,19 +709,19 @@ async fn run_lease(
                     detail: "not checked: the worker runs with --instant-checks".into(),
                     ..Default::default()
                 },
-                Some(target) => {
-                    let checked = checks.checker.check(&target, judge, &limits).await;
+                Some(proxy) => {
+                    let checked = checks.checker.check(&proxy, judge, &targets, &limits).await;
                     let c = checked.classified;
                     pb::Verdict {
                         index: candidate.index,
                         usable: c.usable,
                         reason: c.reason as i32,
-                        latency_ms: millis(checked.total),
+                        latency_ms: millis(checked.latency),
                         exit_ip: c.exit_ip,
                         detail: c.detail,
                         anonymity: c.anonymity as i32,
                         connect_ms: millis(checked.connect),
-                        targets: Vec::new(),
+                        targets: checked.targets,
                     }
                 }
                 None => pb::Verdict {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::journal::ChunkRecord;
-use super::verdict::{Reason, UsableFilter, Verdict};
+use super::verdict::{CheckTargets, Reason, UsableFilter, Verdict};
 use super::{ChunkId, LeaseId};
 use crate::candidate::Candidate;
 
@@ -32,6 +32,8 @@ pub(crate) struct JobSettings {
     /// How often the pool's live members are checked again, as the refresh asked (None: the
     /// pool's own interval, or the coordinator's default).
     pub(crate) revalidate_every: Option<Duration>,
+    /// The user's sites every proxy is checked against too (or alone).
+    pub(crate) targets: CheckTargets,
 }
 
 /// What a job is for.
@@ -618,6 +620,7 @@ impl Job {
             .into(),
             anonymity: super::Anonymity::Unknown,
             connect_ms: 0,
+            targets: Vec::new(),
         }
     }
 
@@ -782,6 +785,16 @@ impl Job {
             chunk_done: false,
             duplicates: 0,
         };
+        // With targets only, the requests a proxy carried are the targets'.
+        let tunnelled = if self.settings.targets.only {
+            self.settings
+                .targets
+                .list
+                .iter()
+                .all(|t| t.url.starts_with("https://"))
+        } else {
+            judge_is_https
+        };
         for mut verdict in verdicts {
             if !chunk.range.contains(&verdict.index) {
                 continue;
@@ -795,7 +808,7 @@ impl Job {
                 && let Some(why) = self.settings.filter.refuse(
                     &verdict,
                     &self.candidates[verdict.index as usize],
-                    judge_is_https,
+                    tunnelled,
                 )
             {
                 verdict.usable = false;
@@ -804,6 +817,10 @@ impl Job {
             }
             verdict.detail = intern(texts, verdict.detail);
             verdict.exit_ip = intern(texts, verdict.exit_ip);
+            for target in &mut verdict.targets {
+                target.target = intern(texts, target.target.clone());
+                target.detail = intern(texts, target.detail.clone());
+            }
             self.checked += 1;
             if verdict.usable {
                 self.usable += 1;

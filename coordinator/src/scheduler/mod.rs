@@ -26,7 +26,7 @@ pub(crate) use jobs::{
 pub(crate) use journal::{ChunkRecord, JobRecord, Record, StoredJob};
 pub(crate) use pools::{Member, PoolChange, PoolMeta};
 pub use verdict::{Anonymity, Reason};
-pub(crate) use verdict::{UsableFilter, Verdict};
+pub(crate) use verdict::{CheckTarget, CheckTargets, TargetVerdict, UsableFilter, Verdict};
 pub(crate) use view::{
     ChunkInfo, Followed, JobProgress, JobSnapshot, Metrics, ResultRow, RowFilter, StoredRows,
     WorkerSnapshot,
@@ -113,6 +113,7 @@ pub(crate) struct Assignment {
     pub(crate) judge_urls: Vec<String>,
     pub(crate) timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) targets: CheckTargets,
 }
 
 /// A lease as the messages about it name it, for the worker and for log lines.
@@ -507,7 +508,7 @@ impl Scheduler {
             .collect();
         for (job_id, why) in doomed {
             let reason = format!(
-                "the judge is unreachable from worker {worker_id} ({why}); give a judge URL the workers can reach (submit --judge, or the coordinator's --judge-url)"
+                "no judge of the job works from worker {worker_id} ({why}); give a judge URL the workers can reach that answers 200 (submit --judge, or the coordinator's --judge-url)"
             );
             self.end_job(&job_id, JobState::Failed, reason, now, wall_ms, &mut out);
         }
@@ -1055,6 +1056,7 @@ impl Scheduler {
                 judge_urls: judges,
                 timeout: job.settings.timeout,
                 connect_timeout: job.settings.connect_timeout,
+                targets: job.settings.targets.clone(),
             },
         )
     }
@@ -1189,9 +1191,11 @@ impl Scheduler {
         self.start_queued_jobs(now, wall_ms, out);
     }
 
-    /// The judges a job's checks use: its own, or the coordinator's.
+    /// The judges a job's checks use: its own, or the coordinator's; none with targets only.
     fn judges_of<'a>(&'a self, job: &'a Job) -> &'a [String] {
-        if job.settings.judge_urls.is_empty() {
+        if job.settings.targets.only {
+            &[]
+        } else if job.settings.judge_urls.is_empty() {
             &self.config.default_judges
         } else {
             &job.settings.judge_urls

@@ -20,6 +20,7 @@ pub(super) fn settings(chunk_size: u32, min_usable: u64) -> JobSettings {
         max_failed_chunk_ratio: 0.5,
         kind: JobKind::Refresh,
         revalidate_every: None,
+        targets: Default::default(),
     }
 }
 
@@ -93,6 +94,7 @@ fn verdicts_for(a: &Assignment, usable: impl Fn(u32) -> bool) -> Vec<Verdict> {
                 Anonymity::Unknown
             },
             connect_ms: 1,
+            targets: Vec::new(),
         })
         .collect()
 }
@@ -236,6 +238,7 @@ fn workers_are_leased_by_free_check_slots() {
         detail: "".into(),
         anonymity: Anonymity::Unknown,
         connect_ms: 1,
+        targets: Vec::new(),
     };
     let partial: Vec<Verdict> = range.clone().take(4).map(refused).collect();
     let out = s.verdicts(w1, lease, partial, c.now, c.wall());
@@ -1173,6 +1176,7 @@ fn duplicate_and_foreign_verdicts_are_not_counted_twice() {
         detail: "".into(),
         anonymity: Anonymity::Elite,
         connect_ms: 1,
+        targets: Vec::new(),
     };
     s.verdicts(w, a.lease_id, vec![foreign], c.now, c.wall());
     let snap = s.snapshot("j", false, c.now).unwrap();
@@ -1344,6 +1348,7 @@ fn require_https_needs_a_tunnel() {
             judge_urls: vec![],
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
+            targets: Default::default(),
         },
         |_| true,
     )
@@ -1485,7 +1490,8 @@ fn a_job_whose_judges_are_all_down_fails_at_once() {
     let snap = s.snapshot("j", false, c.now).unwrap();
     assert_eq!(snap.state, JobState::Failed);
     assert!(
-        snap.reason.contains("unreachable from worker w"),
+        snap.reason
+            .contains("no judge of the job works from worker w"),
         "{}",
         snap.reason
     );
@@ -1859,6 +1865,7 @@ fn held(s: &Scheduler, session: SessionId) -> Option<Assignment> {
         judge_urls: vec![],
         timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(1),
+        targets: Default::default(),
     })
 }
 

@@ -1,4 +1,5 @@
-//! What a worker found about one candidate, and a job's conditions on a usable proxy.
+//! What a worker found about one candidate, and a job's conditions on a usable proxy: its filter
+//! and the user's check targets.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,6 +148,55 @@ impl Reason {
     }
 }
 
+/// A site of the user's that a proxy must reach with the expected answer, validated at submit.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CheckTarget {
+    /// An http(s) URL as the strict URL parser took it.
+    pub(crate) url: String,
+    /// Statuses that pass; empty: 200.
+    pub(crate) statuses: Vec<u16>,
+    /// Text the body must contain; empty: no condition.
+    pub(crate) body_contains: String,
+    /// Regular expression the body must match; empty: no condition.
+    pub(crate) body_regex: String,
+    pub(crate) max_latency: Option<Duration>,
+    /// How verdicts name it; empty: its URL.
+    pub(crate) name: String,
+}
+
+impl CheckTarget {
+    /// The name verdicts give it.
+    pub(crate) fn label(&self) -> &str {
+        if self.name.is_empty() {
+            &self.url
+        } else {
+            &self.name
+        }
+    }
+}
+
+/// A job's check targets; shared by its settings and every lease of it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct CheckTargets {
+    pub(crate) list: Arc<[CheckTarget]>,
+    /// Check against the targets alone, asking no judge: no fake detection, exit address or
+    /// anonymity. Set only with at least one target.
+    pub(crate) only: bool,
+}
+
+/// How one proxy fared against one check target.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TargetVerdict {
+    /// The target's name (or URL), as the worker named it.
+    pub(crate) target: Arc<str>,
+    pub(crate) passed: bool,
+    pub(crate) reason: Reason,
+    /// The status the target answered; 0 for none.
+    pub(crate) status: u16,
+    pub(crate) latency_ms: u32,
+    pub(crate) detail: Arc<str>,
+}
+
 /// A worker's verdict on one candidate of its lease.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Verdict {
@@ -159,4 +209,6 @@ pub(crate) struct Verdict {
     pub(crate) detail: Arc<str>,
     pub(crate) anonymity: Anonymity,
     pub(crate) connect_ms: u32,
+    /// One per check target of the job, in its order; empty when the judge check failed first.
+    pub(crate) targets: Vec<TargetVerdict>,
 }
