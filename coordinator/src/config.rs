@@ -77,6 +77,18 @@ pub struct Cli {
     #[arg(long, env = "PROXYFLEET_MAX_FAILURES", default_value_t = 3)]
     pub max_failures: u32,
 
+    /// GeoIP databases naming the exit country of every usable proxy (MaxMind DB .mmdb, or the
+    /// legacy GeoIP country .dat of Debian's geoip-database), comma-separated; `off` for none.
+    /// Default: Debian's /usr/share/GeoIP/GeoIP.dat and GeoIPv6.dat where installed. Nothing is
+    /// ever downloaded.
+    #[arg(
+        long,
+        env = "PROXYFLEET_GEOIP",
+        value_delimiter = ',',
+        value_name = "FILE|off"
+    )]
+    pub geoip: Vec<PathBuf>,
+
     /// PEM certificate chain for serving the built-in judge over HTTPS (with --judge-tls-key).
     #[arg(long, env = "PROXYFLEET_JUDGE_TLS_CERT", requires = "judge_tls_key")]
     pub judge_tls_cert: Option<PathBuf>,
@@ -210,6 +222,16 @@ pub(crate) struct TlsFiles {
     pub(crate) client_ca: Option<PathBuf>,
 }
 
+/// Which GeoIP databases the coordinator reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GeoIpFiles {
+    /// Debian's geoip-database files, where installed.
+    Installed,
+    /// None.
+    Off,
+    Files(Vec<PathBuf>),
+}
+
 /// Scheduled refreshes of the default pool.
 #[derive(Debug, Clone)]
 pub(crate) struct RefreshSchedule {
@@ -235,6 +257,8 @@ pub struct CoordinatorConfig {
     pub revalidate_every: Duration,
     /// Failed checks in a row that take a proxy out of its pool's live set.
     pub pool_max_failures: u32,
+    /// GeoIP databases to read; none: Debian's where installed.
+    pub geoip: GeoIpFiles,
     pub max_candidates: usize,
     /// How often leases and deadlines are checked and progress published.
     pub tick: Duration,
@@ -305,6 +329,7 @@ impl CoordinatorConfig {
             speculation: true,
             revalidate_every: crate::scheduler::DEFAULT_REVALIDATE_EVERY,
             pool_max_failures: crate::scheduler::DEFAULT_MAX_FAILURES,
+            geoip: GeoIpFiles::Installed,
             max_candidates: 2_000_000,
             tick: Duration::from_millis(200),
             output_dir: data_dir.join("output"),
@@ -402,6 +427,11 @@ impl CoordinatorConfig {
         config.speculation = !cli.no_speculation;
         config.revalidate_every = cli.revalidate_every;
         config.pool_max_failures = cli.max_failures;
+        config.geoip = match cli.geoip.as_slice() {
+            [] => GeoIpFiles::Installed,
+            [off] if off.as_os_str() == "off" => GeoIpFiles::Off,
+            files => GeoIpFiles::Files(files.to_vec()),
+        };
         config.max_candidates = cli.max_candidates;
         if let Some(dir) = &cli.output_dir {
             config.output_dir = dir.clone();

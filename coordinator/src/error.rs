@@ -26,6 +26,9 @@ pub enum Error {
     Stopped { task: &'static str, detail: String },
     #[error("the store failed: {0}")]
     StoreFailed(String),
+    /// A GeoIP database given by --geoip (or Debian's) cannot be read.
+    #[error("{0} (--geoip off runs without one)")]
+    Geo(#[from] crate::geo::GeoError),
 }
 
 impl From<crate::store::StoreError> for Error {

@@ -7,6 +7,7 @@ mod convert;
 mod error;
 mod fetch;
 mod first_request;
+mod geo;
 mod grpc;
 mod http_api;
 mod judge;
@@ -32,7 +33,8 @@ use tracing::info;
 
 pub use candidate::Protocol;
 pub use config::{
-    Cli, ConfigError, CoordinatorConfig, check_exposure, default_judge_url, tokens_given,
+    Cli, ConfigError, CoordinatorConfig, GeoIpFiles, check_exposure, default_judge_url,
+    tokens_given,
 };
 pub use error::Error;
 pub use fetch::{Location, locate};

@@ -331,7 +331,21 @@ impl State {
             },
             first_lease_id().max(lease_floor),
         );
-        scheduler.configure_pools(config.pool_max_failures, config.revalidate_every);
+        let geo = match &config.geoip {
+            crate::config::GeoIpFiles::Off => crate::geo::Geo::default(),
+            crate::config::GeoIpFiles::Installed => crate::geo::Geo::open(&[])?,
+            crate::config::GeoIpFiles::Files(files) => crate::geo::Geo::open(files)?,
+        };
+        if geo.is_empty() {
+            info!("no GeoIP database: pool members get no country (--geoip FILE names one)");
+        } else {
+            info!(files = ?geo.files(), "exit countries from GeoIP databases");
+        }
+        scheduler.configure_pools(
+            config.pool_max_failures,
+            config.revalidate_every,
+            Arc::new(geo),
+        );
         // Pools first: a refresh restored below feeds its pool as it checks.
         let stored_pools = store.pools()?;
         if !stored_pools.is_empty() {

@@ -73,11 +73,23 @@ fn round_job_id() -> String {
 }
 
 /// What a verdict tells a pool of its candidate; none when it was not checked at all.
-fn observation(job_id: &str, verdict: &Verdict, wall_ms: u64) -> Option<Observation> {
+fn observation(
+    job_id: &str,
+    verdict: &Verdict,
+    wall_ms: u64,
+    geo: &crate::geo::Geo,
+) -> Option<Observation> {
     if matches!(verdict.reason, Reason::Poison | Reason::Forbidden) {
         return None;
     }
+    let country = verdict
+        .exit_ip
+        .parse()
+        .ok()
+        .and_then(|ip| geo.country(ip))
+        .unwrap_or_default();
     Some(Observation {
+        country,
         wall_ms,
         usable: verdict.usable,
         reason: verdict.reason,
@@ -207,6 +219,8 @@ pub(crate) struct Scheduler {
     pools: Pools,
     /// When members to forget were last looked for (wall ms).
     forgot_ms: u64,
+    /// Names the countries of usable proxies' exit addresses, where a database is present.
+    geo: Arc<crate::geo::Geo>,
 }
 
 /// Event totals since the coordinator started.
@@ -249,14 +263,22 @@ impl Scheduler {
             stopped: false,
             pools: Pools::new(DEFAULT_MAX_FAILURES, DEFAULT_REVALIDATE_EVERY),
             forgot_ms: 0,
+            geo: Arc::default(),
         }
     }
 
     /// Sets how pools keep their members: a member leaves the live set after `max_failures`
     /// failed checks in a row, and the live members of a pool whose refreshes name no interval
     /// are checked again every `revalidate_every` (zero: never). Call before restoring pools.
-    pub(crate) fn configure_pools(&mut self, max_failures: u32, revalidate_every: Duration) {
+    /// `geo` names exit countries (it may hold no database).
+    pub(crate) fn configure_pools(
+        &mut self,
+        max_failures: u32,
+        revalidate_every: Duration,
+        geo: Arc<crate::geo::Geo>,
+    ) {
         self.pools = Pools::new(max_failures, revalidate_every);
+        self.geo = geo;
     }
 
     /// Brings back a pool as the store had it.
@@ -619,7 +641,7 @@ impl Scheduler {
             .verdicts
             .iter()
             .filter_map(|v| {
-                let seen = observation(&job_id, v, wall_ms)?;
+                let seen = observation(&job_id, v, wall_ms, &self.geo)?;
                 let candidate = job.candidates.get(v.index as usize)?;
                 self.pools
                     .observe(&job.settings.pool, feed, candidate, &seen)

@@ -22,6 +22,8 @@ pub(crate) struct Observation {
     pub(crate) latency_ms: u32,
     pub(crate) anonymity: Anonymity,
     pub(crate) exit_ip: String,
+    /// The exit address's country, where a GeoIP database knows it.
+    pub(crate) country: String,
     pub(crate) detail: String,
     pub(crate) job_id: String,
 }
@@ -104,6 +106,7 @@ impl Member {
             }
             if !seen.exit_ip.is_empty() {
                 self.exit_ip = seen.exit_ip.clone();
+                self.country = seen.country.clone();
             }
             self.last_reason = Reason::None;
             self.last_detail.clear();
@@ -415,6 +418,7 @@ mod tests {
             } else {
                 String::new()
             },
+            country: if usable { "DE".into() } else { String::new() },
             detail: if usable {
                 String::new()
             } else {
@@ -459,7 +463,10 @@ mod tests {
             (1, 0, 1, 1)
         );
         assert_eq!((m.latency_ms, m.latency_avg_ms), (50, 50));
-        assert_eq!(m.exit_ip, "127.0.0.9");
+        assert_eq!(
+            (m.exit_ip.as_str(), m.country.as_str()),
+            ("127.0.0.9", "DE")
+        );
         assert_eq!(m.anonymity, Anonymity::Elite);
         assert_eq!(pools.meta("p").unwrap().version, 1);
     }

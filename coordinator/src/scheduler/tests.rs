@@ -1903,12 +1903,20 @@ fn members(records: &[Record]) -> BTreeMap<String, Member> {
 fn a_refresh_feeds_its_pool_in_the_write_of_its_verdicts() {
     let c = Clock::new();
     let mut s = scheduler();
-    s.configure_pools(2, Duration::from_secs(60));
+    // A GeoIP database that puts 10.0.0.0/8 in Germany (id 56).
+    let geo = crate::geo::write::legacy_v4(&[(std::net::Ipv4Addr::new(10, 0, 0, 0), 8, 56)]);
+    let path = std::env::temp_dir().join(format!("proxyfleet-sched-geo-{}", std::process::id()));
+    std::fs::write(&path, geo).unwrap();
+    let geo = crate::geo::Geo::open(std::slice::from_ref(&path)).unwrap();
+    let _ = std::fs::remove_file(&path);
+    s.configure_pools(2, Duration::from_secs(60), Arc::new(geo));
     s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
     let (w, out) = s.hello(hello("w", 1), c.now);
     let a = &assignments(&out)[0].1;
     s.take_journal();
-    s.verdicts(w, a.lease_id, verdicts_for(a, |i| i < 2), c.now, c.wall());
+    let mut verdicts = verdicts_for(a, |i| i < 2);
+    verdicts[0].exit_ip = "10.1.2.3".into();
+    s.verdicts(w, a.lease_id, verdicts, c.now, c.wall());
     let records = s.take_journal();
     let verdicts_at = records
         .iter()
@@ -1929,13 +1937,19 @@ fn a_refresh_feeds_its_pool_in_the_write_of_its_verdicts() {
         "only the usable proxies join: {members:?}"
     );
     assert!(members.values().all(|m| m.live && m.last_job_id == "j"));
+    let countries: BTreeSet<&str> = members.values().map(|m| m.country.as_str()).collect();
+    assert_eq!(
+        countries,
+        BTreeSet::from(["", "DE"]),
+        "the exit address's country, where known"
+    );
 }
 
 #[test]
 fn rounds_check_the_live_members_before_new_candidates_and_failures_take_them_out() {
     let mut c = Clock::new();
     let mut s = scheduler();
-    s.configure_pools(2, Duration::from_secs(60));
+    s.configure_pools(2, Duration::from_secs(60), Arc::default());
     s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
     let (w, out) = s.hello(hello("w", 1), c.now);
     let a = assignments(&out)[0].1.clone();
