@@ -107,8 +107,8 @@ pub enum Command {
     /// deployment (the proxies are real servers; nothing leaves the hosts they run on).
     Farm(FarmArgs),
     /// The preflight before a service needs proxies: refresh the pool from its sources and, with
-    /// --wait, exit 0 as soon as the pool's live_proxies files hold enough usable proxies of it
-    /// (possibly before it ends). Exit codes: 0 enough usable in the files, 3 the refresh ended
+    /// --wait, exit 0 as soon as the pool's live_proxies files hold enough proxies seen usable
+    /// since it was submitted (possibly before it ends). Exit codes: 0 enough usable in the files, 3 the refresh ended
     /// with fewer, 4 it failed, 5 cancelled, 6 --timeout passed first, 1 coordinator unreachable
     /// (or a refresh that succeeded whose files it could not write), 2 bad input.
     Refresh(RefreshArgs),
@@ -172,7 +172,7 @@ pub struct PoolArgs {
     pub limit: u32,
     #[arg(long, env = "PROXYFLEET_POOL_ORDER", value_enum, default_value_t = PoolOrder::Score)]
     pub order: PoolOrder,
-    #[arg(long, env = "PROXYFLEET_FORMAT", value_enum, default_value_t = PoolFormat::Txt)]
+    #[arg(long, env = "PROXYFLEET_POOL_FORMAT", value_enum, default_value_t = PoolFormat::Txt)]
     pub format: PoolFormat,
 }
 
@@ -184,8 +184,9 @@ pub struct RefreshArgs {
     /// Usable proxies needed.
     #[arg(long, env = "PROXYFLEET_MIN_USABLE", default_value_t = 1)]
     pub min_usable: u64,
-    /// Wait until the pool's live_proxies files hold --min-usable usable proxies of the refresh,
-    /// the refresh ends, or --timeout passes.
+    /// Wait until the pool's live_proxies files hold --min-usable proxies seen usable since the
+    /// refresh was submitted (by it, or by the pool's revalidation), the refresh ends, or
+    /// --timeout passes.
     #[arg(long, env = "PROXYFLEET_WAIT")]
     pub wait: bool,
     /// Longest time to wait with --wait.
@@ -210,7 +211,7 @@ pub struct RefreshArgs {
     pub protocols: Vec<String>,
     /// Check the pool's live proxies again this often from now on (0s: never). Default: the
     /// pool's interval, or the coordinator's --revalidate-every for a new pool.
-    #[arg(long, env = "PROXYFLEET_REVALIDATE_EVERY", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PROXYFLEET_POOL_REVALIDATE_EVERY", value_parser = humantime::parse_duration)]
     pub revalidate_every: Option<Duration>,
 }
 
@@ -297,7 +298,7 @@ pub struct CheckArgs {
     pub require_https: bool,
     /// Check the pool's live proxies again this often from now on (0s: never). Default: the
     /// pool's interval, or the coordinator's --revalidate-every for a new pool.
-    #[arg(long, env = "PROXYFLEET_REVALIDATE_EVERY", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PROXYFLEET_POOL_REVALIDATE_EVERY", value_parser = humantime::parse_duration)]
     pub revalidate_every: Option<Duration>,
     /// A site of yours every proxy must also reach (repeatable, at most 8): its URL, then
     /// optional `;key=value` conditions: `status=200,301` (default 200), `contains=TEXT`,

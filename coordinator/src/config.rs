@@ -296,6 +296,10 @@ pub enum ConfigError {
     LeaseTtl(Duration),
     #[error("--max-attempts must be at least 1")]
     MaxAttempts,
+    #[error("--max-failures must be at least 1")]
+    MaxFailures,
+    #[error("--revalidate-every must be 0s (never) or at least 1s, got {0:?}")]
+    RevalidateEvery(Duration),
     #[error("--judge-url {0:?} is not an http:// or https:// URL")]
     JudgeUrl(String),
     #[error("--refresh-every must be at least 1s")]
@@ -356,6 +360,12 @@ impl CoordinatorConfig {
         }
         if self.max_attempts == 0 {
             return Err(ConfigError::MaxAttempts);
+        }
+        if self.pool_max_failures == 0 {
+            return Err(ConfigError::MaxFailures);
+        }
+        if !self.revalidate_every.is_zero() && self.revalidate_every < Duration::from_secs(1) {
+            return Err(ConfigError::RevalidateEvery(self.revalidate_every));
         }
         if self.judge_urls.is_empty() {
             return Err(ConfigError::JudgeUrl(String::new()));

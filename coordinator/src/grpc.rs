@@ -210,8 +210,8 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let name = r.pool.trim().to_string();
         let filter = convert::pool_filter_from_proto(r.filter).map_err(Status::invalid_argument)?;
-        let following = self.state.follow_pool(&name, &filter)?;
         let slot = self.watchers.acquire()?;
+        let following = self.state.follow_pool(&name, &filter)?;
         let mut shutdown = self.shutdown.clone();
         let state = self.state.clone();
         let max_failures = self.state.pool_max_failures();
@@ -253,7 +253,7 @@ impl Coordinator for CoordinatorService {
                         let Some(kind) = crate::pools::change_kind(
                             &filter,
                             applied.before.as_ref(),
-                            &applied.after,
+                            applied.after.as_ref(),
                         ) else {
                             continue;
                         };
@@ -262,7 +262,7 @@ impl Coordinator for CoordinatorService {
                             crate::pools::ChangeKind::Removed => pb::PoolEventKind::Removed,
                             crate::pools::ChangeKind::Changed => pb::PoolEventKind::Changed,
                         };
-                        convert::pool_event(kind, applied.version, Some(&applied.after), None)
+                        convert::pool_event(kind, applied.version, applied.member(), None)
                     }
                     // Fell behind: a fresh snapshot says where things are now.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {

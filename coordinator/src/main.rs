@@ -52,29 +52,36 @@ async fn main() -> anyhow::Result<()> {
     });
     let judge = listen(judge_addr)
         .with_context(|| format!("cannot listen on {judge_addr} for the judge (--judge-listen)"))?;
-    // The HTTP API: on the port after the judge's unless told, or on none with "off".
+    // The HTTP API: where told, or on none with "off"; by default on the gRPC address with the
+    // port after the judge's, and a default port that is taken only costs a warning.
     let http = match cli.http_listen.as_deref().map(str::trim) {
         Some("off") => None,
-        given => {
-            let addr = match given {
-                Some(addr) => addr
-                    .parse()
-                    .with_context(|| format!("--http-listen {addr:?} is not ADDR:PORT or off"))?,
-                None => {
-                    let mut a = grpc_addr;
-                    a.set_port(if cli.listen.port() == 0 {
-                        0
-                    } else {
-                        grpc_addr.port().wrapping_add(2)
-                    });
-                    a
-                }
-            };
+        Some(addr) => {
+            let addr: std::net::SocketAddr = addr
+                .parse()
+                .with_context(|| format!("--http-listen {addr:?} is not ADDR:PORT or off"))?;
             Some(listen(addr).with_context(|| {
                 format!(
                     "cannot listen on {addr} for the HTTP API (--http-listen; off turns it off)"
                 )
             })?)
+        }
+        None => {
+            let port = if cli.listen.port() == 0 {
+                Some(0)
+            } else {
+                judge.local_addr()?.port().checked_add(1)
+            };
+            match port.map(|port| std::net::SocketAddr::new(grpc_addr.ip(), port)) {
+                Some(addr) => match listen(addr) {
+                    Ok(listener) => Some(listener),
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "the HTTP API's default port is taken: serving no HTTP API (give --http-listen ADDR)");
+                        None
+                    }
+                },
+                None => None,
+            }
         }
     };
     let http_addr = match &http {

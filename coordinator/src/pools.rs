@@ -91,16 +91,16 @@ pub(crate) enum ChangeKind {
     Changed,
 }
 
-/// How a follower with `filter` sees a member go from `before` to `after`; none when it sees
-/// nothing (it passed the filter neither before nor after).
+/// How a follower with `filter` sees a member go from `before` to `after` (none: forgotten); none
+/// when it sees nothing (it passed the filter neither before nor after).
 pub(crate) fn change_kind(
     filter: &PoolFilter,
     before: Option<&Member>,
-    after: &Member,
+    after: Option<&Member>,
 ) -> Option<ChangeKind> {
     match (
         before.is_some_and(|b| filter.passes(b)),
-        filter.passes(after),
+        after.is_some_and(|a| filter.passes(a)),
     ) {
         (false, true) => Some(ChangeKind::Added),
         (true, false) => Some(ChangeKind::Removed),
@@ -115,7 +115,15 @@ pub(crate) struct Applied {
     /// The pool's version after it.
     pub(crate) version: u64,
     pub(crate) before: Option<Member>,
-    pub(crate) after: Member,
+    /// None: the member was forgotten.
+    pub(crate) after: Option<Member>,
+}
+
+impl Applied {
+    /// The member as followers are shown it: as it is now, or as it was when forgotten.
+    pub(crate) fn member(&self) -> Option<&Member> {
+        self.after.as_ref().or(self.before.as_ref())
+    }
 }
 
 /// A pool as clients see it.
@@ -129,6 +137,9 @@ struct ServedPool {
     files_stale: bool,
     /// The live set's files as last written.
     files: Option<WrittenFiles>,
+    /// The store holds the pool (a refresh made it): it is listed and has files. A pool only
+    /// followed (a gateway may start first) is neither, until then.
+    exists: bool,
 }
 
 /// What a pool's files hold, as last written.
@@ -148,6 +159,7 @@ impl ServedPool {
             changes: broadcast::channel(FOLLOWER_BACKLOG).0,
             files_stale: true,
             files: None,
+            exists: false,
         }
     }
 }
@@ -189,6 +201,7 @@ impl ServedPools {
             .into_iter()
             .map(|(meta, members)| {
                 let mut pool = ServedPool::new(meta);
+                pool.exists = true;
                 pool.members = members
                     .into_iter()
                     .map(|m| (m.candidate.full_url(), m))
@@ -199,16 +212,25 @@ impl ServedPools {
         ServedPools { pools }
     }
 
-    fn pool_mut(&mut self, name: &str) -> &mut ServedPool {
-        self.pools
+    /// The pool `name`, made if it is new; `committed` says a committed change made it.
+    fn pool_mut(&mut self, name: &str, committed: bool) -> &mut ServedPool {
+        let pool = self
+            .pools
             .entry(name.to_string())
-            .or_insert_with(|| ServedPool::new(empty_meta(name)))
+            .or_insert_with(|| ServedPool::new(empty_meta(name)));
+        pool.exists |= committed;
+        pool
+    }
+
+    /// A pool the store holds.
+    fn existing(&self, name: &str) -> Option<&ServedPool> {
+        self.pools.get(name).filter(|p| p.exists)
     }
 
     /// A committed member change: followers get it, and the files are stale if the live set
     /// changed.
     pub(crate) fn apply_member(&mut self, pool: &str, version: u64, member: Member) {
-        let served = self.pool_mut(pool);
+        let served = self.pool_mut(pool, true);
         let key = member.candidate.full_url();
         let before = served.members.insert(key, member.clone());
         served.meta.version = served.meta.version.max(version);
@@ -219,32 +241,45 @@ impl ServedPools {
         let _ = served.changes.send(Arc::new(Applied {
             version,
             before,
-            after: member,
+            after: Some(member),
         }));
     }
 
     /// A committed meta change.
     pub(crate) fn apply_meta(&mut self, meta: PoolMeta) {
-        let served = self.pool_mut(&meta.name);
+        let served = self.pool_mut(&meta.name, true);
         let version = served.meta.version.max(meta.version);
         served.meta = PoolMeta { version, ..meta };
     }
 
-    /// Members forgotten (dead for long): followers are not told, they were out of the live set.
-    pub(crate) fn forget(&mut self, pool: &str, key: &str) {
-        if let Some(served) = self.pools.get_mut(pool) {
-            served.members.remove(key);
+    /// A member forgotten (out of the live set for long): followers that see dead members are
+    /// told it is gone.
+    pub(crate) fn forget(&mut self, pool: &str, version: u64, key: &str) {
+        let served = self.pool_mut(pool, true);
+        served.meta.version = served.meta.version.max(version);
+        if let Some(before) = served.members.remove(key) {
+            let _ = served.changes.send(Arc::new(Applied {
+                version,
+                before: Some(before),
+                after: None,
+            }));
         }
     }
 
+    /// The pools the store holds, by name.
     pub(crate) fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.pools.keys().cloned().collect();
+        let mut names: Vec<String> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| p.exists)
+            .map(|(name, _)| name.clone())
+            .collect();
         names.sort();
         names
     }
 
     pub(crate) fn summary(&self, name: &str) -> Option<PoolSummary> {
-        let p = self.pools.get(name)?;
+        let p = self.existing(name)?;
         Some(PoolSummary {
             meta: p.meta.clone(),
             live: p.members.values().filter(|m| m.live).count() as u64,
@@ -261,19 +296,35 @@ impl ServedPools {
         order: PoolOrder,
         limit: usize,
     ) -> Option<PoolView> {
-        let p = self.pools.get(name)?;
+        let p = self.existing(name)?;
         Some(PoolView {
             summary: self.summary(name)?,
             members: select(&p.members, filter, order, limit),
         })
     }
 
-    /// A snapshot and the changes after it; a pool not known yet is followed from empty.
+    /// A snapshot and the changes after it; a pool not known yet is followed from empty (it is
+    /// not listed, and has no files, until a refresh makes it). Pools only followed that no one
+    /// follows any more are dropped here: the followers' limit bounds them.
     pub(crate) fn follow(&mut self, name: &str, filter: &PoolFilter) -> Following {
-        let changes = self.pool_mut(name).changes.subscribe();
-        let view = self
-            .view(name, filter, PoolOrder::Score, 0)
-            .expect("the pool was just made");
+        self.pools
+            .retain(|_, p| p.exists || p.changes.receiver_count() > 0);
+        let pool = self.pool_mut(name, false);
+        let changes = pool.changes.subscribe();
+        let summary = PoolSummary {
+            meta: pool.meta.clone(),
+            live: pool.members.values().filter(|m| m.live).count() as u64,
+            total: pool.members.len() as u64,
+            files: pool
+                .files
+                .as_ref()
+                .map(|f| f.path.clone())
+                .unwrap_or_default(),
+        };
+        let view = PoolView {
+            summary,
+            members: select(&pool.members, filter, PoolOrder::Score, 0),
+        };
         Following { view, changes }
     }
 
@@ -281,7 +332,7 @@ impl ServedPools {
     pub(crate) fn stale_files(&self) -> Vec<(String, Vec<Member>)> {
         self.pools
             .values()
-            .filter(|p| p.files_stale)
+            .filter(|p| p.exists && p.files_stale)
             .map(|p| {
                 let live = select(&p.members, &PoolFilter::default(), PoolOrder::Latency, 0);
                 (p.meta.name.clone(), live)
@@ -291,11 +342,16 @@ impl ServedPools {
 
     /// `name`'s files now hold `live`, at `path`.
     pub(crate) fn files_written(&mut self, name: &str, path: String, live: &[Member]) {
-        let served = self.pool_mut(name);
+        let served = self.pool_mut(name, true);
         served.files_stale = false;
         let mut seen: Vec<u64> = live.iter().map(|m| m.last_seen_ms).collect();
         seen.sort_unstable();
         served.files = Some(WrittenFiles { path, seen });
+    }
+
+    /// `name`'s files are left as they are (not stale any more, not written either).
+    pub(crate) fn files_kept(&mut self, name: &str) {
+        self.pool_mut(name, true).files_stale = false;
     }
 
     /// The live set's txt file, once written, and how many proxies in it were seen usable at
@@ -477,21 +533,33 @@ mod tests {
         let live = member(1, Protocol::Http, true, 10);
         let dead = member(1, Protocol::Http, false, 10);
         let socks = member(2, Protocol::Socks5, true, 10);
-        assert_eq!(change_kind(&http, None, &live), Some(ChangeKind::Added));
         assert_eq!(
-            change_kind(&http, Some(&live), &live),
+            change_kind(&http, None, Some(&live)),
+            Some(ChangeKind::Added)
+        );
+        assert_eq!(
+            change_kind(&http, Some(&live), Some(&live)),
             Some(ChangeKind::Changed)
         );
         assert_eq!(
-            change_kind(&http, Some(&live), &dead),
+            change_kind(&http, Some(&live), Some(&dead)),
             Some(ChangeKind::Removed)
         );
-        assert_eq!(change_kind(&http, Some(&dead), &dead), None);
+        assert_eq!(change_kind(&http, Some(&dead), Some(&dead)), None);
         assert_eq!(
-            change_kind(&http, Some(&dead), &live),
+            change_kind(&http, Some(&dead), Some(&live)),
             Some(ChangeKind::Added)
         );
-        assert_eq!(change_kind(&http, None, &socks), None);
+        assert_eq!(change_kind(&http, None, Some(&socks)), None);
+        let everyone = PoolFilter {
+            include_dead: true,
+            ..PoolFilter::default()
+        };
+        assert_eq!(
+            change_kind(&everyone, Some(&dead), None),
+            Some(ChangeKind::Removed)
+        );
+        assert_eq!(change_kind(&http, Some(&dead), None), None);
     }
 
     #[test]
@@ -499,7 +567,13 @@ mod tests {
         let mut served = ServedPools::new([]);
         let mut following = served.follow("p", &PoolFilter::default());
         assert!(following.view.members.is_empty());
+        assert!(
+            served.stale_files().is_empty() && served.names().is_empty(),
+            "a pool only followed has no files and is not listed"
+        );
+        served.apply_meta(empty_meta("p"));
         assert_eq!(served.stale_files().len(), 1);
+        assert_eq!(served.names(), ["p"]);
         served.files_written("p", "/x/live_proxies.txt".into(), &[]);
         assert!(served.stale_files().is_empty());
         served.apply_member("p", 1, member(1, Protocol::Http, true, 10));
@@ -508,7 +582,7 @@ mod tests {
         assert_eq!((first.version, first.before.is_none()), (1, true));
         let second = following.changes.try_recv().unwrap();
         assert_eq!(second.version, 2);
-        assert!(second.before.as_ref().unwrap().live && !second.after.live);
+        assert!(second.before.as_ref().unwrap().live && !second.after.as_ref().unwrap().live);
         assert!(following.changes.try_recv().is_err(), "each change once");
         let stale = served.stale_files();
         assert_eq!(stale.len(), 1);
@@ -522,6 +596,22 @@ mod tests {
         served.files_written("p", "/x/live_proxies.txt".into(), &[]);
         served.apply_member("p", 3, member(1, Protocol::Http, false, 10));
         assert!(served.stale_files().is_empty());
+        // Forgotten: gone, and followers are told.
+        while following.changes.try_recv().is_ok() {}
+        served.forget(
+            "p",
+            4,
+            &member(1, Protocol::Http, false, 10).candidate.full_url(),
+        );
+        let gone = following.changes.try_recv().unwrap();
+        assert_eq!((gone.version, gone.after.is_none()), (4, true));
+        assert_eq!(gone.member().unwrap().candidate.port, 1);
+        assert_eq!(served.summary("p").unwrap().total, 0);
+        assert_eq!(served.summary("p").unwrap().meta.version, 4);
+        // A pool only followed, and followed no more, is dropped at the next follow.
+        drop(served.follow("q", &PoolFilter::default()));
+        let _r = served.follow("r", &PoolFilter::default());
+        assert!(!served.pools.contains_key("q"));
     }
 
     #[test]

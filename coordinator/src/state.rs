@@ -125,6 +125,10 @@ enum StoreOp {
     Prune {
         before_ms: u64,
     },
+    /// Delete these ended jobs (old revalidation rounds).
+    Forget {
+        job_ids: Vec<String>,
+    },
 }
 
 /// The store writer thread's part: it owns the store, and reports what it committed to the
@@ -173,7 +177,8 @@ impl StoreWriter {
                         next_lease = next_lease.max(n);
                         committed_seq = Some(seq);
                     }
-                    StoreOp::Prune { before_ms } => prunes.push(before_ms),
+                    StoreOp::Prune { before_ms } => prunes.push(Err(before_ms)),
+                    StoreOp::Forget { job_ids } => prunes.push(Ok(job_ids)),
                 }
             }
             if let Err(e) = self.store.write(&records, next_lease) {
@@ -189,8 +194,12 @@ impl StoreWriter {
                 job_ended,
                 pools,
             });
-            for before_ms in prunes {
-                match self.store.prune(before_ms) {
+            for prune in prunes {
+                let pruned = match prune {
+                    Err(before_ms) => self.store.prune(before_ms),
+                    Ok(job_ids) => self.store.forget_jobs(job_ids),
+                };
+                match pruned {
                     Ok(ids) => {
                         let _ = self.events.send(Event::Pruned(ids));
                     }
@@ -249,6 +258,9 @@ impl FollowCursor {
 
 /// Rows read at once when a job's results are read whole.
 const RESULTS_PAGE: usize = 1_000;
+
+/// How many ended revalidation rounds of a pool are kept as jobs (`proxyfleet jobs` lists them).
+const KEEP_ROUNDS: usize = 20;
 
 /// How often, at most, a pool's files are written while its live set keeps changing: a pool of
 /// a million proxies is not rewritten for every check.
@@ -355,7 +367,7 @@ impl State {
                 "pools restored from the data dir"
             );
         }
-        let served = ServedPools::new(
+        let mut served = ServedPools::new(
             stored_pools
                 .iter()
                 .map(|p| (p.meta.clone(), p.members.clone())),
@@ -377,6 +389,14 @@ impl State {
             let changed = scheduler.take_journal();
             if !changed.is_empty() {
                 store.write(&changed, scheduler.next_lease_id())?;
+                // Clients see what the store holds: a round that restoring ended, too.
+                apply_pool_changes(
+                    &mut served,
+                    changed.into_iter().filter_map(|r| match r {
+                        Record::Pool(change) => Some(change),
+                        _ => None,
+                    }),
+                );
             }
             scrapes.extend(scheduler.take_scrapes());
             scheduler.keep_in_store(id);
@@ -482,18 +502,7 @@ impl State {
             } => {
                 self.deliver(acks);
                 if !pools.is_empty() {
-                    let mut served = lock(&self.inner.pools);
-                    for change in pools {
-                        match change {
-                            PoolChange::Member {
-                                pool,
-                                version,
-                                member,
-                            } => served.apply_member(&pool, version, *member),
-                            PoolChange::Meta(meta) => served.apply_meta(*meta),
-                            PoolChange::Forget { pool, proxy } => served.forget(&pool, &proxy),
-                        }
-                    }
+                    apply_pool_changes(&mut lock(&self.inner.pools), pools);
                 }
                 self.write_pool_files(last_files, false);
                 if job_ended {
@@ -520,6 +529,17 @@ impl State {
         *last = Some(Instant::now());
         for (pool, live) in stale {
             let dir = pool_dir(&self.inner.config, &pool);
+            // Files an earlier release wrote from its last refresh are not emptied before the
+            // pool has a member: they are the best there is until then.
+            if live.is_empty()
+                && lock(&self.inner.pools)
+                    .files_fresh_since(&pool, 0)
+                    .is_none()
+                && std::fs::metadata(dir.join(output::LIVE_TXT)).is_ok_and(|m| m.len() > 0)
+            {
+                lock(&self.inner.pools).files_kept(&pool);
+                continue;
+            }
             match output::write_all(&dir, &pools::render(&live)) {
                 Ok(()) => {
                     let path = dir.join(output::LIVE_TXT);
@@ -1394,6 +1414,7 @@ impl State {
     /// Writes an ended job's files, then shows its end to its watchers, then lets its rows leave
     /// memory (the publisher's part of [`State::publish`]).
     fn show_end(&self, snapshot: JobSnapshot) {
+        let snapshot_pool = snapshot.settings.pool.clone();
         if let Err(e) = self.write_outputs(&snapshot) {
             warn!(job_id = %snapshot.id, error = %e, "could not write the job's results to the data dir");
         }
@@ -1411,7 +1432,20 @@ impl State {
         }
         // Its end and every verdict before it are durable and its files are written: from now on
         // its rows are read from the store.
-        lock(&self.inner.scheduler).keep_in_store(&id);
+        let old_rounds = {
+            let mut scheduler = lock(&self.inner.scheduler);
+            scheduler.keep_in_store(&id);
+            scheduler.old_rounds(&snapshot_pool, KEEP_ROUNDS)
+        };
+        // A pool's rounds live in its members; the store keeps only its newest few as jobs, so
+        // memory and restarts follow the pools, not their history.
+        if !old_rounds.is_empty()
+            && let Some(tx) = lock(&self.inner.store_tx).as_ref()
+        {
+            let _ = tx.send(StoreOp::Forget {
+                job_ids: old_rounds,
+            });
+        }
     }
 
     /// Writes an ended refresh's files under `DATA_DIR/jobs/<id>/` unless they are there already
@@ -1438,6 +1472,25 @@ impl State {
         };
         let files = output::render(&job.id, job.ended_wall_ms, &results);
         write_job_files(&job_dir, job, &files)
+    }
+}
+
+/// Shows clients committed pool changes, in order.
+fn apply_pool_changes(served: &mut ServedPools, changes: impl IntoIterator<Item = PoolChange>) {
+    for change in changes {
+        match change {
+            PoolChange::Member {
+                pool,
+                version,
+                member,
+            } => served.apply_member(&pool, version, *member),
+            PoolChange::Meta(meta) => served.apply_meta(*meta),
+            PoolChange::Forget {
+                pool,
+                version,
+                proxy,
+            } => served.forget(&pool, version, &proxy),
+        }
     }
 }
 

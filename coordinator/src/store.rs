@@ -421,17 +421,40 @@ impl Store {
             rows.collect::<Result<_, _>>()
                 .map_err(|e| self.write_error(e))?
         };
+        self.delete_jobs(&ids)?;
+        Ok(ids)
+    }
+
+    /// Deletes the jobs of `ids` that have ended (a running one is kept); returns their ids.
+    pub(crate) fn forget_jobs(&mut self, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
+        let mut ended = Vec::with_capacity(ids.len());
+        for id in ids {
+            let ended_ms: Option<i64> = self
+                .conn
+                .query_row("SELECT ended_ms FROM jobs WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(|e| self.write_error(e))?;
+            if ended_ms.is_some_and(|ms| ms > 0) {
+                ended.push(id);
+            }
+        }
+        self.delete_jobs(&ended)?;
+        Ok(ended)
+    }
+
+    fn delete_jobs(&mut self, ids: &[String]) -> Result<(), StoreError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| write_error(&path, e))?;
-        for id in &ids {
+        for id in ids {
             for table in ["jobs", "candidates", "verdicts", "chunks"] {
                 let column = if table == "jobs" { "id" } else { "job_id" };
                 tx.execute(&format!("DELETE FROM {table} WHERE {column} = ?1"), [id])
                     .map_err(|e| write_error(&path, e))?;
             }
         }
-        tx.commit().map_err(|e| write_error(&path, e))?;
-        Ok(ids)
+        tx.commit().map_err(|e| write_error(&path, e))
     }
 }
 
@@ -864,11 +887,17 @@ fn write_records(
                 tx.prepare_cached("UPDATE pools SET version = max(version, ?2) WHERE name = ?1")?
                     .execute(params![pool, *version as i64])?;
             }
-            Record::Pool(PoolChange::Forget { pool, proxy }) => {
+            Record::Pool(PoolChange::Forget {
+                pool,
+                version,
+                proxy,
+            }) => {
                 tx.execute(
                     "DELETE FROM pool_members WHERE pool = ?1 AND proxy = ?2",
                     params![pool, proxy],
                 )?;
+                tx.prepare_cached("UPDATE pools SET version = max(version, ?2) WHERE name = ?1")?
+                    .execute(params![pool, *version as i64])?;
             }
             Record::Pool(PoolChange::Meta(meta)) => {
                 tx.execute(

@@ -34,6 +34,10 @@ pub(crate) fn pool_name_problem(name: &str) -> Option<String> {
     if name.starts_with('.') {
         return Some("must not start with '.'".into());
     }
+    // Named pools' files go in a directory of that name beside the default pool's files.
+    if name.ends_with(".txt") || name.ends_with(".json") {
+        return Some("must not end in .txt or .json, like the pool files beside it".into());
+    }
     name.chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
         .map(|c| format!("{c:?} is not allowed: use letters, digits, '-', '_' and '.'"))
@@ -284,6 +288,12 @@ pub(crate) fn validate(
         revalidate_every: match revalidate_every_ms {
             0 => None,
             u64::MAX => Some(Duration::ZERO),
+            ms if ms < 1_000 => {
+                return Err(invalid(
+                    "revalidate_every_ms",
+                    format!("{ms}ms is too often: at least 1s (or never)"),
+                ));
+            }
             ms => Some(Duration::from_millis(ms)),
         },
         targets,

@@ -51,7 +51,7 @@ fn proxies(pool: &pb::Pool) -> BTreeSet<String> {
 
 /// Runs a refresh of `lines` into `pool` and waits until it SUCCEEDED.
 async fn refresh(coordinator: &CoordinatorProc, lines: &[String], extra: &[&str]) -> String {
-    let mut options = vec!["--timeout", "2s", "--min-usable", "1"];
+    let mut options = vec!["--timeout", "5s", "--min-usable", "1"];
     options.extend_from_slice(extra);
     let job_id = coordinator.submit(lines, &options).await;
     let mut client = coordinator.client().await;
@@ -153,8 +153,9 @@ async fn a_dead_proxy_leaves_the_live_set_and_a_later_refresh_brings_it_back() {
     })
     .await;
     let took = wall_ms() - killed_at;
-    // K rounds, each within an interval plus a check's timeout (2s) and a tick: the bound.
-    let bound = MAX_FAILURES * (EVERY_MS + 2_000 + 1_000);
+    // K rounds, each within an interval plus a check's timeout (5s), and room for a loaded
+    // machine: the bound.
+    let bound = MAX_FAILURES * (EVERY_MS + 5_000) + 10_000;
     assert!(
         took <= bound,
         "left the live set {took}ms after it died, more than {bound}ms"
@@ -322,7 +323,7 @@ async fn grpc_grpcurl_http_and_the_cli_serve_the_same_pool_behind_the_client_tok
     let (_, out, err) = run(grpcurl().args([
         "-plaintext",
         "-max-time",
-        "3",
+        "10",
         "-H",
         bearer,
         "-d",
@@ -486,13 +487,14 @@ async fn a_pool_survives_a_kill_9_with_its_members_and_their_history() {
 
 /// Rounds of a pool of 20 proxies every 2 s while a refresh of 100,000 candidates (refused
 /// addresses, and black holes that hold a check for its 3 s timeout) runs in another pool. The
-/// bound: while the big refresh checks, each round starts at most `ROUND_SLACK` after it is due
-/// (its interval after the last one started, or the last one's end if that came later) and ends
-/// within `ROUND_SLACK` of its start: the rounds' chunks go before the refresh's queued ones.
+/// bound: while the big refresh checks, each round starts at most `ROUND_SLACK_MS` (8 s) after it
+/// is due (its interval after the last one started, or the last one's end if that came later) and
+/// ends within 8 s of its start; measured here they take 0–2.5 s. Queued behind the refresh's
+/// chunks instead, a round waits for most of the refresh (over 20 s) and the test fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rounds_keep_their_interval_while_a_big_refresh_runs() {
     const EVERY_MS: u64 = 2_000;
-    const ROUND_SLACK_MS: u64 = 4_000;
+    const ROUND_SLACK_MS: u64 = 8_000;
     harness::raise_fd_limit();
     let farm = Farm::spawn([127, 0, 0, 1].into(), 20, 2_000, 0)
         .await

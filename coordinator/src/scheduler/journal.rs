@@ -220,13 +220,26 @@ impl Scheduler {
             recorded,
             stored: None,
         };
+        let round = job.settings.kind == JobKind::Revalidation;
         self.job_order.push(id.clone());
         self.jobs.insert(id.clone(), job);
         // Shown to watchers, but not saved again: the store holds it as it is. What restoring
         // changes (an unfinished job started again, or ended because nothing is left to check)
         // is saved like any other change.
-        self.changed.watch.insert(id);
+        self.changed.watch.insert(id.clone());
         let mut out = Vec::new();
+        // A revalidation round that was running is over: what it checked counts, and its pool's
+        // next round checks the rest, one round at a time.
+        if round && !terminal {
+            self.end_job(
+                &id,
+                JobState::Cancelled,
+                "the coordinator restarted during this round; the next round checks again".into(),
+                now,
+                wall_now,
+                &mut out,
+            );
+        }
         self.start_queued_jobs(now, wall_now, &mut out);
         out.extend(self.assign(now));
         out

@@ -79,7 +79,12 @@ fn observation(
     wall_ms: u64,
     geo: &crate::geo::Geo,
 ) -> Option<Observation> {
-    if matches!(verdict.reason, Reason::Poison | Reason::Forbidden) {
+    // Not checked (poison, forbidden), or working but outside a job's own filter: neither says
+    // anything about the proxy for its pool.
+    if matches!(
+        verdict.reason,
+        Reason::Poison | Reason::Forbidden | Reason::Filtered
+    ) {
         return None;
     }
     let country = verdict
@@ -221,6 +226,16 @@ pub(crate) struct Scheduler {
     forgot_ms: u64,
     /// Names the countries of usable proxies' exit addresses, where a database is present.
     geo: Arc<crate::geo::Geo>,
+    /// Running revalidation rounds, by job: whether a member passed yet, and the failures held
+    /// until one does (dropped if none does).
+    round_doubts: HashMap<String, RoundDoubt>,
+}
+
+/// A running round's failures, held until one of its members passes.
+#[derive(Debug, Default)]
+struct RoundDoubt {
+    passed: bool,
+    held: Vec<(Candidate, Observation)>,
 }
 
 /// Event totals since the coordinator started.
@@ -264,6 +279,7 @@ impl Scheduler {
             pools: Pools::new(DEFAULT_MAX_FAILURES, DEFAULT_REVALIDATE_EVERY),
             forgot_ms: 0,
             geo: Arc::default(),
+            round_doubts: HashMap::new(),
         }
     }
 
@@ -637,16 +653,40 @@ impl Scheduler {
             JobKind::Refresh => Feed::Refresh,
             JobKind::Revalidation => Feed::Revalidation,
         };
-        let pool_changes: Vec<PoolChange> = recorded
-            .verdicts
-            .iter()
-            .filter_map(|v| {
-                let seen = observation(&job_id, v, wall_ms, &self.geo)?;
-                let candidate = job.candidates.get(v.index as usize)?;
+        let mut pool_changes: Vec<PoolChange> = Vec::new();
+        for v in &recorded.verdicts {
+            let (Some(seen), Some(candidate)) = (
+                observation(&job_id, v, wall_ms, &self.geo),
+                job.candidates.get(v.index as usize),
+            ) else {
+                continue;
+            };
+            // A round's failures count once one of its members passed: a round in which every
+            // member fails says the judge, a target or the workers' network is down, not that
+            // every proxy died at once.
+            if feed == Feed::Revalidation {
+                let doubt = self.round_doubts.entry(job_id.clone()).or_default();
+                if !seen.usable && !doubt.passed {
+                    doubt.held.push((candidate.clone(), seen));
+                    continue;
+                }
+                if seen.usable && !doubt.passed {
+                    doubt.passed = true;
+                    for (held, failed) in std::mem::take(&mut doubt.held) {
+                        pool_changes.extend(self.pools.observe(
+                            &job.settings.pool,
+                            feed,
+                            &held,
+                            &failed,
+                        ));
+                    }
+                }
+            }
+            pool_changes.extend(
                 self.pools
-                    .observe(&job.settings.pool, feed, candidate, &seen)
-            })
-            .collect();
+                    .observe(&job.settings.pool, feed, candidate, &seen),
+            );
+        }
         self.counters.duplicate_verdicts_refused += recorded.duplicates;
         self.counters.verdicts_usable += recorded.usable;
         self.counters.verdicts_unusable += accepted - recorded.usable;
@@ -1210,6 +1250,8 @@ impl Scheduler {
         if let Some(change) = self.pools.job_ended(job_id) {
             self.journal.push(Record::Pool(change));
         }
+        // A round in which no member passed changes no member.
+        self.round_doubts.remove(job_id);
         self.start_queued_jobs(now, wall_ms, out);
     }
 
@@ -1222,6 +1264,23 @@ impl Scheduler {
         } else {
             &job.settings.judge_urls
         }
+    }
+
+    /// The ended revalidation rounds of `pool` beyond its newest `keep`, oldest first.
+    pub(crate) fn old_rounds(&self, pool: &str, keep: usize) -> Vec<String> {
+        let mut ended: Vec<(u64, &str)> = self
+            .jobs
+            .values()
+            .filter(|j| {
+                j.settings.kind == JobKind::Revalidation
+                    && j.settings.pool == pool
+                    && j.state.is_terminal()
+            })
+            .map(|j| (j.ended_wall_ms, j.id.as_str()))
+            .collect();
+        ended.sort();
+        let old = ended.len().saturating_sub(keep);
+        ended[..old].iter().map(|(_, id)| id.to_string()).collect()
     }
 
     /// Refreshes not ended yet (revalidation rounds are the coordinator's own).

@@ -175,6 +175,8 @@ pub(crate) enum PoolChange {
     /// A member out of the live set for long is forgotten (by `Candidate::full_url`).
     Forget {
         pool: String,
+        /// The pool's version this change made.
+        version: u64,
         proxy: String,
     },
 }
@@ -215,10 +217,9 @@ impl Pools {
         }
     }
 
-    /// Brings back a pool as the store had it.
-    pub(crate) fn restore(&mut self, mut meta: PoolMeta, members: Vec<Member>) {
-        // A round that was running before the restart is not running now: the next is due.
-        meta.round_job = None;
+    /// Brings back a pool as the store had it (a round that was running ends when its job is
+    /// restored, see [`Pools::job_ended`]).
+    pub(crate) fn restore(&mut self, meta: PoolMeta, members: Vec<Member>) {
         let members = members
             .into_iter()
             .map(|m| (m.candidate.full_url(), m))
@@ -359,11 +360,14 @@ impl Pools {
     pub(crate) fn forget_dead(&mut self, before_ms: u64) -> Vec<PoolChange> {
         let mut gone = Vec::new();
         for pool in self.pools.values_mut() {
+            let meta = &mut pool.meta;
             pool.members.retain(|key, m| {
                 let keep = m.live || m.last_seen_ms >= before_ms;
                 if !keep {
+                    meta.version += 1;
                     gone.push(PoolChange::Forget {
-                        pool: pool.meta.name.clone(),
+                        pool: meta.name.clone(),
+                        version: meta.version,
                         proxy: key.clone(),
                     });
                 }
@@ -580,6 +584,7 @@ mod tests {
             pools.forget_dead(101),
             vec![PoolChange::Forget {
                 pool: "p".into(),
+                version: 4,
                 proxy: candidate(2).full_url()
             }]
         );
@@ -587,7 +592,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restored_pool_has_no_round_running() {
+    fn a_restored_pool_keeps_its_round_until_the_rounds_job_ends() {
         let mut pools = Pools::new(3, Duration::from_secs(10));
         let member = Member::new(candidate(1), &seen(1, true, 10));
         let meta = PoolMeta {
@@ -600,6 +605,8 @@ mod tests {
         };
         pools.restore(meta, vec![member.clone()]);
         assert_eq!(pools.member("p", &candidate(1).full_url()), Some(&member));
+        assert!(pools.due(10_050).is_empty(), "its round is still on");
+        assert!(pools.job_ended("r").is_some());
         assert_eq!(pools.due(10_050).len(), 1);
         let m =
             member_of(pools.observe("p", Feed::Revalidation, &candidate(1), &seen(9, true, 10)));

@@ -1955,7 +1955,8 @@ fn rounds_check_the_live_members_before_new_candidates_and_failures_take_them_ou
     let a = assignments(&out)[0].1.clone();
     s.verdicts(w, a.lease_id, verdicts_for(&a, |_| true), c.now, c.wall());
     assert_eq!(state(&s, "j", c.now), JobState::Succeeded);
-    // The first round is due at once; a big refresh queued before it waits behind it.
+    // The first round comes an interval after the refresh; a big refresh queued before it waits
+    // behind it.
     let mut big = new_job("big", 100, 4, 0);
     big.settings.pool = "other".into();
     s.submit(big, c.now, c.wall());
@@ -1991,19 +1992,24 @@ fn rounds_check_the_live_members_before_new_candidates_and_failures_take_them_ou
         next[0].1.job_id, round,
         "the round's chunk before the rest of the big refresh"
     );
-    // Two rounds that find the members dead take them out of the live set.
+    // Two rounds that find three members dead take them out of the live set. The one that
+    // passes comes last: the failures before it are held until a member passes.
     s.take_journal();
+    let survivor = next[0].1.candidates[3].1.full_url();
     let out = s.verdicts(
         w,
         next[0].1.lease_id,
-        verdicts_for(&next[0].1, |_| false),
+        verdicts_for(&next[0].1, |i| i == 3),
         t,
         c.wall(),
     );
     assert_eq!(state(&s, &round, t), JobState::Succeeded);
     let after_one = members(&s.take_journal());
     assert_eq!(after_one.len(), 4);
-    assert!(after_one.values().all(|m| m.live && m.failures == 1));
+    for (proxy, m) in &after_one {
+        let failures = u32::from(*proxy != survivor);
+        assert!(m.live && m.failures == failures, "{m:?}");
+    }
     drop(out);
     // Not due again before the interval.
     pass(&mut s, &mut c, w, 6);
@@ -2024,28 +2030,108 @@ fn rounds_check_the_live_members_before_new_candidates_and_failures_take_them_ou
     let second = rounds.into_iter().find(|id| *id != round).unwrap();
     s.take_journal();
     // Whatever the worker holds, it gets the round's chunk once a slot frees.
-    for _ in 0..30 {
-        let Some(a) = held(&s, w) else { break };
-        s.verdicts(w, a.lease_id, verdicts_for(&a, |_| false), t, c.wall());
-        if state(&s, &second, t).is_terminal() {
-            break;
+    let finish = |s: &mut Scheduler,
+                  round: &str,
+                  (t, wall): (Instant, u64),
+                  pass: &dyn Fn(&Candidate) -> bool| {
+        for _ in 0..30 {
+            let Some(a) = held(s, w) else { break };
+            let usable = |i: u32| {
+                a.job_id == round
+                    && a.candidates
+                        .iter()
+                        .any(|(j, candidate)| *j == i && pass(candidate))
+            };
+            s.verdicts(w, a.lease_id, verdicts_for(&a, usable), t, wall);
+            if state(s, round, t).is_terminal() {
+                break;
+            }
         }
-    }
-    assert_eq!(state(&s, &second, t), JobState::Succeeded);
+        assert_eq!(state(s, round, t), JobState::Succeeded);
+    };
+    finish(&mut s, &second, (t, c.wall()), &|candidate| {
+        candidate.full_url() == survivor
+    });
     let after_two = members(&s.take_journal());
     assert_eq!(after_two.len(), 4);
+    for (proxy, m) in &after_two {
+        if *proxy == survivor {
+            assert!(m.live && m.failures == 0 && m.successes == 3, "{m:?}");
+        } else {
+            assert!(
+                !m.live && m.failures == 2,
+                "two failures in a row take them out: {m:?}"
+            );
+        }
+    }
+    // A round in which no member passes changes none: the judge may be down, not the proxies.
+    let t = pass(&mut s, &mut c, w, 13);
+    let third = s
+        .job_ids()
+        .into_iter()
+        .filter(|id| id.starts_with("round-") && *id != round && *id != second)
+        .collect::<Vec<_>>();
+    assert_eq!(third.len(), 1, "one live member left: rounds go on");
+    s.take_journal();
+    finish(&mut s, &third[0], (t, c.wall()), &|_| false);
     assert!(
-        after_two.values().all(|m| !m.live && m.failures == 2),
-        "two failures in a row take them out: {after_two:?}"
-    );
-    // No live member: no round.
-    pass(&mut s, &mut c, w, 30);
-    assert_eq!(
-        s.job_ids()
-            .iter()
-            .filter(|id| id.starts_with("round-"))
-            .count(),
-        2
+        members(&s.take_journal()).is_empty(),
+        "an inconclusive round changes no member"
     );
     assert_eq!(s.active_jobs(), 1, "rounds are not the clients' jobs");
+}
+
+#[test]
+fn a_round_running_at_a_restart_ends_and_its_pool_runs_one_round_at_a_time() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.configure_pools(2, Duration::from_secs(60), Arc::default());
+    s.submit(new_job("j", 4, 4, 0), c.now, c.wall());
+    let (w, out) = s.hello(hello("w", 1), c.now);
+    let a = assignments(&out)[0].1.clone();
+    s.verdicts(w, a.lease_id, verdicts_for(&a, |_| true), c.now, c.wall());
+    pass(&mut s, &mut c, w, 13);
+    let round = s
+        .job_ids()
+        .into_iter()
+        .find(|id| id.starts_with("round-"))
+        .expect("a round started");
+    assert_eq!(state(&s, &round, c.now), JobState::Checking);
+    // The store, as a restart finds it.
+    let records = s.take_journal();
+    let stored = replay(&records);
+    let mut meta = None;
+    let mut kept = BTreeMap::new();
+    for r in &records {
+        match r {
+            Record::Pool(PoolChange::Meta(m)) => meta = Some((**m).clone()),
+            Record::Pool(PoolChange::Member { member, .. }) => {
+                kept.insert(member.candidate.full_url(), (**member).clone());
+            }
+            _ => {}
+        }
+    }
+    let meta = meta.expect("the pool's meta is journaled");
+    assert_eq!(meta.round_job.as_deref(), Some(round.as_str()));
+    let mut restarted = scheduler();
+    restarted.configure_pools(2, Duration::from_secs(60), Arc::default());
+    restarted.restore_pool(meta, kept.into_values().collect());
+    for job in stored {
+        restarted.restore(job, c.now, c.wall());
+    }
+    assert_eq!(state(&restarted, &round, c.now), JobState::Cancelled);
+    let running = |s: &Scheduler, t: Instant| {
+        s.job_ids()
+            .into_iter()
+            .filter(|id| id.starts_with("round-") && !state(s, id, t).is_terminal())
+            .count()
+    };
+    assert_eq!(running(&restarted, c.now), 0);
+    // The next comes at the interval, alone.
+    for _ in 0..4 {
+        let t = c.advance(Duration::from_secs(20));
+        restarted.tick(t, c.wall());
+        assert!(running(&restarted, t) <= 1);
+    }
+    assert_eq!(running(&restarted, c.now), 1);
 }
