@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod auth;
+pub mod dial;
 pub mod guard;
 pub mod logging;
 pub mod metrics;

@@ -12,9 +12,9 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::dial::{self, HandshakeError, JudgeUrl, Socks4Dest, Socks5Dest};
 use crate::echo::{self, JudgeKind};
 use crate::targets::{self, LeaseTarget};
+use proxyfleet_common::dial::{self, HandshakeError, JudgeUrl, Socks4Dest, Socks5Dest};
 use proxyfleet_common::guard::{DialError, Guard};
 use proxyfleet_common::url::HttpUrl;
 

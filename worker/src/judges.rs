@@ -13,7 +13,7 @@ use tokio::sync::{OnceCell, mpsc};
 use tracing::{info, warn};
 
 use crate::check::{Checker, Judge};
-use crate::dial::JudgeUrl;
+use proxyfleet_common::dial::JudgeUrl;
 
 /// Time a direct judge probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);

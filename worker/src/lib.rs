@@ -2,7 +2,6 @@
 //! leased and streams verdicts back; drains on shutdown.
 
 pub mod check;
-pub mod dial;
 pub mod echo;
 pub mod judges;
 mod ledger;

@@ -12,7 +12,7 @@ const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// Where a request goes: the judge, parsed by the one URL parser the coordinator validates with.
-pub use proxyfleet_common::url::HttpUrl as JudgeUrl;
+pub use crate::url::HttpUrl as JudgeUrl;
 
 /// What went wrong in a handshake, with the proxy's own words where it gave some.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,7 +219,21 @@ pub async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(
     judge: &JudgeUrl,
     auth: Option<&(String, String)>,
 ) -> Result<(), HandshakeError> {
-    stream.write_all(&connect_request(judge, auth)).await?;
+    http_connect_to(stream, &judge.authority_with_port(), auth).await
+}
+
+/// Opens a CONNECT tunnel through an HTTP proxy to `authority` (`host:port`, IPv6 in brackets).
+pub async fn http_connect_to<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    authority: &str,
+    auth: Option<&(String, String)>,
+) -> Result<(), HandshakeError> {
+    stream
+        .write_all(&finish_request(
+            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"),
+            auth,
+        ))
+        .await?;
     let (head, extra) = read_head(stream).await?;
     match head.status {
         200..=299 => {
