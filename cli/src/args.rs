@@ -117,6 +117,79 @@ pub enum Command {
     Pool(PoolArgs),
     /// List the pools the coordinator keeps, with their live and total counts.
     Pools,
+    /// A rotating proxy: one address (HTTP forward and CONNECT, SOCKS5 on the same port) that
+    /// sends each client connection through one live proxy of a pool, following the pool as it
+    /// changes. Options go in the username: USER-session-ID (sticky upstream), -country-CC,
+    /// -protocol-P[+P], -anonymity-GRADE, -maxlatency-MS. Runs until SIGINT or SIGTERM.
+    Gateway(GatewayArgs),
+}
+
+/// How the gateway rotates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Rotation {
+    /// Each connection to the next upstream in turn.
+    RoundRobin,
+    Random,
+    /// The upstream with the lowest recent latency.
+    LeastLatency,
+    /// The upstream with the fewest connections open through it.
+    LeastInFlight,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Address clients connect to (HTTP and SOCKS5). Off loopback it requires --users.
+    #[arg(
+        long,
+        env = "PROXYFLEET_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8899"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// The pool whose live proxies are the upstreams.
+    #[arg(long, env = "PROXYFLEET_POOL", default_value = "default")]
+    pub pool: String,
+    #[arg(long, env = "PROXYFLEET_GATEWAY_POLICY", value_enum, default_value_t = Rotation::RoundRobin)]
+    pub policy: Rotation,
+    /// Users file: USER:PASSWORD a line. Without it, clients are not asked for credentials (on a
+    /// loopback --listen only).
+    #[arg(long, env = "PROXYFLEET_GATEWAY_USERS")]
+    pub users: Option<PathBuf>,
+    /// What a client that asks nothing gets, e.g. country=DE,protocol=socks5+http,anonymity=elite,maxlatency=800.
+    #[arg(long, env = "PROXYFLEET_GATEWAY_DEFAULTS")]
+    pub defaults: Option<String>,
+    /// Other upstreams tried after one fails to connect or handshake, before the client sees an
+    /// error.
+    #[arg(long, env = "PROXYFLEET_GATEWAY_RETRIES", default_value_t = 3)]
+    pub retries: u32,
+    /// How long an upstream that failed is skipped.
+    #[arg(long, env = "PROXYFLEET_GATEWAY_COOLDOWN", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub cooldown: Duration,
+    /// How long a session key keeps its upstream after its last use.
+    #[arg(long, env = "PROXYFLEET_GATEWAY_STICKY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub sticky_ttl: Duration,
+    /// Connect and handshake time one upstream gets.
+    #[arg(long, env = "PROXYFLEET_GATEWAY_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// A tunnel that carries nothing either way this long is closed.
+    #[arg(long, env = "PROXYFLEET_GATEWAY_IDLE_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Client connections open at once; more wait in the listen queue.
+    #[arg(
+        long,
+        env = "PROXYFLEET_GATEWAY_MAX_CONNECTIONS",
+        default_value_t = 4096
+    )]
+    pub max_connections: usize,
+    /// Client connections open at once from one address; more are closed.
+    #[arg(long, env = "PROXYFLEET_GATEWAY_MAX_PER_CLIENT", default_value_t = 512)]
+    pub max_per_client: u32,
+    /// Upstreams on loopback, private or link-local addresses may be used (labs, tests; the
+    /// pool's coordinator must allow such proxies too).
+    #[arg(long, env = "PROXYFLEET_GATEWAY_ALLOW_PRIVATE_UPSTREAMS")]
+    pub allow_private_upstreams: bool,
+    /// Serve the gateway's metrics (Prometheus text) on this address.
+    #[arg(long, env = "PROXYFLEET_GATEWAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// How `pool` orders what it prints.

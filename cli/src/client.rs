@@ -116,8 +116,8 @@ pub async fn connect(remote: &Remote) -> Result<Client, Failure> {
     )
 }
 
-/// A channel to the coordinator, over TLS when configured.
-async fn open_channel(remote: &Remote) -> Result<Channel, Failure> {
+/// The coordinator's endpoint, TLS set up when configured.
+pub fn endpoint(remote: &Remote) -> Result<Endpoint, Failure> {
     let url = &remote.url;
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| {
@@ -134,6 +134,13 @@ async fn open_channel(remote: &Remote) -> Result<Channel, Failure> {
             .tls_config(tls.clone())
             .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: TLS settings: {e}")))?;
     }
+    Ok(endpoint)
+}
+
+/// A channel to the coordinator, over TLS when configured.
+async fn open_channel(remote: &Remote) -> Result<Channel, Failure> {
+    let url = &remote.url;
+    let endpoint = endpoint(remote)?;
     let channel = endpoint.connect().await.map_err(|e| {
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(&e);

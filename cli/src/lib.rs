@@ -4,6 +4,7 @@
 pub mod args;
 pub mod client;
 pub mod embedded;
+pub mod gateway;
 pub mod progress;
 pub mod retry;
 
@@ -49,6 +50,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Run(args) => return embedded::run(args).await,
         Command::Farm(args) => return embedded::farm(args).await,
         Command::Demo(args) => return embedded::demo(args).await,
+        Command::Gateway(ref args) => return gateway::run(cli.remote()?, args.clone()).await,
         _ => {}
     }
     // Read the inputs before connecting so that bad input is reported even with no coordinator.
@@ -92,6 +94,8 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Workers => client::workers(&mut c, &url).await.map(|_| 0),
         Command::Cancel { job } => client::cancel(&mut c, &url, &job).await.map(|_| 0),
         Command::Health => client::health(&remote).await,
-        Command::Run(_) | Command::Demo(_) | Command::Farm(_) => unreachable!("handled above"),
+        Command::Run(_) | Command::Demo(_) | Command::Farm(_) | Command::Gateway(_) => {
+            unreachable!("handled above")
+        }
     }
 }
