@@ -287,6 +287,39 @@ impl Coordinator for CoordinatorService {
         )))
     }
 
+    async fn report_proxies(
+        &self,
+        request: Request<pb::ReportProxiesRequest>,
+    ) -> Result<Response<pb::ReportProxiesResponse>, Status> {
+        /// Most reports one call may carry.
+        const MAX_REPORTS: usize = 1_000;
+        let r = request.into_inner();
+        if r.reports.len() > MAX_REPORTS {
+            return Err(Status::invalid_argument(format!(
+                "{} reports is more than the {MAX_REPORTS} one call may carry; send them in batches",
+                r.reports.len()
+            )));
+        }
+        let reports = r
+            .reports
+            .into_iter()
+            .map(|report| {
+                let reason = convert::reason_from_proto(report.reason)
+                    .filter(|r| *r != crate::scheduler::Reason::None)
+                    .unwrap_or(crate::scheduler::Reason::Network);
+                let detail = convert::clip(
+                    format!("reported by a client: {}", report.detail),
+                    convert::MAX_WORKER_TEXT,
+                );
+                (report.proxy, reason, detail)
+            })
+            .collect();
+        let counted = self.state.report_proxies(r.pool.trim(), reports).await?;
+        Ok(Response::new(pb::ReportProxiesResponse {
+            counted: counted as u32,
+        }))
+    }
+
     async fn list_pools(
         &self,
         _request: Request<pb::ListPoolsRequest>,

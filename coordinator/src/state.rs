@@ -1080,6 +1080,21 @@ impl State {
         self.inner.config.pool_max_failures
     }
 
+    /// Failures a client saw through members of `name`; how many named a member. Counted once
+    /// the store holds them.
+    pub(crate) async fn report_proxies(
+        &self,
+        name: &str,
+        reports: Vec<(String, crate::scheduler::Reason, String)>,
+    ) -> Result<usize, PoolError> {
+        check_pool_name(name)?;
+        let (counted, commit) =
+            self.with_scheduler_journaled(|s| (s.reported(name, reports, wall_ms()), Vec::new()));
+        // Not acknowledged before it is durable; a store that failed stops the coordinator.
+        let _ = self.committed(commit).await;
+        Ok(counted)
+    }
+
     /// Every pool's head.
     pub(crate) fn pools(&self) -> Vec<pools::PoolSummary> {
         let served = lock(&self.inner.pools);

@@ -25,6 +25,8 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// What every client connection shares.
 pub(crate) struct Front {
+    /// Failures through upstreams, for the coordinator (see `report`).
+    pub(crate) failures: tokio::sync::mpsc::Sender<crate::report::Failure>,
     pub(crate) chooser: Arc<Mutex<Chooser>>,
     pub(crate) metrics: Arc<Metrics>,
     /// Users and passwords; None: no authentication (loopback only).
@@ -180,6 +182,11 @@ impl Front {
                     self.metrics.attempt(&upstream.key, e.reason());
                     warn!(upstream = %upstream.key, reason = e.reason(), error = %e, "upstream failed; trying another");
                     self.lock_chooser().failed(&upstream.key, Instant::now());
+                    // A full backlog drops it: the pool's rounds find dead proxies too.
+                    let _ = self.failures.try_send(crate::report::Failure {
+                        proxy: upstream.key.clone(),
+                        error: e.clone(),
+                    });
                     tried.push(upstream.key.clone());
                     last = Some(e);
                 }

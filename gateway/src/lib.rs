@@ -6,6 +6,7 @@ pub mod choose;
 mod follow;
 mod front;
 pub mod metrics;
+mod report;
 pub mod upstream;
 pub mod wants;
 
@@ -142,7 +143,16 @@ pub async fn run(
         metrics.clone(),
         stop_rx.clone(),
     ));
+    let (failures_tx, failures_rx) = tokio::sync::mpsc::channel(report::BACKLOG);
+    let reporter = tokio::spawn(report::report(
+        config.endpoint.clone(),
+        config.token.clone(),
+        config.pool.clone(),
+        failures_rx,
+        stop_rx.clone(),
+    ));
     let front = Arc::new(front::Front {
+        failures: failures_tx,
         chooser,
         metrics: metrics.clone(),
         users: config.users.clone(),
@@ -189,5 +199,6 @@ pub async fn run(
     let _ = stop_tx.send(true);
     connections.shutdown().await;
     let _ = follower.await;
+    let _ = reporter.await;
     Ok(())
 }

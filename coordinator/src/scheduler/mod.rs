@@ -1266,6 +1266,35 @@ impl Scheduler {
         }
     }
 
+    /// Failures a client saw through members of `pool`, each `(proxy, reason, detail)`: each
+    /// counts as a failed check, journaled like a verdict's. Returns how many named a member.
+    pub(crate) fn reported(
+        &mut self,
+        pool: &str,
+        reports: Vec<(String, Reason, String)>,
+        wall_ms: u64,
+    ) -> usize {
+        let mut counted = 0;
+        for (proxy, reason, detail) in reports {
+            let seen = Observation {
+                wall_ms,
+                usable: false,
+                reason,
+                latency_ms: 0,
+                anonymity: Anonymity::Unknown,
+                exit_ip: String::new(),
+                country: String::new(),
+                detail,
+                job_id: String::new(),
+            };
+            if let Some(change) = self.pools.reported(pool, &proxy, &seen) {
+                counted += 1;
+                self.journal.push(Record::Pool(change));
+            }
+        }
+        counted
+    }
+
     /// The ended revalidation rounds of `pool` beyond its newest `keep`, oldest first.
     pub(crate) fn old_rounds(&self, pool: &str, keep: usize) -> Vec<String> {
         let mut ended: Vec<(u64, &str)> = self

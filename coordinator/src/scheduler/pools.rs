@@ -355,6 +355,27 @@ impl Pools {
         Some(PoolChange::Meta(Box::new(pool.meta.clone())))
     }
 
+    /// A failure a client saw through the member `key` of `pool`; none for a proxy the pool does
+    /// not hold.
+    pub(crate) fn reported(
+        &mut self,
+        pool: &str,
+        key: &str,
+        seen: &Observation,
+    ) -> Option<PoolChange> {
+        let max_failures = self.max_failures;
+        let entry = self.pools.get_mut(pool)?;
+        let member = entry.members.get_mut(key)?;
+        member.observe(seen, max_failures);
+        let member = Box::new(member.clone());
+        entry.meta.version += 1;
+        Some(PoolChange::Member {
+            pool: pool.to_string(),
+            version: entry.meta.version,
+            member,
+        })
+    }
+
     /// Forgets members that left the live set and were last seen usable before `before_ms`; the
     /// pool's memory follows its size, not its history.
     pub(crate) fn forget_dead(&mut self, before_ms: u64) -> Vec<PoolChange> {
@@ -571,6 +592,22 @@ mod tests {
             pools.due(1_000_000).is_empty(),
             "a refresh naming none keeps the pool's"
         );
+    }
+
+    #[test]
+    fn a_clients_report_counts_as_a_failed_check_of_a_member_only() {
+        let mut pools = Pools::new(2, Duration::from_secs(10));
+        let c = candidate(1);
+        pools.observe("p", Feed::Refresh, &c, &seen(1, true, 10));
+        assert_eq!(
+            pools.reported("p", "http://127.0.0.1:2", &seen(2, false, 0)),
+            None
+        );
+        assert_eq!(pools.reported("q", &c.full_url(), &seen(2, false, 0)), None);
+        let m = member_of(pools.reported("p", &c.full_url(), &seen(2, false, 0)));
+        assert!(m.live && m.failures == 1);
+        let m = member_of(pools.reported("p", &c.full_url(), &seen(3, false, 0)));
+        assert!(!m.live, "K reports in a row take it out");
     }
 
     #[test]
