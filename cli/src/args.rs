@@ -527,6 +527,11 @@ pub struct RunArgs {
     /// Write the usable proxies here (one scheme://host:port a line) as well as to stdout.
     #[arg(long, env = "PROXYFLEET_OUTPUT")]
     pub output: Option<PathBuf>,
+    /// After the check, keep serving a rotating gateway (HTTP and SOCKS5) over the usable
+    /// proxies on this address until interrupted; the pool keeps being revalidated meanwhile.
+    /// Off loopback it is refused: use `proxyfleet gateway --users` for that.
+    #[arg(long, env = "PROXYFLEET_GATEWAY_LISTEN")]
+    pub gateway_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -24,6 +24,8 @@ struct Embedded {
     judge_url: Option<String>,
     data_dir: PathBuf,
     output: Option<PathBuf>,
+    /// Serve a gateway over the pool here after the check, until interrupted.
+    gateway_listen: Option<std::net::SocketAddr>,
 }
 
 fn wall_secs() -> u64 {
@@ -59,6 +61,7 @@ pub async fn run(args: RunArgs) -> Result<i32, Failure> {
             judge_url: args.judge_url,
             data_dir: args.data_dir,
             output: args.output,
+            gateway_listen: args.gateway_listen,
         },
         inputs,
     )
@@ -190,6 +193,7 @@ pub async fn demo(args: DemoArgs) -> Result<i32, Failure> {
                 .data_dir
                 .join(format!("run-{}-{}", std::process::id(), wall_secs())),
             output: None,
+            gateway_listen: None,
         },
         inputs,
     )
@@ -295,6 +299,9 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
         for proxy in &usable {
             println!("{proxy}");
         }
+        if let Some(listen) = e.gateway_listen {
+            serve_gateway(&url, listen, &e.job.check.pool, e.allow_private_targets).await?;
+        }
         Ok::<i32, Failure>(code)
     }
     .await;
@@ -305,6 +312,45 @@ async fn embedded(e: Embedded, inputs: client::Inputs) -> Result<i32, Failure> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), coordinator).await;
     outcome
+}
+
+/// Serves a gateway over `pool` of the in-process coordinator on `listen` until interrupted.
+async fn serve_gateway(
+    url: &str,
+    listen: std::net::SocketAddr,
+    pool: &str,
+    allow_private: bool,
+) -> Result<(), Failure> {
+    if !listen.ip().is_loopback() {
+        return Err(Failure::new(
+            client::EXIT_BAD_INPUT,
+            format!(
+                "error: --gateway-listen {listen} is off loopback; anyone who reaches it could use the proxies. Use `proxyfleet gateway --users FILE` for that"
+            ),
+        ));
+    }
+    let listener = proxyfleet_common::net::listen(listen).map_err(|err| {
+        failure(format!(
+            "cannot listen on {listen} (--gateway-listen): {err}"
+        ))
+    })?;
+    let mut config = proxyfleet_gateway::GatewayConfig::new(
+        client::endpoint(&client::Remote::plain(url))?,
+        pool,
+    );
+    config.allow_private_upstreams = allow_private;
+    eprintln!(
+        "gateway: HTTP and SOCKS5 on {} through pool {pool:?}; Ctrl-C stops",
+        listener.local_addr().map_err(failure)?
+    );
+    proxyfleet_gateway::run(
+        listener,
+        config,
+        std::sync::Arc::new(proxyfleet_gateway::Metrics::default()),
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|err| failure(format!("the gateway stopped: {err}")))
 }
 
 async fn usable_proxies(

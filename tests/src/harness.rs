@@ -666,6 +666,11 @@ impl CliProc {
     }
 
     /// What it printed on stderr so far.
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        self.proc.signal(signal);
+    }
+
     pub fn stderr(&self) -> String {
         self.proc.log_text()
     }

@@ -476,3 +476,64 @@ async fn the_gateway_serves_through_a_coordinator_restart_and_follows_the_pool_a
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_checks_a_list_then_serves_a_gateway_over_it() {
+    let proxies = egress_farm(3).await;
+    let target = Site::icanhazip([127, 0, 0, 1].into()).await.unwrap();
+    let dir = harness::TempDir::new("run-gateway");
+    let list = dir.write(
+        "list.txt",
+        proxies
+            .iter()
+            .map(SimProxy::candidate_line)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    let listen = harness::quiet_port();
+    let data = dir.path().join("data");
+    let args = [
+        "run",
+        "--file",
+        list.to_str().unwrap(),
+        "--allow-private-targets",
+        "--timeout",
+        "5s",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--gateway-listen",
+        &listen.to_string(),
+    ];
+    let mut run = harness::spawn_cli("http://127.0.0.1:1", "run", &args, dir.path());
+    // The usable proxies first, on stdout, as without a gateway.
+    let mut printed = Vec::new();
+    while printed.len() < 3 {
+        let line = run.next_line().await.expect("a usable proxy");
+        if line.contains("://") {
+            printed.push(line);
+        }
+    }
+    printed.sort();
+    let mut lines: Vec<String> = proxies.iter().map(SimProxy::candidate_line).collect();
+    lines.sort();
+    assert_eq!(printed, lines);
+    // Then the gateway serves them, round-robin.
+    harness::wait_for("the embedded gateway", WAIT_LIMIT, || async move {
+        (http_get(listen, target.addr, None).await.0 == 200).then_some(())
+    })
+    .await;
+    let mut exits = Vec::new();
+    for i in 0..30 {
+        let (status, exit) = if i % 2 == 0 {
+            http_get(listen, target.addr, None).await
+        } else {
+            socks_get(listen, target.addr, None).await
+        };
+        assert_eq!(status, 200);
+        exits.push(exit);
+    }
+    assert_eq!(counts(&exits).len(), 3, "{exits:?}");
+    run.signal(libc::SIGTERM);
+    let out = run.finish(WAIT_LIMIT).await;
+    assert_eq!(out.code, 0, "the check SUCCEEDED: {out:?}");
+}
