@@ -175,12 +175,13 @@ impl Front {
             match open(upstream.clone()).await {
                 Ok(opened) => {
                     self.metrics.ready_after(started.elapsed());
-                    self.metrics.attempt(&upstream.key, "ok");
+                    self.metrics.attempt(&upstream.url(), "ok");
                     return Ok((opened, upstream));
                 }
                 Err(e) => {
-                    self.metrics.attempt(&upstream.key, e.reason());
-                    warn!(upstream = %upstream.key, reason = e.reason(), error = %e, "upstream failed; trying another");
+                    // Logs and metrics name upstreams without their credentials.
+                    self.metrics.attempt(&upstream.url(), e.reason());
+                    warn!(upstream = %upstream.url(), reason = e.reason(), error = %e, "upstream failed; trying another");
                     self.lock_chooser().failed(&upstream.key, Instant::now());
                     // A full backlog drops it: the pool's rounds find dead proxies too.
                     let _ = self.failures.try_send(crate::report::Failure {
