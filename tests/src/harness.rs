@@ -671,6 +671,10 @@ impl CliProc {
         self.proc.signal(signal);
     }
 
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
     pub fn stderr(&self) -> String {
         self.proc.log_text()
     }

@@ -50,6 +50,11 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A 200 answer of `body` as plain text.
+    pub fn ok(body: impl Into<String>) -> Reply {
+        Reply::new(200, "text/plain", body)
+    }
+
     fn new(status: u16, content_type: &'static str, body: impl Into<String>) -> Reply {
         Reply {
             status,

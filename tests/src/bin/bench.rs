@@ -6,6 +6,7 @@
 //! cargo run --release -p proxyfleet-tests --bin bench              # every run
 //! cargo run --release -p proxyfleet-tests --bin bench -- overhead  # runs whose name has "overhead"
 //! cargo run --release -p proxyfleet-tests --bin bench -- tail      # the tail table only
+//! cargo run --release -p proxyfleet-tests --bin bench -- gateway   # the gateway against pproxy
 //! ```
 //!
 //! Every run starts a fresh coordinator (with its own data dir) and fresh workers, waits until the
@@ -13,6 +14,9 @@
 //! reports it ended. CPU seconds and peak RSS are read from `/proc` before the processes stop.
 //! The lower bound of a run is Σ(what each candidate must cost: the timeout if it timed out, its
 //! measured latency otherwise) ÷ total concurrency; efficiency is that bound ÷ wall time.
+
+#[path = "bench/gateway.rs"]
+mod gateway;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -207,6 +211,9 @@ async fn bench(filters: Vec<String>) -> anyhow::Result<()> {
     }
     if !tails.is_empty() {
         bench_tails(&tails).await?;
+    }
+    if filters.is_empty() || filters.iter().any(|f| "gateway".contains(f.as_str())) {
+        gateway::bench().await?;
     }
     Ok(())
 }

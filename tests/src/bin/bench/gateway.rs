@@ -1,0 +1,224 @@
+//! The gateway's table: HTTP requests to a loopback target through one upstream directly, through
+//! `proxyfleet gateway` rotating over four upstreams, and through pproxy (PyPI) rotating
+//! round-robin over the same four, side by side in one run: requests per second, CPU of the
+//! middle process per request, and latency (p50, p99) with what the middle adds to the direct
+//! path, at 1, 64 and 512 concurrent clients, three runs each (min / median).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use proxyfleet_proto::v1 as pb;
+use proxyfleet_tests::harness::{self, CoordinatorProc};
+use proxyfleet_tests::sim::{Behavior, ProxySpec, SimProxy};
+use proxyfleet_tests::sites::{Reply, Site};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Requests per run, by concurrency.
+fn requests(clients: usize) -> usize {
+    match clients {
+        1 => 2_000,
+        64 => 20_000,
+        _ => 40_000,
+    }
+}
+
+/// What one run measured.
+struct Sample {
+    per_second: f64,
+    /// CPU milliseconds of the middle process per request (0 for the direct path).
+    cpu_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    failed: usize,
+}
+
+/// One request through `proxy` to `target`: its latency, or None if it failed.
+async fn one(proxy: SocketAddr, target: SocketAddr) -> Option<Duration> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(proxy).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let request =
+        format!("GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::with_capacity(256);
+    stream.read_to_end(&mut answer).await.ok()?;
+    answer
+        .starts_with(b"HTTP/1.1 200")
+        .then(|| started.elapsed())
+}
+
+/// `total` requests from `clients` concurrent clients; `middle` is the process whose CPU counts.
+async fn load(
+    proxy: SocketAddr,
+    target: SocketAddr,
+    clients: usize,
+    middle: Option<i32>,
+) -> Sample {
+    let total = requests(clients);
+    let cpu_before = middle.map_or(0.0, crate::cpu_seconds);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let share = total / clients + usize::from(c < total % clients);
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(share);
+            let mut failed = 0;
+            for _ in 0..share {
+                match tokio::time::timeout(Duration::from_secs(10), one(proxy, target)).await {
+                    Ok(Some(l)) => latencies.push(l),
+                    _ => failed += 1,
+                }
+            }
+            (latencies, failed)
+        });
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let mut failed = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (l, f) = done.expect("a client task");
+        latencies.extend(l);
+        failed += f;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = middle.map_or(0.0, |pid| crate::cpu_seconds(pid) - cpu_before);
+    latencies.sort();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Sample {
+        per_second: latencies.len() as f64 / wall,
+        cpu_ms: cpu * 1000.0 / latencies.len().max(1) as f64,
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        failed,
+    }
+}
+
+/// Min and median of three.
+fn min_median(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2])
+}
+
+/// Runs the gateway table.
+pub(crate) async fn bench() -> anyhow::Result<()> {
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 80, 1));
+    let target = Site::spawn(ip, |_| Reply::ok("ok\n")).await?;
+    let mut upstreams = Vec::new();
+    for i in 0..4u8 {
+        let spec = ProxySpec::http().with_egress(IpAddr::V4(Ipv4Addr::new(127, 0, 81, 1 + i)));
+        upstreams.push(SimProxy::spawn(ip, Behavior::Proxy(spec)).await?);
+    }
+    // The pool: a coordinator that checked the four.
+    let coordinator = CoordinatorProc::start(&[]).await;
+    let _worker = coordinator.worker("w", &["--max-checks", "8"]);
+    let lines: Vec<String> = upstreams.iter().map(SimProxy::candidate_line).collect();
+    let job = coordinator.submit(&lines, &["--timeout", "5s"]).await;
+    let mut client = coordinator.client().await;
+    let ended = harness::wait_terminal(&mut client, &job, Duration::from_secs(120)).await;
+    anyhow::ensure!(
+        ended.state == pb::JobState::Succeeded as i32,
+        "the pool's refresh failed"
+    );
+
+    let mut gateway = harness::spawn_cli(
+        &coordinator.url,
+        "bench-gateway",
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-private-upstreams",
+            "--max-per-client",
+            "100000",
+        ],
+        coordinator.dir.path(),
+    );
+    let line = gateway.next_line().await.unwrap_or_default();
+    let gateway_addr: SocketAddr = line
+        .strip_prefix("listening gateway=")
+        .ok_or_else(|| anyhow::anyhow!("the gateway printed {line:?}"))?
+        .parse()?;
+    let gateway_pid = gateway.pid();
+
+    let pproxy_port = harness::quiet_port();
+    let mut pproxy_cmd = tokio::process::Command::new("pproxy");
+    pproxy_cmd
+        .args(["-l", &format!("http://{pproxy_port}"), "-s", "rr"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for u in &upstreams {
+        pproxy_cmd.args(["-r", &format!("http://{}", u.addr)]);
+    }
+    let pproxy = match pproxy_cmd.spawn() {
+        Ok(child) => Some(child),
+        Err(e) => {
+            eprintln!("pproxy not run ({e}); install it with: python3 -m pip install pproxy");
+            None
+        }
+    };
+    let pproxy_pid = pproxy.as_ref().and_then(|c| c.id()).map(|p| p as i32);
+
+    // Every middle answers before it is measured.
+    let direct = upstreams[0].addr;
+    let mut middles: Vec<(&str, SocketAddr, Option<i32>)> = vec![
+        ("direct, one upstream", direct, None),
+        (
+            "proxyfleet gateway, 4 upstreams",
+            gateway_addr,
+            Some(gateway_pid),
+        ),
+    ];
+    if let Some(pid) = pproxy_pid {
+        middles.push(("pproxy -s rr, 4 upstreams", pproxy_port, Some(pid)));
+    }
+    for (name, addr, _) in &middles {
+        let addr = *addr;
+        let t = target.addr;
+        harness::wait_for(name, Duration::from_secs(60), || async move {
+            one(addr, t).await.map(|_| ())
+        })
+        .await;
+    }
+
+    println!();
+    println!(
+        "| path | clients | requests/s min / median | middle CPU ms/request min / median | p50 ms | p99 ms | added p50 ms | added p99 ms | failed |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for clients in [1usize, 64, 512] {
+        let mut direct_p = (0.0, 0.0);
+        for (name, addr, pid) in &middles {
+            let mut samples = Vec::new();
+            for _ in 0..3 {
+                samples.push(load(*addr, target.addr, clients, *pid).await);
+            }
+            let (rps_min, rps_med) = min_median(samples.iter().map(|s| s.per_second).collect());
+            let (cpu_min, cpu_med) = min_median(samples.iter().map(|s| s.cpu_ms).collect());
+            let (_, p50) = min_median(samples.iter().map(|s| s.p50_ms).collect());
+            let (_, p99) = min_median(samples.iter().map(|s| s.p99_ms).collect());
+            let failed: usize = samples.iter().map(|s| s.failed).sum();
+            if pid.is_none() {
+                direct_p = (p50, p99);
+            }
+            let cpu = if pid.is_some() {
+                format!("{cpu_min:.3} / {cpu_med:.3}")
+            } else {
+                "—".into()
+            };
+            println!(
+                "| {name} | {clients} | {rps_min:.0} / {rps_med:.0} | {cpu} | {p50:.2} | {p99:.2} | {:.2} | {:.2} | {failed} |",
+                p50 - direct_p.0,
+                p99 - direct_p.1
+            );
+        }
+    }
+    drop(pproxy);
+    Ok(())
+}
