@@ -175,12 +175,12 @@ impl Front {
             match open(upstream.clone()).await {
                 Ok(opened) => {
                     self.metrics.ready_after(started.elapsed());
-                    self.metrics.attempt(&upstream.url(), "ok");
+                    self.metrics.attempt(&upstream.key, "ok");
                     return Ok((opened, upstream));
                 }
                 Err(e) => {
-                    // Logs and metrics name upstreams without their credentials.
-                    self.metrics.attempt(&upstream.url(), e.reason());
+                    // Logs and the metrics page name upstreams without their credentials.
+                    self.metrics.attempt(&upstream.key, e.reason());
                     warn!(upstream = %upstream.url(), reason = e.reason(), error = %e, "upstream failed; trying another");
                     self.lock_chooser().failed(&upstream.key, Instant::now());
                     // A full backlog drops it: the pool's rounds find dead proxies too.
@@ -203,14 +203,32 @@ impl Front {
     async fn splice(&self, upstream: &Upstream, client: &mut TcpStream, mut remote: TcpStream) {
         self.lock_chooser().started(&upstream.key);
         self.metrics.active.fetch_add(1, Ordering::Relaxed);
-        let (mut cr, mut cw) = client.split();
-        let (mut rr, mut rw) = remote.split();
-        let last = AtomicU64::new(0);
-        let started = Instant::now();
-        let idle = self.idle_timeout;
-        let up = copy_idle(&mut cr, &mut rw, &last, started, idle);
-        let down = copy_idle(&mut rr, &mut cw, &last, started, idle);
-        let _ = tokio::join!(up, down);
+        let moved = AtomicU64::new(0);
+        let mut near = Counted {
+            inner: client,
+            moved: &moved,
+        };
+        let mut far = Counted {
+            inner: &mut remote,
+            moved: &moved,
+        };
+        let copy = tokio::io::copy_bidirectional(&mut near, &mut far);
+        tokio::pin!(copy);
+        // One timer a connection, not one a read: every idle period, did anything move?
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                _ = &mut copy => break,
+                _ = tokio::time::sleep(self.idle_timeout) => {
+                    let now = moved.load(Ordering::Relaxed);
+                    if now == seen {
+                        debug!(upstream = %upstream.url(), "tunnel idle; closed");
+                        break;
+                    }
+                    seen = now;
+                }
+            }
+        }
         self.metrics.active.fetch_sub(1, Ordering::Relaxed);
         self.lock_chooser().finished(&upstream.key);
     }
@@ -460,38 +478,49 @@ fn refused_answer(refusal: &Refusal) -> Vec<u8> {
     }
 }
 
-/// Copies `from` to `to` until EOF or until nothing moved either way for `idle` (`last` holds the
-/// milliseconds since `started` of the last byte moved in either direction).
-async fn copy_idle<R, W>(
-    from: &mut R,
-    to: &mut W,
-    last: &AtomicU64,
-    started: Instant,
-    idle: Duration,
-) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let read = match tokio::time::timeout(idle, from.read(&mut buf)).await {
-            Ok(read) => read?,
-            Err(_) => {
-                let quiet = started.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-                if quiet >= idle.as_millis() as u64 {
-                    let _ = to.shutdown().await;
-                    return Ok(());
-                }
-                continue;
-            }
-        };
-        if read == 0 {
-            let _ = to.shutdown().await;
-            return Ok(());
+/// A stream that counts the bytes read from it into `moved`, for the idle timeout.
+struct Counted<'a, S> {
+    inner: S,
+    moved: &'a AtomicU64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.moved.fetch_add(read as u64, Ordering::Relaxed);
         }
-        to.write_all(&buf[..read]).await?;
-        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -537,3 +537,35 @@ async fn run_checks_a_list_then_serves_a_gateway_over_it() {
     let out = run.finish(WAIT_LIMIT).await;
     assert_eq!(out.code, 0, "the check SUCCEEDED: {out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_and_frees() {
+    let proxies = egress_farm(2).await;
+    let target = Site::icanhazip([127, 0, 0, 1].into()).await.unwrap();
+    let coordinator = CoordinatorProc::start(&[]).await;
+    let _worker = coordinator.worker("w", &["--max-checks", "8"]);
+    fill_pool(&coordinator, &proxies, &[]).await;
+    let (_gateway, addr) = gateway(&coordinator, &["--max-connections", "2"]).await;
+    harness::wait_for("the gateway's first answer", WAIT_LIMIT, || async move {
+        (http_get(addr, target.addr, None).await.0 == 200).then_some(())
+    })
+    .await;
+    // Two clients hold their connections: a third waits, unserved, until one leaves.
+    let held: Vec<TcpStream> = vec![
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = tokio::spawn(async move { http_get(addr, target.addr, None).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection is not served at the cap"
+    );
+    drop(held);
+    let (status, _) = tokio::time::timeout(WAIT_LIMIT, third)
+        .await
+        .expect("served once a slot frees")
+        .unwrap();
+    assert_eq!(status, 200);
+}
