@@ -62,12 +62,16 @@ fn pool_name_problem(name: &str) -> Option<&'static str> {
 /// Runs the gateway until SIGINT or SIGTERM; exit code 0 then.
 pub async fn run(remote: Remote, args: GatewayArgs) -> Result<i32, Failure> {
     let config = config(&remote, &args)?;
-    let listener = proxyfleet_common::net::listen(args.listen).map_err(|e| {
+    let threads = args.threads.clamp(1, 256);
+    let listeners = proxyfleet_gateway::reuseport_listeners(args.listen, threads).map_err(|e| {
         Failure::new(
             EXIT_UNREACHABLE,
             format!("error: cannot listen on {} (--listen): {e}", args.listen),
         )
     })?;
+    let addr = listeners[0]
+        .local_addr()
+        .map_err(|e| Failure::new(EXIT_UNREACHABLE, e.to_string()))?;
     let metrics = Arc::new(Metrics::default());
     let mut signals = proxyfleet_common::signals::StopSignals::install().map_err(|e| {
         Failure::new(
@@ -97,29 +101,31 @@ pub async fn run(remote: Remote, args: GatewayArgs) -> Result<i32, Failure> {
         None => None,
     };
     // The bound address on stdout, for scripts and tests that asked for port 0.
-    println!(
-        "listening gateway={}",
-        listener
-            .local_addr()
-            .map_err(|e| Failure::new(EXIT_UNREACHABLE, e.to_string()))?
-    );
-    let mut stop = stop_rx.clone();
-    let served = proxyfleet_gateway::run(listener, config, metrics, async move {
-        let _ = stop.wait_for(|s| *s).await;
+    println!("listening gateway={addr}");
+    let served = tokio::task::spawn_blocking(move || {
+        proxyfleet_gateway::run_threads(listeners, config, metrics, stop_rx)
     });
     tokio::pin!(served);
-    tokio::select! {
-        result = &mut served => {
-            result.map_err(|e| Failure::new(EXIT_UNREACHABLE, format!("error: the gateway stopped: {e}")))?;
-        }
+    let outcome = tokio::select! {
+        result = &mut served => result,
         _ = signals.recv() => {
             let _ = stop_tx.send(true);
-            let _ = served.await;
+            served.await
         }
-    }
+    };
     let _ = stop_tx.send(true);
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
-    Ok(0)
+    match outcome {
+        Ok(Ok(())) => Ok(0),
+        Ok(Err(e)) => Err(Failure::new(
+            EXIT_UNREACHABLE,
+            format!("error: the gateway stopped: {e}"),
+        )),
+        Err(e) => Err(Failure::new(
+            EXIT_UNREACHABLE,
+            format!("error: the gateway stopped: {e}"),
+        )),
+    }
 }

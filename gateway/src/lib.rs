@@ -120,28 +120,33 @@ pub fn read_users(path: &Path) -> Result<HashMap<String, String>, UsersError> {
     Ok(users)
 }
 
-/// Runs the gateway on `listener` until `shutdown` completes; `metrics` is its counters (shared
-/// with a metrics page, if the caller serves one).
-pub async fn run(
-    listener: TcpListener,
-    config: GatewayConfig,
+/// What every accept loop of a gateway shares.
+struct Shared {
+    front: Arc<front::Front>,
+    /// Client connections open at once, across every thread.
+    slots: Arc<Semaphore>,
+}
+
+/// Builds what the accept loops share, and starts following the pool and reporting failures on
+/// the current runtime (they end when `stop` flips).
+fn start(
+    config: &GatewayConfig,
     metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+    stop: watch::Receiver<bool>,
+) -> (Shared, Vec<tokio::task::JoinHandle<()>>) {
     let chooser = Arc::new(Mutex::new(choose::Chooser::new(
         config.policy,
         config.cooldown,
         config.sticky_ttl,
         100_000,
     )));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let follower = tokio::spawn(follow::follow(
         config.endpoint.clone(),
         config.token.clone(),
         config.pool.clone(),
         chooser.clone(),
         metrics.clone(),
-        stop_rx.clone(),
+        stop.clone(),
     ));
     let (failures_tx, failures_rx) = tokio::sync::mpsc::channel(report::BACKLOG);
     let reporter = tokio::spawn(report::report(
@@ -149,12 +154,12 @@ pub async fn run(
         config.token.clone(),
         config.pool.clone(),
         failures_rx,
-        stop_rx.clone(),
+        stop,
     ));
     let front = Arc::new(front::Front {
         failures: failures_tx,
         chooser,
-        metrics: metrics.clone(),
+        metrics,
         users: config.users.clone(),
         defaults: config.defaults.clone(),
         guard: Guard::new(config.allow_private_upstreams),
@@ -165,23 +170,29 @@ pub async fn run(
         per_client: Mutex::new(HashMap::new()),
         max_per_client: config.max_per_client,
     });
-    info!(listen = %listener.local_addr()?, pool = %config.pool, policy = ?config.policy, "gateway listening");
-    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let shared = Shared {
+        front,
+        slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+    };
+    (shared, vec![follower, reporter])
+}
+
+/// Accepts clients on `listener` and serves each on this runtime until `stop` flips.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
     loop {
         // A slot first: at the cap, connections wait in the listen queue, not in memory.
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            _ = &mut shutdown => break,
+            slot = shared.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = stop.wait_for(|s| *s) => break,
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = &mut shutdown => break,
+            _ = stop.wait_for(|s| *s) => break,
         };
         match accepted {
             Ok((client, peer)) => {
-                let front = front.clone();
+                let front = shared.front.clone();
                 connections.spawn(async move {
                     let _slot = slot;
                     front.serve(client, peer).await;
@@ -195,10 +206,128 @@ pub async fn run(
         // Reap what ended, so the set holds only live connections.
         while connections.try_join_next().is_some() {}
     }
+    connections.shutdown().await;
+}
+
+/// Runs the gateway on `listener`, on the current runtime, until `shutdown` completes; `metrics`
+/// is its counters (shared with a metrics page, if the caller serves one).
+pub async fn run(
+    listener: TcpListener,
+    config: GatewayConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (shared, tasks) = start(&config, metrics, stop_rx.clone());
+    info!(listen = %listener.local_addr()?, pool = %config.pool, policy = ?config.policy, "gateway listening");
+    let serving = accept_loop(listener, Arc::new(shared), stop_rx);
+    tokio::pin!(serving);
+    tokio::select! {
+        _ = &mut serving => {}
+        _ = shutdown => {
+            let _ = stop_tx.send(true);
+            serving.await;
+        }
+    }
     info!("gateway stopping");
     let _ = stop_tx.send(true);
-    connections.shutdown().await;
-    let _ = follower.await;
-    let _ = reporter.await;
+    for task in tasks {
+        let _ = task.await;
+    }
     Ok(())
+}
+
+/// Binds `threads` listeners on `addr` with SO_REUSEPORT (the kernel spreads connections over
+/// them); with port 0, every one takes the port the first got.
+pub fn reuseport_listeners(
+    addr: std::net::SocketAddr,
+    threads: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(threads.max(1));
+    let mut addr = addr;
+    for _ in 0..threads.max(1) {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(proxyfleet_common::net::BACKLOG)?;
+        addr = listener.local_addr()?;
+        listeners.push(listener.into_std()?);
+    }
+    Ok(listeners)
+}
+
+/// Runs the gateway on `listeners`, one thread each, each with a single-threaded runtime of its
+/// own: a connection lives on one thread from accept to close, with no wakeup crossing threads.
+/// Returns when `stop` flips and every thread has finished.
+pub fn run_threads(
+    listeners: Vec<std::net::TcpListener>,
+    config: GatewayConfig,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let threads = listeners.len();
+    // The first thread builds what they all share, then hands it to each of the others.
+    let (senders, mut receivers): (Vec<_>, Vec<_>) = (1..threads)
+        .map(|_| std::sync::mpsc::channel::<Arc<Shared>>())
+        .unzip();
+    let mut senders = Some(senders);
+    let mut handles = Vec::with_capacity(threads);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let config = config.clone();
+        let metrics = metrics.clone();
+        let stop = stop.clone();
+        let role = if i == 0 {
+            Ok(senders.take().expect("the first thread takes the senders"))
+        } else {
+            Err(receivers.remove(0))
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("gateway-{i}"))
+            .spawn(move || -> std::io::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    listener.set_nonblocking(true)?;
+                    let listener = TcpListener::from_std(listener)?;
+                    match role {
+                        Ok(senders) => {
+                            let (shared, tasks) = start(&config, metrics, stop.clone());
+                            let shared = Arc::new(shared);
+                            for tx in senders {
+                                let _ = tx.send(shared.clone());
+                            }
+                            info!(listen = %listener.local_addr()?, threads, pool = %config.pool, policy = ?config.policy, "gateway listening");
+                            accept_loop(listener, shared, stop).await;
+                            for task in tasks {
+                                let _ = task.await;
+                            }
+                        }
+                        Err(rx) => {
+                            let shared = rx.recv().map_err(|_| {
+                                std::io::Error::other("the first gateway thread failed")
+                            })?;
+                            accept_loop(listener, shared, stop).await;
+                        }
+                    }
+                    Ok(())
+                })
+            })?;
+        handles.push(handle);
+    }
+    let mut outcome = Ok(());
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => outcome = Err(e),
+            Err(_) => outcome = Err(std::io::Error::other("a gateway thread panicked")),
+        }
+    }
+    info!("gateway stopped");
+    outcome
 }

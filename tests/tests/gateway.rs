@@ -95,7 +95,10 @@ async fn http_get(
     target: SocketAddr,
     auth: Option<(&str, &str)>,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(gateway).await.unwrap();
+    // Not listening yet (a gateway starting): status 0.
+    let Ok(mut stream) = TcpStream::connect(gateway).await else {
+        return (0, String::new());
+    };
     let auth = auth
         .map(|(u, p)| {
             format!(
@@ -134,7 +137,9 @@ async fn socks_get(
     target: SocketAddr,
     auth: Option<(&str, &str)>,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(gateway).await.unwrap();
+    let Ok(mut stream) = TcpStream::connect(gateway).await else {
+        return (0, String::new());
+    };
     let mut reply = [0u8; 2];
     match auth {
         None => stream.write_all(&[5, 1, 0]).await.unwrap(),

@@ -125,25 +125,35 @@ pub(crate) async fn bench() -> anyhow::Result<()> {
         "the pool's refresh failed"
     );
 
-    let mut gateway = harness::spawn_cli(
-        &coordinator.url,
-        "bench-gateway",
-        &[
+    // One gateway on one thread (the default), as pproxy runs on one; one with a thread a core.
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    let mut gateways = Vec::new();
+    for (label, threads) in [("one thread", "1"), ("a thread a core", cores.as_str())] {
+        let mut args = vec![
             "gateway",
             "--listen",
             "127.0.0.1:0",
             "--allow-private-upstreams",
             "--max-per-client",
             "100000",
-        ],
-        coordinator.dir.path(),
-    );
-    let line = gateway.next_line().await.unwrap_or_default();
-    let gateway_addr: SocketAddr = line
-        .strip_prefix("listening gateway=")
-        .ok_or_else(|| anyhow::anyhow!("the gateway printed {line:?}"))?
-        .parse()?;
-    let gateway_pid = gateway.pid();
+        ];
+        args.extend(["--threads", threads]);
+        let mut gateway = harness::spawn_cli(
+            &coordinator.url,
+            &format!("bench-gateway-{threads}"),
+            &args,
+            coordinator.dir.path(),
+        );
+        let line = gateway.next_line().await.unwrap_or_default();
+        let addr: SocketAddr = line
+            .strip_prefix("listening gateway=")
+            .ok_or_else(|| anyhow::anyhow!("the gateway printed {line:?}"))?
+            .parse()?;
+        let pid = gateway.pid();
+        gateways.push((label, addr, pid, gateway));
+    }
 
     let pproxy_port = harness::quiet_port();
     let mut pproxy_cmd = tokio::process::Command::new("pproxy");
@@ -167,16 +177,17 @@ pub(crate) async fn bench() -> anyhow::Result<()> {
 
     // Every middle answers before it is measured.
     let direct = upstreams[0].addr;
-    let mut middles: Vec<(&str, SocketAddr, Option<i32>)> = vec![
-        ("direct, one upstream", direct, None),
-        (
-            "proxyfleet gateway, 4 upstreams",
-            gateway_addr,
-            Some(gateway_pid),
-        ),
-    ];
+    let mut middles: Vec<(String, SocketAddr, Option<i32>)> =
+        vec![("direct, one upstream".into(), direct, None)];
+    for (label, addr, pid, _) in &gateways {
+        middles.push((
+            format!("proxyfleet gateway ({label}), 4 upstreams"),
+            *addr,
+            Some(*pid),
+        ));
+    }
     if let Some(pid) = pproxy_pid {
-        middles.push(("pproxy -s rr, 4 upstreams", pproxy_port, Some(pid)));
+        middles.push(("pproxy -s rr, 4 upstreams".into(), pproxy_port, Some(pid)));
     }
     for (name, addr, _) in &middles {
         let addr = *addr;
