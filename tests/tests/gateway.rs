@@ -282,7 +282,13 @@ async fn a_dead_upstream_costs_no_client_request_and_leaves_the_gateways_set() {
     let coordinator = CoordinatorProc::start(&["--max-failures", "1"]).await;
     let _worker = coordinator.worker("w", &["--max-checks", "16"]);
     fill_pool(&coordinator, &proxies, &[]).await;
-    let (_gateway, addr) = gateway(&coordinator, &["--cooldown", "10m"]).await;
+    let metrics = harness::quiet_port();
+    let metrics_arg = metrics.to_string();
+    let (_gateway, addr) = gateway(
+        &coordinator,
+        &["--cooldown", "10m", "--metrics-listen", &metrics_arg],
+    )
+    .await;
     harness::wait_for("the gateway's first answer", WAIT_LIMIT, || async move {
         (http_get(addr, target.addr, None).await.0 == 200).then_some(())
     })
@@ -358,6 +364,30 @@ async fn a_dead_upstream_costs_no_client_request_and_leaves_the_gateways_set() {
         jobs.iter().all(|j| !j.name.starts_with("revalidate")),
         "no round ran: {jobs:?}"
     );
+    // The gateway's metrics tell the same story, naming no credentials; its set is down to three
+    // once the pool's removal reached it.
+    let page = harness::wait_for("the gateway's set of three", WAIT_LIMIT, || async move {
+        let page = harness::scrape(metrics).await;
+        (harness::sample(&page, "proxyfleet_gateway_pool_upstreams") == 3.0).then_some(page)
+    })
+    .await;
+    assert!(
+        harness::sample(&page, "proxyfleet_gateway_retries_total") >= 1.0,
+        "{page}"
+    );
+    let dead_url = dead.replace("fleet:secret@", "");
+    assert!(
+        page.contains(&format!(
+            "proxyfleet_gateway_upstream_attempts_total{{upstream=\"{dead_url}\",outcome=\"connect\"}}"
+        )),
+        "{page}"
+    );
+    assert!(
+        harness::sample(&page, "proxyfleet_gateway_requests_total{outcome=\"ok\"}") >= 400.0,
+        "{page}"
+    );
+    assert_eq!(harness::sample(&page, "proxyfleet_gateway_following"), 1.0);
+    assert!(page.contains("proxyfleet_gateway_upstream_ready_seconds_bucket"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
