@@ -26,7 +26,7 @@ pub fn config(remote: &Remote, args: &GatewayArgs) -> Result<GatewayConfig, Fail
             .map_err(|e| bad(format!("--defaults: {e}")))?,
         None => Default::default(),
     };
-    if let Some(problem) = pool_name_problem(&args.pool) {
+    if let Some(problem) = proxyfleet_coordinator::pool_name_problem(&args.pool) {
         return Err(bad(format!("--pool {:?}: {problem}", args.pool)));
     }
     let mut config = GatewayConfig::new(client::endpoint(remote)?, &args.pool);
@@ -48,15 +48,6 @@ pub fn config(remote: &Remote, args: &GatewayArgs) -> Result<GatewayConfig, Fail
     config.max_per_client = args.max_per_client.max(1);
     config.allow_private_upstreams = args.allow_private_upstreams;
     Ok(config)
-}
-
-fn pool_name_problem(name: &str) -> Option<&'static str> {
-    (name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    .then_some("1 to 64 letters, digits, '-', '_' and '.'")
 }
 
 /// Runs the gateway until SIGINT or SIGTERM; exit code 0 then.

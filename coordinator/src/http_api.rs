@@ -200,24 +200,39 @@ fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
+impl Api {
+    /// Checks the caller's token and the query, reads `name`'s members that pass it (in `order`
+    /// and at most `limit`, or as the query says when None), and answers with `answer`.
+    fn with_pool(
+        &self,
+        name: &str,
+        uri: &Uri,
+        headers: &HeaderMap,
+        pick: Option<(PoolOrder, usize)>,
+        answer: impl FnOnce(Format, pools::PoolView) -> Response,
+    ) -> Response {
+        if let Some(refused) = self.refusal(headers) {
+            return refused;
+        }
+        let q = match parse_query(uri.query().unwrap_or_default()) {
+            Ok(q) => q,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        let (order, limit) = pick.unwrap_or((q.order, q.limit));
+        match self.state.pool(name, &q.filter, order, limit) {
+            Ok(view) => answer(q.format, view),
+            Err(e) => pool_error(e),
+        }
+    }
+}
+
 async fn pool(
     Extract(api): Extract<Api>,
     Path(name): Path<String>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = api.refusal(&headers) {
-        return refused;
-    }
-    let q = match parse_query(uri.query().unwrap_or_default()) {
-        Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let view = match api.state.pool(&name, &q.filter, q.order, q.limit) {
-        Ok(view) => view,
-        Err(e) => return pool_error(e),
-    };
-    match q.format {
+    api.with_pool(&name, &uri, &headers, None, |format, view| match format {
         Format::Txt => text(
             view.members
                 .iter()
@@ -231,7 +246,7 @@ async fn pool(
             "version": view.summary.meta.version,
             "members": view.members.iter().map(pools::member_json).collect::<Vec<_>>(),
         })),
-    }
+    })
 }
 
 async fn random(
@@ -240,30 +255,22 @@ async fn random(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = api.refusal(&headers) {
-        return refused;
-    }
-    let q = match parse_query(uri.query().unwrap_or_default()) {
-        Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let view = match api.state.pool(&name, &q.filter, PoolOrder::Random, 1) {
-        Ok(view) => view,
-        Err(e) => return pool_error(e),
-    };
-    let Some(member) = view.members.first() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "pool {name:?} has no live proxy that passes the filter ({} live); loosen the filter or wait for a refresh",
-                view.summary.live
-            ),
-        );
-    };
-    match q.format {
-        Format::Txt => text(format!("{}\n", member.candidate.full_url())),
-        Format::Json => json(pools::member_json(member)),
-    }
+    let pick = Some((PoolOrder::Random, 1));
+    api.with_pool(&name, &uri, &headers, pick, |format, view| {
+        let Some(member) = view.members.first() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "pool {name:?} has no live proxy that passes the filter ({} live); loosen the filter or wait for a refresh",
+                    view.summary.live
+                ),
+            );
+        };
+        match format {
+            Format::Txt => text(format!("{}\n", member.candidate.full_url())),
+            Format::Json => json(pools::member_json(member)),
+        }
+    })
 }
 
 async fn list(Extract(api): Extract<Api>, headers: HeaderMap) -> Response {

@@ -42,6 +42,7 @@ pub use judge::tls_acceptor;
 pub use scheduler::{Anonymity, JobState, Reason};
 pub use sources::{Source, SourcesError, parse_sources_file};
 use state::State;
+pub use submit::pool_name_problem;
 
 /// Conversions between the wire's enums and the coordinator's, for clients that show them.
 pub mod wire {

@@ -152,6 +152,19 @@ struct WrittenFiles {
 }
 
 impl ServedPool {
+    fn summary(&self) -> PoolSummary {
+        PoolSummary {
+            meta: self.meta.clone(),
+            live: self.members.values().filter(|m| m.live).count() as u64,
+            total: self.members.len() as u64,
+            files: self
+                .files
+                .as_ref()
+                .map(|f| f.path.clone())
+                .unwrap_or_default(),
+        }
+    }
+
     fn new(meta: PoolMeta) -> ServedPool {
         ServedPool {
             meta,
@@ -279,13 +292,7 @@ impl ServedPools {
     }
 
     pub(crate) fn summary(&self, name: &str) -> Option<PoolSummary> {
-        let p = self.existing(name)?;
-        Some(PoolSummary {
-            meta: p.meta.clone(),
-            live: p.members.values().filter(|m| m.live).count() as u64,
-            total: p.members.len() as u64,
-            files: p.files.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
-        })
+        self.existing(name).map(ServedPool::summary)
     }
 
     /// The members of `name` that pass `filter`, in `order`; none for a pool not known.
@@ -298,7 +305,7 @@ impl ServedPools {
     ) -> Option<PoolView> {
         let p = self.existing(name)?;
         Some(PoolView {
-            summary: self.summary(name)?,
+            summary: p.summary(),
             members: select(&p.members, filter, order, limit),
         })
     }
@@ -311,18 +318,8 @@ impl ServedPools {
             .retain(|_, p| p.exists || p.changes.receiver_count() > 0);
         let pool = self.pool_mut(name, false);
         let changes = pool.changes.subscribe();
-        let summary = PoolSummary {
-            meta: pool.meta.clone(),
-            live: pool.members.values().filter(|m| m.live).count() as u64,
-            total: pool.members.len() as u64,
-            files: pool
-                .files
-                .as_ref()
-                .map(|f| f.path.clone())
-                .unwrap_or_default(),
-        };
         let view = PoolView {
-            summary,
+            summary: pool.summary(),
             members: select(&pool.members, filter, PoolOrder::Score, 0),
         };
         Following { view, changes }

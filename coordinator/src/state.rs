@@ -312,11 +312,7 @@ fn wall_ms() -> u64 {
 }
 
 fn new_job_id() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
-    let suffix: String = (0..10)
-        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
-        .collect();
-    format!("job-{suffix}")
+    crate::scheduler::new_id("job")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -27,7 +27,7 @@ pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(3600);
 /// Share of failed chunks that fails a job when the request names none.
 pub(crate) const DEFAULT_MAX_FAILED_CHUNK_RATIO: f64 = 0.5;
 /// Why `name` cannot name a pool, if it cannot: a pool's files go to a directory of that name.
-pub(crate) fn pool_name_problem(name: &str) -> Option<String> {
+pub fn pool_name_problem(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > 64 {
         return Some("must be 1 to 64 characters".into());
     }

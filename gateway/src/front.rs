@@ -199,6 +199,19 @@ impl Front {
         })
     }
 
+    /// A tunnel to `host:port` through an upstream `wants` allows (see [`Front::through`]).
+    async fn tunnel(
+        &self,
+        wants: &Wants,
+        host: &str,
+        port: u16,
+    ) -> Result<(TcpStream, Upstream), Refusal> {
+        self.through(wants, |up| async move {
+            upstream::tunnel(&up, host, port, self.guard, self.connect_timeout).await
+        })
+        .await
+    }
+
     /// Carries bytes both ways until both sides close or nothing moves for the idle timeout.
     async fn splice(&self, upstream: &Upstream, client: &mut TcpStream, mut remote: TcpStream) {
         self.lock_chooser().started(&upstream.key);
@@ -306,14 +319,7 @@ impl Front {
         let mut port = [0u8; 2];
         read_within(client, &mut port, limit).await.map_err(io)?;
         let port = u16::from_be_bytes(port);
-        let opened = self
-            .through(&wants, |up| {
-                let host = host.clone();
-                async move {
-                    upstream::tunnel(&up, &host, port, self.guard, self.connect_timeout).await
-                }
-            })
-            .await;
+        let opened = self.tunnel(&wants, &host, port).await;
         let (remote, upstream) = match opened {
             Ok(opened) => opened,
             Err(e) => {
@@ -362,21 +368,8 @@ impl Front {
             let (host, port) = split_authority(&request.target, 443).ok_or_else(|| {
                 Refusal::BadClient(format!("bad CONNECT target {:?}", request.target))
             })?;
-            let opened = self
-                .through(&wants, |up| {
-                    let host = host.clone();
-                    async move {
-                        upstream::tunnel(&up, &host, port, self.guard, self.connect_timeout).await
-                    }
-                })
-                .await;
-            let (mut remote, upstream) = match opened {
-                Ok(opened) => opened,
-                Err(e) => {
-                    let _ = client.write_all(&refused_answer(&e)).await;
-                    return Err(e);
-                }
-            };
+            let opened = self.tunnel(&wants, &host, port).await;
+            let (mut remote, upstream) = answered(client, opened).await?;
             client
                 .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 .await
@@ -396,25 +389,17 @@ impl Front {
             let _ = client.write_all(&answer(400, "Bad Request", &why)).await;
             return Err(Refusal::BadClient(why));
         };
+        let host = host.as_str();
         let opened = self
-            .through(&wants, |up| {
-                let host = host.clone();
-                async move {
-                    if upstream::forwards(&up) {
-                        upstream::connect(&up, self.guard, self.connect_timeout).await
-                    } else {
-                        upstream::tunnel(&up, &host, port, self.guard, self.connect_timeout).await
-                    }
+            .through(&wants, |up| async move {
+                if upstream::forwards(&up) {
+                    upstream::connect(&up, self.guard, self.connect_timeout).await
+                } else {
+                    upstream::tunnel(&up, host, port, self.guard, self.connect_timeout).await
                 }
             })
             .await;
-        let (mut remote, upstream) = match opened {
-            Ok(opened) => opened,
-            Err(e) => {
-                let _ = client.write_all(&refused_answer(&e)).await;
-                return Err(e);
-            }
-        };
+        let (mut remote, upstream) = answered(client, opened).await?;
         let forwarded = request.forwarded(
             if upstream::forwards(&upstream) {
                 &request.target
@@ -459,6 +444,14 @@ fn answer(status: u16, reason: &str, body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// `opened`, after telling the HTTP client why when no upstream would carry its request.
+async fn answered<T>(client: &mut TcpStream, opened: Result<T, Refusal>) -> Result<T, Refusal> {
+    if let Err(e) = &opened {
+        let _ = client.write_all(&refused_answer(e)).await;
+    }
+    opened
 }
 
 /// What a client is told when no upstream would carry its request.

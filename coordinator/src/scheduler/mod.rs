@@ -63,13 +63,13 @@ const FORGET_EVERY: Duration = Duration::from_secs(60);
 /// How often a pool's live members are checked again, unless configured.
 pub(crate) const DEFAULT_REVALIDATE_EVERY: Duration = Duration::from_secs(600);
 
-/// A new id for a revalidation round's job.
-fn round_job_id() -> String {
+/// A new job id: `prefix`, a dash, and ten random letters and digits (none that read alike).
+pub(crate) fn new_id(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
     let suffix: String = (0..10)
         .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
         .collect();
-    format!("round-{suffix}")
+    format!("{prefix}-{suffix}")
 }
 
 /// What a verdict tells a pool of its candidate; none when it was not checked at all.
@@ -319,7 +319,7 @@ impl Scheduler {
             self.journal.extend(gone.into_iter().map(Record::Pool));
         }
         for (pool, settings, candidates) in self.pools.due(wall_ms) {
-            let id = round_job_id();
+            let id = new_id("round");
             let every = self
                 .pools
                 .revalidate_every(&pool)
