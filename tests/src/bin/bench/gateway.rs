@@ -2,7 +2,9 @@
 //! `proxyfleet gateway` rotating over four upstreams, and through pproxy (PyPI) rotating
 //! round-robin over the same four, side by side in one run: requests per second, CPU of the
 //! middle process per request, and latency (p50, p99) with what the middle adds to the direct
-//! path, at 1, 64 and 512 concurrent clients, three runs each (min / median).
+//! path, at 1, 64 and 512 concurrent clients, three runs each (min / median). Then the same
+//! paths at fixed offered rates below every path's capacity, where latency is what the middle
+//! adds rather than the queue a saturated machine builds.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Stdio;
@@ -13,7 +15,7 @@ use proxyfleet_tests::harness::{self, CoordinatorProc};
 use proxyfleet_tests::sim::{Behavior, ProxySpec, SimProxy};
 use proxyfleet_tests::sites::{Reply, Site};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 
 /// Requests per run, by concurrency.
 fn requests(clients: usize) -> usize {
@@ -34,39 +36,94 @@ struct Sample {
     failed: usize,
 }
 
-/// One request through `proxy` to `target`: its latency, or None if it failed.
-async fn one(proxy: SocketAddr, target: SocketAddr) -> Option<Duration> {
-    let started = Instant::now();
-    let mut stream = TcpStream::connect(proxy).await.ok()?;
+/// The source address of client `c`: each client connects from an address of its own, so that a
+/// run's tens of thousands of short connections do not reuse one address's ports while the
+/// other side still holds them in TIME_WAIT.
+fn client_ip(c: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 90 + (c / 250) as u8, 1 + (c % 250) as u8)
+}
+
+/// One request through `proxy` to `target` from `source`: its latency counted from `since`, or
+/// None if it failed.
+async fn one(
+    source: Ipv4Addr,
+    proxy: SocketAddr,
+    target: SocketAddr,
+    since: Instant,
+) -> Option<Duration> {
+    let socket = TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).ok()?;
+    let mut stream = socket.connect(proxy).await.ok()?;
     let _ = stream.set_nodelay(true);
     let request =
         format!("GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut answer = Vec::with_capacity(256);
     stream.read_to_end(&mut answer).await.ok()?;
-    answer
-        .starts_with(b"HTTP/1.1 200")
-        .then(|| started.elapsed())
+    answer.starts_with(b"HTTP/1.1 200").then(|| since.elapsed())
 }
 
-/// `total` requests from `clients` concurrent clients; `middle` is the process whose CPU counts.
-async fn load(
-    proxy: SocketAddr,
-    target: SocketAddr,
-    clients: usize,
-    middle: Option<i32>,
-) -> Sample {
-    let total = requests(clients);
+/// How the clients send.
+#[derive(Clone, Copy)]
+enum Load {
+    /// Each client sends its next request as soon as its previous one is answered.
+    Closed { clients: usize },
+    /// `rate` requests a second in all for `PACED_RUN`, spread over `clients`, each sent at its
+    /// scheduled time (or as soon as its client is free, if late) and timed from that schedule,
+    /// so a stall counts against every request it delays.
+    Paced { clients: usize, rate: usize },
+}
+
+/// How long a paced run offers its rate.
+const PACED_RUN: Duration = Duration::from_secs(5);
+
+impl Load {
+    fn clients(self) -> usize {
+        match self {
+            Load::Closed { clients } | Load::Paced { clients, .. } => clients,
+        }
+    }
+
+    fn total(self) -> usize {
+        match self {
+            Load::Closed { clients } => requests(clients),
+            Load::Paced { rate, .. } => rate * PACED_RUN.as_secs() as usize,
+        }
+    }
+
+    /// When request `n` of the run is due, for paced runs.
+    fn due(self, started: Instant, n: usize) -> Option<Instant> {
+        match self {
+            Load::Closed { .. } => None,
+            Load::Paced { rate, .. } => {
+                Some(started + Duration::from_secs_f64(n as f64 / rate as f64))
+            }
+        }
+    }
+}
+
+/// One run of `load`; `middle` is the process whose CPU counts.
+async fn load(proxy: SocketAddr, target: SocketAddr, load: Load, middle: Option<i32>) -> Sample {
+    let (clients, total) = (load.clients(), load.total());
     let cpu_before = middle.map_or(0.0, crate::cpu_seconds);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
-        let share = total / clients + usize::from(c < total % clients);
         tasks.spawn(async move {
-            let mut latencies = Vec::with_capacity(share);
+            let source = client_ip(c);
+            // Client c sends requests c, c + clients, c + 2 × clients, …
+            let mut latencies = Vec::with_capacity(total / clients + 1);
             let mut failed = 0;
-            for _ in 0..share {
-                match tokio::time::timeout(Duration::from_secs(10), one(proxy, target)).await {
+            for n in (c..total).step_by(clients) {
+                let since = match load.due(started, n) {
+                    Some(due) => {
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
+                let request = one(source, proxy, target, since);
+                match tokio::time::timeout(Duration::from_secs(10), request).await {
                     Ok(Some(l)) => latencies.push(l),
                     _ => failed += 1,
                 }
@@ -102,6 +159,46 @@ async fn load(
 fn min_median(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[0], v[v.len() / 2])
+}
+
+/// Prints one table: every middle under each load, three runs each.
+async fn table(middles: &[(String, SocketAddr, Option<i32>)], target: SocketAddr, loads: &[Load]) {
+    println!(
+        "| path | clients | offered/s | requests/s min / median | middle CPU ms/request min / median | p50 ms | p99 ms | added p50 ms | added p99 ms | failed |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &l in loads {
+        let offered = match l {
+            Load::Closed { .. } => "—".to_string(),
+            Load::Paced { rate, .. } => rate.to_string(),
+        };
+        let mut direct_p = (0.0, 0.0);
+        for (name, addr, pid) in middles {
+            let mut samples = Vec::new();
+            for _ in 0..3 {
+                samples.push(load(*addr, target, l, *pid).await);
+            }
+            let (rps_min, rps_med) = min_median(samples.iter().map(|s| s.per_second).collect());
+            let (cpu_min, cpu_med) = min_median(samples.iter().map(|s| s.cpu_ms).collect());
+            let (_, p50) = min_median(samples.iter().map(|s| s.p50_ms).collect());
+            let (_, p99) = min_median(samples.iter().map(|s| s.p99_ms).collect());
+            let failed: usize = samples.iter().map(|s| s.failed).sum();
+            if pid.is_none() {
+                direct_p = (p50, p99);
+            }
+            let cpu = if pid.is_some() {
+                format!("{cpu_min:.3} / {cpu_med:.3}")
+            } else {
+                "—".into()
+            };
+            println!(
+                "| {name} | {} | {offered} | {rps_min:.0} / {rps_med:.0} | {cpu} | {p50:.2} | {p99:.2} | {:.2} | {:.2} | {failed} |",
+                l.clients(),
+                p50 - direct_p.0,
+                p99 - direct_p.1
+            );
+        }
+    }
 }
 
 /// Runs the gateway table.
@@ -193,43 +290,22 @@ pub(crate) async fn bench() -> anyhow::Result<()> {
         let addr = *addr;
         let t = target.addr;
         harness::wait_for(name, Duration::from_secs(60), || async move {
-            one(addr, t).await.map(|_| ())
+            one(client_ip(0), addr, t, Instant::now()).await.map(|_| ())
         })
         .await;
     }
 
     println!();
+    println!("Closed loop: each client sends again as soon as it is answered.");
+    let closed = [1usize, 64, 512].map(|clients| Load::Closed { clients });
+    table(&middles, target.addr, &closed).await;
+    println!();
     println!(
-        "| path | clients | requests/s min / median | middle CPU ms/request min / median | p50 ms | p99 ms | added p50 ms | added p99 ms | failed |"
+        "Paced: a fixed rate offered for {} s by 64 clients, latency timed from each request's schedule.",
+        PACED_RUN.as_secs()
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for clients in [1usize, 64, 512] {
-        let mut direct_p = (0.0, 0.0);
-        for (name, addr, pid) in &middles {
-            let mut samples = Vec::new();
-            for _ in 0..3 {
-                samples.push(load(*addr, target.addr, clients, *pid).await);
-            }
-            let (rps_min, rps_med) = min_median(samples.iter().map(|s| s.per_second).collect());
-            let (cpu_min, cpu_med) = min_median(samples.iter().map(|s| s.cpu_ms).collect());
-            let (_, p50) = min_median(samples.iter().map(|s| s.p50_ms).collect());
-            let (_, p99) = min_median(samples.iter().map(|s| s.p99_ms).collect());
-            let failed: usize = samples.iter().map(|s| s.failed).sum();
-            if pid.is_none() {
-                direct_p = (p50, p99);
-            }
-            let cpu = if pid.is_some() {
-                format!("{cpu_min:.3} / {cpu_med:.3}")
-            } else {
-                "—".into()
-            };
-            println!(
-                "| {name} | {clients} | {rps_min:.0} / {rps_med:.0} | {cpu} | {p50:.2} | {p99:.2} | {:.2} | {:.2} | {failed} |",
-                p50 - direct_p.0,
-                p99 - direct_p.1
-            );
-        }
-    }
+    let paced = [1_000usize, 2_500, 5_000].map(|rate| Load::Paced { clients: 64, rate });
+    table(&middles, target.addr, &paced).await;
     drop(pproxy);
     Ok(())
 }
