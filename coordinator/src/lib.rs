@@ -170,7 +170,7 @@ pub async fn run(
         tokio::spawn(async move {
             match listener {
                 Some(listener) => {
-                    let page = move || metrics::render(&state.metrics());
+                    let page = move || metrics::render(&state.metrics(), &state.pools());
                     proxyfleet_common::metrics::serve(listener, page, async move {
                         let _ = stop.changed().await;
                     })

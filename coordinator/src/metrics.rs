@@ -2,10 +2,11 @@
 
 use proxyfleet_common::metrics::Exposition;
 
+use crate::pools::PoolSummary;
 use crate::scheduler::Metrics;
 
-/// The page served at `/metrics`.
-pub(crate) fn render(m: &Metrics) -> String {
+/// The page served at `/metrics`: the scheduler's counts and, per pool, its committed sizes.
+pub(crate) fn render(m: &Metrics, pools: &[PoolSummary]) -> String {
     let mut e = Exposition::new();
     e.family(
         "proxyfleet_jobs",
@@ -115,13 +116,67 @@ pub(crate) fn render(m: &Metrics) -> String {
         &[("usable", "false")],
         c.verdicts_unusable as f64,
     );
+    pool_gauges(&mut e, m, pools);
     e.finish()
+}
+
+/// Per pool: what a scraper can use now, what the pool keeps, and how fresh it is.
+fn pool_gauges(e: &mut Exposition, m: &Metrics, pools: &[PoolSummary]) {
+    e.family(
+        "proxyfleet_pool_live",
+        "gauge",
+        "Proxies in the pool's live set now: what its files and GetPool serve.",
+    );
+    for p in pools {
+        e.sample(
+            "proxyfleet_pool_live",
+            &[("pool", &p.meta.name)],
+            p.live as f64,
+        );
+    }
+    e.family(
+        "proxyfleet_pool_members",
+        "gauge",
+        "Proxies the pool keeps, live or not (forgotten a week after last seen usable).",
+    );
+    for p in pools {
+        e.sample(
+            "proxyfleet_pool_members",
+            &[("pool", &p.meta.name)],
+            p.total as f64,
+        );
+    }
+    e.family(
+        "proxyfleet_pool_last_refresh_success_timestamp_seconds",
+        "gauge",
+        "When the pool's newest refresh that succeeded ended (Unix seconds; 0: none held).",
+    );
+    for p in pools {
+        let ended_ms = m.pools_refreshed_ms.get(&p.meta.name).copied().unwrap_or(0);
+        e.sample(
+            "proxyfleet_pool_last_refresh_success_timestamp_seconds",
+            &[("pool", &p.meta.name)],
+            ended_ms as f64 / 1000.0,
+        );
+    }
+    e.family(
+        "proxyfleet_pool_last_round_timestamp_seconds",
+        "gauge",
+        "When the pool's newest revalidation round started (Unix seconds; 0: none yet).",
+    );
+    for p in pools {
+        e.sample(
+            "proxyfleet_pool_last_round_timestamp_seconds",
+            &[("pool", &p.meta.name)],
+            p.meta.last_round_ms as f64 / 1000.0,
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::Counters;
+    use crate::scheduler::{Counters, PoolMeta};
 
     #[test]
     fn the_page_names_every_family_once() {
@@ -133,7 +188,32 @@ mod tests {
             },
             ..Metrics::default()
         };
-        let page = render(&m);
+        let pools = [PoolSummary {
+            meta: PoolMeta {
+                name: "eu".into(),
+                settings: None,
+                revalidate_every: std::time::Duration::ZERO,
+                last_round_ms: 1_700_000_000_000,
+                round_job: None,
+                version: 3,
+            },
+            live: 7,
+            total: 9,
+            files: String::new(),
+        }];
+        let m = Metrics {
+            pools_refreshed_ms: [("eu".to_string(), 1_600_000_000_500)].into(),
+            ..m
+        };
+        let page = render(&m, &pools);
+        for line in [
+            "proxyfleet_pool_live{pool=\"eu\"} 7\n",
+            "proxyfleet_pool_members{pool=\"eu\"} 9\n",
+            "proxyfleet_pool_last_refresh_success_timestamp_seconds{pool=\"eu\"} 1600000000.5\n",
+            "proxyfleet_pool_last_round_timestamp_seconds{pool=\"eu\"} 1700000000\n",
+        ] {
+            assert!(page.contains(line), "{line} in {page}");
+        }
         assert!(
             page.contains("proxyfleet_leases_granted_total 3\n"),
             "{page}"

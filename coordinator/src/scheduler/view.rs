@@ -145,6 +145,8 @@ pub(crate) struct Metrics {
     pub(crate) chunks_by_state: BTreeMap<&'static str, u64>,
     pub(crate) workers_by_status: BTreeMap<&'static str, u64>,
     pub(crate) leases_live: u64,
+    /// By pool: when its newest refresh that SUCCEEDED ended (wall ms).
+    pub(crate) pools_refreshed_ms: BTreeMap<String, u64>,
 }
 
 impl Scheduler {
@@ -398,6 +400,13 @@ impl Scheduler {
         }
         for job in self.jobs.values() {
             *m.jobs_by_state.entry(job.state.name()).or_default() += 1;
+            if job.settings.kind == JobKind::Refresh && job.state == JobState::Succeeded {
+                let newest = m
+                    .pools_refreshed_ms
+                    .entry(job.settings.pool.clone())
+                    .or_default();
+                *newest = (*newest).max(job.ended_wall_ms);
+            }
             if let Some(counts) = job.stored {
                 for (name, n) in [
                     ("queued", counts.chunks_queued),
