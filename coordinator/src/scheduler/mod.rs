@@ -21,15 +21,15 @@ mod view;
 
 pub use jobs::JobState;
 pub(crate) use jobs::{
-    ChunkState, JobKind, JobSettings, NewJob, SourceSpec, SourceState, SourceStatus,
+    ChunkState, JobKind, JobSettings, NewJob, SourceSpec, SourceState, SourceStatus, WorkerTally,
 };
 pub(crate) use journal::{ChunkRecord, JobRecord, Record, StoredJob};
 pub(crate) use pools::{Member, PoolChange, PoolMeta};
 pub use verdict::{Anonymity, Reason};
 pub(crate) use verdict::{CheckTarget, CheckTargets, TargetVerdict, UsableFilter, Verdict};
 pub(crate) use view::{
-    ChunkInfo, Followed, JobProgress, JobSnapshot, Metrics, ResultRow, RowFilter, StoredRows,
-    WorkerSnapshot,
+    ChunkInfo, Followed, JobProgress, JobReport, JobSnapshot, Metrics, ResultRow, RowFilter,
+    StoredRows, WorkerSnapshot,
 };
 
 use jobs::{Exhausted, Job, LeaseLoss, Suspects, make_chunks};
@@ -392,6 +392,7 @@ impl Scheduler {
             }
             busy.insert(job.settings.pool.clone());
             let job = self.jobs.get_mut(&id).expect("job listed in job_order");
+            job.started_wall_ms = wall_ms;
             self.changed.insert(id.clone());
             if job.source_specs.is_empty() {
                 // A job of inline candidates has nothing to scrape: it passes SCRAPING at once.
@@ -416,6 +417,9 @@ impl Scheduler {
     ) {
         let job = self.jobs.get_mut(job_id).expect("starting a known job");
         job.state = JobState::Checking;
+        if job.started_wall_ms == 0 {
+            job.started_wall_ms = wall_ms;
+        }
         match job.settings.kind {
             JobKind::Refresh => {
                 for chunk in &job.chunks {
@@ -649,6 +653,14 @@ impl Scheduler {
         let holders = job.leases_on(chunk_id);
         let recorded = job.record(chunk_id, verdicts, judge_is_https, &mut self.texts);
         let accepted = recorded.verdicts.len() as u64;
+        if accepted > 0
+            && let Some(holder) = self.fleet.session(session)
+        {
+            let tally = job.by_worker.entry(holder.worker_id.clone()).or_default();
+            tally.name.clone_from(&holder.name);
+            tally.verdicts += accepted;
+            tally.usable += recorded.usable;
+        }
         let feed = match job.settings.kind {
             JobKind::Refresh => Feed::Refresh,
             JobKind::Revalidation => Feed::Revalidation,
