@@ -18,9 +18,9 @@ use crate::fetch::{FetchPolicy, Fetcher};
 use crate::output;
 use crate::pools::{self, ServedPools};
 use crate::scheduler::{
-    Followed, Hello, JobError, JobKind, JobReport, JobSnapshot, LeaseConfig, NewJob, Outbound,
-    PoolChange, Record, ResultRow, RowFilter, Scheduler, Scrape, SessionId, SourceSpec,
-    SourceState, SourceStatus,
+    Followed, Hello, JobError, JobKind, JobReport, JobSnapshot, LeaseConfig, LeaseRef, Named,
+    NewJob, Outbound, PoolChange, Record, ResultRow, RowFilter, Scheduler, Scrape, SessionId,
+    SourceSpec, SourceState, SourceStatus,
 };
 use crate::store::{Reader, Store};
 use crate::submit::{self, SubmitError, SubmitPolicy, ValidSubmission};
@@ -1277,6 +1277,7 @@ impl State {
     pub(crate) fn on_verdicts(&self, session: SessionId, batch: pb::Verdicts) {
         let lease_id = batch.lease_id;
         let job_id = batch.job_id;
+        let chunk_id = batch.chunk_id;
         let first = batch.first;
         let verdicts = batch
             .verdicts
@@ -1289,7 +1290,10 @@ impl State {
                 s.verdicts_of_job(
                     session,
                     lease_id,
-                    &job_id,
+                    Named {
+                        job_id: &job_id,
+                        chunk_id,
+                    },
                     first,
                     verdicts,
                     Instant::now(),
@@ -1300,10 +1304,19 @@ impl State {
     }
 
     pub(crate) fn on_heartbeat(&self, session: SessionId, heartbeat: pb::Heartbeat) {
+        let held: Vec<LeaseRef> = heartbeat
+            .held
+            .into_iter()
+            .map(|h| LeaseRef {
+                lease_id: h.lease_id,
+                job_id: h.job_id,
+                chunk_id: Some(h.chunk_id),
+            })
+            .collect();
         self.with_scheduler(|s| {
             (
                 (),
-                s.heartbeat(session, &heartbeat.lease_ids, Instant::now()),
+                s.heartbeat_naming(session, &heartbeat.lease_ids, &held, Instant::now()),
             )
         });
     }
@@ -1726,6 +1739,7 @@ mod tests {
         let usable = |position: u32| pb::Verdicts {
             lease_id: assign.lease_id,
             job_id: id.clone(),
+            chunk_id: None,
             first: Some(position),
             verdicts: vec![pb::Verdict {
                 index: assign.candidates[position as usize].index,
@@ -1855,6 +1869,7 @@ mod tests {
             let batch = pb::Verdicts {
                 lease_id,
                 job_id: String::new(),
+                chunk_id: None,
                 first,
                 verdicts: verdicts
                     .iter()
