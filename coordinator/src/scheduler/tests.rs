@@ -2205,3 +2205,66 @@ fn a_round_running_at_a_restart_ends_and_its_pool_runs_one_round_at_a_time() {
     }
     assert_eq!(running(&restarted, c.now), 1);
 }
+
+#[test]
+fn a_job_report_counts_every_candidate_once_by_reason_and_the_workers_that_checked_it() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    let t = c.advance(Duration::from_secs(1));
+    s.submit(new_job("j", 8, 4, 1), t, c.wall());
+    let (w, out) = s.hello(hello("w", 1), t);
+    let a = assignments(&out).remove(0).1;
+    let t = c.advance(Duration::from_secs(1));
+    s.verdicts(w, a.lease_id, verdicts_for(&a, |i| i % 2 == 0), t, c.wall());
+    let report = s.report("j", t).unwrap();
+    assert_eq!(report.started_wall_ms, 1_000, "it started when submitted");
+    assert_eq!(
+        report.by_reason,
+        BTreeMap::from([
+            ("refused".to_string(), 2),
+            ("unchecked".to_string(), 4),
+            ("usable".to_string(), 2),
+        ])
+    );
+    assert_eq!(report.workers.len(), 1);
+    assert_eq!(report.workers[0].0, "w");
+    assert_eq!(
+        (report.workers[0].1.verdicts, report.workers[0].1.usable),
+        (4, 2)
+    );
+    assert_eq!(
+        (
+            report.chunks.total,
+            report.chunks.done,
+            report.chunks.leased,
+            report.chunks.leases
+        ),
+        (2, 1, 1, 2)
+    );
+
+    // The worker dies holding the second chunk: an attempt is charged, and a new worker checks it.
+    s.disconnect(w, t);
+    let (w2, out) = s.hello(hello("w2", 1), t);
+    let b = assignments(&out).remove(0).1;
+    s.verdicts(w2, b.lease_id, verdicts_for(&b, |_| false), t, c.wall());
+    let report = s.report("j", t).unwrap();
+    assert_eq!(state(&s, "j", t), JobState::Succeeded);
+    assert_eq!(
+        report.by_reason,
+        BTreeMap::from([("refused".to_string(), 6), ("usable".to_string(), 2)])
+    );
+    assert_eq!((report.chunks.attempts, report.chunks.leases), (1, 3));
+    let by_worker: Vec<(&str, u64)> = report
+        .workers
+        .iter()
+        .map(|(id, tally)| (id.as_str(), tally.verdicts))
+        .collect();
+    assert_eq!(by_worker, [("w", 4), ("w2", 4)]);
+
+    // Kept in the store, the job reports the same counts.
+    assert!(s.keep_in_store("j"));
+    let stored = s.report("j", t).unwrap();
+    assert_eq!(stored.by_reason, report.by_reason);
+    assert_eq!(stored.chunks, report.chunks);
+    assert_eq!(stored.workers, report.workers);
+}
