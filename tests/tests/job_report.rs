@@ -1,6 +1,7 @@
 //! `proxyfleet job`: a job scraped from a good source and a source answering 404 shows the failed
 //! source's error, dropped entries, and verdict counts by reason that match its results, as text
-//! and as JSON, and its `summary.json` holds the same counts.
+//! and as JSON, and its `summary.json` holds the same counts; a source inside the coordinator's
+//! networks is reported refused, with why.
 
 use std::collections::BTreeMap;
 
@@ -189,4 +190,48 @@ async fn a_job_report_shows_a_failed_source_and_counts_that_match_its_results() 
     assert_eq!(unknown.code, 2, "{unknown:?}");
     assert!(unknown.stdout.is_empty(), "{unknown:?}");
     assert!(unknown.stderr.contains("no job"), "{unknown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_private_source_is_reported_with_its_error() {
+    let lists = ListServer::spawn(
+        [127, 0, 0, 1].into(),
+        vec![(
+            "/inside.txt",
+            vec![Answer::Body(200, "127.0.0.1:9\n".into())],
+        )],
+    )
+    .await
+    .unwrap();
+    // As in production: sources inside the coordinator's networks are refused.
+    let coordinator = CoordinatorProc::start_public(&[]).await;
+    let job_id = coordinator
+        .submit(&[], &["--source", &lists.url("/inside.txt")])
+        .await;
+    let mut client = coordinator.client().await;
+    let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
+    assert_eq!(job.state, pb::JobState::Failed as i32, "{job:#?}");
+    assert_eq!(lists.hits("/inside.txt"), 0, "never fetched");
+
+    let json = coordinator.cli(&["job", &job_id, "--json"]).await;
+    assert_eq!(json.code, 0, "{json:?}");
+    let report: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let source = &report["sources"][0];
+    assert_eq!(source["state"], "failed", "{report:#}");
+    let error = source["error"].as_str().unwrap();
+    assert!(error.contains("does not allow"), "{error}");
+    assert_eq!(report["proxies_total"], 0);
+    assert_eq!(report["by_reason"], serde_json::json!({}));
+    let text = coordinator.cli(&["job", &job_id]).await;
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(
+        text.stdout.contains(&format!("error: {error}")),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("every source failed"),
+        "{}",
+        text.stdout
+    );
 }
