@@ -608,9 +608,10 @@ impl Scheduler {
         )
     }
 
-    /// Verdicts naming the job they are for, so that refused ones for a lease this scheduler never
-    /// knew (granted before a restart) still count against their job; `first` is the position the
-    /// worker gave the first of them among its verdicts for the lease, if it gives positions.
+    /// Verdicts naming the job (and chunk) they are for, so that refused ones for a lease this
+    /// scheduler never knew (granted before a restart) still count against their job, and its
+    /// revoke names the lease as it was granted; `first` is the position the worker gave the
+    /// first of them among its verdicts for the lease, if it gives positions.
     ///
     /// A worker sends a batch again when the stream it went out on broke before the batch was
     /// acknowledged ([`Outbound::VerdictsHandled`]); the positions this scheduler has handled of
