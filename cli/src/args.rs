@@ -72,6 +72,9 @@ pub enum Command {
         /// The job id, as printed by `submit`.
         job: String,
     },
+    /// What became of a job: its timing, sources (with their errors), dropped entries,
+    /// verdicts by reason, chunks, attempts and the workers that checked it.
+    Job(crate::job::JobReportArgs),
     /// Print a job's results: every candidate once, with its verdict.
     Results {
         /// The job id.

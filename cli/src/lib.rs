@@ -5,6 +5,7 @@ pub mod args;
 pub mod client;
 pub mod embedded;
 pub mod gateway;
+pub mod job;
 pub mod progress;
 pub mod retry;
 
@@ -88,6 +89,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         } => client::results(&mut c, &url, &job, format, usable_only, follow)
             .await
             .map(|_| 0),
+        Command::Job(args) => job::run(&mut c, &url, &args).await,
         Command::Jobs => client::jobs(&mut c, &url).await.map(|_| 0),
         Command::Pool(args) => client::pool(&mut c, &url, &args).await.map(|_| 0),
         Command::Pools => client::pools(&mut c, &url).await.map(|_| 0),

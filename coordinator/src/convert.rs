@@ -316,6 +316,35 @@ pub(crate) fn job_to_proto(s: &JobSnapshot) -> pb::Job {
     }
 }
 
+pub(crate) fn report_to_proto(r: &crate::scheduler::JobReport) -> pb::JobReport {
+    let c = &r.chunks;
+    pb::JobReport {
+        job: Some(job_to_proto(&r.job)),
+        started_at_ms: r.started_wall_ms,
+        by_reason: r.by_reason.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        chunks: Some(pb::ChunkCounts {
+            total: c.total,
+            queued: c.queued,
+            leased: c.leased,
+            done: c.done,
+            failed: c.failed,
+            split: c.split,
+            leases: c.leases,
+            attempts: c.attempts,
+        }),
+        workers: r
+            .workers
+            .iter()
+            .map(|(worker_id, tally)| pb::WorkerVerdicts {
+                worker_id: worker_id.clone(),
+                name: tally.name.clone(),
+                verdicts: tally.verdicts,
+                usable: tally.usable,
+            })
+            .collect(),
+    }
+}
+
 pub(crate) fn worker_to_proto(w: &WorkerSnapshot) -> pb::WorkerInfo {
     pb::WorkerInfo {
         worker_id: w.worker_id.clone(),

@@ -185,6 +185,15 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(convert::job_to_proto(&snapshot)))
     }
 
+    async fn get_job_report(
+        &self,
+        request: Request<pb::GetJobReportRequest>,
+    ) -> Result<Response<pb::JobReport>, Status> {
+        let r = request.into_inner();
+        let report = self.state.job_report(require_job_id(&r.job_id)?)?;
+        Ok(Response::new(convert::report_to_proto(&report)))
+    }
+
     async fn get_pool(
         &self,
         request: Request<pb::GetPoolRequest>,

@@ -18,9 +18,9 @@ use crate::fetch::{FetchPolicy, Fetcher};
 use crate::output;
 use crate::pools::{self, ServedPools};
 use crate::scheduler::{
-    Followed, Hello, JobError, JobKind, JobSnapshot, LeaseConfig, NewJob, Outbound, PoolChange,
-    Record, ResultRow, RowFilter, Scheduler, Scrape, SessionId, SourceSpec, SourceState,
-    SourceStatus,
+    Followed, Hello, JobError, JobKind, JobReport, JobSnapshot, LeaseConfig, LeaseRef, Named,
+    NewJob, Outbound, PoolChange, Record, ResultRow, RowFilter, Scheduler, Scrape, SessionId,
+    SourceSpec, SourceState, SourceStatus,
 };
 use crate::store::{Reader, Store};
 use crate::submit::{self, SubmitError, SubmitPolicy, ValidSubmission};
@@ -1025,6 +1025,14 @@ impl State {
         Ok(self.with_pool_files(snapshot))
     }
 
+    /// What became of a job: its sources, dropped entries, verdicts by reason, chunks and the
+    /// workers that checked it (for `GetJobReport`, the HTTP API and `summary.json`).
+    pub(crate) fn job_report(&self, job_id: &str) -> Result<JobReport, JobError> {
+        let mut report = lock(&self.inner.scheduler).report(job_id, Instant::now())?;
+        report.job = self.with_pool_files(report.job);
+        Ok(report)
+    }
+
     pub(crate) fn jobs(&self) -> Vec<JobSnapshot> {
         let scheduler = lock(&self.inner.scheduler);
         let pools = lock(&self.inner.pools);
@@ -1269,6 +1277,7 @@ impl State {
     pub(crate) fn on_verdicts(&self, session: SessionId, batch: pb::Verdicts) {
         let lease_id = batch.lease_id;
         let job_id = batch.job_id;
+        let chunk_id = batch.chunk_id;
         let first = batch.first;
         let verdicts = batch
             .verdicts
@@ -1281,7 +1290,10 @@ impl State {
                 s.verdicts_of_job(
                     session,
                     lease_id,
-                    &job_id,
+                    Named {
+                        job_id: &job_id,
+                        chunk_id,
+                    },
                     first,
                     verdicts,
                     Instant::now(),
@@ -1292,10 +1304,19 @@ impl State {
     }
 
     pub(crate) fn on_heartbeat(&self, session: SessionId, heartbeat: pb::Heartbeat) {
+        let held: Vec<LeaseRef> = heartbeat
+            .held
+            .into_iter()
+            .map(|h| LeaseRef {
+                lease_id: h.lease_id,
+                job_id: h.job_id,
+                chunk_id: Some(h.chunk_id),
+            })
+            .collect();
         self.with_scheduler(|s| {
             (
                 (),
-                s.heartbeat(session, &heartbeat.lease_ids, Instant::now()),
+                s.heartbeat_naming(session, &heartbeat.lease_ids, &held, Instant::now()),
             )
         });
     }
@@ -1482,7 +1503,14 @@ impl State {
             Err(e) => return Err(std::io::Error::other(e.to_string())),
         };
         let files = output::render(&job.id, job.ended_wall_ms, &results);
-        write_job_files(&job_dir, job, &files)
+        // The counts as they stand at its end; the ended snapshot for the rest.
+        let mut report = match self.job_report(&job.id) {
+            Ok(report) => report,
+            Err(JobError::NotFound(_)) => return Ok(()), // pruned meanwhile
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        };
+        report.job = job.clone();
+        write_job_files(&job_dir, &report, &files)
     }
 }
 
@@ -1565,30 +1593,15 @@ fn first_lease_id() -> u64 {
 /// Writes a finished job's files under `DATA_DIR/jobs/<id>/`: its outputs, then `summary.json`.
 fn write_job_files(
     dir: &Path,
-    job: &JobSnapshot,
+    report: &JobReport,
     outputs: &[(String, String)],
 ) -> std::io::Result<()> {
-    let summary = serde_json::json!({
-        "job_id": job.id,
-        "pool": job.settings.pool,
-        "state": job.state.name(),
-        "reason": job.reason,
-        "proxies_total": job.progress.proxies_total,
-        "proxies_checked": job.progress.proxies_checked,
-        "proxies_usable": job.progress.proxies_usable,
-        "chunks_failed": job.progress.chunks_failed,
-        "reassignments": job.progress.reassignments,
-        "stale_verdicts_refused": job.progress.stale_verdicts_refused,
-        "dropped": job.dropped,
-        "created_at_ms": job.created_wall_ms,
-        "ended_at_ms": job.ended_wall_ms,
-    });
     output::write_all(dir, outputs)?;
     output::write_all(
         dir,
         &[(
             SUMMARY.into(),
-            serde_json::to_string_pretty(&summary)? + "\n",
+            serde_json::to_string_pretty(&output::summary(report))? + "\n",
         )],
     )
 }
@@ -1726,6 +1739,7 @@ mod tests {
         let usable = |position: u32| pb::Verdicts {
             lease_id: assign.lease_id,
             job_id: id.clone(),
+            chunk_id: None,
             first: Some(position),
             verdicts: vec![pb::Verdict {
                 index: assign.candidates[position as usize].index,
@@ -1855,6 +1869,7 @@ mod tests {
             let batch = pb::Verdicts {
                 lease_id,
                 job_id: String::new(),
+                chunk_id: None,
                 first,
                 verdicts: verdicts
                     .iter()

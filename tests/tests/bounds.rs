@@ -167,6 +167,7 @@ async fn an_oversized_verdict_detail_is_cut_before_it_is_stored() {
                 job_id: assign.job_id.clone(),
                 verdicts,
                 first: None,
+                chunk_id: None,
             })),
         })
         .await

@@ -573,12 +573,14 @@ impl<'a, C: LeaseChecks> Session<'a, C> {
         let mut batches = batches.into_iter();
         while let Some(batch) = batches.next() {
             let (lease_id, first) = (batch.lease_id, batch.first);
+            let chunk_id = self.held.ledger.lease(lease_id).map(|(_, chunk)| chunk);
             let message = pb::WorkerMessage {
                 kind: Some(Kind::Verdicts(pb::Verdicts {
                     lease_id,
                     verdicts: batch.verdicts,
                     job_id: batch.job_id,
                     first: Some(first),
+                    chunk_id,
                 })),
             };
             if self.outbound.send(message).await.is_err() {
@@ -593,9 +595,23 @@ impl<'a, C: LeaseChecks> Session<'a, C> {
     }
 
     async fn send_heartbeat(&mut self) -> ControlFlow<SessionEnd> {
+        let lease_ids = self.held.ledger.live();
+        // Named as they were assigned: a coordinator that restarted since knows them by nothing else.
+        let held = lease_ids
+            .iter()
+            .filter_map(|&lease_id| {
+                let (job_id, chunk_id) = self.held.ledger.lease(lease_id)?;
+                Some(pb::HeldLease {
+                    lease_id,
+                    job_id: job_id.to_string(),
+                    chunk_id,
+                })
+            })
+            .collect();
         let heartbeat = pb::Heartbeat {
-            lease_ids: self.held.ledger.live(),
+            lease_ids,
             checks_in_flight: self.checks.in_flight(),
+            held,
         };
         self.send(Kind::Heartbeat(heartbeat)).await
     }

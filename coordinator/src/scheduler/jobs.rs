@@ -141,6 +141,18 @@ pub(super) struct Chunk {
     pub(super) unattributed: u32,
 }
 
+impl Chunk {
+    /// Attempts charged to it: a piece of several candidates starts with all but one of its
+    /// attempts spent (see [`Job::bisect`]), which no holder was charged.
+    pub(super) fn charged(&self, max_attempts: u32) -> u32 {
+        if self.piece && !self.single {
+            self.attempts.saturating_sub(max_attempts.saturating_sub(1))
+        } else {
+            self.attempts
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Job {
     /// Given at submit; names the job everywhere (store, files, logs).
@@ -204,6 +216,34 @@ pub(super) struct Job {
     /// Set once the job has ended and everything of it is durable: its candidates, verdicts and
     /// chunks were dropped from memory and are read from the store from then on.
     pub(super) stored: Option<StoredCounts>,
+    /// When it left QUEUED (wall ms; 0 until then, and for a job restored ended): set by the
+    /// scheduler when it starts scraping or checking.
+    pub(super) started_wall_ms: u64,
+    /// Its verdicts by outcome ([`outcome`]), raised by [`Job::record`] and by a restore; kept
+    /// when its rows leave memory.
+    pub(super) by_reason: BTreeMap<&'static str, u64>,
+    /// Verdicts it recorded by the worker that gave them (a label: the job knows no session),
+    /// raised by the scheduler; memory only, counted from the coordinator's start.
+    pub(super) by_worker: BTreeMap<String, WorkerTally>,
+}
+
+/// The verdicts one worker gave a job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct WorkerTally {
+    /// The worker's display name, as it last said hello.
+    pub(crate) name: String,
+    pub(crate) verdicts: u64,
+    pub(crate) usable: u64,
+}
+
+/// What became of a candidate with this verdict, as results show it: "usable", or the reason it
+/// is not (a candidate without a verdict is "unchecked").
+pub(crate) fn outcome(verdict: &Verdict) -> &'static str {
+    if verdict.usable {
+        "usable"
+    } else {
+        verdict.reason.name()
+    }
 }
 
 /// What an ended job still shows once its rows live only in the store.
@@ -219,6 +259,12 @@ pub(super) struct StoredCounts {
     pub(super) chunks_done: u64,
     /// Chunks whose attempts ran out.
     pub(super) chunks_failed: u64,
+    /// Chunks cut in halves (their pieces are counted in the others).
+    pub(super) chunks_split: u64,
+    /// Leases granted on its chunks.
+    pub(super) leases: u64,
+    /// Attempts charged to its chunks.
+    pub(super) attempts: u64,
 }
 
 /// How many of a job's chunks are suspected of killing their holders, and not done or cut yet.
@@ -433,6 +479,9 @@ impl Job {
             dropped: new.dropped,
             recorded: Vec::new(),
             stored: None,
+            started_wall_ms: 0,
+            by_reason: BTreeMap::new(),
+            by_worker: BTreeMap::new(),
         }
     }
 
@@ -741,15 +790,23 @@ impl Job {
             chunks_queued: 0,
             chunks_done: 0,
             chunks_failed: 0,
+            chunks_split: 0,
+            leases: 0,
+            attempts: 0,
         };
         for chunk in &self.chunks {
+            counts.leases += u64::from(chunk.leases);
+            counts.attempts += u64::from(chunk.charged(self.settings.max_attempts));
             match chunk.state {
                 // An ended job holds no lease: a chunk that was leased is queued for no one.
                 ChunkState::Queued | ChunkState::Leased(_) => counts.chunks_queued += 1,
                 ChunkState::Done => counts.chunks_done += 1,
                 ChunkState::Failed => counts.chunks_failed += 1,
                 // Its pieces are counted in its place.
-                ChunkState::Split => continue,
+                ChunkState::Split => {
+                    counts.chunks_split += 1;
+                    continue;
+                }
             }
             counts.chunks_total += 1;
         }
@@ -830,6 +887,7 @@ impl Job {
                 self.poisoned += 1;
             }
             chunk.unchecked -= 1;
+            *self.by_reason.entry(outcome(&verdict)).or_default() += 1;
             self.recorded.push(verdict.index);
             recorded.verdicts.push(verdict.clone());
             *slot = Some(verdict);

@@ -146,6 +146,7 @@ impl Scheduler {
         }
         let mut slots: Vec<Option<Verdict>> = vec![None; candidates.len()];
         let (mut checked, mut usable, mut poisoned, mut recorded) = (0, 0, 0, Vec::new());
+        let mut by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
         for v in verdicts {
             let Some(slot) = slots.get_mut(v.index as usize) else {
                 continue;
@@ -157,6 +158,7 @@ impl Scheduler {
             usable += u64::from(v.usable);
             poisoned += u64::from(v.reason == Reason::Poison);
             recorded.push(v.index);
+            *by_reason.entry(jobs::outcome(&v)).or_default() += 1;
             *slot = Some(v);
         }
         for chunk in &mut chunks {
@@ -219,6 +221,10 @@ impl Scheduler {
             dropped: record.dropped,
             recorded,
             stored: None,
+            // Not kept by the store: an unfinished job gets its start again when it restarts.
+            started_wall_ms: 0,
+            by_reason,
+            by_worker: BTreeMap::new(),
         };
         let round = job.settings.kind == JobKind::Revalidation;
         self.job_order.push(id.clone());

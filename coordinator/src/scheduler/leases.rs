@@ -234,12 +234,16 @@ impl Fleet {
         self.leases.get(&lease_id).map(|l| l.session)
     }
 
-    /// The job a lease, live or ended, was for.
-    pub(super) fn job_of(&self, lease_id: LeaseId) -> Option<&str> {
+    /// The job and chunk a lease, live or ended, was granted for.
+    pub(super) fn granted_for(&self, lease_id: LeaseId) -> Option<(&str, ChunkId)> {
         self.leases
             .get(&lease_id)
-            .map(|l| l.job_id.as_str())
-            .or_else(|| self.retired.get(&lease_id).map(|r| r.job_id.as_str()))
+            .map(|l| (l.job_id.as_str(), l.chunk))
+            .or_else(|| {
+                self.retired
+                    .get(&lease_id)
+                    .map(|r| (r.job_id.as_str(), r.chunk))
+            })
     }
 
     /// Marks a lease's verdicts before position `through` handled; returns the mark it had, or
@@ -307,6 +311,7 @@ impl Fleet {
         }
         let retired = Retired {
             job_id: lease.job_id.clone(),
+            chunk: lease.chunk,
             handled: lease.handled,
         };
         self.retired.insert(lease_id, retired);
@@ -357,6 +362,8 @@ pub(super) enum LeaseKind {
 struct Retired {
     /// The job it was for.
     job_id: String,
+    /// The chunk it covered.
+    chunk: ChunkId,
     /// As [`Lease::handled`], kept on after the lease ended.
     handled: u32,
 }

@@ -21,15 +21,15 @@ mod view;
 
 pub use jobs::JobState;
 pub(crate) use jobs::{
-    ChunkState, JobKind, JobSettings, NewJob, SourceSpec, SourceState, SourceStatus,
+    ChunkState, JobKind, JobSettings, NewJob, SourceSpec, SourceState, SourceStatus, WorkerTally,
 };
 pub(crate) use journal::{ChunkRecord, JobRecord, Record, StoredJob};
 pub(crate) use pools::{Member, PoolChange, PoolMeta};
 pub use verdict::{Anonymity, Reason};
 pub(crate) use verdict::{CheckTarget, CheckTargets, TargetVerdict, UsableFilter, Verdict};
 pub(crate) use view::{
-    ChunkInfo, Followed, JobProgress, JobSnapshot, Metrics, ResultRow, RowFilter, StoredRows,
-    WorkerSnapshot,
+    ChunkInfo, Followed, JobProgress, JobReport, JobSnapshot, Metrics, ResultRow, RowFilter,
+    StoredRows, WorkerSnapshot,
 };
 
 use jobs::{Exhausted, Job, LeaseLoss, Suspects, make_chunks};
@@ -141,6 +141,23 @@ pub(crate) struct LeaseRef {
     pub(crate) job_id: String,
     /// Known while the lease is live.
     pub(crate) chunk_id: Option<ChunkId>,
+}
+
+/// How a worker's message names a lease: the job and chunk its Assign gave, as far as the
+/// message carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Named<'a> {
+    /// Empty when the message names no job.
+    pub(crate) job_id: &'a str,
+    pub(crate) chunk_id: Option<ChunkId>,
+}
+
+impl Named<'_> {
+    /// A message that names the lease by its id alone.
+    pub(crate) const NOTHING: Named<'static> = Named {
+        job_id: "",
+        chunk_id: None,
+    };
 }
 
 /// A message for one worker session.
@@ -392,6 +409,7 @@ impl Scheduler {
             }
             busy.insert(job.settings.pool.clone());
             let job = self.jobs.get_mut(&id).expect("job listed in job_order");
+            job.started_wall_ms = wall_ms;
             self.changed.insert(id.clone());
             if job.source_specs.is_empty() {
                 // A job of inline candidates has nothing to scrape: it passes SCRAPING at once.
@@ -416,6 +434,9 @@ impl Scheduler {
     ) {
         let job = self.jobs.get_mut(job_id).expect("starting a known job");
         job.state = JobState::Checking;
+        if job.started_wall_ms == 0 {
+            job.started_wall_ms = wall_ms;
+        }
         match job.settings.kind {
             JobKind::Refresh => {
                 for chunk in &job.chunks {
@@ -576,12 +597,21 @@ impl Scheduler {
         now: Instant,
         wall_ms: u64,
     ) -> Vec<Outbound> {
-        self.verdicts_of_job(session, lease_id, "", None, verdicts, now, wall_ms)
+        self.verdicts_of_job(
+            session,
+            lease_id,
+            Named::NOTHING,
+            None,
+            verdicts,
+            now,
+            wall_ms,
+        )
     }
 
-    /// Verdicts naming the job they are for, so that refused ones for a lease this scheduler never
-    /// knew (granted before a restart) still count against their job; `first` is the position the
-    /// worker gave the first of them among its verdicts for the lease, if it gives positions.
+    /// Verdicts naming the job (and chunk) they are for, so that refused ones for a lease this
+    /// scheduler never knew (granted before a restart) still count against their job, and its
+    /// revoke names the lease as it was granted; `first` is the position the worker gave the
+    /// first of them among its verdicts for the lease, if it gives positions.
     ///
     /// A worker sends a batch again when the stream it went out on broke before the batch was
     /// acknowledged ([`Outbound::VerdictsHandled`]); the positions this scheduler has handled of
@@ -593,7 +623,7 @@ impl Scheduler {
         &mut self,
         session: SessionId,
         lease_id: LeaseId,
-        job_hint: &str,
+        named: Named<'_>,
         first: Option<u32>,
         mut verdicts: Vec<Verdict>,
         now: Instant,
@@ -623,7 +653,15 @@ impl Scheduler {
             .filter(|l| live_session && l.session == session)
             .map(|l| (l.job_id.clone(), l.chunk))
         else {
-            let lease = self.lease_ref(lease_id, job_hint);
+            // A worker that names no chunk (an older one): the chunk that holds its verdicts.
+            let named = Named {
+                chunk_id: named.chunk_id.or_else(|| {
+                    let index = verdicts.first()?.index;
+                    self.chunk_holding(named.job_id, index)
+                }),
+                ..named
+            };
+            let lease = self.lease_ref(lease_id, named);
             if let Some(job) = self.jobs.get_mut(&lease.job_id) {
                 if !known {
                     verdicts.retain(|v| {
@@ -649,6 +687,14 @@ impl Scheduler {
         let holders = job.leases_on(chunk_id);
         let recorded = job.record(chunk_id, verdicts, judge_is_https, &mut self.texts);
         let accepted = recorded.verdicts.len() as u64;
+        if accepted > 0
+            && let Some(holder) = self.fleet.session(session)
+        {
+            let tally = job.by_worker.entry(holder.worker_id.clone()).or_default();
+            tally.name.clone_from(&holder.name);
+            tally.verdicts += accepted;
+            tally.usable += recorded.usable;
+        }
         let feed = match job.settings.kind {
             JobKind::Refresh => Feed::Refresh,
             JobKind::Revalidation => Feed::Revalidation,
@@ -711,7 +757,7 @@ impl Scheduler {
                 if let Some(holder) = self.fleet.holder(other) {
                     out.push(Outbound::Revoke(
                         holder,
-                        self.lease_ref(other, ""),
+                        self.lease_ref(other, Named::NOTHING),
                         "checked by another worker",
                     ));
                 }
@@ -733,11 +779,25 @@ impl Scheduler {
         out
     }
 
-    /// A heartbeat names the leases the worker believes it holds; any it does not hold is revoked.
+    /// A heartbeat naming leases by id alone.
+    #[cfg(test)]
     pub(crate) fn heartbeat(
         &mut self,
         session: SessionId,
         claimed: &[LeaseId],
+        now: Instant,
+    ) -> Vec<Outbound> {
+        self.heartbeat_naming(session, claimed, &[], now)
+    }
+
+    /// A heartbeat names the leases the worker believes it holds; any it does not hold is revoked.
+    /// `held` is how the worker names them (their job and chunk, as assigned): a revoke of a
+    /// lease granted before a restart names it so.
+    pub(crate) fn heartbeat_naming(
+        &mut self,
+        session: SessionId,
+        claimed: &[LeaseId],
+        held: &[LeaseRef],
         now: Instant,
     ) -> Vec<Outbound> {
         let mut out = Vec::new();
@@ -746,7 +806,14 @@ impl Scheduler {
         }
         for &lease_id in claimed {
             if self.fleet.holder(lease_id) != Some(session) {
-                let lease = self.lease_ref(lease_id, "");
+                let named =
+                    held.iter()
+                        .find(|h| h.lease_id == lease_id)
+                        .map_or(Named::NOTHING, |h| Named {
+                            job_id: &h.job_id,
+                            chunk_id: h.chunk_id,
+                        });
+                let lease = self.lease_ref(lease_id, named);
                 out.push(Outbound::Revoke(session, lease, "stale lease"));
             }
         }
@@ -845,7 +912,7 @@ impl Scheduler {
                 let loss = self.vanished(lease_id, pieces);
                 out.push(Outbound::Revoke(
                     id,
-                    self.lease_ref(lease_id, ""),
+                    self.lease_ref(lease_id, Named::NOTHING),
                     "lease expired: no message within the lease ttl",
                 ));
                 self.lose_lease(lease_id, loss, now, &mut out);
@@ -1123,27 +1190,46 @@ impl Scheduler {
         )
     }
 
-    /// How messages name `lease_id`: by its job and chunk while it is live, by its job once it
-    /// ended, and by `job_hint` (the job a worker named) if this scheduler never granted it.
-    fn lease_ref(&self, lease_id: LeaseId, job_hint: &str) -> LeaseRef {
-        let (job_id, chunk_id) = match self.fleet.lease(lease_id) {
-            Some(lease) => (lease.job_id.clone(), Some(lease.chunk)),
-            None => (
-                self.fleet.job_of(lease_id).unwrap_or(job_hint).to_string(),
-                None,
-            ),
+    /// How messages name `lease_id`: by the job and chunk it was granted for, live or ended, and
+    /// by what the worker's own message named (`named`) if this scheduler never granted it (a
+    /// lease granted before a restart).
+    fn lease_ref(&self, lease_id: LeaseId, named: Named<'_>) -> LeaseRef {
+        let (job_id, chunk_id) = match self.fleet.granted_for(lease_id) {
+            Some((job_id, chunk)) => (job_id, Some(chunk)),
+            None => (named.job_id, named.chunk_id),
         };
         LeaseRef {
             lease_id,
-            job_id,
+            job_id: job_id.to_string(),
             chunk_id,
+        }
+    }
+
+    /// The chunk of `job_id` that holds candidate `index` now: its last piece holding it, or
+    /// the chunk it was cut into at first (a job kept in the store). `None` for an index out of
+    /// the job.
+    fn chunk_holding(&self, job_id: &str, index: u32) -> Option<ChunkId> {
+        let job = self.jobs.get(job_id)?;
+        match job.stored {
+            None => job
+                .chunks
+                .iter()
+                .rev()
+                .find(|c| c.range.contains(&index))
+                .map(|c| c.id),
+            Some(counts) => (u64::from(index) < counts.proxies_total)
+                .then(|| index / job.settings.chunk_size.max(1)),
         }
     }
 
     /// The worker of an open session and the leases it holds, as log lines name them.
     pub(crate) fn session_leases(&self, session: SessionId) -> Option<(String, Vec<LeaseRef>)> {
         let s = self.fleet.session(session)?;
-        let leases = s.leases.iter().map(|&id| self.lease_ref(id, "")).collect();
+        let leases = s
+            .leases
+            .iter()
+            .map(|&id| self.lease_ref(id, Named::NOTHING))
+            .collect();
         Some((s.worker_id.clone(), leases))
     }
 
@@ -1237,7 +1323,7 @@ impl Scheduler {
         for (lease_id, session) in self.fleet.leases_of(job_id) {
             out.push(Outbound::Revoke(
                 session,
-                self.lease_ref(lease_id, job_id),
+                self.lease_ref(lease_id, Named::NOTHING),
                 "job ended",
             ));
             self.lose_lease(lease_id, LeaseLoss::JobEnded, now, out);

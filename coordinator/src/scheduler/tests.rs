@@ -99,20 +99,20 @@ fn verdicts_for(a: &Assignment, usable: impl Fn(u32) -> bool) -> Vec<Verdict> {
         .collect()
 }
 
-/// How messages name a live lease.
+/// A worker's message naming job `id` and no chunk.
+fn of_job(id: &str) -> Named<'_> {
+    Named {
+        job_id: id,
+        chunk_id: None,
+    }
+}
+
+/// How messages name a lease, live or ended: by the job and chunk it was granted for.
 fn live(a: &Assignment) -> LeaseRef {
     LeaseRef {
         lease_id: a.lease_id,
         job_id: a.job_id.clone(),
         chunk_id: Some(a.chunk_id),
-    }
-}
-
-/// How messages name a lease that ended: by its job alone.
-fn ended(a: &Assignment) -> LeaseRef {
-    LeaseRef {
-        chunk_id: None,
-        ..live(a)
     }
 }
 
@@ -364,7 +364,7 @@ fn silence_past_the_ttl_expires_leases_and_late_verdicts_are_refused() {
     assert_eq!(b[0].0, other, "the silent session gets nothing");
     // The frozen worker wakes up and sends its verdicts: refused, counted, nothing recorded.
     let out = s.verdicts(frozen, a.lease_id, verdicts_for(&a, |_| true), t, c.wall());
-    assert_eq!(out, [Outbound::Revoke(frozen, ended(&a), "stale lease")]);
+    assert_eq!(out, [Outbound::Revoke(frozen, live(&a), "stale lease")]);
     let snap = s.snapshot("j", false, t).unwrap();
     assert_eq!(snap.progress.stale_verdicts_refused, 4);
     assert_eq!(snap.progress.proxies_checked, 0);
@@ -397,7 +397,7 @@ fn a_batch_is_acknowledged_and_handled_once_by_position() {
     let out = s.verdicts_of_job(
         w,
         a.lease_id,
-        "j",
+        of_job("j"),
         Some(0),
         all[..2].to_vec(),
         c.now,
@@ -408,7 +408,7 @@ fn a_batch_is_acknowledged_and_handled_once_by_position() {
     let out = s.verdicts_of_job(
         w,
         a.lease_id,
-        "j",
+        of_job("j"),
         Some(0),
         all[..3].to_vec(),
         c.now,
@@ -421,7 +421,7 @@ fn a_batch_is_acknowledged_and_handled_once_by_position() {
     let out = s.verdicts_of_job(
         w,
         a.lease_id,
-        "j",
+        of_job("j"),
         Some(1),
         all[1..2].to_vec(),
         c.now,
@@ -435,7 +435,7 @@ fn a_batch_is_acknowledged_and_handled_once_by_position() {
     let out = s.verdicts_of_job(
         w,
         a.lease_id,
-        "j",
+        of_job("j"),
         Some(3),
         all[3..].to_vec(),
         c.now,
@@ -460,7 +460,7 @@ fn verdicts_sent_again_after_a_broken_stream_are_counted_once() {
     s.verdicts_of_job(
         w1,
         a.lease_id,
-        "j",
+        of_job("j"),
         Some(0),
         all[..2].to_vec(),
         c.now,
@@ -472,13 +472,13 @@ fn verdicts_sent_again_after_a_broken_stream_are_counted_once() {
     let out = s.verdicts_of_job(
         w2,
         a.lease_id,
-        "j",
+        of_job("j"),
         Some(0),
         all[..3].to_vec(),
         c.now,
         c.wall(),
     );
-    assert!(out.contains(&Outbound::Revoke(w2, ended(&a), "stale lease")));
+    assert!(out.contains(&Outbound::Revoke(w2, live(&a), "stale lease")));
     assert_eq!(handled(&out), [(w2, a.lease_id, 3)]);
     let p = s.snapshot("j", false, c.now).unwrap().progress;
     assert_eq!((p.proxies_checked, p.stale_verdicts_refused), (2, 1));
@@ -488,7 +488,7 @@ fn verdicts_sent_again_after_a_broken_stream_are_counted_once() {
     let out = s.verdicts_of_job(
         w3,
         a.lease_id,
-        "j",
+        of_job("j"),
         Some(0),
         all[..3].to_vec(),
         c.now,
@@ -502,7 +502,7 @@ fn verdicts_sent_again_after_a_broken_stream_are_counted_once() {
     s.verdicts_of_job(
         w3,
         a.lease_id,
-        "j",
+        of_job("j"),
         None,
         all[..1].to_vec(),
         c.now,
@@ -522,7 +522,7 @@ fn of_a_lease_granted_before_a_restart_only_verdicts_not_recorded_count() {
     s.verdicts_of_job(
         w,
         a.lease_id,
-        "j",
+        of_job("j"),
         Some(0),
         all[..2].to_vec(),
         c.now,
@@ -530,12 +530,12 @@ fn of_a_lease_granted_before_a_restart_only_verdicts_not_recorded_count() {
     );
     // Lease 999 is none of this scheduler's: of its batch, the two verdicts for candidates
     // recorded may be these very ones, recorded before a restart; they are not counted again.
-    let out = s.verdicts_of_job(w, 999, "j", Some(0), all.clone(), c.now, c.wall());
+    let out = s.verdicts_of_job(w, 999, of_job("j"), Some(0), all.clone(), c.now, c.wall());
     assert_eq!(handled(&out), [(w, 999, 4)]);
     let p = s.snapshot("j", false, c.now).unwrap().progress;
     assert_eq!((p.proxies_checked, p.stale_verdicts_refused), (2, 2));
     // Without positions, every one of them counts.
-    s.verdicts_of_job(w, 999, "j", None, all, c.now, c.wall());
+    s.verdicts_of_job(w, 999, of_job("j"), None, all, c.now, c.wall());
     assert_eq!(s.stale_refused_total(), 6);
 }
 
@@ -560,6 +560,76 @@ fn a_heartbeat_renews_and_revokes_leases_not_held() {
             "heartbeats keep the lease alive"
         );
     }
+}
+
+#[test]
+fn a_lease_granted_before_a_restart_is_revoked_with_the_ids_the_worker_names() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 8, 4, 1), c.now, c.wall());
+    let (w, _) = s.hello(hello("w", 1), c.now);
+    // Lease 999 was never granted by this scheduler: it is one of the coordinator's before a
+    // restart, which the worker still holds.
+    let t = c.advance(TTL / 4);
+    let held = [LeaseRef {
+        lease_id: 999,
+        job_id: "j".into(),
+        chunk_id: Some(1),
+    }];
+    let out = s.heartbeat_naming(w, &[999], &held, t);
+    assert_eq!(out, [Outbound::Revoke(w, held[0].clone(), "stale lease")]);
+
+    // Its verdicts name the job and chunk; from a worker that names no chunk, the chunk holding
+    // the verdicts is named.
+    let late = |index: u32| {
+        vec![Verdict {
+            index,
+            usable: false,
+            reason: Reason::Refused,
+            latency_ms: 0,
+            exit_ip: "".into(),
+            detail: "".into(),
+            anonymity: Anonymity::Unknown,
+            connect_ms: 0,
+            targets: Vec::new(),
+        }]
+    };
+    for chunk_id in [Some(1), None] {
+        let named = Named {
+            job_id: "j",
+            chunk_id,
+        };
+        let out = s.verdicts_of_job(w, 999, named, Some(0), late(5), t, c.wall());
+        let revoke = out
+            .iter()
+            .find_map(|o| match o {
+                Outbound::Revoke(_, lease, why) => Some((lease.clone(), *why)),
+                _ => None,
+            })
+            .expect("a revoke");
+        assert_eq!(revoke, (held[0].clone(), "stale lease"), "{chunk_id:?}");
+    }
+
+    // Once the job ended and left memory, the chunk is still named from the verdicts.
+    s.cancel("j", t, c.wall()).unwrap();
+    assert!(s.keep_in_store("j"));
+    let named = Named {
+        job_id: "j",
+        chunk_id: None,
+    };
+    let out = s.verdicts_of_job(w, 1000, named, None, late(6), t, c.wall());
+    let expected = LeaseRef {
+        lease_id: 1000,
+        job_id: "j".into(),
+        chunk_id: Some(1),
+    };
+    assert_eq!(out, [Outbound::Revoke(w, expected, "stale lease")]);
+    // An index outside the job names no chunk rather than a wrong one.
+    let out = s.verdicts_of_job(w, 1001, named, None, late(80), t, c.wall());
+    assert!(
+        matches!(&out[..], [Outbound::Revoke(_, lease, _)] if lease.chunk_id.is_none()),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -1644,7 +1714,7 @@ fn a_restored_job_keeps_its_verdicts_and_checks_only_the_rest() {
     // A verdict for a lease from before the restart is refused.
     let old = &leases[1].1;
     let late = verdicts_for(old, |_| true);
-    restarted.verdicts_of_job(w2, old.lease_id, "j", None, late, c.now, c.wall());
+    restarted.verdicts_of_job(w2, old.lease_id, of_job("j"), None, late, c.now, c.wall());
     let refused = restarted
         .snapshot("j", false, c.now)
         .unwrap()
@@ -2134,4 +2204,67 @@ fn a_round_running_at_a_restart_ends_and_its_pool_runs_one_round_at_a_time() {
         assert!(running(&restarted, t) <= 1);
     }
     assert_eq!(running(&restarted, c.now), 1);
+}
+
+#[test]
+fn a_job_report_counts_every_candidate_once_by_reason_and_the_workers_that_checked_it() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    let t = c.advance(Duration::from_secs(1));
+    s.submit(new_job("j", 8, 4, 1), t, c.wall());
+    let (w, out) = s.hello(hello("w", 1), t);
+    let a = assignments(&out).remove(0).1;
+    let t = c.advance(Duration::from_secs(1));
+    s.verdicts(w, a.lease_id, verdicts_for(&a, |i| i % 2 == 0), t, c.wall());
+    let report = s.report("j", t).unwrap();
+    assert_eq!(report.started_wall_ms, 1_000, "it started when submitted");
+    assert_eq!(
+        report.by_reason,
+        BTreeMap::from([
+            ("refused".to_string(), 2),
+            ("unchecked".to_string(), 4),
+            ("usable".to_string(), 2),
+        ])
+    );
+    assert_eq!(report.workers.len(), 1);
+    assert_eq!(report.workers[0].0, "w");
+    assert_eq!(
+        (report.workers[0].1.verdicts, report.workers[0].1.usable),
+        (4, 2)
+    );
+    assert_eq!(
+        (
+            report.chunks.total,
+            report.chunks.done,
+            report.chunks.leased,
+            report.chunks.leases
+        ),
+        (2, 1, 1, 2)
+    );
+
+    // The worker dies holding the second chunk: an attempt is charged, and a new worker checks it.
+    s.disconnect(w, t);
+    let (w2, out) = s.hello(hello("w2", 1), t);
+    let b = assignments(&out).remove(0).1;
+    s.verdicts(w2, b.lease_id, verdicts_for(&b, |_| false), t, c.wall());
+    let report = s.report("j", t).unwrap();
+    assert_eq!(state(&s, "j", t), JobState::Succeeded);
+    assert_eq!(
+        report.by_reason,
+        BTreeMap::from([("refused".to_string(), 6), ("usable".to_string(), 2)])
+    );
+    assert_eq!((report.chunks.attempts, report.chunks.leases), (1, 3));
+    let by_worker: Vec<(&str, u64)> = report
+        .workers
+        .iter()
+        .map(|(id, tally)| (id.as_str(), tally.verdicts))
+        .collect();
+    assert_eq!(by_worker, [("w", 4), ("w2", 4)]);
+
+    // Kept in the store, the job reports the same counts.
+    assert!(s.keep_in_store("j"));
+    let stored = s.report("j", t).unwrap();
+    assert_eq!(stored.by_reason, report.by_reason);
+    assert_eq!(stored.chunks, report.chunks);
+    assert_eq!(stored.workers, report.workers);
 }

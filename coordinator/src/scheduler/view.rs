@@ -102,6 +102,37 @@ pub(crate) struct JobSnapshot {
     pub(crate) dropped: BTreeMap<String, u64>,
 }
 
+/// A job's chunks by state, and how often they were leased.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ChunkCounts {
+    /// As [`JobProgress::chunks_total`]: a split chunk's pieces in its place.
+    pub(crate) total: u64,
+    pub(crate) queued: u64,
+    pub(crate) leased: u64,
+    pub(crate) done: u64,
+    pub(crate) failed: u64,
+    /// Chunks cut in halves because their attempts ran out.
+    pub(crate) split: u64,
+    /// Leases granted on them, backups included.
+    pub(crate) leases: u64,
+    /// Attempts charged to them: holders that vanished with them.
+    pub(crate) attempts: u64,
+}
+
+/// What became of a job, for `proxyfleet job`, its `summary.json` and the HTTP API.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct JobReport {
+    /// The job as `GetJob` shows it, without its chunks.
+    pub(crate) job: JobSnapshot,
+    /// When it left QUEUED (wall ms; 0 when not known).
+    pub(crate) started_wall_ms: u64,
+    /// Every candidate once, by outcome: "usable", a reason's name, or "unchecked".
+    pub(crate) by_reason: BTreeMap<String, u64>,
+    pub(crate) chunks: ChunkCounts,
+    /// Workers that gave it verdicts, most verdicts first, with their ids.
+    pub(crate) workers: Vec<(String, WorkerTally)>,
+}
+
 /// A worker session as clients see it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct WorkerSnapshot {
@@ -263,6 +294,67 @@ impl Scheduler {
             chunks,
             sources: job.sources.clone(),
             dropped: job.dropped.clone(),
+        })
+    }
+
+    /// What became of a job: its snapshot, its verdicts by outcome, its chunks and the workers
+    /// that checked it. Counted as it goes: no verdict is read again.
+    pub(crate) fn report(&self, job_id: &str, now: Instant) -> Result<JobReport, JobError> {
+        let snapshot = self.snapshot(job_id, false, now)?;
+        let job = &self.jobs[job_id];
+        let mut by_reason: BTreeMap<String, u64> = job
+            .by_reason
+            .iter()
+            .map(|(outcome, n)| (outcome.to_string(), *n))
+            .collect();
+        // Poison candidates have a verdict row (their reason says so); the rest have none.
+        let unchecked = snapshot
+            .progress
+            .proxies_total
+            .saturating_sub(job.by_reason.values().sum());
+        if unchecked > 0 {
+            by_reason.insert("unchecked".into(), unchecked);
+        }
+        let chunks = match job.stored {
+            Some(counts) => ChunkCounts {
+                total: counts.chunks_total,
+                queued: counts.chunks_queued,
+                leased: 0,
+                done: counts.chunks_done,
+                failed: counts.chunks_failed,
+                split: counts.chunks_split,
+                leases: counts.leases,
+                attempts: counts.attempts,
+            },
+            None => {
+                let mut counts = ChunkCounts {
+                    total: snapshot.progress.chunks_total,
+                    queued: snapshot.progress.chunks_queued,
+                    leased: snapshot.progress.chunks_leased,
+                    done: snapshot.progress.chunks_done,
+                    failed: snapshot.progress.chunks_failed,
+                    ..ChunkCounts::default()
+                };
+                for chunk in &job.chunks {
+                    counts.split += u64::from(chunk.state == ChunkState::Split);
+                    counts.leases += u64::from(chunk.leases);
+                    counts.attempts += u64::from(chunk.charged(job.settings.max_attempts));
+                }
+                counts
+            }
+        };
+        let mut workers: Vec<(String, WorkerTally)> = job
+            .by_worker
+            .iter()
+            .map(|(id, tally)| (id.clone(), tally.clone()))
+            .collect();
+        workers.sort_by(|a, b| b.1.verdicts.cmp(&a.1.verdicts).then(a.0.cmp(&b.0)));
+        Ok(JobReport {
+            job: snapshot,
+            started_wall_ms: job.started_wall_ms,
+            by_reason,
+            chunks,
+            workers,
         })
     }
 
