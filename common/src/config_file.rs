@@ -701,6 +701,7 @@ impl ConfigFile {
             message.push_str(&format!("; {key} belongs in {}", elsewhere.join(", ")));
         } else if let Some(near) = nearest(key, schema.keys.keys()) {
             message.push_str(&format!("; did you mean {near}?"));
+            return self.error(Some(setting.key_at), message);
         }
         let mut accepted: Vec<&str> = schema
             .keys
