@@ -308,6 +308,19 @@ impl ConfigFile {
             tables: BTreeMap::new(),
         };
         for (key, value) in root.get_ref() {
+            if let DeValue::Array(items) = value.get_ref()
+                && items
+                    .iter()
+                    .all(|item| matches!(item.get_ref(), DeValue::Table(_)))
+            {
+                return Err(error(
+                    Some(key.span().start),
+                    format!(
+                        "[[{0}]] is an array of tables; write [{0}], with single brackets",
+                        key.get_ref()
+                    ),
+                ));
+            }
             let DeValue::Table(table) = value.get_ref() else {
                 return Err(error(
                     Some(key.span().start),
@@ -828,7 +841,10 @@ impl ConfigFile {
                     continue;
                 };
                 let tokens = self.tokens(arg, long, &setting.value);
-                if depth == 0 && leaf > 0 && !arg.is_global_set() || depth == 0 && leaf == 0 {
+                // The top-level command's own flags go before any subcommand; the others (and
+                // global ones) at the end, which is the deepest subcommand's place. Flags of a
+                // subcommand between the two would go astray there: no program has one.
+                if depth == 0 && (leaf == 0 || !arg.is_global_set()) {
                     plan.front.extend(tokens);
                 } else {
                     plan.back.extend(tokens);
@@ -1201,9 +1217,11 @@ mod tests {
             message.contains("unknown key \"max-failure\" in [coordinator]"),
             "{message}"
         );
-        assert!(message.contains("did you mean max-failures?"), "{message}");
+        assert!(message.ends_with("did you mean max-failures?"), "{message}");
+        // Without a near key, the keys the table takes.
+        let (_, message) = service_error("[coordinator]\nzzz = 3\n");
         assert!(
-            message.contains("takes: allow-private-targets, data-dir"),
+            message.contains("[coordinator] takes: allow-private-targets, data-dir"),
             "{message}"
         );
     }
@@ -1230,6 +1248,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let (where_, message) = service_error("[[coordinator]]\nlisten = \"127.0.0.1:9\"\n");
+        assert_eq!(where_, at(1, 3));
+        assert!(message.contains("single brackets"), "{message}");
         let (where_, message) = service_error("listen = \"127.0.0.1:9\"\n");
         assert_eq!(where_, at(1, 1));
         assert!(message.contains("outside any table"), "{message}");
@@ -1313,6 +1334,33 @@ mod tests {
             !message.contains("s3cret") && message.contains("expected"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_config_file_cannot_name_another() {
+        let (where_, message) = service_error("[coordinator]\nconfig = \"other.toml\"\n");
+        assert_eq!(where_, at(2, 1));
+        assert!(message.contains("cannot name another"), "{message}");
+    }
+
+    #[test]
+    fn two_keys_of_the_file_that_clash_are_pointed_at() {
+        let text = "[coordinator]\nworker-token = \"s3cret\"\nworker-token-file = \"token\"\n";
+        match service_with(text, &[]) {
+            Err(Failure::ClapWithFile { error, notes, .. }) => {
+                assert_eq!(error.exit_code(), 2);
+                assert_eq!(notes.len(), 2, "{notes:?}");
+                assert!(
+                    notes
+                        .iter()
+                        .any(|n| n.starts_with("line 3: [coordinator] worker-token-file")),
+                    "{notes:?}"
+                );
+                let all = format!("{} {notes:?}", error.render());
+                assert!(!all.contains("s3cret"), "{all}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
