@@ -309,6 +309,7 @@ impl ConfigFile {
         };
         for (key, value) in root.get_ref() {
             if let DeValue::Array(items) = value.get_ref()
+                && !items.is_empty()
                 && items
                     .iter()
                     .all(|item| matches!(item.get_ref(), DeValue::Table(_)))
@@ -449,6 +450,8 @@ struct TableSchema {
 #[derive(Debug, Default)]
 struct Schemas {
     tables: BTreeMap<String, TableSchema>,
+    /// The programs' top-level tables, named first when a key belongs elsewhere.
+    programs: Vec<String>,
     /// What `[pools.NAME]` takes, when a program has commands that name a pool.
     pools: Option<TableSchema>,
 }
@@ -483,6 +486,7 @@ impl Schemas {
             add_args(&mut top, settable(&command));
             schemas.add_subcommands(&command, "", program.shared, &mut top);
             schemas.tables.insert(program.table.to_string(), top);
+            schemas.programs.push(program.table.to_string());
         }
         schemas
     }
@@ -531,12 +535,14 @@ impl Schemas {
 
     /// The tables, beside `except`, that take `key`.
     fn tables_taking(&self, key: &str, except: &str) -> Vec<String> {
-        let mut found: Vec<String> = self
+        let mut found: Vec<(bool, String)> = self
             .tables
             .iter()
             .filter(|(name, t)| name.as_str() != except && t.keys.contains_key(key))
-            .map(|(name, _)| format!("[{name}]"))
+            .map(|(name, _)| (!self.programs.contains(name), format!("[{name}]")))
             .collect();
+        found.sort();
+        let mut found: Vec<String> = found.into_iter().map(|(_, name)| name).collect();
         if self
             .pools
             .as_ref()
@@ -544,6 +550,12 @@ impl Schemas {
             && !except.starts_with("pools.")
         {
             found.push("[pools.NAME]".into());
+        }
+        // A flag every CLI command has (--coordinator) would list them all.
+        if found.len() > 4 {
+            let more = found.len() - 3;
+            found.truncate(3);
+            found.push(format!("{more} more"));
         }
         found
     }
@@ -712,6 +724,7 @@ impl ConfigFile {
         let elsewhere = schemas.tables_taking(key, name);
         if !elsewhere.is_empty() && key != CONFIG_FLAG {
             message.push_str(&format!("; {key} belongs in {}", elsewhere.join(", ")));
+            return self.error(Some(setting.key_at), message);
         } else if let Some(near) = nearest(key, schema.keys.keys()) {
             message.push_str(&format!("; did you mean {near}?"));
             return self.error(Some(setting.key_at), message);
