@@ -1470,6 +1470,66 @@ mod tests {
         assert_eq!(min_usable, 50, "the command's table may name the pool");
     }
 
+    /// The client with its connection flags on each command rather than global.
+    #[derive(Debug, Parser)]
+    #[command(name = "client")]
+    struct PerCommand {
+        #[command(subcommand)]
+        command: PerCommandCmd,
+    }
+
+    #[derive(Debug, clap::Args)]
+    struct Connection {
+        #[arg(long, default_value = "http://127.0.0.1:1")]
+        coordinator: String,
+    }
+
+    #[derive(Debug, Subcommand)]
+    enum PerCommandCmd {
+        Refresh {
+            #[command(flatten)]
+            connection: Connection,
+            #[arg(long, default_value = "default")]
+            pool: String,
+            #[arg(long, default_value = "10m")]
+            wait_timeout: String,
+        },
+    }
+
+    #[test]
+    fn connection_flags_on_each_command_still_come_from_the_client_table() {
+        let file = File::new(
+            "[client]\ncoordinator = \"http://file:1\"\n\
+             [refresh]\nwait-timeout = \"2m\"\n[pools.x]\nwait-timeout = \"3m\"\n",
+        );
+        let programs = [Program::new("client", PerCommand::command()).sharing(&["coordinator"])];
+        let c: PerCommand = try_parse_from(&programs, ["client", "refresh", &file.arg()]).unwrap();
+        let PerCommandCmd::Refresh {
+            connection,
+            wait_timeout,
+            ..
+        } = c.command;
+        assert_eq!(
+            (connection.coordinator.as_str(), wait_timeout.as_str()),
+            ("http://file:1", "2m")
+        );
+        let c: PerCommand =
+            try_parse_from(&programs, ["client", &file.arg(), "refresh", "--pool", "x"]).unwrap();
+        let PerCommandCmd::Refresh { wait_timeout, .. } = c.command;
+        assert_eq!(wait_timeout, "3m");
+        // The old name is an unknown key, with the new one suggested.
+        let old = File::new("[refresh]\ntimeout = \"2m\"\n");
+        match try_parse_from::<PerCommand, _, _>(
+            &programs,
+            ["client".to_string(), old.arg(), "refresh".into()],
+        ) {
+            Err(Failure::File(e)) => {
+                assert!(e.message.contains("did you mean wait-timeout?"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn help_and_version_pass_through() {
         match try_parse_from::<Service, _, _>(&service(), ["service", "--help"]) {
