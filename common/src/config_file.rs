@@ -647,18 +647,16 @@ impl ConfigFile {
     }
 
     /// Every table is one a program reads, every key of the programs' tables one of its flags,
-    /// with a value of the shape the flag takes.
+    /// with a value of the shape the flag takes. Of several mistakes, the first in the file.
     fn check(&self, schemas: &Schemas) -> Result<(), ConfigFileError> {
+        let mut mistakes = Vec::new();
         for (name, table) in &self.tables {
             let Some(schema) = schemas.table(name) else {
                 let top = name.split('.').next().unwrap_or(name);
-                let known_elsewhere = TABLES.contains(&top) && !schemas.tables.contains_key(top);
-                if known_elsewhere {
-                    continue;
-                }
-                if schemas.tables.contains_key(top) {
-                    // A sub-table of a known table that is neither a subcommand nor a pool:
-                    // reported at its key in the parent table, below.
+                // Another program's table is that program's to check; a sub-table of a known
+                // table that is neither a subcommand nor a pool is reported at its key in the
+                // parent table.
+                if TABLES.contains(&top) || schemas.tables.contains_key(top) {
                     continue;
                 }
                 let mut all: BTreeSet<String> = TABLES.iter().map(|t| t.to_string()).collect();
@@ -666,7 +664,7 @@ impl ConfigFile {
                 let hint = nearest(top, all.iter())
                     .map(|n| format!("did you mean [{n}]? "))
                     .unwrap_or_default();
-                return Err(self.error(
+                mistakes.push(self.error(
                     table.at,
                     format!(
                         "unknown table [{top}]; {hint}tables: {}, and [pools.NAME]",
@@ -676,19 +674,20 @@ impl ConfigFile {
                             .join(", ")
                     ),
                 ));
+                continue;
             };
             for (key, setting) in &table.settings {
-                if setting.value == Value::Table {
-                    let sub = format!("{name}.{key}");
-                    if schemas.table(&sub).is_some() || schemas.tables.contains_key(&sub) {
-                        continue;
-                    }
+                if setting.value == Value::Table
+                    && schemas.table(&format!("{name}.{}", setting.key)).is_some()
+                {
+                    continue;
                 }
                 let Some(arg) = schema.keys.get(key) else {
-                    return Err(self.unknown_key(schemas, name, schema, setting, key));
+                    mistakes.push(self.unknown_key(schemas, name, schema, setting, key));
+                    continue;
                 };
                 if !fits(arg, &setting.value) {
-                    return Err(self.error(
+                    mistakes.push(self.error(
                         Some(setting.value_at),
                         format!(
                             "[{name}] {}: expected {}, got {}",
@@ -700,7 +699,13 @@ impl ConfigFile {
                 }
             }
         }
-        Ok(())
+        match mistakes
+            .into_iter()
+            .min_by_key(|e| e.at.map(|p| (p.line, p.column)))
+        {
+            Some(first) => Err(first),
+            None => Ok(()),
+        }
     }
 
     fn unknown_key(
@@ -1280,6 +1285,13 @@ mod tests {
             &[],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn of_several_mistakes_the_first_in_the_file_is_reported() {
+        let (where_, _) =
+            service_error("[worker]\nname = 1\n[coordinator]\nzzz = 1\n[zzz]\n[aaa]\n");
+        assert_eq!(where_, at(4, 1));
     }
 
     #[test]
