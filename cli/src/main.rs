@@ -1,4 +1,5 @@
-//! `proxyfleet`: parses the command line (and the config file), sets up logs, runs one command, exits with its code.
+//! `proxyfleet`: parses the command line (under it, the config file), sets up logs, runs one
+//! command, exits with its code.
 
 use clap::CommandFactory;
 use proxyfleet_common::config_file::{self, Program};

@@ -1,5 +1,5 @@
-//! `proxyfleet-coordinator`: parses the command line (and the config file), sets up logs, runs the coordinator until
-//! SIGINT or SIGTERM.
+//! `proxyfleet-coordinator`: parses the command line (under it, the config file), sets up logs,
+//! runs the coordinator until SIGINT or SIGTERM.
 
 use anyhow::Context;
 use clap::CommandFactory;

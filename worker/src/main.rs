@@ -1,5 +1,5 @@
-//! `proxyfleet-worker`: parses the command line (and the config file), sets up logs, runs the worker; SIGTERM or Ctrl-C
-//! starts a drain, a second one exits at once.
+//! `proxyfleet-worker`: parses the command line (under it, the config file), sets up logs, runs
+//! the worker; SIGTERM or Ctrl-C starts a drain, a second one exits at once.
 
 use clap::CommandFactory;
 use proxyfleet_common::config_file::{self, Program};
