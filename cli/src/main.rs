@@ -1,6 +1,8 @@
-//! `proxyfleet`: parses the command line, sets up logs, runs one command, exits with its code.
+//! `proxyfleet`: parses the command line (under it, the config file), sets up logs, runs one
+//! command, exits with its code.
 
-use clap::Parser;
+use clap::CommandFactory;
+use proxyfleet_common::config_file::{self, Program};
 
 /// Many small allocations (candidates, verdicts, messages) come and go: mimalloc serves them with
 /// less CPU and less fragmentation than the system allocator. It is built without transparent
@@ -10,7 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
-    let cli = proxyfleet_cli::args::Cli::parse();
+    let cli: proxyfleet_cli::args::Cli = config_file::parse(&programs());
     // Embedded runs log warnings only, so the progress bar stays readable; RUST_LOG overrides.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -20,4 +22,22 @@ async fn main() {
         .init();
     let code = proxyfleet_cli::main(cli).await;
     std::process::exit(code);
+}
+
+/// How the config file holds the CLI's flags: `[client]` the connection flags every command
+/// shares, a table per command, `[pools.NAME]` for commands naming the pool. The coordinator's and
+/// the worker's tables are checked too, so that one file serving all three is checked whole.
+fn programs() -> [Program; 3] {
+    [
+        Program::new("client", proxyfleet_cli::args::Cli::command()).sharing(&[
+            "coordinator",
+            "token",
+            "token-file",
+            "ca",
+            "client-cert",
+            "client-key",
+        ]),
+        Program::new("coordinator", proxyfleet_coordinator::Cli::command()),
+        Program::new("worker", proxyfleet_worker::Cli::command()),
+    ]
 }

@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod auth;
+pub mod config_file;
 pub mod dial;
 pub mod guard;
 pub mod logging;

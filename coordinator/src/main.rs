@@ -1,8 +1,9 @@
-//! `proxyfleet-coordinator`: parses the command line, sets up logs, runs the coordinator until
-//! SIGINT or SIGTERM.
+//! `proxyfleet-coordinator`: parses the command line (under it, the config file), sets up logs,
+//! runs the coordinator until SIGINT or SIGTERM.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::CommandFactory;
+use proxyfleet_common::config_file::{self, Program};
 use proxyfleet_common::net::listen;
 use proxyfleet_common::signals::StopSignals;
 use proxyfleet_coordinator::{Cli, CoordinatorConfig};
@@ -16,7 +17,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // Flags, then the environment, then `[coordinator]` of --config, then the defaults.
+    let cli: Cli = config_file::parse(&[Program::new("coordinator", Cli::command())]);
     proxyfleet_common::logging::init(&cli.log_format, "info");
     let open_files = match proxyfleet_common::net::raise_open_files_limit() {
         Ok(limit) => {

@@ -1,7 +1,8 @@
-//! `proxyfleet-worker`: parses the command line, sets up logs, runs the worker; SIGTERM or Ctrl-C
-//! starts a drain, a second one exits at once.
+//! `proxyfleet-worker`: parses the command line (under it, the config file), sets up logs, runs
+//! the worker; SIGTERM or Ctrl-C starts a drain, a second one exits at once.
 
-use clap::Parser;
+use clap::CommandFactory;
+use proxyfleet_common::config_file::{self, Program};
 use proxyfleet_worker::{Cli, WorkerConfig};
 
 /// Many small allocations (candidates, verdicts, messages) come and go: mimalloc serves them with
@@ -12,7 +13,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // Flags, then the environment, then `[worker]` of --config, then the defaults.
+    let cli: Cli = config_file::parse(&[Program::new("worker", Cli::command())]);
     proxyfleet_common::logging::init(&cli.log_format, "info");
     // Every check in flight holds a descriptor or two.
     match proxyfleet_common::net::raise_open_files_limit() {
