@@ -136,7 +136,7 @@
         : w.judges.every((j) => j.ok) ? `${w.judges.length} ok`
           : w.judges.filter((j) => !j.ok).map((j) => `${j.url}: ${j.error || 'failing'}`).join('; ');
       return el('tr', '', [
-        el('td', '', [el('div', 'name', [w.name || w.id]), el('div', 'sub mono', [w.id])]),
+        el('td', '', [el('div', 'name', [w.name || w.id])].concat(w.name && w.name !== w.id ? [el('div', 'sub mono', [w.id])] : [])),
         el('td', '', [badge(w.status)]),
         td(w.peer, 'mono'),
         td(`${fmt(w.leases.length)} / ${fmt(w.capacity)}`, 'num', { title: w.leases.length ? `leases ${w.leases.join(', ')}` : 'no lease' }),
