@@ -344,7 +344,7 @@ struct Gone;
 enum Wake {
     /// The page went away, or the coordinator is stopping.
     Stop,
-    Job(String, JobSnapshot),
+    Job(String, Box<JobSnapshot>),
     Pool(String, Result<Arc<Applied>, BroadcastStreamRecvError>),
     Flush,
     Tick,
@@ -368,7 +368,7 @@ impl Feed {
                 _ = stop.changed() => Wake::Stop,
                 _ = self.tx.closed() => Wake::Stop,
                 Some((id, snapshot)) = self.jobs.next(), if !self.jobs.is_empty() => {
-                    Wake::Job(id, snapshot)
+                    Wake::Job(id, Box::new(snapshot))
                 }
                 Some((pool, change)) = self.pools.next(), if !self.pools.is_empty() => {
                     Wake::Pool(pool, change)
@@ -382,7 +382,7 @@ impl Feed {
                     if snapshot.state.is_terminal() {
                         self.jobs.remove(&id);
                     }
-                    self.pending_jobs.insert(id, snapshot);
+                    self.pending_jobs.insert(id, *snapshot);
                     Ok(())
                 }
                 Wake::Pool(pool, change) => {
