@@ -236,12 +236,12 @@ impl Dashboard {
             pending_pools: BTreeMap::new(),
             last_pools: String::new(),
             rates: HashMap::new(),
+            stop: self.stop.clone(),
         };
-        let stop = self.stop.clone();
         // Ends by itself: when the page goes away or at shutdown.
         tokio::spawn(async move {
             let _permit = permit;
-            feed.run(stop).await;
+            feed.run().await;
         });
         let mut response = Sse::new(ReceiverStream::new(rx))
             .keep_alive(KeepAlive::default())
@@ -335,6 +335,8 @@ struct Feed {
     last_pools: String,
     /// Each worker session's accepted verdicts when last read, for its rate.
     rates: HashMap<SessionId, (u64, Instant)>,
+    /// Turns true at shutdown.
+    stop: watch::Receiver<bool>,
 }
 
 /// The page has gone away.
@@ -351,7 +353,8 @@ enum Wake {
 }
 
 impl Feed {
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self) {
+        let mut stop = self.stop.clone();
         if *stop.borrow_and_update() {
             return;
         }
@@ -398,9 +401,14 @@ impl Feed {
         }
     }
 
+    /// Sends one event; a page that stops reading holds the feed only until shutdown.
     async fn send(&self, event: &str, data: &Value) -> Result<(), Gone> {
         let event = Event::default().event(event).data(data.to_string());
-        self.tx.send(Ok(event)).await.map_err(|_| Gone)
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            sent = self.tx.send(Ok(event)) => sent.map_err(|_| Gone),
+            _ = stop.changed() => Err(Gone),
+        }
     }
 
     /// Reads the lists again: new jobs and pools are followed, workers and pool heads sent.

@@ -46,7 +46,7 @@ fn hostile_job(lines: Vec<String>) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest {
         candidates: lines,
         name: format!("nightly {HOSTILE}"),
-        timeout_ms: 3_000,
+        timeout_ms: 4_000,
         min_usable: Some(1),
         sources: vec![
             pb::SourceSpec {
