@@ -390,13 +390,45 @@ async fn in_a_real_browser_a_jobs_progress_moves_to_its_end_and_the_pool_table_f
         .await;
     assert_eq!(injected, json!([0, "proxyfleet"]));
 
-    // Clear the filter for the picture.
+    // Clear the filter; a second refresh's proxies join the table as the pool's changes.
     browser
         .execute(
             "const f = document.getElementById('pool-filter'); f.value = ''; f.dispatchEvent(new Event('input'));",
             json!([]),
         )
         .await;
+    let more = Farm::spawn([127, 0, 0, 1].into(), 2, 0, 0).await.unwrap();
+    grpc.submit_job(pb::SubmitJobRequest {
+        candidates: more.working_lines(),
+        timeout_ms: 4_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let expected: BTreeSet<String> = expected
+        .into_iter()
+        .chain(
+            more.working_lines()
+                .iter()
+                .map(|l| l.replace(":secret@", ":***@")),
+        )
+        .collect();
+    harness::wait_for(
+        "the second refresh's proxies in the table",
+        WAIT_LIMIT,
+        || async {
+            let rows: BTreeSet<String> = pool_rows(&browser).await.into_iter().collect();
+            (rows == expected).then_some(())
+        },
+    )
+    .await;
+    let tab = browser
+        .find("#pool-tabs [data-pool=\"default\"]", WAIT_LIMIT)
+        .await;
+    harness::wait_for("the pool's tab to count 8 live", WAIT_LIMIT, || async {
+        (browser.text(&tab).await == "default 8 live").then_some(())
+    })
+    .await;
     let screenshot = webdriver::test_output_dir().join("dashboard.png");
     browser.screenshot(&screenshot).await;
     let png = std::fs::read(&screenshot).unwrap();
@@ -406,4 +438,23 @@ async fn in_a_real_browser_a_jobs_progress_moves_to_its_end_and_the_pool_table_f
         png.len()
     );
     println!("dashboard screenshot: {}", screenshot.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_client_token_the_dashboard_on_loopback_is_open() {
+    let coordinator = CoordinatorProc::start(&[]).await;
+    let http = coordinator.http.expect("the HTTP API listens by default");
+    let page = webdriver::request(http, "GET", "/dashboard", &[], None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("id=\"jobs\""));
+    let stream = webdriver::read_stream(http, "/dashboard/events", &[], WAIT_LIMIT, |body| {
+        body.contains("event: workers")
+    })
+    .await;
+    assert_eq!(stream.status, 200);
+    assert!(
+        stream.text().contains("\"locked\":false"),
+        "{}",
+        stream.text()
+    );
 }

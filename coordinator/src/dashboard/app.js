@@ -101,6 +101,14 @@
     $('sum-live').textContent = fmt(view.heads.reduce((sum, p) => sum + p.live, 0));
   }
 
+  /** A job's name, with its id (and kind) under it when the name is not the id. */
+  function jobTitle(job) {
+    const title = [el('div', 'name', [job.name || job.id])];
+    const sub = [job.name ? job.id : '', job.kind === 'revalidation' ? 'revalidation' : ''].filter(Boolean);
+    if (sub.length) title.push(el('div', 'sub mono', [sub.join(' · ')]));
+    return title;
+  }
+
   function drawJobs() {
     const rows = shownJobs().map((job) => {
       const share = job.total ? job.checked / job.total : job.terminal ? 1 : 0;
@@ -110,8 +118,7 @@
         el('div', 'track', [fill], { role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': job.total, 'aria-valuenow': job.checked }),
         el('span', 'count', [`${fmt(job.checked)} / ${fmt(job.total)}`]),
       ]);
-      const title = [el('div', 'name', [job.name || job.id])];
-      title.push(el('div', 'sub mono', [job.kind === 'revalidation' ? `${job.id} · revalidation` : job.id]));
+      const title = jobTitle(job);
       let time = duration(job.elapsed_ms);
       if (!job.terminal && job.eta_ms !== null) time += ` · eta ${duration(job.eta_ms)}`;
       const unchecked = job.unchecked ? `${fmt(job.unchecked)} left unchecked${job.poison ? `, ${fmt(job.poison)} poison` : ''}` : '';
@@ -212,7 +219,7 @@
     for (const job of shownJobs()) {
       for (const s of job.sources) {
         rows.push(el('tr', '', [
-          el('td', '', [el('div', 'name', [job.name || job.id]), el('div', 'sub mono', [job.id])]),
+          el('td', '', jobTitle(job)),
           td(s.url, 'wrap mono source'),
           el('td', '', [badge(s.state)]),
           td(fmt(s.candidates), 'num'),
