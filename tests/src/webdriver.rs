@@ -464,6 +464,16 @@ impl Browser {
         .await
     }
 
+    /// Runs a Chrome DevTools command through chromedriver (`Emulation.setEmulatedMedia`, ...).
+    pub async fn devtools(&self, command: &str, params: Value) -> Value {
+        self.command(
+            "POST",
+            &self.at("/goog/cdp/execute"),
+            Some(json!({ "cmd": command, "params": params })),
+        )
+        .await
+    }
+
     /// Saves a PNG of the window to `path` (its directory made if needed).
     pub async fn screenshot(&self, path: &Path) {
         let png = self.command("GET", &self.at("/screenshot"), None).await;

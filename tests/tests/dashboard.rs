@@ -218,6 +218,19 @@ async fn job_row(browser: &Browser, job_id: &str) -> Option<(String, String)> {
     Some((row[0].as_str()?.to_string(), row[1].as_str()?.to_string()))
 }
 
+/// The text of the element `css` names, if there is one. Rows are drawn anew as data comes, so
+/// they are read in one script rather than held as WebDriver element references.
+async fn text_of(browser: &Browser, css: &str) -> Option<String> {
+    browser
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e && e.textContent;",
+            json!([css]),
+        )
+        .await
+        .as_str()
+        .map(str::to_string)
+}
+
 /// The proxies the pool table shows, in its order.
 async fn pool_rows(browser: &Browser) -> Vec<String> {
     let rows = browser
@@ -375,13 +388,8 @@ async fn in_a_real_browser_a_jobs_progress_moves_to_its_end_and_the_pool_table_f
                 && !error.is_empty()),
         "the unreachable source and its error: {sources:?}"
     );
-    let name = browser
-        .find(
-            &format!("#jobs tr[data-job=\"{job_id}\"] .name"),
-            WAIT_LIMIT,
-        )
-        .await;
-    assert_eq!(browser.text(&name).await, format!("nightly {HOSTILE}"));
+    let name = text_of(&browser, &format!("#jobs tr[data-job=\"{job_id}\"] .name")).await;
+    assert_eq!(name, Some(format!("nightly {HOSTILE}")));
     let injected = browser
         .execute(
             "return [document.querySelectorAll('img').length, document.title];",
@@ -422,11 +430,9 @@ async fn in_a_real_browser_a_jobs_progress_moves_to_its_end_and_the_pool_table_f
         },
     )
     .await;
-    let tab = browser
-        .find("#pool-tabs [data-pool=\"default\"]", WAIT_LIMIT)
-        .await;
     harness::wait_for("the pool's tab to count 8 live", WAIT_LIMIT, || async {
-        (browser.text(&tab).await == "default 8 live").then_some(())
+        let tab = text_of(&browser, "#pool-tabs [data-pool=\"default\"]").await;
+        (tab.as_deref() == Some("default 8 live")).then_some(())
     })
     .await;
     let screenshot = webdriver::test_output_dir().join("dashboard.png");
@@ -438,6 +444,23 @@ async fn in_a_real_browser_a_jobs_progress_moves_to_its_end_and_the_pool_table_f
         png.len()
     );
     println!("dashboard screenshot: {}", screenshot.display());
+    // And as a browser that prefers dark pages sees it.
+    browser
+        .devtools(
+            "Emulation.setEmulatedMedia",
+            json!({ "features": [{ "name": "prefers-color-scheme", "value": "dark" }] }),
+        )
+        .await;
+    let background = browser
+        .execute(
+            "return getComputedStyle(document.body).backgroundColor",
+            json!([]),
+        )
+        .await;
+    assert_eq!(background, "rgb(15, 19, 24)", "the dark palette applies");
+    let dark = webdriver::test_output_dir().join("dashboard-dark.png");
+    browser.screenshot(&dark).await;
+    println!("dashboard screenshot (dark): {}", dark.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

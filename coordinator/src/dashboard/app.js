@@ -43,6 +43,7 @@
   const fmt = (n) => (n === null || n === undefined ? '–' : number.format(n));
   function duration(ms) {
     if (ms === null || ms === undefined) return '–';
+    if (ms < 1000) return `${Math.round(ms)} ms`;
     const s = ms / 1000;
     if (s < 10) return `${s.toFixed(1)}s`;
     if (s < 60) return `${Math.round(s)}s`;
