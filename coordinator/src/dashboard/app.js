@@ -21,6 +21,7 @@
   // What the page knows, replaced on every (re)connection.
   const view = {
     locked: false,
+    maxMembers: Infinity,
     jobs: new Map(),
     order: [],
     workers: [],
@@ -209,7 +210,9 @@
       td(ago(m.last_checked_ms), 'num'),
     ], { 'data-member': m.key }));
     $('pool-members').tBodies[0].replaceChildren(...rows);
+    const head = view.heads.find((p) => p.pool === view.selected);
     let count = pool ? `${fmt(kept.length)} of ${fmt(all.length)} live` : '';
+    if (head && all.length >= view.maxMembers && head.live > all.length) count += ` (the best ${fmt(all.length)} of ${fmt(head.live)} by score)`;
     if (kept.length > MAX_ROWS) count += ` · first ${fmt(MAX_ROWS)} shown`;
     $('pool-count').textContent = count;
     $('pool-empty').hidden = view.heads.length > 0;
@@ -239,6 +242,7 @@
     hello(data) {
       reset();
       view.locked = data.locked;
+      view.maxMembers = data.max_members;
       $('logout').hidden = !data.locked;
     },
     jobs(data) {
