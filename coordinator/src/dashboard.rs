@@ -100,7 +100,9 @@ fn new_session_id() -> std::io::Result<String> {
 
 /// What the dashboard's handlers share besides the state.
 pub(crate) struct Dashboard {
+    /// The client token check, fixed for the process's life.
     tokens: TokenCheck,
+    /// Signed-in browsers; opened by sign-in, closed by sign-out or their end.
     sessions: Mutex<Sessions>,
     /// Keys members by a keyed hash of their URL, so that credentials never reach the page.
     member_keys: std::collections::hash_map::RandomState,
@@ -317,6 +319,7 @@ struct PoolDelta {
 /// One page's event stream.
 struct Feed {
     state: State,
+    /// The page's stream; closed when the page goes away.
     tx: mpsc::Sender<Result<Event, std::convert::Infallible>>,
     /// The page can sign out.
     locked: bool,
