@@ -1,8 +1,10 @@
 //! The coordinator's small HTTP API, for tools that do not speak gRPC: a pool's members
 //! (`GET /pool/NAME`), one of them at random (`GET /pool/NAME/random`) and the pools
-//! (`GET /pools`), as JSON or plain text, behind the client token when tokens are set.
+//! (`GET /pools`), as JSON or plain text, and the web dashboard (`/dashboard`), behind the
+//! client token when tokens are set.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State as Extract};
@@ -12,6 +14,7 @@ use proxyfleet_common::auth::{Refusal, TokenCheck};
 use tokio::net::TcpListener;
 
 use crate::candidate::Protocol;
+use crate::dashboard::{self, Access, Dashboard};
 use crate::first_request::Http1Scan;
 use crate::listener::{GuardedListener, Plain, PortLimits};
 use crate::pools::{self, PoolFilter, PoolOrder};
@@ -27,6 +30,7 @@ struct Api {
     state: State,
     /// The client token, when tokens are set.
     tokens: TokenCheck,
+    dashboard: Arc<Dashboard>,
 }
 
 /// How an answer is written.
@@ -300,22 +304,95 @@ async fn not_found(uri: Uri) -> Response {
     error(
         StatusCode::NOT_FOUND,
         format!(
-            "no such path {:?}; try /pools, /pool/NAME or /pool/NAME/random",
+            "no such path {:?}; try /dashboard, /pools, /pool/NAME or /pool/NAME/random",
             uri.path()
         ),
     )
 }
 
+/// The value of `key` in a query string or form body, decoded.
+fn form_value(text: &str, key: &str) -> Option<String> {
+    text.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| decode(k).as_deref() == Some(key))
+        .and_then(|(_, v)| decode(v))
+}
+
+/// The page; `?token=` signs in once and sends the browser on to `/dashboard` without it.
+async fn dashboard_page(Extract(api): Extract<Api>, uri: Uri, headers: HeaderMap) -> Response {
+    let token = uri.query().and_then(|q| form_value(q, "token"));
+    dashboard::secure(match token {
+        Some(token) => api.dashboard.sign_in(&token),
+        None => api.dashboard.page(&headers),
+    })
+}
+
+/// The sign-in form's target: `token=...` as a form body.
+async fn dashboard_login(Extract(api): Extract<Api>, body: axum::body::Bytes) -> Response {
+    let token = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|b| form_value(b, "token"))
+        .unwrap_or_default();
+    dashboard::secure(api.dashboard.sign_in(&token))
+}
+
+async fn dashboard_logout(Extract(api): Extract<Api>, headers: HeaderMap) -> Response {
+    dashboard::secure(api.dashboard.sign_out(&headers))
+}
+
+async fn dashboard_events(Extract(api): Extract<Api>, headers: HeaderMap) -> Response {
+    dashboard::secure(match api.dashboard.access(&headers) {
+        Access::Granted => api.dashboard.events(api.state.clone()),
+        Access::Refused(Refusal::Unauthenticated(m)) => error(StatusCode::UNAUTHORIZED, m),
+        Access::Refused(Refusal::WrongRole(m)) => error(StatusCode::FORBIDDEN, m),
+    })
+}
+
+/// A file of the page: no data in it, so it is served to anyone.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    dashboard::secure(
+        (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            body,
+        )
+            .into_response(),
+    )
+}
+
 fn routes(api: Api) -> Router {
+    use axum::routing::{get, post};
     Router::new()
-        .route("/pools", axum::routing::get(list))
-        .route("/pool/{name}", axum::routing::get(pool))
-        .route("/pool/{name}/random", axum::routing::get(random))
+        .route("/pools", get(list))
+        .route("/pool/{name}", get(pool))
+        .route("/pool/{name}/random", get(random))
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/dashboard") }),
+        )
+        .route("/dashboard", get(dashboard_page))
+        .route(
+            "/dashboard/login",
+            post(dashboard_login).layer(axum::extract::DefaultBodyLimit::max(4096)),
+        )
+        .route("/dashboard/logout", post(dashboard_logout))
+        .route("/dashboard/events", get(dashboard_events))
+        .route(
+            "/dashboard/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", dashboard::APP_JS) }),
+        )
+        .route(
+            "/dashboard/style.css",
+            get(|| async { asset("text/css; charset=utf-8", dashboard::STYLE_CSS) }),
+        )
         .fallback(not_found)
         .with_state(api)
 }
 
-/// Serves the API on `listener` until `shutdown` completes; `tokens` is the client token check.
+/// Serves the API and the dashboard on `listener` until `shutdown` completes; `tokens` is the
+/// client token check.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: State,
@@ -324,7 +401,23 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = GuardedListener::<_, Http1Scan>::new(listener, Plain, "http", limits);
-    axum::serve(listener, routes(Api { state, tokens }).into_make_service())
+    // Event streams never end by themselves: they end when this turns true.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let dashboard = Arc::new(Dashboard::new(
+        tokens.clone(),
+        state.config().max_watchers,
+        stop,
+    ));
+    let api = Api {
+        state,
+        tokens,
+        dashboard,
+    };
+    axum::serve(listener, routes(api).into_make_service())
         .with_graceful_shutdown(shutdown)
         .await
 }

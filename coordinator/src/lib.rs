@@ -4,6 +4,7 @@
 mod candidate;
 mod config;
 mod convert;
+mod dashboard;
 mod error;
 mod fetch;
 mod first_request;

@@ -1033,6 +1033,13 @@ impl State {
         Ok(report)
     }
 
+    /// The ids of the `limit` newest jobs the scheduler holds, newest first; builds no snapshot.
+    pub(crate) fn recent_job_ids(&self, limit: usize) -> Vec<String> {
+        let mut ids = lock(&self.inner.scheduler).job_ids();
+        ids.truncate(limit);
+        ids
+    }
+
     pub(crate) fn jobs(&self) -> Vec<JobSnapshot> {
         let scheduler = lock(&self.inner.scheduler);
         let pools = lock(&self.inner.pools);
