@@ -1,5 +1,6 @@
 //! `proxyfleet`: parses the command line (under it, the config file), sets up logs, runs one
-//! command, exits with its code.
+//! command, exits with its code. Under the name `proxyfleet-coordinator` or `proxyfleet-worker`
+//! it is that program instead.
 
 use clap::CommandFactory;
 use proxyfleet_common::config_file::{self, Program};
@@ -12,6 +13,24 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
+    // One binary, three programs: started as `proxyfleet-coordinator` or `proxyfleet-worker` (a
+    // link, as in the image), it is that program.
+    let program = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let other = match program.as_deref() {
+        Some("proxyfleet-coordinator") => Some(proxyfleet_coordinator::program::main().await),
+        Some("proxyfleet-worker") => Some(proxyfleet_worker::program::main().await),
+        _ => None,
+    };
+    if let Some(done) = other {
+        if let Err(e) = done {
+            eprintln!("Error: {e:?}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cli: proxyfleet_cli::args::Cli = config_file::parse(&programs());
     // Embedded runs log warnings only, so the progress bar stays readable; RUST_LOG overrides.
     tracing_subscriber::fmt()

@@ -32,6 +32,7 @@ pub const TABLES: &[&str] = &[
     "submit",
     "watch",
     "results",
+    "job",
     "jobs",
     "workers",
     "cancel",

@@ -16,6 +16,7 @@ mod listener;
 mod metrics;
 mod output;
 mod pools;
+pub mod program;
 mod scheduler;
 mod sources;
 mod state;

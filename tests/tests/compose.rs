@@ -1,8 +1,10 @@
-//! The deployment on a real Docker engine: `docker-compose` with one coordinator and three
-//! workers runs a job while one worker container is killed and another is cut off from the
-//! network past its lease TTL, then reconnected; the coordinator container is restarted mid-job;
-//! grpcurl streams WatchJob from the host, and the metrics endpoint counts what happened. Runs
-//! when a Docker engine is there.
+//! The deployment on a real Docker engine: the image is one stripped binary, under the size bound.
+//! `docker-compose` with one coordinator and three workers runs a job while one worker's process
+//! is killed (its container is restarted by its restart policy) and another is cut off from the
+//! network past its lease TTL, then reconnected; the coordinator's process is killed mid-job and
+//! comes back by itself; grpcurl streams WatchJob from the host, and the metrics endpoints, the
+//! workers' published on the host too, count what happened. The demo prints its proxies and exits
+//! with its job's code. Runs when a Docker engine is there.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -14,6 +16,9 @@ use proxyfleet_tests::harness::{self, WAIT_LIMIT};
 use tokio::process::Command;
 
 const WORKING: usize = 20;
+
+/// The image holds one stripped binary and the libraries it links: well under this.
+const IMAGE_BOUND_BYTES: u64 = 60_000_000;
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -116,6 +121,36 @@ async fn docker(args: &[&str]) {
     docker_output(args).await;
 }
 
+/// SIGKILLs a container's main process from the host, as a crash would: unlike `docker kill`, this
+/// leaves the container to its restart policy.
+async fn crash(container: &str) {
+    let pid = docker_output(&["inspect", "-f", "{{.State.Pid}}", container]).await;
+    let pid: i32 = pid.trim().parse().expect("a process id");
+    assert!(pid > 0, "container {container} runs no process");
+    // SAFETY: kill(2) with a pid read from the engine; no memory is involved.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGKILL) },
+        0,
+        "killing {pid}"
+    );
+}
+
+/// Waits until the engine has restarted `container` after a crash.
+async fn restarted(container: &str) {
+    harness::wait_for("the container's restart", WAIT_LIMIT, || async move {
+        let state = docker_output(&[
+            "inspect",
+            "-f",
+            "{{.RestartCount}} {{.State.Running}}",
+            container,
+        ])
+        .await;
+        let (count, running) = state.trim().split_once(' ')?;
+        (count.parse::<u32>().ok()? >= 1 && running == "true").then_some(())
+    })
+    .await;
+}
+
 /// The container a worker session runs in: its worker id starts with the container's host name.
 fn container_of<'a>(worker_id: &str, containers: &'a [String]) -> &'a str {
     containers
@@ -183,6 +218,17 @@ async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordina
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
+    let size: u64 = docker_output(&["image", "inspect", "-f", "{{.Size}}", &image])
+        .await
+        .trim()
+        .parse()
+        .expect("the image's size");
+    println!(
+        "image {image}: {:.1} MB (bound {:.0} MB)",
+        size as f64 / 1e6,
+        IMAGE_BOUND_BYTES as f64 / 1e6
+    );
+    assert!(size < IMAGE_BOUND_BYTES, "the image is {size} bytes");
     let (grpc, metrics) = (harness::quiet_port().port(), harness::quiet_port().port());
     let project = Project {
         name: format!("pftest{}", fastrand::u32(..)),
@@ -284,7 +330,7 @@ async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordina
     .await;
     let killed = container_of(&workers[0], &containers).to_string();
     let cut_off = container_of(&workers[1], &containers).to_string();
-    docker(&["kill", &killed]).await;
+    crash(&killed).await;
     docker(&["network", "disconnect", &network, &cut_off]).await;
     let cut_worker = workers[1].clone();
     harness::wait_for("the cut-off worker to go silent", WAIT_LIMIT, || {
@@ -319,6 +365,8 @@ async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordina
     );
     let job = finished(&url, &job_id).await;
     let progress = job.progress.unwrap();
+    // The crashed worker's container came back by itself.
+    restarted(&killed).await;
     assert!(progress.reassignments >= 2, "{progress:?}");
     // The cut-off worker came back with verdicts for leases that had moved on: refused, counted.
     assert!(progress.stale_verdicts_refused > 0, "{progress:?}");
@@ -346,14 +394,13 @@ async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordina
         .iter()
         .filter(|id| **id != killed)
     {
-        let ip = docker_output(&[
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            id,
-        ])
-        .await;
-        let page = harness::scrape(format!("{}:9101", ip.trim()).parse().unwrap()).await;
+        // Published on the host's loopback, on a port the engine picked.
+        let published = docker_output(&["port", id, "9101/tcp"]).await;
+        let addr = published
+            .lines()
+            .find(|l| l.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("worker metrics published on loopback: {published}"));
+        let page = harness::scrape(addr.parse().unwrap()).await;
         let checks: f64 = page
             .lines()
             .filter(|l| l.starts_with("proxyfleet_worker_checks_total{"))
@@ -382,9 +429,33 @@ async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordina
         }
     })
     .await;
-    project.run(&["restart", "-t", "10", "coordinator"]).await;
+    let coordinator = project.containers("coordinator").await;
+    crash(&coordinator[0]).await;
+    restarted(&coordinator[0]).await;
     reachable(&url).await;
     finished(&url, &job_id).await;
+
+    // The demo: its proxies on stdout, its job's exit code as its own.
+    let out = tokio::time::timeout(
+        WAIT_LIMIT,
+        project.command(&["run", "--rm", "-T", "demo"]).output(),
+    )
+    .await
+    .expect("the demo ends")
+    .expect("running docker-compose");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let proxies: BTreeSet<&str> = printed.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(proxies.len(), WORKING, "{printed}");
+    assert!(
+        proxies.iter().all(|l| l.contains("farm:")),
+        "only proxies on the demo's stdout: {printed}"
+    );
     drop(project);
     let _ = Command::new("docker")
         .args(["rmi", "-f", &image])

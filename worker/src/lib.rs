@@ -6,6 +6,7 @@ pub mod echo;
 pub mod judges;
 mod ledger;
 pub mod metrics;
+pub mod program;
 pub mod session;
 pub mod targets;
 
