@@ -423,8 +423,8 @@ pub struct RefreshArgs {
     /// A label shown in `proxyfleet jobs`.
     #[arg(long, env = "PROXYFLEET_JOB_NAME", default_value = "refresh")]
     pub name: String,
-    /// Print a JSON object on standard output instead of the job id: the job as submitted or,
-    /// with --wait, as the wait ended, with "exit_code".
+    /// Print a JSON object on standard output instead of the job id: {"job_id",
+    /// "already_running"} or, with --wait, the job as the wait ended, with "exit_code".
     #[arg(long, env = "PROXYFLEET_JSON")]
     pub json: bool,
     #[command(flatten)]

@@ -1092,7 +1092,7 @@ fn cancel_outcome(before: &pb::Job, after: &pb::Job) -> (i32, String) {
         (
             EXIT_ALREADY_ENDED,
             format!(
-                "nothing cancelled: job {} had already ended {}; {}",
+                "nothing cancelled: job {} had already ended ({}); {}",
                 after.job_id,
                 progress::state_name(after.state),
                 progress::summary(after)
@@ -1349,7 +1349,7 @@ mod tests {
         let (code, line) = cancel_outcome(&done, &done);
         assert_eq!(code, EXIT_ALREADY_ENDED);
         assert!(
-            line.starts_with("nothing cancelled: job job-x had already ended SUCCEEDED"),
+            line.starts_with("nothing cancelled: job job-x had already ended (SUCCEEDED)"),
             "{line}"
         );
         // Cancelled before: this cancel did nothing either.
