@@ -434,6 +434,50 @@ async fn json_parses_and_errors_name_what_the_user_wrote() {
         "{out:?}"
     );
 
+    // A verdict's detail says each thing once: a proxy that closes without answering.
+    let closer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closer_addr = closer.local_addr().unwrap();
+    let closing = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut conn, _)) = closer.accept().await {
+            let mut request = [0u8; 512];
+            let _ = conn.read(&mut request).await;
+        }
+    });
+    let closes = coordinator
+        .dir
+        .write("closes.txt", format!("http://{closer_addr}\n"));
+    let out = at(
+        url,
+        &[
+            "submit",
+            "--file",
+            closes.to_str().unwrap(),
+            "--timeout",
+            "2s",
+            "--pool",
+            "closes",
+            "--wait",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 3, "INSUFFICIENT: {out:?}");
+    let closed = json("submit --wait --json", &out.stdout)["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = at(url, &["results", &closed, "--json"]).await;
+    let detail = json("results --json", &out.stdout)[0]["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    closing.abort();
+    assert_eq!(
+        detail, "the proxy closed the connection without an answer",
+        "{out:?}"
+    );
+
     // Errors name the flag the user wrote, not the request's field.
     let out = at(
         url,
