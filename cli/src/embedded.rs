@@ -105,6 +105,10 @@ fn fresh_dir(parent: &std::path::Path, prefix: &str) -> std::io::Result<PathBuf>
     Err(last.unwrap_or_else(|| std::io::Error::other("no free name")))
 }
 
+/// Exit code of an embedded run stopped by SIGINT or SIGTERM before its check ended, as a shell
+/// reports a command ended by SIGINT.
+const EXIT_INTERRUPTED: i32 = 130;
+
 fn failure(e: impl std::fmt::Display) -> Failure {
     Failure::new(1, format!("error: {e}"))
 }
@@ -278,8 +282,16 @@ pub async fn demo(args: DemoArgs, say: Say) -> Result<i32, Failure> {
 /// Runs the cluster and the job, prints the usable proxies, and removes the data directory
 /// unless it is kept, however the run ended.
 async fn embedded(e: Embedded, inputs: client::Inputs, say: Say) -> Result<i32, Failure> {
+    // Installed before anything is started, so that an interrupt from here on is handled.
+    let interrupts = match proxyfleet_common::signals::StopSignals::install() {
+        Ok(interrupts) => interrupts,
+        Err(err) => {
+            e.data.finish(say);
+            return Err(failure(format!("installing signal handlers: {err}")));
+        }
+    };
     e.data.announce(say);
-    let outcome = cluster(&e, inputs, say).await;
+    let outcome = cluster(&e, inputs, interrupts, say).await;
     if !e.data.remove
         && let Ok(_) = &outcome
     {
@@ -292,7 +304,12 @@ async fn embedded(e: Embedded, inputs: client::Inputs, say: Say) -> Result<i32, 
     outcome
 }
 
-async fn cluster(e: &Embedded, inputs: client::Inputs, say: Say) -> Result<i32, Failure> {
+async fn cluster(
+    e: &Embedded,
+    inputs: client::Inputs,
+    mut interrupts: proxyfleet_common::signals::StopSignals,
+    say: Say,
+) -> Result<i32, Failure> {
     let grpc = listen(([127, 0, 0, 1], 0).into()).map_err(failure)?;
     let judge = listen(e.judge_listen).map_err(|err| {
         failure(format!(
@@ -309,7 +326,9 @@ async fn cluster(e: &Embedded, inputs: client::Inputs, say: Say) -> Result<i32, 
     config.lease_ttl = Duration::from_secs(10);
     let config = config.validate().map_err(failure)?;
 
+    // Workers stop before the coordinator, so that none sees its session cut and says so.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_workers_tx, stop_workers_rx) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -343,11 +362,13 @@ async fn cluster(e: &Embedded, inputs: client::Inputs, say: Say) -> Result<i32, 
         };
         workers.push(tokio::spawn(proxyfleet_worker::run(
             config,
-            until_stopped(stop_rx.clone()),
+            until_stopped(stop_workers_rx.clone()),
         )));
     }
 
-    let outcome = async {
+    // The check, then the usable proxies out; an interrupt (Ctrl-C, SIGTERM) ends it early, and
+    // the cluster still stops and the data directory is still removed below.
+    let check = async {
         let mut coordinator_client = client::connect(&client::Remote::plain(&url)).await?;
         // A job left unfinished by an interrupted earlier run in this data dir would hold the
         // pool; this run replaces it.
@@ -399,6 +420,18 @@ async fn cluster(e: &Embedded, inputs: client::Inputs, say: Say) -> Result<i32, 
                 let _ = writeln!(out, "{}", r.proxy);
             }
         }
+        Ok::<i32, Failure>(code)
+    };
+    let outcome = async {
+        let code = tokio::select! {
+            checked = check => checked?,
+            () = interrupts.recv() => {
+                return Err(Failure::new(
+                    EXIT_INTERRUPTED,
+                    "interrupted: the check did not finish",
+                ));
+            }
+        };
         if let Some(listen) = e.gateway_listen {
             serve_gateway(&url, listen, &e.job.check.pool, e.allow_private_targets).await?;
         }
@@ -406,10 +439,11 @@ async fn cluster(e: &Embedded, inputs: client::Inputs, say: Say) -> Result<i32, 
     }
     .await;
 
-    let _ = stop_tx.send(true);
+    let _ = stop_workers_tx.send(true);
     for worker in workers {
         let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
     }
+    let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), coordinator).await;
     outcome
 }

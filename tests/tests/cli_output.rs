@@ -223,6 +223,48 @@ async fn the_demo_leaves_no_directory_behind_unless_told_to_keep_it() {
         "nothing new in the temporary directory"
     );
 
+    // Interrupted mid-check, it still removes what it made.
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    let mut child = tokio::process::Command::new(harness::bin("proxyfleet"))
+        .args([
+            "demo",
+            "--working",
+            "1",
+            "--black-holes",
+            "4",
+            "--refused",
+            "1",
+        ])
+        .args(["--timeout", "60s"])
+        .env("TMPDIR", &fresh)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Its coordinator's store exists once it runs: its checks are under way then (the black
+    // holes hold them for a minute).
+    harness::wait_for("the demo's store", harness::WAIT_LIMIT, || {
+        let store = left_in(&fresh)
+            .first()
+            .is_some_and(|d| fresh.join(d).join("proxyfleet.db").exists());
+        async move { store.then_some(()) }
+    })
+    .await;
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let output = tokio::time::timeout(harness::WAIT_LIMIT, child.wait_with_output())
+        .await
+        .expect("the demo stops when interrupted")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(left_in(&fresh), Vec::<String>::new(), "{stderr}");
+
     // The demo's --json parses too.
     let mut as_json = demo.to_vec();
     as_json.push("--json");
