@@ -226,7 +226,7 @@ async fn the_demo_leaves_no_directory_behind_unless_told_to_keep_it() {
     // Interrupted mid-check, it still removes what it made.
     let fresh = dir.path().join("fresh");
     std::fs::create_dir(&fresh).unwrap();
-    let mut child = tokio::process::Command::new(harness::bin("proxyfleet"))
+    let child = tokio::process::Command::new(harness::bin("proxyfleet"))
         .args([
             "demo",
             "--working",
