@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// notes and summaries go to standard error. Exit codes: 0 success (job SUCCEEDED), 1
 /// coordinator unreachable or other error, 2 bad input or unknown job, 3 job INSUFFICIENT, 4 job
 /// FAILED, 5 job CANCELLED, 6 `refresh --wait` timed out, 7 `cancel` of a job that had already
-/// ended. `watch`, `submit --wait`, `refresh --wait` and `results --follow` reconnect when the
+/// ended, 130 `run` or `demo` interrupted. `watch`, `submit --wait`, `refresh --wait` and `results --follow` reconnect when the
 /// coordinator restarts, until the job's deadline (or --wait-timeout) passes.
 #[derive(Debug, Parser)]
 #[command(name = "proxyfleet", version)]
