@@ -1,4 +1,5 @@
-//! The `proxyfleet` command line.
+//! The `proxyfleet` command line: every command's flags, each with its `PROXYFLEET_*`
+//! environment variable.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,124 +8,272 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// proxyfleet: keep a pool of working proxies fresh with a fleet of workers.
 ///
-/// Exit codes: 0 success (job SUCCEEDED), 1 coordinator unreachable or other error,
-/// 2 bad input or unknown job, 3 job INSUFFICIENT, 4 job FAILED, 5 job CANCELLED, 6 `refresh --wait`
-/// timed out. `watch`, `submit --wait`, `refresh --wait` and `results --follow` reconnect when
-/// the coordinator restarts, until the job's deadline (or --timeout) passes.
+/// Standard output carries only a command's data (proxies, job ids, JSON, tables); progress,
+/// notes and summaries go to standard error. Exit codes: 0 success (job SUCCEEDED), 1
+/// coordinator unreachable or other error, 2 bad input or unknown job, 3 job INSUFFICIENT, 4 job
+/// FAILED, 5 job CANCELLED, 6 `refresh --wait` timed out, 7 `cancel` of a job that had already
+/// ended, 130 `run` or `demo` interrupted. `watch`, `submit --wait`, `refresh --wait` and `results --follow` reconnect when the
+/// coordinator restarts, until the job's deadline (or --wait-timeout) passes.
 #[derive(Debug, Parser)]
 #[command(name = "proxyfleet", version)]
 pub struct Cli {
+    /// Print only data and errors: no progress, notes or summaries on standard error.
+    #[arg(long, short, global = true, env = "PROXYFLEET_QUIET")]
+    pub quiet: bool,
+
+    /// Coordinator options written before the command, as earlier versions took them.
+    #[command(flatten)]
+    pub before: EarlyClientArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How a command reaches its coordinator. Only the commands that talk to one take these.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Coordinator")]
+pub struct ClientArgs {
     /// The coordinator's gRPC URL.
     #[arg(
         long,
-        global = true,
         env = "PROXYFLEET_COORDINATOR",
         default_value = "http://127.0.0.1:50051"
     )]
     pub coordinator: String,
 
     /// The client token, if the coordinator requires one.
-    #[arg(long, global = true, env = "PROXYFLEET_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "PROXYFLEET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
     /// File holding the client token.
-    #[arg(
-        long,
-        global = true,
-        env = "PROXYFLEET_TOKEN_FILE",
-        conflicts_with = "token"
-    )]
+    #[arg(long, env = "PROXYFLEET_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
 
     /// PEM CA certificate to trust for a coordinator served over TLS (https:// URL).
-    #[arg(long, global = true, env = "PROXYFLEET_CA")]
+    #[arg(long, env = "PROXYFLEET_CA")]
     pub ca: Option<PathBuf>,
 
     /// PEM client certificate, for a coordinator that asks for one (with --client-key).
-    #[arg(
-        long,
-        global = true,
-        env = "PROXYFLEET_CLIENT_CERT",
-        requires = "client_key"
-    )]
+    #[arg(long, env = "PROXYFLEET_CLIENT_CERT", requires = "client_key")]
     pub client_cert: Option<PathBuf>,
 
     /// PEM private key of --client-cert.
-    #[arg(
-        long,
-        global = true,
-        env = "PROXYFLEET_CLIENT_KEY",
-        requires = "client_cert"
-    )]
+    #[arg(long, env = "PROXYFLEET_CLIENT_KEY", requires = "client_cert")]
     pub client_key: Option<PathBuf>,
+}
 
-    #[command(subcommand)]
-    pub command: Command,
+/// The coordinator options in their old place, before the command (`proxyfleet --coordinator
+/// URL health`), kept so that scripts and healthchecks written so go on working. Hidden from
+/// help; written there they win over the command's own, and a command that talks to no
+/// coordinator refuses them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EarlyClientArgs {
+    #[arg(long = "coordinator", id = "early_coordinator", hide = true)]
+    pub coordinator: Option<String>,
+    #[arg(long = "token", id = "early_token", hide = true)]
+    pub token: Option<String>,
+    #[arg(long = "token-file", id = "early_token_file", hide = true)]
+    pub token_file: Option<PathBuf>,
+    #[arg(long = "ca", id = "early_ca", hide = true)]
+    pub ca: Option<PathBuf>,
+    #[arg(long = "client-cert", id = "early_client_cert", hide = true)]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long = "client-key", id = "early_client_key", hide = true)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl EarlyClientArgs {
+    /// The first option given in this place, as written, for a refusal.
+    pub fn first_given(&self) -> Option<&'static str> {
+        [
+            (self.coordinator.is_some(), "--coordinator"),
+            (self.token.is_some(), "--token"),
+            (self.token_file.is_some(), "--token-file"),
+            (self.ca.is_some(), "--ca"),
+            (self.client_cert.is_some(), "--client-cert"),
+            (self.client_key.is_some(), "--client-key"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+
+    /// `args` with the options given in this place instead of theirs.
+    pub fn over(&self, args: &ClientArgs) -> ClientArgs {
+        let mut merged = args.clone();
+        if let Some(url) = &self.coordinator {
+            merged.coordinator = url.clone();
+        }
+        if self.token.is_some() || self.token_file.is_some() {
+            merged.token = self.token.clone();
+            merged.token_file = self.token_file.clone();
+        }
+        if self.ca.is_some() {
+            merged.ca = self.ca.clone();
+        }
+        if self.client_cert.is_some() || self.client_key.is_some() {
+            merged.client_cert = self.client_cert.clone();
+            merged.client_key = self.client_key.clone();
+        }
+        merged
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Submit a refresh job; prints the job id alone on its line.
+    /// Submit a refresh job. Prints the job id alone on standard output (`JOB=$(proxyfleet
+    /// submit ...)`); with --wait, follows the job (progress and summary on standard error) and
+    /// exits with its exit code.
     Submit(SubmitArgs),
     /// Follow a job's progress until it ends, across coordinator restarts; exits with the job's
-    /// exit code.
-    Watch {
-        /// The job id, as printed by `submit`.
-        job: String,
-    },
+    /// exit code. Progress and the summary go to standard error; standard output stays empty
+    /// unless --json.
+    Watch(WatchArgs),
     /// What became of a job: its timing, sources (with their errors), dropped entries,
-    /// verdicts by reason, chunks, attempts and the workers that checked it.
+    /// verdicts by reason, chunks, attempts and the workers that checked it. Prints the report
+    /// on standard output, as text or with --json one JSON object.
     Job(crate::job::JobReportArgs),
     /// Print a job's results: every candidate once, with its verdict.
-    Results {
-        /// The job id.
-        job: String,
-        /// Stream verdicts as they are recorded until the job ends, across coordinator restarts,
-        /// each candidate once.
-        #[arg(long, env = "PROXYFLEET_FOLLOW")]
-        follow: bool,
-        /// Output format.
-        #[arg(long, env = "PROXYFLEET_FORMAT", value_enum, default_value_t = Format::Txt)]
-        format: Format,
-        /// Only the usable proxies.
-        #[arg(long, env = "PROXYFLEET_USABLE_ONLY")]
-        usable_only: bool,
-    },
+    Results(ResultsArgs),
     /// List the coordinator's jobs, newest first.
-    Jobs,
-    /// List the workers connected to the coordinator.
-    Workers,
-    /// Cancel a job.
-    Cancel {
-        /// The job id.
-        job: String,
-    },
+    Jobs(ListArgs),
+    /// List the workers connected to the coordinator: CAPACITY is a worker's check slots (its
+    /// --max-checks), LEASES the leases it holds of the most it may hold.
+    Workers(ListArgs),
+    /// Cancel a job. Exit code 0 once it is cancelled, 7 when it had already ended (it is left
+    /// as it was), 2 for an unknown job.
+    Cancel(CancelArgs),
     /// Check a list on this machine: an in-process coordinator and workers, no setup needed.
+    /// Prints the usable proxies on standard output, fastest first; everything else goes to
+    /// standard error.
     Run(RunArgs),
-    /// Run a whole refresh offline against simulated proxies on loopback.
+    /// Run a whole refresh offline against simulated proxies on loopback, as `run` does.
     Demo(DemoArgs),
     /// Exit 0 if the coordinator answers its health check as serving (for container
-    /// healthchecks), 1 otherwise.
-    Health,
+    /// healthchecks), 1 otherwise; prints "serving" or "not serving".
+    Health(HealthArgs),
     /// Run a farm of simulated proxies and serve their list over HTTP, for demos and tests of a
     /// deployment (the proxies are real servers; nothing leaves the hosts they run on).
     Farm(FarmArgs),
     /// The preflight before a service needs proxies: refresh the pool from its sources and, with
     /// --wait, exit 0 as soon as the pool's live_proxies files hold enough proxies seen usable
-    /// since it was submitted (possibly before it ends). Exit codes: 0 enough usable in the files, 3 the refresh ended
-    /// with fewer, 4 it failed, 5 cancelled, 6 --timeout passed first, 1 coordinator unreachable
-    /// (or a refresh that succeeded whose files it could not write), 2 bad input.
+    /// since it was submitted (possibly before it ends). Prints the refresh's job id on standard
+    /// output. Exit codes: 0 enough usable in the files, 3 the refresh ended with fewer, 4 it
+    /// failed, 5 cancelled, 6 --wait-timeout passed first, 1 coordinator unreachable (or a
+    /// refresh that succeeded whose files it could not write), 2 bad input.
     Refresh(RefreshArgs),
     /// Print a pool's live proxies (by default the best first), filtered: the same set as the
     /// pool's live_proxies files, GetPool and the HTTP API.
     Pool(PoolArgs),
     /// List the pools the coordinator keeps, with their live and total counts.
-    Pools,
+    Pools(ListArgs),
     /// A rotating proxy: one address (HTTP forward and CONNECT, SOCKS5 on the same port) that
     /// sends each client connection through one live proxy of a pool, following the pool as it
     /// changes. Options go in the username: USER-session-ID (sticky upstream), -country-CC,
     /// -protocol-P[+P], -anonymity-GRADE, -maxlatency-MS. Runs until SIGINT or SIGTERM.
     Gateway(GatewayArgs),
+}
+
+impl Command {
+    /// How the command reaches its coordinator; None for one that starts its own or none.
+    pub fn client(&self) -> Option<&ClientArgs> {
+        match self {
+            Command::Submit(a) => Some(&a.client),
+            Command::Watch(a) => Some(&a.client),
+            Command::Job(a) => Some(&a.client),
+            Command::Results(a) => Some(&a.client),
+            Command::Jobs(a) | Command::Workers(a) | Command::Pools(a) => Some(&a.client),
+            Command::Cancel(a) => Some(&a.client),
+            Command::Health(a) => Some(&a.client),
+            Command::Refresh(a) => Some(&a.client),
+            Command::Pool(a) => Some(&a.client),
+            Command::Gateway(a) => Some(&a.client),
+            Command::Run(_) | Command::Demo(_) | Command::Farm(_) => None,
+        }
+    }
+
+    /// The command's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Submit(_) => "submit",
+            Command::Watch(_) => "watch",
+            Command::Job(_) => "job",
+            Command::Results(_) => "results",
+            Command::Jobs(_) => "jobs",
+            Command::Workers(_) => "workers",
+            Command::Cancel(_) => "cancel",
+            Command::Run(_) => "run",
+            Command::Demo(_) => "demo",
+            Command::Health(_) => "health",
+            Command::Farm(_) => "farm",
+            Command::Refresh(_) => "refresh",
+            Command::Pool(_) => "pool",
+            Command::Pools(_) => "pools",
+            Command::Gateway(_) => "gateway",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// The job id, as printed by `submit`.
+    pub job: String,
+    /// Print the job as it ended, as one JSON object on standard output.
+    #[arg(long, env = "PROXYFLEET_JSON")]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResultsArgs {
+    /// The job id.
+    pub job: String,
+    /// Stream verdicts as they are recorded until the job ends, across coordinator restarts,
+    /// each candidate once.
+    #[arg(long, env = "PROXYFLEET_FOLLOW")]
+    pub follow: bool,
+    /// Output format: one candidate a line, or a JSON array of objects.
+    #[arg(long, env = "PROXYFLEET_FORMAT", value_enum, default_value_t = Format::Txt)]
+    pub format: Format,
+    /// The same as --format json: a JSON array with one object per candidate.
+    #[arg(long, env = "PROXYFLEET_JSON")]
+    pub json: bool,
+    /// Only the usable proxies.
+    #[arg(long, env = "PROXYFLEET_USABLE_ONLY")]
+    pub usable_only: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// A command that lists what the coordinator holds (jobs, workers, pools).
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Print a JSON array (one object per row of the table) instead of the table.
+    #[arg(long, env = "PROXYFLEET_JSON")]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CancelArgs {
+    /// The job id.
+    pub job: String,
+    /// Print the job after the cancel as one JSON object, with "cancelled": whether this call
+    /// cancelled it.
+    #[arg(long, env = "PROXYFLEET_JSON")]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// Print {"serving": true|false} instead of the word.
+    #[arg(long, env = "PROXYFLEET_JSON")]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// How the gateway rotates.
@@ -198,6 +347,8 @@ pub struct GatewayArgs {
     /// requests a second on a 2-core machine; more is for more cores.
     #[arg(long, env = "PROXYFLEET_GATEWAY_THREADS", default_value_t = 1)]
     pub threads: usize,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// How `pool` orders what it prints.
@@ -255,6 +406,11 @@ pub struct PoolArgs {
     pub order: PoolOrder,
     #[arg(long, env = "PROXYFLEET_POOL_FORMAT", value_enum, default_value_t = PoolFormat::Txt)]
     pub format: PoolFormat,
+    /// The same as --format json: one JSON object a line, each member with its history.
+    #[arg(long, env = "PROXYFLEET_JSON")]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -262,38 +418,25 @@ pub struct RefreshArgs {
     /// Sources file (TOML). Without it, the coordinator's own --sources.
     #[arg(long = "sources", env = "PROXYFLEET_SOURCES")]
     pub sources_file: Option<PathBuf>,
-    /// Usable proxies needed.
-    #[arg(long, env = "PROXYFLEET_MIN_USABLE", default_value_t = 1)]
-    pub min_usable: u64,
     /// Wait until the pool's live_proxies files hold --min-usable proxies seen usable since the
     /// refresh was submitted (by it, or by the pool's revalidation), the refresh ends, or
-    /// --timeout passes.
+    /// --wait-timeout passes.
     #[arg(long, env = "PROXYFLEET_WAIT")]
     pub wait: bool,
-    /// Longest time to wait with --wait.
-    #[arg(long, env = "PROXYFLEET_REFRESH_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
-    /// Time one check may take.
-    #[arg(long, env = "PROXYFLEET_CHECK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub check_timeout: Duration,
-    /// The pool to refresh; a refresh of it already running is followed, not doubled.
-    #[arg(long, env = "PROXYFLEET_POOL", default_value = "default")]
-    pub pool: String,
-    /// Judge URLs (default: the coordinator's).
-    #[arg(long, env = "PROXYFLEET_JUDGE", value_delimiter = ',')]
-    pub judge: Vec<String>,
-    /// Protocols a bare host:port stands for, comma-separated.
-    #[arg(
-        long,
-        env = "PROXYFLEET_PROTOCOLS",
-        value_delimiter = ',',
-        default_value = "http"
-    )]
-    pub protocols: Vec<String>,
-    /// Check the pool's live proxies again this often from now on (0s: never). Default: the
-    /// pool's interval, or the coordinator's --revalidate-every for a new pool.
-    #[arg(long, env = "PROXYFLEET_POOL_REVALIDATE_EVERY", value_parser = humantime::parse_duration)]
-    pub revalidate_every: Option<Duration>,
+    /// Longest time to wait with --wait (the refresh goes on after it).
+    #[arg(long, env = "PROXYFLEET_WAIT_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub wait_timeout: Duration,
+    /// A label shown in `proxyfleet jobs`.
+    #[arg(long, env = "PROXYFLEET_JOB_NAME", default_value = "refresh")]
+    pub name: String,
+    /// Print a JSON object on standard output instead of the job id: {"job_id",
+    /// "already_running"} or, with --wait, the job as the wait ended, with "exit_code".
+    #[arg(long, env = "PROXYFLEET_JSON")]
+    pub json: bool,
+    #[command(flatten)]
+    pub check: CheckArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -328,6 +471,9 @@ pub struct SourceArgs {
 /// How proxies are checked and what counts as usable.
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
+    /// Time one check of a proxy may take (judge and targets together).
+    #[arg(long, env = "PROXYFLEET_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
     /// Judge URL the checks request; repeat (or separate with commas) to spread checks over
     /// several judges. Default: the coordinator's judges.
     #[arg(long, env = "PROXYFLEET_JUDGE", value_delimiter = ',')]
@@ -355,19 +501,10 @@ pub struct CheckArgs {
     /// A chunk whose worker vanished this many times is marked failed (default: the coordinator's).
     #[arg(long, env = "PROXYFLEET_MAX_ATTEMPTS")]
     pub max_attempts: Option<u32>,
-    /// Jobs of one pool run one at a time.
+    /// The pool the usable proxies join. A pool's jobs run one at a time; `refresh` follows a
+    /// refresh of it already running rather than starting another.
     #[arg(long, env = "PROXYFLEET_POOL", default_value = "default")]
     pub pool: String,
-    /// A label shown in `proxyfleet jobs`.
-    #[arg(long, env = "PROXYFLEET_JOB_NAME", default_value = "")]
-    pub name: String,
-    /// Refuse the whole list if any line is malformed (default: skip such lines with a warning).
-    #[arg(long, env = "PROXYFLEET_STRICT")]
-    pub strict: bool,
-    /// Check the list in the order given (default: in random order, so dead proxies listed in
-    /// runs spread evenly over the chunks and the workers).
-    #[arg(long, env = "PROXYFLEET_KEEP_ORDER")]
-    pub keep_order: bool,
     /// Working proxies slower than this count as not usable (filtered).
     #[arg(long, env = "PROXYFLEET_MAX_LATENCY", value_parser = humantime::parse_duration)]
     pub max_latency: Option<Duration>,
@@ -487,14 +624,21 @@ impl TargetArg {
     }
 }
 
-/// Options of a job.
+/// Options of a job of a list: where its candidates come from, how they are read and checked.
 #[derive(Debug, Clone, Args)]
 pub struct JobArgs {
     #[command(flatten)]
     pub source: SourceArgs,
-    /// Time one check may take.
-    #[arg(long, env = "PROXYFLEET_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
+    /// A label shown in `proxyfleet jobs`.
+    #[arg(long, env = "PROXYFLEET_JOB_NAME", default_value = "")]
+    pub name: String,
+    /// Refuse the whole list if any line is malformed (default: skip such lines with a warning).
+    #[arg(long, env = "PROXYFLEET_STRICT")]
+    pub strict: bool,
+    /// Check the list in the order given (default: in random order, so dead proxies listed in
+    /// runs spread evenly over the chunks and the workers).
+    #[arg(long, env = "PROXYFLEET_KEEP_ORDER")]
+    pub keep_order: bool,
     #[command(flatten)]
     pub check: CheckArgs,
 }
@@ -507,6 +651,34 @@ pub struct SubmitArgs {
     /// pool's live_proxies files hold its usable proxies.
     #[arg(long, env = "PROXYFLEET_WAIT")]
     pub wait: bool,
+    /// Print a JSON object on standard output instead of the job id: {"job_id": ...} or, with
+    /// --wait, the job as it ended.
+    #[arg(long, env = "PROXYFLEET_JSON")]
+    pub json: bool,
+    /// With --wait: once the job has ended, print its usable proxies on standard output, one a
+    /// line, instead of its id (which then goes to standard error).
+    #[arg(
+        long,
+        env = "PROXYFLEET_PRINT_USABLE",
+        requires = "wait",
+        conflicts_with = "json"
+    )]
+    pub print_usable: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Where an embedded run keeps its data, and whether it stays.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// Directory for the in-process coordinator's data (its store, finished jobs' results, the
+    /// pool's files); kept. Default: a new directory under the system's temporary directory,
+    /// removed at the end unless --keep-data.
+    #[arg(long, env = "PROXYFLEET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep the data directory at the end (its path is printed on standard error).
+    #[arg(long, env = "PROXYFLEET_KEEP_DATA")]
+    pub keep_data: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -529,12 +701,16 @@ pub struct RunArgs {
     /// URL under which proxies reach the built-in judge.
     #[arg(long, env = "PROXYFLEET_JUDGE_URL")]
     pub judge_url: Option<String>,
-    /// Directory for the coordinator's data (finished jobs' results).
-    #[arg(long, env = "PROXYFLEET_DATA_DIR", default_value = "proxyfleet-data")]
-    pub data_dir: PathBuf,
-    /// Write the usable proxies here (one scheme://host:port a line) as well as to stdout.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Write the usable proxies here (one scheme://host:port a line) as well as to standard
+    /// output.
     #[arg(long, env = "PROXYFLEET_OUTPUT")]
     pub output: Option<PathBuf>,
+    /// Print the usable proxies as a JSON array on standard output (one object each, with its
+    /// latency, exit address and anonymity) instead of one a line.
+    #[arg(long, env = "PROXYFLEET_JSON")]
+    pub json: bool,
     /// After the check, keep serving a rotating gateway (HTTP and SOCKS5) over the usable
     /// proxies on this address until interrupted; the pool keeps being revalidated meanwhile.
     /// Off loopback it is refused: use `proxyfleet gateway --users` for that.
@@ -545,48 +721,51 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Args)]
 pub struct FarmArgs {
     /// Address the proxies listen on.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, env = "PROXYFLEET_FARM_IP", default_value = "127.0.0.1")]
     pub ip: std::net::IpAddr,
     /// Host name or address under which clients reach the proxies, used in the list.
-    #[arg(long)]
+    #[arg(long, env = "PROXYFLEET_FARM_ADVERTISE")]
     pub advertise: Option<String>,
     /// Address of the HTTP server that serves the list at /list.txt.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "PROXYFLEET_FARM_LIST", default_value = "127.0.0.1:8080")]
     pub list: std::net::SocketAddr,
     /// Working proxies (HTTP and SOCKS5 with auth).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, env = "PROXYFLEET_FARM_WORKING", default_value_t = 20)]
     pub working: usize,
     /// Proxies that accept and never answer.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, env = "PROXYFLEET_FARM_BLACK_HOLES", default_value_t = 20)]
     pub black_holes: usize,
     /// Addresses where nothing listens.
-    #[arg(long, default_value_t = 160)]
+    #[arg(long, env = "PROXYFLEET_FARM_REFUSED", default_value_t = 160)]
     pub refused: usize,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Working simulated proxies (HTTP and SOCKS5 with auth).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, env = "PROXYFLEET_DEMO_WORKING", default_value_t = 40)]
     pub working: usize,
     /// Simulated proxies that accept and never answer.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, env = "PROXYFLEET_DEMO_BLACK_HOLES", default_value_t = 20)]
     pub black_holes: usize,
     /// Addresses where nothing listens.
-    #[arg(long, default_value_t = 440)]
+    #[arg(long, env = "PROXYFLEET_DEMO_REFUSED", default_value_t = 440)]
     pub refused: usize,
     /// Workers to run in-process.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "PROXYFLEET_WORKERS", default_value_t = 3)]
     pub workers: usize,
     /// Time one check may take (black holes cost this much).
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PROXYFLEET_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Candidates per chunk.
-    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "PROXYFLEET_CHUNK_SIZE", default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub chunk_size: u32,
-    /// Directory for the coordinator's data.
-    #[arg(long, env = "PROXYFLEET_DATA_DIR", default_value_os_t = std::env::temp_dir().join("proxyfleet-demo"))]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Print the usable proxies as a JSON array on standard output (one object each, with its
+    /// latency, exit address and anonymity) instead of one a line.
+    #[arg(long, env = "PROXYFLEET_JSON")]
+    pub json: bool,
 }
 
 #[cfg(test)]

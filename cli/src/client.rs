@@ -1,4 +1,5 @@
-//! Client commands against a coordinator: submit, watch, results, jobs, workers, cancel.
+//! Client commands against a coordinator: submit, refresh, watch, results, jobs, workers,
+//! pools, cancel, health. Data goes to standard output, notes to standard error (see [`Say`]).
 
 use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
@@ -14,9 +15,10 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use std::path::{Path, PathBuf};
 
 use crate::args::{
-    Format, Grade, JobArgs, PoolArgs, PoolFormat, PoolOrder, RefreshArgs, SourceArgs, TargetArg,
+    CheckArgs, Format, Grade, JobArgs, PoolArgs, PoolFormat, PoolOrder, RefreshArgs, SourceArgs,
+    SubmitArgs, TargetArg,
 };
-use crate::progress;
+use crate::progress::{self, Say};
 use crate::retry::Reconnect;
 
 /// A failure with the exit code it maps to.
@@ -38,6 +40,8 @@ impl Failure {
 pub const EXIT_UNREACHABLE: i32 = 1;
 pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_INSUFFICIENT: i32 = 3;
+/// `cancel` of a job that had already ended: nothing was cancelled.
+pub const EXIT_ALREADY_ENDED: i32 = 7;
 
 /// Exit code of a job's final state.
 pub fn exit_code(state: i32) -> i32 {
@@ -58,7 +62,10 @@ pub(crate) fn from_status(status: tonic::Status, coordinator: &str) -> Failure {
         | Code::NotFound
         | Code::FailedPrecondition
         | Code::ResourceExhausted
-        | Code::OutOfRange => Failure::new(EXIT_BAD_INPUT, format!("error: {}", status.message())),
+        | Code::OutOfRange => Failure::new(
+            EXIT_BAD_INPUT,
+            format!("error: {}", in_flags(status.message())),
+        ),
         Code::Unauthenticated | Code::PermissionDenied => Failure::new(
             EXIT_BAD_INPUT,
             format!("error: the coordinator refused us: {}", status.message()),
@@ -85,7 +92,54 @@ pub(crate) fn from_status(status: tonic::Status, coordinator: &str) -> Failure {
     }
 }
 
-/// Connects to the coordinator; a coordinator that is down gives exit code 1 within seconds.
+/// The flag of this command line that sets a field of the coordinator's API, for refusals that
+/// name the field: the user wrote the flag.
+fn flag_of(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "judge_urls" => "--judge",
+        "timeout" => "--timeout",
+        "connect_timeout" => "--connect-timeout",
+        "chunk_size" => "--chunk-size",
+        "deadline" => "--deadline",
+        "max_attempts" => "--max-attempts",
+        "pool" => "--pool",
+        "default_protocols" => "--protocols",
+        "min_anonymity" => "--min-anonymity",
+        "revalidate_every_ms" => "--revalidate-every",
+        "targets" => "--target",
+        "targets_only" => "--targets-only",
+        "sources" => "--source/--sources",
+        _ => return None,
+    })
+}
+
+/// A coordinator's refusal as this command line's user reads it: `invalid judge_urls: ...`
+/// becomes `--judge: ...`.
+fn in_flags(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("invalid ")
+        && let Some((field, why)) = rest.split_once(": ")
+        && let Some(flag) = flag_of(field)
+    {
+        return format!("{flag}: {why}");
+    }
+    message.to_string()
+}
+
+/// An error with its causes, as one line; a cause whose text its wrapper already shows (some
+/// wrap an error and print it too, some wrap one of the same words) is not repeated.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !said.is_empty() && !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// A coordinator client that sends the token, if any, with every call.
 pub type Client = CoordinatorClient<InterceptedService<Channel, BearerToken>>;
 
@@ -142,12 +196,7 @@ async fn open_channel(remote: &Remote) -> Result<Channel, Failure> {
     let url = &remote.url;
     let endpoint = endpoint(remote)?;
     let channel = endpoint.connect().await.map_err(|e| {
-        let mut detail = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            detail = format!("{detail}: {s}");
-            source = s.source();
-        }
+        let detail = error_chain(&e);
         Failure::new(
             EXIT_UNREACHABLE,
             format!(
@@ -287,36 +336,30 @@ fn bytes_line(bytes: &[u8], offset: usize) -> usize {
     bytes[..offset].iter().filter(|b| **b == b'\n').count() + 1
 }
 
-fn protocol_value(name: &str) -> Result<i32, Failure> {
+/// A protocol as named on the command line by `flag`.
+fn protocol_value(flag: &str, name: &str) -> Result<i32, Failure> {
     let protocol: Protocol = name
         .trim()
         .parse()
-        .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: --protocols: {e}")))?;
+        .map_err(|e| Failure::new(EXIT_BAD_INPUT, format!("error: {flag}: {e}")))?;
     Ok(convert::protocol_to_proto(protocol) as i32)
 }
 
-fn protocols(names: &[String]) -> Result<Vec<i32>, Failure> {
-    names.iter().map(|p| protocol_value(p)).collect()
+fn protocols(flag: &str, names: &[String]) -> Result<Vec<i32>, Failure> {
+    names.iter().map(|p| protocol_value(flag, p)).collect()
 }
 
-/// Builds a SubmitJob request from the job options and the gathered candidates.
-pub fn submit_request(job: &JobArgs, inputs: Inputs) -> Result<pb::SubmitJobRequest, Failure> {
-    let check = &job.check;
+/// The part of a SubmitJob request the check options set; `submit`, `run` and `refresh` share it.
+fn check_request(check: &CheckArgs) -> Result<pb::SubmitJobRequest, Failure> {
     Ok(pb::SubmitJobRequest {
-        candidates: Vec::new(),
-        candidates_text: inputs.text,
-        default_protocols: protocols(&check.protocols)?,
+        default_protocols: protocols("--protocols", &check.protocols)?,
         judge_urls: check.judge.clone(),
-        timeout_ms: job.timeout.as_millis() as u64,
+        timeout_ms: check.timeout.as_millis() as u64,
         chunk_size: check.chunk_size,
         min_usable: Some(check.min_usable),
         deadline_ms: check.deadline.as_millis() as u64,
         max_attempts: check.max_attempts.unwrap_or(0),
         pool: check.pool.clone(),
-        name: check.name.clone(),
-        strict: check.strict,
-        keep_order: check.keep_order,
-        max_failed_chunk_ratio: 0.0,
         connect_timeout_ms: check
             .connect_timeout
             .map(|d| d.as_millis() as u64)
@@ -329,43 +372,84 @@ pub fn submit_request(job: &JobArgs, inputs: Inputs) -> Result<pb::SubmitJobRequ
             Some(Grade::Elite) => pb::Anonymity::Elite,
         } as i32,
         require_https: check.require_https,
-        sources: inputs.sources,
-        use_coordinator_sources: false,
         targets: check.targets.iter().map(TargetArg::to_proto).collect(),
         targets_only: check.targets_only,
         revalidate_every_ms: revalidate_ms(check.revalidate_every),
+        ..Default::default()
     })
 }
 
-/// Submits a job; prints warnings for skipped lines to stderr and the job id to stdout.
+/// Builds a SubmitJob request from the job options and the gathered candidates.
+pub fn submit_request(job: &JobArgs, inputs: Inputs) -> Result<pb::SubmitJobRequest, Failure> {
+    Ok(pb::SubmitJobRequest {
+        candidates_text: inputs.text,
+        name: job.name.clone(),
+        strict: job.strict,
+        keep_order: job.keep_order,
+        sources: inputs.sources,
+        ..check_request(&job.check)?
+    })
+}
+
+/// Submits a job and returns its id; warns on stderr of the lines it skipped. Prints nothing on
+/// stdout: what the caller prints of the id is its own data.
 pub async fn submit(
     client: &mut Client,
     url: &str,
     request: pb::SubmitJobRequest,
     source: &str,
+    say: Say,
 ) -> Result<String, Failure> {
     let response = client
         .submit_job(request)
         .await
         .map_err(|s| from_status(s, url))?
         .into_inner();
-    let mut stderr = std::io::stderr();
     for r in &response.rejected {
-        let _ = writeln!(
-            stderr,
+        say.warn(format!(
             "warning: {source} line {}: {:?}: {}",
             r.line, r.text, r.reason
-        );
+        ));
     }
     if response.duplicates > 0 {
-        let _ = writeln!(
-            stderr,
+        say.note(format!(
             "note: {} duplicate candidate(s) dropped",
             response.duplicates
-        );
+        ));
     }
-    println!("{}", response.job_id);
     Ok(response.job_id)
+}
+
+/// `submit`: the job id on stdout (or `{"job_id": ...}`); with `wait`, follows the job and
+/// prints it as it ended with `json`.
+pub async fn submit_command(
+    client: &mut Client,
+    url: &str,
+    request: pb::SubmitJobRequest,
+    label: &str,
+    args: &SubmitArgs,
+    say: Say,
+) -> Result<i32, Failure> {
+    let job_id = submit(client, url, request, label, say).await?;
+    if !args.wait {
+        if args.json {
+            println!("{}", serde_json::json!({ "job_id": job_id }));
+        } else {
+            println!("{job_id}");
+        }
+        return Ok(0);
+    }
+    if args.print_usable {
+        say.note(format!("job {job_id}"));
+    } else if !args.json {
+        println!("{job_id}");
+    }
+    let ended = follow(client, url, &job_id, submit_outcome, say, &mut None).await?;
+    let code = ended.report(say, args.json);
+    if args.print_usable {
+        results(client, url, &job_id, Format::Txt, true, false).await?;
+    }
+    Ok(code)
 }
 
 pub const EXIT_TIMED_OUT: i32 = 6;
@@ -377,51 +461,97 @@ pub async fn refresh(
     url: &str,
     args: &RefreshArgs,
     inputs: Option<Inputs>,
+    say: Say,
 ) -> Result<i32, Failure> {
+    let pool = &args.check.pool;
     let jobs = list_jobs(client, url).await?;
     let running = jobs.iter().find(|j| {
-        !progress::is_terminal(j.state) && j.settings.as_ref().is_some_and(|s| s.pool == args.pool)
+        !progress::is_terminal(j.state) && j.settings.as_ref().is_some_and(|s| &s.pool == pool)
     });
-    let job_id = match running {
+    let (job_id, already_running) = match running {
         Some(job) => {
-            eprintln!(
-                "note: a refresh of pool {:?} is already running ({}); following it",
-                args.pool, job.job_id
-            );
-            println!("{}", job.job_id);
-            job.job_id.clone()
+            say.note(format!(
+                "note: a refresh of pool {pool:?} is already running ({}); following it",
+                job.job_id
+            ));
+            (job.job_id.clone(), true)
         }
         None => {
             let request = pb::SubmitJobRequest {
-                default_protocols: protocols(&args.protocols)?,
-                judge_urls: args.judge.clone(),
-                timeout_ms: args.check_timeout.as_millis() as u64,
-                min_usable: Some(args.min_usable),
-                pool: args.pool.clone(),
-                name: "refresh".into(),
-                revalidate_every_ms: revalidate_ms(args.revalidate_every),
+                name: args.name.clone(),
                 use_coordinator_sources: inputs.is_none(),
                 sources: inputs.map(|i| i.sources).unwrap_or_default(),
-                ..Default::default()
+                ..check_request(&args.check)?
             };
-            submit(client, url, request, "sources").await?
+            (submit(client, url, request, "sources", say).await?, false)
         }
     };
     if !args.wait {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({ "job_id": job_id, "already_running": already_running })
+            );
+        } else {
+            println!("{job_id}");
+        }
         return Ok(0);
     }
-    let min_usable = args.min_usable;
-    let wait = follow(client, url, &job_id, |job| refresh_outcome(job, min_usable));
-    match tokio::time::timeout(args.timeout, wait).await {
-        Ok(result) => result,
-        Err(_) => Err(Failure::new(
-            EXIT_TIMED_OUT,
-            format!(
-                "error: fewer than {} usable proxies after {}; the refresh goes on (proxyfleet watch {job_id})",
-                args.min_usable,
-                humantime::format_duration(args.timeout)
-            ),
-        )),
+    if !args.json {
+        println!("{job_id}");
+    }
+    let min_usable = args.check.min_usable;
+    let mut last = None;
+    let wait = follow(
+        client,
+        url,
+        &job_id,
+        |job| refresh_outcome(job, min_usable),
+        say,
+        &mut last,
+    );
+    match tokio::time::timeout(args.wait_timeout, wait).await {
+        Ok(ended) => Ok(ended?.report(say, args.json)),
+        Err(_) => {
+            if args.json
+                && let Some(job) = &last
+            {
+                println!("{}", ended_json(job, EXIT_TIMED_OUT));
+            }
+            Err(Failure::new(
+                EXIT_TIMED_OUT,
+                format!(
+                    "error: fewer than {min_usable} usable proxies after {} (--wait-timeout); the refresh goes on (proxyfleet watch {job_id})",
+                    humantime::format_duration(args.wait_timeout)
+                ),
+            ))
+        }
+    }
+}
+
+/// A job as a wait ended with it, for `--json`: the job and the exit code.
+fn ended_json(job: &pb::Job, code: i32) -> serde_json::Value {
+    let mut value = progress::job_json(job);
+    value["exit_code"] = code.into();
+    value
+}
+
+/// How a wait ended: its exit code, the line that says so, and the job as last seen.
+pub struct Ended {
+    pub code: i32,
+    pub line: String,
+    pub job: pb::Job,
+}
+
+impl Ended {
+    /// Says how the wait ended: the line on stderr, and with `json` the job on stdout; returns
+    /// the exit code.
+    pub fn report(self, say: Say, json: bool) -> i32 {
+        say.note(&self.line);
+        if json {
+            println!("{}", ended_json(&self.job, self.code));
+        }
+        self.code
     }
 }
 
@@ -455,7 +585,7 @@ fn refresh_outcome(job: &pb::Job, min_usable: u64) -> Option<Outcome> {
         0 => Ok((
             EXIT_INSUFFICIENT,
             format!(
-                "{}; fewer than the {min_usable} usable proxies wanted",
+                "{}, fewer than the {min_usable} this wait wants (--min-usable)",
                 progress::summary(job)
             ),
         )),
@@ -494,26 +624,31 @@ fn not_in_files(job: &pb::Job) -> Failure {
     )
 }
 
-/// Follows a job until it ends; exits with its exit code.
-pub async fn watch(client: &mut Client, url: &str, job_id: &str) -> Result<i32, Failure> {
-    follow(client, url, job_id, job_outcome).await
-}
-
-/// Follows a submitted job until it ends (`submit --wait`); exits with its exit code, 0 only
-/// once its pool's files hold its usable proxies.
-pub async fn submit_wait(client: &mut Client, url: &str, job_id: &str) -> Result<i32, Failure> {
-    follow(client, url, job_id, submit_outcome).await
+/// `watch`: follows a job until it ends, the summary on stderr and with `json` the job on
+/// stdout; exits with its exit code.
+pub async fn watch(
+    client: &mut Client,
+    url: &str,
+    job_id: &str,
+    say: Say,
+    json: bool,
+) -> Result<i32, Failure> {
+    let ended = follow(client, url, job_id, job_outcome, say, &mut None).await?;
+    Ok(ended.report(say, json))
 }
 
 /// Shows a job's progress until `outcome` says how the wait ends; reconnects across coordinator
-/// restarts (see [`Reconnect`]) and goes on following the same job.
-async fn follow(
+/// restarts (see [`Reconnect`]) and goes on following the same job. `last` holds the job as last
+/// seen, for a caller that gives up waiting.
+pub(crate) async fn follow(
     client: &mut Client,
     url: &str,
     job_id: &str,
     outcome: impl Fn(&pb::Job) -> Option<Outcome>,
-) -> Result<i32, Failure> {
-    let mut view = progress::View::new(std::io::stderr().is_terminal());
+    say: Say,
+    last: &mut Option<pb::Job>,
+) -> Result<Ended, Failure> {
+    let mut view = progress::View::new(std::io::stderr().is_terminal(), say);
     let mut reconnect = Reconnect::new(url, job_id);
     loop {
         let request = pb::WatchJobRequest {
@@ -538,9 +673,9 @@ async fn follow(
                     if let Some(outcome) = outcome(&job) {
                         view.finish();
                         let (code, line) = outcome?;
-                        println!("{line}");
-                        return Ok(code);
+                        return Ok(Ended { code, line, job });
                     }
+                    *last = Some(job);
                 }
             }
         };
@@ -738,7 +873,7 @@ fn fingerprint(text: &str) -> u128 {
     (u128::from(half(0)) << 64) | u128::from(half(1))
 }
 
-fn result_json(r: &pb::ProxyResult) -> serde_json::Value {
+pub(crate) fn result_json(r: &pb::ProxyResult) -> serde_json::Value {
     serde_json::json!({
         "proxy": r.proxy,
         "protocol": progress::protocol_name(r.protocol),
@@ -764,7 +899,7 @@ fn result_json(r: &pb::ProxyResult) -> serde_json::Value {
 }
 
 /// Asks the coordinator's grpc.health.v1 service whether it serves.
-pub async fn health(remote: &Remote) -> Result<i32, Failure> {
+pub async fn health(remote: &Remote, json: bool) -> Result<i32, Failure> {
     let channel = open_channel(remote).await?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let answer = tokio::time::timeout(
@@ -779,7 +914,11 @@ pub async fn health(remote: &Remote) -> Result<i32, Failure> {
     .into_inner();
     let serving =
         answer.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-    println!("{}", if serving { "serving" } else { "not serving" });
+    if json {
+        println!("{}", serde_json::json!({ "serving": serving }));
+    } else {
+        println!("{}", if serving { "serving" } else { "not serving" });
+    }
     Ok(if serving { 0 } else { 1 })
 }
 
@@ -792,9 +931,19 @@ async fn list_jobs(client: &mut Client, url: &str) -> Result<Vec<pb::Job>, Failu
         .jobs)
 }
 
-pub async fn jobs(client: &mut Client, url: &str) -> Result<(), Failure> {
+/// Prints a JSON array of `rows`, one object each.
+fn print_json_array<T>(rows: &[T], one: impl Fn(&T) -> serde_json::Value) {
+    let values: Vec<serde_json::Value> = rows.iter().map(one).collect();
+    println!("{}", serde_json::Value::Array(values));
+}
+
+pub async fn jobs(client: &mut Client, url: &str, json: bool) -> Result<(), Failure> {
     let jobs = list_jobs(client, url).await?;
-    println!("{}", progress::jobs_table(&jobs));
+    if json {
+        print_json_array(&jobs, progress::job_json);
+    } else {
+        println!("{}", progress::jobs_table(&jobs));
+    }
     Ok(())
 }
 
@@ -811,7 +960,7 @@ fn revalidate_ms(every: Option<Duration>) -> u64 {
 /// Prints a pool's members that pass the filters.
 pub async fn pool(client: &mut Client, url: &str, args: &PoolArgs) -> Result<(), Failure> {
     let filter = pb::PoolFilter {
-        protocols: protocols(&args.protocol)?,
+        protocols: protocols("--protocol", &args.protocol)?,
         min_anonymity: match args.anonymity {
             None => pb::Anonymity::Unknown,
             Some(Grade::Transparent) => pb::Anonymity::Transparent,
@@ -840,7 +989,12 @@ pub async fn pool(client: &mut Client, url: &str, args: &PoolArgs) -> Result<(),
         .await
         .map_err(|s| from_status(s, url))?
         .into_inner();
-    match args.format {
+    let format = if args.json {
+        PoolFormat::Json
+    } else {
+        args.format
+    };
+    match format {
         PoolFormat::Txt => {
             for m in &pool.members {
                 println!("{}", m.proxy);
@@ -857,38 +1011,99 @@ pub async fn pool(client: &mut Client, url: &str, args: &PoolArgs) -> Result<(),
 }
 
 /// Lists the pools.
-pub async fn pools(client: &mut Client, url: &str) -> Result<(), Failure> {
+pub async fn pools(client: &mut Client, url: &str, json: bool) -> Result<(), Failure> {
     let pools = client
         .list_pools(pb::ListPoolsRequest {})
         .await
         .map_err(|s| from_status(s, url))?
         .into_inner()
         .pools;
-    println!("{}", progress::pools_table(&pools));
+    if json {
+        print_json_array(&pools, progress::pool_json);
+    } else {
+        println!("{}", progress::pools_table(&pools));
+    }
     Ok(())
 }
 
-pub async fn workers(client: &mut Client, url: &str) -> Result<(), Failure> {
+pub async fn workers(client: &mut Client, url: &str, json: bool) -> Result<(), Failure> {
     let workers = client
         .list_workers(pb::ListWorkersRequest {})
         .await
         .map_err(|s| from_status(s, url))?
         .into_inner()
         .workers;
-    println!("{}", progress::workers_table(&workers));
+    if json {
+        print_json_array(&workers, progress::worker_json);
+    } else {
+        println!("{}", progress::workers_table(&workers));
+    }
     Ok(())
 }
 
-pub async fn cancel(client: &mut Client, url: &str, job_id: &str) -> Result<(), Failure> {
-    let job = client
-        .cancel_job(pb::CancelJobRequest {
-            job_id: job_id.to_string(),
-        })
+/// Cancels a job that has not ended: exit code 0 once it is cancelled, [`EXIT_ALREADY_ENDED`]
+/// when it had already ended (left as it was), saying which on stderr; with `json`, the job on
+/// stdout with whether this call cancelled it.
+pub async fn cancel(
+    client: &mut Client,
+    url: &str,
+    job_id: &str,
+    say: Say,
+    json: bool,
+) -> Result<i32, Failure> {
+    let before = get_job(client, job_id)
         .await
-        .map_err(|s| from_status(s, url))?
-        .into_inner();
-    println!("{}", progress::summary(&job));
-    Ok(())
+        .map_err(|s| from_status(s, url))?;
+    let job = if progress::is_terminal(before.state) {
+        before.clone()
+    } else {
+        client
+            .cancel_job(pb::CancelJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await
+            .map_err(|s| from_status(s, url))?
+            .into_inner()
+    };
+    let (code, line) = cancel_outcome(&before, &job);
+    if json {
+        let mut value = progress::job_json(&job);
+        value["cancelled"] = (code == 0).into();
+        println!("{value}");
+    }
+    if code == 0 {
+        say.note(line);
+    } else {
+        say.warn(line);
+    }
+    Ok(code)
+}
+
+/// What a cancel did, from the job before it and after: its exit code and the line saying so.
+fn cancel_outcome(before: &pb::Job, after: &pb::Job) -> (i32, String) {
+    let cancelled_now =
+        !progress::is_terminal(before.state) && after.state == pb::JobState::Cancelled as i32;
+    if cancelled_now {
+        (
+            0,
+            format!(
+                "cancelled job {} (it was {}); {}",
+                after.job_id,
+                progress::state_name(before.state),
+                progress::summary(after)
+            ),
+        )
+    } else {
+        (
+            EXIT_ALREADY_ENDED,
+            format!(
+                "nothing cancelled: job {} had already ended ({}); {}",
+                after.job_id,
+                progress::state_name(after.state),
+                progress::summary(after)
+            ),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -1068,6 +1283,85 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(json.as_array().unwrap().len(), 2);
         assert_ne!(fingerprint("http://a:1"), fingerprint("http://a:2"));
+    }
+
+    #[test]
+    fn refusals_name_the_flag_not_the_field() {
+        let refused = from_status(
+            tonic::Status::invalid_argument(
+                "invalid judge_urls: ftp://judge.test/ is not an http or https URL",
+            ),
+            "http://c",
+        );
+        assert_eq!(
+            refused.message,
+            "error: --judge: ftp://judge.test/ is not an http or https URL"
+        );
+        assert_eq!(
+            in_flags("invalid revalidate_every_ms: 5ms is too often"),
+            "--revalidate-every: 5ms is too often"
+        );
+        // A field this command line does not set, or a message of another shape, is left.
+        assert_eq!(
+            in_flags("invalid max_failed_chunk_ratio: must be between 0 and 1"),
+            "invalid max_failed_chunk_ratio: must be between 0 and 1"
+        );
+        assert_eq!(in_flags("no job job-x"), "no job job-x");
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        #[derive(Debug)]
+        struct Wrap(&'static str, Option<Box<Wrap>>);
+        impl std::fmt::Display for Wrap {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Wrap {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|w| w as _)
+            }
+        }
+        // As hyper-util wraps a connect error in another of the same words.
+        let e = Wrap(
+            "transport error",
+            Some(Box::new(Wrap(
+                "tcp connect error",
+                Some(Box::new(Wrap(
+                    "tcp connect error",
+                    Some(Box::new(Wrap("Connection refused (os error 111)", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        );
+    }
+
+    #[test]
+    fn a_cancel_says_whether_it_cancelled_anything() {
+        use pb::JobState::*;
+        let running = job(Checking, 1, 0, 10);
+        let (code, line) = cancel_outcome(&running, &job(Cancelled, 1, 0, 10));
+        assert_eq!(code, 0);
+        assert!(
+            line.starts_with("cancelled job job-x (it was CHECKING)"),
+            "{line}"
+        );
+        let done = job(Succeeded, 40, 40, 10);
+        let (code, line) = cancel_outcome(&done, &done);
+        assert_eq!(code, EXIT_ALREADY_ENDED);
+        assert!(
+            line.starts_with("nothing cancelled: job job-x had already ended (SUCCEEDED)"),
+            "{line}"
+        );
+        // Cancelled before: this cancel did nothing either.
+        let cancelled = job(Cancelled, 1, 0, 10);
+        assert_eq!(cancel_outcome(&cancelled, &cancelled).0, EXIT_ALREADY_ENDED);
+        // Ended on its own between the look and the cancel.
+        assert_eq!(cancel_outcome(&running, &done).0, EXIT_ALREADY_ENDED);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct JobReportArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long, env = "PROXYFLEET_JSON")]
     pub json: bool,
+    #[command(flatten)]
+    pub client: crate::args::ClientArgs,
 }
 
 /// Prints the report of `args.job` on stdout.

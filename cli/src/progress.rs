@@ -99,7 +99,8 @@ pub fn bar(checked: u64, total: u64) -> String {
     )
 }
 
-/// The final line of a job.
+/// The final line of a job, saying each count once: how many usable of how many, checked (and
+/// left unchecked), wanted, how long; for a job that FAILED or was CANCELLED, why.
 pub fn summary(job: &pb::Job) -> String {
     let p = job.progress.clone().unwrap_or_default();
     let unchecked = match (p.proxies_unchecked, p.proxies_poison) {
@@ -107,20 +108,71 @@ pub fn summary(job: &pb::Job) -> String {
         (n, 0) => format!(", {n} left unchecked"),
         (n, poison) => format!(", {n} left unchecked, {poison} of them poison"),
     };
+    let wanted = job.settings.as_ref().map_or(0, |s| s.min_usable);
+    // A SUCCEEDED or INSUFFICIENT job's reason is these counts again; others' say what happened.
+    let why = match pb::JobState::try_from(job.state) {
+        Ok(pb::JobState::Succeeded | pb::JobState::Insufficient) => String::new(),
+        _ if job.reason.is_empty() => String::new(),
+        _ => format!(": {}", job.reason),
+    };
     format!(
-        "job {} {}: {} usable of {} ({} checked{unchecked}) in {}; {}",
+        "job {} {}: {} usable of {} ({} checked{unchecked}; {wanted} wanted) in {}{why}",
         job.job_id,
         state_name(job.state),
         p.proxies_usable,
         p.proxies_total,
         p.proxies_checked,
         humantime::format_duration(Duration::from_millis(p.elapsed_ms / 100 * 100)),
-        if job.reason.is_empty() {
-            "no reason given"
-        } else {
-            &job.reason
-        }
     )
+}
+
+/// A job as one JSON object, for `--json`: its state, why it ended, its counts and settings.
+pub fn job_json(job: &pb::Job) -> serde_json::Value {
+    let p = job.progress.clone().unwrap_or_default();
+    let s = job.settings.clone().unwrap_or_default();
+    serde_json::json!({
+        "job_id": job.job_id,
+        "name": job.name,
+        "state": state_name(job.state),
+        "reason": job.reason,
+        "pool": s.pool,
+        "min_usable": s.min_usable,
+        "proxies_total": p.proxies_total,
+        "proxies_checked": p.proxies_checked,
+        "proxies_usable": p.proxies_usable,
+        "proxies_unchecked": p.proxies_unchecked,
+        "proxies_poison": p.proxies_poison,
+        "pool_files": p.pool_files,
+        "pool_files_usable": p.pool_files_usable,
+        "elapsed_ms": p.elapsed_ms,
+    })
+}
+
+/// A worker as one JSON object, for `workers --json`.
+pub fn worker_json(w: &pb::WorkerInfo) -> serde_json::Value {
+    serde_json::json!({
+        "worker_id": w.worker_id,
+        "name": w.name,
+        "version": w.version,
+        "status": w.status,
+        "capacity": w.max_checks,
+        "leases": w.lease_ids.len(),
+        "max_leases": w.capacity,
+        "verdicts_accepted": w.verdicts_accepted,
+        "last_seen_ms_ago": w.last_seen_ms_ago,
+        "peer": w.peer,
+    })
+}
+
+/// A pool as one JSON object, for `pools --json`.
+pub fn pool_json(p: &pb::Pool) -> serde_json::Value {
+    serde_json::json!({
+        "pool": p.pool,
+        "live": p.live,
+        "kept": p.total,
+        "revalidate_every_ms": p.revalidate_every_ms,
+        "files": p.files,
+    })
 }
 
 pub fn result_line(r: &pb::ProxyResult) -> String {
@@ -274,18 +326,20 @@ pub fn pools_table(pools: &[pb::Pool]) -> String {
     out
 }
 
+/// The workers as a table for people: CAPACITY is the check slots (`--max-checks`), LEASES the
+/// leases held of the most the worker may hold.
 pub fn workers_table(workers: &[pb::WorkerInfo]) -> String {
     let mut out = format!(
-        "{:<24} {:<9} {:>6} {:>8} {:>10} {:>10}  {}",
-        "WORKER", "STATUS", "LEASES", "CAPACITY", "VERDICTS", "LAST SEEN", "PEER"
+        "{:<24} {:<9} {:>8} {:>11} {:>10} {:>10}  {}",
+        "WORKER", "STATUS", "CAPACITY", "LEASES", "VERDICTS", "LAST SEEN", "PEER"
     );
     for w in workers {
         out.push_str(&format!(
-            "\n{:<24} {:<9} {:>6} {:>8} {:>10} {:>9.1}s  {}",
+            "\n{:<24} {:<9} {:>8} {:>11} {:>10} {:>9.1}s  {}",
             w.worker_id,
             w.status,
-            w.lease_ids.len(),
-            w.capacity,
+            w.max_checks,
+            format!("{}/{}", w.lease_ids.len(), w.capacity),
             w.verdicts_accepted,
             w.last_seen_ms_ago as f64 / 1000.0,
             w.peer
@@ -294,17 +348,42 @@ pub fn workers_table(workers: &[pb::WorkerInfo]) -> String {
     out
 }
 
+/// Where the CLI's words go: data on standard output (not here), and on standard error the
+/// notes (progress, ids, summaries, where data lives) unless --quiet, warnings and errors always.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Say {
+    /// --quiet: no notes.
+    pub quiet: bool,
+}
+
+impl Say {
+    /// A note for people watching: dropped with --quiet.
+    pub fn note(&self, line: impl std::fmt::Display) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    }
+
+    /// A warning: shown even with --quiet.
+    pub fn warn(&self, line: impl std::fmt::Display) {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
 /// Shows snapshots as they come: a redrawn bar on a terminal, or a plain line at most every
 /// second (and on every state change) otherwise.
 pub struct View {
+    /// --quiet: nothing is shown.
+    silent: bool,
     terminal: bool,
     last_plain: Option<(Instant, i32)>,
     drew: bool,
 }
 
 impl View {
-    pub fn new(terminal: bool) -> Self {
+    pub fn new(terminal: bool, say: Say) -> Self {
         View {
+            silent: say.quiet,
             terminal,
             last_plain: None,
             drew: false,
@@ -312,6 +391,9 @@ impl View {
     }
 
     pub fn show(&mut self, job: &pb::Job) {
+        if self.silent {
+            return;
+        }
         let mut err = std::io::stderr();
         if self.terminal {
             let p = job.progress.clone().unwrap_or_default();
@@ -426,12 +508,17 @@ mod tests {
         let job = pb::Job {
             job_id: "job-x".into(),
             state: pb::JobState::Succeeded as i32,
-            reason: "3 usable".into(),
+            reason: "3 usable of 10 proxies (at least 2 wanted)".into(),
+            settings: Some(pb::JobSettings {
+                min_usable: 2,
+                ..Default::default()
+            }),
             progress: Some(pb::JobProgress {
                 proxies_total: 10,
                 proxies_checked: 10,
                 proxies_usable: 3,
                 stale_verdicts_refused: 2,
+                elapsed_ms: 2_345,
                 ..Default::default()
             }),
             ..Default::default()
@@ -443,10 +530,10 @@ mod tests {
                 && line.contains("2 stale"),
             "{line}"
         );
-        assert!(
-            summary(&job).starts_with("job job-x SUCCEEDED: 3 usable of 10 (10 checked) in"),
-            "{}",
-            summary(&job)
+        // Each count once: the reason of a job that succeeded repeats them, so it is left out.
+        assert_eq!(
+            summary(&job),
+            "job job-x SUCCEEDED: 3 usable of 10 (10 checked; 2 wanted) in 2s 300ms"
         );
         let mut partial = job.clone();
         if let Some(p) = partial.progress.as_mut() {
@@ -455,7 +542,7 @@ mod tests {
         }
         assert!(
             summary(&partial).starts_with(
-                "job job-x SUCCEEDED: 3 usable of 10 (7 checked, 3 left unchecked) in"
+                "job job-x SUCCEEDED: 3 usable of 10 (7 checked, 3 left unchecked; 2 wanted) in"
             ),
             "a job that succeeded with candidates left says so: {}",
             summary(&partial)
@@ -464,9 +551,43 @@ mod tests {
             p.proxies_poison = 1;
         }
         assert!(
-            summary(&partial).contains("(7 checked, 3 left unchecked, 1 of them poison)"),
+            summary(&partial).contains("(7 checked, 3 left unchecked, 1 of them poison; 2 wanted)"),
             "{}",
             summary(&partial)
+        );
+        // A job that failed or was cancelled says why.
+        let failed = pb::Job {
+            state: pb::JobState::Failed as i32,
+            reason: "no worker is connected".into(),
+            ..job
+        };
+        assert!(
+            summary(&failed).ends_with("in 2s 300ms: no worker is connected"),
+            "{}",
+            summary(&failed)
+        );
+    }
+
+    #[test]
+    fn the_workers_capacity_is_their_check_slots() {
+        let worker = pb::WorkerInfo {
+            worker_id: "w1".into(),
+            status: "active".into(),
+            lease_ids: vec![1, 2, 3],
+            capacity: 64,
+            max_checks: 256,
+            ..Default::default()
+        };
+        let table = workers_table(std::slice::from_ref(&worker));
+        let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+        let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        let column = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!(column("CAPACITY"), "256");
+        assert_eq!(column("LEASES"), "3/64");
+        let json = worker_json(&worker);
+        assert_eq!(
+            (json["capacity"].as_u64(), json["max_leases"].as_u64()),
+            (Some(256), Some(64))
         );
     }
 }

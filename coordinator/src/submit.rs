@@ -117,7 +117,7 @@ pub(crate) enum SubmitError {
     },
     /// The request asks for the operator's sources and the coordinator has no sources file.
     #[error(
-        "invalid use_coordinator_sources: the coordinator has no --sources file; pass the sources with the request"
+        "the coordinator has no --sources file of its own: name the sources with the job (proxyfleet refresh --sources FILE)"
     )]
     NoSourcesFile,
     /// The operator's sources file cannot be read or parsed; the message names it.
@@ -224,7 +224,7 @@ pub(crate) fn validate(
     if targets.only && !judge_urls.is_empty() {
         return Err(invalid(
             "targets_only",
-            "a job of targets only asks no judge: name no judge_urls, or drop targets_only",
+            "a job checked against its targets only asks no judge: name no judge, or check against the judge too",
         ));
     }
     if targets.only && filter.min_anonymity.is_some() {

@@ -629,11 +629,15 @@ pub struct CliProc {
     pub lines: Vec<String>,
 }
 
-/// Starts `proxyfleet --coordinator URL ARGS...` in the background; its stderr goes to
+/// Starts `proxyfleet --coordinator URL ARGS...` in the background (without `--coordinator`
+/// when `url` is empty, for `run` and `demo`, which start their own); its stderr goes to
 /// `log_dir/NAME.log`.
 pub fn spawn_cli(url: &str, name: &str, args: &[&str], log_dir: &Path) -> CliProc {
     let mut command = Command::new(bin("proxyfleet"));
-    command.args(["--coordinator", url]).args(args);
+    if !url.is_empty() {
+        command.args(["--coordinator", url]);
+    }
+    command.args(args);
     let mut proc = Proc::spawn(
         name,
         command,

@@ -46,7 +46,7 @@ async fn a_job_survives_a_killed_and_a_frozen_worker() {
 
     let watched = coordinator.cli(&["watch", &job_id]).await;
     assert_eq!(watched.code, 0, "watch: {watched:?}");
-    assert!(watched.stdout.contains("SUCCEEDED"), "{watched:?}");
+    assert!(watched.stderr.contains("SUCCEEDED"), "{watched:?}");
 
     let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
     let progress = job.progress.clone().unwrap();

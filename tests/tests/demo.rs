@@ -22,15 +22,21 @@ async fn demo_finds_every_working_simulated_proxy() {
     ])
     .await;
     assert_eq!(out.code, 0, "{out:?}");
-    let mut lines = out.stdout.lines();
-    let job_id = lines.next().unwrap().trim().to_string();
+    // The job id and the summary on stderr; stdout holds the proxies alone.
+    let job_id = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("job "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no job id: {out:?}"))
+        .to_string();
     assert!(job_id.starts_with("job-"), "{out:?}");
-    let summary = lines.next().unwrap();
     assert!(
-        summary.contains("SUCCEEDED: 6 usable of 50 (50 checked)"),
+        out.stderr
+            .contains("SUCCEEDED: 6 usable of 50 (50 checked; 6 wanted)"),
         "{out:?}"
     );
-    let proxies: Vec<&str> = lines.collect();
+    let proxies: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(proxies.len(), 6, "{out:?}");
     assert_eq!(
         proxies
@@ -46,14 +52,9 @@ async fn demo_finds_every_working_simulated_proxy() {
             .count(),
         3
     );
-    // The finished job's outputs are on disk too, for the job and for its pool, in the run's
-    // own directory.
-    let runs: Vec<_> = std::fs::read_dir(&data)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(runs.len(), 1, "{runs:?}");
-    let data = &runs[0];
+    // The finished job's outputs are on disk too, for the job and for its pool, in the data
+    // directory named, which is kept.
+    assert!(out.stderr.contains("data kept in"), "{out:?}");
     for dir in [
         data.join("jobs").join(&job_id),
         data.join("output").join("demo"),
@@ -94,7 +95,7 @@ async fn run_checks_a_list_file_in_process() {
         "4 usable of the 5 wanted is INSUFFICIENT: {out:?}"
     );
     assert!(
-        out.stdout.contains("INSUFFICIENT: 4 usable of 20"),
+        out.stderr.contains("INSUFFICIENT: 4 usable of 20"),
         "{out:?}"
     );
     let written: Vec<String> = std::fs::read_to_string(&output)

@@ -116,13 +116,13 @@ async fn a_job_without_workers_fails_at_its_deadline_with_the_reason() {
         ])
         .await;
     assert_eq!(out.code, 4, "{out:?}");
-    assert!(out.stdout.contains("FAILED"), "{out:?}");
+    assert!(out.stderr.contains("FAILED"), "{out:?}");
     assert!(
-        out.stdout
+        out.stderr
             .contains("deadline of 2s passed with 0 of 2 proxies checked"),
         "{out:?}"
     );
-    assert!(out.stdout.contains("no worker is connected"), "{out:?}");
+    assert!(out.stderr.contains("no worker is connected"), "{out:?}");
     let job_id = out.stdout.lines().next().unwrap().trim().to_string();
     let mut client = coordinator.client().await;
     let job = harness::job(&mut client, &job_id).await;

@@ -86,7 +86,7 @@ async fn hostile_lists_get_clear_errors_and_the_coordinator_keeps_serving() {
         &["--judge", "http://127.0.0.1:9/judge"],
     )
     .await;
-    assert_refused(&judge, &["judge_urls", "--allow-private-targets"]);
+    assert_refused(&judge, &["--judge: ", "--allow-private-targets"]);
     let judge = submit(
         &coordinator,
         "one.txt",

@@ -36,7 +36,7 @@ async fn a_preflight_that_says_yes_leaves_enough_proxies_in_the_pools_files() {
             sources,
             "--min-usable",
             "3",
-            "--check-timeout",
+            "--timeout",
             "10s",
             "--wait",
         ])
@@ -71,7 +71,11 @@ async fn a_preflight_that_says_yes_leaves_enough_proxies_in_the_pools_files() {
     assert!(json.as_array().unwrap().len() >= 3, "{json}");
     // It says where, and how many the files held.
     let txt_path = std::fs::canonicalize(output.join("live_proxies.txt")).unwrap();
-    let said = out.stdout.lines().nth(1).unwrap_or_default();
+    let said = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("usable proxies are fresh"))
+        .unwrap_or_default();
     assert!(
         said.ends_with(&format!(
             "usable proxies are fresh in {} (job {job_id}, CHECKING)",
@@ -130,7 +134,7 @@ async fn a_preflight_that_says_yes_leaves_enough_proxies_in_the_pools_files() {
             sources,
             "--min-usable",
             "50",
-            "--check-timeout",
+            "--timeout",
             "3s",
             "--wait",
         ])

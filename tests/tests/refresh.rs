@@ -269,7 +269,7 @@ async fn refresh_writes_outputs_atomically_and_exits_with_the_documented_codes()
     let reads = Arc::new(AtomicU64::new(0));
     let reader = poll_outputs(output.clone(), running.clone(), reads.clone());
     for _ in 0..3 {
-        let out = refresh(&coordinator, &sources, 100, &["--check-timeout", "1s"]).await;
+        let out = refresh(&coordinator, &sources, 100, &["--timeout", "1s"]).await;
         assert_eq!(out.code, 3, "8 usable of 100 wanted: INSUFFICIENT: {out:?}");
     }
     running.store(false, Ordering::SeqCst);
@@ -311,9 +311,9 @@ async fn refresh_writes_outputs_atomically_and_exits_with_the_documented_codes()
     );
 
     // Enough usable: exit 0 as soon as they are fresh, while black holes still hold the job.
-    let out = refresh(&coordinator, &sources, 8, &["--check-timeout", "20s"]).await;
+    let out = refresh(&coordinator, &sources, 8, &["--timeout", "20s"]).await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("usable proxies are fresh"), "{out:?}");
+    assert!(out.stderr.contains("usable proxies are fresh"), "{out:?}");
     let job_id = out.stdout.lines().next().unwrap().trim().to_string();
     let mut client = coordinator.client().await;
     let still = harness::job(&mut client, &job_id).await;
@@ -338,12 +338,12 @@ async fn refresh_writes_outputs_atomically_and_exits_with_the_documented_codes()
 
     // Past its timeout: exit 6 at once, the refresh goes on.
     let started = std::time::Instant::now();
-    let out = refresh(&coordinator, &sources, 100, &["--timeout", "1s"]).await;
+    let out = refresh(&coordinator, &sources, 100, &["--wait-timeout", "1s"]).await;
     assert_eq!(out.code, 6, "{out:?}");
     assert!(out.stderr.contains("goes on"), "{out:?}");
     assert!(
         started.elapsed() < Duration::from_secs(20),
-        "bounded by --timeout"
+        "bounded by --wait-timeout"
     );
     client
         .cancel_job(pb::CancelJobRequest {
@@ -361,7 +361,7 @@ async fn refresh_writes_outputs_atomically_and_exits_with_the_documented_codes()
         .cli(&["refresh", "--sources", dead.to_str().unwrap(), "--wait"])
         .await;
     assert_eq!(out.code, 4, "{out:?}");
-    assert!(out.stdout.contains("every source failed"), "{out:?}");
+    assert!(out.stderr.contains("every source failed"), "{out:?}");
     // The failed refresh took nothing out of the pool's live set.
     assert_eq!(
         lines_of(&output.join("live_proxies.txt")),

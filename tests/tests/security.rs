@@ -128,7 +128,7 @@ async fn each_role_needs_its_own_token_on_its_own_service() {
         ])
         .await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("SUCCEEDED: 2 usable of 5"), "{out:?}");
+    assert!(out.stderr.contains("SUCCEEDED: 2 usable of 5"), "{out:?}");
     // A worker with a wrong token is refused and keeps trying; it never joins.
     let _intruder = coordinator.worker("intruder", &["--token", "client-secret"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -251,5 +251,5 @@ async fn tls_for_everyone_and_client_certificates_for_workers() {
     ])
     .await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("SUCCEEDED: 2 usable of 4"), "{out:?}");
+    assert!(out.stderr.contains("SUCCEEDED: 2 usable of 4"), "{out:?}");
 }

@@ -90,7 +90,7 @@ async fn waits_follow_their_jobs_across_a_coordinator_crash_and_restart() {
             sources.to_str().unwrap(),
             "--min-usable",
             "50",
-            "--check-timeout",
+            "--timeout",
             "8s",
             "--wait",
         ],
@@ -154,10 +154,10 @@ async fn waits_follow_their_jobs_across_a_coordinator_crash_and_restart() {
     ended_with("refresh --wait", &refresh, exit_code(r.state));
     ended_with("watch (insufficient)", &watch_r, exit_code(r.state));
     for (what, out) in [("submit --wait", &submit), ("watch", &watch_s)] {
-        assert!(out.stdout.contains("SUCCEEDED"), "{what}: {out:?}");
+        assert!(out.stderr.contains("SUCCEEDED"), "{what}: {out:?}");
     }
     for (what, out) in [("refresh --wait", &refresh), ("watch", &watch_r)] {
-        assert!(out.stdout.contains("INSUFFICIENT"), "{what}: {out:?}");
+        assert!(out.stderr.contains("INSUFFICIENT"), "{what}: {out:?}");
     }
 
     // Every candidate exactly once, across the reconnect.

@@ -512,11 +512,13 @@ impl Checker {
             Ok((head, body)) => Ok((head.status, String::from_utf8_lossy(&body).into_owned())),
             Err(HandshakeError::Io(kind, text)) => Err(match kind {
                 std::io::ErrorKind::TimedOut => Outcome::Timeout,
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
-                    Outcome::Handshake(format!(
-                        "the proxy closed the connection without an answer: {text}"
-                    ))
+                // The dial's own words for a clean close say no more than this line does.
+                std::io::ErrorKind::UnexpectedEof => {
+                    Outcome::Handshake("the proxy closed the connection without an answer".into())
                 }
+                std::io::ErrorKind::ConnectionReset => Outcome::Handshake(format!(
+                    "the proxy reset the connection without an answer: {text}"
+                )),
                 _ => Outcome::Network(text),
             }),
             Err(other) => Err(handshake_outcome(other)),
