@@ -234,7 +234,7 @@ async fn every_protocol_is_graded_right_through_an_https_judge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_judge_the_worker_cannot_reach_fails_the_job_loudly() {
+async fn a_judge_the_worker_cannot_reach_fails_every_job_of_it_loudly() {
     let coordinator = CoordinatorProc::start(&[]).await;
     let _worker = coordinator.worker("w", &["--max-checks", "8"]);
     let dead = format!(
@@ -284,6 +284,17 @@ async fn a_judge_the_worker_cannot_reach_fails_the_job_loudly() {
             .any(|j| j.url == coordinator.judge_url && j.ok && j.own_ip == "127.0.0.1"),
         "{judges:?}"
     );
+    // A second job with the same dead judge, which the worker probed already, fails the same way
+    // rather than wait in CHECKING for a verdict that never comes.
+    let again = coordinator
+        .submit(
+            &[proxy.candidate_line()],
+            &["--judge", &dead, "--timeout", "2s"],
+        )
+        .await;
+    let job = harness::wait_terminal(&mut client, &again, WAIT_LIMIT).await;
+    assert_eq!(job.state, pb::JobState::Failed as i32, "{job:?}");
+    assert!(job.reason.contains(&dead), "{}", job.reason);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

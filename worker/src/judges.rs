@@ -59,6 +59,23 @@ impl Judges {
         out
     }
 
+    /// Reports again what the judges of `urls` answered when they were probed and failed: a lease
+    /// none of them can serve is then ended by the coordinator, as the job of the first report
+    /// was (each judge is probed once a session, so a later job would otherwise get no report).
+    pub fn report_again(&self, urls: &[String]) {
+        let probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        for url in urls {
+            if let Some(Err(error)) = probes.get(url).and_then(|cell| cell.get()) {
+                let _ = self.reports.send(pb::JudgeStatus {
+                    url: url.clone(),
+                    ok: false,
+                    own_ip: String::new(),
+                    error: error.clone(),
+                });
+            }
+        }
+    }
+
     async fn probe(&self, url: &str, guard: Guard) -> Result<Judge, String> {
         let guard = if self.trusted.contains(url) {
             Guard::new(true)

@@ -695,8 +695,9 @@ async fn run_lease(
     } else {
         let reachable = judges.reachable(&settings.judge_urls, guard).await;
         if reachable.is_empty() {
-            // Reported to the coordinator by the probe; it ends the job rather than record every
-            // proxy as dead. Nothing to check here until then.
+            // Reported to the coordinator (again, for a judge probed by an earlier lease); it ends
+            // the job rather than record every proxy as dead. Nothing to check here until then.
+            judges.report_again(&settings.judge_urls);
             warn!(lease_id, job_id = %assign.job_id, "no judge of this lease is reachable; not checking it");
             return;
         }
