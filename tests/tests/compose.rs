@@ -127,6 +127,12 @@ async fn crash(container: &str) {
     let pid = docker_output(&["inspect", "-f", "{{.State.Pid}}", container]).await;
     let pid: i32 = pid.trim().parse().expect("a process id");
     assert!(pid > 0, "container {container} runs no process");
+    // The engine's pid is this host's only when the test shares the engine's pid namespace.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("proxyfleet"),
+        "pid {pid} of container {container} is not a proxyfleet process here: {cmdline:?}"
+    );
     // SAFETY: kill(2) with a pid read from the engine; no memory is involved.
     assert_eq!(
         unsafe { libc::kill(pid, libc::SIGKILL) },
