@@ -837,11 +837,7 @@ impl ConfigFile {
                     continue;
                 }
                 // A file value would clash with a conflicting flag the user gave: theirs wins.
-                if cmd
-                    .get_arg_conflicts_with(arg)
-                    .iter()
-                    .any(|other| given(m, other.get_id().as_str()))
-                {
+                if conflicts_with_given(cmd, arg, m) {
                     continue;
                 }
                 let long = arg.get_long().expect("settable args have a long name");
@@ -1002,6 +998,22 @@ impl ConfigFile {
             notes,
         }
     }
+}
+
+/// Whether the command line or the environment set a flag that conflicts with `arg`. Clap lists
+/// only the conflicts an argument declares itself (`--token-file` declares one with `--token`,
+/// not the reverse), so both directions are looked at.
+fn conflicts_with_given(cmd: &Command, arg: &Arg, m: &ArgMatches) -> bool {
+    cmd.get_arg_conflicts_with(arg)
+        .iter()
+        .any(|other| given(m, other.get_id().as_str()))
+        || cmd.get_arguments().any(|other| {
+            given(m, other.get_id().as_str())
+                && cmd
+                    .get_arg_conflicts_with(other)
+                    .iter()
+                    .any(|c| c.get_id() == arg.get_id())
+        })
 }
 
 /// Whether the command line or the environment set `id`.
@@ -1192,6 +1204,20 @@ mod tests {
         assert_eq!(
             (s.worker_token.as_deref(), s.worker_token_file),
             (Some("t"), None)
+        );
+    }
+
+    #[test]
+    fn a_flag_given_beats_a_key_of_the_file_it_declares_a_conflict_with() {
+        // --worker-token-file declares its conflict with --worker-token, not the reverse.
+        let s = service_with(
+            "[coordinator]\nworker-token = \"s3cret\"\n",
+            &["--worker-token-file", "/etc/token"],
+        )
+        .unwrap();
+        assert_eq!(
+            (s.worker_token.as_deref(), s.worker_token_file),
+            (None, Some(PathBuf::from("/etc/token")))
         );
     }
 

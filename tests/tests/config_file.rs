@@ -348,6 +348,37 @@ async fn flags_then_the_environment_then_the_file_then_the_defaults() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_in_the_environment_beats_a_token_in_the_file() {
+    let coordinator = CoordinatorProc::start(&[
+        "--client-token",
+        "client-secret",
+        "--worker-token",
+        "worker-secret",
+        "--http-listen",
+        "off",
+    ])
+    .await;
+    let dir = TempDir::new("config-token-file");
+    let token_file = dir.write("client.token", "client-secret\n");
+    let config = dir.write("proxyfleet.toml", "[client]\ntoken = \"stale-secret\"\n");
+    // --token-file declares its conflict with --token; the environment's token file still wins
+    // over the file's token rather than clashing with it.
+    let out = run(
+        "proxyfleet",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--coordinator",
+            &coordinator.url,
+            "jobs",
+        ],
+        &[("PROXYFLEET_TOKEN_FILE", token_file.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_key_stops_every_program_before_it_does_anything_naming_its_line() {
     let dir = TempDir::new("config-bad");
     let data = dir.path().join("data");
