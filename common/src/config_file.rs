@@ -1086,6 +1086,17 @@ mod tests {
         worker_token_file: Option<PathBuf>,
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        #[arg(long, hide_env_values = true, value_parser = header_text)]
+        client_token: Option<String>,
+    }
+
+    /// A token goes in a header: printable ASCII, no spaces.
+    fn header_text(token: &str) -> Result<String, String> {
+        if token.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(token.to_string())
+        } else {
+            Err("not printable ASCII".into())
+        }
     }
 
     /// A client with global connection flags and commands, some naming a pool.
@@ -1301,7 +1312,7 @@ mod tests {
         // Without a near key, the keys the table takes.
         let (_, message) = service_error("[coordinator]\nzzz = 3\n");
         assert!(
-            message.contains("[coordinator] takes: allow-private-targets, data-dir"),
+            message.contains("[coordinator] takes: allow-private-targets, client-token, data-dir"),
             "{message}"
         );
     }
@@ -1414,6 +1425,19 @@ mod tests {
 
     #[test]
     fn a_secret_is_never_echoed() {
+        // A value the flag refuses is echoed, unless the flag holds a secret.
+        let (where_, message) = service_error("[coordinator]\n\nclient-token = \"s3cret word\"\n");
+        assert_eq!(where_, at(3, 16));
+        assert_eq!(
+            message,
+            "[coordinator] client-token: invalid value (not shown)"
+        );
+        let (_, message) = service_error("[coordinator]\nlog-format = \"s3cret\"\n");
+        assert!(
+            message.contains("s3cret"),
+            "a value that is no secret is shown: {message}"
+        );
+        // Unknown keys and wrong types never show a value.
         let (_, message) = service_error("[coordinator]\nworker-tokn = \"s3cret\"\n");
         assert!(!message.contains("s3cret"), "{message}");
         let (_, message) = service_error("[coordinator]\nworker-token = [\"s3cret\"]\n");
@@ -1476,7 +1500,7 @@ mod tests {
     }
 
     #[test]
-    fn a_command_reads_its_table_then_its_pools_then_the_client_table() {
+    fn a_command_reads_its_pool_then_its_table_then_the_client_table() {
         let text = "[client]\ncoordinator = \"http://file:1\"\nca = \"ca.pem\"\n\
                     [submit]\njudge = [\"http://submit/judge\"]\nmin-usable = 5\nfile = \"list.txt\"\n\
                     [pools.shop]\nmin-usable = 50\n";
@@ -1542,6 +1566,15 @@ mod tests {
             panic!()
         };
         assert_eq!(min_usable, 50, "the command's table may name the pool");
+        let c = client_with(
+            "[client]\ncoordinator = \"http://client:1\"\n[submit]\ncoordinator = \"http://submit:1\"\n",
+            &["submit"],
+        )
+        .unwrap();
+        assert_eq!(
+            c.coordinator, "http://submit:1",
+            "the command's table beats the client table"
+        );
     }
 
     #[test]
