@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use clap::CommandFactory;
-use proxyfleet_common::config_file::{self, Program};
+use proxyfleet_common::config_file;
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_tests::harness::{self, CliOutput, CoordinatorProc, TempDir, WAIT_LIMIT};
 use proxyfleet_tests::sim::{Farm, ProxySpec, SimProxy};
@@ -24,22 +24,6 @@ fn example() -> PathBuf {
         .parent()
         .expect("the workspace")
         .join("proxyfleet.example.toml")
-}
-
-/// The three programs as the CLI checks a file: its own tables, the coordinator's, the worker's.
-fn programs() -> [Program; 3] {
-    [
-        Program::new("client", proxyfleet_cli::args::Cli::command()).sharing(&[
-            "coordinator",
-            "token",
-            "token-file",
-            "ca",
-            "client-cert",
-            "client-key",
-        ]),
-        Program::new("coordinator", proxyfleet_coordinator::Cli::command()),
-        Program::new("worker", proxyfleet_worker::Cli::command()),
-    ]
 }
 
 /// Runs `program` with `args` and `env`, bounded by `WAIT_LIMIT`.
@@ -453,7 +437,8 @@ async fn a_bad_key_stops_every_program_before_it_does_anything_naming_its_line()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_loads_in_all_three_programs() {
     let example = example();
-    config_file::check_file(&example, &programs()).unwrap_or_else(|e| panic!("{e}"));
+    config_file::check_file(&example, &proxyfleet_cli::config_programs())
+        .unwrap_or_else(|e| panic!("{e}"));
     let example = example.to_str().unwrap();
     // The coordinator and a worker with the example; flags move them to free ports.
     let coordinator = CoordinatorProc::start(&["--config", example, "--http-listen", "off"]).await;
