@@ -873,6 +873,13 @@ impl ConfigFile {
                     continue;
                 }
                 let long = arg.get_long().expect("settable args have a long name");
+                // The shared flags go to the subcommand that runs, which has them when it uses
+                // them; a copy of one before the subcommand (the CLI's `--coordinator URL
+                // health`) is for the command line only.
+                if depth == 0 && leaf > 0 && program.shared.contains(&long) && !arg.is_global_set()
+                {
+                    continue;
+                }
                 let found = tables.iter().find_map(|table| {
                     let in_top = table == program.table && depth > 0;
                     if in_top && !program.shared.contains(&long) && !arg.is_global_set() {

@@ -362,6 +362,36 @@ async fn a_token_file_in_the_environment_beats_a_token_in_the_file() {
     assert_eq!(out.code, 0, "{out:?}");
 }
 
+#[test]
+fn the_client_table_goes_only_to_commands_that_talk_to_a_coordinator() {
+    let dir = TempDir::new("config-client-table");
+    let config = dir.write(
+        "proxyfleet.toml",
+        "[client]\ncoordinator = \"http://file:1\"\ntoken = \"file-secret\"\n",
+    );
+    let parse = |argv: &[&str]| -> proxyfleet_cli::args::Cli {
+        let mut full = vec!["proxyfleet", "--config", config.to_str().unwrap()];
+        full.extend_from_slice(argv);
+        config_file::try_parse_from(&proxyfleet_cli::config_programs(), full)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let cli = parse(&["run"]);
+    assert!(
+        matches!(cli.client(), Ok(None)),
+        "an embedded run takes no coordinator from [client]"
+    );
+    let cli = parse(&["jobs"]);
+    let client = cli
+        .client()
+        .ok()
+        .flatten()
+        .expect("jobs talks to a coordinator");
+    assert_eq!(
+        (client.coordinator.as_str(), client.token.as_deref()),
+        ("http://file:1", Some("file-secret"))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_key_stops_every_program_before_it_does_anything_naming_its_line() {
     let dir = TempDir::new("config-bad");
