@@ -13,6 +13,26 @@ use args::{Cli, ClientArgs, Command, Format};
 use client::Failure;
 use progress::Say;
 
+/// How the config file holds the CLI's flags: `[client]` the connection flags every command
+/// shares, a table per command, `[pools.NAME]` for commands naming the pool. The coordinator's and
+/// the worker's tables are checked too, so that one file serving all three is checked whole.
+pub fn config_programs() -> [proxyfleet_common::config_file::Program; 3] {
+    use clap::CommandFactory;
+    use proxyfleet_common::config_file::Program;
+    [
+        Program::new("client", Cli::command()).sharing(&[
+            "coordinator",
+            "token",
+            "token-file",
+            "ca",
+            "client-cert",
+            "client-key",
+        ]),
+        Program::new("coordinator", proxyfleet_coordinator::Cli::command()),
+        Program::new("worker", proxyfleet_worker::Cli::command()),
+    ]
+}
+
 impl ClientArgs {
     /// The coordinator address, token and TLS settings.
     pub fn remote(&self) -> Result<client::Remote, Failure> {

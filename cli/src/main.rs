@@ -2,8 +2,7 @@
 //! command, exits with its code. Under the name `proxyfleet-coordinator` or `proxyfleet-worker`
 //! it is that program instead.
 
-use clap::CommandFactory;
-use proxyfleet_common::config_file::{self, Program};
+use proxyfleet_common::config_file;
 
 /// Many small allocations (candidates, verdicts, messages) come and go: mimalloc serves them with
 /// less CPU and less fragmentation than the system allocator. It is built without transparent
@@ -31,7 +30,7 @@ async fn main() {
         }
         return;
     }
-    let cli: proxyfleet_cli::args::Cli = config_file::parse(&programs());
+    let cli: proxyfleet_cli::args::Cli = config_file::parse(&proxyfleet_cli::config_programs());
     // Embedded runs log warnings only, so the progress bar stays readable; RUST_LOG overrides.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -41,22 +40,4 @@ async fn main() {
         .init();
     let code = proxyfleet_cli::main(cli).await;
     std::process::exit(code);
-}
-
-/// How the config file holds the CLI's flags: `[client]` the connection flags every command
-/// shares, a table per command, `[pools.NAME]` for commands naming the pool. The coordinator's and
-/// the worker's tables are checked too, so that one file serving all three is checked whole.
-fn programs() -> [Program; 3] {
-    [
-        Program::new("client", proxyfleet_cli::args::Cli::command()).sharing(&[
-            "coordinator",
-            "token",
-            "token-file",
-            "ca",
-            "client-cert",
-            "client-key",
-        ]),
-        Program::new("coordinator", proxyfleet_coordinator::Cli::command()),
-        Program::new("worker", proxyfleet_worker::Cli::command()),
-    ]
 }

@@ -272,6 +272,21 @@ struct ConfigFile {
     tables: BTreeMap<String, Table>,
 }
 
+/// Whether the table `name` is a pool's: `pools.NAME`, whose NAME may hold dots.
+fn is_pool_table(name: &str) -> bool {
+    name.strip_prefix(POOLS)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|pool| !pool.is_empty())
+}
+
+/// The table `name` as written in the file: `[submit]`, `[pools."eu.west"]`.
+fn header(name: &str) -> String {
+    match name.strip_prefix("pools.") {
+        Some(pool) if is_pool_table(name) && pool.contains('.') => format!("[{POOLS}.{pool:?}]"),
+        _ => format!("[{name}]"),
+    }
+}
+
 /// `max_failures` and `max-failures` are the same key.
 fn normalize(key: &str) -> String {
     key.replace('_', "-")
@@ -351,11 +366,16 @@ impl ConfigFile {
             at: Some(position(text, offset)),
             message,
         };
+        let header = header(name);
         let mut settings = BTreeMap::new();
         for (key, value) in table {
             let written = key.get_ref().to_string();
             if let DeValue::Table(sub) = value.get_ref() {
-                self.add_table(text, &format!("{name}.{written}"), key.span().start, sub)?;
+                // A pool's name is everything after `pools.`, dots included (`[pools."eu.west"]`);
+                // a table under a pool's (`[pools.eu.west]`) is none, reported at its key.
+                if !is_pool_table(name) {
+                    self.add_table(text, &format!("{name}.{written}"), key.span().start, sub)?;
+                }
                 settings.insert(
                     normalize(&written),
                     Setting {
@@ -368,7 +388,7 @@ impl ConfigFile {
                 continue;
             }
             let converted = convert(value)
-                .map_err(|why| error(value.span().start, format!("[{name}] {written}: {why}")))?;
+                .map_err(|why| error(value.span().start, format!("{header} {written}: {why}")))?;
             let setting = Setting {
                 key: written.clone(),
                 value: converted,
@@ -379,7 +399,7 @@ impl ConfigFile {
                 return Err(error(
                     key.span().start,
                     format!(
-                        "[{name}] {written} repeats {} (line {}): kebab and snake case name the same key",
+                        "{header} {written} repeats {} (line {}): kebab and snake case name the same key",
                         first.key, first.key_at.line
                     ),
                 ));
@@ -528,10 +548,10 @@ impl Schemas {
         if let Some(t) = self.tables.get(name) {
             return Some(t);
         }
-        match name.split_once('.') {
-            Some((POOLS, pool)) if !pool.contains('.') => self.pools.as_ref(),
-            _ => None,
+        if is_pool_table(name) {
+            return self.pools.as_ref();
         }
+        None
     }
 
     /// The tables, beside `except`, that take `key`.
@@ -677,8 +697,10 @@ impl ConfigFile {
                 ));
                 continue;
             };
+            let header = header(name);
             for (key, setting) in &table.settings {
                 if setting.value == Value::Table
+                    && !is_pool_table(name)
                     && schemas.table(&format!("{name}.{}", setting.key)).is_some()
                 {
                     continue;
@@ -691,7 +713,7 @@ impl ConfigFile {
                     mistakes.push(self.error(
                         Some(setting.value_at),
                         format!(
-                            "[{name}] {}: expected {}, got {}",
+                            "{header} {}: expected {}, got {}",
                             setting.key,
                             expected(arg),
                             setting.value.kind()
@@ -717,15 +739,25 @@ impl ConfigFile {
         setting: &Setting,
         key: &str,
     ) -> ConfigFileError {
+        let header = header(name);
         let mut message = if key == CONFIG_FLAG {
             format!(
-                "[{name}] {}: a config file cannot name another",
+                "{header} {}: a config file cannot name another",
                 setting.key
             )
+        } else if setting.value == Value::Table && is_pool_table(name) {
+            let pool = &name[POOLS.len() + 1..];
+            return self.error(
+                Some(setting.key_at),
+                format!(
+                    "[{name}.{0}] is not a table proxyfleet reads; a pool name with a dot is quoted: [{POOLS}.\"{pool}.{0}\"]",
+                    setting.key
+                ),
+            );
         } else if setting.value == Value::Table {
             format!("[{name}.{}] is not a table proxyfleet reads", setting.key)
         } else {
-            format!("unknown key {:?} in [{name}]", setting.key)
+            format!("unknown key {:?} in {header}", setting.key)
         };
         let elsewhere = schemas.tables_taking(key, name);
         if !elsewhere.is_empty() && key != CONFIG_FLAG {
@@ -743,9 +775,9 @@ impl ConfigFile {
             .collect();
         accepted.sort_unstable();
         if accepted.is_empty() {
-            message.push_str(&format!("; [{name}] takes no keys"));
+            message.push_str(&format!("; {header} takes no keys"));
         } else {
-            message.push_str(&format!("; [{name}] takes: {}", accepted.join(", ")));
+            message.push_str(&format!("; {header} takes: {}", accepted.join(", ")));
         }
         self.error(Some(setting.key_at), message)
     }
@@ -837,14 +869,17 @@ impl ConfigFile {
                     continue;
                 }
                 // A file value would clash with a conflicting flag the user gave: theirs wins.
-                if cmd
-                    .get_arg_conflicts_with(arg)
-                    .iter()
-                    .any(|other| given(m, other.get_id().as_str()))
-                {
+                if conflicts_with_given(cmd, arg, m) {
                     continue;
                 }
                 let long = arg.get_long().expect("settable args have a long name");
+                // The shared flags go to the subcommand that runs, which has them when it uses
+                // them; a copy of one before the subcommand (the CLI's `--coordinator URL
+                // health`) is for the command line only.
+                if depth == 0 && leaf > 0 && program.shared.contains(&long) && !arg.is_global_set()
+                {
+                    continue;
+                }
                 let found = tables.iter().find_map(|table| {
                     let in_top = table == program.table && depth > 0;
                     if in_top && !program.shared.contains(&long) && !arg.is_global_set() {
@@ -979,7 +1014,7 @@ impl ConfigFile {
             };
             return Failure::File(self.error(
                 Some(applied.at),
-                format!("[{}] {}: {why}", applied.table, applied.key),
+                format!("{} {}: {why}", header(&applied.table), applied.key),
             ));
         }
         let notes = [
@@ -991,8 +1026,11 @@ impl ConfigFile {
         .filter_map(|long| plan.applied.iter().find(|a| a.long == long))
         .map(|a| {
             format!(
-                "line {}: [{}] {} set --{}",
-                a.at.line, a.table, a.key, a.long
+                "line {}: {} {} set --{}",
+                a.at.line,
+                header(&a.table),
+                a.key,
+                a.long
             )
         })
         .collect();
@@ -1002,6 +1040,22 @@ impl ConfigFile {
             notes,
         }
     }
+}
+
+/// Whether the command line or the environment set a flag that conflicts with `arg`. Clap lists
+/// only the conflicts an argument declares itself (`--token-file` declares one with `--token`,
+/// not the reverse), so both directions are looked at.
+fn conflicts_with_given(cmd: &Command, arg: &Arg, m: &ArgMatches) -> bool {
+    cmd.get_arg_conflicts_with(arg)
+        .iter()
+        .any(|other| given(m, other.get_id().as_str()))
+        || cmd.get_arguments().any(|other| {
+            given(m, other.get_id().as_str())
+                && cmd
+                    .get_arg_conflicts_with(other)
+                    .iter()
+                    .any(|c| c.get_id() == arg.get_id())
+        })
 }
 
 /// Whether the command line or the environment set `id`.
@@ -1039,6 +1093,17 @@ mod tests {
         worker_token_file: Option<PathBuf>,
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        #[arg(long, hide_env_values = true, value_parser = header_text)]
+        client_token: Option<String>,
+    }
+
+    /// A token goes in a header: printable ASCII, no spaces.
+    fn header_text(token: &str) -> Result<String, String> {
+        if token.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(token.to_string())
+        } else {
+            Err("not printable ASCII".into())
+        }
     }
 
     /// A client with global connection flags and commands, some naming a pool.
@@ -1196,6 +1261,20 @@ mod tests {
     }
 
     #[test]
+    fn a_flag_given_beats_a_key_of_the_file_it_declares_a_conflict_with() {
+        // --worker-token-file declares its conflict with --worker-token, not the reverse.
+        let s = service_with(
+            "[coordinator]\nworker-token = \"s3cret\"\n",
+            &["--worker-token-file", "/etc/token"],
+        )
+        .unwrap();
+        assert_eq!(
+            (s.worker_token.as_deref(), s.worker_token_file),
+            (None, Some(PathBuf::from("/etc/token")))
+        );
+    }
+
+    #[test]
     fn relative_paths_are_taken_from_the_files_directory() {
         let file = File::new(
             "[coordinator]\ndata-dir = \"state\"\ngeoip = [\"off\"]\nworker-token-file = \"/etc/token\"\n",
@@ -1240,7 +1319,7 @@ mod tests {
         // Without a near key, the keys the table takes.
         let (_, message) = service_error("[coordinator]\nzzz = 3\n");
         assert!(
-            message.contains("[coordinator] takes: allow-private-targets, data-dir"),
+            message.contains("[coordinator] takes: allow-private-targets, client-token, data-dir"),
             "{message}"
         );
     }
@@ -1353,6 +1432,19 @@ mod tests {
 
     #[test]
     fn a_secret_is_never_echoed() {
+        // A value the flag refuses is echoed, unless the flag holds a secret.
+        let (where_, message) = service_error("[coordinator]\n\nclient-token = \"s3cret word\"\n");
+        assert_eq!(where_, at(3, 16));
+        assert_eq!(
+            message,
+            "[coordinator] client-token: invalid value (not shown)"
+        );
+        let (_, message) = service_error("[coordinator]\nlog-format = \"s3cret\"\n");
+        assert!(
+            message.contains("s3cret"),
+            "a value that is no secret is shown: {message}"
+        );
+        // Unknown keys and wrong types never show a value.
         let (_, message) = service_error("[coordinator]\nworker-tokn = \"s3cret\"\n");
         assert!(!message.contains("s3cret"), "{message}");
         let (_, message) = service_error("[coordinator]\nworker-token = [\"s3cret\"]\n");
@@ -1415,7 +1507,7 @@ mod tests {
     }
 
     #[test]
-    fn a_command_reads_its_table_then_its_pools_then_the_client_table() {
+    fn a_command_reads_its_pool_then_its_table_then_the_client_table() {
         let text = "[client]\ncoordinator = \"http://file:1\"\nca = \"ca.pem\"\n\
                     [submit]\njudge = [\"http://submit/judge\"]\nmin-usable = 5\nfile = \"list.txt\"\n\
                     [pools.shop]\nmin-usable = 50\n";
@@ -1481,6 +1573,55 @@ mod tests {
             panic!()
         };
         assert_eq!(min_usable, 50, "the command's table may name the pool");
+        let c = client_with(
+            "[client]\ncoordinator = \"http://client:1\"\n[submit]\ncoordinator = \"http://submit:1\"\n",
+            &["submit"],
+        )
+        .unwrap();
+        assert_eq!(
+            c.coordinator, "http://submit:1",
+            "the command's table beats the client table"
+        );
+    }
+
+    #[test]
+    fn a_pool_name_with_a_dot_is_quoted_and_its_table_checked() {
+        let c = client_with(
+            "[submit]\nmin-usable = 5\n[pools.\"eu.west\"]\nmin-usable = 50\n",
+            &["submit", "--pool", "eu.west"],
+        )
+        .unwrap();
+        let Cmd::Submit { min_usable, .. } = c.command else {
+            panic!()
+        };
+        assert_eq!(min_usable, 50);
+        // Its keys are checked as any pool's.
+        match client_with(
+            "[pools.\"eu.west\"]\nmin-usabel = 50\n",
+            &["submit", "--pool", "eu.west"],
+        ) {
+            Err(Failure::File(e)) => {
+                assert_eq!(e.at, at(2, 1), "{e}");
+                assert!(
+                    e.message.contains(
+                        "unknown key \"min-usabel\" in [pools.\"eu.west\"]; did you mean min-usable?"
+                    ),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unquoted, the dot makes a table under the pool eu: the message says to quote it.
+        match client_with(
+            "[pools.eu.west]\nmin-usable = 50\n",
+            &["submit", "--pool", "eu.west"],
+        ) {
+            Err(Failure::File(e)) => {
+                assert_eq!(e.at, at(1, 11), "{e}");
+                assert!(e.message.contains("quoted: [pools.\"eu.west\"]"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// The client with its connection flags on each command rather than global.

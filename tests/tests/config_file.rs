@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use clap::CommandFactory;
-use proxyfleet_common::config_file::{self, Program};
+use proxyfleet_common::config_file;
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_tests::harness::{self, CliOutput, CoordinatorProc, TempDir, WAIT_LIMIT};
 use proxyfleet_tests::sim::{Farm, ProxySpec, SimProxy};
@@ -24,22 +24,6 @@ fn example() -> PathBuf {
         .parent()
         .expect("the workspace")
         .join("proxyfleet.example.toml")
-}
-
-/// The three programs as the CLI checks a file: its own tables, the coordinator's, the worker's.
-fn programs() -> [Program; 3] {
-    [
-        Program::new("client", proxyfleet_cli::args::Cli::command()).sharing(&[
-            "coordinator",
-            "token",
-            "token-file",
-            "ca",
-            "client-cert",
-            "client-key",
-        ]),
-        Program::new("coordinator", proxyfleet_coordinator::Cli::command()),
-        Program::new("worker", proxyfleet_worker::Cli::command()),
-    ]
 }
 
 /// Runs `program` with `args` and `env`, bounded by `WAIT_LIMIT`.
@@ -348,6 +332,67 @@ async fn flags_then_the_environment_then_the_file_then_the_defaults() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_in_the_environment_beats_a_token_in_the_file() {
+    let coordinator = CoordinatorProc::start(&[
+        "--client-token",
+        "client-secret",
+        "--worker-token",
+        "worker-secret",
+        "--http-listen",
+        "off",
+    ])
+    .await;
+    let dir = TempDir::new("config-token-file");
+    let token_file = dir.write("client.token", "client-secret\n");
+    let config = dir.write("proxyfleet.toml", "[client]\ntoken = \"stale-secret\"\n");
+    // --token-file declares its conflict with --token; the environment's token file still wins
+    // over the file's token rather than clashing with it.
+    let out = run(
+        "proxyfleet",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--coordinator",
+            &coordinator.url,
+            "jobs",
+        ],
+        &[("PROXYFLEET_TOKEN_FILE", token_file.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
+fn the_client_table_goes_only_to_commands_that_talk_to_a_coordinator() {
+    let dir = TempDir::new("config-client-table");
+    let config = dir.write(
+        "proxyfleet.toml",
+        "[client]\ncoordinator = \"http://file:1\"\ntoken = \"file-secret\"\n",
+    );
+    let parse = |argv: &[&str]| -> proxyfleet_cli::args::Cli {
+        let mut full = vec!["proxyfleet", "--config", config.to_str().unwrap()];
+        full.extend_from_slice(argv);
+        config_file::try_parse_from(&proxyfleet_cli::config_programs(), full)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let cli = parse(&["run"]);
+    assert!(
+        matches!(cli.client(), Ok(None)),
+        "an embedded run takes no coordinator from [client]"
+    );
+    let cli = parse(&["jobs"]);
+    let client = cli
+        .client()
+        .ok()
+        .flatten()
+        .expect("jobs talks to a coordinator");
+    assert_eq!(
+        (client.coordinator.as_str(), client.token.as_deref()),
+        ("http://file:1", Some("file-secret"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_key_stops_every_program_before_it_does_anything_naming_its_line() {
     let dir = TempDir::new("config-bad");
     let data = dir.path().join("data");
@@ -422,7 +467,8 @@ async fn a_bad_key_stops_every_program_before_it_does_anything_naming_its_line()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_loads_in_all_three_programs() {
     let example = example();
-    config_file::check_file(&example, &programs()).unwrap_or_else(|e| panic!("{e}"));
+    config_file::check_file(&example, &proxyfleet_cli::config_programs())
+        .unwrap_or_else(|e| panic!("{e}"));
     let example = example.to_str().unwrap();
     // The coordinator and a worker with the example; flags move them to free ports.
     let coordinator = CoordinatorProc::start(&["--config", example, "--http-listen", "off"]).await;
