@@ -563,6 +563,49 @@ fn a_heartbeat_renews_and_revokes_leases_not_held() {
 }
 
 #[test]
+fn a_heartbeat_naming_many_more_leases_than_it_claims_is_handled() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 8, 4, 1), c.now, c.wall());
+    let (w, _) = s.hello(hello("w", 1), c.now);
+    let t = c.advance(TTL / 4);
+    // Far more entries than a worker holds: each claimed lease is looked up once, and only as
+    // many entries as it claims are read.
+    let held: Vec<LeaseRef> = (0..200_000)
+        .map(|i| LeaseRef {
+            lease_id: 10_000 + i,
+            job_id: "j".into(),
+            chunk_id: Some(0),
+        })
+        .collect();
+    let claimed: Vec<LeaseId> = (10_000..10_000 + 2_000).collect();
+    let out = s.heartbeat_naming(w, &claimed, &held, t);
+    let revoked: Vec<&LeaseRef> = out
+        .iter()
+        .filter_map(|o| match o {
+            Outbound::Revoke(_, lease, "stale lease") => Some(lease),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(revoked.len(), claimed.len());
+    assert_eq!(revoked[0], &held[0]);
+    // An entry past the claimed count names nothing.
+    let beyond = s.heartbeat_naming(w, &[10_000 + 5_000], &held, t);
+    assert_eq!(
+        beyond,
+        [Outbound::Revoke(
+            w,
+            LeaseRef {
+                lease_id: 15_000,
+                job_id: String::new(),
+                chunk_id: None,
+            },
+            "stale lease"
+        )]
+    );
+}
+
+#[test]
 fn a_lease_granted_before_a_restart_is_revoked_with_the_ids_the_worker_names() {
     let mut c = Clock::new();
     let mut s = scheduler();
