@@ -23,13 +23,13 @@ pub use jobs::JobState;
 pub(crate) use jobs::{
     ChunkState, JobKind, JobSettings, NewJob, SourceSpec, SourceState, SourceStatus, WorkerTally,
 };
-pub(crate) use journal::{ChunkRecord, JobRecord, Record, StoredJob};
+pub(crate) use journal::{ChunkRecord, JobRecord, Record, ReportCounts, StoredJob};
 pub(crate) use pools::{Member, PoolChange, PoolMeta};
 pub use verdict::{Anonymity, Reason};
 pub(crate) use verdict::{CheckTarget, CheckTargets, TargetVerdict, UsableFilter, Verdict};
 pub(crate) use view::{
-    ChunkInfo, Followed, JobProgress, JobReport, JobSnapshot, Metrics, ResultRow, RowFilter,
-    StoredRows, WorkerSnapshot,
+    ChunkCounts, ChunkInfo, Followed, JobProgress, JobReport, JobSnapshot, Metrics, ResultRow,
+    RowFilter, StoredRows, WorkerSnapshot,
 };
 
 use jobs::{Exhausted, Job, LeaseLoss, Suspects, make_chunks};
@@ -409,7 +409,10 @@ impl Scheduler {
             }
             busy.insert(job.settings.pool.clone());
             let job = self.jobs.get_mut(&id).expect("job listed in job_order");
-            job.started_wall_ms = wall_ms;
+            // A job restored unfinished keeps its first start.
+            if job.started_wall_ms == 0 {
+                job.started_wall_ms = wall_ms;
+            }
             self.changed.insert(id.clone());
             if job.source_specs.is_empty() {
                 // A job of inline candidates has nothing to scrape: it passes SCRAPING at once.
