@@ -1188,6 +1188,7 @@ fn report_to_json(report: &ReportCounts) -> String {
     serde_json::json!({
         "started_ms": report.started_wall_ms,
         "since_restart": report.since_restart,
+        "duplicates": report.duplicates,
         "chunks": {
             "total": c.total, "queued": c.queued, "leased": c.leased, "done": c.done,
             "failed": c.failed, "split": c.split, "leases": c.leases, "attempts": c.attempts,
@@ -1206,6 +1207,7 @@ fn report_from_json(text: &str) -> Option<ReportCounts> {
     Some(ReportCounts {
         started_wall_ms: v.get("started_ms")?.as_u64()?,
         since_restart: v.get("since_restart")?.as_bool()?,
+        duplicates: v.get("duplicates")?.as_u64()?,
         chunks: ChunkCounts {
             total: n("total")?,
             queued: n("queued")?,
@@ -1395,6 +1397,7 @@ mod tests {
                     },
                 )]),
                 since_restart: false,
+                duplicates: 1,
             }),
         }
     }

@@ -58,6 +58,8 @@ pub(crate) struct ReportCounts {
     pub(crate) workers: BTreeMap<String, WorkerTally>,
     /// The counts start at a coordinator restart the job ran through.
     pub(crate) since_restart: bool,
+    /// Verdicts refused because another lease of the chunk recorded the candidate first.
+    pub(crate) duplicates: u64,
 }
 
 /// What the store keeps of a chunk: its range follows from the job's chunk size.
@@ -125,6 +127,7 @@ pub(super) fn job_record(job: &Job) -> JobRecord {
             chunks: job.chunk_counts(),
             workers: job.by_worker.clone(),
             since_restart: job.counts_since_restart,
+            duplicates: job.duplicates,
         }),
     }
 }
@@ -238,15 +241,21 @@ impl Scheduler {
             created,
             created_wall_ms: record.created_wall_ms,
             ended_wall_ms: record.ended_wall_ms,
-            ended: terminal.then_some(now),
+            // Its duration stays what it was, whenever it is restored.
+            ended: terminal.then(|| {
+                let took = record.ended_wall_ms.saturating_sub(record.created_wall_ms);
+                created
+                    .checked_add(Duration::from_millis(took))
+                    .map_or(now, |ended| ended.min(now))
+            }),
             checked,
             usable,
             reassignments: record.reassignments,
             stale_refused: record.stale_refused,
             handed_back: record.handed_back,
             poisoned,
+            duplicates: report.duplicates,
             // Not kept by the store: counted again from the restart on.
-            duplicates: 0,
             speculated: 0,
             suspects,
             rate_samples: VecDeque::new(),

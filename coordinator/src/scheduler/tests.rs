@@ -2359,5 +2359,6 @@ fn a_job_report_counts_every_candidate_once_by_reason_and_the_workers_that_check
         assert_eq!(restored.workers, report.workers);
         assert!(!restored.counts_since_restart);
         assert_eq!(restored.job.progress.chunks_total, 3);
+        assert_eq!(restored.job.progress.elapsed, report.job.progress.elapsed);
     }
 }

@@ -209,10 +209,14 @@ impl Scheduler {
             proxies_poison: job.poisoned,
             duplicate_verdicts_refused: job.duplicates,
             speculative_leases: job.speculated,
-            elapsed: job
-                .ended
-                .unwrap_or(now)
-                .saturating_duration_since(job.created),
+            // An ended job took what its submission and end times, as shown, say: the same
+            // before and after a restart.
+            elapsed: match job.ended {
+                Some(_) if job.ended_wall_ms >= job.created_wall_ms && job.ended_wall_ms > 0 => {
+                    Duration::from_millis(job.ended_wall_ms - job.created_wall_ms)
+                }
+                ended => ended.unwrap_or(now).saturating_duration_since(job.created),
+            },
             ..JobProgress::default()
         };
         let holders: BTreeSet<SessionId> = job
