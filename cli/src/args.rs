@@ -131,7 +131,7 @@ pub enum Command {
     /// What became of a job: its timing, sources (with their errors), dropped entries,
     /// verdicts by reason, chunks, attempts and the workers that checked it. Prints the report
     /// on standard output, as text or with --json one JSON object.
-    Job(crate::job::JobReportArgs),
+    Job(JobReportArgs),
     /// Print a job's results: every candidate once, with its verdict.
     Results(ResultsArgs),
     /// List the coordinator's jobs, newest first.
@@ -820,4 +820,16 @@ mod tests {
             assert!(e.contains(why), "{spec}: {e}");
         }
     }
+}
+
+/// The `job` command's own options.
+#[derive(Debug, Clone, Args)]
+pub struct JobReportArgs {
+    /// The job id, as printed by `submit`.
+    pub job: String,
+    /// Print the report as one JSON object instead of text.
+    #[arg(long, env = "PROXYFLEET_JSON")]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }

@@ -4,27 +4,19 @@
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use clap::Args;
 use proxyfleet_coordinator::JobState;
 use proxyfleet_coordinator::wire as convert;
 use proxyfleet_proto::v1 as pb;
 
+use crate::args::JobReportArgs;
 use crate::client::{Client, Failure, from_status};
 
-/// The `job` command's own options.
-#[derive(Debug, Clone, Args)]
-pub struct JobReportArgs {
-    /// The job id, as printed by `submit`.
-    pub job: String,
-    /// Print the report as one JSON object instead of text.
-    #[arg(long, env = "PROXYFLEET_JSON")]
-    pub json: bool,
-    #[command(flatten)]
-    pub client: crate::args::ClientArgs,
-}
-
 /// Prints the report of `args.job` on stdout.
-pub async fn run(client: &mut Client, url: &str, args: &JobReportArgs) -> Result<i32, Failure> {
+pub(crate) async fn run(
+    client: &mut Client,
+    url: &str,
+    args: &JobReportArgs,
+) -> Result<i32, Failure> {
     let report = client
         .get_job_report(pb::GetJobReportRequest {
             job_id: args.job.trim().to_string(),
@@ -33,7 +25,7 @@ pub async fn run(client: &mut Client, url: &str, args: &JobReportArgs) -> Result
         .map_err(|s| from_status(s, url))?
         .into_inner();
     let out = if args.json {
-        serde_json::to_string_pretty(&report_json(&report)).expect("json values serialize")
+        serde_json::to_string_pretty(&convert::report_json(&report)).expect("json values serialize")
     } else {
         report_text(&report)
     };
@@ -78,71 +70,6 @@ fn reasons_in_order(report: &pb::JobReport) -> Vec<(&str, u64)> {
             .then(a.0.cmp(b.0))
     });
     reasons
-}
-
-/// The report as `--json` prints it: the keys of the job's `summary.json`, and its name and
-/// duration.
-pub(crate) fn report_json(report: &pb::JobReport) -> serde_json::Value {
-    let job = report.job.clone().unwrap_or_default();
-    let p = job.progress.clone().unwrap_or_default();
-    let c = report.chunks.unwrap_or_default();
-    let by_reason: serde_json::Map<String, serde_json::Value> = report
-        .by_reason
-        .iter()
-        .map(|(k, v)| (k.clone(), (*v).into()))
-        .collect();
-    let dropped: serde_json::Map<String, serde_json::Value> = job
-        .dropped
-        .iter()
-        .map(|(k, v)| (k.clone(), (*v).into()))
-        .collect();
-    serde_json::json!({
-        "job_id": job.job_id,
-        "name": job.name,
-        "pool": job.settings.as_ref().map(|s| s.pool.clone()).unwrap_or_default(),
-        "state": state_name(job.state),
-        "reason": job.reason,
-        "created_at_ms": job.created_at_ms,
-        "started_at_ms": report.started_at_ms,
-        "ended_at_ms": job.ended_at_ms,
-        "duration_ms": duration_ms(&job),
-        "proxies_total": p.proxies_total,
-        "proxies_checked": p.proxies_checked,
-        "proxies_usable": p.proxies_usable,
-        "proxies_unchecked": p.proxies_unchecked,
-        "proxies_poison": p.proxies_poison,
-        "by_reason": by_reason,
-        "sources": job.sources.iter().map(|s| serde_json::json!({
-            "url": s.url,
-            "state": s.state,
-            "bytes": s.bytes,
-            "candidates": s.candidates,
-            "rejected": s.rejected,
-            "error": s.error,
-        })).collect::<Vec<_>>(),
-        "dropped": dropped,
-        "chunks": {
-            "total": c.total,
-            "queued": c.queued,
-            "leased": c.leased,
-            "done": c.done,
-            "failed": c.failed,
-            "split": c.split,
-            "leases": c.leases,
-            "attempts": c.attempts,
-        },
-        "chunks_failed": p.chunks_failed,
-        "reassignments": p.reassignments,
-        "handed_back": p.handed_back,
-        "stale_verdicts_refused": p.stale_verdicts_refused,
-        "duplicate_verdicts_refused": p.duplicate_verdicts_refused,
-        "workers": report.workers.iter().map(|w| serde_json::json!({
-            "worker_id": w.worker_id,
-            "name": w.name,
-            "verdicts": w.verdicts,
-            "usable": w.usable,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 /// The report as text: one section per part, columns aligned.
@@ -218,7 +145,13 @@ pub(crate) fn report_text(report: &pb::JobReport) -> String {
         }
     }
 
-    let _ = writeln!(out, "\nchunks");
+    // A job running when the coordinator restarted counts its leases and workers from then on.
+    let since_restart = if report.counts_since_restart {
+        " (since the coordinator started)"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "\nchunks{since_restart}");
     let _ = writeln!(
         out,
         "  {} total: {} done, {} failed, {} queued, {} leased; {} split in halves",
@@ -235,9 +168,9 @@ pub(crate) fn report_text(report: &pb::JobReport) -> String {
         p.stale_verdicts_refused, p.duplicate_verdicts_refused
     );
 
-    let _ = writeln!(out, "\nworkers");
+    let _ = writeln!(out, "\nworkers{since_restart}");
     if report.workers.is_empty() {
-        let _ = writeln!(out, "  none recorded since the coordinator started");
+        let _ = writeln!(out, "  none");
     } else {
         let width = report
             .workers
@@ -329,6 +262,7 @@ mod tests {
                 verdicts: 8,
                 usable: 3,
             }],
+            counts_since_restart: false,
         }
     }
 
@@ -366,7 +300,7 @@ mod tests {
 
     #[test]
     fn the_json_holds_the_counts_by_name() {
-        let json = report_json(&report());
+        let json = convert::report_json(&report());
         let again: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&json).unwrap()).unwrap();
         assert_eq!(again["by_reason"]["timeout"], 3);
@@ -376,6 +310,32 @@ mod tests {
         assert_eq!(again["workers"][0]["verdicts"], 8);
         assert_eq!(again["duration_ms"], 12_300);
         assert_eq!(again["state"], "SUCCEEDED");
+    }
+
+    #[test]
+    fn counts_since_a_restart_are_labelled_so_in_text_and_json() {
+        let whole = report_text(&report());
+        assert!(!whole.contains("since the coordinator started"), "{whole}");
+        let since = pb::JobReport {
+            counts_since_restart: true,
+            ..report()
+        };
+        let text = report_text(&since);
+        assert!(
+            text.contains("\nchunks (since the coordinator started)\n"),
+            "{text}"
+        );
+        // Labelled over a table of workers too, not only over an empty one.
+        assert!(
+            text.contains("\nworkers (since the coordinator started)\n"),
+            "{text}"
+        );
+        assert!(text.contains("w-1"), "{text}");
+        assert_eq!(convert::report_json(&since)["counts_since_restart"], true);
+        assert_eq!(
+            convert::report_json(&report())["counts_since_restart"],
+            false
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ pub mod args;
 pub mod client;
 pub mod embedded;
 pub mod gateway;
-pub mod job;
+pub(crate) mod job;
 pub mod progress;
 pub mod retry;
 

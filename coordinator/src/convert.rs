@@ -342,7 +342,77 @@ pub(crate) fn report_to_proto(r: &crate::scheduler::JobReport) -> pb::JobReport 
                 usable: tally.usable,
             })
             .collect(),
+        counts_since_restart: r.counts_since_restart,
     }
+}
+
+/// A job's report as JSON, one schema for every reader: `proxyfleet job --json` prints it and a
+/// finished job's `summary.json` holds it. Keys are only ever added: scripts read them.
+pub fn report_json(report: &pb::JobReport) -> serde_json::Value {
+    let job = report.job.clone().unwrap_or_default();
+    let p = job.progress.clone().unwrap_or_default();
+    let c = report.chunks.unwrap_or_default();
+    let by_reason: serde_json::Map<String, serde_json::Value> = report
+        .by_reason
+        .iter()
+        .map(|(k, v)| (k.clone(), (*v).into()))
+        .collect();
+    let dropped: serde_json::Map<String, serde_json::Value> = job
+        .dropped
+        .iter()
+        .map(|(k, v)| (k.clone(), (*v).into()))
+        .collect();
+    let state = job_state_from_proto(job.state).map_or("UNKNOWN", JobState::name);
+    serde_json::json!({
+        "job_id": job.job_id,
+        "name": job.name,
+        "pool": job.settings.as_ref().map(|s| s.pool.clone()).unwrap_or_default(),
+        "state": state,
+        "reason": job.reason,
+        "created_at_ms": job.created_at_ms,
+        "started_at_ms": report.started_at_ms,
+        "ended_at_ms": job.ended_at_ms,
+        // From submission to its end, or so far.
+        "duration_ms": p.elapsed_ms,
+        "proxies_total": p.proxies_total,
+        "proxies_checked": p.proxies_checked,
+        "proxies_usable": p.proxies_usable,
+        "proxies_unchecked": p.proxies_unchecked,
+        "proxies_poison": p.proxies_poison,
+        "by_reason": by_reason,
+        "sources": job.sources.iter().map(|s| serde_json::json!({
+            "url": s.url,
+            "state": s.state,
+            "bytes": s.bytes,
+            "candidates": s.candidates,
+            "rejected": s.rejected,
+            "error": s.error,
+        })).collect::<Vec<_>>(),
+        "dropped": dropped,
+        "chunks": {
+            "total": c.total,
+            "queued": c.queued,
+            "leased": c.leased,
+            "done": c.done,
+            "failed": c.failed,
+            "split": c.split,
+            "leases": c.leases,
+            "attempts": c.attempts,
+        },
+        "chunks_failed": p.chunks_failed,
+        "reassignments": p.reassignments,
+        "handed_back": p.handed_back,
+        "stale_verdicts_refused": p.stale_verdicts_refused,
+        "duplicate_verdicts_refused": p.duplicate_verdicts_refused,
+        "workers": report.workers.iter().map(|w| serde_json::json!({
+            "worker_id": w.worker_id,
+            "name": w.name,
+            "verdicts": w.verdicts,
+            "usable": w.usable,
+        })).collect::<Vec<_>>(),
+        // The chunk and worker counts start at the coordinator's last start, not the job's.
+        "counts_since_restart": report.counts_since_restart,
+    })
 }
 
 pub(crate) fn worker_to_proto(w: &WorkerSnapshot) -> pb::WorkerInfo {

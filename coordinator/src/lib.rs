@@ -46,11 +46,12 @@ pub use sources::{Source, SourcesError, parse_sources_file};
 use state::State;
 pub use submit::pool_name_problem;
 
-/// Conversions between the wire's enums and the coordinator's, for clients that show them.
+/// Conversions between the wire's enums and the coordinator's, and the JSON of a job's report,
+/// for clients that show them.
 pub mod wire {
     pub use crate::convert::{
         anonymity_from_proto, job_state_from_proto, protocol_from_proto, protocol_to_proto,
-        reason_from_proto,
+        reason_from_proto, report_json,
     };
 }
 

@@ -57,57 +57,9 @@ pub(crate) fn render(job_id: &str, ended_ms: u64, results: &[ResultRow]) -> Vec<
     files
 }
 
-/// A finished job's `summary.json`: its end and counts, its sources, dropped entries, verdicts
-/// by reason, chunks and workers, as `proxyfleet job --json` shows them.
+/// A finished job's `summary.json`: its report as `proxyfleet job --json` prints it.
 pub(crate) fn summary(report: &JobReport) -> serde_json::Value {
-    let job = &report.job;
-    let p = &job.progress;
-    let c = &report.chunks;
-    serde_json::json!({
-        "job_id": job.id,
-        "pool": job.settings.pool,
-        "state": job.state.name(),
-        "reason": job.reason,
-        "created_at_ms": job.created_wall_ms,
-        "started_at_ms": report.started_wall_ms,
-        "ended_at_ms": job.ended_wall_ms,
-        "proxies_total": p.proxies_total,
-        "proxies_checked": p.proxies_checked,
-        "proxies_usable": p.proxies_usable,
-        "proxies_unchecked": p.proxies_unchecked,
-        "proxies_poison": p.proxies_poison,
-        "by_reason": report.by_reason,
-        "sources": job.sources.iter().map(|s| serde_json::json!({
-            "url": s.url,
-            "state": s.state.name(),
-            "bytes": s.bytes,
-            "candidates": s.candidates,
-            "rejected": s.rejected,
-            "error": s.error,
-        })).collect::<Vec<_>>(),
-        "dropped": job.dropped,
-        "chunks": {
-            "total": c.total,
-            "queued": c.queued,
-            "leased": c.leased,
-            "done": c.done,
-            "failed": c.failed,
-            "split": c.split,
-            "leases": c.leases,
-            "attempts": c.attempts,
-        },
-        "chunks_failed": p.chunks_failed,
-        "reassignments": p.reassignments,
-        "handed_back": p.handed_back,
-        "stale_verdicts_refused": p.stale_verdicts_refused,
-        "duplicate_verdicts_refused": p.duplicate_verdicts_refused,
-        "workers": report.workers.iter().map(|(worker_id, tally)| serde_json::json!({
-            "worker_id": worker_id,
-            "name": tally.name,
-            "verdicts": tally.verdicts,
-            "usable": tally.usable,
-        })).collect::<Vec<_>>(),
-    })
+    crate::convert::report_json(&crate::convert::report_to_proto(report))
 }
 
 fn lines<'a>(rows: impl Iterator<Item = &'a ResultRow>) -> String {

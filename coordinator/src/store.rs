@@ -8,10 +8,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::candidate::{self, Protocol, TargetPolicy};
 use crate::scheduler::{
-    Anonymity, CheckTarget, CheckTargets, ChunkId, ChunkInfo, ChunkRecord, ChunkState, JobKind,
-    JobRecord, JobSettings, JobState, Member, PoolChange, PoolMeta, Reason, Record, ResultRow,
-    RowFilter, SourceSpec, SourceState, SourceStatus, StoredJob, StoredRows, TargetVerdict,
-    UsableFilter, Verdict,
+    Anonymity, CheckTarget, CheckTargets, ChunkCounts, ChunkId, ChunkInfo, ChunkRecord, ChunkState,
+    JobKind, JobRecord, JobSettings, JobState, Member, PoolChange, PoolMeta, Reason, Record,
+    ReportCounts, ResultRow, RowFilter, SourceSpec, SourceState, SourceStatus, StoredJob,
+    StoredRows, TargetVerdict, UsableFilter, Verdict, WorkerTally,
 };
 
 /// File name of the database inside the data dir.
@@ -136,6 +136,9 @@ impl Store {
         add_column(&conn, "verdicts", "position").map_err(corrupt)?;
         // A store from before check targets: NULL there, as for a verdict of a job without any.
         add_typed_column(&conn, "verdicts", "targets", "TEXT").map_err(corrupt)?;
+        // A store from before jobs kept their report's counts: NULL there, and a job restored
+        // from it reports counts since the restart.
+        add_typed_column(&conn, "jobs", "report", "TEXT").map_err(corrupt)?;
         Ok(Store { conn, path })
     }
 
@@ -187,7 +190,8 @@ impl Store {
             .conn
             .query_row(
                 "SELECT name, settings, state, reason, created_ms, ended_ms, reassignments,
-                        stale_refused, handed_back, sources, source_specs, dropped, candidates
+                        stale_refused, handed_back, sources, source_specs, dropped, candidates,
+                        report
                  FROM jobs WHERE id = ?1",
                 [id],
                 |r| {
@@ -205,6 +209,7 @@ impl Store {
                         r.get::<_, String>(10)?,
                         r.get::<_, String>(11)?,
                         r.get::<_, Option<i64>>(12)?,
+                        r.get::<_, Option<String>>(13)?,
                     ))
                 },
             )
@@ -223,6 +228,7 @@ impl Store {
             specs,
             dropped,
             count,
+            report,
         ) = row;
         let bad = |what: &str| StoreError::Corrupt {
             path: self.path.display().to_string(),
@@ -242,6 +248,10 @@ impl Store {
             source_specs: specs_from_json(&specs).ok_or_else(|| bad("source specs"))?,
             dropped: serde_json::from_str(&dropped).map_err(|_| bad("dropped counts"))?,
             candidate_count: 0,
+            report: match report {
+                Some(text) => Some(report_from_json(&text).ok_or_else(|| bad("report counts"))?),
+                None => None,
+            },
             id: id.to_string(),
         };
         let (indexes, candidates) = self.candidates(id)?;
@@ -807,12 +817,12 @@ fn write_records(
                 tx.execute(
                     "INSERT INTO jobs (id, name, settings, state, reason, created_ms, ended_ms,
                         reassignments, stale_refused, handed_back, sources, source_specs, dropped,
-                        candidates)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                        candidates, report)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                      ON CONFLICT(id) DO UPDATE SET name = ?2, settings = ?3, state = ?4,
                         reason = ?5, created_ms = ?6, ended_ms = ?7, reassignments = ?8,
                         stale_refused = ?9, handed_back = ?10, sources = ?11, source_specs = ?12,
-                        dropped = ?13, candidates = ?14",
+                        dropped = ?13, candidates = ?14, report = ?15",
                     params![
                         job.id,
                         job.name,
@@ -828,6 +838,7 @@ fn write_records(
                         specs_to_json(&job.source_specs),
                         serde_json::to_string(&job.dropped).unwrap_or_else(|_| "{}".into()),
                         job.candidate_count as i64,
+                        job.report.as_ref().map(report_to_json),
                     ],
                 )?;
             }
@@ -1172,6 +1183,57 @@ fn member_from_json(candidate: crate::candidate::Candidate, text: &str) -> Optio
     })
 }
 
+fn report_to_json(report: &ReportCounts) -> String {
+    let c = &report.chunks;
+    serde_json::json!({
+        "started_ms": report.started_wall_ms,
+        "since_restart": report.since_restart,
+        "duplicates": report.duplicates,
+        "chunks": {
+            "total": c.total, "queued": c.queued, "leased": c.leased, "done": c.done,
+            "failed": c.failed, "split": c.split, "leases": c.leases, "attempts": c.attempts,
+        },
+        "workers": report.workers.iter().map(|(id, w)| serde_json::json!({
+            "worker_id": id, "name": w.name, "verdicts": w.verdicts, "usable": w.usable,
+        })).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+fn report_from_json(text: &str) -> Option<ReportCounts> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let c = v.get("chunks")?;
+    let n = |name: &str| c.get(name)?.as_u64();
+    Some(ReportCounts {
+        started_wall_ms: v.get("started_ms")?.as_u64()?,
+        since_restart: v.get("since_restart")?.as_bool()?,
+        duplicates: v.get("duplicates")?.as_u64()?,
+        chunks: ChunkCounts {
+            total: n("total")?,
+            queued: n("queued")?,
+            leased: n("leased")?,
+            done: n("done")?,
+            failed: n("failed")?,
+            split: n("split")?,
+            leases: n("leases")?,
+            attempts: n("attempts")?,
+        },
+        workers: v
+            .get("workers")?
+            .as_array()?
+            .iter()
+            .map(|w| {
+                let tally = WorkerTally {
+                    name: w.get("name")?.as_str()?.to_string(),
+                    verdicts: w.get("verdicts")?.as_u64()?,
+                    usable: w.get("usable")?.as_u64()?,
+                };
+                Some((w.get("worker_id")?.as_str()?.to_string(), tally))
+            })
+            .collect::<Option<_>>()?,
+    })
+}
+
 fn sources_to_json(sources: &[SourceStatus]) -> String {
     let list: Vec<serde_json::Value> = sources
         .iter()
@@ -1315,6 +1377,28 @@ mod tests {
             }],
             dropped: BTreeMap::from([("duplicate".into(), 1)]),
             candidate_count: 0,
+            report: Some(ReportCounts {
+                started_wall_ms: 2,
+                chunks: ChunkCounts {
+                    total: 3,
+                    done: 2,
+                    queued: 1,
+                    split: 1,
+                    leases: 5,
+                    attempts: 2,
+                    ..ChunkCounts::default()
+                },
+                workers: BTreeMap::from([(
+                    "w-1".into(),
+                    WorkerTally {
+                        name: "box".into(),
+                        verdicts: 7,
+                        usable: 3,
+                    },
+                )]),
+                since_restart: false,
+                duplicates: 1,
+            }),
         }
     }
 
@@ -1607,6 +1691,18 @@ mod tests {
             .unwrap();
         let (jobs, _) = store.load().unwrap();
         assert_eq!(jobs[0].candidates, candidates());
+        assert!(
+            jobs[0].record.report.is_some(),
+            "the report column was added"
+        );
+        // A job row without report counts (written before they were kept) reads as such.
+        let old_row = JobRecord {
+            report: None,
+            ..record_with_candidates("j", JobState::Succeeded)
+        };
+        store.write(&[Record::Job(Box::new(old_row))], 1).unwrap();
+        let (jobs, _) = store.load().unwrap();
+        assert_eq!(jobs[0].record.report, None);
         let _ = std::fs::remove_dir_all(d);
     }
 

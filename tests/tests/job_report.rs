@@ -1,12 +1,13 @@
 //! `proxyfleet job`: a job scraped from a good source and a source answering 404 shows the failed
 //! source's error, dropped entries, and verdict counts by reason that match its results, as text
 //! and as JSON, and its `summary.json` holds the same counts; a source inside the coordinator's
-//! networks is reported refused, with why.
+//! networks is reported refused, with why; an ended job's report is the same after the
+//! coordinator is killed and started again.
 
 use std::collections::BTreeMap;
 
 use proxyfleet_proto::v1 as pb;
-use proxyfleet_tests::harness::{self, CoordinatorProc, WAIT_LIMIT};
+use proxyfleet_tests::harness::{self, CoordinatorProc, TempDir, WAIT_LIMIT};
 use proxyfleet_tests::lists::{Answer, ListServer};
 use proxyfleet_tests::sim::{Behavior, Farm, SimProxy};
 
@@ -234,4 +235,54 @@ async fn a_refused_private_source_is_reported_with_its_error() {
         "{}",
         text.stdout
     );
+}
+
+/// `proxyfleet job JOB` (with `--json` when `json`), as printed.
+async fn report_of(coordinator: &CoordinatorProc, job_id: &str, json: bool) -> String {
+    let mut args = vec!["job", job_id];
+    if json {
+        args.push("--json");
+    }
+    let out = coordinator.cli(&args).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_jobs_report_is_the_same_after_a_coordinator_restart() {
+    let farm = Farm::spawn([127, 0, 0, 1].into(), 3, 0, 3).await.unwrap();
+    let mut lines = farm.working_lines();
+    lines.extend(farm.refused.iter().map(|a| format!("http://{a}")));
+    let listen = harness::quiet_port().to_string();
+    let dir = TempDir::new("report-restart");
+    let data = dir.path().join("data");
+    let coordinator = CoordinatorProc::start_over(&listen, &data, &[]).await;
+    let _worker = harness::worker(&coordinator.url, "w-report", &[], dir.path());
+    let job_id = coordinator
+        .submit(&lines, &["--timeout", "3s", "--chunk-size", "2"])
+        .await;
+    let mut client = coordinator.client().await;
+    let job = harness::wait_terminal(&mut client, &job_id, WAIT_LIMIT).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:#?}");
+    let before_text = report_of(&coordinator, &job_id, false).await;
+    let before: serde_json::Value =
+        serde_json::from_str(&report_of(&coordinator, &job_id, true).await).unwrap();
+    assert_eq!(before["chunks"]["leases"], 3, "{before:#}");
+    assert_eq!(before["counts_since_restart"], false, "{before:#}");
+    assert!(before["started_at_ms"].as_u64().unwrap() > 0, "{before:#}");
+    assert_eq!(before["workers"][0]["verdicts"], 6, "{before:#}");
+    let summary_path = data.join("jobs").join(&job_id).join("summary.json");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    assert_eq!(
+        summary, before,
+        "summary.json and job --json are one schema"
+    );
+
+    coordinator.crash().await;
+    let coordinator = CoordinatorProc::start_over(&listen, &data, &[]).await;
+    let after: serde_json::Value =
+        serde_json::from_str(&report_of(&coordinator, &job_id, true).await).unwrap();
+    assert_eq!(after, before);
+    assert_eq!(report_of(&coordinator, &job_id, false).await, before_text);
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::journal::ChunkRecord;
 use super::verdict::{CheckTargets, Reason, UsableFilter, Verdict};
+use super::view::ChunkCounts;
 use super::{ChunkId, LeaseId};
 use crate::candidate::Candidate;
 
@@ -216,14 +217,21 @@ pub(super) struct Job {
     /// Set once the job has ended and everything of it is durable: its candidates, verdicts and
     /// chunks were dropped from memory and are read from the store from then on.
     pub(super) stored: Option<StoredCounts>,
-    /// When it left QUEUED (wall ms; 0 until then, and for a job restored ended): set by the
-    /// scheduler when it starts scraping or checking.
+    /// When it first left QUEUED (wall ms; 0 until then, and for a job restored from a store
+    /// that did not keep it): set by the scheduler when it starts scraping or checking, kept by
+    /// the store.
     pub(super) started_wall_ms: u64,
+    /// Its chunk counts as the store kept them when it ended, for a job restored ended: its
+    /// pieces and their leases are not in memory. Read by [`Job::chunk_counts`].
+    pub(super) ended_counts: Option<ChunkCounts>,
+    /// Its chunk and worker counts start at the coordinator's start, not at the job's: set for
+    /// a job restored unfinished (or from a store that did not keep them); kept by the store.
+    pub(super) counts_since_restart: bool,
     /// Its verdicts by outcome ([`outcome`]), raised by [`Job::record`] and by a restore; kept
     /// when its rows leave memory.
     pub(super) by_reason: BTreeMap<&'static str, u64>,
     /// Verdicts it recorded by the worker that gave them (a label: the job knows no session),
-    /// raised by the scheduler; memory only, counted from the coordinator's start.
+    /// raised by the scheduler; kept by the store, restored for a job that had ended.
     pub(super) by_worker: BTreeMap<String, WorkerTally>,
 }
 
@@ -251,20 +259,8 @@ pub(crate) fn outcome(verdict: &Verdict) -> &'static str {
 pub(super) struct StoredCounts {
     /// Candidates the job held.
     pub(super) proxies_total: u64,
-    /// Chunks it was cut into.
-    pub(super) chunks_total: u64,
-    /// Chunks left unchecked when it ended.
-    pub(super) chunks_queued: u64,
-    /// Chunks with every verdict.
-    pub(super) chunks_done: u64,
-    /// Chunks whose attempts ran out.
-    pub(super) chunks_failed: u64,
-    /// Chunks cut in halves (their pieces are counted in the others).
-    pub(super) chunks_split: u64,
-    /// Leases granted on its chunks.
-    pub(super) leases: u64,
-    /// Attempts charged to its chunks.
-    pub(super) attempts: u64,
+    /// Its chunks when it ended (none leased: those count as queued).
+    pub(super) chunks: ChunkCounts,
 }
 
 /// How many of a job's chunks are suspected of killing their holders, and not done or cut yet.
@@ -480,6 +476,8 @@ impl Job {
             recorded: Vec::new(),
             stored: None,
             started_wall_ms: 0,
+            ended_counts: None,
+            counts_since_restart: false,
             by_reason: BTreeMap::new(),
             by_worker: BTreeMap::new(),
         }
@@ -775,6 +773,37 @@ impl Job {
         true
     }
 
+    /// Its chunks by state, and the leases and attempts spent on them: from memory, or as the
+    /// store kept them for a job that ended. A chunk cut in halves counts as split, its pieces
+    /// in its place; an ended job holds no lease, so a chunk still leased counts as queued.
+    pub(super) fn chunk_counts(&self) -> ChunkCounts {
+        if let Some(stored) = self.stored {
+            return stored.chunks;
+        }
+        if let Some(counts) = self.ended_counts {
+            return counts;
+        }
+        let ended = self.state.is_terminal();
+        let mut counts = ChunkCounts::default();
+        for chunk in &self.chunks {
+            counts.leases += u64::from(chunk.leases);
+            counts.attempts += u64::from(chunk.charged(self.settings.max_attempts));
+            match chunk.state {
+                ChunkState::Queued => counts.queued += 1,
+                ChunkState::Leased(_) if ended => counts.queued += 1,
+                ChunkState::Leased(_) => counts.leased += 1,
+                ChunkState::Done => counts.done += 1,
+                ChunkState::Failed => counts.failed += 1,
+                ChunkState::Split => {
+                    counts.split += 1;
+                    continue;
+                }
+            }
+            counts.total += 1;
+        }
+        counts
+    }
+
     /// Drops an ended job's candidates, verdicts and chunks, keeping the counts its snapshot
     /// shows; they are read from the store from then on. False for a job not ended.
     pub(super) fn keep_in_store(&mut self) -> bool {
@@ -784,33 +813,10 @@ impl Job {
         if self.stored.is_some() {
             return true;
         }
-        let mut counts = StoredCounts {
+        self.stored = Some(StoredCounts {
             proxies_total: self.candidates.len() as u64,
-            chunks_total: 0,
-            chunks_queued: 0,
-            chunks_done: 0,
-            chunks_failed: 0,
-            chunks_split: 0,
-            leases: 0,
-            attempts: 0,
-        };
-        for chunk in &self.chunks {
-            counts.leases += u64::from(chunk.leases);
-            counts.attempts += u64::from(chunk.charged(self.settings.max_attempts));
-            match chunk.state {
-                // An ended job holds no lease: a chunk that was leased is queued for no one.
-                ChunkState::Queued | ChunkState::Leased(_) => counts.chunks_queued += 1,
-                ChunkState::Done => counts.chunks_done += 1,
-                ChunkState::Failed => counts.chunks_failed += 1,
-                // Its pieces are counted in its place.
-                ChunkState::Split => {
-                    counts.chunks_split += 1;
-                    continue;
-                }
-            }
-            counts.chunks_total += 1;
-        }
-        self.stored = Some(counts);
+            chunks: self.chunk_counts(),
+        });
         self.candidates = Arc::new(Vec::new());
         self.verdicts = Vec::new();
         self.chunks = Vec::new();

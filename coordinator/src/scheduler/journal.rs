@@ -42,6 +42,24 @@ pub(crate) struct JobRecord {
     pub(crate) dropped: BTreeMap<String, u64>,
     /// How many candidates the job holds; the store checks its candidate rows against it.
     pub(crate) candidate_count: u64,
+    /// What its report shows that its rows do not tell; `None` from a store that did not keep it.
+    pub(crate) report: Option<ReportCounts>,
+}
+
+/// What a job's report shows that its candidates, verdicts and chunk rows do not tell (a chunk's
+/// pieces live in memory only), kept with its record so that a job that ended reports the same
+/// after a restart.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ReportCounts {
+    /// When it first left QUEUED (wall ms; 0 while queued).
+    pub(crate) started_wall_ms: u64,
+    pub(crate) chunks: ChunkCounts,
+    /// Verdicts by the worker that gave them.
+    pub(crate) workers: BTreeMap<String, WorkerTally>,
+    /// The counts start at a coordinator restart the job ran through.
+    pub(crate) since_restart: bool,
+    /// Verdicts refused because another lease of the chunk recorded the candidate first.
+    pub(crate) duplicates: u64,
 }
 
 /// What the store keeps of a chunk: its range follows from the job's chunk size.
@@ -104,6 +122,13 @@ pub(super) fn job_record(job: &Job) -> JobRecord {
         candidate_count: job
             .stored
             .map_or(job.candidates.len() as u64, |s| s.proxies_total),
+        report: Some(ReportCounts {
+            started_wall_ms: job.started_wall_ms,
+            chunks: job.chunk_counts(),
+            workers: job.by_worker.clone(),
+            since_restart: job.counts_since_restart,
+            duplicates: job.duplicates,
+        }),
     }
 }
 
@@ -182,6 +207,22 @@ impl Scheduler {
         let age = Duration::from_millis(wall_now.saturating_sub(record.created_wall_ms));
         let created = now.checked_sub(age).unwrap_or(now);
         let terminal = record.state.is_terminal();
+        // An ended job reports what the store kept of it; one that was running starts its chunk
+        // and worker counts again, and says so.
+        let kept = record.report.is_some();
+        let report = record.report.unwrap_or(ReportCounts {
+            since_restart: true,
+            ..ReportCounts::default()
+        });
+        let (ended_counts, by_worker, since_restart) = if terminal {
+            (
+                kept.then_some(report.chunks),
+                report.workers,
+                report.since_restart,
+            )
+        } else {
+            (None, BTreeMap::new(), !kept || report.started_wall_ms != 0)
+        };
         let job = Job {
             id: id.clone(),
             name: record.name,
@@ -200,15 +241,21 @@ impl Scheduler {
             created,
             created_wall_ms: record.created_wall_ms,
             ended_wall_ms: record.ended_wall_ms,
-            ended: terminal.then_some(now),
+            // Its duration stays what it was, whenever it is restored.
+            ended: terminal.then(|| {
+                let took = record.ended_wall_ms.saturating_sub(record.created_wall_ms);
+                created
+                    .checked_add(Duration::from_millis(took))
+                    .map_or(now, |ended| ended.min(now))
+            }),
             checked,
             usable,
             reassignments: record.reassignments,
             stale_refused: record.stale_refused,
             handed_back: record.handed_back,
             poisoned,
+            duplicates: report.duplicates,
             // Not kept by the store: counted again from the restart on.
-            duplicates: 0,
             speculated: 0,
             suspects,
             rate_samples: VecDeque::new(),
@@ -221,10 +268,11 @@ impl Scheduler {
             dropped: record.dropped,
             recorded,
             stored: None,
-            // Not kept by the store: an unfinished job gets its start again when it restarts.
-            started_wall_ms: 0,
+            started_wall_ms: report.started_wall_ms,
+            ended_counts,
+            counts_since_restart: since_restart,
             by_reason,
-            by_worker: BTreeMap::new(),
+            by_worker,
         };
         let round = job.settings.kind == JobKind::Revalidation;
         self.job_order.push(id.clone());

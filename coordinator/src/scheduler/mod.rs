@@ -23,13 +23,13 @@ pub use jobs::JobState;
 pub(crate) use jobs::{
     ChunkState, JobKind, JobSettings, NewJob, SourceSpec, SourceState, SourceStatus, WorkerTally,
 };
-pub(crate) use journal::{ChunkRecord, JobRecord, Record, StoredJob};
+pub(crate) use journal::{ChunkRecord, JobRecord, Record, ReportCounts, StoredJob};
 pub(crate) use pools::{Member, PoolChange, PoolMeta};
 pub use verdict::{Anonymity, Reason};
 pub(crate) use verdict::{CheckTarget, CheckTargets, TargetVerdict, UsableFilter, Verdict};
 pub(crate) use view::{
-    ChunkInfo, Followed, JobProgress, JobReport, JobSnapshot, Metrics, ResultRow, RowFilter,
-    StoredRows, WorkerSnapshot,
+    ChunkCounts, ChunkInfo, Followed, JobProgress, JobReport, JobSnapshot, Metrics, ResultRow,
+    RowFilter, StoredRows, WorkerSnapshot,
 };
 
 use jobs::{Exhausted, Job, LeaseLoss, Suspects, make_chunks};
@@ -409,7 +409,10 @@ impl Scheduler {
             }
             busy.insert(job.settings.pool.clone());
             let job = self.jobs.get_mut(&id).expect("job listed in job_order");
-            job.started_wall_ms = wall_ms;
+            // A job restored unfinished keeps its first start.
+            if job.started_wall_ms == 0 {
+                job.started_wall_ms = wall_ms;
+            }
             self.changed.insert(id.clone());
             if job.source_specs.is_empty() {
                 // A job of inline candidates has nothing to scrape: it passes SCRAPING at once.
@@ -653,9 +656,14 @@ impl Scheduler {
             .filter(|l| live_session && l.session == session)
             .map(|l| (l.job_id.clone(), l.chunk))
         else {
-            // A worker that names no chunk (an older one): the chunk that holds its verdicts.
+            // A worker that names no chunk (an older one), for a lease this scheduler did not
+            // grant: a guess for log lines only, the newest chunk holding its first verdict's
+            // candidate. A lease it granted is named by the chunk it was granted for.
             let named = Named {
                 chunk_id: named.chunk_id.or_else(|| {
+                    if self.fleet.granted_for(lease_id).is_some() {
+                        return None;
+                    }
                     let index = verdicts.first()?.index;
                     self.chunk_holding(named.job_id, index)
                 }),
@@ -804,15 +812,19 @@ impl Scheduler {
         if !self.fleet.touch(session, now) {
             return out;
         }
+        // One lookup per claimed lease, however many entries `held` carries: a worker's message
+        // must not cost the scheduler more than the leases it claims.
+        let held: HashMap<LeaseId, &LeaseRef> = held
+            .iter()
+            .take(claimed.len())
+            .map(|h| (h.lease_id, h))
+            .collect();
         for &lease_id in claimed {
             if self.fleet.holder(lease_id) != Some(session) {
-                let named =
-                    held.iter()
-                        .find(|h| h.lease_id == lease_id)
-                        .map_or(Named::NOTHING, |h| Named {
-                            job_id: &h.job_id,
-                            chunk_id: h.chunk_id,
-                        });
+                let named = held.get(&lease_id).map_or(Named::NOTHING, |h| Named {
+                    job_id: &h.job_id,
+                    chunk_id: h.chunk_id,
+                });
                 let lease = self.lease_ref(lease_id, named);
                 out.push(Outbound::Revoke(session, lease, "stale lease"));
             }
@@ -1205,9 +1217,10 @@ impl Scheduler {
         }
     }
 
-    /// The chunk of `job_id` that holds candidate `index` now: its last piece holding it, or
-    /// the chunk it was cut into at first (a job kept in the store). `None` for an index out of
-    /// the job.
+    /// A guess at the chunk of `job_id` a verdict for candidate `index` came from, for log lines
+    /// only: the newest piece holding it, or the chunk it was cut into at first (a job kept in
+    /// the store). Not necessarily the chunk a lease was granted for: a lease of a chunk that was
+    /// cut since is named by a piece of it. `None` for an index out of the job.
     fn chunk_holding(&self, job_id: &str, index: u32) -> Option<ChunkId> {
         let job = self.jobs.get(job_id)?;
         match job.stored {

@@ -563,6 +563,49 @@ fn a_heartbeat_renews_and_revokes_leases_not_held() {
 }
 
 #[test]
+fn a_heartbeat_naming_many_more_leases_than_it_claims_is_handled() {
+    let mut c = Clock::new();
+    let mut s = scheduler();
+    s.submit(new_job("j", 8, 4, 1), c.now, c.wall());
+    let (w, _) = s.hello(hello("w", 1), c.now);
+    let t = c.advance(TTL / 4);
+    // Far more entries than a worker holds: each claimed lease is looked up once, and only as
+    // many entries as it claims are read.
+    let held: Vec<LeaseRef> = (0..200_000)
+        .map(|i| LeaseRef {
+            lease_id: 10_000 + i,
+            job_id: "j".into(),
+            chunk_id: Some(0),
+        })
+        .collect();
+    let claimed: Vec<LeaseId> = (10_000..10_000 + 2_000).collect();
+    let out = s.heartbeat_naming(w, &claimed, &held, t);
+    let revoked: Vec<&LeaseRef> = out
+        .iter()
+        .filter_map(|o| match o {
+            Outbound::Revoke(_, lease, "stale lease") => Some(lease),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(revoked.len(), claimed.len());
+    assert_eq!(revoked[0], &held[0]);
+    // An entry past the claimed count names nothing.
+    let beyond = s.heartbeat_naming(w, &[10_000 + 5_000], &held, t);
+    assert_eq!(
+        beyond,
+        [Outbound::Revoke(
+            w,
+            LeaseRef {
+                lease_id: 15_000,
+                job_id: String::new(),
+                chunk_id: None,
+            },
+            "stale lease"
+        )]
+    );
+}
+
+#[test]
 fn a_lease_granted_before_a_restart_is_revoked_with_the_ids_the_worker_names() {
     let mut c = Clock::new();
     let mut s = scheduler();
@@ -2241,19 +2284,48 @@ fn a_job_report_counts_every_candidate_once_by_reason_and_the_workers_that_check
         ),
         (2, 1, 1, 2)
     );
+    assert!(!report.counts_since_restart);
 
-    // The worker dies holding the second chunk: an attempt is charged, and a new worker checks it.
+    // Restored while it runs, the job keeps its start and says its counts start at the restart.
+    let mut journal = s.take_journal();
+    let mut restarted = scheduler();
+    for job in replay(&journal) {
+        restarted.restore(job, t, c.wall());
+    }
+    let running = restarted.report("j", t).unwrap();
+    assert_eq!(running.started_wall_ms, 1_000);
+    assert!(running.counts_since_restart);
+
+    // The worker dies holding the second chunk, and so do the next two: its attempts run out
+    // and it is cut in halves, which a new worker checks.
     s.disconnect(w, t);
-    let (w2, out) = s.hello(hello("w2", 1), t);
-    let b = assignments(&out).remove(0).1;
-    s.verdicts(w2, b.lease_id, verdicts_for(&b, |_| false), t, c.wall());
+    for dying in ["w-a", "w-b"] {
+        let (d, out) = s.hello(hello(dying, 1), t);
+        assert_eq!(assignments(&out).len(), 1);
+        s.disconnect(d, t);
+    }
+    let (w2, out) = s.hello(hello("w2", 2), t);
+    let pieces = assignments(&out);
+    assert_eq!(pieces.len(), 2, "{pieces:?}");
+    for (_, b) in &pieces {
+        s.verdicts(w2, b.lease_id, verdicts_for(b, |_| false), t, c.wall());
+    }
     let report = s.report("j", t).unwrap();
     assert_eq!(state(&s, "j", t), JobState::Succeeded);
     assert_eq!(
         report.by_reason,
         BTreeMap::from([("refused".to_string(), 6), ("usable".to_string(), 2)])
     );
-    assert_eq!((report.chunks.attempts, report.chunks.leases), (1, 3));
+    assert_eq!(
+        (
+            report.chunks.total,
+            report.chunks.done,
+            report.chunks.split,
+            report.chunks.attempts,
+            report.chunks.leases
+        ),
+        (3, 3, 1, 3, 6)
+    );
     let by_worker: Vec<(&str, u64)> = report
         .workers
         .iter()
@@ -2267,4 +2339,26 @@ fn a_job_report_counts_every_candidate_once_by_reason_and_the_workers_that_check
     assert_eq!(stored.by_reason, report.by_reason);
     assert_eq!(stored.chunks, report.chunks);
     assert_eq!(stored.workers, report.workers);
+
+    // Restored after a restart, it reports the same again: its pieces, leases, attempts, start
+    // and workers were kept with it.
+    journal.extend(s.take_journal());
+    let later = c.advance(Duration::from_secs(5));
+    let mut restarted = scheduler();
+    for job in replay(&journal) {
+        restarted.restore(job, later, c.wall());
+    }
+    for kept in [false, true] {
+        if kept {
+            assert!(restarted.keep_in_store("j"));
+        }
+        let restored = restarted.report("j", later).unwrap();
+        assert_eq!(restored.started_wall_ms, report.started_wall_ms);
+        assert_eq!(restored.by_reason, report.by_reason);
+        assert_eq!(restored.chunks, report.chunks);
+        assert_eq!(restored.workers, report.workers);
+        assert!(!restored.counts_since_restart);
+        assert_eq!(restored.job.progress.chunks_total, 3);
+        assert_eq!(restored.job.progress.elapsed, report.job.progress.elapsed);
+    }
 }

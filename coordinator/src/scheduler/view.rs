@@ -103,7 +103,7 @@ pub(crate) struct JobSnapshot {
 }
 
 /// A job's chunks by state, and how often they were leased.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct ChunkCounts {
     /// As [`JobProgress::chunks_total`]: a split chunk's pieces in its place.
     pub(crate) total: u64,
@@ -129,6 +129,9 @@ pub(crate) struct JobReport {
     /// Every candidate once, by outcome: "usable", a reason's name, or "unchecked".
     pub(crate) by_reason: BTreeMap<String, u64>,
     pub(crate) chunks: ChunkCounts,
+    /// Its chunk and worker counts start at the coordinator's last start (it was running then),
+    /// not at the job's.
+    pub(crate) counts_since_restart: bool,
     /// Workers that gave it verdicts, most verdicts first, with their ids.
     pub(crate) workers: Vec<(String, WorkerTally)>,
 }
@@ -206,36 +209,33 @@ impl Scheduler {
             proxies_poison: job.poisoned,
             duplicate_verdicts_refused: job.duplicates,
             speculative_leases: job.speculated,
-            elapsed: job
-                .ended
-                .unwrap_or(now)
-                .saturating_duration_since(job.created),
+            // An ended job took what its submission and end times, as shown, say: the same
+            // before and after a restart.
+            elapsed: match job.ended {
+                Some(_) if job.ended_wall_ms >= job.created_wall_ms && job.ended_wall_ms > 0 => {
+                    Duration::from_millis(job.ended_wall_ms - job.created_wall_ms)
+                }
+                ended => ended.unwrap_or(now).saturating_duration_since(job.created),
+            },
             ..JobProgress::default()
         };
-        let mut holders = BTreeSet::new();
-        for chunk in &job.chunks {
-            match chunk.state {
-                ChunkState::Queued => progress.chunks_queued += 1,
-                ChunkState::Leased(lease) => {
-                    progress.chunks_leased += 1;
-                    if let Some(l) = self.fleet.lease(lease) {
-                        holders.insert(l.session);
-                    }
-                }
-                ChunkState::Done => progress.chunks_done += 1,
-                ChunkState::Failed => progress.chunks_failed += 1,
-                // Its pieces are counted in its place.
-                ChunkState::Split => continue,
-            }
-            progress.chunks_total += 1;
-        }
+        let holders: BTreeSet<SessionId> = job
+            .chunks
+            .iter()
+            .filter_map(|chunk| match chunk.state {
+                ChunkState::Leased(lease) => self.fleet.lease(lease).map(|l| l.session),
+                _ => None,
+            })
+            .collect();
         progress.workers = holders.len() as u64;
-        if let Some(counts) = job.stored {
-            progress.proxies_total = counts.proxies_total;
-            progress.chunks_total = counts.chunks_total;
-            progress.chunks_queued = counts.chunks_queued;
-            progress.chunks_done = counts.chunks_done;
-            progress.chunks_failed = counts.chunks_failed;
+        let counts = job.chunk_counts();
+        progress.chunks_total = counts.total;
+        progress.chunks_queued = counts.queued;
+        progress.chunks_leased = counts.leased;
+        progress.chunks_done = counts.done;
+        progress.chunks_failed = counts.failed;
+        if let Some(stored) = job.stored {
+            progress.proxies_total = stored.proxies_total;
         }
         if job.state.is_terminal() {
             progress.proxies_unchecked = progress
@@ -315,34 +315,7 @@ impl Scheduler {
         if unchecked > 0 {
             by_reason.insert("unchecked".into(), unchecked);
         }
-        let chunks = match job.stored {
-            Some(counts) => ChunkCounts {
-                total: counts.chunks_total,
-                queued: counts.chunks_queued,
-                leased: 0,
-                done: counts.chunks_done,
-                failed: counts.chunks_failed,
-                split: counts.chunks_split,
-                leases: counts.leases,
-                attempts: counts.attempts,
-            },
-            None => {
-                let mut counts = ChunkCounts {
-                    total: snapshot.progress.chunks_total,
-                    queued: snapshot.progress.chunks_queued,
-                    leased: snapshot.progress.chunks_leased,
-                    done: snapshot.progress.chunks_done,
-                    failed: snapshot.progress.chunks_failed,
-                    ..ChunkCounts::default()
-                };
-                for chunk in &job.chunks {
-                    counts.split += u64::from(chunk.state == ChunkState::Split);
-                    counts.leases += u64::from(chunk.leases);
-                    counts.attempts += u64::from(chunk.charged(job.settings.max_attempts));
-                }
-                counts
-            }
-        };
+        let chunks = job.chunk_counts();
         let mut workers: Vec<(String, WorkerTally)> = job
             .by_worker
             .iter()
@@ -352,6 +325,7 @@ impl Scheduler {
         Ok(JobReport {
             job: snapshot,
             started_wall_ms: job.started_wall_ms,
+            counts_since_restart: job.counts_since_restart,
             by_reason,
             chunks,
             workers,
@@ -499,11 +473,11 @@ impl Scheduler {
                     .or_default();
                 *newest = (*newest).max(job.ended_wall_ms);
             }
-            if let Some(counts) = job.stored {
+            if let Some(stored) = job.stored {
                 for (name, n) in [
-                    ("queued", counts.chunks_queued),
-                    ("done", counts.chunks_done),
-                    ("failed", counts.chunks_failed),
+                    ("queued", stored.chunks.queued),
+                    ("done", stored.chunks.done),
+                    ("failed", stored.chunks.failed),
                 ] {
                     *m.chunks_by_state.entry(name).or_default() += n;
                 }
