@@ -481,3 +481,30 @@ async fn without_a_client_token_the_dashboard_on_loopback_is_open() {
         stream.text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_client_token_only_requests_addressed_to_loopback_are_served() {
+    let coordinator = CoordinatorProc::start(&[]).await;
+    let http = coordinator.http.expect("the HTTP API listens by default");
+    let port = http.port();
+    // A page whose name was pointed at 127.0.0.1 sends its own name as the host.
+    for path in ["/dashboard", "/dashboard/events", "/pool/default", "/pools"] {
+        for host in ["evil.example", &format!("evil.example:{port}")] {
+            let refused = webdriver::request(http, "GET", path, &[("Host", host)], None).await;
+            assert_eq!(refused.status, 421, "{path} for {host}: {refused:?}");
+            assert!(!refused.text().contains("event:"), "{refused:?}");
+        }
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "localhost".to_string(),
+    ] {
+        let served =
+            webdriver::request(http, "GET", "/pools", &[("Host", host.as_str())], None).await;
+        assert_eq!(served.status, 200, "{host}: {served:?}");
+        let page =
+            webdriver::request(http, "GET", "/dashboard", &[("Host", host.as_str())], None).await;
+        assert_eq!(page.status, 200, "{host}: {page:?}");
+    }
+}
