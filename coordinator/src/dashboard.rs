@@ -101,18 +101,24 @@ fn cookie_name(port: u16) -> String {
 }
 
 /// Whether a sign-in or sign-out POST came from another site: the browser says so in
-/// `Sec-Fetch-Site`, or its `Origin` names another host than the request's `Host`.
+/// `Sec-Fetch-Site`, or its `Origin` names another host than the request's `Host` (or is
+/// `null`, as from a sandboxed page, where the browser does not vouch for the same origin).
 pub(crate) fn cross_site(headers: &HeaderMap) -> bool {
-    let text = |name| headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
-    if let Some(site) = text("sec-fetch-site")
-        && !matches!(site.trim(), "same-origin" | "none")
-    {
+    let text = |name| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{0}").trim())
+    };
+    let site = text("sec-fetch-site");
+    if site.is_some_and(|site| !matches!(site, "same-origin" | "none")) {
         return true;
     }
     let Some(origin) = text("origin") else {
         return false;
     };
-    let origin = origin.trim();
+    if origin == "null" {
+        return site != Some("same-origin");
+    }
     let authority = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"));
@@ -309,7 +315,9 @@ pub(crate) fn secure(mut response: Response) -> Response {
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: under it a browser's form posts say `Origin: null`, and the sign-in
+        // could not tell its own page from a sandboxed one.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::X_FRAME_OPTIONS, "DENY"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
@@ -1034,6 +1042,11 @@ mod tests {
             &[
                 ("host", "Coord.example:8081"),
                 ("origin", "https://coord.example:8081"),
+            ],
+            &[
+                ("host", "127.0.0.1:8081"),
+                ("origin", "null"),
+                ("sec-fetch-site", "same-origin"),
             ],
         ] {
             assert!(!cross_site(&headers(same)), "{same:?}");
