@@ -732,9 +732,12 @@ fn job_json(s: &JobSnapshot) -> Value {
                 "candidates": src.candidates,
                 "rejected": src.rejected,
                 "bytes": src.bytes,
-                "error": (!src.error.is_empty() && url != src.url)
-                    .then(|| src.error.replace(&src.url, &url))
-                    .unwrap_or_else(|| src.error.clone()),
+                // A fetch error may quote the URL it fetched.
+                "error": if url == src.url {
+                    src.error.clone()
+                } else {
+                    src.error.replace(&src.url, &url)
+                },
                 "url": url,
             })
         }).collect::<Vec<_>>(),
