@@ -40,8 +40,14 @@ async fn client(
     CoordinatorClient::with_interceptor(channel, BearerToken::new(Some("client-secret")).unwrap())
 }
 
+/// The unreachable source: its address holds a key and a token, which the page never shows.
+/// (A user and password in a source's address are refused at submission.)
+const SECRET_SOURCE: &str = "http://127.0.0.1:1/proxies.txt?apikey=src-key&token=src-pass";
+/// `SECRET_SOURCE` as the page shows it.
+const SECRET_SOURCE_SHOWN: &str = "http://127.0.0.1:1/proxies.txt?apikey=***&token=***";
+
 /// A job of `lines`, named with markup, with a source labelled with markup (its text sent along)
-/// and a source that cannot be reached (its error shown).
+/// and a source that cannot be reached (its error shown), its credentials in its address.
 fn hostile_job(lines: Vec<String>) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest {
         candidates: lines,
@@ -55,7 +61,7 @@ fn hostile_job(lines: Vec<String>) -> pb::SubmitJobRequest {
                 content: "not a proxy\n".into(),
             },
             pb::SourceSpec {
-                url: "http://127.0.0.1:1/proxies.txt".into(),
+                url: SECRET_SOURCE.into(),
                 protocols: Vec::new(),
                 content: String::new(),
             },
@@ -224,6 +230,10 @@ async fn the_dashboard_and_its_event_stream_are_behind_the_client_token_with_a_s
         .expect("a job event");
     assert_eq!(job["name"], format!("nightly {HOSTILE}"));
     assert_eq!(job["sources"][0]["url"], format!("list {HOSTILE}"));
+    assert_eq!(job["sources"][1]["url"], SECRET_SOURCE_SHOWN);
+    for secret in ["src-pass", "src-key"] {
+        assert!(!stream.text().contains(secret), "{secret} sent to the page");
+    }
 
     // A token in the address signs nobody in: addresses end up in logs and histories.
     let by_query =
@@ -377,10 +387,12 @@ async fn in_a_real_browser_a_jobs_progress_moves_to_its_end_and_the_pool_table_f
     let page_text = browser
         .execute("return document.body.innerText", json!([]))
         .await;
-    assert!(
-        !page_text.as_str().unwrap().contains("secret"),
-        "a password on the page"
-    );
+    for secret in ["secret", "src-pass", "src-key"] {
+        assert!(
+            !page_text.as_str().unwrap().contains(secret),
+            "a password on the page: {secret}"
+        );
+    }
 
     // Sorting by latency orders the rows; filtering keeps the matching ones.
     let header = browser
@@ -422,9 +434,10 @@ async fn in_a_real_browser_a_jobs_progress_moves_to_its_end_and_the_pool_table_f
     assert!(
         sources
             .iter()
-            .any(|(url, state, error)| url.ends_with(":1/proxies.txt")
+            .any(|(url, state, error)| url == SECRET_SOURCE_SHOWN
                 && state == "failed"
-                && !error.is_empty()),
+                && !error.is_empty()
+                && !error.contains("src-")),
         "the unreachable source and its error: {sources:?}"
     );
     let name = text_of(&browser, &format!("#jobs tr[data-job=\"{job_id}\"] .name")).await;
@@ -500,6 +513,18 @@ async fn in_a_real_browser_a_jobs_progress_moves_to_its_end_and_the_pool_table_f
     let dark = webdriver::test_output_dir().join("dashboard-dark.png");
     browser.screenshot(&dark).await;
     println!("dashboard screenshot (dark): {}", dark.display());
+
+    // Signing out from the page ends the session: the sign-in form again.
+    let sign_out = browser.find("#logout button", WAIT_LIMIT).await;
+    browser.click(&sign_out).await;
+    browser.find("#token", WAIT_LIMIT).await;
+    let events = browser
+        .execute(
+            "return fetch('/dashboard/events').then(r => r.status)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(events, 401, "the session ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
