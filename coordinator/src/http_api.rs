@@ -1,7 +1,7 @@
 //! The coordinator's small HTTP API, for tools that do not speak gRPC: a pool's members
 //! (`GET /pool/NAME`), one of them at random (`GET /pool/NAME/random`) and the pools
 //! (`GET /pools`), as JSON or plain text, and the web dashboard (`/dashboard`), behind the
-//! client token when tokens are set.
+//! client token when tokens are set, and otherwise only for requests addressed to loopback.
 
 use std::future::Future;
 use std::net::SocketAddr;
