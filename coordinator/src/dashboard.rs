@@ -32,8 +32,13 @@ pub(crate) const STYLE_CSS: &str = include_str!("dashboard/style.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The session cookie's name.
-const COOKIE: &str = "proxyfleet_session";
+/// The session cookie's name, before the HTTP port: browsers send a host's cookies to all its
+/// ports, so two coordinators on one host would otherwise overwrite each other's session.
+const COOKIE_PREFIX: &str = "proxyfleet_session_";
+/// The cookie's path: only the dashboard's own requests carry it.
+const COOKIE_PATH: &str = "/dashboard";
+/// How long a wrong sign-in is answered after, so that guessing the token is slow.
+pub(crate) const FAILED_SIGN_IN_DELAY: Duration = Duration::from_secs(1);
 /// How long a session lasts after sign-in.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Most sessions kept at once; signing in past it ends the oldest.
@@ -90,6 +95,37 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
+/// The session cookie's name for the dashboard on HTTP port `port`.
+fn cookie_name(port: u16) -> String {
+    format!("{COOKIE_PREFIX}{port}")
+}
+
+/// Whether a sign-in or sign-out POST came from another site: the browser says so in
+/// `Sec-Fetch-Site`, or its `Origin` names another host than the request's `Host` (or is
+/// `null`, as from a sandboxed page, where the browser does not vouch for the same origin).
+pub(crate) fn cross_site(headers: &HeaderMap) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{0}").trim())
+    };
+    let site = text("sec-fetch-site");
+    if site.is_some_and(|site| !matches!(site, "same-origin" | "none")) {
+        return true;
+    }
+    let Some(origin) = text("origin") else {
+        return false;
+    };
+    if origin == "null" {
+        return site != Some("same-origin");
+    }
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let host = text("host").map(str::trim);
+    !matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
 /// A new session id: 32 bytes from the kernel's random source, in hex.
 fn new_session_id() -> std::io::Result<String> {
     use std::io::Read;
@@ -102,6 +138,8 @@ fn new_session_id() -> std::io::Result<String> {
 pub(crate) struct Dashboard {
     /// The client token check, fixed for the process's life.
     tokens: TokenCheck,
+    /// The session cookie's name, which holds the HTTP port; fixed for the process's life.
+    cookie: String,
     /// Signed-in browsers; opened by sign-in, closed by sign-out or their end.
     sessions: Mutex<Sessions>,
     /// Keys members by a keyed hash of their URL, so that credentials never reach the page.
@@ -121,11 +159,13 @@ pub(crate) enum Access {
 impl Dashboard {
     pub(crate) fn new(
         tokens: TokenCheck,
+        http_port: u16,
         max_streams: usize,
         stop: watch::Receiver<bool>,
     ) -> Dashboard {
         Dashboard {
             tokens,
+            cookie: cookie_name(http_port),
             sessions: Mutex::default(),
             member_keys: Default::default(),
             streams: Arc::new(Semaphore::new(max_streams.max(1))),
@@ -153,7 +193,7 @@ impl Dashboard {
                 Err(refusal) => Access::Refused(refusal),
             };
         }
-        match cookie(headers, COOKIE) {
+        match cookie(headers, &self.cookie) {
             Some(id) if self.sessions().valid(id, Instant::now()) => Access::Granted,
             Some(_) => Access::Refused(Refusal::Unauthenticated(
                 "the dashboard session has ended: sign in again at /dashboard".into(),
@@ -198,19 +238,33 @@ impl Dashboard {
         self.sessions().open(id.clone(), Instant::now());
         info!("dashboard session opened");
         let cookie = format!(
-            "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+            "{}={id}; Path={COOKIE_PATH}; HttpOnly; SameSite=Strict; Max-Age={}",
+            self.cookie,
             SESSION_TTL.as_secs()
         );
         see_other("/dashboard", Some(cookie))
     }
 
+    /// Signs in as `sign_in` does, answering a refusal only after `FAILED_SIGN_IN_DELAY`; nothing
+    /// is held while it waits.
+    pub(crate) async fn sign_in_slowly(&self, token: &str) -> Response {
+        let answer = self.sign_in(token);
+        if answer.status() == StatusCode::UNAUTHORIZED {
+            tokio::time::sleep(FAILED_SIGN_IN_DELAY).await;
+        }
+        answer
+    }
+
     /// Ends the caller's session, if any, and shows the sign-in form.
     pub(crate) fn sign_out(&self, headers: &HeaderMap) -> Response {
-        if let Some(id) = cookie(headers, COOKIE) {
+        if let Some(id) = cookie(headers, &self.cookie) {
             self.sessions().close(id);
             info!("dashboard session closed");
         }
-        let expired = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+        let expired = format!(
+            "{}=; Path={COOKIE_PATH}; HttpOnly; SameSite=Strict; Max-Age=0",
+            self.cookie
+        );
         see_other("/dashboard", Some(expired))
     }
 
@@ -261,7 +315,9 @@ pub(crate) fn secure(mut response: Response) -> Response {
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: under it a browser's form posts say `Origin: null`, and the sign-in
+        // could not tell its own page from a sandboxed one.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::X_FRAME_OPTIONS, "DENY"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
@@ -312,27 +368,33 @@ fn see_other(location: &'static str, cookie: Option<String>) -> Response {
 struct PoolDelta {
     /// A new snapshot replaces everything the page holds of the pool.
     snapshot: Option<Value>,
+    /// Members added or changed, by key, as the page shows them; the last change of each wins.
     upsert: BTreeMap<String, Value>,
+    /// Keys of members that left the pool since the last send.
     remove: BTreeSet<String>,
 }
 
 /// One page's event stream.
 struct Feed {
+    /// The coordinator's state, read every tick.
     state: State,
     /// The page's stream; closed when the page goes away.
     tx: mpsc::Sender<Result<Event, std::convert::Infallible>>,
     /// The page can sign out.
     locked: bool,
+    /// Keys the members sent to the page (see `member_key`); shared by every page of the process.
     member_keys: std::collections::hash_map::RandomState,
     /// Progress of the shown jobs that have not ended, from their watches.
     jobs: tokio_stream::StreamMap<String, WatchStream<JobSnapshot>>,
     /// The ids shown, newest first.
     shown_jobs: Vec<String>,
+    /// Each shown job's latest snapshot not yet sent.
     pending_jobs: BTreeMap<String, JobSnapshot>,
     /// Every pool's committed changes.
     pools: tokio_stream::StreamMap<String, BroadcastStream<Arc<Applied>>>,
     /// The version each pool's page copy is at.
     pool_versions: HashMap<String, u64>,
+    /// Each pool's snapshot and changes not yet sent, gathered between flushes.
     pending_pools: BTreeMap<String, PoolDelta>,
     /// The pools' heads as last sent.
     last_pools: String,
@@ -533,34 +595,17 @@ impl Feed {
                 return;
             }
         };
-        let version = self.pool_versions.entry(pool.clone()).or_default();
-        // Already in the snapshot the page holds.
-        if applied.version <= *version {
-            return;
-        }
-        *version = applied.version;
-        let Some(member) = applied.member() else {
-            return;
-        };
-        let kind = crate::pools::change_kind(
-            &PoolFilter::default(),
-            applied.before.as_ref(),
-            applied.after.as_ref(),
+        let keys = &self.member_keys;
+        gather_change(
+            &mut self.pool_versions,
+            &mut self.pending_pools,
+            pool,
+            &applied,
+            |m| {
+                let key = member_key(keys, m);
+                (key.clone(), member_json(key, m))
+            },
         );
-        let key = self.member_key(member);
-        let json = self.member_json(member);
-        let delta = self.pending_pools.entry(pool).or_default();
-        match kind {
-            Some(ChangeKind::Added | ChangeKind::Changed) => {
-                delta.remove.remove(&key);
-                delta.upsert.insert(key, json);
-            }
-            Some(ChangeKind::Removed) => {
-                delta.upsert.remove(&key);
-                delta.remove.insert(key);
-            }
-            None => {}
-        }
     }
 
     /// Sends what changed since the last send.
@@ -585,12 +630,55 @@ impl Feed {
         Ok(())
     }
 
-    fn member_key(&self, m: &Member) -> String {
-        format!("{:016x}", self.member_keys.hash_one(m.candidate.full_url()))
-    }
-
     fn member_json(&self, m: &Member) -> Value {
-        member_json(self.member_key(m), m)
+        member_json(member_key(&self.member_keys, m), m)
+    }
+}
+
+/// A member's key on the page: a keyed hash of its URL, so that no credential is sent as a key.
+fn member_key(keys: &std::collections::hash_map::RandomState, m: &Member) -> String {
+    format!("{:016x}", keys.hash_one(m.candidate.full_url()))
+}
+
+/// Gathers `applied` into `pool`'s pending delta, unless the page's copy, at the version in
+/// `versions`, already holds it. A member's last change wins: an upsert replaces the one not yet
+/// sent and cancels a pending removal, and a removal cancels a pending upsert. `describe` gives
+/// a member's key and its JSON, and is called only for a change that is kept.
+fn gather_change(
+    versions: &mut HashMap<String, u64>,
+    pending: &mut BTreeMap<String, PoolDelta>,
+    pool: String,
+    applied: &Applied,
+    describe: impl FnOnce(&Member) -> (String, Value),
+) {
+    let version = versions.entry(pool.clone()).or_default();
+    // Already in the snapshot the page holds.
+    if applied.version <= *version {
+        return;
+    }
+    *version = applied.version;
+    let Some(member) = applied.member() else {
+        return;
+    };
+    let kind = crate::pools::change_kind(
+        &PoolFilter::default(),
+        applied.before.as_ref(),
+        applied.after.as_ref(),
+    );
+    let Some(kind) = kind else {
+        return;
+    };
+    let (key, json) = describe(member);
+    let delta = pending.entry(pool).or_default();
+    match kind {
+        ChangeKind::Added | ChangeKind::Changed => {
+            delta.remove.remove(&key);
+            delta.upsert.insert(key, json);
+        }
+        ChangeKind::Removed => {
+            delta.upsert.remove(&key);
+            delta.remove.insert(key);
+        }
     }
 }
 
@@ -637,14 +725,22 @@ fn job_json(s: &JobSnapshot) -> Value {
         "elapsed_ms": ms(p.elapsed),
         "reassignments": p.reassignments,
         "stale_refused": p.stale_verdicts_refused,
-        "sources": s.sources.iter().map(|src| json!({
-            "url": src.url,
-            "state": src.state.name(),
-            "candidates": src.candidates,
-            "rejected": src.rejected,
-            "bytes": src.bytes,
-            "error": src.error,
-        })).collect::<Vec<_>>(),
+        "sources": s.sources.iter().map(|src| {
+            let url = mask_url(&src.url);
+            json!({
+                "state": src.state.name(),
+                "candidates": src.candidates,
+                "rejected": src.rejected,
+                "bytes": src.bytes,
+                // A fetch error may quote the URL it fetched.
+                "error": if url == src.url {
+                    src.error.clone()
+                } else {
+                    src.error.replace(&src.url, &url)
+                },
+                "url": url,
+            })
+        }).collect::<Vec<_>>(),
         "dropped": s.dropped,
     })
 }
@@ -665,11 +761,69 @@ fn worker_json(w: &WorkerSnapshot, verdicts_per_second: Option<f64>) -> Value {
         "verdicts": w.verdicts_accepted,
         "verdicts_per_second": verdicts_per_second,
         "judges": w.judges.iter().map(|j| json!({
-            "url": j.url,
+            "url": mask_url(&j.url),
             "ok": j.ok,
             "error": j.error,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// Query keys whose values are taken for secrets, matched within the key, ignoring case.
+const SECRET_KEYS: [&str; 8] = [
+    "key", "token", "secret", "pass", "auth", "sig", "cred", "session",
+];
+
+/// `url` with its credentials masked as `***`, as the page shows it: the password of
+/// `scheme://user:password@host` (or the whole user part, which may itself be a token), and the
+/// values of query keys such as `apikey`, `token` or `password`. Text that is no URL is kept.
+fn mask_url(url: &str) -> String {
+    let (head, fragment) = match url.find('#') {
+        Some(at) => url.split_at(at),
+        None => (url, ""),
+    };
+    let (base, query) = match head.find('?') {
+        Some(at) => (&head[..at], Some(&head[at + 1..])),
+        None => (head, None),
+    };
+    let mut masked = String::with_capacity(url.len());
+    match base.find("://") {
+        Some(at) => {
+            let (scheme, rest) = base.split_at(at + 3);
+            let end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(end);
+            masked.push_str(scheme);
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    match userinfo.split_once(':') {
+                        Some((user, _)) => masked.push_str(&format!("{user}:***@")),
+                        None => masked.push_str("***@"),
+                    }
+                    masked.push_str(host);
+                }
+                None => masked.push_str(authority),
+            }
+            masked.push_str(path);
+        }
+        None => masked.push_str(base),
+    }
+    if let Some(query) = query {
+        masked.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, value)) if !value.is_empty() && secret_key(key) => format!("{key}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        masked.push_str(&pairs.join("&"));
+    }
+    masked.push_str(fragment);
+    masked
+}
+
+fn secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_KEYS.iter().any(|secret| key.contains(secret))
 }
 
 /// A pool member as the page shows it: its URL with the user name but never the password.
@@ -727,12 +881,15 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("theme=dark; lang=en"),
         );
-        assert_eq!(cookie(&headers, COOKIE), None);
+        assert_eq!(cookie(&headers, &cookie_name(8081)), None);
         headers.append(
             header::COOKIE,
-            HeaderValue::from_static("x=1;proxyfleet_session=abc ; y=2"),
+            HeaderValue::from_static(
+                "x=1;proxyfleet_session_8082=other ; proxyfleet_session_8081=abc ; y=2",
+            ),
         );
-        assert_eq!(cookie(&headers, COOKIE), Some("abc"));
+        assert_eq!(cookie(&headers, &cookie_name(8081)), Some("abc"));
+        assert_eq!(cookie(&headers, &cookie_name(8082)), Some("other"));
         assert_eq!(cookie(&headers, "y"), Some("2"));
     }
 
@@ -749,7 +906,7 @@ mod tests {
             expected: Some("client-secret".into()),
             other: Some("worker-secret".into()),
         };
-        Dashboard::new(tokens, 4, watch::channel(false).1)
+        Dashboard::new(tokens, 8081, 4, watch::channel(false).1)
     }
 
     fn set_cookie(response: &Response) -> String {
@@ -778,11 +935,19 @@ mod tests {
             set.contains("HttpOnly") && set.contains("SameSite=Strict") && !set.contains("secret"),
             "{set}"
         );
+        assert!(set.starts_with("proxyfleet_session_8081="), "{set}");
+        assert!(set.contains("; Path=/dashboard;"), "{set}");
         let mut headers = HeaderMap::new();
         let pair = set.split(';').next().unwrap().to_string();
         headers.insert(header::COOKIE, HeaderValue::from_str(&pair).unwrap());
         assert!(matches!(dashboard.access(&headers), Access::Granted));
-        assert!(set_cookie(&dashboard.sign_out(&headers)).contains("Max-Age=0"));
+        let expired = set_cookie(&dashboard.sign_out(&headers));
+        assert!(expired.contains("Max-Age=0"), "{expired}");
+        assert!(
+            expired.starts_with("proxyfleet_session_8081=;")
+                && expired.contains("Path=/dashboard;"),
+            "the same cookie is ended: {expired}"
+        );
         assert!(matches!(dashboard.access(&headers), Access::Refused(_)));
 
         let mut bearer = HeaderMap::new();
@@ -803,7 +968,7 @@ mod tests {
 
     #[test]
     fn without_tokens_the_dashboard_is_open() {
-        let open = Dashboard::new(TokenCheck::default(), 4, watch::channel(false).1);
+        let open = Dashboard::new(TokenCheck::default(), 8081, 4, watch::channel(false).1);
         assert!(matches!(open.access(&HeaderMap::new()), Access::Granted));
         assert_eq!(open.page(&HeaderMap::new()).status(), StatusCode::OK);
     }
@@ -836,5 +1001,201 @@ mod tests {
                 "nothing fetched from outside"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wrong_sign_in_is_answered_only_after_the_delay() {
+        let dashboard = locked();
+        let start = tokio::time::Instant::now();
+        let refused = dashboard.sign_in_slowly("guess").await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert!(start.elapsed() >= FAILED_SIGN_IN_DELAY);
+        let start = tokio::time::Instant::now();
+        let signed_in = dashboard.sign_in_slowly("client-secret").await;
+        assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the right token is not held"
+        );
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn posts_from_other_sites_are_told_apart() {
+        for same in [
+            &[][..],
+            &[("host", "127.0.0.1:8081")],
+            &[
+                ("host", "127.0.0.1:8081"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            &[("sec-fetch-site", "none")],
+            &[
+                ("host", "127.0.0.1:8081"),
+                ("origin", "http://127.0.0.1:8081"),
+            ],
+            &[
+                ("host", "Coord.example:8081"),
+                ("origin", "https://coord.example:8081"),
+            ],
+            &[
+                ("host", "127.0.0.1:8081"),
+                ("origin", "null"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        ] {
+            assert!(!cross_site(&headers(same)), "{same:?}");
+        }
+        for other in [
+            &[("host", "127.0.0.1:8081"), ("sec-fetch-site", "cross-site")][..],
+            &[("host", "127.0.0.1:8081"), ("sec-fetch-site", "same-site")],
+            &[
+                ("host", "127.0.0.1:8081"),
+                ("origin", "http://evil.example"),
+            ],
+            &[
+                ("host", "127.0.0.1:8081"),
+                ("origin", "http://127.0.0.1:8082"),
+            ],
+            &[("host", "127.0.0.1:8081"), ("origin", "null")],
+            &[("origin", "http://127.0.0.1:8081")],
+        ] {
+            assert!(cross_site(&headers(other)), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn source_urls_are_shown_without_their_credentials() {
+        for (url, shown) in [
+            (
+                "https://user:pa55@lists.example/p.txt",
+                "https://user:***@lists.example/p.txt",
+            ),
+            (
+                "https://ghp_abc@raw.example/p.txt?x=1#top",
+                "https://***@raw.example/p.txt?x=1#top",
+            ),
+            (
+                "http://lists.example/p.txt?apikey=k1&format=txt&token=t2&Access_Token=t3&empty=",
+                "http://lists.example/p.txt?apikey=***&format=txt&token=***&Access_Token=***&empty=",
+            ),
+            (
+                "http://lists.example/get?password=x&sig=y&q=a@b",
+                "http://lists.example/get?password=***&sig=***&q=a@b",
+            ),
+            (
+                "http://127.0.0.1:1/proxies.txt",
+                "http://127.0.0.1:1/proxies.txt",
+            ),
+            ("list <img src=x>", "list <img src=x>"),
+            ("", ""),
+        ] {
+            assert_eq!(mask_url(url), shown, "{url}");
+        }
+    }
+
+    fn live_member(port: u16, live: bool, latency: u32) -> Member {
+        Member {
+            candidate: crate::candidate::Candidate {
+                protocol: crate::candidate::Protocol::Http,
+                host: "127.0.0.1".into(),
+                port,
+                auth: Some(Box::new(("u".into(), "pw".into()))),
+            },
+            live,
+            first_seen_ms: 1,
+            last_seen_ms: 1,
+            last_checked_ms: 1,
+            successes: u32::from(live),
+            failures: u32::from(!live),
+            checks: 1,
+            checks_usable: u64::from(live),
+            latency_ms: latency,
+            latency_avg_ms: latency,
+            anonymity: crate::scheduler::Anonymity::Elite,
+            exit_ip: String::new(),
+            country: String::new(),
+            last_reason: crate::scheduler::Reason::None,
+            last_detail: String::new(),
+            last_job_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn pool_changes_are_coalesced_and_old_versions_skipped() {
+        let keys = std::collections::hash_map::RandomState::new();
+        let mut versions = HashMap::from([("p".to_string(), 3)]);
+        let mut pending: BTreeMap<String, PoolDelta> = BTreeMap::new();
+        let gather = |versions: &mut HashMap<String, u64>,
+                      pending: &mut BTreeMap<String, PoolDelta>,
+                      version,
+                      before: Option<Member>,
+                      after: Option<Member>| {
+            let applied = Applied {
+                version,
+                before,
+                after,
+            };
+            gather_change(versions, pending, "p".into(), &applied, |m| {
+                let key = member_key(&keys, m);
+                (key.clone(), member_json(key, m))
+            });
+        };
+        let (a, b) = (live_member(1, true, 100), live_member(2, true, 200));
+        // At or below the snapshot's version: already on the page.
+        gather(&mut versions, &mut pending, 3, None, Some(a.clone()));
+        gather(&mut versions, &mut pending, 2, None, Some(b.clone()));
+        assert!(pending.is_empty());
+        // Added, then changed: one upsert with the last state.
+        gather(&mut versions, &mut pending, 4, None, Some(a.clone()));
+        let faster = live_member(1, true, 50);
+        gather(
+            &mut versions,
+            &mut pending,
+            5,
+            Some(a.clone()),
+            Some(faster.clone()),
+        );
+        // Added, then gone dead: only a removal.
+        gather(&mut versions, &mut pending, 6, None, Some(b.clone()));
+        gather(
+            &mut versions,
+            &mut pending,
+            7,
+            Some(b.clone()),
+            Some(live_member(2, false, 200)),
+        );
+        // A replayed older change is skipped.
+        gather(&mut versions, &mut pending, 6, Some(faster.clone()), None);
+        // Dead before and after: nothing for the page.
+        gather(
+            &mut versions,
+            &mut pending,
+            8,
+            Some(live_member(3, false, 1)),
+            Some(live_member(3, false, 2)),
+        );
+        let delta = &pending["p"];
+        let key = |m: &Member| member_key(&keys, m);
+        assert_eq!(delta.upsert.len(), 1, "{delta:?}");
+        assert_eq!(delta.upsert[&key(&a)]["latency_ms"], 50);
+        assert_eq!(delta.upsert[&key(&a)]["proxy"], "http://u:***@127.0.0.1:1");
+        assert_eq!(delta.remove, BTreeSet::from([key(&b)]));
+        assert_eq!(versions["p"], 8);
+        // Back again after its removal: the removal is cancelled.
+        gather(&mut versions, &mut pending, 9, None, Some(b.clone()));
+        let delta = &pending["p"];
+        assert!(
+            delta.remove.is_empty() && delta.upsert.len() == 2,
+            "{delta:?}"
+        );
     }
 }

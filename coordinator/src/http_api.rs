@@ -1,9 +1,10 @@
 //! The coordinator's small HTTP API, for tools that do not speak gRPC: a pool's members
 //! (`GET /pool/NAME`), one of them at random (`GET /pool/NAME/random`) and the pools
 //! (`GET /pools`), as JSON or plain text, and the web dashboard (`/dashboard`), behind the
-//! client token when tokens are set.
+//! client token when tokens are set, and otherwise only for requests addressed to loopback.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -31,6 +32,74 @@ struct Api {
     /// The client token, when tokens are set.
     tokens: TokenCheck,
     dashboard: Arc<Dashboard>,
+    /// The address the port listens on: a `Host` naming it exactly is this coordinator.
+    listen: SocketAddr,
+}
+
+/// Whether `host` (a request's `Host` header) names this machine's loopback or exactly `listen`.
+///
+/// Without a client token the API and the dashboard are open to whoever reaches the port, so a
+/// web page the operator visits could point its own name at 127.0.0.1 and read them from the
+/// operator's browser; its requests carry that name in `Host`, and are refused.
+fn host_allowed(host: &str, listen: SocketAddr) -> bool {
+    let host = host.trim();
+    if host.eq_ignore_ascii_case(&listen.to_string()) {
+        return true;
+    }
+    // The name without its port: `[v6]` keeps its brackets off, a name or IPv4 its last `:N`.
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, "")) => v6,
+            Some((v6, port)) if port.strip_prefix(':').is_some_and(is_port) => v6,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    if host.starts_with('[') {
+        return name
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    }
+    name.parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_port(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Refuses (421) a request whose `Host` is neither loopback nor the listen address, when no
+/// client token is set; with a token, the token is what keeps other sites out.
+async fn check_host(
+    Extract(api): Extract<Api>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if api.tokens.expected.is_none() {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        if !host.is_some_and(|h| host_allowed(h, api.listen)) {
+            return error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "without a client token this port answers only requests addressed to localhost, \
+                 127.0.0.1, [::1] or its listen address; set --client-token to reach it by \
+                 another name",
+            );
+        }
+    }
+    next.run(request).await
 }
 
 /// How an answer is written.
@@ -58,8 +127,9 @@ fn decode(text: &str) -> Option<String> {
         match b {
             b'+' => bytes.push(b' '),
             b'%' => {
-                let hex = [rest.next()?, rest.next()?];
-                bytes.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+                let high = (rest.next()? as char).to_digit(16)?;
+                let low = (rest.next()? as char).to_digit(16)?;
+                bytes.push((high * 16 + low) as u8);
             }
             _ => bytes.push(b),
         }
@@ -318,25 +388,40 @@ fn form_value(text: &str, key: &str) -> Option<String> {
         .and_then(|(_, v)| decode(v))
 }
 
-/// The page; `?token=` signs in once and sends the browser on to `/dashboard` without it.
-async fn dashboard_page(Extract(api): Extract<Api>, uri: Uri, headers: HeaderMap) -> Response {
-    let token = uri.query().and_then(|q| form_value(q, "token"));
-    dashboard::secure(match token {
-        Some(token) => api.dashboard.sign_in(&token),
-        None => api.dashboard.page(&headers),
-    })
+/// The page, or the sign-in form. A token in the address is not read: addresses end up in
+/// proxy logs and the browser's history.
+async fn dashboard_page(Extract(api): Extract<Api>, headers: HeaderMap) -> Response {
+    dashboard::secure(api.dashboard.page(&headers))
 }
 
-/// The sign-in form's target: `token=...` as a form body.
-async fn dashboard_login(Extract(api): Extract<Api>, body: axum::body::Bytes) -> Response {
+/// The answer to a sign-in or sign-out sent from another site's page.
+fn cross_site_refusal() -> Response {
+    dashboard::secure(error(
+        StatusCode::FORBIDDEN,
+        "signing in or out is accepted only from the dashboard's own page",
+    ))
+}
+
+/// The sign-in form's target: `token=...` as a form body; a wrong token is answered slowly.
+async fn dashboard_login(
+    Extract(api): Extract<Api>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if dashboard::cross_site(&headers) {
+        return cross_site_refusal();
+    }
     let token = std::str::from_utf8(&body)
         .ok()
         .and_then(|b| form_value(b, "token"))
         .unwrap_or_default();
-    dashboard::secure(api.dashboard.sign_in(&token))
+    dashboard::secure(api.dashboard.sign_in_slowly(&token).await)
 }
 
 async fn dashboard_logout(Extract(api): Extract<Api>, headers: HeaderMap) -> Response {
+    if dashboard::cross_site(&headers) {
+        return cross_site_refusal();
+    }
     dashboard::secure(api.dashboard.sign_out(&headers))
 }
 
@@ -388,6 +473,10 @@ fn routes(api: Api) -> Router {
             get(|| async { asset("text/css; charset=utf-8", dashboard::STYLE_CSS) }),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            check_host,
+        ))
         .with_state(api)
 }
 
@@ -400,6 +489,7 @@ pub(crate) async fn serve(
     limits: PortLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listen = listener.local_addr()?;
     let listener = GuardedListener::<_, Http1Scan>::new(listener, Plain, "http", limits);
     // Event streams never end by themselves: they end when this turns true.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -409,6 +499,7 @@ pub(crate) async fn serve(
     };
     let dashboard = Arc::new(Dashboard::new(
         tokens.clone(),
+        listen.port(),
         state.config().max_watchers,
         stop,
     ));
@@ -416,6 +507,7 @@ pub(crate) async fn serve(
         state,
         tokens,
         dashboard,
+        listen,
     };
     axum::serve(listener, routes(api).into_make_service())
         .with_graceful_shutdown(shutdown)
@@ -475,5 +567,78 @@ mod tests {
             assert!(e.contains(names), "{query}: {e}");
         }
         assert!(parse_query(&"a".repeat(MAX_QUERY + 1)).is_err());
+    }
+
+    #[test]
+    fn only_loopback_names_or_the_listen_address_are_served_without_a_token() {
+        let listen: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        for host in [
+            "localhost",
+            "LocalHost:8081",
+            "localhost.:8081",
+            "127.0.0.1",
+            "127.0.0.1:8081",
+            "127.9.8.7:1",
+            "[::1]",
+            "[::1]:8081",
+        ] {
+            assert!(host_allowed(host, listen), "{host} refused");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8081",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "127.0.0.1:80:80",
+            "127.0.0.1:x",
+            "10.0.0.1:8081",
+            "0.0.0.0:8081",
+            "[::2]:8081",
+            "[::1]x",
+            "::1",
+            "",
+        ] {
+            assert!(!host_allowed(host, listen), "{host} served");
+        }
+        let wide: SocketAddr = "0.0.0.0:8081".parse().unwrap();
+        assert!(host_allowed("0.0.0.0:8081", wide));
+        assert!(!host_allowed("0.0.0.0:8082", wide));
+    }
+
+    #[test]
+    fn form_values_are_found_by_key_and_decoded() {
+        let body = "a=1&token=abc%2Bdef+ghi%25&empty=&flag&t%6Fken2=x";
+        assert_eq!(form_value(body, "token").as_deref(), Some("abc+def ghi%"));
+        assert_eq!(form_value(body, "a").as_deref(), Some("1"));
+        assert_eq!(form_value(body, "empty").as_deref(), Some(""));
+        assert_eq!(
+            form_value(body, "flag"),
+            None,
+            "a key without '=' has no value"
+        );
+        assert_eq!(
+            form_value(body, "token2").as_deref(),
+            Some("x"),
+            "keys are decoded"
+        );
+        assert_eq!(form_value(body, "missing"), None);
+        assert_eq!(form_value("token=a&token=b", "token").as_deref(), Some("a"));
+        // A browser encodes a literal '+' as %2B and a space as '+'.
+        assert_eq!(form_value("token=a%2Bb", "token").as_deref(), Some("a+b"));
+        assert_eq!(form_value("token=a+b", "token").as_deref(), Some("a b"));
+        assert_eq!(
+            form_value("token=%C3%A9", "token").as_deref(),
+            Some("\u{e9}")
+        );
+        for bad in [
+            "token=%",
+            "token=%2",
+            "token=%zz",
+            "token=%+1",
+            "token=%-1",
+            "token=%FF",
+        ] {
+            assert_eq!(form_value(bad, "token"), None, "{bad}");
+        }
     }
 }

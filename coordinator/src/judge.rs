@@ -49,6 +49,9 @@ pub fn tls_acceptor(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Request headers left out of the echo.
+const NOT_ECHOED: [header::HeaderName; 2] = [header::COOKIE, header::AUTHORIZATION];
+
 /// What the judge saw of a request, as JSON.
 fn echo(method: &Method, uri: &Uri, peer: SocketAddr, headers: &HeaderMap) -> String {
     let token = uri
@@ -57,8 +60,11 @@ fn echo(method: &Method, uri: &Uri, peer: SocketAddr, headers: &HeaderMap) -> St
         .split('&')
         .find_map(|pair| pair.strip_prefix("token="))
         .unwrap_or("");
+    // A browser's cookies and credentials for this host are no concern of a check (it looks for
+    // headers a proxy adds), and are not sent back to whoever made the request.
     let headers: serde_json::Map<String, serde_json::Value> = headers
         .iter()
+        .filter(|(name, _)| !NOT_ECHOED.contains(name))
         .map(|(name, value)| {
             (
                 name.as_str().to_string(),
@@ -140,6 +146,8 @@ mod tests {
     fn echo_carries_token_address_and_headers() {
         let mut headers = HeaderMap::new();
         headers.insert("via", "1.1 squid".parse().unwrap());
+        headers.insert("cookie", "proxyfleet_session_8081=abc".parse().unwrap());
+        headers.insert("authorization", "Bearer client-secret".parse().unwrap());
         let uri: Uri = "http://judge.test/judge?x=1&token=abc123".parse().unwrap();
         let body = echo(
             &Method::GET,
@@ -152,5 +160,7 @@ mod tests {
         assert_eq!(v["remote_addr"], "127.0.0.7");
         assert_eq!(v["headers"]["via"], "1.1 squid");
         assert_eq!(v["path"], "/judge");
+        assert!(v["headers"].get("cookie").is_none(), "{body}");
+        assert!(!body.contains("client-secret"), "{body}");
     }
 }

@@ -1035,9 +1035,7 @@ impl State {
 
     /// The ids of the `limit` newest jobs the scheduler holds, newest first; builds no snapshot.
     pub(crate) fn recent_job_ids(&self, limit: usize) -> Vec<String> {
-        let mut ids = lock(&self.inner.scheduler).job_ids();
-        ids.truncate(limit);
-        ids
+        lock(&self.inner.scheduler).recent_job_ids(limit)
     }
 
     pub(crate) fn jobs(&self) -> Vec<JobSnapshot> {
@@ -1898,5 +1896,25 @@ mod tests {
             state.close_store();
             let _ = std::fs::remove_dir_all(&state.config().data_dir);
         }
+    }
+
+    #[test]
+    fn recent_job_ids_are_the_newest_first() {
+        let state = fresh_state();
+        let ids: Vec<String> = (1..=3)
+            .map(|i| {
+                let valid = state.validate(pb::SubmitJobRequest {
+                    candidates: vec![format!("127.0.0.{i}:80")],
+                    ..pb::SubmitJobRequest::default()
+                });
+                state.submit(valid.unwrap()).snapshot.id
+            })
+            .collect();
+        assert_eq!(
+            state.recent_job_ids(2),
+            vec![ids[2].clone(), ids[1].clone()]
+        );
+        assert_eq!(state.recent_job_ids(10).len(), 3);
+        assert!(state.recent_job_ids(0).is_empty());
     }
 }

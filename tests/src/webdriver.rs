@@ -99,7 +99,20 @@ fn answer_complete(raw: &[u8]) -> bool {
         .is_some_and(|length| body.len() >= length)
 }
 
-/// Sends one request (`Connection: close`) and reads the whole answer, at most `COMMAND_LIMIT`.
+/// The `Host` line for a request to `addr`, unless `headers` give their own.
+fn host(addr: SocketAddr, headers: &[(&str, &str)]) -> String {
+    if headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        String::new()
+    } else {
+        format!("Host: {addr}\r\n")
+    }
+}
+
+/// Sends one request (`Connection: close`; `Host: ADDR` unless `headers` hold another) and
+/// reads the whole answer, at most `COMMAND_LIMIT`.
 pub async fn request(
     addr: SocketAddr,
     method: &str,
@@ -109,7 +122,10 @@ pub async fn request(
 ) -> Answer {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\n{}Connection: close\r\n",
+            host(addr, headers)
+        );
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -173,7 +189,7 @@ pub async fn read_stream(
     let mut stream = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    let mut head = format!("GET {path} HTTP/1.1\r\n{}", host(addr, headers));
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }

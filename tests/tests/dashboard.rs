@@ -40,8 +40,14 @@ async fn client(
     CoordinatorClient::with_interceptor(channel, BearerToken::new(Some("client-secret")).unwrap())
 }
 
+/// The unreachable source: its address holds a key and a token, which the page never shows.
+/// (A user and password in a source's address are refused at submission.)
+const SECRET_SOURCE: &str = "http://127.0.0.1:1/proxies.txt?apikey=src-key&token=src-pass";
+/// `SECRET_SOURCE` as the page shows it.
+const SECRET_SOURCE_SHOWN: &str = "http://127.0.0.1:1/proxies.txt?apikey=***&token=***";
+
 /// A job of `lines`, named with markup, with a source labelled with markup (its text sent along)
-/// and a source that cannot be reached (its error shown).
+/// and a source that cannot be reached (its error shown), its credentials in its address.
 fn hostile_job(lines: Vec<String>) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest {
         candidates: lines,
@@ -55,7 +61,7 @@ fn hostile_job(lines: Vec<String>) -> pb::SubmitJobRequest {
                 content: "not a proxy\n".into(),
             },
             pb::SourceSpec {
-                url: "http://127.0.0.1:1/proxies.txt".into(),
+                url: SECRET_SOURCE.into(),
                 protocols: Vec::new(),
                 content: String::new(),
             },
@@ -122,24 +128,60 @@ async fn the_dashboard_and_its_event_stream_are_behind_the_client_token_with_a_s
             .status,
         403
     );
+    let made_up = format!("proxyfleet_session_{}=0123", http.port());
+    let made_up = [("Cookie", made_up.as_str())];
     assert_eq!(
-        events(&[("Cookie", "proxyfleet_session=0123")])
+        webdriver::read_stream(http, "/dashboard/events", &made_up, WAIT_LIMIT, |_| true)
             .await
             .status,
         401
     );
 
-    // Signing in: a wrong token is refused; the right one sets a cookie that is not the token.
+    // Signing in: a wrong token is refused, and only after a delay that makes guessing slow; the
+    // right one sets a cookie that is not the token.
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let asked = std::time::Instant::now();
     let wrong =
         webdriver::request(http, "POST", "/dashboard/login", &form, Some(b"token=nope")).await;
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        asked.elapsed()
+    );
     assert_eq!(wrong.status, 401);
     assert!(wrong.header("set-cookie").is_none());
+
+    // Another site's page cannot sign a browser in or out, even with the right token.
+    let origin = format!("http://{http}");
+    for from_elsewhere in [
+        vec![("Sec-Fetch-Site", "cross-site")],
+        vec![("Origin", "http://evil.example")],
+        vec![("Origin", "http://127.0.0.1:1")],
+    ] {
+        let headers: Vec<(&str, &str)> = form.iter().copied().chain(from_elsewhere).collect();
+        let refused = webdriver::request(
+            http,
+            "POST",
+            "/dashboard/login",
+            &headers,
+            Some(b"token=client-secret"),
+        )
+        .await;
+        assert_eq!(refused.status, 403, "{headers:?}: {refused:?}");
+        assert!(refused.header("set-cookie").is_none());
+        let out = webdriver::request(http, "POST", "/dashboard/logout", &headers, Some(b"")).await;
+        assert_eq!(out.status, 403, "{headers:?}: {out:?}");
+    }
+    let same_origin = [
+        form[0],
+        ("Origin", origin.as_str()),
+        ("Sec-Fetch-Site", "same-origin"),
+    ];
     let signed = webdriver::request(
         http,
         "POST",
         "/dashboard/login",
-        &form,
+        &same_origin,
         Some(b"token=client-secret"),
     )
     .await;
@@ -151,7 +193,13 @@ async fn the_dashboard_and_its_event_stream_are_behind_the_client_token_with_a_s
         .header("set-cookie")
         .expect("a session cookie")
         .to_string();
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+    // Named after the port, and sent only with the dashboard's requests: the judge on the next
+    // port, which echoes headers, never gets it, nor does another coordinator on the host.
+    assert!(
+        set_cookie.starts_with(&format!("proxyfleet_session_{}=", http.port())),
+        "{set_cookie}"
+    );
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/dashboard;"] {
         assert!(set_cookie.contains(attribute), "{set_cookie}");
     }
     assert!(!set_cookie.contains("client-secret"), "{set_cookie}");
@@ -182,15 +230,16 @@ async fn the_dashboard_and_its_event_stream_are_behind_the_client_token_with_a_s
         .expect("a job event");
     assert_eq!(job["name"], format!("nightly {HOSTILE}"));
     assert_eq!(job["sources"][0]["url"], format!("list {HOSTILE}"));
+    assert_eq!(job["sources"][1]["url"], SECRET_SOURCE_SHOWN);
+    for secret in ["src-pass", "src-key"] {
+        assert!(!stream.text().contains(secret), "{secret} sent to the page");
+    }
 
-    // `?token=` signs in once and sends the browser on without the token in the address.
+    // A token in the address signs nobody in: addresses end up in logs and histories.
     let by_query =
         webdriver::request(http, "GET", "/dashboard?token=client-secret", &[], None).await;
-    assert_eq!(
-        (by_query.status, by_query.header("location")),
-        (303, Some("/dashboard"))
-    );
-    assert!(by_query.header("set-cookie").is_some());
+    assert_eq!(by_query.status, 401, "{by_query:?}");
+    assert!(by_query.header("set-cookie").is_none());
 
     // Signing out ends the session.
     let out = webdriver::request(http, "POST", "/dashboard/logout", &cookie, Some(b"")).await;
@@ -338,10 +387,12 @@ async fn in_a_real_browser_a_jobs_progress_moves_to_its_end_and_the_pool_table_f
     let page_text = browser
         .execute("return document.body.innerText", json!([]))
         .await;
-    assert!(
-        !page_text.as_str().unwrap().contains("secret"),
-        "a password on the page"
-    );
+    for secret in ["secret", "src-pass", "src-key"] {
+        assert!(
+            !page_text.as_str().unwrap().contains(secret),
+            "a password on the page: {secret}"
+        );
+    }
 
     // Sorting by latency orders the rows; filtering keeps the matching ones.
     let header = browser
@@ -383,9 +434,10 @@ async fn in_a_real_browser_a_jobs_progress_moves_to_its_end_and_the_pool_table_f
     assert!(
         sources
             .iter()
-            .any(|(url, state, error)| url.ends_with(":1/proxies.txt")
+            .any(|(url, state, error)| url == SECRET_SOURCE_SHOWN
                 && state == "failed"
-                && !error.is_empty()),
+                && !error.is_empty()
+                && !error.contains("src-")),
         "the unreachable source and its error: {sources:?}"
     );
     let name = text_of(&browser, &format!("#jobs tr[data-job=\"{job_id}\"] .name")).await;
@@ -461,6 +513,18 @@ async fn in_a_real_browser_a_jobs_progress_moves_to_its_end_and_the_pool_table_f
     let dark = webdriver::test_output_dir().join("dashboard-dark.png");
     browser.screenshot(&dark).await;
     println!("dashboard screenshot (dark): {}", dark.display());
+
+    // Signing out from the page ends the session: the sign-in form again.
+    let sign_out = browser.find("#logout button", WAIT_LIMIT).await;
+    browser.click(&sign_out).await;
+    browser.find("#token", WAIT_LIMIT).await;
+    let events = browser
+        .execute(
+            "return fetch('/dashboard/events').then(r => r.status)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(events, 401, "the session ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,4 +544,35 @@ async fn without_a_client_token_the_dashboard_on_loopback_is_open() {
         "{}",
         stream.text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_client_token_only_requests_addressed_to_loopback_are_served() {
+    let coordinator = CoordinatorProc::start(&[]).await;
+    let http = coordinator.http.expect("the HTTP API listens by default");
+    let port = http.port();
+    // A page whose name was pointed at 127.0.0.1 sends its own name as the host.
+    for path in ["/dashboard", "/dashboard/events", "/pool/default", "/pools"] {
+        for host in ["evil.example", &format!("evil.example:{port}")] {
+            let refused = webdriver::request(http, "GET", path, &[("Host", host)], None).await;
+            let text = refused.text();
+            assert_eq!(refused.status, 421, "{path} for {host}: {text}");
+            assert!(
+                text.contains("--client-token"),
+                "the answer says what to do: {text}"
+            );
+        }
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "localhost".to_string(),
+    ] {
+        let served =
+            webdriver::request(http, "GET", "/pools", &[("Host", host.as_str())], None).await;
+        assert_eq!(served.status, 200, "{host}: {}", served.text());
+        let page =
+            webdriver::request(http, "GET", "/dashboard", &[("Host", host.as_str())], None).await;
+        assert_eq!(page.status, 200, "{host}: {}", page.text());
+    }
 }

@@ -188,6 +188,11 @@ impl Scheduler {
         self.job_order.iter().rev().cloned().collect()
     }
 
+    /// The ids of the `limit` newest jobs, newest first; only those are cloned.
+    pub(crate) fn recent_job_ids(&self, limit: usize) -> Vec<String> {
+        self.job_order.iter().rev().take(limit).cloned().collect()
+    }
+
     pub(crate) fn snapshot(
         &self,
         job_id: &str,
