@@ -735,9 +735,36 @@ async fn connect_from(addr: SocketAddr, egress: Option<IpAddr>) -> io::Result<Tc
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     if let Some(ip) = egress {
-        socket.bind(SocketAddr::new(ip, 0))?;
+        bind_source(&socket, ip)?;
     }
     socket.connect(addr).await
+}
+
+/// Binds `socket` to the source address `ip` and leaves the choice of its port to `connect`,
+/// which may take a port in use toward other destinations. A port chosen at `bind` must be free
+/// toward every destination: a search that grows with the TIME_WAIT sockets of the address, and
+/// under a churn of short connections comes to cost more than the connections themselves.
+pub fn bind_source(socket: &TcpSocket, ip: IpAddr) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if ip.is_ipv4() {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt(2) on a socket this function borrows, with a pointer to a live
+        // c_int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    socket.bind(SocketAddr::new(ip, 0))
 }
 
 /// An upstream connection a client's handshake asked for.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use proxyfleet_proto::v1 as pb;
 use proxyfleet_tests::harness::{self, CoordinatorProc};
-use proxyfleet_tests::sim::{Behavior, ProxySpec, SimProxy};
+use proxyfleet_tests::sim::{self, Behavior, ProxySpec, SimProxy};
 use proxyfleet_tests::sites::{Reply, Site};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
@@ -52,7 +52,7 @@ async fn one(
     since: Instant,
 ) -> Option<Duration> {
     let socket = TcpSocket::new_v4().ok()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).ok()?;
+    sim::bind_source(&socket, IpAddr::V4(source)).ok()?;
     let mut stream = socket.connect(proxy).await.ok()?;
     let _ = stream.set_nodelay(true);
     let request =
