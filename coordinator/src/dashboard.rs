@@ -535,15 +535,11 @@ impl Feed {
             self.follow_pool(name);
         }
         let heads = json!({
-            "pools": pools.iter().map(|p| json!({
-                "pool": p.meta.name,
-                "live": p.live,
-                "total": p.total,
-                "version": p.meta.version,
-                "revalidate_every_ms": p.meta.revalidate_every.as_millis() as u64,
-                "last_revalidation_ms": p.meta.last_round_ms,
-                "round_job": p.meta.round_job,
-            })).collect::<Vec<_>>(),
+            "pools": pools.iter().map(|p| {
+                let mut head = crate::pools::summary_json(p);
+                head["round_job"] = json!(p.meta.round_job);
+                head
+            }).collect::<Vec<_>>(),
         });
         let text = heads.to_string();
         if text != self.last_pools {

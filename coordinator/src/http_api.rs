@@ -356,15 +356,9 @@ async fn list(Extract(api): Extract<Api>, headers: HeaderMap) -> Response {
         .pools()
         .iter()
         .map(|p| {
-            serde_json::json!({
-                "pool": p.meta.name,
-                "live": p.live,
-                "total": p.total,
-                "version": p.meta.version,
-                "revalidate_every_ms": p.meta.revalidate_every.as_millis() as u64,
-                "last_revalidation_ms": p.meta.last_round_ms,
-                "files": p.files,
-            })
+            let mut head = crate::pools::summary_json(p);
+            head["files"] = serde_json::json!(p.files);
+            head
         })
         .collect();
     json(serde_json::json!({ "pools": pools }))

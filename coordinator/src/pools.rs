@@ -397,6 +397,19 @@ pub(crate) fn render(live: &[Member]) -> Vec<(String, String)> {
 }
 
 /// A member as the files and the HTTP API show it.
+/// A pool's head as JSON, for the HTTP API's pool list and the dashboard: its sizes, version and
+/// revalidation.
+pub(crate) fn summary_json(p: &PoolSummary) -> serde_json::Value {
+    serde_json::json!({
+        "pool": p.meta.name,
+        "live": p.live,
+        "total": p.total,
+        "version": p.meta.version,
+        "revalidate_every_ms": p.meta.revalidate_every.as_millis() as u64,
+        "last_revalidation_ms": p.meta.last_round_ms,
+    })
+}
+
 pub(crate) fn member_json(m: &Member) -> serde_json::Value {
     serde_json::json!({
         "proxy": m.candidate.full_url(),

@@ -372,12 +372,22 @@ pub struct CliOutput {
 
 /// Runs the `proxyfleet` binary with `args`, bounded by `WAIT_LIMIT`.
 pub async fn cli(args: &[&str]) -> CliOutput {
-    let mut command = Command::new(bin("proxyfleet"));
-    command.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    run_program("proxyfleet", args, &[]).await
+}
+
+/// Runs the workspace binary `program` with `args` and the environment variables `env` added,
+/// bounded by `WAIT_LIMIT`.
+pub async fn run_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+    let mut command = Command::new(bin(program));
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
     let output = tokio::time::timeout(WAIT_LIMIT, command.output())
         .await
-        .unwrap_or_else(|_| panic!("proxyfleet {args:?} did not end within {WAIT_LIMIT:?}"))
-        .expect("running proxyfleet");
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not end within {WAIT_LIMIT:?}"))
+        .expect("running the program");
     CliOutput {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -12,7 +12,9 @@ use std::time::Duration;
 use clap::CommandFactory;
 use proxyfleet_common::config_file;
 use proxyfleet_proto::v1 as pb;
-use proxyfleet_tests::harness::{self, CliOutput, CoordinatorProc, TempDir, WAIT_LIMIT};
+use proxyfleet_tests::harness::{
+    self, CliOutput, CoordinatorProc, TempDir, WAIT_LIMIT, run_program as run,
+};
 use proxyfleet_tests::sim::{Farm, ProxySpec, SimProxy};
 use proxyfleet_tests::sites::Site;
 
@@ -24,25 +26,6 @@ fn example() -> PathBuf {
         .parent()
         .expect("the workspace")
         .join("proxyfleet.example.toml")
-}
-
-/// Runs `program` with `args` and `env`, bounded by `WAIT_LIMIT`.
-async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
-    let mut command = tokio::process::Command::new(harness::bin(program));
-    command
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(WAIT_LIMIT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("{program} {args:?} did not end within {WAIT_LIMIT:?}"))
-        .expect("running the program");
-    CliOutput {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
 }
 
 /// The job id `submit` printed alone on its line.
