@@ -316,6 +316,12 @@ pub struct GatewayArgs {
     /// How long an upstream that failed is skipped.
     #[arg(long, env = "PROXYFLEET_GATEWAY_COOLDOWN", default_value = "30s", value_parser = humantime::parse_duration)]
     pub cooldown: Duration,
+    /// Most of the pool, in percent, cooling down at once (at least one upstream may always).
+    /// A failure past it is still retried on another upstream, but the failed one stays in
+    /// turn and is not reported to the coordinator: so many failing together points at this
+    /// gateway's own network or load, and reporting them would empty a working pool.
+    #[arg(long, env = "PROXYFLEET_GATEWAY_MAX_COOLING", default_value_t = proxyfleet_gateway::choose::DEFAULT_MAX_COOLING_PERCENT, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_cooling_percent: u8,
     /// How long a session key keeps its upstream after its last use.
     #[arg(long, env = "PROXYFLEET_GATEWAY_STICKY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub sticky_ttl: Duration,

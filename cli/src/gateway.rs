@@ -41,6 +41,7 @@ pub fn config(remote: &Remote, args: &GatewayArgs) -> Result<GatewayConfig, Fail
     config.users = users;
     config.retries = args.retries;
     config.cooldown = args.cooldown;
+    config.max_cooling_percent = args.max_cooling_percent;
     config.sticky_ttl = args.sticky_ttl;
     config.connect_timeout = args.connect_timeout;
     config.idle_timeout = args.idle_timeout;

@@ -159,6 +159,20 @@ impl Member {
     }
 }
 
+/// Most of the set, in percent, cooling down at once unless told otherwise.
+pub const DEFAULT_MAX_COOLING_PERCENT: u8 = 50;
+
+/// What [`Chooser::failed`] did with a failed upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cooled {
+    /// It cools down: skipped until the cool-down ends, and worth reporting.
+    Yes,
+    /// `cooling` upstreams cool down already, the most allowed (`cap`): it stays in turn.
+    No { cooling: usize, cap: usize },
+    /// The set no longer holds it.
+    Gone,
+}
+
 /// A session key's upstream.
 #[derive(Debug)]
 struct Binding {
@@ -202,6 +216,8 @@ pub struct Chooser {
     policy: Policy,
     /// How long an upstream that failed is skipped.
     cooldown: Duration,
+    /// Most of the set, in percent, cooling down at once (at least one upstream may always).
+    max_cooling_percent: u8,
     /// How long a session key keeps its upstream after its last use.
     sticky_ttl: Duration,
     /// Most session keys remembered.
@@ -247,6 +263,7 @@ impl Chooser {
         Chooser {
             policy,
             cooldown,
+            max_cooling_percent: DEFAULT_MAX_COOLING_PERCENT,
             sticky_ttl,
             max_sessions,
             members: BTreeMap::new(),
@@ -261,6 +278,13 @@ impl Chooser {
 
     pub fn policy(&self) -> Policy {
         self.policy
+    }
+
+    /// At most `percent` of the set cools down at once (at least one upstream may always): past
+    /// it, [`Chooser::failed`] leaves upstreams in turn and says so.
+    pub fn with_max_cooling(mut self, percent: u8) -> Chooser {
+        self.max_cooling_percent = percent.min(100);
+        self
     }
 
     /// Replaces the whole set (a WatchPool snapshot). An upstream in both keeps its in-flight
@@ -399,15 +423,24 @@ impl Chooser {
         self.members.get(key).map_or(0, |m| m.in_flight)
     }
 
-    /// Connecting or handshaking through `key` failed at `now`: it is skipped for the cool-down,
-    /// and sessions bound to it choose again.
-    pub fn failed(&mut self, key: &str, now: Instant) {
+    /// Connecting or handshaking through `key` failed at `now`: sessions bound to it choose
+    /// again, and it is skipped for the cool-down, unless that would leave more than the
+    /// max-cooling share of the set cooling at once (at least one upstream may always cool).
+    /// `Cooled::No` then: so many failing together points at the gateway's own side (its network,
+    /// its load) more than at the proxies, and a failure it does not cool is not worth reporting.
+    pub fn failed(&mut self, key: &str, now: Instant) -> Cooled {
+        let cap = (self.members.len() * usize::from(self.max_cooling_percent) / 100).max(1);
+        let cooling = self.cooling(now);
         let Some(member) = self.members.get_mut(key) else {
-            return;
+            return Cooled::Gone;
         };
         self.generations += 1;
         member.generation = self.generations;
+        if !member.cooling(now) && cooling >= cap {
+            return Cooled::No { cooling, cap };
+        }
         member.cooling_until = Some(now.checked_add(self.cooldown).unwrap_or(now));
+        Cooled::Yes
     }
 
     /// A new member for an upstream that joins, with a generation no binding holds.
@@ -537,8 +570,9 @@ mod tests {
         }
     }
 
+    /// With no cap on cooling: the cap has tests of its own.
     fn chooser(policy: Policy, n: usize) -> Chooser {
-        let mut c = Chooser::new(policy, COOLDOWN, TTL, 10_000);
+        let mut c = Chooser::new(policy, COOLDOWN, TTL, 10_000).with_max_cooling(100);
         c.rng = fastrand::Rng::with_seed(7);
         c.replace((0..n).map(upstream).collect());
         c
@@ -913,8 +947,45 @@ mod tests {
         assert!(!during.contains_key(&key(1)));
 
         // One the pool does not have is ignored.
-        c.failed("http://gone:1", t0);
+        assert_eq!(c.failed("http://gone:1", t0), Cooled::Gone);
         assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn at_most_the_max_cooling_share_of_the_set_cools_down_at_once() {
+        let t0 = Instant::now();
+        let mut c = chooser(Policy::RoundRobin, 10).with_max_cooling(50);
+        for n in 0..5 {
+            assert_eq!(c.failed(&key(n), t0), Cooled::Yes);
+        }
+        assert_eq!(c.failed(&key(5), t0), Cooled::No { cooling: 5, cap: 5 });
+        assert_eq!(c.cooling(t0), 5);
+        // The one past the cap stays in turn with the others not cooling.
+        let picks = tally(&mut c, &any(), 100, t0);
+        assert_eq!(picks.len(), 5, "{picks:?}");
+        assert_eq!(picks.get(&key(5)), Some(&20));
+        // One cooling already may fail again and cool on: it does not add to the share.
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(c.failed(&key(0), later), Cooled::Yes);
+        // Once cool-downs end, others may cool.
+        assert_eq!(c.failed(&key(5), t0 + COOLDOWN), Cooled::Yes);
+        assert_eq!(c.cooling(t0 + COOLDOWN), 2);
+        // The share follows the set's size: from ten to four members, two may cool.
+        c.replace((6..10).map(upstream).collect());
+        let now = t0 + COOLDOWN * 2;
+        assert_eq!(c.failed(&key(6), now), Cooled::Yes);
+        assert_eq!(c.failed(&key(7), now), Cooled::Yes);
+        assert_eq!(c.failed(&key(8), now), Cooled::No { cooling: 2, cap: 2 });
+    }
+
+    #[test]
+    fn at_least_one_upstream_may_always_cool_down() {
+        let now = Instant::now();
+        let mut c = chooser(Policy::RoundRobin, 1).with_max_cooling(50);
+        assert_eq!(c.failed(&key(0), now), Cooled::Yes);
+        let mut c = chooser(Policy::RoundRobin, 3).with_max_cooling(0);
+        assert_eq!(c.failed(&key(1), now), Cooled::Yes);
+        assert_eq!(c.failed(&key(2), now), Cooled::No { cooling: 1, cap: 1 });
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::choose::{Chooser, Upstream};
+use crate::choose::{Chooser, Cooled, Upstream};
 use crate::metrics::Metrics;
 use crate::upstream::{self, UpstreamError};
 use crate::wants::{self, Wants};
@@ -181,13 +181,24 @@ impl Front {
                 Err(e) => {
                     // Logs and the metrics page name upstreams without their credentials.
                     self.metrics.attempt(&upstream.key, e.reason());
-                    warn!(upstream = %upstream.url(), reason = e.reason(), error = %e, "upstream failed; trying another");
-                    self.lock_chooser().failed(&upstream.key, Instant::now());
-                    // A full backlog drops it: the pool's rounds find dead proxies too.
-                    let _ = self.failures.try_send(crate::report::Failure {
-                        proxy: upstream.key.clone(),
-                        error: e.clone(),
-                    });
+                    let cooled = self.lock_chooser().failed(&upstream.key, Instant::now());
+                    match cooled {
+                        Cooled::Yes => {
+                            warn!(upstream = %upstream.url(), reason = e.reason(), error = %e, "upstream failed; trying another");
+                            // A full backlog drops it: the pool's rounds find dead proxies too.
+                            let _ = self.failures.try_send(crate::report::Failure {
+                                proxy: upstream.key.clone(),
+                                error: e.clone(),
+                            });
+                        }
+                        Cooled::No { cooling, cap } => {
+                            self.metrics.held_back.fetch_add(1, Ordering::Relaxed);
+                            warn!(upstream = %upstream.url(), reason = e.reason(), error = %e, cooling, cap, "upstream failed while the most upstreams allowed cool down already: trying another, but neither cooling it down nor reporting it (so many failing at once points at this gateway's own network or load)");
+                        }
+                        Cooled::Gone => {
+                            warn!(upstream = %upstream.url(), reason = e.reason(), error = %e, "upstream failed and has left the pool; trying another");
+                        }
+                    }
                     tried.push(upstream.key.clone());
                     last = Some(e);
                 }

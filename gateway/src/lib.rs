@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub retries: u32,
     /// How long a failed upstream is skipped.
     pub cooldown: Duration,
+    /// Most of the set, in percent, cooling down (and so reported) at once.
+    pub max_cooling_percent: u8,
     /// How long a session keeps its upstream after its last use.
     pub sticky_ttl: Duration,
     /// Connect and handshake time an upstream gets.
@@ -72,6 +74,7 @@ impl GatewayConfig {
             users: None,
             retries: 3,
             cooldown: Duration::from_secs(30),
+            max_cooling_percent: choose::DEFAULT_MAX_COOLING_PERCENT,
             sticky_ttl: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
@@ -134,12 +137,10 @@ fn start(
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> (Shared, Vec<tokio::task::JoinHandle<()>>) {
-    let chooser = Arc::new(Mutex::new(choose::Chooser::new(
-        config.policy,
-        config.cooldown,
-        config.sticky_ttl,
-        100_000,
-    )));
+    let chooser = Arc::new(Mutex::new(
+        choose::Chooser::new(config.policy, config.cooldown, config.sticky_ttl, 100_000)
+            .with_max_cooling(config.max_cooling_percent),
+    ));
     let follower = tokio::spawn(follow::follow(
         config.endpoint.clone(),
         config.token.clone(),

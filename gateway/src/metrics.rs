@@ -32,6 +32,8 @@ pub struct Metrics {
     pub by_upstream: Mutex<HashMap<String, [u64; 4]>>,
     /// Attempts on another upstream after one failed.
     pub retries: AtomicU64,
+    /// Upstream failures neither cooled down nor reported: too much of the set was cooling.
+    pub held_back: AtomicU64,
     /// Tunnels open now.
     pub active: AtomicU64,
     /// Upstreams in the gateway's set.
@@ -131,6 +133,10 @@ impl Metrics {
         out.push_str(&format!(
             "# HELP proxyfleet_gateway_retries_total Attempts on another upstream after one failed.\n# TYPE proxyfleet_gateway_retries_total counter\nproxyfleet_gateway_retries_total {}\n",
             self.retries.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
+            "# HELP proxyfleet_gateway_failures_held_back_total Upstream failures neither cooled down nor reported, because the most upstreams allowed were cooling down already.\n# TYPE proxyfleet_gateway_failures_held_back_total counter\nproxyfleet_gateway_failures_held_back_total {}\n",
+            self.held_back.load(Ordering::Relaxed)
         ));
         gauge(
             &mut out,

@@ -337,6 +337,11 @@ async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordina
     let killed = container_of(&workers[0], &containers).to_string();
     let cut_off = container_of(&workers[1], &containers).to_string();
     crash(&killed).await;
+    // The crashed worker's container comes back by itself. Only then is the other cut off: the
+    // address a disconnect frees could otherwise go to the container restarting, which would
+    // answer the coordinator's packets for the cut-off worker with resets and end its session
+    // instead of leaving it silent.
+    restarted(&killed).await;
     docker(&["network", "disconnect", &network, &cut_off]).await;
     let cut_worker = workers[1].clone();
     harness::wait_for("the cut-off worker to go silent", WAIT_LIMIT, || {
@@ -371,8 +376,6 @@ async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordina
     );
     let job = finished(&url, &job_id).await;
     let progress = job.progress.unwrap();
-    // The crashed worker's container came back by itself.
-    restarted(&killed).await;
     assert!(progress.reassignments >= 2, "{progress:?}");
     // The cut-off worker came back with verdicts for leases that had moved on: refused, counted.
     assert!(progress.stale_verdicts_refused > 0, "{progress:?}");

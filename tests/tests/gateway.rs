@@ -391,6 +391,84 @@ async fn a_dead_upstream_costs_no_client_request_and_leaves_the_gateways_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_loses_every_upstream_at_once_reports_at_most_half_the_pool() {
+    let mut proxies = egress_farm(4).await;
+    let target = Site::icanhazip([127, 0, 0, 1].into()).await.unwrap();
+    let coordinator = CoordinatorProc::start(&["--max-failures", "1"]).await;
+    let _worker = coordinator.worker("w", &["--max-checks", "16"]);
+    fill_pool(&coordinator, &proxies, &[]).await;
+    let metrics = harness::quiet_port();
+    let metrics_arg = metrics.to_string();
+    // The default cap: half the pool cooling down at once.
+    let (_gateway, addr) = gateway(
+        &coordinator,
+        &["--cooldown", "10m", "--metrics-listen", &metrics_arg],
+    )
+    .await;
+    harness::wait_for("the gateway's first answer", WAIT_LIMIT, || async move {
+        (http_get(addr, target.addr, None).await.0 == 200).then_some(())
+    })
+    .await;
+    // Every upstream fails at once, as when the gateway's own network fails.
+    proxies.clear();
+    for _ in 0..20 {
+        let (status, _) = http_get(addr, target.addr, None).await;
+        assert_eq!(status, 502, "no upstream can carry it");
+    }
+    // Two of the four were cooled down and reported, and left the live set; the other two
+    // failed past the cap, stayed in turn and were not reported.
+    let mut client = coordinator.client().await;
+    let live = || {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_pool(pb::GetPoolRequest {
+                    pool: "default".into(),
+                    ..Default::default()
+                })
+                .await
+                .ok()
+                .map(|p| p.into_inner().live)
+        }
+    };
+    harness::wait_for(
+        "the reported upstreams out of the live set",
+        WAIT_LIMIT,
+        || {
+            let live = live();
+            async move { (live.await? == 2).then_some(()) }
+        },
+    )
+    .await;
+    let page = harness::scrape(metrics).await;
+    assert!(
+        harness::sample(&page, "proxyfleet_gateway_failures_held_back_total") >= 1.0,
+        "{page}"
+    );
+    // Reports go out in batches every half second: nothing more comes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(live().await, Some(2));
+    let pool = client
+        .get_pool(pb::GetPoolRequest {
+            pool: "default".into(),
+            filter: Some(pb::PoolFilter {
+                include_dead: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reported = pool
+        .members
+        .iter()
+        .filter(|m| m.last_detail.contains("reported by a client"))
+        .count();
+    assert_eq!(reported, 2, "{:#?}", pool.members);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_are_checked_and_the_per_client_cap_holds() {
     let proxies = egress_farm(2).await;
     let target = Site::icanhazip([127, 0, 0, 1].into()).await.unwrap();
