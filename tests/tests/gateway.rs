@@ -466,6 +466,46 @@ async fn a_gateway_that_loses_every_upstream_at_once_reports_at_most_half_the_po
         .filter(|m| m.last_detail.contains("reported by a client"))
         .count();
     assert_eq!(reported, 2, "{:#?}", pool.members);
+
+    // The coordinator holds the same line over every client together: the other two, reported
+    // by another client, keep their failures but stay live for the next round to judge.
+    let others: Vec<pb::ProxyReport> = pool
+        .members
+        .iter()
+        .filter(|m| m.live)
+        .map(|m| pb::ProxyReport {
+            proxy: m.proxy.clone(),
+            reason: pb::Reason::Refused as i32,
+            detail: "connection refused".into(),
+        })
+        .collect();
+    assert_eq!(others.len(), 2);
+    let counted = client
+        .report_proxies(pb::ReportProxiesRequest {
+            pool: "default".into(),
+            reports: others,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .counted;
+    assert_eq!(counted, 2);
+    let pool = client
+        .get_pool(pb::GetPoolRequest {
+            pool: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pool.live, 2);
+    assert!(
+        pool.members
+            .iter()
+            .all(|m| m.last_detail.contains("kept live until the next round")),
+        "{:#?}",
+        pool.members
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -187,6 +187,9 @@ struct Pool {
     meta: PoolMeta,
     /// By `Candidate::full_url`.
     members: BTreeMap<String, Member>,
+    /// Members clients' reports took out of the live set since the last round or refresh
+    /// started: at most half the live set they came from (see [`Pools::reported`]).
+    reported_out: usize,
 }
 
 /// Where a check of a pool's candidate came from.
@@ -224,7 +227,14 @@ impl Pools {
             .into_iter()
             .map(|m| (m.candidate.full_url(), m))
             .collect();
-        self.pools.insert(meta.name.clone(), Pool { meta, members });
+        self.pools.insert(
+            meta.name.clone(),
+            Pool {
+                meta,
+                members,
+                reported_out: 0,
+            },
+        );
     }
 
     /// How often `pool`'s live members are checked again.
@@ -245,6 +255,7 @@ impl Pools {
         wall_ms: u64,
     ) -> Option<PoolChange> {
         let entry = self.pool_mut(pool);
+        entry.reported_out = 0;
         let before = entry.meta.clone();
         entry.meta.settings = Some(settings.clone());
         if let Some(every) = every {
@@ -268,6 +279,7 @@ impl Pools {
                 version: 0,
             },
             members: BTreeMap::new(),
+            reported_out: 0,
         })
     }
 
@@ -352,11 +364,16 @@ impl Pools {
             .values_mut()
             .find(|p| p.meta.round_job.as_deref() == Some(job_id))?;
         pool.meta.round_job = None;
+        pool.reported_out = 0;
         Some(PoolChange::Meta(Box::new(pool.meta.clone())))
     }
 
     /// A failure a client saw through the member `key` of `pool`; none for a proxy the pool does
-    /// not hold.
+    /// not hold. It counts as a failed check, except that reports alone take at most half the
+    /// live set out (at least one member) until the next round or refresh starts: past that, the
+    /// member keeps its failures but stays live for the round to judge. Clients failing on that
+    /// scale are more likely failing on their own side (their network, their load) than the
+    /// proxies, and a pool emptied on their word would leave every client with nothing.
     pub(crate) fn reported(
         &mut self,
         pool: &str,
@@ -365,9 +382,23 @@ impl Pools {
     ) -> Option<PoolChange> {
         let max_failures = self.max_failures;
         let entry = self.pools.get_mut(pool)?;
+        let was_live = entry.members.get(key)?.live;
         let member = entry.members.get_mut(key)?;
         member.observe(seen, max_failures);
-        let member = Box::new(member.clone());
+        if was_live && !member.live {
+            let live = entry.members.values().filter(|m| m.live).count();
+            let cap = ((live + 1 + entry.reported_out) / 2).max(1);
+            let member = entry.members.get_mut(key)?;
+            if entry.reported_out < cap {
+                entry.reported_out += 1;
+            } else {
+                member.live = true;
+                member.last_detail.push_str(
+                    " (kept live until the next round: clients' reports took out half the live set already)",
+                );
+            }
+        }
+        let member = Box::new(entry.members.get(key)?.clone());
         entry.meta.version += 1;
         Some(PoolChange::Member {
             pool: pool.to_string(),
@@ -608,6 +639,46 @@ mod tests {
         assert!(m.live && m.failures == 1);
         let m = member_of(pools.reported("p", &c.full_url(), &seen(3, false, 0)));
         assert!(!m.live, "K reports in a row take it out");
+    }
+
+    #[test]
+    fn reports_alone_take_out_at_most_half_the_live_set_until_the_next_round() {
+        let mut pools = Pools::new(1, Duration::from_secs(10));
+        for port in 1..=4 {
+            pools.observe("p", Feed::Refresh, &candidate(port), &seen(1, true, 10));
+        }
+        pools.refresh_started("p", &settings(), None, 1);
+        let live = |pools: &Pools| {
+            (1..=4)
+                .filter(|p| pools.member("p", &candidate(*p).full_url()).unwrap().live)
+                .count()
+        };
+        let mut kept = Vec::new();
+        for port in 1..=4 {
+            let m = member_of(pools.reported("p", &candidate(port).full_url(), &seen(2, false, 0)));
+            if m.live {
+                assert_eq!(m.failures, 1, "it keeps its failure");
+                assert!(m.last_detail.contains("kept live"), "{}", m.last_detail);
+                kept.push(port);
+            }
+        }
+        assert_eq!(kept, vec![3, 4]);
+        assert_eq!(live(&pools), 2);
+        // A kept member reported again stays too.
+        let m = member_of(pools.reported("p", &candidate(3).full_url(), &seen(3, false, 0)));
+        assert!(m.live);
+        // A round judges: its failed check takes a kept member out, a usable one keeps it.
+        pools.round_started("p", "r1", 10);
+        let m =
+            member_of(pools.observe("p", Feed::Revalidation, &candidate(3), &seen(11, false, 0)));
+        assert!(!m.live);
+        let m =
+            member_of(pools.observe("p", Feed::Revalidation, &candidate(4), &seen(11, true, 10)));
+        assert!(m.live && m.failures == 0);
+        // After the round, reports may take half of what is live again: one of one.
+        assert!(pools.job_ended("r1").is_some());
+        let m = member_of(pools.reported("p", &candidate(4).full_url(), &seen(12, false, 0)));
+        assert!(!m.live);
     }
 
     #[test]
