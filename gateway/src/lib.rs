@@ -178,9 +178,29 @@ fn start(
     (shared, vec![follower, reporter])
 }
 
+/// How often each gateway runtime's timer driver wakes at least (see [`keep_timers_near`]).
+const TIMER_TICK: Duration = Duration::from_secs(1);
+
+/// Keeps this runtime's timer driver waking every [`TIMER_TICK`] until `stop` flips. A timer set
+/// earlier than the driver's next wake makes tokio wake the driver through its eventfd; every
+/// connection sets timers (its request, connect and idle timeouts, all longer than the tick),
+/// and without a nearer one each of them would cost a write and a wakeup (two a request, seen
+/// with strace). One wakeup a second costs nothing in comparison.
+async fn keep_timers_near(mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Accepts clients on `listener` and serves each on this runtime until `stop` flips.
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut connections = tokio::task::JoinSet::new();
+    let ticker = tokio::spawn(keep_timers_near(stop.clone()));
     loop {
         // A slot first: at the cap, connections wait in the listen queue, not in memory.
         let slot = tokio::select! {
@@ -207,6 +227,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         // Reap what ended, so the set holds only live connections.
         while connections.try_join_next().is_some() {}
     }
+    ticker.abort();
     connections.shutdown().await;
 }
 

@@ -9,6 +9,9 @@
 //! cargo run --release -p proxyfleet-tests --bin bench -- gateway   # the gateway against pproxy
 //! ```
 //!
+//! It runs in a network namespace of its own (`unshare --net`), where no connection tracking
+//! sees its loopback connections (`--host-network` runs it on the host's).
+//!
 //! Every run starts a fresh coordinator (with its own data dir) and fresh workers, waits until the
 //! workers are connected, then times from the job's submission to the moment its watch stream
 //! reports it ended. CPU seconds and peak RSS are read from `/proc` before the processes stop.
@@ -146,13 +149,31 @@ fn runs() -> Vec<Run> {
     ]
 }
 
+/// Set in the bench's own network namespace, where it runs again.
+const OWN_NETWORK: &str = "PROXYFLEET_BENCH_OWN_NETWORK";
+
 fn main() -> anyhow::Result<()> {
-    let filters: Vec<String> = std::env::args().skip(1).collect();
+    let mut filters: Vec<String> = std::env::args().skip(1).collect();
     if filters.iter().any(|f| f == "--help" || f == "-h") {
         println!(
-            "usage: bench [NAME...]\n\nRuns every benchmark, or those whose name contains one of NAME; prints a table.\nBuild first: cargo build --release --workspace --bins"
+            "usage: bench [--host-network] [NAME...]\n\nRuns every benchmark, or those whose name contains one of NAME; prints a table.\nBuild first: cargo build --release --workspace --bins\n\nThe bench runs in a network namespace of its own (unshare --net, with its loopback up), where no\nconnection tracking sees its connections: on a host whose firewall tracks loopback (Docker's does),\nthe tracking table fills under the bench's churn of short connections and new ones are dropped.\n--host-network runs it on the host's network instead; so does a host that does not allow unshare."
         );
         return Ok(());
+    }
+    let host_network = filters.iter().any(|f| f == "--host-network");
+    filters.retain(|f| f != "--host-network");
+    if std::env::var_os(OWN_NETWORK).is_some() {
+        println!("network: a namespace of the bench's own, no connection tracking");
+    } else if !host_network {
+        match rerun_in_own_network() {
+            Ok(status) => std::process::exit(status.code().unwrap_or(1)),
+            Err(e) => eprintln!(
+                "warning: cannot run in a network namespace of its own ({e:#}); running on the host's network"
+            ),
+        }
+    }
+    if std::env::var_os(OWN_NETWORK).is_none() {
+        println!("network: the host's; {}", conntrack());
     }
     // The farm's largest need, 4,000 working proxies and 10,000 black holes listening plus a
     // connection per check in flight, fits under 20,000 descriptors.
@@ -161,6 +182,48 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(bench(filters))
+}
+
+/// Runs this bench again, with the same arguments, in a network namespace of its own with its
+/// loopback up; its exit status.
+fn rerun_in_own_network() -> anyhow::Result<std::process::ExitStatus> {
+    use anyhow::Context;
+    let probe = std::process::Command::new("unshare")
+        .args(["--net", "true"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("running unshare")?;
+    anyhow::ensure!(probe.success(), "unshare --net is not permitted here");
+    let exe = std::env::current_exe()?;
+    let status = std::process::Command::new("unshare")
+        .args([
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            r#"ip link set lo up && exec "$0" "$@""#,
+        ])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(OWN_NETWORK, "1")
+        .status()
+        .context("running the bench under unshare --net")?;
+    Ok(status)
+}
+
+/// The host's connection tracking table: how full it is, when the kernel tracks connections.
+fn conntrack() -> String {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    match (read("nf_conntrack_count"), read("nf_conntrack_max")) {
+        (Some(count), Some(max)) => format!(
+            "connection tracking holds {count} of {max} entries: a full table drops new connections"
+        ),
+        _ => "no connection tracking".to_string(),
+    }
 }
 
 async fn bench(filters: Vec<String>) -> anyhow::Result<()> {

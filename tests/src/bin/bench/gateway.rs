@@ -3,8 +3,9 @@
 //! round-robin over the same four, side by side in one run: requests per second, CPU of the
 //! middle process per request, and latency (p50, p99) with what the middle adds to the direct
 //! path, at 1, 64 and 512 concurrent clients, three runs each (min / median). Then the same
-//! paths at fixed offered rates below every path's capacity, where latency is what the middle
-//! adds rather than the queue a saturated machine builds.
+//! paths at fixed offered rates, where below a path's capacity latency is what the middle adds
+//! rather than the queue a saturated machine builds. Each load runs in three rounds, every path
+//! once a round, and the CPU ratio to pproxy is taken round by round.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Stdio;
@@ -164,20 +165,30 @@ fn min_median(mut v: Vec<f64>) -> (f64, f64) {
 /// Prints one table: every middle under each load, three runs each.
 async fn table(middles: &[(String, SocketAddr, Option<i32>)], target: SocketAddr, loads: &[Load]) {
     println!(
-        "| path | clients | offered/s | requests/s min / median | middle CPU ms/request min / median | p50 ms | p99 ms | added p50 ms | added p99 ms | failed |"
+        "| path | clients | offered/s | requests/s min / median | middle CPU ms/request min / median | pproxy's CPU ÷ this | p50 ms | p99 ms | added p50 ms | added p99 ms | failed |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &l in loads {
         let offered = match l {
             Load::Closed { .. } => "—".to_string(),
             Load::Paced { rate, .. } => rate.to_string(),
         };
-        let mut direct_p = (0.0, 0.0);
-        for (name, addr, pid) in middles {
-            let mut samples = Vec::new();
-            for _ in 0..3 {
+        // Three rounds, every path once a round: a machine that slows down or speeds up during
+        // the table weighs on every path alike.
+        let mut runs: Vec<Vec<Sample>> = middles.iter().map(|_| Vec::new()).collect();
+        for _ in 0..3 {
+            for ((_, addr, pid), samples) in middles.iter().zip(&mut runs) {
                 samples.push(load(*addr, target, l, *pid).await);
             }
+        }
+        // pproxy's CPU per request over this path's, round by round: the peer measured nearest in
+        // time.
+        let peer = middles
+            .iter()
+            .position(|(name, _, _)| name.starts_with("pproxy"))
+            .map(|i| runs[i].iter().map(|s| s.cpu_ms).collect::<Vec<f64>>());
+        let mut direct_p = (0.0, 0.0);
+        for ((name, _, pid), samples) in middles.iter().zip(&runs) {
             let (rps_min, rps_med) = min_median(samples.iter().map(|s| s.per_second).collect());
             let (cpu_min, cpu_med) = min_median(samples.iter().map(|s| s.cpu_ms).collect());
             let (_, p50) = min_median(samples.iter().map(|s| s.p50_ms).collect());
@@ -191,8 +202,20 @@ async fn table(middles: &[(String, SocketAddr, Option<i32>)], target: SocketAddr
             } else {
                 "—".into()
             };
+            let ratio = match (&peer, pid) {
+                (Some(peer), Some(_)) => {
+                    let (_, ratio) = min_median(
+                        peer.iter()
+                            .zip(samples)
+                            .map(|(p, s)| p / s.cpu_ms.max(f64::MIN_POSITIVE))
+                            .collect(),
+                    );
+                    format!("{ratio:.1}×")
+                }
+                _ => "—".into(),
+            };
             println!(
-                "| {name} | {} | {offered} | {rps_min:.0} / {rps_med:.0} | {cpu} | {p50:.2} | {p99:.2} | {:.2} | {:.2} | {failed} |",
+                "| {name} | {} | {offered} | {rps_min:.0} / {rps_med:.0} | {cpu} | {ratio} | {p50:.2} | {p99:.2} | {:.2} | {:.2} | {failed} |",
                 l.clients(),
                 p50 - direct_p.0,
                 p99 - direct_p.1
@@ -304,7 +327,7 @@ pub(crate) async fn bench() -> anyhow::Result<()> {
         "Paced: a fixed rate offered for {} s by 64 clients, latency timed from each request's schedule.",
         PACED_RUN.as_secs()
     );
-    let paced = [1_000usize, 2_500, 5_000].map(|rate| Load::Paced { clients: 64, rate });
+    let paced = [250usize, 1_000, 2_500].map(|rate| Load::Paced { clients: 64, rate });
     table(&middles, target.addr, &paced).await;
     drop(pproxy);
     Ok(())
