@@ -320,7 +320,7 @@ pub struct GatewayArgs {
     /// A failure past it is still retried on another upstream, but the failed one stays in
     /// turn and is not reported to the coordinator: so many failing together points at this
     /// gateway's own network or load, and reporting them would empty a working pool.
-    #[arg(long, env = "PROXYFLEET_GATEWAY_MAX_COOLING", default_value_t = proxyfleet_gateway::choose::DEFAULT_MAX_COOLING_PERCENT, value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[arg(long, env = "PROXYFLEET_GATEWAY_MAX_COOLING_PERCENT", default_value_t = proxyfleet_gateway::choose::DEFAULT_MAX_COOLING_PERCENT, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub max_cooling_percent: u8,
     /// How long a session key keeps its upstream after its last use.
     #[arg(long, env = "PROXYFLEET_GATEWAY_STICKY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]

@@ -317,7 +317,7 @@ impl Coordinator for CoordinatorService {
                     .filter(|r| *r != crate::scheduler::Reason::None)
                     .unwrap_or(crate::scheduler::Reason::Network);
                 let detail = convert::clip(
-                    format!("reported by a client: {}", report.detail),
+                    format!("{}{}", crate::scheduler::REPORTED, report.detail),
                     convert::MAX_WORKER_TEXT,
                 );
                 (report.proxy, reason, detail)

@@ -165,7 +165,9 @@ fn container_of<'a>(worker_id: &str, containers: &'a [String]) -> &'a str {
         .unwrap_or_else(|| panic!("no container for worker {worker_id} among {containers:?}"))
 }
 
-/// A client of the coordinator once it answers from the host.
+/// A client of the coordinator once it answers a call from the host. A connection alone says
+/// nothing: the engine's proxy on the published port accepts it while the container's process is
+/// still starting, then resets it.
 async fn reachable(
     url: &str,
 ) -> proxyfleet_proto::v1::coordinator_client::CoordinatorClient<tonic::transport::Channel> {
@@ -175,9 +177,12 @@ async fn reachable(
         || {
             let url = url.to_string();
             async move {
-                proxyfleet_proto::v1::coordinator_client::CoordinatorClient::connect(url)
-                    .await
-                    .ok()
+                let mut client =
+                    proxyfleet_proto::v1::coordinator_client::CoordinatorClient::connect(url)
+                        .await
+                        .ok()?;
+                client.list_jobs(pb::ListJobsRequest {}).await.ok()?;
+                Some(client)
             }
         },
     )
@@ -335,15 +340,27 @@ async fn a_compose_cluster_rides_out_lost_and_partitioned_workers_and_a_coordina
     })
     .await;
     let killed = container_of(&workers[0], &containers).to_string();
-    let cut_off = container_of(&workers[1], &containers).to_string();
     crash(&killed).await;
-    // The crashed worker's container comes back by itself. Only then is the other cut off: the
+    // The crashed worker's container comes back by itself. Only then is another cut off: the
     // address a disconnect frees could otherwise go to the container restarting, which would
     // answer the coordinator's packets for the cut-off worker with resets and end its session
-    // instead of leaving it silent.
+    // instead of leaving it silent. The one cut off holds leases at that moment, so that its
+    // verdicts come back after the leases moved on.
     restarted(&killed).await;
+    let cut_worker = harness::wait_for("another worker holding leases", WAIT_LIMIT, || {
+        let mut client = client.clone();
+        let killed = killed.clone();
+        async move {
+            harness::workers(&mut client)
+                .await
+                .into_iter()
+                .find(|w| !w.lease_ids.is_empty() && !w.worker_id.starts_with(&killed[..12]))
+                .map(|w| w.worker_id)
+        }
+    })
+    .await;
+    let cut_off = container_of(&cut_worker, &containers).to_string();
     docker(&["network", "disconnect", &network, &cut_off]).await;
-    let cut_worker = workers[1].clone();
     harness::wait_for("the cut-off worker to go silent", WAIT_LIMIT, || {
         let mut client = client.clone();
         let id = cut_worker.clone();

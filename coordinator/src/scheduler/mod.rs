@@ -24,7 +24,7 @@ pub(crate) use jobs::{
     ChunkState, JobKind, JobSettings, NewJob, SourceSpec, SourceState, SourceStatus, WorkerTally,
 };
 pub(crate) use journal::{ChunkRecord, JobRecord, Record, ReportCounts, StoredJob};
-pub(crate) use pools::{Member, PoolChange, PoolMeta};
+pub(crate) use pools::{Member, PoolChange, PoolMeta, REPORTED};
 pub use verdict::{Anonymity, Reason};
 pub(crate) use verdict::{CheckTarget, CheckTargets, TargetVerdict, UsableFilter, Verdict};
 pub(crate) use view::{

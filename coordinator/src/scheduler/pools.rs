@@ -3,7 +3,7 @@
 //! job and no lease, the wall clock is passed in, and every change it makes is returned so that
 //! the caller can journal it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::candidate::Candidate;
@@ -146,6 +146,12 @@ impl Member {
     }
 }
 
+/// How the detail of a failure a client reported starts (see `ReportProxies`).
+pub(crate) const REPORTED: &str = "reported by a client: ";
+/// Added to a reported failure's detail when the member stays live past the reports' cap.
+const KEPT_LIVE: &str =
+    " (kept live until the next round: clients' reports took out half the live set already)";
+
 /// What a pool keeps besides its members: how and when they are checked again.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PoolMeta {
@@ -187,9 +193,11 @@ struct Pool {
     meta: PoolMeta,
     /// By `Candidate::full_url`.
     members: BTreeMap<String, Member>,
-    /// Members clients' reports took out of the live set since the last round or refresh
-    /// started: at most half the live set they came from (see [`Pools::reported`]).
-    reported_out: usize,
+    /// Members (by key) clients' reports took out of the live set since the last round or
+    /// refresh started: at most half the live set they came from (see [`Pools::reported`]). The
+    /// next round checks them again with the live ones, so a member reported out wrongly comes
+    /// back.
+    reported_out: BTreeSet<String>,
 }
 
 /// Where a check of a pool's candidate came from.
@@ -223,16 +231,26 @@ impl Pools {
     /// Brings back a pool as the store had it (a round that was running ends when its job is
     /// restored, see [`Pools::job_ended`]).
     pub(crate) fn restore(&mut self, meta: PoolMeta, members: Vec<Member>) {
-        let members = members
+        let members: BTreeMap<String, Member> = members
             .into_iter()
             .map(|m| (m.candidate.full_url(), m))
+            .collect();
+        // Those reports took out since the last round started, as far as the store tells.
+        let reported_out = members
+            .iter()
+            .filter(|(_, m)| {
+                !m.live
+                    && m.last_detail.starts_with(REPORTED)
+                    && m.last_checked_ms >= meta.last_round_ms
+            })
+            .map(|(key, _)| key.clone())
             .collect();
         self.pools.insert(
             meta.name.clone(),
             Pool {
                 meta,
                 members,
-                reported_out: 0,
+                reported_out,
             },
         );
     }
@@ -255,7 +273,7 @@ impl Pools {
         wall_ms: u64,
     ) -> Option<PoolChange> {
         let entry = self.pool_mut(pool);
-        entry.reported_out = 0;
+        entry.reported_out.clear();
         let before = entry.meta.clone();
         entry.meta.settings = Some(settings.clone());
         if let Some(every) = every {
@@ -279,7 +297,7 @@ impl Pools {
                 version: 0,
             },
             members: BTreeMap::new(),
-            reported_out: 0,
+            reported_out: BTreeSet::new(),
         })
     }
 
@@ -338,7 +356,13 @@ impl Pools {
             })
             .filter_map(|p| {
                 let settings = p.meta.settings.clone()?;
-                let mut live: Vec<&Member> = p.members.values().filter(|m| m.live).collect();
+                // The live members, and those clients' reports took out since the last round.
+                let mut live: Vec<&Member> = p
+                    .members
+                    .iter()
+                    .filter(|(key, m)| m.live || p.reported_out.contains(*key))
+                    .map(|(_, m)| m)
+                    .collect();
                 if live.is_empty() {
                     return None;
                 }
@@ -352,6 +376,7 @@ impl Pools {
     /// A revalidation round of `pool` started as `job_id` at `wall_ms`.
     pub(crate) fn round_started(&mut self, pool: &str, job_id: &str, wall_ms: u64) -> PoolChange {
         let entry = self.pool_mut(pool);
+        entry.reported_out.clear();
         entry.meta.round_job = Some(job_id.to_string());
         entry.meta.last_round_ms = wall_ms;
         PoolChange::Meta(Box::new(entry.meta.clone()))
@@ -364,16 +389,17 @@ impl Pools {
             .values_mut()
             .find(|p| p.meta.round_job.as_deref() == Some(job_id))?;
         pool.meta.round_job = None;
-        pool.reported_out = 0;
         Some(PoolChange::Meta(Box::new(pool.meta.clone())))
     }
 
     /// A failure a client saw through the member `key` of `pool`; none for a proxy the pool does
-    /// not hold. It counts as a failed check, except that reports alone take at most half the
-    /// live set out (at least one member) until the next round or refresh starts: past that, the
-    /// member keeps its failures but stays live for the round to judge. Clients failing on that
-    /// scale are more likely failing on their own side (their network, their load) than the
-    /// proxies, and a pool emptied on their word would leave every client with nothing.
+    /// not hold. It counts as a failed check. In a pool with revalidation rounds, reports alone
+    /// take at most half the live set out (at least one member) until the next round or refresh
+    /// starts, and the next round checks those again, so one that works comes back: past the
+    /// cap, a member keeps its failures but stays live for the round to judge. Clients failing on
+    /// that scale are more likely failing on their own side (their network, their load) than the
+    /// proxies, and a pool emptied on their word would leave every client with nothing. A pool
+    /// without rounds has nothing to judge again, and takes reports as they come.
     pub(crate) fn reported(
         &mut self,
         pool: &str,
@@ -385,17 +411,18 @@ impl Pools {
         let was_live = entry.members.get(key)?.live;
         let member = entry.members.get_mut(key)?;
         member.observe(seen, max_failures);
-        if was_live && !member.live {
+        if was_live && !member.live && !entry.meta.revalidate_every.is_zero() {
             let live = entry.members.values().filter(|m| m.live).count();
-            let cap = ((live + 1 + entry.reported_out) / 2).max(1);
+            // The live set the reports since the last round came from.
+            let cap = ((live + 1 + entry.reported_out.len()) / 2).max(1);
             let member = entry.members.get_mut(key)?;
-            if entry.reported_out < cap {
-                entry.reported_out += 1;
+            if entry.reported_out.len() < cap {
+                entry.reported_out.insert(key.to_string());
             } else {
                 member.live = true;
-                member.last_detail.push_str(
-                    " (kept live until the next round: clients' reports took out half the live set already)",
-                );
+                let mut detail: String = member.last_detail.chars().take(400).collect();
+                detail.push_str(KEPT_LIVE);
+                member.last_detail = detail;
             }
         }
         let member = Box::new(entry.members.get(key)?.clone());
@@ -642,7 +669,7 @@ mod tests {
     }
 
     #[test]
-    fn reports_alone_take_out_at_most_half_the_live_set_until_the_next_round() {
+    fn reports_alone_take_out_at_most_half_the_live_set_and_the_next_round_judges_them() {
         let mut pools = Pools::new(1, Duration::from_secs(10));
         for port in 1..=4 {
             pools.observe("p", Feed::Refresh, &candidate(port), &seen(1, true, 10));
@@ -667,18 +694,64 @@ mod tests {
         // A kept member reported again stays too.
         let m = member_of(pools.reported("p", &candidate(3).full_url(), &seen(3, false, 0)));
         assert!(m.live);
-        // A round judges: its failed check takes a kept member out, a usable one keeps it.
-        pools.round_started("p", "r1", 10);
+        // The next round checks the live members and those reports took out.
+        let due = pools.due(10_001);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].2.len(), 4, "{:?}", due[0].2);
+        pools.round_started("p", "r1", 10_001);
+        // A usable check brings a reported one back; a failed one takes a kept one out.
+        let m =
+            member_of(pools.observe("p", Feed::Revalidation, &candidate(1), &seen(11, true, 10)));
+        assert!(m.live && m.failures == 0);
         let m =
             member_of(pools.observe("p", Feed::Revalidation, &candidate(3), &seen(11, false, 0)));
         assert!(!m.live);
-        let m =
-            member_of(pools.observe("p", Feed::Revalidation, &candidate(4), &seen(11, true, 10)));
-        assert!(m.live && m.failures == 0);
-        // After the round, reports may take half of what is live again: one of one.
-        assert!(pools.job_ended("r1").is_some());
+        assert_eq!(live(&pools), 2, "1 and 4");
+        // From the round's start, reports may take half of what is live again: one of two.
         let m = member_of(pools.reported("p", &candidate(4).full_url(), &seen(12, false, 0)));
         assert!(!m.live);
+        let m = member_of(pools.reported("p", &candidate(1).full_url(), &seen(12, false, 0)));
+        assert!(m.live, "{m:?}");
+    }
+
+    #[test]
+    fn in_a_pool_without_rounds_reports_count_in_full() {
+        let mut pools = Pools::new(1, Duration::ZERO);
+        for port in 1..=2 {
+            pools.observe("p", Feed::Refresh, &candidate(port), &seen(1, true, 10));
+        }
+        for port in 1..=2 {
+            let m = member_of(pools.reported("p", &candidate(port).full_url(), &seen(2, false, 0)));
+            assert!(!m.live);
+        }
+    }
+
+    #[test]
+    fn a_restored_pool_remembers_which_members_reports_took_out_since_its_last_round() {
+        let report = |wall_ms| Observation {
+            detail: format!("{REPORTED}connection refused"),
+            ..seen(wall_ms, false, 0)
+        };
+        let mut pools = Pools::new(1, Duration::from_secs(10));
+        for port in 1..=4 {
+            pools.observe("p", Feed::Refresh, &candidate(port), &seen(1, true, 10));
+        }
+        pools.refresh_started("p", &settings(), None, 1);
+        for port in 1..=2 {
+            let m = member_of(pools.reported("p", &candidate(port).full_url(), &report(2)));
+            assert!(!m.live);
+        }
+        let meta = pools.meta("p").unwrap().clone();
+        let members: Vec<Member> = (1..=4)
+            .map(|p| pools.member("p", &candidate(p).full_url()).unwrap().clone())
+            .collect();
+        let mut restored = Pools::new(1, Duration::from_secs(10));
+        restored.restore(meta, members);
+        // Half the live set went already: the third report keeps its member live.
+        let m = member_of(restored.reported("p", &candidate(3).full_url(), &report(3)));
+        assert!(m.live, "{m:?}");
+        // And the next round checks the two reported out.
+        assert_eq!(restored.due(10_001)[0].2.len(), 4);
     }
 
     #[test]

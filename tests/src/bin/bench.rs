@@ -166,7 +166,14 @@ fn main() -> anyhow::Result<()> {
         println!("network: a namespace of the bench's own, no connection tracking");
     } else if !host_network {
         match rerun_in_own_network() {
-            Ok(status) => std::process::exit(status.code().unwrap_or(1)),
+            Ok(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                std::process::exit(
+                    status
+                        .code()
+                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+                )
+            }
             Err(e) => eprintln!(
                 "warning: cannot run in a network namespace of its own ({e:#}); running on the host's network"
             ),
@@ -189,11 +196,14 @@ fn main() -> anyhow::Result<()> {
 fn rerun_in_own_network() -> anyhow::Result<std::process::ExitStatus> {
     use anyhow::Context;
     let probe = std::process::Command::new("unshare")
-        .args(["--net", "true"])
+        .args(["--net", "sh", "-c", "ip link set lo up"])
         .stderr(std::process::Stdio::null())
         .status()
         .context("running unshare")?;
-    anyhow::ensure!(probe.success(), "unshare --net is not permitted here");
+    anyhow::ensure!(
+        probe.success(),
+        "unshare --net with `ip link set lo up` (iproute2) failed here"
+    );
     let exe = std::env::current_exe()?;
     let status = std::process::Command::new("unshare")
         .args([
