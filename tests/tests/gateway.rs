@@ -49,19 +49,69 @@ async fn fill_pool(coordinator: &CoordinatorProc, proxies: &[SimProxy], extra: &
     harness::wait_for("the pool's live set", WAIT_LIMIT, || {
         let mut client = client.clone();
         let want = lines.len() as u64;
-        async move {
-            let pool = client
-                .get_pool(pb::GetPoolRequest {
-                    pool: "default".into(),
-                    ..Default::default()
-                })
-                .await
-                .ok()?
-                .into_inner();
-            (pool.live == want).then_some(())
-        }
+        async move { (default_pool(&mut client, false).await?.live == want).then_some(()) }
     })
     .await;
+}
+
+/// The default pool as the coordinator serves it, with the members out of the live set too when
+/// `include_dead`; None if the call fails.
+async fn default_pool(
+    client: &mut pb::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    include_dead: bool,
+) -> Option<pb::Pool> {
+    let filter = include_dead.then(|| pb::PoolFilter {
+        include_dead: true,
+        ..Default::default()
+    });
+    let request = pb::GetPoolRequest {
+        pool: "default".into(),
+        filter,
+        ..Default::default()
+    };
+    Some(client.get_pool(request).await.ok()?.into_inner())
+}
+
+/// Four upstreams in the default pool, whose members one failure takes out (rounds come every 10
+/// minutes, long after a test), and a gateway over them that answered once, with its failed
+/// upstreams cooling down for 10 minutes and its metrics on `metrics`.
+struct FourUpstreams {
+    proxies: Vec<SimProxy>,
+    target: Site,
+    coordinator: CoordinatorProc,
+    _worker: harness::Proc,
+    _gateway: CliProc,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+}
+
+async fn four_upstreams_behind_a_gateway() -> FourUpstreams {
+    let proxies = egress_farm(4).await;
+    let target = Site::icanhazip([127, 0, 0, 1].into()).await.unwrap();
+    let coordinator = CoordinatorProc::start(&["--max-failures", "1"]).await;
+    let worker = coordinator.worker("w", &["--max-checks", "16"]);
+    fill_pool(&coordinator, &proxies, &[]).await;
+    let metrics = harness::quiet_port();
+    let metrics_arg = metrics.to_string();
+    let (gateway, addr) = gateway(
+        &coordinator,
+        &["--cooldown", "10m", "--metrics-listen", &metrics_arg],
+    )
+    .await;
+    let target_addr = target.addr;
+    harness::wait_for("the gateway's first answer", WAIT_LIMIT, || async move {
+        (http_get(addr, target_addr, None).await.0 == 200).then_some(())
+    })
+    .await;
+    FourUpstreams {
+        proxies,
+        target,
+        coordinator,
+        _worker: worker,
+        _gateway: gateway,
+        addr,
+        metrics,
+    }
 }
 
 /// Starts `proxyfleet gateway` on 127.0.0.1:0 with `extra`; its address.
@@ -274,25 +324,17 @@ async fn requests_rotate_over_the_pool_and_sessions_stick() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_upstream_costs_no_client_request_and_leaves_the_gateways_set() {
-    let mut proxies = egress_farm(4).await;
+    // One failure takes a member out, so the gateway's one report is enough.
+    let FourUpstreams {
+        mut proxies,
+        target,
+        coordinator,
+        addr,
+        metrics,
+        _worker,
+        _gateway,
+    } = four_upstreams_behind_a_gateway().await;
     let dead = proxies[0].candidate_line();
-    let target = Site::icanhazip([127, 0, 0, 1].into()).await.unwrap();
-    // One failure takes a member out, so the gateway's one report is enough; rounds come every
-    // 10 minutes, long after this test.
-    let coordinator = CoordinatorProc::start(&["--max-failures", "1"]).await;
-    let _worker = coordinator.worker("w", &["--max-checks", "16"]);
-    fill_pool(&coordinator, &proxies, &[]).await;
-    let metrics = harness::quiet_port();
-    let metrics_arg = metrics.to_string();
-    let (_gateway, addr) = gateway(
-        &coordinator,
-        &["--cooldown", "10m", "--metrics-listen", &metrics_arg],
-    )
-    .await;
-    harness::wait_for("the gateway's first answer", WAIT_LIMIT, || async move {
-        (http_get(addr, target.addr, None).await.0 == 200).then_some(())
-    })
-    .await;
     let mut exits = Vec::new();
     for i in 0..400 {
         if i == 100 {
@@ -323,18 +365,7 @@ async fn a_dead_upstream_costs_no_client_request_and_leaves_the_gateways_set() {
             let mut client = client.clone();
             let dead = dead.clone();
             async move {
-                let pool = client
-                    .get_pool(pb::GetPoolRequest {
-                        pool: "default".into(),
-                        filter: Some(pb::PoolFilter {
-                            include_dead: true,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })
-                    .await
-                    .ok()?
-                    .into_inner();
+                let pool = default_pool(&mut client, true).await?;
                 let member = pool.members.into_iter().find(|m| m.proxy == dead)?;
                 (!member.live).then_some(member)
             }
@@ -345,15 +376,7 @@ async fn a_dead_upstream_costs_no_client_request_and_leaves_the_gateways_set() {
         member.last_detail.contains("reported by a client"),
         "{member:?}"
     );
-    let pool = client
-        .get_pool(pb::GetPoolRequest {
-            pool: "default".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(pool.live, 3);
+    assert_eq!(default_pool(&mut client, false).await.unwrap().live, 3);
     let jobs = client
         .list_jobs(pb::ListJobsRequest {})
         .await
@@ -392,23 +415,16 @@ async fn a_dead_upstream_costs_no_client_request_and_leaves_the_gateways_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_that_loses_every_upstream_at_once_reports_at_most_half_the_pool() {
-    let mut proxies = egress_farm(4).await;
-    let target = Site::icanhazip([127, 0, 0, 1].into()).await.unwrap();
-    let coordinator = CoordinatorProc::start(&["--max-failures", "1"]).await;
-    let _worker = coordinator.worker("w", &["--max-checks", "16"]);
-    fill_pool(&coordinator, &proxies, &[]).await;
-    let metrics = harness::quiet_port();
-    let metrics_arg = metrics.to_string();
     // The default cap: half the pool cooling down at once.
-    let (_gateway, addr) = gateway(
-        &coordinator,
-        &["--cooldown", "10m", "--metrics-listen", &metrics_arg],
-    )
-    .await;
-    harness::wait_for("the gateway's first answer", WAIT_LIMIT, || async move {
-        (http_get(addr, target.addr, None).await.0 == 200).then_some(())
-    })
-    .await;
+    let FourUpstreams {
+        mut proxies,
+        target,
+        coordinator,
+        addr,
+        metrics,
+        _worker,
+        _gateway,
+    } = four_upstreams_behind_a_gateway().await;
     // Every upstream fails at once, as when the gateway's own network fails.
     proxies.clear();
     harness::wait_for(
@@ -426,16 +442,7 @@ async fn a_gateway_that_loses_every_upstream_at_once_reports_at_most_half_the_po
     let mut client = coordinator.client().await;
     let live = || {
         let mut client = client.clone();
-        async move {
-            client
-                .get_pool(pb::GetPoolRequest {
-                    pool: "default".into(),
-                    ..Default::default()
-                })
-                .await
-                .ok()
-                .map(|p| p.into_inner().live)
-        }
+        async move { default_pool(&mut client, false).await.map(|p| p.live) }
     };
     harness::wait_for(
         "the reported upstreams out of the live set",
@@ -454,18 +461,7 @@ async fn a_gateway_that_loses_every_upstream_at_once_reports_at_most_half_the_po
     // Reports go out in batches every half second: nothing more comes.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(live().await, Some(2));
-    let pool = client
-        .get_pool(pb::GetPoolRequest {
-            pool: "default".into(),
-            filter: Some(pb::PoolFilter {
-                include_dead: true,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let pool = default_pool(&mut client, true).await.unwrap();
     // The gateway's set may shrink to the two left before the loop ends, and its cap with it
     // (one of two): a member it reports then is kept live by the coordinator. Either way, two
     // are out, on the gateway's word.
@@ -500,14 +496,7 @@ async fn a_gateway_that_loses_every_upstream_at_once_reports_at_most_half_the_po
         .into_inner()
         .counted;
     assert_eq!(counted, 2);
-    let pool = client
-        .get_pool(pb::GetPoolRequest {
-            pool: "default".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let pool = default_pool(&mut client, false).await.unwrap();
     assert_eq!(pool.live, 2);
     assert!(
         pool.members
