@@ -551,6 +551,18 @@ pub async fn wait_silent(client: &CoordinatorClient<Channel>, name: &str) {
     wait_worker(client, name, "be seen silent", |w| w.status == "silent").await
 }
 
+/// Waits until a worker is connected; the sessions the coordinator holds then.
+pub async fn wait_connected(client: &CoordinatorClient<Channel>) -> Vec<pb::WorkerInfo> {
+    wait_for("a worker to connect", WAIT_LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let workers = workers(&mut client).await;
+            (!workers.is_empty()).then_some(workers)
+        }
+    })
+    .await
+}
+
 async fn wait_worker(
     client: &CoordinatorClient<Channel>,
     name: &str,

@@ -88,19 +88,15 @@ async fn run_into_a_file_leaves_only_the_usable_proxies_there() {
     std::fs::create_dir(&tmp).unwrap();
     let list = dir.write("list.txt", farm.candidate_lines().join("\n"));
     let out_txt = dir.path().join("out.txt");
-    let out = proxyfleet_in(
-        &tmp,
-        &[
-            "run",
-            "--file",
-            list.to_str().unwrap(),
-            "--allow-private-targets",
-            "--timeout",
-            "1s",
-        ],
-        Some(&out_txt),
-    )
-    .await;
+    let run = [
+        "run",
+        "--file",
+        list.to_str().unwrap(),
+        "--allow-private-targets",
+        "--timeout",
+        "1s",
+    ];
+    let out = proxyfleet_in(&tmp, &run, Some(&out_txt)).await;
     assert_eq!(out.code, 0, "{out:?}");
     let written = std::fs::read_to_string(&out_txt).unwrap();
     for line in written.lines() {
@@ -141,21 +137,7 @@ async fn run_into_a_file_leaves_only_the_usable_proxies_there() {
     assert_eq!(left_in(&tmp), Vec::<String>::new());
 
     // --json: the usable proxies as one JSON array, and nothing else on stdout.
-    let out = proxyfleet_in(
-        &tmp,
-        &[
-            "run",
-            "--file",
-            list.to_str().unwrap(),
-            "--allow-private-targets",
-            "--timeout",
-            "1s",
-            "--json",
-            "--quiet",
-        ],
-        None,
-    )
-    .await;
+    let out = proxyfleet_in(&tmp, &[&run[..], &["--json", "--quiet"]].concat(), None).await;
     assert_eq!(out.code, 0, "{out:?}");
     let rows = json("run --json", &out.stdout);
     let proxies: BTreeSet<&str> = rows

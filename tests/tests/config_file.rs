@@ -252,14 +252,7 @@ async fn flags_then_the_environment_then_the_file_then_the_defaults() {
         .kill_on_drop(true);
     let _worker = worker.spawn().expect("starting the worker");
     let mut client = coordinator.client().await;
-    let workers = harness::wait_for("the worker", WAIT_LIMIT, || {
-        let mut client = client.clone();
-        async move {
-            let workers = harness::workers(&mut client).await;
-            (!workers.is_empty()).then_some(workers)
-        }
-    })
-    .await;
+    let workers = harness::wait_connected(&client).await;
     assert_eq!(workers[0].max_checks, 24, "the environment beats the file");
 
     // The CLI, with the file named by the environment: a flag beats the environment, which
@@ -457,14 +450,7 @@ async fn the_example_loads_in_all_three_programs() {
     let coordinator = CoordinatorProc::start(&["--config", example, "--http-listen", "off"]).await;
     let _worker = coordinator.worker("example", &["--config", example]);
     let client = coordinator.client().await;
-    let workers = harness::wait_for("the worker", WAIT_LIMIT, || {
-        let mut client = client.clone();
-        async move {
-            let workers = harness::workers(&mut client).await;
-            (!workers.is_empty()).then_some(workers)
-        }
-    })
-    .await;
+    let workers = harness::wait_connected(&client).await;
     assert_eq!(
         workers[0].max_checks, 256,
         "the example's [worker] max-checks"

@@ -164,22 +164,22 @@ fn main() -> anyhow::Result<()> {
     filters.retain(|f| f != "--host-network");
     if std::env::var_os(OWN_NETWORK).is_some() {
         println!("network: a namespace of the bench's own, no connection tracking");
-    } else if !host_network {
-        match rerun_in_own_network() {
-            Ok(status) => {
-                use std::os::unix::process::ExitStatusExt;
-                std::process::exit(
-                    status
-                        .code()
-                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-                )
+    } else {
+        if !host_network {
+            match rerun_in_own_network() {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    std::process::exit(
+                        status
+                            .code()
+                            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+                    )
+                }
+                Err(e) => eprintln!(
+                    "warning: cannot run in a network namespace of its own ({e:#}); running on the host's network"
+                ),
             }
-            Err(e) => eprintln!(
-                "warning: cannot run in a network namespace of its own ({e:#}); running on the host's network"
-            ),
         }
-    }
-    if std::env::var_os(OWN_NETWORK).is_none() {
         println!("network: the host's; {}", conntrack());
     }
     // The farm's largest need, 4,000 working proxies and 10,000 black holes listening plus a
