@@ -496,7 +496,15 @@ async fn a_gateway_that_loses_every_upstream_at_once_reports_at_most_half_the_po
         .into_inner()
         .counted;
     assert_eq!(counted, 2);
-    let pool = default_pool(&mut client, false).await.unwrap();
+    // Readers see a change once the store has it: wait for the reports to show.
+    let pool = harness::wait_for("the reports on the two live members", WAIT_LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let pool = default_pool(&mut client, false).await?;
+            pool.members.iter().all(|m| m.failures > 0).then_some(pool)
+        }
+    })
+    .await;
     assert_eq!(pool.live, 2);
     assert!(
         pool.members
